@@ -1,0 +1,38 @@
+# cme-ser: the README's two commands are `make run` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA_DIR ?=
+OUTPUT ?= output
+
+.PHONY: run test install embeddings preprocess benchmark clean
+
+# TFX 1.16 resolves only on Python 3.10: find one (pyenv's, then any python3.10 on PATH).
+$(PY):
+	@py=$$(scripts/find-python310) || exit 1; \
+	echo "creating $(VENV) with $$py"; \
+	$$py -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip<25" >/dev/null
+
+$(VENV)/.installed: $(PY) pyproject.toml constraints.txt
+	$(PY) -m pip install -q -c constraints.txt -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -c "import tfx, tensorflow, apache_beam, pocketsphinx, soundfile" 
+	touch $@
+
+install: $(VENV)/.installed
+
+embeddings: install
+	$(VENV)/bin/cme-ser embeddings fetch
+
+test: install
+	$(PY) -m pytest -q tests
+
+run: embeddings
+	$(VENV)/bin/cme-ser run $(if $(DATA_DIR),--data-dir $(DATA_DIR)) --output $(OUTPUT)
+
+benchmark: install
+	$(PY) benchmarks/train_throughput.py --shape ravdess --batch 32 --steps 10
+	$(PY) benchmarks/train_throughput.py --shape iemocap --batch 32 --steps 10
+
+clean:
+	rm -rf $(VENV) $(OUTPUT) .pytest_cache
