@@ -28,7 +28,7 @@ def num_frames_for(num_samples):
     Works on Python ints and on integer tensors alike.
     """
     if isinstance(num_samples, int):
-        return max(0, 1 + (num_samples - FRAME_LENGTH) // FRAME_STEP) if num_samples >= FRAME_LENGTH else 0
+        return 1 + (num_samples - FRAME_LENGTH) // FRAME_STEP if num_samples >= FRAME_LENGTH else 0
     num_samples = tf.cast(num_samples, tf.int32)
     return tf.where(num_samples >= FRAME_LENGTH, 1 + (num_samples - FRAME_LENGTH) // FRAME_STEP, 0)
 

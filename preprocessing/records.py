@@ -109,15 +109,20 @@ def parse_examples(serialized: tf.Tensor, word_dim: int) -> dict:
     return tf.io.parse_example(serialized, feature_spec(word_dim))
 
 
+def _dense(value):
+    return value.to_tensor() if isinstance(value, tf.RaggedTensor) else value
+
+
 def to_model_inputs(parsed: Mapping[str, tf.Tensor]) -> dict:
-    """Pads a parsed batch into the model's named inputs (see ``trainer.model.INPUT_NAMES``)."""
-    spans = tf.stack([parsed["word_start"], parsed["word_end"]], axis=-1)  # ragged [B, M, 2]
+    """The model's named inputs (``trainer.model.INPUT_NAMES``) from parsed records: a batch
+    from :func:`parse_examples` (ragged, padded here) or already padded dense rows."""
+    spans = tf.stack([_dense(parsed["word_start"]), _dense(parsed["word_end"])], axis=-1)
     return {
-        "fbank": parsed["fbank"].to_tensor(),
+        "fbank": _dense(parsed["fbank"]),
         "num_frames": tf.cast(parsed["num_frames"], tf.int32),
-        "word_embeddings": parsed["word_embeddings"].to_tensor(),
+        "word_embeddings": _dense(parsed["word_embeddings"]),
         "num_words": tf.cast(parsed["num_words"], tf.int32),
-        "word_spans": tf.cast(spans.to_tensor(), tf.int32),
+        "word_spans": tf.cast(spans, tf.int32),
     }
 
 

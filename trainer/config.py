@@ -35,7 +35,8 @@ class ModelConfig:
     dropout: float = 0.0
     learning_rate: float = 5e-4
     batch_size: int = 32
-    epochs: int = 30
+    epochs: int = 40
+    patience: int = 10  # early stopping on the inner validation UA
     seed: int = 0
 
     def __post_init__(self):
@@ -52,7 +53,7 @@ class ModelConfig:
         if len(self.cnn_kernels) != len(self.cnn_filters) or not self.cnn_kernels:
             problems.append("cnn_kernels and cnn_filters must be non-empty and of equal length")
         for name in ("fbank_dim", "word_dim", "semantic_dim", "lstm_units", "fcn_units",
-                     "batch_size", "epochs"):
+                     "batch_size", "epochs", "patience"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:

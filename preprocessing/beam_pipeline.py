@@ -1,0 +1,214 @@
+"""The Apache Beam job that turns a speech corpus into aligned, gzipped TFRecords.
+
+    utterances --Reshuffle--> ProcessUtterance (decode, filterbank, align, word vectors)
+        --> records: one TFRecord set per fold   (<out>/records/fold-K/part-*.tfrecord.gz)
+        --> errors:  one JSON line per failure    (<out>/errors.jsonl: id, path, stage, reason)
+
+Every input utterance ends up as exactly one record or one error line; the summary
+(``summary.json``) counts both. The job runs on any Beam runner: DirectRunner with
+multi-processing by default, Dataflow / Flink / Spark through ``beam_args``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from preprocessing import corpora
+
+LOG = logging.getLogger("cme_ser.preprocess")
+RECORDS_DIR = "records"
+ERRORS_FILE = "errors.jsonl"
+SUMMARY_FILE = "summary.json"
+FOLD_PLAN_FILE = "fold_plan.json"
+RECORD_SUFFIX = ".tfrecord.gz"
+OUTPUTS = (RECORDS_DIR, ERRORS_FILE, SUMMARY_FILE, FOLD_PLAN_FILE)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessingOptions:
+    """What each worker needs to turn an utterance into a record."""
+
+    class_names: Sequence[str]
+    embeddings_path: str
+    folds: Dict[str, int]  # speaker -> fold
+    max_seconds: float = 60.0
+    overlong: str = "truncate"
+
+
+def error_line(utterance_id: str, path: str, stage: str, reason: str) -> str:
+    return json.dumps({"utterance_id": utterance_id, "path": path, "stage": stage,
+                       "reason": reason}, sort_keys=True)
+
+
+class ProcessUtterance(beam.DoFn):
+    """Utterance -> (fold, serialized tf.Example), or an error line on the ``errors`` output.
+
+    The aligner and the word vectors are loaded once per worker in ``setup``.
+    """
+
+    ERRORS = "errors"
+
+    def __init__(self, options: ProcessingOptions):
+        self.options = options
+        self.count = 0
+
+    def setup(self):
+        # Imported here so that the driver never pays for TensorFlow/PocketSphinx start-up.
+        from preprocessing import alignment, embeddings
+        self._vectors = embeddings.load(self.options.embeddings_path)
+        self._aligner = alignment.PocketSphinxAligner()
+        self._started = time.time()
+
+    def process(self, utterance: corpora.Utterance):
+        from preprocessing.utterance import UtteranceError, utterance_to_example
+        try:
+            example, source = utterance_to_example(
+                utterance, aligner=self._aligner, vectors=self._vectors,
+                class_names=self.options.class_names, fold=self.options.folds[utterance.speaker],
+                max_seconds=self.options.max_seconds, overlong=self.options.overlong)
+        except UtteranceError as error:
+            beam.metrics.Metrics.counter("cme_ser", f"error_{error.stage}").inc()
+            yield beam.pvalue.TaggedOutput(self.ERRORS, error_line(
+                utterance.utterance_id, utterance.audio_path, error.stage, error.reason))
+            return
+        except Exception as error:  # noqa: BLE001 - one bad file must never stop the job
+            LOG.exception("unexpected failure on %s", utterance.audio_path)
+            yield beam.pvalue.TaggedOutput(self.ERRORS, error_line(
+                utterance.utterance_id, utterance.audio_path, "internal",
+                f"{type(error).__name__}: {error}"))
+            return
+        beam.metrics.Metrics.counter("cme_ser", f"records_{source}").inc()
+        self.count += 1
+        if self.count % 50 == 0:
+            rate = self.count / max(time.time() - self._started, 1e-9)
+            LOG.warning("worker %d: %d utterances processed (%.1f/s)", os.getpid(), self.count,
+                        rate)
+        yield self.options.folds[utterance.speaker], example.SerializeToString()
+
+
+def build(p: beam.Pipeline, utterances: Sequence[corpora.Utterance],
+          options: ProcessingOptions, out_dir: str, num_folds: int):
+    """Adds the job to ``p``; returns the (records, errors) PCollections."""
+    results = (
+        p
+        | "Utterances" >> beam.Create(list(utterances), reshuffle=False)
+        | "Spread" >> beam.Reshuffle()
+        | "Process" >> beam.ParDo(ProcessUtterance(options)).with_outputs(
+            ProcessUtterance.ERRORS, main="records"))
+    records, errors = results.records, results[ProcessUtterance.ERRORS]
+    by_fold = records | "ByFold" >> beam.Partition(lambda kv, n: kv[0], num_folds)
+    for fold, pcoll in enumerate(by_fold):
+        (pcoll
+         | f"Serialized{fold}" >> beam.Values()
+         | f"Write{fold}" >> beam.io.WriteToTFRecord(
+             os.path.join(out_dir, RECORDS_DIR, f"fold-{fold}", "part"),
+             file_name_suffix=RECORD_SUFFIX,
+             compression_type=beam.io.filesystem.CompressionTypes.GZIP))
+    (errors
+     | "ErrorsOneFile" >> beam.combiners.ToList()
+     | "SortErrors" >> beam.FlatMap(sorted)
+     | "WriteErrors" >> beam.io.WriteToText(os.path.join(out_dir, ERRORS_FILE),
+                                            shard_name_template="", append_trailing_newlines=True))
+    return records, errors
+
+
+def default_beam_args() -> List[str]:
+    return ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
+            f"--direct_num_workers={max(1, os.cpu_count() or 1)}"]
+
+
+def prepare_output_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuses to mix runs: an output dir holding a previous run needs ``overwrite``."""
+    previous = [name for name in OUTPUTS if (out_dir / name).exists()]
+    if previous and not overwrite:
+        raise FileExistsError(
+            f"{out_dir} already holds preprocessed output ({', '.join(previous)}); "
+            "pass --overwrite to replace it or choose another --out")
+    for name in previous:
+        target = out_dir / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def record_files(out_dir, fold: Optional[int] = None) -> List[str]:
+    pattern = f"fold-{fold}" if fold is not None else "fold-*"
+    return sorted(str(p) for p in Path(out_dir, RECORDS_DIR).glob(f"{pattern}/*{RECORD_SUFFIX}"))
+
+
+def run(*, dataset: str, items: Iterable[corpora.Item], out_dir, class_names: Sequence[str],
+        embeddings_path: str, num_folds: int = 5, fold_by: str = "speaker",
+        max_seconds: float = 60.0, overlong: str = "truncate", overwrite: bool = False,
+        beam_args: Optional[Sequence[str]] = None) -> dict:
+    """Runs the whole job and returns the summary (also written to ``summary.json``)."""
+    out_dir = Path(out_dir)
+    utterances, rejected = corpora.partition(items)
+    if not utterances:
+        raise ValueError(f"no usable utterances found for dataset {dataset!r} "
+                         f"({len(rejected)} rejected)")
+    folds = corpora.assign_folds(utterances, num_folds, by=fold_by)
+    prepare_output_dir(out_dir, overwrite)
+    plan = {"dataset": dataset, "num_folds": num_folds, "by": fold_by, "folds": folds,
+            "summary": corpora.fold_summary(utterances, folds)}
+    (out_dir / FOLD_PLAN_FILE).write_text(json.dumps(plan, indent=2, sort_keys=True))
+
+    options = ProcessingOptions(class_names=tuple(class_names),
+                                embeddings_path=str(embeddings_path), folds=folds,
+                                max_seconds=max_seconds, overlong=overlong)
+    started = time.time()
+    LOG.warning("preprocessing %d utterances (%d rejected while listing) into %s",
+                len(utterances), len(rejected), out_dir)
+    pipeline_options = PipelineOptions(list(beam_args or default_beam_args()))
+    with beam.Pipeline(options=pipeline_options) as p:
+        build(p, utterances, options, str(out_dir), num_folds)
+    elapsed = time.time() - started
+
+    errors = [json.loads(line) for line in
+              (out_dir / ERRORS_FILE).read_text().splitlines() if line.strip()]
+    errors += [dataclasses.asdict(r) for r in rejected]
+    errors.sort(key=lambda e: (e["stage"], e["utterance_id"]))
+    (out_dir / ERRORS_FILE).write_text("".join(json.dumps(e, sort_keys=True) + "\n"
+                                               for e in errors))
+    summary = summarize(out_dir, dataset=dataset, class_names=class_names,
+                        num_inputs=len(utterances) + len(rejected), errors=errors,
+                        seconds=elapsed)
+    (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True))
+    return summary
+
+
+def summarize(out_dir: Path, *, dataset: str, class_names: Sequence[str], num_inputs: int,
+              errors: List[dict], seconds: float) -> dict:
+    """Counts what the job produced by reading it back (so the numbers are the files')."""
+    from preprocessing.records import decode_example
+    import tensorflow as tf
+
+    per_fold, per_source, per_label, oov = {}, {}, {}, 0
+    for path in record_files(out_dir):
+        fold = Path(path).parent.name
+        for raw in tf.data.TFRecordDataset(path, compression_type="GZIP").as_numpy_iterator():
+            record = decode_example(raw)
+            per_fold[fold] = per_fold.get(fold, 0) + 1
+            per_source[record["alignment_source"]] = per_source.get(record["alignment_source"], 0) + 1
+            per_label[record["label_name"]] = per_label.get(record["label_name"], 0) + 1
+            oov += int(sum(not vec.any() for vec in record["word_embeddings"]))
+    num_records = sum(per_fold.values())
+    per_stage: Dict[str, int] = {}
+    for e in errors:
+        per_stage[e["stage"]] = per_stage.get(e["stage"], 0) + 1
+    return {
+        "dataset": dataset, "classes": list(class_names), "inputs": num_inputs,
+        "records": num_records, "errors": len(errors), "records_per_fold": per_fold,
+        "records_per_alignment_source": per_source, "records_per_label": per_label,
+        "errors_per_stage": per_stage, "oov_words": oov, "seconds": round(seconds, 2),
+        "utterances_per_second": round(num_records / seconds, 2) if seconds else None,
+        "complete": num_records + len(errors) == num_inputs,
+    }

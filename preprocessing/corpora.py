@@ -1,0 +1,445 @@
+"""Corpus adapters: each turns a corpus on disk into one ``Utterance`` per labelled recording.
+
+Adapters yield ``Utterance`` and ``Rejected`` items in a deterministic order; a ``Rejected`` is
+a file or row that looks like it belongs to the corpus but cannot become an utterance (a badly
+named file, a manifest row with an unknown label). Utterances of classes that were not asked
+for are skipped without a ``Rejected``: leaving them out is the caller's choice, not a defect.
+Adapters do not open audio files; decoding (and its errors) is ``preprocessing.audio``'s job.
+
+``assign_folds`` maps speakers to speaker-independent cross-validation folds.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+import json
+import os
+import random
+import re
+from pathlib import Path
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+from trainer.config import DEFAULT_CLASSES
+
+PathLike = Union[str, os.PathLike]
+CORPUS_STAGE = "corpus"
+ALIGNMENT_FORMATS = ("textgrid", "wdseg")
+
+
+@dataclasses.dataclass(frozen=True)
+class Utterance:
+    """One labelled recording.
+
+    ``speaker`` is what folds never split; ``group`` an optional coarser unit (IEMOCAP session);
+    ``gender`` is "F", "M" or None. ``transcript`` None means unknown (to be recognised);
+    ``alignment_path`` is a word alignment in ``alignment_format`` ("textgrid" | "wdseg").
+    """
+
+    utterance_id: str
+    audio_path: str
+    speaker: str
+    label_name: str
+    transcript: Optional[str]
+    alignment_path: Optional[str] = None
+    alignment_format: Optional[str] = None
+    group: Optional[str] = None
+    gender: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Rejected:
+    """A file or row that could not become an utterance, and why."""
+
+    utterance_id: str
+    path: str
+    stage: str
+    reason: str
+
+
+Item = Union[Utterance, Rejected]
+
+
+def partition(items: Iterable[Item]) -> Tuple[List[Utterance], List[Rejected]]:
+    """Split an adapter's output into (utterances, rejected), keeping order."""
+    utterances, rejected = [], []
+    for item in items:
+        (rejected if isinstance(item, Rejected) else utterances).append(item)
+    return utterances, rejected
+
+
+def _check_classes(classes: Sequence[str], valid: Sequence[str], corpus: str) -> Tuple[str, ...]:
+    classes = tuple(classes)
+    unknown = [c for c in classes if c not in valid]
+    if unknown or not classes:
+        raise ValueError(f"{corpus}: unknown class names {unknown} (valid: {', '.join(valid)})"
+                         if unknown else f"{corpus}: no classes given (valid: {', '.join(valid)})")
+    return classes
+
+
+# ---------------------------------------------------------------------------------------------
+# RAVDESS
+
+RAVDESS_EMOTIONS = {"01": "neutral", "02": "calm", "03": "happy", "04": "sad", "05": "angry",
+                    "06": "fearful", "07": "disgust", "08": "surprised"}
+RAVDESS_STATEMENTS = {"01": "Kids are talking by the door", "02": "Dogs are sitting by the door"}
+# modality 03 = audio-only, vocal channel 01 = speech; then emotion, intensity, statement,
+# repetition, actor.
+_RAVDESS_NAME = re.compile(r"^03-01-(0[1-8])-(0[12])-(0[12])-(0[12])-(\d\d)\.(wav|flac)$",
+                           re.IGNORECASE)
+_RAVDESS_ACTOR_DIR = re.compile(r"^Actor_(\d\d)$")
+
+
+def ravdess(data_dir: PathLike, classes: Sequence[str] = DEFAULT_CLASSES) -> Iterator[Item]:
+    """RAVDESS speech: ``Actor_XX/03-01-EE-II-SS-RR-AA.(wav|flac)``.
+
+    Label from EE, transcript from SS, speaker ``"Actor_XX"``, gender from the actor number
+    (odd male "M", even female "F"). ``classes`` are any of the 8 emotion names. Every
+    non-hidden file in an ``Actor_XX`` directory whose name does not parse, or whose actor
+    differs from the directory's, is ``Rejected``; files outside ``Actor_XX`` directories are
+    not part of the corpus and are ignored.
+    """
+    classes = _check_classes(classes, tuple(RAVDESS_EMOTIONS.values()), "ravdess")
+    root = Path(data_dir)
+    actor_dirs = sorted(p for p in _subdirectories(root) if _RAVDESS_ACTOR_DIR.match(p.name))
+    if not actor_dirs:
+        raise ValueError(f"ravdess: no Actor_XX directories in {root}")
+    return _ravdess_items(actor_dirs, classes)  # arguments checked now, files read lazily
+
+
+def _ravdess_items(actor_dirs: List[Path], classes: Tuple[str, ...]) -> Iterator[Item]:
+    for actor_dir in actor_dirs:
+        actor = _RAVDESS_ACTOR_DIR.match(actor_dir.name).group(1)
+        for path in sorted(actor_dir.iterdir()):
+            if path.name.startswith("."):  # .DS_Store, AppleDouble "._x.wav" files
+                continue
+            utterance_id = path.name.rsplit(".", 1)[0]
+            match = _RAVDESS_NAME.match(path.name)
+            if not path.is_file() or not match:
+                yield Rejected(utterance_id, str(path), CORPUS_STAGE,
+                               "name does not match 03-01-EE-II-SS-RR-AA.(wav|flac) "
+                               "(audio-only speech, valid codes)")
+                continue
+            emotion, _, statement, _, file_actor, _ = match.groups()
+            if file_actor != actor:
+                yield Rejected(utterance_id, str(path), CORPUS_STAGE,
+                               f"actor {file_actor} in the name but in directory {actor_dir.name}")
+                continue
+            label = RAVDESS_EMOTIONS[emotion]
+            if label not in classes:
+                continue
+            yield Utterance(utterance_id=utterance_id, audio_path=str(path),
+                            speaker=actor_dir.name, label_name=label,
+                            transcript=RAVDESS_STATEMENTS[statement],
+                            gender="M" if int(actor) % 2 else "F")
+
+
+# ---------------------------------------------------------------------------------------------
+# IEMOCAP
+
+IEMOCAP_CODES = {"neu": "neutral", "hap": "happy", "exc": "excited", "ang": "angry", "sad": "sad",
+                 "fru": "frustrated", "sur": "surprised", "fea": "fearful", "dis": "disgust",
+                 "oth": "other"}
+IEMOCAP_NO_AGREEMENT = "xxx"  # annotators did not agree: never a training label
+# "[6.2901 - 8.2357]\tSes01F_impro01_F000\tneu\t[2.5000, 2.5000, 2.5000]"
+_IEMOCAP_LABEL = re.compile(r"^\[\s*[\d.]+\s*-\s*[\d.]+\s*\]\s+(Ses\w+)\s+(\w+)\s+\[")
+# "Ses01F_impro01_F000 [006.2901-008.2357]: Excuse me."
+_IEMOCAP_TRANSCRIPT = re.compile(r"^(Ses\w+)\s+\[\s*[\d.]+\s*-\s*[\d.]+\s*\]:\s?(.*)$")
+_IEMOCAP_UTTERANCE = re.compile(r"^(Ses\d\d)[FM]_.+_([FM])[^_]*$")
+_IEMOCAP_SESSION_DIR = re.compile(r"^Session\d+$")
+
+
+def iemocap(data_dir: PathLike, classes: Sequence[str] = DEFAULT_CLASSES,
+            merge_excited: bool = True) -> Iterator[Item]:
+    """IEMOCAP release layout under ``data_dir/SessionN/``.
+
+    Labels: ``dialog/EmoEvaluation/*.txt``; transcripts: ``dialog/transcriptions/*.txt``; audio:
+    ``sentences/wav/<dialog>/<utt>.wav``; word alignment ``sentences/ForcedAlignment/<dialog>/
+    <utt>.wdseg`` (set when the file exists). Speaker ``Ses01F_impro01_F000`` -> "Ses01_F" (the
+    letter of the last id segment says who speaks); group "Session1". ``xxx`` (no agreement)
+    is always left out; ``exc`` becomes happy when ``merge_excited``. An utterance without a
+    transcript line gets ``transcript=None``.
+    """
+    valid = tuple(name for name in IEMOCAP_CODES.values()
+                  if not (merge_excited and name == "excited"))
+    if merge_excited and "excited" in tuple(classes):
+        raise ValueError("iemocap: 'excited' is merged into 'happy'; pass merge_excited=False "
+                         "to use it as a class")
+    classes = _check_classes(classes, valid, "iemocap")
+    root = Path(data_dir)
+    sessions = sorted((p for p in _subdirectories(root) if _IEMOCAP_SESSION_DIR.match(p.name)),
+                      key=lambda p: int(p.name[len("Session"):]))
+    if not sessions:
+        raise ValueError(f"iemocap: no SessionN directories in {root}")
+    return _iemocap_items(sessions, classes, merge_excited)
+
+
+def _iemocap_items(sessions: List[Path], classes: Tuple[str, ...],
+                   merge_excited: bool) -> Iterator[Item]:
+    for session in sessions:
+        transcripts = _iemocap_transcripts(session / "dialog" / "transcriptions")
+        for label_file in _visible_txt(session / "dialog" / "EmoEvaluation"):
+            for utterance_id, code in _iemocap_labels(label_file):
+                item = _iemocap_item(session, label_file, utterance_id, code, transcripts,
+                                     classes, merge_excited)
+                if item is not None:
+                    yield item
+
+
+def _iemocap_item(session: Path, label_file: Path, utterance_id: str, code: str,
+                  transcripts: Dict[str, str], classes: Tuple[str, ...],
+                  merge_excited: bool) -> Optional[Item]:
+    if code == IEMOCAP_NO_AGREEMENT:
+        return None
+    if code not in IEMOCAP_CODES:
+        return Rejected(utterance_id, str(label_file), CORPUS_STAGE, f"unknown emotion code {code!r}")
+    label = IEMOCAP_CODES[code]
+    if merge_excited and label == "excited":
+        label = "happy"
+    if label not in classes:
+        return None
+    match = _IEMOCAP_UTTERANCE.match(utterance_id)
+    if not match:
+        return Rejected(utterance_id, str(label_file), CORPUS_STAGE,
+                        "utterance id does not look like SesNN[FM]_<dialog>_[FM]NNN")
+    session_code, speaker_gender = match.groups()
+    dialog = utterance_id.rsplit("_", 1)[0]
+    sentences = session / "sentences"
+    alignment = sentences / "ForcedAlignment" / dialog / f"{utterance_id}.wdseg"
+    has_alignment = alignment.is_file()
+    return Utterance(utterance_id=utterance_id,
+                     audio_path=str(sentences / "wav" / dialog / f"{utterance_id}.wav"),
+                     speaker=f"{session_code}_{speaker_gender}", label_name=label,
+                     transcript=transcripts.get(utterance_id),
+                     alignment_path=str(alignment) if has_alignment else None,
+                     alignment_format="wdseg" if has_alignment else None,
+                     group=session.name, gender=speaker_gender)
+
+
+def _subdirectories(root: Path) -> List[Path]:
+    return [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+
+
+def _visible_txt(directory: Path) -> List[Path]:
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.glob("*.txt") if p.is_file() and not p.name.startswith("."))
+
+
+def _iemocap_labels(path: Path) -> Iterator[Tuple[str, str]]:
+    """(utterance id, emotion code) of each turn line; header and annotator lines are skipped."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            match = _IEMOCAP_LABEL.match(line.strip())
+            if match:
+                yield match.group(1), match.group(2).lower()
+
+
+def _iemocap_transcripts(directory: Path) -> Dict[str, str]:
+    transcripts = {}
+    for path in _visible_txt(directory):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                match = _IEMOCAP_TRANSCRIPT.match(line.strip())
+                if match:
+                    transcripts[match.group(1)] = match.group(2).strip()
+    return transcripts
+
+
+# ---------------------------------------------------------------------------------------------
+# Manifests
+
+MANIFEST_REQUIRED = ("path", "label")
+
+
+def manifest(path: PathLike, classes: Optional[Sequence[str]] = None) -> Iterator[Item]:
+    """A CSV (``.csv``) or JSON-lines (``.jsonl``/``.ndjson``) list of utterances.
+
+    Columns: ``path``, ``label`` (required); ``speaker``, ``transcript``, ``textgrid``, ``group``,
+    ``gender`` (optional). Relative paths are resolved against the manifest's directory.
+    Labels are stripped and lowercased. With ``classes``, a row whose label is not one of them
+    is ``Rejected``; with ``classes=None`` every label is accepted. A row without a speaker is
+    its own speaker (speaker = utterance id), so folds treat it as a separate person. An empty
+    transcript means unknown (None). ``utterance_id`` is the audio file's stem, suffixed
+    ``-2``, ``-3``, ... when a stem repeats.
+
+    Raises:
+        ValueError: unknown extension, or a CSV header without ``path`` / ``label``.
+    """
+    path = Path(path)
+    if classes is not None:
+        classes = tuple(classes)
+        if not classes:
+            raise ValueError("manifest: classes is empty (pass None to accept every label)")
+    if path.suffix.lower() not in (".csv", ".jsonl", ".ndjson"):
+        raise ValueError(f"{path}: manifest must be .csv or .jsonl, got {path.suffix!r}")
+    if not path.is_file():
+        raise ValueError(f"{path}: manifest not found")
+    if path.suffix.lower() == ".csv":
+        _csv_header(path)  # a missing column fails now, not at the first row
+    return _manifest_items(path, classes)
+
+
+def _manifest_items(path: Path, classes: Optional[Tuple[str, ...]]) -> Iterator[Item]:
+    seen: collections.Counter = collections.Counter()
+    for where, row in _manifest_rows(path):
+        yield _manifest_item(path.parent, where, row, classes, seen)
+
+
+def _csv_header(path: Path) -> List[str]:
+    with open(path, newline="", encoding="utf-8") as f:
+        header = [h.strip() for h in (csv.DictReader(f).fieldnames or [])]
+    missing = [c for c in MANIFEST_REQUIRED if c not in header]
+    if missing:
+        raise ValueError(f"{path}: manifest header lacks column(s) {missing} (has {header})")
+    return header
+
+
+def _manifest_rows(path: Path) -> Iterator[Tuple[str, object]]:
+    """(``"<manifest>:<line>"``, row) pairs; a row is a dict, or an error string for bad JSON."""
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            # Reading fieldnames consumes the header line; then strip the names ("path, label").
+            reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
+            for row in reader:
+                yield f"{path}:{reader.line_num}", row
+    elif suffix in (".jsonl", ".ndjson"):
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    if not isinstance(row, dict):
+                        row = "not a JSON object"
+                except json.JSONDecodeError as error:
+                    row = f"not valid JSON ({error.msg})"
+                yield f"{path}:{number}", row
+
+
+def _manifest_item(base: Path, where: str, row, classes: Optional[Tuple[str, ...]],
+                   seen: collections.Counter) -> Item:
+    if isinstance(row, str):
+        return Rejected(where, where, CORPUS_STAGE, row)
+    value = {k.strip(): (v.strip() if isinstance(v, str) else v) for k, v in row.items() if k}
+    missing = [c for c in MANIFEST_REQUIRED if value.get(c) in (None, "")]
+    audio = value.get("path")
+    audio_path = _resolve(base, str(audio)) if audio not in (None, "") else None
+    if missing:
+        return Rejected(Path(audio_path).stem if audio_path else where, audio_path or where,
+                        CORPUS_STAGE, f"missing {', '.join(missing)} ({where})")
+    stem = Path(audio_path).stem
+    seen[stem] += 1
+    utterance_id = stem if seen[stem] == 1 else f"{stem}-{seen[stem]}"
+    label = str(value["label"]).lower()
+    if classes is not None and label not in classes:
+        return Rejected(utterance_id, audio_path, CORPUS_STAGE,
+                        f"unknown label {label!r} (classes: {', '.join(classes)}) ({where})")
+    textgrid = value.get("textgrid")
+    transcript = value.get("transcript")
+    return Utterance(utterance_id=utterance_id, audio_path=audio_path,
+                     speaker=str(value.get("speaker") or utterance_id), label_name=label,
+                     transcript=str(transcript) if transcript else None,
+                     alignment_path=_resolve(base, str(textgrid)) if textgrid else None,
+                     alignment_format="textgrid" if textgrid else None,
+                     group=str(value["group"]) if value.get("group") else None,
+                     gender=str(value["gender"]) if value.get("gender") else None)
+
+
+def _resolve(base: Path, path: str) -> str:
+    p = Path(path).expanduser()
+    return str(p if p.is_absolute() else base / p)
+
+
+# ---------------------------------------------------------------------------------------------
+# Folds
+
+
+def assign_folds(utterances: Iterable[Item], num_folds: int = 5, by: str = "speaker",
+                 seed: int = 0) -> Dict[str, int]:
+    """Speaker-independent folds: ``{speaker: fold}`` with folds ``0 .. num_folds - 1``.
+
+    ``by="speaker"``: speakers are dealt greedily, each to the fold with the fewest utterances;
+    when every speaker's gender is known, genders are dealt one after the other and a speaker
+    goes first to a fold with the fewest speakers of its gender, so each fold gets both genders
+    whenever there are enough. ``by="group"``: whole groups (IEMOCAP sessions) are dealt the
+    same way and their speakers follow them; with as many groups as folds, one group per fold.
+
+    Units are dealt largest first, ties by name; a non-zero ``seed`` shuffles the tie order.
+    Folds are then numbered by the sorted name of their first member (Actor_01 / Session1 is
+    in fold 0). ``Rejected`` items are ignored.
+
+    Raises:
+        ValueError: ``num_folds < 2``, more folds than speakers/groups, unknown ``by``, a group
+            missing under ``by="group"``, or a speaker in two groups.
+    """
+    if by not in ("speaker", "group"):
+        raise ValueError(f"by must be 'speaker' or 'group', got {by!r}")
+    if num_folds < 2:
+        raise ValueError(f"num_folds must be >= 2, got {num_folds}")
+    utterances = [u for u in utterances if isinstance(u, Utterance)]
+    if not utterances:
+        raise ValueError("assign_folds: no utterances")
+
+    counts: collections.Counter = collections.Counter()
+    genders: Dict[str, Optional[str]] = {}
+    speaker_group: Dict[str, Optional[str]] = {}
+    for u in utterances:
+        unit = u.speaker if by == "speaker" else u.group
+        if unit is None:
+            raise ValueError(f"assign_folds(by='group'): utterance {u.utterance_id} has no group")
+        if by == "group" and speaker_group.setdefault(u.speaker, u.group) != u.group:
+            raise ValueError(f"assign_folds(by='group'): speaker {u.speaker} is in groups "
+                             f"{speaker_group[u.speaker]} and {u.group}")
+        counts[unit] += 1
+        genders.setdefault(unit, u.gender)
+    if num_folds > len(counts):
+        raise ValueError(f"num_folds={num_folds} but only {len(counts)} {by}s")
+
+    # Strata: one per gender when all speakers' genders are known, else a single stratum.
+    stratified = by == "speaker" and all(g is not None for g in genders.values())
+    strata: Dict[Optional[str], List[str]] = collections.defaultdict(list)
+    for unit in counts:
+        strata[genders[unit] if stratified else None].append(unit)
+
+    rng = random.Random(seed)
+    load = [0] * num_folds
+    members: List[List[str]] = [[] for _ in range(num_folds)]
+    for stratum in sorted(strata, key=str):
+        units = sorted(strata[stratum])
+        if seed:
+            rng.shuffle(units)
+        units.sort(key=lambda unit: -counts[unit])  # stable: ties keep the (shuffled) name order
+        in_stratum = [0] * num_folds
+        for unit in units:
+            # Fewest speakers of this gender first (so every fold gets both), then lightest.
+            fold = min(range(num_folds),
+                       key=lambda f: (in_stratum[f] if stratified else 0, load[f], f))
+            members[fold].append(unit)
+            in_stratum[fold] += 1
+            load[fold] += counts[unit]
+
+    order = sorted(range(num_folds), key=lambda f: min(members[f]))
+    unit_fold = {unit: new for new, old in enumerate(order) for unit in members[old]}
+    if by == "speaker":
+        return unit_fold
+    return {speaker: unit_fold[group] for speaker, group in speaker_group.items()}
+
+
+def fold_summary(utterances: Iterable[Item], folds: Dict[str, int]) -> List[Dict[str, object]]:
+    """Per fold: its speakers, utterance count and label counts (for logs and reports)."""
+    summary = [{"fold": f, "speakers": [], "utterances": 0, "labels": collections.Counter()}
+               for f in range(max(folds.values()) + 1)]
+    for speaker, fold in sorted(folds.items()):
+        summary[fold]["speakers"].append(speaker)
+    for u in utterances:
+        if isinstance(u, Utterance):
+            entry = summary[folds[u.speaker]]
+            entry["utterances"] += 1
+            entry["labels"][u.label_name] += 1
+    for entry in summary:
+        entry["labels"] = dict(sorted(entry["labels"].items()))
+    return summary
