@@ -104,33 +104,68 @@ def preprocess(args) -> dict:
     return summary
 
 
+def check_run_config(args, config: ModelConfig) -> Path:
+    """Everything that can be wrong with a run is found here, before any training starts."""
+    from preprocessing import corpora, embeddings
+    data_dir = find_data_dir(args.data_dir)
+    if args.folds < 2:
+        raise UsageError(f"--folds must be >= 2, got {args.folds}")
+    try:
+        utterances, _ = corpora.partition(corpus_items("ravdess", data_dir, list(config.class_names)))
+        folds = corpora.assign_folds(utterances, args.folds)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    empty = [row["fold"] for row in corpora.fold_summary(utterances, folds) if not row["utterances"]]
+    if empty:
+        raise UsageError(f"fold(s) {empty} would have no examples")
+    try:
+        embeddings.load(resolve_embeddings(args.embeddings))
+    except embeddings.EmbeddingsError as error:
+        raise UsageError(str(error)) from error
+    return data_dir
+
+
+class StageLog(logging.Handler):
+    """Prints the orchestrator's per-component progress lines, and nothing else of its INFO."""
+
+    PATTERN = ("Component %s is running.", "Component %s is finished.", "Skipping component %s.")
+
+    def __init__(self, out=sys.stdout):
+        super().__init__(logging.INFO)
+        self.out, self.started = out, time.time()
+
+    def emit(self, record):
+        if record.msg in self.PATTERN:
+            what = record.msg.split()[-1].rstrip(".") if "Skipping" not in record.msg else "skipped"
+            print(f"[{time.time() - self.started:6.0f}s] {record.args[0]}: {what}", file=self.out,
+                  flush=True)
+
+
 def run(args) -> dict:
-    """The main job: RAVDESS -> records -> speaker-independent k-fold CV -> report."""
-    from pipeline.crossval import cross_validate
-    from preprocessing.beam_pipeline import SUMMARY_FILE
-    output = Path(args.output)
-    records_dir = output / "records"
+    """The main job: the TFX pipeline on RAVDESS with LocalDagRunner, then the report."""
+    from tfx import v1 as tfx
+
+    from pipeline.runner import MODEL_NAME, local_pipeline
     config = ModelConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
                          class_names=tuple(parse_classes(args.classes) or DEFAULT_CLASSES))
+    data_dir = check_run_config(args, config)
+    output = Path(args.output).resolve()
+    print(f"== cme-ser run: {data_dir} -> {output} ({args.folds} folds, up to {config.epochs} "
+          "epochs per model)")
+    absl_logger = logging.getLogger("absl")
+    absl_logger.setLevel(logging.INFO)
+    absl_logger.addHandler(StageLog())
     t0 = time.time()
-    wanted = {"data_dir": str(find_data_dir(args.data_dir).resolve()), "folds": args.folds,
-              "classes": list(config.class_names)}
-    stamp = records_dir / "run_inputs.json"
-    if (records_dir / SUMMARY_FILE).exists() and stamp.exists() and \
-            json.loads(stamp.read_text()) == wanted:
-        print(f"== preprocess: reusing {records_dir} (same data, classes and folds)")
-    else:
-        print(f"== preprocess: {wanted['data_dir']} -> {records_dir}")
-        preprocess(argparse.Namespace(
-            dataset="ravdess", data_dir=wanted["data_dir"], out=str(records_dir),
-            classes=",".join(config.class_names), embeddings=args.embeddings, folds=args.folds,
-            max_seconds=60.0, overlong="truncate", overwrite=True, beam_arg=None))
-        stamp.write_text(json.dumps(wanted))
-    print(f"== cross-validation: {args.folds} folds, up to {config.epochs} epochs each")
-    report = cross_validate(records_dir, output / "crossval", config)
-    print((output / "crossval" / "report.md").read_text())
-    print(f"== done in {time.time() - t0:.0f} s; report: {output / 'crossval' / 'report.md'}")
-    return report
+    tfx.orchestration.LocalDagRunner().run(local_pipeline(
+        output, data_dir=data_dir, embeddings_path=resolve_embeddings(args.embeddings),
+        config=config, num_folds=args.folds))
+    reports = sorted((output / "tfx" / "root" / "CrossValidationReport" / "report").glob(
+        "*/report.md"), key=lambda p: int(p.parent.name))
+    print(reports[-1].read_text())
+    versions = sorted((output / "serving_model" / MODEL_NAME).iterdir(), key=lambda p: p.name)
+    print(f"== done in {time.time() - t0:.0f} s\nreport: {reports[-1].parent}\n"
+          f"pushed model: {versions[-1]}\nTensorBoard: tensorboard --logdir {output / 'tfx' / 'root'}")
+    return json.loads((reports[-1].parent / "report.json").read_text())
 
 
 def fetch_embeddings(args) -> None:
@@ -165,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a Beam pipeline option, repeatable (e.g. --beam-arg=--runner=FlinkRunner)")
     pre.set_defaults(func=preprocess)
 
-    run_p = sub.add_parser("run", help="the main job: preprocess + k-fold cross-validation")
+    run_p = sub.add_parser("run", help="the main job: the TFX pipeline (preprocess, k-fold "
+                                       "train/evaluate, report, final model, push)")
     run_p.add_argument("--data-dir", default=None)
     run_p.add_argument("--output", default="output")
     run_p.add_argument("--embeddings", default=None)
@@ -179,7 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

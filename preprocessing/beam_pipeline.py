@@ -27,6 +27,9 @@ from preprocessing import corpora
 
 LOG = logging.getLogger("cme_ser.preprocess")
 RECORDS_DIR = "records"
+# Where fold K's files go, relative to the output dir. TFX's Examples artifacts use
+# "Split-fold{fold}" instead (see pipeline.components).
+DEFAULT_LAYOUT = RECORDS_DIR + "/fold-{fold}"
 ERRORS_FILE = "errors.jsonl"
 SUMMARY_FILE = "summary.json"
 FOLD_PLAN_FILE = "fold_plan.json"
@@ -97,7 +100,8 @@ class ProcessUtterance(beam.DoFn):
 
 
 def build(p: beam.Pipeline, utterances: Sequence[corpora.Utterance],
-          options: ProcessingOptions, out_dir: str, num_folds: int):
+          options: ProcessingOptions, out_dir: str, num_folds: int,
+          layout: str = DEFAULT_LAYOUT):
     """Adds the job to ``p``; returns the (records, errors) PCollections."""
     results = (
         p
@@ -111,7 +115,7 @@ def build(p: beam.Pipeline, utterances: Sequence[corpora.Utterance],
         (pcoll
          | f"Serialized{fold}" >> beam.Values()
          | f"Write{fold}" >> beam.io.WriteToTFRecord(
-             os.path.join(out_dir, RECORDS_DIR, f"fold-{fold}", "part"),
+             os.path.join(out_dir, layout.format(fold=fold), "part"),
              file_name_suffix=RECORD_SUFFIX,
              compression_type=beam.io.filesystem.CompressionTypes.GZIP))
     (errors
@@ -127,9 +131,11 @@ def default_beam_args() -> List[str]:
             f"--direct_num_workers={max(1, os.cpu_count() or 1)}"]
 
 
-def prepare_output_dir(out_dir: Path, overwrite: bool) -> None:
+def prepare_output_dir(out_dir: Path, overwrite: bool, layout: str = DEFAULT_LAYOUT) -> None:
     """Refuses to mix runs: an output dir holding a previous run needs ``overwrite``."""
-    previous = [name for name in OUTPUTS if (out_dir / name).exists()]
+    top = layout.split("/")[0].replace("{fold}", "*")
+    previous = sorted({p.name for p in out_dir.glob(top)} |
+                      {name for name in OUTPUTS if (out_dir / name).exists()})
     if previous and not overwrite:
         raise FileExistsError(
             f"{out_dir} already holds preprocessed output ({', '.join(previous)}); "
@@ -140,23 +146,28 @@ def prepare_output_dir(out_dir: Path, overwrite: bool) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
-def record_files(out_dir, fold: Optional[int] = None) -> List[str]:
-    pattern = f"fold-{fold}" if fold is not None else "fold-*"
-    return sorted(str(p) for p in Path(out_dir, RECORDS_DIR).glob(f"{pattern}/*{RECORD_SUFFIX}"))
+def record_files(out_dir, fold: Optional[int] = None, layout: str = DEFAULT_LAYOUT) -> List[str]:
+    pattern = layout.format(fold=fold if fold is not None else "*")
+    return sorted(str(p) for p in Path(out_dir).glob(f"{pattern}/*{RECORD_SUFFIX}"))
 
 
 def run(*, dataset: str, items: Iterable[corpora.Item], out_dir, class_names: Sequence[str],
         embeddings_path: str, num_folds: int = 5, fold_by: str = "speaker",
         max_seconds: float = 60.0, overlong: str = "truncate", overwrite: bool = False,
-        beam_args: Optional[Sequence[str]] = None) -> dict:
-    """Runs the whole job and returns the summary (also written to ``summary.json``)."""
+        beam_args: Optional[Sequence[str]] = None, pipeline: Optional[beam.Pipeline] = None,
+        layout: str = DEFAULT_LAYOUT) -> dict:
+    """Runs the whole job and returns the summary (also written to ``summary.json``).
+
+    ``pipeline``: an unstarted Beam pipeline to run in (TFX hands one over, configured with
+    the TFX pipeline's Beam arguments); otherwise one is made from ``beam_args``.
+    """
     out_dir = Path(out_dir)
     utterances, rejected = corpora.partition(items)
     if not utterances:
         raise ValueError(f"no usable utterances found for dataset {dataset!r} "
                          f"({len(rejected)} rejected)")
     folds = corpora.assign_folds(utterances, num_folds, by=fold_by)
-    prepare_output_dir(out_dir, overwrite)
+    prepare_output_dir(out_dir, overwrite, layout)
     plan = {"dataset": dataset, "num_folds": num_folds, "by": fold_by, "folds": folds,
             "summary": corpora.fold_summary(utterances, folds)}
     (out_dir / FOLD_PLAN_FILE).write_text(json.dumps(plan, indent=2, sort_keys=True))
@@ -167,9 +178,10 @@ def run(*, dataset: str, items: Iterable[corpora.Item], out_dir, class_names: Se
     started = time.time()
     LOG.warning("preprocessing %d utterances (%d rejected while listing) into %s",
                 len(utterances), len(rejected), out_dir)
-    pipeline_options = PipelineOptions(list(beam_args or default_beam_args()))
-    with beam.Pipeline(options=pipeline_options) as p:
-        build(p, utterances, options, str(out_dir), num_folds)
+    if pipeline is None:
+        pipeline = beam.Pipeline(options=PipelineOptions(list(beam_args or default_beam_args())))
+    with pipeline as p:
+        build(p, utterances, options, str(out_dir), num_folds, layout)
     elapsed = time.time() - started
 
     errors = [json.loads(line) for line in
@@ -180,19 +192,19 @@ def run(*, dataset: str, items: Iterable[corpora.Item], out_dir, class_names: Se
                                                for e in errors))
     summary = summarize(out_dir, dataset=dataset, class_names=class_names,
                         num_inputs=len(utterances) + len(rejected), errors=errors,
-                        seconds=elapsed)
+                        seconds=elapsed, layout=layout)
     (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True))
     return summary
 
 
 def summarize(out_dir: Path, *, dataset: str, class_names: Sequence[str], num_inputs: int,
-              errors: List[dict], seconds: float) -> dict:
+              errors: List[dict], seconds: float, layout: str = DEFAULT_LAYOUT) -> dict:
     """Counts what the job produced by reading it back (so the numbers are the files')."""
     from preprocessing.records import decode_example
     import tensorflow as tf
 
     per_fold, per_source, per_label, oov = {}, {}, {}, 0
-    for path in record_files(out_dir):
+    for path in record_files(out_dir, layout=layout):
         fold = Path(path).parent.name
         for raw in tf.data.TFRecordDataset(path, compression_type="GZIP").as_numpy_iterator():
             record = decode_example(raw)

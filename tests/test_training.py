@@ -1,18 +1,19 @@
 """Metrics, the record input pipeline and one cross-validation fold on synthetic records."""
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.crossval import build_report, render_markdown
+from pipeline.report import render_markdown, write_report
 from preprocessing.records import make_example
 from trainer.config import ModelConfig
 from trainer.data import make_dataset
 from trainer.metrics import (UnweightedAccuracy, confusion_matrix, unweighted_accuracy,
                              weighted_accuracy)
-from trainer.train import train_fold
+from trainer.train import train_fold, validation_speakers
 
 TINY = ModelConfig(word_dim=4, cnn_filters=(4, 8, 8), semantic_dim=8, lstm_units=4,
                    fcn_units=4, class_names=("a", "b"), epochs=3, patience=2, batch_size=4)
@@ -75,23 +76,35 @@ def test_dataset_pads_batches_and_filters_speakers(folds):
     assert sum(int(l.shape[0]) for _, l in without_a) == 6
 
 
-def test_train_fold_holds_out_the_test_fold_and_validates_on_another(folds, tmp_path):
-    result = train_fold(folds, 2, TINY, log_dir=str(tmp_path / "tb"),
-                        model_path=str(tmp_path / "m.keras"))
-    assert result.val_folds == [0] and result.fold == 2
-    assert (result.num_train, result.num_val, result.num_test) == (12, 12, 12)
+def test_validation_speakers_are_a_deterministic_subset():
+    speakers = [f"Actor_{i:02d}" for i in range(24, 0, -1)]
+    chosen = validation_speakers(speakers, 0.2)
+    assert chosen == ["Actor_01", "Actor_06", "Actor_11", "Actor_16", "Actor_21"]
+    assert validation_speakers(["a", "b"], 0.2) == ["a"]
+    with pytest.raises(ValueError, match=">= 2 training speakers"):
+        validation_speakers(["a"], 0.2)
+
+
+def test_train_fold_holds_out_the_test_fold_and_validates_on_training_speakers(folds, tmp_path):
+    result = train_fold(folds, 2, TINY.replace(validation_fraction=0.25),
+                        log_dir=str(tmp_path / "tb"), model_path=str(tmp_path / "m.keras"))
+    # Training folds 0 and 1 hold speakers s0a s0b s1a s1b; every 4th sorted one validates.
+    assert result.val_speakers == ["s0a"] and result.fold == 2
+    assert (result.num_train, result.num_val, result.num_test) == (18, 6, 12)
     confusion = np.array(result.confusion)
     assert confusion.sum() == 12
     assert result.wa == pytest.approx(weighted_accuracy(confusion))
     assert 1 <= result.best_epoch <= result.epochs_run <= 3
     assert (tmp_path / "m.keras").exists()
     assert list((tmp_path / "tb" / "validation").glob("events.out.tfevents.*"))
-    report = build_report([result], TINY, seconds=1.0)
-    assert report["wa_mean"] == pytest.approx(result.wa)
-    assert "| 2 |" in render_markdown(report)
-    json.dumps(report)  # the report is plain JSON
+    report = write_report([dataclasses.asdict(result)], TINY.class_names, tmp_path / "report")
+    assert report["wa_mean"] == pytest.approx(result.wa) and report["wa_std"] == 0.0
+    assert report["confusion"] == result.confusion
+    assert f"| 2 | 12 | {result.wa:.3f} |" in render_markdown(report)
+    assert json.loads((tmp_path / "report" / "report.json").read_text())["ua_mean"] == report["ua_mean"]
+    assert (tmp_path / "report" / "confusion.png").stat().st_size > 1000
 
 
-def test_train_fold_needs_three_folds(folds):
-    with pytest.raises(ValueError, match=">= 3 folds"):
-        train_fold({0: folds[0], 1: folds[1]}, 0, TINY)
+def test_train_fold_needs_the_test_fold(folds):
+    with pytest.raises(ValueError, match="including 5"):
+        train_fold(folds, 5, TINY)

@@ -37,6 +37,7 @@ class ModelConfig:
     batch_size: int = 32
     epochs: int = 40
     patience: int = 10  # early stopping on the inner validation UA
+    validation_fraction: float = 0.2  # of the training speakers, for epoch selection
     seed: int = 0
 
     def __post_init__(self):
@@ -58,6 +59,8 @@ class ModelConfig:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 < self.validation_fraction < 1.0:
+            problems.append(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
         if self.learning_rate <= 0:
             problems.append(f"learning_rate must be > 0, got {self.learning_rate}")
         if problems:

@@ -1,7 +1,7 @@
-"""Training one cross-validation fold: fit on the training folds, select the epoch on an inner
-validation split of *training* speakers, then score the held-out fold once.
+"""Training: fit on training records with an inner validation split carved from the *training*
+speakers (epoch selection, early stopping), then score held-out records once.
 
-The held-out fold is never looked at before the final evaluation (the paper's released code
+The held-out data is never looked at before the final evaluation (the paper's released code
 picked each fold's best epoch on the test fold itself).
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import keras
 import numpy as np
@@ -34,7 +34,36 @@ class FoldResult:
     num_train: int
     num_val: int
     num_test: int
-    val_folds: List[int]
+    val_speakers: List[str]
+
+
+@dataclasses.dataclass
+class FitResult:
+    model: keras.Model
+    history: Dict[str, List[float]]
+    best_epoch: int  # 1-based
+    val_speakers: List[str]
+    num_train: int
+    num_val: int
+
+
+def speakers_in(files: Sequence[str]) -> List[str]:
+    spec = {"speaker": tf.io.FixedLenFeature([], tf.string)}
+    ds = tf.data.TFRecordDataset(list(files), compression_type="GZIP").map(
+        lambda raw: tf.io.parse_single_example(raw, spec)["speaker"])
+    return sorted({s.decode("utf-8") for s in ds.as_numpy_iterator()})
+
+
+def validation_speakers(speakers: Sequence[str], fraction: float) -> List[str]:
+    """Every k-th speaker in sorted order, k = round(1 / fraction), at least one speaker and
+    never all of them. Deterministic; on RAVDESS (odd actors male, even female) it picks both
+    genders."""
+    speakers = sorted(speakers)
+    if len(speakers) < 2:
+        raise ValueError(f"need >= 2 training speakers to carve a validation split, "
+                         f"got {speakers}")
+    step = max(2, int(round(1.0 / fraction)))
+    return speakers[::step]
 
 
 def training_frames(dataset: tf.data.Dataset) -> np.ndarray:
@@ -46,56 +75,65 @@ def training_frames(dataset: tf.data.Dataset) -> np.ndarray:
     return np.concatenate(chunks, axis=0)
 
 
-def predict_labels(model: keras.Model, dataset: tf.data.Dataset):
-    labels, predicted = [], []
-    for inputs, label in dataset:
-        labels.append(label.numpy())
-        predicted.append(np.argmax(model(inputs, training=False).numpy(), axis=-1))
-    return np.concatenate(labels), np.concatenate(predicted)
-
-
 def count(dataset: tf.data.Dataset) -> int:
     return int(sum(int(label.shape[0]) for _, label in dataset))
 
 
-def train_fold(files_by_fold: Dict[int, Sequence[str]], test_fold: int, config: ModelConfig, *,
-               log_dir: Optional[str] = None,
-               model_path: Optional[str] = None, verbose: int = 0) -> FoldResult:
-    """Trains with fold ``test_fold`` held out and the next fold as inner validation."""
-    folds = sorted(files_by_fold)
-    if test_fold not in folds or len(folds) < 3:
-        raise ValueError(f"need >= 3 folds including {test_fold} (train, validation, test); "
-                         f"got {folds}")
-    val_fold = folds[(folds.index(test_fold) + 1) % len(folds)]
-    train_files = [f for k in folds if k not in (test_fold, val_fold) for f in files_by_fold[k]]
-
+def fit(train_files: Sequence[str], config: ModelConfig, *, log_dir: Optional[str] = None,
+        extra_callbacks: Sequence[keras.callbacks.Callback] = (), verbose: int = 0) -> FitResult:
+    """Fits the model on ``train_files`` minus the inner validation speakers, selecting the
+    epoch with the best validation UA (early stopping, best weights restored)."""
+    val = validation_speakers(speakers_in(train_files), config.validation_fraction)
     keras.utils.set_random_seed(config.seed)
-    make = lambda files, shuffle=False: make_dataset(files, config.word_dim, config.batch_size,
-                                                     shuffle=shuffle, seed=config.seed)
-    train_ds, val_ds = make(train_files, shuffle=True), make(files_by_fold[val_fold])
-    test_ds = make(files_by_fold[test_fold])
 
+    def make(shuffle: bool, exclude: bool) -> tf.data.Dataset:
+        return make_dataset(train_files, config.word_dim, config.batch_size, shuffle=shuffle,
+                            seed=config.seed, speakers=val, exclude_speakers=exclude)
+
+    train_ds, val_ds = make(shuffle=True, exclude=True), make(shuffle=False, exclude=False)
     model = build_model(config)
-    adapt_normalization(model, training_frames(make(train_files)))
-    callbacks = [keras.callbacks.EarlyStopping(monitor="val_ua", mode="max", patience=config.patience,
-                                               restore_best_weights=True)]
+    adapt_normalization(model, training_frames(make(shuffle=False, exclude=True)))
+    callbacks = [keras.callbacks.EarlyStopping(monitor="val_ua", mode="max",
+                                               patience=config.patience,
+                                               restore_best_weights=True), *extra_callbacks]
     if log_dir:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=log_dir, write_graph=False))
     history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
-                        callbacks=callbacks, verbose=verbose)
-    val_ua = history.history["val_ua"]
-    best_epoch = int(np.argmax(val_ua))
+                        callbacks=callbacks, verbose=verbose).history
+    best = int(np.argmax(history["val_ua"]))
+    return FitResult(model=model, history=history, best_epoch=best + 1, val_speakers=val,
+                     num_train=count(train_ds), num_val=count(val_ds))
 
-    labels, predicted = predict_labels(model, test_ds)
-    confusion = confusion_matrix(labels, predicted, config.num_classes)
+
+def evaluate(model: keras.Model, files: Sequence[str], config: ModelConfig) -> Tuple[np.ndarray, int]:
+    """Confusion matrix ``[K, K]`` of ``model`` on ``files`` and the number of utterances."""
+    labels, predicted = [], []
+    for inputs, label in make_dataset(files, config.word_dim, config.batch_size):
+        labels.append(label.numpy())
+        predicted.append(np.argmax(model(inputs, training=False).numpy(), axis=-1))
+    labels, predicted = np.concatenate(labels), np.concatenate(predicted)
+    return confusion_matrix(labels, predicted, config.num_classes), int(labels.size)
+
+
+def train_fold(files_by_fold: Dict[int, Sequence[str]], test_fold: int, config: ModelConfig, *,
+               log_dir: Optional[str] = None, model_path: Optional[str] = None,
+               verbose: int = 0) -> FoldResult:
+    """Trains on every fold but ``test_fold``, then scores ``test_fold`` once."""
+    if test_fold not in files_by_fold or len(files_by_fold) < 2:
+        raise ValueError(f"need >= 2 folds including {test_fold}; got {sorted(files_by_fold)}")
+    train_files = [f for k in sorted(files_by_fold) if k != test_fold for f in files_by_fold[k]]
+    result = fit(train_files, config, log_dir=log_dir, verbose=verbose)
+    confusion, num_test = evaluate(result.model, files_by_fold[test_fold], config)
     if model_path:
         Path(model_path).parent.mkdir(parents=True, exist_ok=True)
-        model.save(model_path)
+        result.model.save(model_path)
+    val_ua = result.history["val_ua"]
     return FoldResult(fold=test_fold, wa=weighted_accuracy(confusion),
                       ua=unweighted_accuracy(confusion), confusion=confusion.tolist(),
-                      best_epoch=best_epoch + 1, epochs_run=len(val_ua),
-                      best_val_ua=float(val_ua[best_epoch]), num_train=count(make(train_files)),
-                      num_val=count(val_ds), num_test=int(len(labels)), val_folds=[val_fold])
+                      best_epoch=result.best_epoch, epochs_run=len(val_ua),
+                      best_val_ua=float(val_ua[result.best_epoch - 1]),
+                      num_train=result.num_train, num_val=result.num_val, num_test=num_test,
+                      val_speakers=result.val_speakers)
 
 
 def write_result(result: FoldResult, path) -> None:

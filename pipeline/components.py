@@ -1,0 +1,106 @@
+"""The project's custom TFX components.
+
+- ``CorpusExampleGen``: the Beam preprocessing job as an ExampleGen: a corpus in, an
+  ``Examples`` artifact out with one split per fold (``fold0`` .. ``foldK-1``), plus the fold
+  plan, ``errors.jsonl`` and ``summary.json`` beside the splits.
+- ``CrossValidationReport``: gathers the per-fold TFMA evaluations into mean +- std WA and UA,
+  per-fold rows and the summed confusion matrix (``report.json``, ``report.md``,
+  ``confusion.png``).
+"""
+
+# No `from __future__ import annotations`: TFX reads the signatures' real type objects.
+import re
+from pathlib import Path
+from typing import List, TypedDict
+
+import apache_beam as beam
+from tfx import v1 as tfx
+from tfx.types import artifact_utils, standard_artifacts
+from tfx.components.util import examples_utils
+from tfx.proto import example_gen_pb2
+
+SPLIT_LAYOUT = "Split-fold{fold}"
+
+
+class CrossValidationResult(tfx.dsl.Artifact):
+    """A directory with ``report.json``, ``report.md`` and ``confusion.png``."""
+
+    TYPE_NAME = "CrossValidationResult"
+
+
+class PreprocessCounts(TypedDict):
+    records: int
+    errors: int
+
+
+class CrossValidationMeans(TypedDict):
+    wa_mean: float
+    ua_mean: float
+
+
+def split_names(num_folds: int) -> List[str]:
+    return [f"fold{k}" for k in range(num_folds)]
+
+
+@tfx.dsl.components.component(use_beam=True)
+def CorpusExampleGen(
+    examples: tfx.dsl.components.OutputArtifact[standard_artifacts.Examples],
+    dataset: tfx.dsl.components.Parameter[str],
+    data_dir: tfx.dsl.components.Parameter[str],
+    classes: tfx.dsl.components.Parameter[str],
+    embeddings_path: tfx.dsl.components.Parameter[str],
+    num_folds: tfx.dsl.components.Parameter[int],
+    corpus_fingerprint: tfx.dsl.components.Parameter[str],
+    max_seconds: tfx.dsl.components.Parameter[float] = 60.0,
+    overlong: tfx.dsl.components.Parameter[str] = "truncate",
+    beam_pipeline: tfx.dsl.components.BeamComponentParameter[beam.Pipeline] = None,
+) -> PreprocessCounts:
+    """Preprocesses ``data_dir`` into speaker-independent fold splits (see
+    ``preprocessing.beam_pipeline``). ``corpus_fingerprint`` (names, sizes and times of the
+    corpus files) is a parameter so that TFX's cache reruns this only when the data changed.
+    Fails when a fold ends up with no examples."""
+    del corpus_fingerprint  # only there for the cache key
+    from pipeline.cli import corpus_items
+    from preprocessing import beam_pipeline as job
+
+    class_names = [c for c in classes.split(",") if c]
+    items = corpus_items(dataset, Path(data_dir), class_names)
+    summary = job.run(dataset=dataset, items=items, out_dir=examples.uri,
+                      class_names=class_names, embeddings_path=embeddings_path,
+                      num_folds=num_folds, fold_by="group" if dataset == "iemocap" else "speaker",
+                      max_seconds=max_seconds, overlong=overlong, overwrite=True,
+                      pipeline=beam_pipeline, layout=SPLIT_LAYOUT)
+    examples.split_names = artifact_utils.encode_split_names(split_names(num_folds))
+    examples_utils.set_payload_format(examples, example_gen_pb2.PayloadFormat.FORMAT_TF_EXAMPLE)
+    examples_utils.set_file_format(examples, "tfrecords_gzip")
+    empty = [k for k in range(num_folds)
+             if summary["records_per_fold"].get(SPLIT_LAYOUT.format(fold=k), 0) == 0]
+    if empty:
+        raise ValueError(f"fold(s) {empty} got no examples ({summary['records']} records, "
+                         f"{summary['errors']} errors): see {examples.uri}/errors.jsonl")
+    return {"records": summary["records"], "errors": summary["errors"]}
+
+
+_FOLD_FROM_URI = re.compile(r"Evaluator\.fold(\d+)")
+
+
+@tfx.dsl.components.component
+def CrossValidationReport(
+    evaluations: tfx.dsl.components.InputArtifact[List[standard_artifacts.ModelEvaluation]],
+    report: tfx.dsl.components.OutputArtifact[CrossValidationResult],
+    class_names: tfx.dsl.components.Parameter[str],
+) -> CrossValidationMeans:
+    """Writes ``report.json``, ``report.md`` and ``confusion.png`` into ``report.uri``."""
+    from pipeline.report import write_report
+    from pipeline.tfma_metrics import read_fold_metrics
+
+    names = [c for c in class_names.split(",") if c]
+    rows = []
+    for evaluation in evaluations:
+        match = _FOLD_FROM_URI.search(evaluation.uri)
+        fold = int(match.group(1)) if match else len(rows)
+        rows.append({"fold": fold, "evaluation": evaluation.uri,
+                     **read_fold_metrics(evaluation.uri, len(names))})
+    rows.sort(key=lambda r: r["fold"])
+    summary = write_report(rows, names, report.uri)
+    return {"wa_mean": summary["wa_mean"], "ua_mean": summary["ua_mean"]}

@@ -1,0 +1,29 @@
+"""The pipeline for the TFX CLI's local engine:
+
+    tfx pipeline create --engine local --pipeline_path pipeline/local_runner.py
+    tfx run create --engine local --pipeline_name cme_ser
+
+Settings come from the environment (defaults in brackets): CME_SER_OUTPUT [output],
+CME_SER_DATA [./data/ravdess-speech or ../shared/data/ravdess-speech], CME_SER_EMBEDDINGS
+[~/.cache/cme-ser/glove-6b-50d], CME_SER_FOLDS [5], CME_SER_EPOCHS [ModelConfig default],
+CME_SER_PIPELINE_NAME [cme_ser].
+"""
+
+import os
+
+from tfx import v1 as tfx
+
+from pipeline.cli import find_data_dir
+from pipeline.runner import PIPELINE_NAME, local_pipeline
+from preprocessing.embeddings import default_embeddings_path
+from trainer.config import ModelConfig
+
+if __name__ == "__main__":
+    config = ModelConfig()
+    if os.environ.get("CME_SER_EPOCHS"):
+        config = config.replace(epochs=int(os.environ["CME_SER_EPOCHS"]))
+    tfx.orchestration.LocalDagRunner().run(local_pipeline(
+        os.environ.get("CME_SER_OUTPUT", "output"), data_dir=find_data_dir(None),
+        embeddings_path=str(default_embeddings_path()), config=config,
+        num_folds=int(os.environ.get("CME_SER_FOLDS", "5")),
+        pipeline_name=os.environ.get("CME_SER_PIPELINE_NAME", PIPELINE_NAME)))

@@ -1,0 +1,93 @@
+"""The TFX pipeline: corpus -> fold splits -> statistics/schema/validation -> one Trainer and
+one Evaluator per fold -> cross-validation report; a final Trainer on every fold -> Pusher.
+
+``create_pipeline`` is a pure function of its arguments (the penguin example's shape); the
+runners (``pipeline/local_runner.py``, ``cme-ser run``, ``cme-ser compile``) only pick the
+arguments and the orchestrator.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import tensorflow_model_analysis as tfma
+from tfx import v1 as tfx
+from tfx.types import channel_utils
+
+from pipeline.components import CorpusExampleGen, CrossValidationReport, split_names
+from pipeline.tfma_metrics import metric_configs
+from trainer.config import ModelConfig
+
+RUN_FN = "trainer.module.run_fn"
+
+
+def eval_config(class_names: Sequence[str]) -> tfma.EvalConfig:
+    """WA, UA, per-class recall and the confusion matrix, computed by TFMA with our metrics
+    (``pipeline.tfma_metrics``) on the arg-max of ``probabilities``."""
+    return tfma.EvalConfig(
+        model_specs=[tfma.ModelSpec(signature_name="serving_default", label_key="label",
+                                    prediction_key="probabilities")],
+        slicing_specs=[tfma.SlicingSpec()],
+        metrics_specs=[tfma.MetricsSpec(metrics=[
+            tfma.MetricConfig(class_name="ExampleCount"),
+            tfma.MetricConfig(class_name="MultiClassConfusionMatrixPlot"),
+            *metric_configs(len(class_names))])])
+
+
+def create_pipeline(*, pipeline_name: str, pipeline_root: str, metadata_path: str,
+                    dataset: str, data_dir: str, corpus_fingerprint: str,
+                    embeddings_path: str, serving_model_dir: str,
+                    config: ModelConfig = ModelConfig(), num_folds: int = 5,
+                    vocab_size: int = 50000, max_seconds: float = 60.0,
+                    beam_pipeline_args: Optional[List[str]] = None,
+                    enable_cache: bool = True) -> tfx.dsl.Pipeline:
+    if num_folds < 2:
+        raise ValueError(f"num_folds must be >= 2, got {num_folds}")
+    splits = split_names(num_folds)
+    classes = ",".join(config.class_names)
+    custom_config = {"model_config": config.to_json(), "embeddings_path": embeddings_path,
+                     "vocab_size": vocab_size}
+
+    example_gen = CorpusExampleGen(
+        dataset=dataset, data_dir=data_dir, classes=classes, embeddings_path=embeddings_path,
+        num_folds=num_folds, corpus_fingerprint=corpus_fingerprint, max_seconds=max_seconds)
+    examples = example_gen.outputs["examples"]
+    statistics = tfx.components.StatisticsGen(examples=examples)
+    schema = tfx.components.SchemaGen(statistics=statistics.outputs["statistics"],
+                                      infer_feature_shape=False)
+    validator = tfx.components.ExampleValidator(statistics=statistics.outputs["statistics"],
+                                                schema=schema.outputs["schema"])
+    components = [example_gen, statistics, schema, validator]
+
+    def trainer(train_splits: List[str], eval_split: str, node_id: str):
+        # eval_args only names the held-out split for the record; run_fn never reads it.
+        return tfx.components.Trainer(
+            run_fn=RUN_FN, examples=examples, schema=schema.outputs["schema"],
+            train_args=tfx.proto.TrainArgs(splits=train_splits),
+            eval_args=tfx.proto.EvalArgs(splits=[eval_split]),
+            custom_config=custom_config).with_id(node_id)
+
+    evaluations = []
+    for fold, split in enumerate(splits):
+        fold_trainer = trainer([s for s in splits if s != split], split, f"Trainer.fold{fold}")
+        evaluator = tfx.components.Evaluator(
+            examples=examples, model=fold_trainer.outputs["model"],
+            eval_config=eval_config(config.class_names),
+            example_splits=[split]).with_id(f"Evaluator.fold{fold}")
+        evaluations.append(evaluator.outputs["evaluation"])
+        components += [fold_trainer, evaluator]
+
+    report = CrossValidationReport(evaluations=channel_utils.union(evaluations), class_names=classes)
+    final_trainer = trainer(splits, splits[0], "Trainer.final")
+    pusher = tfx.components.Pusher(
+        model=final_trainer.outputs["model"],
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_model_dir)))
+    components += [report, final_trainer, pusher]
+
+    return tfx.dsl.Pipeline(
+        pipeline_name=pipeline_name, pipeline_root=pipeline_root, components=components,
+        enable_cache=enable_cache,
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+            metadata_path),
+        beam_pipeline_args=beam_pipeline_args or [])
