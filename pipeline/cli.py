@@ -3,6 +3,8 @@
     cme-ser embeddings fetch [--dest DIR]
     cme-ser preprocess --dataset {ravdess,iemocap,manifest} --data-dir DIR --out DIR [...]
     cme-ser run [--data-dir DIR] [--output DIR] [--epochs N] [--folds K] [...]
+    cme-ser serve --model-base-path DIR [--model-name cme] [--port 8501] [...]
+    cme-ser predict AUDIO [AUDIO ...] [--transcript TEXT] [--url URL | --model-dir DIR] [--json]
 """
 
 from __future__ import annotations
@@ -174,6 +176,77 @@ def fetch_embeddings(args) -> None:
     print(path)
 
 
+def serve(args) -> None:
+    """TF Serving's REST API over <base>/<version>/ SavedModels, until interrupted."""
+    import signal
+
+    from serving.server import build_server
+    base = Path(args.model_base_path)
+    if not base.is_dir():
+        raise UsageError(f"--model-base-path {base} is not a directory")
+    if args.version_labels and not Path(args.version_labels).is_file():
+        raise UsageError(f"--version-labels {args.version_labels} is not a file")
+    if args.max_request_mb <= 0:
+        raise UsageError(f"--max-request-mb must be > 0, got {args.max_request_mb}")
+    try:
+        server = build_server(
+            base, args.model_name, host=args.host, port=args.port,
+            poll_seconds=args.poll_seconds, labels_file=args.version_labels,
+            num_latest=args.num_versions, max_body_bytes=int(args.max_request_mb * 1024 * 1024),
+            batching=not args.no_batching, max_batch_size=args.max_batch_size,
+            batch_timeout_ms=args.batch_timeout_ms)
+    except OSError as error:
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {error.strerror or error}")
+    versions = server.repository.available_versions
+    print(f"cme-ser serve: model {args.model_name!r} from {base} (versions available: "
+          f"{versions or 'none yet'}), REST API at {server.url}", flush=True)
+    # SIGTERM (docker stop, kill) stops like Ctrl-C: finish the requests in flight, then exit.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        server.repository.stop()
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def predict(args) -> list:
+    """Emotion, probabilities and per-word excitation for audio files, via REST or locally."""
+    from serving import predict as predicting
+    from serving.client import RestClient
+    missing = [a for a in args.audio if not Path(a).is_file()]
+    if missing:
+        raise UsageError(f"no such audio file: {', '.join(missing)}")
+    if args.model_dir:
+        try:
+            model = predicting.LocalModel(args.model_dir)
+        except (OSError, ValueError) as error:
+            raise UsageError(str(error)) from error
+        where = str(model.path)
+    else:
+        model = RestClient(args.url, args.model_name, version=args.model_version,
+                           timeout=args.timeout)
+        where = f"{model.url}{model.model_path}"
+    try:
+        results = predicting.predict_files(args.audio, model, transcript=args.transcript)
+    except OSError as error:
+        raise UsageError(f"cannot reach {where}: {error.strerror or error} (is `cme-ser serve` "
+                         f"or TF Serving running there?)") from error
+    if args.json:
+        print(json.dumps({"model": where, "results": [r.to_dict() for r in results]}, indent=2))
+    else:
+        print(predicting.format_text(results))
+    failed = [r for r in results if r.error is not None]
+    if failed:
+        raise UsageError(f"{len(failed)} of {len(results)} file(s) failed")
+    return results
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cme-ser", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -211,6 +284,43 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument("--batch-size", type=int, default=ModelConfig.batch_size)
     run_p.add_argument("--seed", type=int, default=ModelConfig.seed)
     run_p.set_defaults(func=run)
+
+    srv = sub.add_parser("serve", help="TF Serving's REST API over exported SavedModel versions")
+    srv.add_argument("--model-base-path", required=True,
+                     help="directory of numeric version subdirectories (<base>/<version>/)")
+    srv.add_argument("--model-name", default="cme")
+    srv.add_argument("--port", type=int, default=8501, help="0 picks a free port")
+    srv.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to listen on all interfaces")
+    srv.add_argument("--poll-seconds", type=float, default=1.0,
+                     help="re-scan the base path for new versions this often (0: never)")
+    srv.add_argument("--num-versions", type=int, default=1,
+                     help="serve the newest N versions (TF Serving's default policy is 1)")
+    srv.add_argument("--version-labels", default=None,
+                     help='JSON file {"label": version}, re-read on every poll')
+    srv.add_argument("--max-request-mb", type=float, default=32.0,
+                     help="larger request bodies are refused with 413")
+    srv.add_argument("--no-batching", action="store_true",
+                     help="run every request on its own instead of batching concurrent ones")
+    srv.add_argument("--max-batch-size", type=int, default=32)
+    srv.add_argument("--batch-timeout-ms", type=float, default=2.0,
+                     help="longest a request waits for others to share its batch")
+    srv.set_defaults(func=serve)
+
+    pred = sub.add_parser("predict", help="emotion of audio files, via the REST API or locally")
+    pred.add_argument("audio", nargs="+", help="audio files (WAV, FLAC, ...; any sample rate)")
+    pred.add_argument("--transcript", default=None,
+                      help="what is said (forced alignment); without it, speech recognition")
+    pred.add_argument("--url", default="http://localhost:8501",
+                      help="REST endpoint: `cme-ser serve` or TF Serving")
+    pred.add_argument("--model-name", default="cme")
+    pred.add_argument("--model-version", type=int, default=None,
+                      help="a specific version (default: the newest served)")
+    pred.add_argument("--model-dir", default=None,
+                      help="use this SavedModel in-process instead of --url (a version "
+                           "directory, or a base directory: newest version)")
+    pred.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    pred.add_argument("--json", action="store_true", help="machine-readable output")
+    pred.set_defaults(func=predict)
     return parser
 
 

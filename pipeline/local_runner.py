@@ -10,13 +10,19 @@ CME_SER_PIPELINE_NAME [cme_ser].
 """
 
 import os
+import sys
 
-from tfx import v1 as tfx
+# Run as a script (python or the TFX CLI), this file's folder comes first on sys.path, where
+# `pipeline` would mean pipeline/pipeline.py instead of this package: take the folder out.
+_HERE = os.path.dirname(os.path.realpath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != _HERE]
 
-from pipeline.cli import find_data_dir
-from pipeline.runner import PIPELINE_NAME, local_pipeline
-from preprocessing.embeddings import default_embeddings_path
-from trainer.config import ModelConfig
+from tfx import v1 as tfx  # noqa: E402
+
+from pipeline.cli import find_data_dir  # noqa: E402
+from pipeline.runner import PIPELINE_NAME, local_pipeline  # noqa: E402
+from preprocessing.embeddings import default_embeddings_path  # noqa: E402
+from trainer.config import ModelConfig  # noqa: E402
 
 if __name__ == "__main__":
     config = ModelConfig()

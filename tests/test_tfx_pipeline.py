@@ -1,0 +1,167 @@
+"""The TFX pipeline end to end, small but real: 24 RAVDESS utterances of 4 actors, 2 folds,
+1 epoch, run through the TFX CLI's local engine (``tfx pipeline create`` + ``tfx run
+create``), then re-run with ``cme-ser run`` (which must come from the cache), and every
+artifact checked."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline.tfma_metrics import read_fold_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+RAVDESS = ROOT.parent / "shared" / "data" / "ravdess-speech"
+BIN = Path(sys.executable).parent
+CLASSES = ["angry", "happy", "neutral", "sad"]
+
+
+def latest(root: Path, component: str, output: str) -> Path:
+    runs = sorted((root / component / output).iterdir(), key=lambda p: int(p.name))
+    assert runs, f"no {component}.{output} artifact"
+    return runs[-1]
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    if not RAVDESS.is_dir():
+        pytest.fail(f"RAVDESS not found at {RAVDESS}")
+    tmp = tmp_path_factory.mktemp("tfx")
+    corpus = tmp / "corpus"
+    for actor in ("01", "02", "03", "04"):
+        (corpus / f"Actor_{actor}").mkdir(parents=True)
+        # Statement 1, repetition 1, intensity 1 of each class, + intensity 2 of angry and sad.
+        for emotion, intensity in (("01", "01"), ("03", "01"), ("04", "01"), ("05", "01"),
+                                   ("04", "02"), ("05", "02")):
+            name = f"03-01-{emotion}-{intensity}-01-01-{actor}.flac"
+            (corpus / f"Actor_{actor}" / name).symlink_to(RAVDESS / f"Actor_{actor}" / name)
+    env = {**os.environ, "LOCAL_HOME": str(tmp / "tfx_home"), "CME_SER_DATA": str(corpus),
+           "CME_SER_OUTPUT": str(tmp / "out"), "CME_SER_FOLDS": "2", "CME_SER_EPOCHS": "1",
+           "TF_CPP_MIN_LOG_LEVEL": "2", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    for command in (["tfx", "pipeline", "create", "--engine", "local", "--pipeline_path",
+                     str(ROOT / "pipeline" / "local_runner.py")],
+                    ["tfx", "run", "create", "--engine", "local", "--pipeline_name", "cme_ser"]):
+        done = subprocess.run([str(BIN / command[0]), *command[1:]], env=env, cwd=tmp,
+                              capture_output=True, text=True, timeout=1200)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return tmp, corpus, env
+
+
+def test_examples_are_split_by_fold(pipeline_run):
+    tmp, _, _ = pipeline_run
+    examples = latest(tmp / "out" / "tfx" / "root", "CorpusExampleGen", "examples")
+    counts = {}
+    for fold in (0, 1):
+        files = list((examples / f"Split-fold{fold}").glob("*.tfrecord.gz"))
+        ds = tf.data.TFRecordDataset([str(f) for f in files], compression_type="GZIP")
+        speakers = {tf.train.Example.FromString(r.numpy()).features.feature["speaker"]
+                    .bytes_list.value[0].decode() for r in ds}
+        counts[fold] = (sum(1 for _ in ds), speakers)
+    assert counts[0][0] + counts[1][0] == 24
+    assert not counts[0][1] & counts[1][1]  # speaker-independent
+    summary = json.loads((examples / "summary.json").read_text())
+    assert summary["records"] == 24 and summary["errors"] == 0
+
+
+def test_statistics_schema_and_anomalies(pipeline_run):
+    tmp, _, _ = pipeline_run
+    root = tmp / "out" / "tfx" / "root"
+    stats = latest(root, "StatisticsGen", "statistics")
+    assert (stats / "Split-fold0" / "FeatureStats.pb").stat().st_size > 0
+    schema = (latest(root, "SchemaGen", "schema") / "schema.pbtxt").read_text()
+    for feature in ("fbank", "word_embeddings", "word_start", "alignment_source", "label"):
+        assert f'name: "{feature}"' in schema
+    assert (latest(root, "ExampleValidator", "anomalies") / "Split-fold1").is_dir()
+
+
+def test_each_fold_has_a_model_with_tensorboard_curves(pipeline_run):
+    tmp, _, _ = pipeline_run
+    root = tmp / "out" / "tfx" / "root"
+    for fold in (0, 1):
+        model = latest(root, f"Trainer.fold{fold}", "model") / "Format-Serving"
+        assert (model / "saved_model.pb").exists()
+        run_dir = latest(root, f"Trainer.fold{fold}", "model_run")
+        fit = json.loads((run_dir / "fit.json").read_text())
+        assert fit["epochs_run"] == 1 and len(fit["val_speakers"]) == 1
+        tags = set()
+        for events in (run_dir / "validation").glob("events.out.tfevents.*"):
+            for event in tf.compat.v1.train.summary_iterator(str(events)):
+                tags |= {v.tag for v in event.summary.value}
+        assert {"epoch_loss", "epoch_wa", "epoch_ua"} <= tags
+
+
+def test_each_fold_is_evaluated_by_tfma_and_reported(pipeline_run):
+    tmp, _, _ = pipeline_run
+    root = tmp / "out" / "tfx" / "root"
+    rows = []
+    for fold in (0, 1):
+        metrics = read_fold_metrics(str(latest(root, f"Evaluator.fold{fold}", "evaluation")), 4)
+        confusion = np.array(metrics["confusion"])
+        assert confusion.sum() == 12 == metrics["examples"]
+        assert metrics["wa"] == pytest.approx(np.trace(confusion) / confusion.sum())
+        support = confusion.sum(axis=1)
+        assert metrics["ua"] == pytest.approx(np.mean(np.diag(confusion)[support > 0] /
+                                                      support[support > 0]))
+        rows.append(metrics)
+    report_dir = latest(root, "CrossValidationReport", "report")
+    report = json.loads((report_dir / "report.json").read_text())
+    assert report["wa_mean"] == pytest.approx(np.mean([r["wa"] for r in rows]))
+    assert report["ua_mean"] == pytest.approx(np.mean([r["ua"] for r in rows]))
+    assert np.array(report["confusion"]).sum() == 24
+    assert "| fold | examples | WA | UA |" in (report_dir / "report.md").read_text()
+    assert (report_dir / "confusion.png").stat().st_size > 1000
+
+
+def test_pushed_model_serves_records(pipeline_run):
+    tmp, _, _ = pipeline_run
+    versions = list((tmp / "out" / "serving_model" / "cme").iterdir())
+    assert len(versions) == 1 and versions[0].name.isdigit()
+    model = tf.saved_model.load(str(versions[0]))
+    examples = latest(tmp / "out" / "tfx" / "root", "CorpusExampleGen", "examples")
+    files = [str(f) for f in (examples / "Split-fold0").glob("*.tfrecord.gz")]
+    batch = next(iter(tf.data.TFRecordDataset(files, compression_type="GZIP").batch(5)))
+    out = model.signatures["serving_default"](examples=batch)
+    probabilities = out["probabilities"].numpy()
+    assert probabilities.shape == (5, 4)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    assert set(out["classes"].numpy().astype(str)) <= set(CLASSES)
+
+
+def test_rerun_with_cme_ser_run_comes_from_the_cache(pipeline_run):
+    tmp, corpus, env = pipeline_run
+    before = json.loads((latest(tmp / "out" / "tfx" / "root", "CrossValidationReport", "report")
+                         / "report.json").read_text())
+    done = subprocess.run([str(BIN / "cme-ser"), "run", "--data-dir", str(corpus), "--output",
+                           str(tmp / "out"), "--folds", "2", "--epochs", "1"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-5000:]
+    assert "Trainer.fold0: finished" in done.stdout
+    assert f"WA {before['wa_mean']:.3f}" in done.stdout
+    # Nothing ran again: no new execution directories were made.
+    assert len(list((tmp / "out" / "tfx" / "root" / "Trainer.fold0" / "model").iterdir())) == 1
+    assert len(list((tmp / "out" / "serving_model" / "cme").iterdir())) == 1
+
+
+def test_invalid_configuration_fails_before_training(pipeline_run, tmp_path):
+    _, corpus, env = pipeline_run
+    cases = [
+        (["--folds", "1"], "--folds must be >= 2"),
+        (["--classes", "angry,bored"], "bored"),
+        (["--folds", "5"], "num_folds=5 but only 4 speakers"),
+        (["--data-dir", str(tmp_path / "nowhere")], "is not a directory"),
+    ]
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    cases.append((["--folds", "2", "--embeddings", str(empty)], str(empty)))
+    for extra, message in cases:
+        args = ["run", "--data-dir", str(corpus), "--output", str(tmp_path / "o"), *extra]
+        done = subprocess.run([str(BIN / "cme-ser"), *args], env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 2, (extra, done.stderr[-2000:])
+        assert message in done.stderr, (extra, done.stderr[-2000:])
+        assert not (tmp_path / "o" / "tfx").exists()
