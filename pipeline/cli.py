@@ -247,6 +247,28 @@ def predict(args) -> list:
     return results
 
 
+def compile_pipeline(args) -> None:
+    """Writes the pipeline as a Kubeflow Pipelines v2 / Vertex AI job spec (JSON)."""
+    from tfx import v1 as tfx
+
+    from pipeline.runner import kubeflow_pipeline
+    if args.folds < 2:
+        raise UsageError(f"--folds must be >= 2, got {args.folds}")
+    config = ModelConfig(epochs=args.epochs, class_names=tuple(
+        parse_classes(args.classes) or DEFAULT_CLASSES))
+    root = args.pipeline_root.rstrip("/")
+    pipeline = kubeflow_pipeline(
+        pipeline_root=root, data_dir=args.data_dir or f"{root}/data/ravdess-speech",
+        embeddings_path=args.embeddings or f"{root}/embeddings/glove-6b-50d",
+        serving_model_dir=f"{root}/serving_model/cme", config=config, num_folds=args.folds)
+    output = Path(args.output)
+    runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
+        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=args.image),
+        output_dir=str(output.parent.resolve()), output_filename=output.name)
+    runner.run(pipeline, write_out=True)
+    print(output)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cme-ser", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -321,6 +343,21 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     pred.add_argument("--json", action="store_true", help="machine-readable output")
     pred.set_defaults(func=predict)
+    comp = sub.add_parser("compile", help="compile the pipeline for another orchestrator")
+    comp.add_argument("--target", choices=["kubeflow"], default="kubeflow",
+                      help="kubeflow: Kubeflow Pipelines v2 / Vertex AI Pipelines JSON")
+    comp.add_argument("--output", default="pipeline.json")
+    comp.add_argument("--pipeline-root", default="gs://YOUR_BUCKET/cme_ser",
+                      help="where the cluster keeps artifacts")
+    comp.add_argument("--data-dir", default=None, help="the corpus, as the cluster sees it "
+                                                        "(default: <pipeline-root>/data/ravdess-speech)")
+    comp.add_argument("--embeddings", default=None)
+    comp.add_argument("--image", default="cme-ser:latest",
+                      help="container image with this package installed")
+    comp.add_argument("--classes", default=None)
+    comp.add_argument("--folds", type=int, default=5)
+    comp.add_argument("--epochs", type=int, default=ModelConfig.epochs)
+    comp.set_defaults(func=compile_pipeline)
     return parser
 
 

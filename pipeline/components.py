@@ -9,7 +9,6 @@
 """
 
 # No `from __future__ import annotations`: TFX reads the signatures' real type objects.
-import re
 from pathlib import Path
 from typing import List, TypedDict
 
@@ -25,7 +24,7 @@ SPLIT_LAYOUT = "Split-fold{fold}"
 class CrossValidationResult(tfx.dsl.Artifact):
     """A directory with ``report.json``, ``report.md`` and ``confusion.png``."""
 
-    TYPE_NAME = "CrossValidationResult"
+    TYPE_NAME = "cme_ser.CrossValidationResult"  # <namespace>.<Name>, as Kubeflow requires
 
 
 class PreprocessCounts(TypedDict):
@@ -81,26 +80,32 @@ def CorpusExampleGen(
     return {"records": summary["records"], "errors": summary["errors"]}
 
 
-_FOLD_FROM_URI = re.compile(r"Evaluator\.fold(\d+)")
+MAX_FOLDS = 10
+_Evaluation = tfx.dsl.components.InputArtifact[standard_artifacts.ModelEvaluation]
 
 
+# One optional input per fold rather than a union of channels: Kubeflow's compiler takes only
+# single channels, and the pipeline must compile there unchanged.
 @tfx.dsl.components.component
 def CrossValidationReport(
-    evaluations: tfx.dsl.components.InputArtifact[List[standard_artifacts.ModelEvaluation]],
     report: tfx.dsl.components.OutputArtifact[CrossValidationResult],
     class_names: tfx.dsl.components.Parameter[str],
+    evaluation_0: _Evaluation = None, evaluation_1: _Evaluation = None,
+    evaluation_2: _Evaluation = None, evaluation_3: _Evaluation = None,
+    evaluation_4: _Evaluation = None, evaluation_5: _Evaluation = None,
+    evaluation_6: _Evaluation = None, evaluation_7: _Evaluation = None,
+    evaluation_8: _Evaluation = None, evaluation_9: _Evaluation = None,
 ) -> CrossValidationMeans:
-    """Writes ``report.json``, ``report.md`` and ``confusion.png`` into ``report.uri``."""
+    """Writes ``report.json``, ``report.md`` and ``confusion.png`` into ``report.uri`` from
+    the TFMA evaluations of folds 0, 1, ... (``evaluation_<fold>``)."""
     from pipeline.report import write_report
     from pipeline.tfma_metrics import read_fold_metrics
 
     names = [c for c in class_names.split(",") if c]
-    rows = []
-    for evaluation in evaluations:
-        match = _FOLD_FROM_URI.search(evaluation.uri)
-        fold = int(match.group(1)) if match else len(rows)
-        rows.append({"fold": fold, "evaluation": evaluation.uri,
-                     **read_fold_metrics(evaluation.uri, len(names))})
-    rows.sort(key=lambda r: r["fold"])
+    evaluations = [evaluation_0, evaluation_1, evaluation_2, evaluation_3, evaluation_4,
+                   evaluation_5, evaluation_6, evaluation_7, evaluation_8, evaluation_9]
+    rows = [{"fold": fold, "evaluation": evaluation.uri,
+             **read_fold_metrics(evaluation.uri, len(names))}
+            for fold, evaluation in enumerate(evaluations) if evaluation is not None]
     summary = write_report(rows, names, report.uri)
     return {"wa_mean": summary["wa_mean"], "ua_mean": summary["ua_mean"]}

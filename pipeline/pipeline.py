@@ -12,9 +12,9 @@ from typing import List, Optional, Sequence
 
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
-from tfx.types import channel_utils
 
-from pipeline.components import CorpusExampleGen, CrossValidationReport, split_names
+from pipeline.components import (MAX_FOLDS, CorpusExampleGen, CrossValidationReport,
+                                 split_names)
 from pipeline.tfma_metrics import metric_configs
 from trainer.config import ModelConfig
 
@@ -34,15 +34,15 @@ def eval_config(class_names: Sequence[str]) -> tfma.EvalConfig:
             *metric_configs(len(class_names))])])
 
 
-def create_pipeline(*, pipeline_name: str, pipeline_root: str, metadata_path: str,
+def create_pipeline(*, pipeline_name: str, pipeline_root: str, metadata_path: Optional[str],
                     dataset: str, data_dir: str, corpus_fingerprint: str,
                     embeddings_path: str, serving_model_dir: str,
                     config: ModelConfig = ModelConfig(), num_folds: int = 5,
                     vocab_size: int = 50000, max_seconds: float = 60.0,
                     beam_pipeline_args: Optional[List[str]] = None,
                     enable_cache: bool = True) -> tfx.dsl.Pipeline:
-    if num_folds < 2:
-        raise ValueError(f"num_folds must be >= 2, got {num_folds}")
+    if not 2 <= num_folds <= MAX_FOLDS:
+        raise ValueError(f"num_folds must be in [2, {MAX_FOLDS}], got {num_folds}")
     splits = split_names(num_folds)
     classes = ",".join(config.class_names)
     custom_config = {"model_config": config.to_json(), "embeddings_path": embeddings_path,
@@ -77,7 +77,8 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, metadata_path: st
         evaluations.append(evaluator.outputs["evaluation"])
         components += [fold_trainer, evaluator]
 
-    report = CrossValidationReport(evaluations=channel_utils.union(evaluations), class_names=classes)
+    report = CrossValidationReport(class_names=classes, **{
+        f"evaluation_{fold}": evaluation for fold, evaluation in enumerate(evaluations)})
     final_trainer = trainer(splits, splits[0], "Trainer.final")
     pusher = tfx.components.Pusher(
         model=final_trainer.outputs["model"],
@@ -88,6 +89,8 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, metadata_path: st
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name, pipeline_root=pipeline_root, components=components,
         enable_cache=enable_cache,
-        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
-            metadata_path),
+        # None on Kubeflow / Vertex AI, whose orchestrator brings its own ML Metadata.
+        metadata_connection_config=(
+            tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path)
+            if metadata_path else None),
         beam_pipeline_args=beam_pipeline_args or [])

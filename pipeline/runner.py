@@ -18,6 +18,7 @@ from preprocessing.beam_pipeline import default_beam_args
 from trainer.config import ModelConfig
 
 PIPELINE_NAME = "cme_ser"
+KUBEFLOW_PIPELINE_NAME = "cme-ser"  # Kubeflow names: [a-z0-9][a-z0-9-]*
 MODEL_NAME = "cme"
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif")
 
@@ -50,3 +51,18 @@ def local_pipeline(output, *, data_dir, embeddings_path: str, dataset: str = "ra
         num_folds=num_folds, vocab_size=vocab_size, enable_cache=enable_cache,
         beam_pipeline_args=beam_pipeline_args or default_beam_args())
 
+
+
+def kubeflow_pipeline(*, pipeline_root: str, data_dir: str, embeddings_path: str,
+                      serving_model_dir: str, dataset: str = "ravdess",
+                      config: ModelConfig = ModelConfig(), num_folds: int = 5,
+                      vocab_size: int = 50000,
+                      pipeline_name: str = KUBEFLOW_PIPELINE_NAME) -> tfx.dsl.Pipeline:
+    """The same pipeline for Kubeflow Pipelines / Vertex AI: paths are the cluster's (e.g.
+    gs://...), ML Metadata is the orchestrator's, Beam runs wherever beam_pipeline_args say."""
+    fingerprint = corpus_fingerprint(data_dir) if Path(data_dir).exists() else "remote"
+    return create_pipeline(
+        pipeline_name=pipeline_name, pipeline_root=pipeline_root, metadata_path=None,
+        dataset=dataset, data_dir=data_dir, corpus_fingerprint=fingerprint,
+        embeddings_path=embeddings_path, serving_model_dir=serving_model_dir, config=config,
+        num_folds=num_folds, vocab_size=vocab_size, beam_pipeline_args=["--runner=DirectRunner"])
