@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -143,6 +144,25 @@ class StageLog(logging.Handler):
                   flush=True)
 
 
+@contextlib.contextmanager
+def stage_progress():
+    """Shows the orchestrator's stage lines (absl INFO) while the pipeline runs.
+
+    Library code run inside the Trainer resets the absl logger's level to WARNING (seen with
+    TF 2.16 / TFX 1.16), which would silence them, so the level is pinned until the end."""
+    logger = logging.getLogger("absl")
+    handler, level = StageLog(), logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    logger.setLevel = lambda _level: None  # instance attribute shadows the method
+    try:
+        yield
+    finally:
+        del logger.setLevel
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def run(args) -> dict:
     """The main job: the TFX pipeline on RAVDESS with LocalDagRunner, then the report."""
     from tfx import v1 as tfx
@@ -154,13 +174,11 @@ def run(args) -> dict:
     output = Path(args.output).resolve()
     print(f"== cme-ser run: {data_dir} -> {output} ({args.folds} folds, up to {config.epochs} "
           "epochs per model)")
-    absl_logger = logging.getLogger("absl")
-    absl_logger.setLevel(logging.INFO)
-    absl_logger.addHandler(StageLog())
     t0 = time.time()
-    tfx.orchestration.LocalDagRunner().run(local_pipeline(
-        output, data_dir=data_dir, embeddings_path=resolve_embeddings(args.embeddings),
-        config=config, num_folds=args.folds))
+    with stage_progress():
+        tfx.orchestration.LocalDagRunner().run(local_pipeline(
+            output, data_dir=data_dir, embeddings_path=resolve_embeddings(args.embeddings),
+            config=config, num_folds=args.folds))
     reports = sorted((output / "tfx" / "root" / "CrossValidationReport" / "report").glob(
         "*/report.md"), key=lambda p: int(p.parent.name))
     print(reports[-1].read_text())
