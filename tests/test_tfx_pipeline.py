@@ -1,10 +1,12 @@
 """The TFX pipeline end to end, small but real: 24 RAVDESS utterances of 4 actors, 2 folds,
-1 epoch, run through the TFX CLI's local engine (``tfx pipeline create`` + ``tfx run
-create``), then re-run with ``cme-ser run`` (which must come from the cache), and every
-artifact checked."""
+1 epoch. ``cme-ser run`` is killed during training; the TFX CLI's local engine
+(``tfx pipeline create`` + ``tfx run create``) then finishes the same pipeline, reusing what
+the killed run completed; a last ``cme-ser run`` comes entirely from the cache. Every
+artifact is checked."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -43,17 +45,48 @@ def pipeline_run(tmp_path_factory):
     env = {**os.environ, "LOCAL_HOME": str(tmp / "tfx_home"), "CME_SER_DATA": str(corpus),
            "CME_SER_OUTPUT": str(tmp / "out"), "CME_SER_FOLDS": "2", "CME_SER_EPOCHS": "1",
            "TF_CPP_MIN_LOG_LEVEL": "2", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    killed = run_until_training_then_kill(corpus, tmp / "out", env)
     for command in (["tfx", "pipeline", "create", "--engine", "local", "--pipeline_path",
                      str(ROOT / "pipeline" / "local_runner.py")],
                     ["tfx", "run", "create", "--engine", "local", "--pipeline_name", "cme_ser"]):
         done = subprocess.run([str(BIN / command[0]), *command[1:]], env=env, cwd=tmp,
                               capture_output=True, text=True, timeout=1200)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-    return tmp, corpus, env
+    return tmp, corpus, env, killed
+
+
+def run_until_training_then_kill(corpus, out, env) -> list:
+    """Starts `cme-ser run`, SIGKILLs it (and its Beam workers) once a Trainer is running;
+    returns the stage lines it printed."""
+    process = subprocess.Popen(
+        [str(BIN / "cme-ser"), "run", "--data-dir", str(corpus), "--output", str(out),
+         "--folds", "2", "--epochs", "1"], env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    lines = []
+    try:
+        for line in process.stdout:
+            lines.append(line.strip())
+            if line.startswith("[") and "Trainer." in line and line.strip().endswith("running"):
+                break
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=60)
+    assert any("Trainer." in line for line in lines), lines
+    return lines
+
+
+def test_an_interrupted_run_resumes_from_the_cache(pipeline_run):
+    tmp, _, _, killed = pipeline_run
+    root = tmp / "out" / "tfx" / "root"
+    assert "CorpusExampleGen: finished" in "\n".join(killed)
+    assert not any("Pusher" in line for line in killed)
+    # The TFX CLI run after the kill reused the preprocessing instead of redoing it.
+    assert len(list((root / "CorpusExampleGen" / "examples").iterdir())) == 1
+    assert len(list((root / "StatisticsGen" / "statistics").iterdir())) == 1
 
 
 def test_examples_are_split_by_fold(pipeline_run):
-    tmp, _, _ = pipeline_run
+    tmp = pipeline_run[0]
     examples = latest(tmp / "out" / "tfx" / "root", "CorpusExampleGen", "examples")
     counts = {}
     for fold in (0, 1):
@@ -69,7 +102,7 @@ def test_examples_are_split_by_fold(pipeline_run):
 
 
 def test_statistics_schema_and_anomalies(pipeline_run):
-    tmp, _, _ = pipeline_run
+    tmp = pipeline_run[0]
     root = tmp / "out" / "tfx" / "root"
     stats = latest(root, "StatisticsGen", "statistics")
     assert (stats / "Split-fold0" / "FeatureStats.pb").stat().st_size > 0
@@ -80,7 +113,7 @@ def test_statistics_schema_and_anomalies(pipeline_run):
 
 
 def test_each_fold_has_a_model_with_tensorboard_curves(pipeline_run):
-    tmp, _, _ = pipeline_run
+    tmp = pipeline_run[0]
     root = tmp / "out" / "tfx" / "root"
     for fold in (0, 1):
         model = latest(root, f"Trainer.fold{fold}", "model") / "Format-Serving"
@@ -96,7 +129,7 @@ def test_each_fold_has_a_model_with_tensorboard_curves(pipeline_run):
 
 
 def test_each_fold_is_evaluated_by_tfma_and_reported(pipeline_run):
-    tmp, _, _ = pipeline_run
+    tmp = pipeline_run[0]
     root = tmp / "out" / "tfx" / "root"
     rows = []
     for fold in (0, 1):
@@ -118,7 +151,7 @@ def test_each_fold_is_evaluated_by_tfma_and_reported(pipeline_run):
 
 
 def test_pushed_model_serves_records(pipeline_run):
-    tmp, _, _ = pipeline_run
+    tmp = pipeline_run[0]
     versions = list((tmp / "out" / "serving_model" / "cme").iterdir())
     assert len(versions) == 1 and versions[0].name.isdigit()
     model = tf.saved_model.load(str(versions[0]))
@@ -133,7 +166,7 @@ def test_pushed_model_serves_records(pipeline_run):
 
 
 def test_rerun_with_cme_ser_run_comes_from_the_cache(pipeline_run):
-    tmp, corpus, env = pipeline_run
+    tmp, corpus, env, _ = pipeline_run
     before = json.loads((latest(tmp / "out" / "tfx" / "root", "CrossValidationReport", "report")
                          / "report.json").read_text())
     done = subprocess.run([str(BIN / "cme-ser"), "run", "--data-dir", str(corpus), "--output",
@@ -148,7 +181,7 @@ def test_rerun_with_cme_ser_run_comes_from_the_cache(pipeline_run):
 
 
 def test_invalid_configuration_fails_before_training(pipeline_run, tmp_path):
-    _, corpus, env = pipeline_run
+    _, corpus, env, _ = pipeline_run
     cases = [
         (["--folds", "1"], "--folds must be >= 2"),
         (["--classes", "angry,bored"], "bored"),
