@@ -206,6 +206,10 @@ def serve(args) -> None:
         raise UsageError(f"--version-labels {args.version_labels} is not a file")
     if args.max_request_mb <= 0:
         raise UsageError(f"--max-request-mb must be > 0, got {args.max_request_mb}")
+    for flag, value in (("--num-versions", args.num_versions),
+                        ("--max-batch-size", args.max_batch_size)):
+        if value < 1:
+            raise UsageError(f"{flag} must be >= 1, got {value}")
     try:
         server = build_server(
             base, args.model_name, host=args.host, port=args.port,

@@ -1,0 +1,237 @@
+"""Server-side micro-batching: concurrent requests to one signature run as one batch.
+
+The REST server spends most of a request in Python (JSON) with the GIL held; the model call
+itself releases it and costs far less per row in a batch (the paper-sized model: ~5 ms for one
+RAVDESS utterance, ~20 ms for 16). So requests that arrive while a batch is running wait
+(at most ``timeout_s`` after the first of them) and go together, like TF Serving's
+``--enable_batching``.
+
+Only signatures whose padding is known to change nothing are batched:
+
+* ``predict_waveform``: ``waveform`` is zero padded to the longest row, ``words`` padded with ""
+  and the times with 0 to the most words; the model ignores both (``num_samples`` and the count
+  of non-empty words carry the lengths), and the per-word outputs are cut back to each
+  request's word count; ``predict_waveform_bytes`` likewise (its ``[B]`` sample strings are
+  padded in-graph);
+* ``serving_default``: ``examples`` is ``[B]``, nothing to pad.
+
+Any other signature runs request by request. If a merged batch fails, its requests are re-run
+one by one, so one bad request cannot fail the others.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import threading
+import time
+from typing import Dict, List, Mapping, Optional, Tuple
+
+import numpy as np
+
+from serving.signatures import (EXCITATION_OUTPUTS, PREDICT_WAVEFORM, PREDICT_WAVEFORM_BYTES,
+                                SERVING_DEFAULT, WAVEFORM_BYTES_INPUTS, WAVEFORM_INPUTS)
+from serving.status import ServingError
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """How to merge one signature's requests: the value each input is padded with (along every
+    axis after the batch axis), and which outputs have a per-word axis 1 to cut back to the
+    request's ``words`` length."""
+
+    pad_values: Mapping[str, object]
+    per_word_outputs: Tuple[str, ...] = ()
+
+
+_WORDS = {"num_samples": 0, "words": b"", "word_start_s": 0.0, "word_end_s": 0.0}
+POLICIES = {
+    PREDICT_WAVEFORM: Policy({"waveform": 0.0, **_WORDS}, EXCITATION_OUTPUTS),
+    # [B] strings: concatenated; the graph pads the decoded samples itself.
+    PREDICT_WAVEFORM_BYTES: Policy({"waveform_bytes": b"", **_WORDS}, EXCITATION_OUTPUTS),
+    SERVING_DEFAULT: Policy({"examples": b""}),
+}
+_EXPECTED_INPUTS = {PREDICT_WAVEFORM: set(WAVEFORM_INPUTS),
+                    PREDICT_WAVEFORM_BYTES: set(WAVEFORM_BYTES_INPUTS),
+                    SERVING_DEFAULT: {"examples"}}
+
+
+def policy_for(signature) -> Optional[Policy]:
+    """The policy of one of our signatures, recognised by name and inputs; else None."""
+    policy = POLICIES.get(signature.name)
+    if policy is None or set(signature.inputs) != _EXPECTED_INPUTS[signature.name]:
+        return None
+    return policy
+
+
+@dataclasses.dataclass
+class _Item:
+    tensors: Mapping[str, np.ndarray]
+    rows: int
+    arrived: float
+    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+    outputs: Optional[Dict[str, np.ndarray]] = None
+    error: Optional[BaseException] = None
+
+
+class Batcher:
+    """Runs requests through per-(version, signature) queues served by worker threads.
+
+    ``max_batch_size`` caps the rows of a merged batch; ``timeout_s`` is the longest the first
+    request of a batch waits for company; ``num_threads`` batches may run at once per queue
+    (while one runs in TensorFlow, the next one fills). Idle workers exit after ``idle_s``.
+    """
+
+    def __init__(self, *, max_batch_size: int = 32, timeout_s: float = 0.002,
+                 num_threads: int = 2, idle_s: float = 30.0):
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.max_batch_size = max_batch_size
+        self.timeout_s = max(0.0, timeout_s)
+        self.num_threads = max(1, num_threads)
+        self.idle_s = idle_s
+        self._lock = threading.Lock()
+        self._queues: Dict[Tuple[int, str], "_Queue"] = {}
+        self.batches = 0  # model calls made, and the requests they answered (for monitoring)
+        self.requests = 0
+        self.merge_failures = 0  # merged batches that failed and were re-run request by request
+
+    def run(self, version, signature, tensors: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """The signature's outputs for ``tensors`` (one request), possibly computed in a batch."""
+        policy = policy_for(signature)
+        rows = next(iter(tensors.values())).shape[0] if tensors else 0
+        if policy is None or rows == 0 or rows >= self.max_batch_size:
+            return signature.run(tensors)
+        key = (id(version), signature.name)
+        with self._lock:
+            queue = self._queues.get(key)
+            if queue is None or queue.signature is not signature:
+                queue = self._queues[key] = _Queue(self, signature, policy)
+        item = _Item(tensors, rows, time.monotonic())
+        queue.submit(item)
+        item.done.wait()
+        if item.error is not None:
+            raise item.error
+        return item.outputs
+
+    def _forget(self, queue: "_Queue") -> None:
+        with self._lock:
+            for key, value in list(self._queues.items()):
+                if value is queue:
+                    del self._queues[key]
+
+
+class _Queue:
+    def __init__(self, batcher: Batcher, signature, policy: Policy):
+        self.batcher = batcher
+        self.signature = signature
+        self.policy = policy
+        self.cond = threading.Condition()
+        self.items: collections.deque = collections.deque()
+        self.workers = 0
+
+    def submit(self, item: _Item) -> None:
+        with self.cond:
+            self.items.append(item)
+            if self.workers < self.batcher.num_threads:
+                self.workers += 1
+                threading.Thread(target=self._work, name=f"batch-{self.signature.name}",
+                                 daemon=True).start()
+            self.cond.notify()
+
+    def _take(self) -> Optional[List[_Item]]:
+        """Next batch: wait for a first item, then for company until it is full or the first
+        item has waited ``timeout_s``. None when idle for ``idle_s``."""
+        batcher = self.batcher
+        with self.cond:
+            while not self.items:
+                if not self.cond.wait(batcher.idle_s) and not self.items:
+                    self.workers -= 1
+                    if self.workers == 0:
+                        batcher._forget(self)
+                    return None
+            while True:
+                rows = sum(item.rows for item in self.items)
+                remaining = self.items[0].arrived + batcher.timeout_s - time.monotonic()
+                if rows >= batcher.max_batch_size or remaining <= 0:
+                    break
+                self.cond.wait(remaining)
+                if not self.items:  # another worker took them
+                    return []
+            batch, rows = [], 0
+            while self.items and (not batch or rows + self.items[0].rows <= batcher.max_batch_size):
+                item = self.items.popleft()
+                batch.append(item)
+                rows += item.rows
+            return batch
+
+    def _work(self) -> None:
+        while True:
+            batch = self._take()
+            if batch is None:
+                return
+            if batch:
+                self._run(batch)
+
+    def _run(self, batch: List[_Item]) -> None:
+        with self.batcher._lock:
+            self.batcher.batches += 1
+            self.batcher.requests += len(batch)
+        if len(batch) > 1:
+            try:
+                outputs = self.signature.run(merge([i.tensors for i in batch], self.policy))
+            except Exception:  # re-run alone: each request gets its own answer or error
+                outputs = None
+                with self.batcher._lock:
+                    self.batcher.merge_failures += 1
+            if outputs is not None:
+                offset = 0
+                for item in batch:
+                    item.outputs = split(outputs, item, offset, self.policy)
+                    offset += item.rows
+                    item.done.set()
+                return
+        for item in batch:
+            try:
+                item.outputs = self.signature.run(item.tensors)
+            except ServingError as error:
+                item.error = error
+            except Exception as error:  # delivered to the request thread, which reports it
+                item.error = error
+            item.done.set()
+
+
+def merge(requests: List[Mapping[str, np.ndarray]], policy: Policy) -> Dict[str, np.ndarray]:
+    """Concatenate requests along axis 0, padding every later axis to the largest size."""
+    merged = {}
+    for name, pad in policy.pad_values.items():
+        arrays = [r[name] for r in requests]
+        if arrays[0].ndim > 1:
+            target = np.max([a.shape[1:] for a in arrays], axis=0)
+            arrays = [_pad(a, target, pad) for a in arrays]
+        merged[name] = np.concatenate(arrays, axis=0)
+    return merged
+
+
+def _pad(array: np.ndarray, target, value) -> np.ndarray:
+    widths = [(0, 0)] + [(0, int(t) - s) for t, s in zip(target, array.shape[1:])]
+    if not any(after for _, after in widths):
+        return array
+    if array.dtype == object:
+        out = np.full((array.shape[0],) + tuple(int(t) for t in target), value, dtype=object)
+        out[tuple(slice(0, s) for s in array.shape)] = array
+        return out
+    return np.pad(array, widths, constant_values=value)
+
+
+def split(outputs: Mapping[str, np.ndarray], item: _Item, offset: int,
+          policy: Policy) -> Dict[str, np.ndarray]:
+    """One request's rows of a merged batch's outputs, per-word outputs cut to its words."""
+    rows = slice(offset, offset + item.rows)
+    result = {}
+    for name, value in outputs.items():
+        part = value[rows]
+        if name in policy.per_word_outputs:
+            part = part[:, :item.tensors["words"].shape[1]]
+        result[name] = part
+    return result

@@ -1,0 +1,366 @@
+"""A REST server with TensorFlow Serving's API, for development and tests without Docker.
+
+    cme-ser serve --model-base-path output/serving_model/cme --model-name cme --port 8501
+
+is this module; in production the same directory goes to the real thing, and clients cannot
+tell the two apart::
+
+    docker run -p 8501:8501 -v "$PWD/output/serving_model/cme:/models/cme" \\
+        -e MODEL_NAME=cme tensorflow/serving
+
+Routes (TF Serving's ``http_rest_api_handler.cc``; paths are case-insensitive, ``{v}`` a
+version number, ``{l}`` a version label):
+
+    GET  /v1/models/{name}[/versions/{v}|/labels/{l}]            model version status
+    GET  /v1/models/{name}[/versions/{v}|/labels/{l}]/metadata   signature defs
+    POST /v1/models/{name}[/versions/{v}|/labels/{l}]:predict    row or columnar predict
+
+Every failure is ``{"error": "..."}`` with TF Serving's text and HTTP status (see
+``serving.status``); a body over ``max_body_bytes`` is answered 413. Inputs of the
+``predict_waveform`` signatures are checked in Python first (``serving.validation``).
+Concurrent predict requests on the same signature are batched together when ``batching`` is on
+(``serving.batching``), as TF Serving does with ``--enable_batching``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+from serving import json_tensors
+from serving.batching import Batcher
+from serving.repository import ModelRepository, Signature, Version
+from serving.signatures import SERVING_DEFAULT, WAVEFORM_BYTES_INPUTS, WAVEFORM_INPUTS
+from serving.status import HTTP_STATUS, ServingError, invalid_argument, not_found
+from serving.validation import check_waveform_bytes_inputs, check_waveform_inputs
+
+log = logging.getLogger("cme_ser.serving")
+
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024  # a 60 s utterance is about 12 MB of JSON
+_DRAIN_LIMIT = 1 << 30  # bodies up to this size are read and discarded before a 413
+
+_PREDICT = re.compile(r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
+                      r":(classify|regress|predict)", re.IGNORECASE)
+_STATUS = re.compile(r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
+                     r"(?:/(metadata))?", re.IGNORECASE)
+_API = re.compile(r"/v1/.*", re.IGNORECASE)
+_METHODS = {"tensorflow/serving/predict", "tensorflow/serving/classify",
+            "tensorflow/serving/regress"}
+
+
+class RestApi:
+    """TF Serving's REST API over one :class:`ModelRepository`; no sockets here.
+
+    ``handle(method, path, body)`` returns ``(http_status, json_bytes)``.
+    """
+
+    def __init__(self, repository: ModelRepository, *, batcher: Optional[Batcher] = None):
+        self.repository = repository
+        self.batcher = batcher
+
+    def handle(self, method: str, path: str, body: bytes) -> Tuple[int, bytes]:
+        path = path.split("?", 1)[0]
+        try:
+            if not _API.fullmatch(path):
+                raise not_found(f"Not found: {method} {path} (the API is under /v1/)")
+            return 200, self._dispatch(method, path, body)
+        except ServingError as error:
+            return error.http_status, _error_body(error.message)
+        except Exception as error:  # a bug must not take the server down
+            log.exception("internal error on %s %s", method, path)
+            return HTTP_STATUS["INTERNAL"], _error_body(f"Internal error: {error}")
+
+    def _dispatch(self, method: str, path: str, body: bytes) -> bytes:
+        if method == "POST":
+            match = _PREDICT.fullmatch(path)
+            if match:
+                name, version, label, verb = match.groups()
+                name, version, label = _model_spec(name, version, label)
+                if verb.lower() == "predict":
+                    return self.predict(name, version, label, body)
+                return self.classify_or_regress(name, version, label, verb.lower(), body)
+        elif method == "GET":
+            match = _STATUS.fullmatch(path)
+            if match:
+                name, version, label, metadata = match.groups()
+                if not name:
+                    raise invalid_argument("Missing model name in request.")
+                name, version, label = _model_spec(name, version, label)
+                if metadata:
+                    return self.metadata(name, version, label)
+                return self.status(name, version, label)
+        raise invalid_argument(f"Malformed request: {method} {path}")
+
+    # -- GET ----------------------------------------------------------------------------------------
+
+    def status(self, name: str, version: Optional[int], label: Optional[str]) -> bytes:
+        if name != self.repository.name:
+            if version is not None:
+                raise not_found(f"Could not find version {version} of model {name}")
+            raise not_found(f"Could not find any versions of model {name}")
+        states = self.repository.status(version, label)
+        response = {"model_version_status": [
+            {"version": str(number), "state": state.state,
+             "status": {"error_code": state.error_code, "error_message": state.error_message}}
+            for number, state in states]}
+        return (json.dumps(response, indent=1) + "\n").encode("utf-8")
+
+    def metadata(self, name: str, version: Optional[int], label: Optional[str]) -> bytes:
+        served = self._resolve(name, version, label)
+        spec = {"name": name, "signature_name": "", "version": str(served.number)}
+        # The same concatenation as TF Serving's ToJsonString(GetModelMetadataResponse).
+        text = ('{\n"model_spec":' + json.dumps(spec, indent=1) + ',\n"metadata": {'
+                '"signature_def": ' + json.dumps(served.signature_def_map, indent=1) + "}\n}\n")
+        return text.encode("utf-8")
+
+    # -- POST ---------------------------------------------------------------------------------------
+
+    def predict(self, name: str, version: Optional[int], label: Optional[str],
+                body: bytes) -> bytes:
+        doc = json_tensors.parse_body(body)
+        requested = json_tensors.signature_name(doc)
+        served = self._resolve(name, version, label)
+        signature = _signature(served, requested)
+        request = json_tensors.request_tensors(doc, signature.inputs, requested,
+                                               json_tensors.may_contain_bools(body))
+        if signature.method_name not in _METHODS:
+            raise ServingError("INTERNAL", "Expected prediction signature method_name to be one "
+                                           "of {" + ", ".join(sorted(_METHODS)) + "}. Was: "
+                               + signature.method_name)
+        _check_shapes(signature, request.tensors)
+        if set(signature.inputs) == set(WAVEFORM_INPUTS):
+            check_waveform_inputs(request.tensors)
+        elif set(signature.inputs) == set(WAVEFORM_BYTES_INPUTS):
+            check_waveform_bytes_inputs(request.tensors)
+        if self.batcher is not None:
+            outputs = self.batcher.run(served, signature, request.tensors)
+        else:
+            outputs = signature.run(request.tensors)
+        dtypes = {k: spec.dtype for k, spec in signature.outputs.items()}
+        return json_tensors.predict_response(outputs, dtypes, request.format)
+
+    def classify_or_regress(self, name: str, version: Optional[int], label: Optional[str],
+                            verb: str, body: bytes) -> bytes:
+        doc = json_tensors.parse_body(body)
+        requested = json_tensors.signature_name(doc)
+        signature = _signature(self._resolve(name, version, label), requested)
+        wanted = f"tensorflow/serving/{'classify' if verb == 'classify' else 'regress'}"
+        kind = "classification" if verb == "classify" else "regression"
+        if signature.method_name != wanted:
+            raise invalid_argument(f"Expected {kind} signature method_name to be {wanted}. Was: "
+                                   f"{signature.method_name}")
+        raise ServingError("UNIMPLEMENTED", f"{verb} is not implemented by this server: use "
+                                            f":predict")
+
+    def _resolve(self, name: str, version: Optional[int], label: Optional[str]) -> Version:
+        if name != self.repository.name:
+            if version is not None:
+                raise not_found(f"Servable not found for request: Specific({name}, {version})")
+            if label is None:
+                raise not_found(f"Servable not found for request: Latest({name})")
+            raise invalid_argument(f"Unrecognized servable version label: {label}")
+        return self.repository.resolve(version, label)
+
+
+def _model_spec(name: str, version: Optional[str], label: Optional[str]):
+    name = urllib.parse.unquote(name)
+    number = None
+    if version:
+        number = int(version)
+        if number > 2**63 - 1:
+            raise invalid_argument(f"Failed to convert version: {version} to numeric.")
+    return name, number, urllib.parse.unquote(label) if label else None
+
+
+def _signature(served: Version, requested: str) -> Signature:
+    key = requested or SERVING_DEFAULT
+    signature = served.signatures.get(key)
+    if signature is None:
+        raise invalid_argument(f'Serving signature name: "{key}" not found in signature def')
+    return signature
+
+
+def _check_shapes(signature: Signature, tensors: Dict[str, np.ndarray]) -> None:
+    """Each input's shape against its SignatureDef shape (-1 matches any size)."""
+    for name, array in tensors.items():
+        expected = signature.inputs[name].shape
+        if expected is None:
+            continue
+        if len(expected) != array.ndim or any(
+                e != -1 and e != a for e, a in zip(expected, array.shape)):
+            raise invalid_argument(
+                f"input '{name}' of signature '{signature.name}' must have shape "
+                f"[{','.join(str(d) for d in expected)}] (-1: any size), got "
+                f"[{','.join(str(d) for d in array.shape)}]")
+
+
+def _error_body(message: str) -> bytes:
+    return (json.dumps({"error": message}) + "\n").encode("utf-8")
+
+
+# ----------------------------------------------------------------------------------------------
+# HTTP
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: clients reuse connections
+    server_version = "cme-ser"
+    # Headers and body go out in two writes; with Nagle's algorithm on, the body would wait
+    # for the client's delayed ACK of the headers (40 ms on Linux) on every response.
+    disable_nagle_algorithm = True
+    server: "RestServer"
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        self._serve("GET")
+
+    def do_POST(self):  # noqa: N802
+        self._serve("POST")
+
+    def do_PUT(self):  # noqa: N802
+        self._serve("PUT")
+
+    def do_DELETE(self):  # noqa: N802
+        self._serve("DELETE")
+
+    def do_PATCH(self):  # noqa: N802
+        self._serve("PATCH")
+
+    def _serve(self, method: str) -> None:
+        try:
+            body = self._read_body()
+        except ServingError as error:
+            self._reply(error.http_status, _error_body(error.message))
+            return
+        status, payload = self.server.api.handle(method, self.path, body)
+        self._reply(status, payload)
+
+    def _read_body(self) -> bytes:
+        limit = self.server.max_body_bytes
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            return self._read_chunked(limit)
+        length_header = self.headers.get("Content-Length")
+        if not length_header:
+            return b""
+        try:
+            length = int(length_header)
+            if length < 0:
+                raise ValueError
+        except ValueError:
+            self.close_connection = True
+            raise invalid_argument(f"Bad Content-Length: {length_header!r}") from None
+        if length > limit:
+            self._discard(length)
+            raise _too_large(length, limit)
+        return self.rfile.read(length)
+
+    def _read_chunked(self, limit: int) -> bytes:
+        parts, total = [], 0
+        while True:
+            line = self.rfile.readline(65537)
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                self.close_connection = True
+                raise invalid_argument("Malformed chunked request body") from None
+            if size == 0:
+                while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                break
+            total += size
+            if total > _DRAIN_LIMIT:
+                self.close_connection = True
+                raise _too_large(total, limit)
+            if total <= limit:
+                parts.append(self.rfile.read(size))
+            else:  # past the limit: read on, discarding, so the client can read the 413
+                self._discard(size)
+            self.rfile.readline(65537)  # the CRLF after the chunk
+        if total > limit:
+            raise _too_large(total, limit)
+        return b"".join(parts)
+
+    def _discard(self, length: int) -> None:
+        """Read ``length`` bytes away (an oversized body) in pieces, so the client, still
+        sending, gets to read the 413; past ``_DRAIN_LIMIT`` the connection is closed instead."""
+        if length > _DRAIN_LIMIT:
+            self.close_connection = True
+            return
+        remaining = length
+        while remaining > 0:
+            chunk = self.rfile.read(min(remaining, 1 << 20))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+
+    def _reply(self, status: int, payload: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format, *args):  # noqa: A002 (http.server's signature)
+        log.debug("%s %s", self.address_string(), format % args)
+
+
+def _too_large(length: int, limit: int) -> ServingError:
+    return ServingError("INVALID_ARGUMENT", f"Request body of {length} bytes exceeds the limit of "
+                                            f"{limit} bytes", http_status=413)
+
+
+class RestServer(ThreadingHTTPServer):
+    """One thread per connection; the model calls are thread-safe."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    # listen() backlog: the default 5 drops SYNs when many clients connect at once, and a
+    # dropped SYN costs the client a 1 s retransmission.
+    request_queue_size = 128
+
+    def __init__(self, address, api: RestApi, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
+        super().__init__(address, _Handler)
+        self.api = api
+        self.max_body_bytes = max_body_bytes
+
+    @property
+    def repository(self) -> ModelRepository:
+        return self.api.repository
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+
+def start_in_thread(server: RestServer) -> threading.Thread:
+    """Serve in a daemon thread (tests, benchmarks); stop with ``server.shutdown()``."""
+    thread = threading.Thread(target=server.serve_forever, name="rest-server", daemon=True)
+    thread.start()
+    return thread
+
+
+def build_server(base_path, model_name: str, *, host: str = "127.0.0.1", port: int = 8501,
+                 poll_seconds: float = 1.0, labels_file=None, num_latest: int = 1,
+                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, batching: bool = True,
+                 max_batch_size: int = 32, batch_timeout_ms: float = 2.0) -> RestServer:
+    """Repository (first load done, polling started) + API + bound HTTP server."""
+    repository = ModelRepository(base_path, model_name, num_latest=num_latest,
+                                 labels_file=labels_file)
+    repository.start_polling(poll_seconds)
+    batcher = Batcher(max_batch_size=max_batch_size, timeout_s=batch_timeout_ms / 1000.0) \
+        if batching else None
+    try:
+        return RestServer((host, port), RestApi(repository, batcher=batcher),
+                          max_body_bytes=max_body_bytes)
+    except OSError:
+        repository.stop()
+        raise

@@ -1,0 +1,618 @@
+"""The REST server: TF Serving's routes, request/response formats and error texts, version
+directories appearing while it runs, version labels, batching; the server keeps answering
+after every bad request."""
+
+import base64
+import http.client
+import json
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from serving.batching import Batcher
+from serving.client import RestClient, Utterance
+from serving.server import build_server, start_in_thread
+from serving.signatures import PREDICT_WAVEFORM, PREDICT_WAVEFORM_BYTES
+from test_serving_support import (ANGRY, CLASSES, KIDS, aligned, example_bytes, export,
+                                  needs_ravdess, small_model, timed_words, waveform_inputs)
+
+pytestmark = needs_ravdess
+LIMIT = 2 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    base = tmp_path_factory.mktemp("models") / "cme"
+    info = export(small_model(), base / "1")
+    return base, info
+
+
+@pytest.fixture(scope="module")
+def server(exported, tmp_path_factory):
+    base, _ = exported
+    labels = tmp_path_factory.mktemp("labels") / "labels.json"
+    labels.write_text(json.dumps({"stable": 1}))
+    srv = build_server(base, "cme", port=0, poll_seconds=0, labels_file=labels,
+                       max_body_bytes=LIMIT)
+    start_in_thread(srv)
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+    srv.repository.stop()
+
+
+@pytest.fixture(scope="module")
+def utterance():
+    waveform, result = aligned(ANGRY, KIDS)
+    return (waveform, *timed_words(result))
+
+
+@pytest.fixture(scope="module")
+def expected(exported, utterance):
+    """predict_waveform of the utterance, straight from the SavedModel."""
+    _, info = exported
+    run = tf.saved_model.load(info["path"]).signatures[PREDICT_WAVEFORM]
+    out = run(**{k: tf.constant(v) for k, v in waveform_inputs([utterance]).items()})
+    return {k: v.numpy() for k, v in out.items()}
+
+
+def call(srv, method, path, body=None, headers=None):
+    """(status, parsed JSON) of one raw request."""
+    connection = http.client.HTTPConnection("127.0.0.1", srv.server_address[1], timeout=60)
+    try:
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body).encode()
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read() or b"null")
+    finally:
+        connection.close()
+
+
+def instance(utt):
+    waveform, words, starts, ends = utt
+    return {"waveform": waveform.tolist(), "num_samples": int(waveform.size), "words": words,
+            "word_start_s": starts, "word_end_s": ends}
+
+
+def assert_healthy(srv):
+    status, body = call(srv, "GET", "/v1/models/cme")
+    assert status == 200 and body["model_version_status"][0]["state"] == "AVAILABLE"
+
+
+# ----------------------------------------------------------------------------------------------
+# GET: status and metadata
+
+
+def test_model_status(server):
+    expected = {"model_version_status": [{"version": "1", "state": "AVAILABLE",
+                                          "status": {"error_code": "OK", "error_message": ""}}]}
+    assert call(server, "GET", "/v1/models/cme") == (200, expected)
+    assert call(server, "GET", "/v1/models/cme/versions/1") == (200, expected)
+    assert call(server, "GET", "/v1/models/cme/labels/stable") == (200, expected)
+    assert call(server, "GET", "/V1/Models/cme") == (200, expected)  # TF Serving's (?i)
+    assert call(server, "GET", "/v1/models/cme/versions/9") == (
+        404, {"error": "Could not find version 9 of model cme"})
+    assert call(server, "GET", "/v1/models/other") == (
+        404, {"error": "Could not find any versions of model other"})
+    assert call(server, "GET", "/v1/models") == (400, {"error": "Missing model name in request."})
+    assert call(server, "GET", "/v1/models/cme/labels/canary") == (
+        400, {"error": "Unrecognized servable version label: canary"})
+
+
+def test_model_metadata(server, exported):
+    status, body = call(server, "GET", "/v1/models/cme/metadata")
+    assert status == 200
+    assert body["model_spec"] == {"name": "cme", "signature_name": "", "version": "1"}
+    defs = body["metadata"]["signature_def"]["signature_def"]
+    assert set(defs) == {"serving_default", "predict_waveform", "predict_waveform_bytes",
+                         "__saved_model_init_op"}  # TF Serving lists the init op too
+    assert defs["predict_waveform_bytes"]["inputs"]["waveform_bytes"]["dtype"] == "DT_STRING"
+    waveform = defs["predict_waveform"]
+    assert waveform["method_name"] == "tensorflow/serving/predict"
+    assert set(waveform["inputs"]) == {"waveform", "num_samples", "words", "word_start_s",
+                                       "word_end_s"}
+    assert waveform["inputs"]["waveform"]["dtype"] == "DT_FLOAT"
+    assert waveform["inputs"]["waveform"]["tensor_shape"] == {
+        "dim": [{"size": "-1", "name": ""}, {"size": "-1", "name": ""}], "unknown_rank": False}
+    assert waveform["inputs"]["num_samples"]["dtype"] == "DT_INT32"
+    assert waveform["inputs"]["words"]["dtype"] == "DT_STRING"
+    assert waveform["outputs"]["probabilities"]["tensor_shape"]["dim"][1]["size"] == "4"
+    assert waveform["outputs"]["class_ids"]["dtype"] == "DT_INT64"
+    assert set(waveform["outputs"]) == {"probabilities", "class_ids", "classes", "class_names",
+                                        "acoustic_excitation", "semantic_excitation"}
+    assert defs["serving_default"]["inputs"]["examples"]["dtype"] == "DT_STRING"
+    assert all(":" in t["name"] for t in waveform["inputs"].values())  # graph tensor names
+    assert call(server, "GET", "/v1/models/cme/versions/1/metadata")[1] == body
+    assert call(server, "GET", "/v1/models/cme/labels/stable/metadata")[1] == body
+    assert call(server, "GET", "/v1/models/cme/versions/3/metadata") == (
+        404, {"error": "Servable not found for request: Specific(cme, 3)"})
+    assert call(server, "GET", "/v1/models/nope/metadata") == (
+        404, {"error": "Servable not found for request: Latest(nope)"})
+
+
+# ----------------------------------------------------------------------------------------------
+# POST: predict
+
+
+def test_predict_waveform_row_and_columnar_formats(server, utterance, expected):
+    row = {"signature_name": "predict_waveform", "instances": [instance(utterance)]}
+    status, body = call(server, "POST", "/v1/models/cme:predict", row)
+    assert status == 200 and list(body) == ["predictions"]
+    [prediction] = body["predictions"]
+    assert set(prediction) == set(expected)
+    np.testing.assert_allclose(prediction["probabilities"], expected["probabilities"][0], atol=1e-6)
+    np.testing.assert_allclose(prediction["acoustic_excitation"],
+                               expected["acoustic_excitation"][0], atol=1e-6)
+    assert prediction["classes"] == expected["classes"][0].decode()  # a plain string, not b64
+    assert prediction["class_ids"] == int(expected["class_ids"][0])
+    assert prediction["class_names"] == list(CLASSES)
+
+    columnar = {"signature_name": "predict_waveform",
+                "inputs": {k: [v] for k, v in instance(utterance).items()}}
+    status, body = call(server, "POST", "/v1/models/cme/versions/1:predict", columnar)
+    assert status == 200 and list(body) == ["outputs"]
+    outputs = body["outputs"]
+    np.testing.assert_allclose(outputs["probabilities"], expected["probabilities"], atol=1e-6)
+    np.testing.assert_allclose(outputs["semantic_excitation"], expected["semantic_excitation"],
+                               atol=1e-6)
+    assert outputs["classes"] == [prediction["classes"]]
+    # The same through the label route.
+    status, body = call(server, "POST", "/v1/models/cme/labels/stable:predict", row)
+    assert status == 200
+    np.testing.assert_allclose(body["predictions"][0]["probabilities"],
+                               expected["probabilities"][0], atol=1e-6)
+
+
+def test_serving_default_takes_b64_examples(server, expected):
+    record = example_bytes(ANGRY, KIDS)
+    b64 = base64.b64encode(record).decode()
+    status, body = call(server, "POST", "/v1/models/cme:predict", {"instances": [{"b64": b64}]})
+    assert status == 200
+    [prediction] = body["predictions"]
+    assert set(prediction) == {"probabilities", "class_ids", "classes", "class_names"}
+    np.testing.assert_allclose(prediction["probabilities"], expected["probabilities"][0],
+                               atol=1e-4)  # filterbank from preprocessing vs in-graph
+    status, body = call(server, "POST", "/v1/models/cme:predict",
+                        {"signature_name": "serving_default", "inputs": [{"b64": b64}] * 2})
+    assert status == 200 and len(body["outputs"]["classes"]) == 2
+    # A corrupt record is TensorFlow's INVALID_ARGUMENT, as from TF Serving.
+    status, body = call(server, "POST", "/v1/models/cme:predict",
+                        {"instances": [{"b64": base64.b64encode(b"not a record").decode()}]})
+    assert status == 400 and "parse" in body["error"].lower()
+    assert call(server, "POST", "/v1/models/cme:predict", {"instances": [{"b64": "%%%"}]}) == (
+        400, {"error": "Failed to process element: 0 of 'instances' list. Error: "
+                       "INVALID_ARGUMENT: Unable to base64 decode"})
+    assert_healthy(server)
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_client_predict_waveform(server, utterance, expected, binary):
+    with RestClient(server.url, "cme") as client:
+        [prediction] = client.predict_waveform([Utterance(*utterance)], binary=binary)
+        assert client.status()["model_version_status"][0]["version"] == "1"
+        assert client.metadata()["model_spec"]["version"] == "1"
+    top = int(expected["class_ids"][0])
+    assert prediction.emotion == CLASSES[top] and prediction.class_id == top
+    assert list(prediction.probabilities) == list(CLASSES)
+    np.testing.assert_allclose(list(prediction.probabilities.values()),
+                               expected["probabilities"][0], atol=1e-6)
+    assert [w.word for w in prediction.words] == utterance[1]
+    np.testing.assert_allclose([w.acoustic_excitation for w in prediction.words],
+                               expected["acoustic_excitation"][0], atol=1e-6)
+    assert prediction.words[0].start_s == utterance[2][0]
+
+
+MALFORMED = [
+    (b"", 400, "JSON Parse error: The document is empty"),
+    (b'{"instances": [', 400, "JSON Parse error: "),
+    (b"[1, 2]", 400, "JSON Value: [1,2] Is not object"),
+    (b'{"signature_name": 5, "instances": [1]}', 400,
+     "'signature_name' key must be a string value."),
+    (b'{"signature_name": "predict_waveform"}', 400, "Missing 'inputs' or 'instances' key"),
+    (b'{"signature_name": "predict_waveform", "instances": [], "inputs": {}}', 400,
+     "Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist"),
+    (b'{"signature_name": "predict_waveform", "instances": {}}', 400,
+     "Excepting 'instances' to be an list/array"),
+    (b'{"signature_name": "predict_waveform", "instances": []}', 400,
+     "No values in 'instances' array"),
+    (b'{"signature_name": "predict_waveform", "instances": [[1.0]]}', 400,
+     "instances is a plain list, but expecting list of objects as multiple input tensors "
+     "required as per tensorinfo_map"),
+    (b'{"signature_name": "predict_waveform", "inputs": [1.0]}', 400,
+     "inputs is a plain value/list, but expecting an object as multiple input tensors required "
+     "as per tensorinfo_map"),
+    (b'{"signature_name": "nope", "instances": [1]}', 400,
+     'Serving signature name: "nope" not found in signature def'),
+]
+
+
+@pytest.mark.parametrize("body,status,message", MALFORMED)
+def test_malformed_requests(server, body, status, message):
+    got_status, got = call(server, "POST", "/v1/models/cme:predict", body)
+    assert got_status == status and message in got["error"], got
+    assert_healthy(server)
+
+
+def good_columnar(utt, **changes):
+    inputs = {k: [v] for k, v in instance(utt).items()}
+    inputs.update(changes)
+    return {"signature_name": "predict_waveform", "inputs": inputs}
+
+
+def test_bad_waveform_inputs(server, utterance):
+    waveform, words, starts, ends = utterance
+    n = waveform.size
+    cases = [
+        # wrong dtypes (TF Serving's JSON rules)
+        (good_columnar(utterance, num_samples=[float(n)]),
+         f"JSON Value: {float(n)} Type: Number is not of expected type: int32"),
+        (good_columnar(utterance, words=[[1, 2, 3, 4, 5, 6]]),
+         "JSON Value: 1 Type: Number is not of expected type: string"),
+        (good_columnar(utterance, waveform=[["a"] * 10]),
+         'JSON Value: "a" Type: String is not of expected type: float'),
+        (good_columnar(utterance, waveform=[[0.1, True, 0.2] * 200]),
+         "JSON Value: true Type: True is not of expected type: float"),
+        (good_columnar(utterance, waveform=[[16777216]]),
+         "Cannot convert JSON value: 16777216 to float without loss of precision."),
+        (good_columnar(utterance, waveform=[waveform[:1000].tolist(), waveform[:900].tolist()]),
+         "Encountered list at unexpected size: 900 at level: 1 expected size: 1000"),
+        # wrong shapes
+        (good_columnar(utterance, waveform=waveform.tolist()),
+         "input 'waveform' of signature 'predict_waveform' must have shape [-1,-1] (-1: any "
+         "size), got [" + str(n) + "]"),
+        (good_columnar(utterance, word_start_s=[starts[:5]]),
+         'word_start_s has shape [1,5] but words has shape [1,6]: give one start and one end '
+         'time per word slot (pad words with "" and times with 0)'),
+        (good_columnar(utterance, num_samples=[n, n]),
+         "num_samples must be [batch] = [1] (one length per waveform row), got shape [2]"),
+        # times
+        (good_columnar(utterance, word_start_s=[[-0.5] + starts[1:]]),
+         "word 0 ('kids') of row 0 has a negative time (-0.5 s to " + f"{ends[0]:g} s)"),
+        (good_columnar(utterance, word_end_s=[[starts[0] - 0.1] + ends[1:]]),
+         f"word 0 ('kids') of row 0 ends before it starts ({starts[0]:g} s > "
+         f"{starts[0] - 0.1:g} s)"),
+        (good_columnar(utterance, word_start_s=[starts[:5] + [9.0]], word_end_s=[ends[:5] + [9.5]]),
+         "word 5 ('door') of row 0 starts at 9 s, after the audio ends"),
+        (good_columnar(utterance, word_end_s=[ends[:5] + [float("nan")]]),
+         "word_end_s[0][5] is nan: times must be finite seconds"),
+        # words
+        (good_columnar(utterance, words=[["kids", "", "talking", "by", "the", "door"]]),
+         'words[0][1] is empty but a word follows it: pad with "" only after the last word'),
+        (good_columnar(utterance, words=[[""] * 6]),
+         "row 0 has no words: give at least one word with its times"),
+        # the waveform itself
+        (good_columnar(utterance, num_samples=[0]), "num_samples[0] = 0: the waveform is empty"),
+        (good_columnar(utterance, waveform=[[]], num_samples=[0]),
+         "waveform is empty (0 samples)"),
+        (good_columnar(utterance, num_samples=[n + 1]),
+         f"num_samples[0] = {n + 1} is more than the waveform's {n} samples"),
+        (good_columnar(utterance, waveform=[waveform[:300].tolist()], num_samples=[300]),
+         "num_samples[0] = 300: shorter than one 25 ms frame (400 samples at 16000 Hz)"),
+        (good_columnar(utterance, waveform=[[float("nan")] + waveform[1:].tolist()]),
+         "waveform[0][0] is nan: samples must be finite"),
+    ]
+    for request, message in cases:
+        status, body = call(server, "POST", "/v1/models/cme:predict", request)
+        assert status == 400 and message in body["error"], (message, body)
+    # Row format: a missing key in one instance, and instances of different lengths.
+    second = instance(utterance)
+    del second["word_end_s"]
+    status, body = call(server, "POST", "/v1/models/cme:predict",
+                        {"signature_name": "predict_waveform",
+                         "instances": [instance(utterance), second]})
+    assert status == 400 and body["error"].startswith("Failed to process element: 1 of "
+                                                      "'instances' list. JSON object: ")
+    assert body["error"].endswith("must only have keys: num_samples,waveform,word_end_s,"
+                                  "word_start_s,words")
+    shorter = instance((waveform[:40000], words, starts, ends))
+    status, body = call(server, "POST", "/v1/models/cme:predict",
+                        {"signature_name": "predict_waveform",
+                         "instances": [instance(utterance), shorter]})
+    assert (status, body) == (400, {"error": "Failed to process element: 1 key: waveform of "
+                                             f"'instances' list. Error: INVALID_ARGUMENT: "
+                                             f"Expecting tensor size: {n} but got: 40000"})
+    assert_healthy(server)
+
+
+def test_bad_waveform_bytes(server, utterance):
+    waveform, words, starts, ends = utterance
+    n = waveform.size
+
+    def request(raw, num_samples=n):
+        return {"signature_name": "predict_waveform_bytes", "inputs": {
+            "waveform_bytes": [{"b64": base64.b64encode(raw).decode()}],
+            "num_samples": [num_samples], "words": [words], "word_start_s": [starts],
+            "word_end_s": [ends]}}
+
+    raw = waveform.astype("<f4").tobytes()
+    bad_sample = np.concatenate([waveform[:10], [np.inf], waveform[11:]]).astype("<f4")
+    cases = [
+        (request(raw[:-1]), f"waveform_bytes[0] has {len(raw) - 1} bytes: not a whole number of "
+                            f"float32 samples (4 bytes each, little-endian)"),
+        (request(b"", 0), "waveform_bytes[0] is empty (0 samples)"),
+        (request(bad_sample.tobytes()), "waveform_bytes[0] sample 10 is inf: samples must be "
+                                        "finite"),
+        (request(raw, n + 4), f"num_samples[0] = {n + 4} is more than the {n} samples in "
+                              f"waveform_bytes[0]"),
+    ]
+    for body, message in cases:
+        status, answer = call(server, "POST", "/v1/models/cme:predict", body)
+        assert status == 400 and message in answer["error"], (message, answer)
+    status, answer = call(server, "POST", "/v1/models/cme:predict", request(raw))
+    assert status == 200
+    assert_healthy(server)
+
+
+def test_unknown_model_version_label_and_routes(server, utterance):
+    row = {"signature_name": "predict_waveform", "instances": [instance(utterance)]}
+    assert call(server, "POST", "/v1/models/nope:predict", row) == (
+        404, {"error": "Servable not found for request: Latest(nope)"})
+    assert call(server, "POST", "/v1/models/cme/versions/7:predict", row) == (
+        404, {"error": "Servable not found for request: Specific(cme, 7)"})
+    assert call(server, "POST", "/v1/models/cme/labels/canary:predict", row) == (
+        400, {"error": "Unrecognized servable version label: canary"})
+    assert call(server, "GET", "/v1/models/cme:predict") == (
+        400, {"error": "Malformed request: GET /v1/models/cme:predict"})
+    assert call(server, "PUT", "/v1/models/cme") == (
+        400, {"error": "Malformed request: PUT /v1/models/cme"})
+    assert call(server, "POST", "/v1/models/cme:classify", {"examples": [{}]}) == (
+        400, {"error": "Expected classification signature method_name to be "
+                       "tensorflow/serving/classify. Was: tensorflow/serving/predict"})
+    status, body = call(server, "GET", "/healthz")
+    assert status == 404 and "/v1/" in body["error"]
+    assert_healthy(server)
+
+
+def test_body_size_limit_and_chunked_bodies(server, utterance):
+    status, body = call(server, "POST", "/v1/models/cme:predict", b" " * (LIMIT + 1))
+    assert (status, body) == (413, {"error": f"Request body of {LIMIT + 1} bytes exceeds the "
+                                             f"limit of {LIMIT} bytes"})
+    assert_healthy(server)
+    # A chunked body (no Content-Length) is read as well, and limited the same way.
+    payload = json.dumps({"signature_name": "predict_waveform",
+                          "instances": [instance(utterance)]}).encode()
+    connection = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=60)
+    chunks = (payload[i:i + 65536] for i in range(0, len(payload), 65536))
+    connection.request("POST", "/v1/models/cme:predict", body=chunks, encode_chunked=True)
+    response = connection.getresponse()
+    assert response.status == 200 and "predictions" in json.loads(response.read())
+    connection.request("POST", "/v1/models/cme:predict",
+                       body=(b" " * 65536 for _ in range(40)), encode_chunked=True)
+    response = connection.getresponse()
+    assert response.status == 413 and "exceeds the limit" in json.loads(response.read())["error"]
+    connection.close()
+    assert_healthy(server)
+
+
+# ----------------------------------------------------------------------------------------------
+# Batching
+
+
+def bytes_inputs(row):
+    inputs = waveform_inputs([row])
+    del inputs["waveform"]
+    inputs["waveform_bytes"] = np.array([row[0].astype("<f4").tobytes()], dtype=object)
+    return inputs
+
+
+@pytest.mark.parametrize("name,make", [(PREDICT_WAVEFORM, lambda row: waveform_inputs([row])),
+                                       (PREDICT_WAVEFORM_BYTES, bytes_inputs)])
+def test_concurrent_requests_are_batched_without_changing_answers(server, utterance, name, make):
+    """Requests of different lengths and word counts, merged into one padded batch, get what
+    each gets alone."""
+    waveform, words, starts, ends = utterance
+    rows = [(waveform[:n], words[:m], starts[:m], ends[:m])
+            for n, m in ((62000, 6), (30000, 3), (45000, 5), (24000, 2))]
+    version = server.repository.resolve()
+    signature = version.signatures[name]
+    alone = [signature.run(make(row)) for row in rows]
+    batcher = Batcher(max_batch_size=8, timeout_s=1.0)
+    results = [None] * len(rows)
+
+    def worker(i):
+        results[i] = batcher.run(version, signature, make(rows[i]))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(rows))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # All four in one model call, which did not fail.
+    assert (batcher.batches, batcher.requests, batcher.merge_failures) == (1, 4, 0)
+    for got, want in zip(results, alone):
+        assert got["acoustic_excitation"].shape == want["acoustic_excitation"].shape
+        for key in ("probabilities", "acoustic_excitation", "semantic_excitation"):
+            np.testing.assert_allclose(got[key], want[key], atol=1e-5)
+        assert got["classes"].tolist() == want["classes"].tolist()
+
+    # Through HTTP, concurrently: every answer is right.
+    answers = [None] * len(rows)
+
+    def client(i):
+        with RestClient(server.url, "cme") as c:  # half of them as bytes
+            answers[i] = c.predict_waveform([Utterance(*rows[i])], binary=i % 2 == 1)[0]
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(rows))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for got, want in zip(answers, alone):
+        np.testing.assert_allclose(list(got.probabilities.values()), want["probabilities"][0],
+                                   atol=1e-5)
+        assert len(got.words) == want["acoustic_excitation"].shape[1]
+
+
+# ----------------------------------------------------------------------------------------------
+# Versions appearing, labels, single-output models
+
+
+def _publish(base: Path, source: Path, version: int) -> None:
+    """Copy a version in the way an exporter should: into a dot-dir, then rename."""
+    staging = base / f".staging-{version}"
+    shutil.copytree(source, staging)
+    os.rename(staging, base / str(version))
+
+
+def _wait_for(predicate, seconds=30.0):
+    import time
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_new_versions_are_picked_up_and_labels_keep_old_ones(exported, tmp_path, utterance):
+    _, info = exported
+    base = tmp_path / "cme"
+    base.mkdir()
+    (base / "not-a-version").mkdir()  # ignored, like TF Serving does
+    labels = tmp_path / "labels.json"
+    labels.write_text("{}")
+    srv = build_server(base, "cme", port=0, poll_seconds=0.1, labels_file=labels)
+    start_in_thread(srv)
+    try:
+        # Nothing to serve yet: TF Serving's answers for a model without versions.
+        assert call(srv, "GET", "/v1/models/cme") == (
+            404, {"error": "Could not find any versions of model cme"})
+        row = {"signature_name": "predict_waveform", "instances": [instance(utterance)]}
+        assert call(srv, "POST", "/v1/models/cme:predict", row) == (
+            404, {"error": "Servable not found for request: Latest(cme)"})
+
+        _publish(base, Path(info["path"]), 1)
+        _wait_for(lambda: call(srv, "GET", "/v1/models/cme")[1].get(
+            "model_version_status", [{}])[0].get("state") == "AVAILABLE")
+        assert call(srv, "POST", "/v1/models/cme:predict", row)[0] == 200
+
+        labels.write_text(json.dumps({"stable": 1}))
+        _publish(base, Path(info["path"]), 2)
+        _wait_for(lambda: call(srv, "GET", "/v1/models/cme/metadata")[1].get(
+            "model_spec", {}).get("version") == "2")
+        states = {s["version"]: s["state"]
+                  for s in call(srv, "GET", "/v1/models/cme")[1]["model_version_status"]}
+        assert states == {"1": "AVAILABLE", "2": "AVAILABLE"}  # 1 stays: "stable" names it
+        assert call(srv, "POST", "/v1/models/cme/versions/2:predict", row)[0] == 200
+        assert call(srv, "POST", "/v1/models/cme/labels/stable:predict", row)[0] == 200
+
+        labels.write_text(json.dumps({}))  # the label goes: version 1 is unloaded
+        _wait_for(lambda: call(srv, "GET", "/v1/models/cme/versions/1")[1]
+                  ["model_version_status"][0]["state"] == "END")
+        assert call(srv, "POST", "/v1/models/cme/versions/1:predict", row) == (
+            404, {"error": "Servable not found for request: Specific(cme, 1)"})
+        assert call(srv, "POST", "/v1/models/cme/labels/stable:predict", row) == (
+            400, {"error": "Unrecognized servable version label: stable"})
+
+        # A broken version is reported and the good one keeps serving.
+        (base / "3").mkdir()
+        (base / "3" / "saved_model.pb").write_bytes(b"garbage")
+        _wait_for(lambda: "3" in {s["version"] for s in call(
+            srv, "GET", "/v1/models/cme")[1]["model_version_status"]})
+        _wait_for(lambda: call(srv, "GET", "/v1/models/cme/versions/3")[1]
+                  ["model_version_status"][0]["state"] == "END")
+        [broken] = call(srv, "GET", "/v1/models/cme/versions/3")[1]["model_version_status"]
+        assert broken["status"]["error_code"] == "UNKNOWN" and broken["status"]["error_message"]
+        assert call(srv, "GET", "/v1/models/cme/metadata")[1]["model_spec"]["version"] == "2"
+        assert call(srv, "POST", "/v1/models/cme:predict", row)[0] == 200
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        srv.repository.stop()
+
+
+@pytest.fixture(scope="module")
+def toy_server(tmp_path_factory):
+    """A tiny non-CME model for the generic format rules: one single-output signature, one
+    with a ``_bytes`` output and integer inputs."""
+    module = tf.Module()
+    module.half_plus_two = tf.function(lambda x: {"y": 0.5 * x + 2.0},
+                                       input_signature=[tf.TensorSpec([None], tf.float32, "x")])
+    module.echo = tf.function(
+        lambda n, s: {"doubled": 2 * n, "text": s, "text_bytes": s,
+                      "flag": tf.greater(n[:, 0], 0)},
+        input_signature=[tf.TensorSpec([None, 2], tf.int32, "n"),
+                         tf.TensorSpec([None], tf.string, "s")])
+    base = tmp_path_factory.mktemp("toy") / "toy"
+    tf.saved_model.save(module, str(base / "5"), signatures={
+        "serving_default": module.half_plus_two.get_concrete_function(),
+        "echo": module.echo.get_concrete_function()})
+    srv = build_server(base, "toy", port=0, poll_seconds=0)
+    start_in_thread(srv)
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+    srv.repository.stop()
+
+
+def test_single_output_and_bytes_formatting(toy_server):
+    post = lambda body: call(toy_server, "POST", "/v1/models/toy:predict", body)  # noqa: E731
+    # One output: predictions are bare values; whole numbers get ".0" like TF Serving writes.
+    assert post({"instances": [1.0, 2, 5.5]}) == (200, {"predictions": [2.5, 3.0, 4.75]})
+    assert post({"inputs": [1.0, 2.0]}) == (200, {"outputs": [2.5, 3.0]})
+    connection = http.client.HTTPConnection("127.0.0.1", toy_server.server_address[1])
+    connection.request("POST", "/v1/models/toy:predict", body=b'{"instances": [2]}')
+    text = connection.getresponse().read().decode()
+    connection.close()
+    assert "[" in text and " 3.0" in text.replace("\n", " ")  # the raw JSON token is 3.0
+    # Several outputs: objects per instance; strings plain, "_bytes" outputs as b64.
+    status, body = post({"signature_name": "echo",
+                         "instances": [{"n": [1, 2], "s": "h\u00e9"},
+                                       {"n": [-3, 4], "s": {"b64": base64.b64encode(b"x").decode()}}]})
+    assert status == 200
+    assert body["predictions"] == [
+        {"doubled": [2, 4], "flag": True, "text": "h\u00e9",
+         "text_bytes": {"b64": base64.b64encode("h\u00e9".encode()).decode()}},
+        {"doubled": [-6, 8], "flag": False, "text": "x", "text_bytes": {"b64": "eA=="}}]
+    status, body = post({"signature_name": "echo", "inputs": {"n": [[1, 2]], "s": ["a"]}})
+    assert body == {"outputs": {"doubled": [[2, 4]], "flag": [True], "text": ["a"],
+                                "text_bytes": [{"b64": "YQ=="}]}}
+    # Integer inputs take integers only.
+    status, body = post({"signature_name": "echo", "inputs": {"n": [[1.5, 2]], "s": ["a"]}})
+    assert (status, body) == (400, {"error": "JSON Value: 1.5 Type: Number is not of expected "
+                                             "type: int32"})
+    status, body = post({"signature_name": "echo", "inputs": {"n": [[1, 2]]}})
+    assert (status, body) == (400, {"error": "Missing named input: s in 'inputs' object."})
+    status, body = post({"signature_name": "echo",
+                         "instances": [{"n": [1, 2], "s": "a", "extra": 1}]})
+    assert (status, body) == (400, {"error": "Failed to process element: 0 key: extra of "
+                                             "'instances' list. Error: INVALID_ARGUMENT: JSON "
+                                             "object: does not have named input: extra"})
+    status, body = post({"instances": [[1.0, [2.0]]]})
+    assert (status, body) == (400, {"error": "Failed to process element: 0 of 'instances' list. "
+                                             "Error: INVALID_ARGUMENT: Encountered list at "
+                                             "unexpected level: 1 expected < 1"})
+    status, body = post({"instances": [[1.0]]})
+    assert (status, body) == (400, {"error": "input 'x' of signature 'serving_default' must "
+                                             "have shape [-1] (-1: any size), got [1,1]"})
+    assert post({"inputs": [3.0]}) == (200, {"outputs": [3.5]})
+
+
+def test_cme_ser_serve_command(exported):
+    """`cme-ser serve` as a process: announces its URL, answers, and stops cleanly on SIGTERM."""
+    import signal
+    import subprocess
+    import sys
+
+    base, _ = exported
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "serve", "--model-base-path", str(base),
+         "--port", "0", "--poll-seconds", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=Path(__file__).resolve().parents[1])
+    try:
+        line = process.stdout.readline()
+        assert "versions available: [1]" in line and "REST API at http://127.0.0.1:" in line
+        url = line.rsplit(" ", 1)[1].strip()
+        with RestClient(url, "cme") as client:
+            assert client.status()["model_version_status"][0]["state"] == "AVAILABLE"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

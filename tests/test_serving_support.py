@@ -1,0 +1,86 @@
+"""Shared helpers of the serving tests (no tests here): a small CME model with real GloVe
+vectors and a real RAVDESS utterance, exported as a SavedModel version."""
+
+import functools
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from preprocessing import alignment, audio, corpora, embeddings
+from preprocessing.utterance import filterbank, utterance_to_example
+from serving.signatures import export_saved_model
+from trainer.config import ModelConfig
+from trainer.model import adapt_normalization, build_model
+
+RAVDESS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ravdess-speech"
+needs_ravdess = pytest.mark.skipif(not RAVDESS.is_dir(), reason="RAVDESS not available")
+ANGRY = RAVDESS / "Actor_01" / "03-01-05-01-01-01-01.flac"  # "Kids are talking by the door"
+SAD = RAVDESS / "Actor_01" / "03-01-04-02-02-01-01.flac"  # "Dogs are sitting by the door"
+KIDS = "Kids are talking by the door"
+DOGS = "Dogs are sitting by the door"
+CLASSES = ("angry", "happy", "neutral", "sad")
+# Small enough to build and export in about a second; 50-d input to match GloVe 6B 50-d.
+SMALL = ModelConfig(word_dim=50, cnn_filters=(8, 16, 16), semantic_dim=16, lstm_units=8,
+                    fcn_units=8, class_names=CLASSES)
+VOCAB_SIZE = 20000  # holds every word of the two RAVDESS statements
+
+
+@functools.lru_cache(maxsize=1)
+def glove() -> embeddings.WordVectors:
+    return embeddings.load(embeddings.fetch_glove())
+
+
+@functools.lru_cache(maxsize=1)
+def aligner() -> alignment.PocketSphinxAligner:
+    return alignment.PocketSphinxAligner()
+
+
+def small_model(seed: int = 0) -> keras.Model:
+    """The CME graph at a small size, random weights (seeded), normalisation adapted on the
+    real filterbank of a RAVDESS utterance. The output layer is scaled up so that the classes
+    are well apart (a near-uniform softmax would make argmax comparisons fragile)."""
+    keras.utils.set_random_seed(seed)
+    model = build_model(SMALL.replace(seed=seed))
+    waveform, _ = audio.load_audio(ANGRY)
+    adapt_normalization(model, filterbank(waveform))
+    layer = model.get_layer("probabilities")
+    kernel, bias = layer.get_weights()
+    layer.set_weights([kernel * 20.0, bias])
+    return model
+
+
+def export(model: keras.Model, version_dir, vocab_size: int = VOCAB_SIZE) -> dict:
+    return export_saved_model(model, version_dir, class_names=CLASSES, vectors=glove(),
+                              vocab_size=vocab_size)
+
+
+def aligned(path, transcript):
+    """(waveform [S], Alignment) of a RAVDESS file, forced-aligned like preprocessing does."""
+    waveform, _ = audio.load_audio(path)
+    return waveform, aligner().align(waveform, transcript)
+
+
+def timed_words(result: alignment.Alignment):
+    """(words, start seconds, end seconds) of an alignment: frame / 100."""
+    return ([w.word for w in result.words], [w.start / 100 for w in result.words],
+            [w.end / 100 for w in result.words])
+
+
+def example_bytes(path, transcript, label="angry") -> bytes:
+    """The record preprocessing writes for ``path``, serialized (the real Beam-job path)."""
+    utterance = corpora.Utterance(utterance_id=Path(path).stem, audio_path=str(path),
+                                  speaker="Actor_01", label_name=label, transcript=transcript)
+    example, _ = utterance_to_example(utterance, aligner=aligner(), vectors=glove(),
+                                      class_names=CLASSES, fold=0)
+    return example.SerializeToString()
+
+
+def waveform_inputs(rows):
+    """predict_waveform arrays for ``rows`` of (waveform, words, starts, ends), padded."""
+    from serving.client import Utterance, waveform_batch
+
+    inputs = waveform_batch([Utterance(*row) for row in rows])
+    inputs["words"] = np.vectorize(lambda w: w.encode("utf-8"), otypes=[object])(inputs["words"])
+    return inputs
