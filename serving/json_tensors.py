@@ -41,6 +41,7 @@ import re
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+import orjson
 
 from serving.status import ServingError, invalid_argument
 
@@ -102,7 +103,15 @@ def parse_body(body: bytes) -> dict:
     if not body or not body.strip():
         raise invalid_argument("JSON Parse error: The document is empty")
     try:
-        doc = json.loads(body)
+        # orjson parses the big number arrays of waveform requests ~4x faster than json; any
+        # document it refuses (NaN literals, huge integers, invalid JSON) takes the standard
+        # parser, whose results and error texts are the reference.
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        doc = None
+    try:
+        if doc is None:
+            doc = json.loads(body)
     except UnicodeDecodeError as error:
         raise invalid_argument(f"JSON Parse error: Invalid encoding in string. at offset: "
                                f"{error.start}") from None

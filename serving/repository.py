@@ -183,9 +183,9 @@ class ModelRepository:
 
     # -- reading (request threads) ---------------------------------------------------------------
 
-    def resolve(self, version: Optional[int] = None, label: Optional[str] = None) -> Version:
-        """The version a request asks for: a number, a label, or (neither) the newest."""
-        snapshot = self._snapshot
+    @staticmethod
+    def _requested_version(snapshot, version: Optional[int], label: Optional[str]) -> Optional[int]:
+        """The version number a request names (a label is translated), or None for "newest"."""
         if version is not None and label is not None:
             raise invalid_argument(f"Both model version ({version}) and model version label "
                                    f"({label}) cannot be supplied.")
@@ -193,6 +193,12 @@ class ModelRepository:
             if label not in snapshot.labels:
                 raise invalid_argument(f"Unrecognized servable version label: {label}")
             version = snapshot.labels[label]
+        return version
+
+    def resolve(self, version: Optional[int] = None, label: Optional[str] = None) -> Version:
+        """The version a request asks for: a number, a label, or (neither) the newest."""
+        snapshot = self._snapshot
+        version = self._requested_version(snapshot, version, label)
         if version is None:
             if not snapshot.versions:
                 raise not_found(f"Servable not found for request: Latest({self.name})")
@@ -205,13 +211,7 @@ class ModelRepository:
                label: Optional[str] = None) -> List[Tuple[int, VersionState]]:
         """``(version, state)`` pairs as GetModelStatus reports them."""
         snapshot = self._snapshot
-        if version is not None and label is not None:
-            raise invalid_argument(f"Both model version ({version}) and model version label "
-                                   f"({label}) cannot be supplied.")
-        if label is not None:
-            if label not in snapshot.labels:
-                raise invalid_argument(f"Unrecognized servable version label: {label}")
-            version = snapshot.labels[label]
+        version = self._requested_version(snapshot, version, label)
         if version is not None:
             if version not in snapshot.states:
                 raise not_found(f"Could not find version {version} of model {self.name}")

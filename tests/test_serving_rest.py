@@ -605,7 +605,11 @@ def test_cme_ser_serve_command(exported):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         cwd=Path(__file__).resolve().parents[1])
     try:
-        line = process.stdout.readline()
+        # Skip anything a library may print first; the announcement is one line.
+        line = ""
+        for line in process.stdout:
+            if "REST API at" in line:
+                break
         assert "versions available: [1]" in line and "REST API at http://127.0.0.1:" in line
         url = line.rsplit(" ", 1)[1].strip()
         with RestClient(url, "cme") as client:
