@@ -214,3 +214,26 @@ def test_rerun_never_mixes_old_and_new_records(job, corpus, embeddings_path):
                             beam_args=["--runner=DirectRunner"])
     assert new["records"] == len(subset) == len(read_records(copy))
     assert (copy / "errors.jsonl").read_text() == ""
+
+
+def test_cli_exits_non_zero_only_when_nothing_usable_was_produced(tmp_path, capsys,
+                                                                  embeddings_path):
+    from pipeline.cli import main
+
+    (tmp_path / "bad.wav").write_text("not audio")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,label,speaker\nbad.wav,angry,a\nmissing.wav,sad,b\n")
+    args = ["preprocess", "--dataset", "manifest", "--data-dir", str(bad), "--folds", "2",
+            "--embeddings", embeddings_path, "--beam-arg=--runner=DirectRunner"]
+    assert main(args + ["--out", str(tmp_path / "out_bad")]) == 2
+    assert "nothing usable was produced" in capsys.readouterr().err
+    good = tmp_path / "good.csv"
+    good.write_text("path,label,speaker,transcript\n"
+                    f"{RAVDESS / GOOD[0]},angry,a,Kids are talking by the door\n"
+                    f"{RAVDESS / GOOD[3]},neutral,b,Dogs are sitting by the door\n"
+                    "missing.wav,sad,b,\n")
+    assert main(["preprocess", "--dataset", "manifest", "--data-dir", str(good), "--folds", "2",
+                 "--embeddings", embeddings_path, "--beam-arg=--runner=DirectRunner",
+                 "--out", str(tmp_path / "out_good")]) == 0
+    summary = json.loads((tmp_path / "out_good" / "summary.json").read_text())
+    assert (summary["records"], summary["errors"], summary["complete"]) == (2, 1, True)
