@@ -5,6 +5,7 @@
     cme-ser run [--data-dir DIR] [--output DIR] [--epochs N] [--folds K] [...]
     cme-ser serve --model-base-path DIR [--model-name cme] [--port 8501] [...]
     cme-ser predict AUDIO [AUDIO ...] [--transcript TEXT] [--url URL | --model-dir DIR] [--json]
+    cme-ser compile --target kubeflow --output pipeline.json [...]
 """
 
 from __future__ import annotations
@@ -51,15 +52,6 @@ def parse_classes(text: Optional[str]) -> Optional[List[str]]:
     return [c.strip() for c in text.split(",") if c.strip()] if text else None
 
 
-def corpus_items(dataset: str, data_dir: Path, classes: Optional[List[str]]):
-    from preprocessing import corpora
-    if dataset == "ravdess":
-        return list(corpora.ravdess(data_dir, classes or DEFAULT_CLASSES))
-    if dataset == "iemocap":
-        return list(corpora.iemocap(data_dir, classes or DEFAULT_CLASSES))
-    return list(corpora.manifest(data_dir, classes))
-
-
 def resolve_embeddings(path: Optional[str]) -> str:
     from preprocessing import embeddings
     if path:
@@ -84,7 +76,7 @@ def preprocess(args) -> dict:
     if args.folds < 2:
         raise UsageError(f"--folds must be >= 2, got {args.folds}")
     try:
-        items = corpus_items(args.dataset, data, classes)
+        items = corpora.items(args.dataset, data, classes)
     except ValueError as error:
         raise UsageError(str(error)) from error
     utterances, _ = corpora.partition(items)
@@ -114,7 +106,8 @@ def check_run_config(args, config: ModelConfig) -> Path:
     if args.folds < 2:
         raise UsageError(f"--folds must be >= 2, got {args.folds}")
     try:
-        utterances, _ = corpora.partition(corpus_items("ravdess", data_dir, list(config.class_names)))
+        utterances, _ = corpora.partition(
+            corpora.items("ravdess", data_dir, list(config.class_names)))
         folds = corpora.assign_folds(utterances, args.folds)
     except ValueError as error:
         raise UsageError(str(error)) from error

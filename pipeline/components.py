@@ -59,11 +59,11 @@ def CorpusExampleGen(
     corpus files) is a parameter so that TFX's cache reruns this only when the data changed.
     Fails when a fold ends up with no examples."""
     del corpus_fingerprint  # only there for the cache key
-    from pipeline.cli import corpus_items
     from preprocessing import beam_pipeline as job
+    from preprocessing import corpora
 
     class_names = [c for c in classes.split(",") if c]
-    items = corpus_items(dataset, Path(data_dir), class_names)
+    items = corpora.items(dataset, Path(data_dir), class_names)
     summary = job.run(dataset=dataset, items=items, out_dir=examples.uri,
                       class_names=class_names, embeddings_path=embeddings_path,
                       num_folds=num_folds, fold_by="group" if dataset == "iemocap" else "speaker",

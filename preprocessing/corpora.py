@@ -354,6 +354,17 @@ def _resolve(base: Path, path: str) -> str:
     return str(p if p.is_absolute() else base / p)
 
 
+def items(dataset: str, path: PathLike, classes: Optional[Sequence[str]] = None) -> List[Item]:
+    """All items of ``dataset`` ("ravdess", "iemocap" or "manifest") at ``path``; ``classes``
+    None means the corpus default (the 4 classes; every label for a manifest)."""
+    adapters = {"ravdess": ravdess, "iemocap": iemocap}
+    if dataset == "manifest":
+        return list(manifest(path, classes))
+    if dataset not in adapters:
+        raise ValueError(f"unknown dataset {dataset!r} (ravdess, iemocap, manifest)")
+    return list(adapters[dataset](path, classes or DEFAULT_CLASSES))
+
+
 # ---------------------------------------------------------------------------------------------
 # Folds
 
