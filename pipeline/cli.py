@@ -22,7 +22,7 @@ from typing import List, Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from trainer.config import DEFAULT_CLASSES, ModelConfig  # noqa: E402
+from trainer.config import DEFAULT_CLASSES, VARIANTS, ModelConfig, variant_config  # noqa: E402
 
 RAVDESS_HELP = ("RAVDESS speech is not here. Download Audio_Speech_Actors_01-24.zip from Zenodo "
                 "record 1188976 (CC BY-NC-SA 4.0), unzip it and pass --data-dir, or set "
@@ -161,8 +161,9 @@ def run(args) -> dict:
     from tfx import v1 as tfx
 
     from pipeline.runner import MODEL_NAME, local_pipeline
-    config = ModelConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                         class_names=tuple(parse_classes(args.classes) or DEFAULT_CLASSES))
+    config = variant_config(args.variant, epochs=args.epochs, batch_size=args.batch_size,
+                            seed=args.seed,
+                            class_names=tuple(parse_classes(args.classes) or DEFAULT_CLASSES))
     data_dir = check_run_config(args, config)
     output = Path(args.output).resolve()
     print(f"== cme-ser run: {data_dir} -> {output} ({args.folds} folds, up to {config.epochs} "
@@ -320,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument("--epochs", type=int, default=ModelConfig.epochs)
     run_p.add_argument("--batch-size", type=int, default=ModelConfig.batch_size)
     run_p.add_argument("--seed", type=int, default=ModelConfig.seed)
+    run_p.add_argument("--variant", choices=sorted(VARIANTS), default="cme",
+                       help="the paper's model (cme) or one of its ablations")
     run_p.set_defaults(func=run)
 
     srv = sub.add_parser("serve", help="TF Serving's REST API over exported SavedModel versions")

@@ -167,3 +167,18 @@ def test_config_validation_and_json_round_trip():
         ModelConfig(class_names=("only",))
     with pytest.raises(ValueError, match="unknown ModelConfig field"):
         ModelConfig.from_dict({"epochz": 3})
+
+
+def test_variants_are_configurations_of_the_one_model():
+    from trainer.config import VARIANTS, variant_config
+    assert variant_config("cme") == ModelConfig()
+    both = variant_config("no_excite", epochs=3)
+    assert (both.variant, both.excite_acoustic, both.excite_semantic, both.epochs) == (
+        "no_excite", False, False, 3)
+    assert variant_config("mean_pool").acoustic_dim == 128
+    for name in VARIANTS:
+        assert len(build_model(variant_config(name, **{
+            k: getattr(SMALL, k) for k in ("word_dim", "cnn_filters", "semantic_dim",
+                                          "lstm_units", "fcn_units")})).layers) > 10
+    with pytest.raises(ValueError, match="unknown variant 'attention'"):
+        variant_config("attention")

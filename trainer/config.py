@@ -21,6 +21,7 @@ class ModelConfig:
     pretrained word vectors fed in (the paper used 300-d GloVe; our default data uses 50-d).
     """
 
+    variant: str = "cme"  # the name of the recipe this configuration was built from
     class_names: Tuple[str, ...] = DEFAULT_CLASSES
     fbank_dim: int = 40
     word_dim: int = 50
@@ -97,3 +98,20 @@ class ModelConfig:
     def from_json(cls, text: str) -> "ModelConfig":
         return cls.from_dict(json.loads(text))
 
+
+# Model variants are configurations of the one model: name -> the fields that differ from the
+# paper's model. The ablations of Table 1 (Li et al. 2021).
+VARIANTS = {
+    "cme": {},
+    "no_excite_a": {"excite_acoustic": False},
+    "no_excite_s": {"excite_semantic": False},
+    "no_excite": {"excite_acoustic": False, "excite_semantic": False},
+    "mean_pool": {"pooling": "mean"},
+}
+
+
+def variant_config(name: str, **overrides: Any) -> ModelConfig:
+    """``ModelConfig`` of variant ``name`` (see ``VARIANTS``) with ``overrides`` applied."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
+    return ModelConfig(variant=name, **{**VARIANTS[name], **overrides})
