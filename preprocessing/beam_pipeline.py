@@ -67,19 +67,19 @@ class ProcessUtterance(beam.DoFn):
 
     def setup(self):
         # Imported here so that the driver never pays for TensorFlow/PocketSphinx start-up.
-        from preprocessing import alignment, embeddings
+        from preprocessing import alignment, embeddings, utterance
+        self._utterance = utterance
         self._vectors = embeddings.load(self.options.embeddings_path)
         self._aligner = alignment.PocketSphinxAligner()
         self._started = time.time()
 
     def process(self, utterance: corpora.Utterance):
-        from preprocessing.utterance import UtteranceError, utterance_to_example
         try:
-            example, source = utterance_to_example(
+            example, source = self._utterance.utterance_to_example(
                 utterance, aligner=self._aligner, vectors=self._vectors,
                 class_names=self.options.class_names, fold=self.options.folds[utterance.speaker],
                 max_seconds=self.options.max_seconds, overlong=self.options.overlong)
-        except UtteranceError as error:
+        except self._utterance.UtteranceError as error:
             beam.metrics.Metrics.counter("cme_ser", f"error_{error.stage}").inc()
             yield beam.pvalue.TaggedOutput(self.ERRORS, error_line(
                 utterance.utterance_id, utterance.audio_path, error.stage, error.reason))
