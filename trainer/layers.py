@@ -222,3 +222,56 @@ class MaskedMaxPooling(keras.layers.Layer):
     def compute_output_shape(self, input_shapes):
         shape = input_shapes[0]
         return (shape[0], shape[2])
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SpecAugment(keras.layers.Layer):
+    """SpecAugment-style masking of (normalised) filterbank frames, in training only.
+
+    Per utterance, ``freq_masks`` bands of ``w ~ U{0..freq_width}`` channels and ``time_masks``
+    spans of ``w ~ U{0..time_width}`` frames (inside the utterance's ``lengths[b]`` frames) are
+    set to 0, the mean of normalised features (Park et al., 2019; no time warping). At
+    inference the layer is the identity, so exported models are unaffected.
+
+    Inputs: ``[x [B, T, C], lengths [B]]``. Output: ``[B, T, C]``.
+    """
+
+    def __init__(self, freq_masks: int = 0, freq_width: int = 8, time_masks: int = 0,
+                 time_width: int = 20, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.freq_masks, self.freq_width = int(freq_masks), int(freq_width)
+        self.time_masks, self.time_width = int(time_masks), int(time_width)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def _bands(self, count, width, extent, size):
+        """Bool [B, size]: union of `count` random bands of width <= `width` within `extent`."""
+        positions = tf.range(size, dtype=tf.float32)[None, :]
+        extent = tf.cast(extent, tf.float32)[:, None]
+        masked = tf.zeros([tf.shape(extent)[0], size], tf.bool)
+        for _ in range(count):
+            u = keras.random.uniform(tf.shape(extent), seed=self.seed_generator)
+            w = tf.floor(u * (width + 1))
+            v = keras.random.uniform(tf.shape(extent), seed=self.seed_generator)
+            start = tf.floor(v * tf.maximum(extent - w, 0.0))
+            masked |= (positions >= start) & (positions < start + w)
+        return masked
+
+    def call(self, inputs, training=None):
+        x, lengths = inputs
+        if not training or (self.freq_masks == 0 and self.time_masks == 0):
+            return x
+        batch, frames, channels = tf.shape(x)[0], tf.shape(x)[1], x.shape[-1]
+        freq = self._bands(self.freq_masks, self.freq_width,
+                           tf.fill([batch], float(channels)), channels)
+        time = self._bands(self.time_masks, self.time_width, lengths, frames)
+        keep = tf.logical_not(freq[:, None, :] | time[:, :, None])
+        return x * tf.cast(keep, x.dtype)
+
+    def compute_output_shape(self, input_shapes):
+        return tuple(input_shapes[0])
+
+    def get_config(self):
+        return {**super().get_config(), "freq_masks": self.freq_masks,
+                "freq_width": self.freq_width, "time_masks": self.time_masks,
+                "time_width": self.time_width, "seed": self.seed}

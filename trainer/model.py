@@ -49,6 +49,10 @@ def build_model(config: ModelConfig = ModelConfig()) -> keras.Model:
     # a batch never changes an utterance's output.
     x = keras.layers.Normalization(axis=-1, name=NORMALIZATION_LAYER)(inputs["fbank"])
     x = cme_layers.ZeroPadded(name="fbank_padding")([x, num_frames])
+    if config.spec_freq_masks or config.spec_time_masks:
+        x = cme_layers.SpecAugment(config.spec_freq_masks, config.spec_freq_width,
+                                   config.spec_time_masks, config.spec_time_width,
+                                   seed=config.seed, name="spec_augment")([x, num_frames])
     for i, (kernel, filters) in enumerate(zip(config.cnn_kernels, config.cnn_filters)):
         x = keras.layers.Conv1D(filters, kernel, strides=1, padding="same", activation="relu",
                                 name=f"conv{i + 1}")(x)
