@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DATA_DIR ?=
 OUTPUT ?= output
 
-.PHONY: run test install embeddings preprocess benchmark clean
+.PHONY: run test install embeddings preprocess benchmark reproduce clean
 
 # TFX 1.16 resolves only on Python 3.10: find one (pyenv's, then any python3.10 on PATH).
 $(PY):
@@ -29,6 +29,10 @@ test: install
 
 run: embeddings
 	$(VENV)/bin/cme-ser run $(if $(DATA_DIR),--data-dir $(DATA_DIR)) --output $(OUTPUT)
+
+# Table 1 of the paper: every variant, 5 folds, 3 seeds (resumable; hours on 2 cores).
+reproduce: embeddings
+	$(VENV)/bin/cme-ser reproduce --dataset ravdess $(if $(DATA_DIR),--data-dir $(DATA_DIR)) --seeds 3 --jobs 2 --threads 1
 
 benchmark: install
 	$(PY) benchmarks/train_throughput.py --shape ravdess --batch 32 --steps 10

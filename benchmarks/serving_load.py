@@ -1,8 +1,8 @@
 """Load test of the REST endpoint: N concurrent clients, a bounded number of requests.
 
     python benchmarks/serving_load.py --model-base-path output/serving_model/cme \\
-        --clients 16 --requests 400
-    python benchmarks/serving_load.py --url http://127.0.0.1:8501 --clients 16 --requests 400
+        --clients 16 --requests 800 --server-arg=--workers=2
+    python benchmarks/serving_load.py --url http://127.0.0.1:8501 --clients 16 --requests 800
 
 Every request is ``predict_waveform`` (or, ``--signature predict_waveform_bytes``, the same with
 the samples as base64 bytes) on one RAVDESS-length utterance (default: a 3.9 s RAVDESS file,
@@ -11,17 +11,28 @@ uses). Without ``--url`` it starts ``cme-ser serve`` on a free loopback port in 
 subprocess (so server and clients do not share a GIL), waits until a version is AVAILABLE, and
 stops it at the end. Only loopback addresses are accepted as targets.
 
+The clients share the machine with the server, so they are kept cheap: the whole HTTP request
+(headers and body) is encoded once, and each client thread replays it on its own keep-alive
+connection with ``sendall`` and reads the answer's status line and ``Content-Length`` (the JSON
+is parsed only for an error). Each client first sends its share of ``--warmup`` requests on the
+same connection (so every server worker it reaches has run the model), then all start the
+measured requests together.
+
 Prints one JSON line: requests_per_s, p50_ms, p90_ms, p99_ms, errors (non-200 answers and
-failed connections), plus the setup.
+failed connections), the setup, and the load conditions: CPU milliseconds per request of the
+clients and (when it started the server) of the server processes, the CPU cores other
+processes used meanwhile (``other_cpu_cores``, from /proc/stat), and the 1-minute load average.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import ipaddress
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -95,55 +106,202 @@ def percentile(sorted_values, q: float) -> float:
     return sorted_values[index]
 
 
+class RawClient:
+    """One keep-alive HTTP/1.1 connection replaying one pre-encoded request."""
+
+    def __init__(self, host: str, port: int, request: bytes, timeout: float = 60.0):
+        self.address = (host, port)
+        self.request = request
+        self.timeout = timeout
+        self.sock: socket.socket = None
+        self.pending = b""
+
+    def call(self) -> tuple:
+        """``(status, body)`` of one round trip; reconnects once if the connection was closed."""
+        for attempt in (0, 1):
+            if self.sock is None:
+                self.sock = socket.create_connection(self.address, timeout=self.timeout)
+                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                try:  # kernel timeouts on a blocking socket: fewer system calls per request
+                    limit = struct.pack("ll", int(self.timeout), 0)
+                    self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
+                    self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
+                    self.sock.settimeout(None)
+                except (OSError, AttributeError, struct.error):
+                    pass
+                self.pending = b""
+            try:
+                self.sock.sendall(self.request)
+                return self._response()
+            except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError):
+                self.close()
+                if attempt:
+                    raise
+
+    def _response(self) -> tuple:
+        data = self.pending
+        while True:
+            end = data.find(b"\r\n\r\n")
+            if end >= 0:
+                break
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionResetError("the server closed the connection")
+            data += chunk
+        head = data[:end].lower()
+        status = int(head[9:12])
+        length = 0
+        at = head.find(b"\r\ncontent-length:")
+        if at >= 0:
+            stop = head.find(b"\r\n", at + 2)
+            length = int(head[at + 17:stop if stop >= 0 else len(head)])
+        body = data[end + 4:]
+        while len(body) < length:
+            chunk = self.sock.recv(max(65536, length - len(body)))
+            if not chunk:
+                raise ConnectionResetError("the server closed the connection mid-answer")
+            body += chunk
+        self.pending = body[length:]
+        if b"\r\nconnection: close" in head:
+            self.close()
+        return status, body[:length]
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+def http_request(url: str, model_name: str, body: bytes) -> bytes:
+    """The whole POST :predict request, headers and body, as bytes."""
+    parts = urllib.parse.urlsplit(url)
+    path = f"/v1/models/{urllib.parse.quote(model_name, safe='')}:predict"
+    return (f"POST {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode("ascii") + body
+
+
+def _error_text(status: int, payload: bytes) -> str:
+    try:
+        return f"HTTP {status}: {json.loads(payload)['error']}"
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {status}: {payload[:200]!r}"
+
+
+def _busy_ticks() -> int:
+    """CPU time all processes used so far (USER_HZ ticks, /proc/stat), or -1 off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return -1
+    return sum(fields) - fields[3] - fields[4]  # all but idle and iowait
+
+
+def _tree_ticks(pid: int) -> int:
+    """utime + stime of a process and its children (USER_HZ ticks), or -1."""
+    total, todo = 0, [pid]
+    try:
+        while todo:
+            p = todo.pop()
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+            try:
+                with open(f"/proc/{p}/task/{p}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+            except OSError:
+                pass
+    except (OSError, ValueError, IndexError):
+        return -1
+    return total
+
+
 def load(url: str, model_name: str, body: bytes, clients: int, requests: int,
-         max_seconds: float) -> dict:
+         max_seconds: float, warmup: int = 0, server_pid: int = None) -> dict:
+    parts = urllib.parse.urlsplit(url)
+    request = http_request(url, model_name, body)
     latencies, errors, messages = [], [0], []
     lock = threading.Lock()
     remaining = [requests]
-    deadline = time.monotonic() + max_seconds
+    ready = threading.Barrier(clients + 1)
+    go = threading.Event()
+    deadline = [0.0]
+    per_client_warmup = -(-warmup // clients)
 
     def worker():
-        client = RestClient(url, model_name, timeout=60.0)
+        client = RawClient(parts.hostname, parts.port or 80, request)
+        done = []  # (latency, status, payload) kept thread-local until the end
         try:
-            while time.monotonic() < deadline:
+            for _ in range(per_client_warmup):
+                try:
+                    client.call()
+                except OSError:
+                    client.close()
+            ready.wait()
+            go.wait()
+            while time.monotonic() < deadline[0]:
                 with lock:
                     if remaining[0] <= 0:
-                        return
+                        break
                     remaining[0] -= 1
                 started = time.perf_counter()
                 try:
-                    client.post_predict(body)
-                    ok = True
-                except (ServingRequestError, OSError) as error:
-                    ok = False
+                    status, payload = client.call()
+                except OSError as error:
+                    status, payload = None, str(error).encode()
                     client.close()
-                    with lock:
-                        if len(messages) < 3:
-                            messages.append(str(error))
-                elapsed = time.perf_counter() - started
-                with lock:
-                    if ok:
-                        latencies.append(elapsed)
-                    else:
-                        errors[0] += 1
+                done.append((time.perf_counter() - started, status, payload))
         finally:
             client.close()
+            with lock:
+                for latency, status, payload in done:
+                    if status == 200 and payload[:1] == b"{" and b'"outputs"' in payload:
+                        latencies.append(latency)
+                        continue
+                    errors[0] += 1
+                    if len(messages) < 3:
+                        messages.append(_error_text(status, payload) if status is not None
+                                        else f"connection: {payload.decode()}")
 
     threads = [threading.Thread(target=worker) for _ in range(clients)]
-    started = time.perf_counter()
     for t in threads:
         t.start()
+    ready.wait()  # every client connected and warmed up
+    gc.collect()
+    gc.freeze()  # the setup's objects (TensorFlow, ...) are never scanned during the run
+    client_cpu = time.process_time()
+    server_ticks = _tree_ticks(server_pid) if server_pid else -1
+    busy = _busy_ticks()
+    started = time.perf_counter()
+    deadline[0] = time.monotonic() + max_seconds
+    go.set()
     for t in threads:
         t.join()
     wall = time.perf_counter() - started
+    client_cpu = time.process_time() - client_cpu
+    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    server_cpu = (_tree_ticks(server_pid) - server_ticks) / hz \
+        if server_pid and server_ticks >= 0 else None
+    busy_cpu = (_busy_ticks() - busy) / hz if busy >= 0 else None
     latencies.sort()
     done = len(latencies) + errors[0]
-    return {"requests": done, "errors": errors[0], "seconds": round(wall, 2),
-            "requests_per_s": round(len(latencies) / wall, 1) if wall else 0.0,
-            "p50_ms": round(1000 * percentile(latencies, 0.50), 1),
-            "p90_ms": round(1000 * percentile(latencies, 0.90), 1),
-            "p99_ms": round(1000 * percentile(latencies, 0.99), 1),
-            "error_samples": messages}
+    result = {"requests": done, "errors": errors[0], "seconds": round(wall, 2),
+              "requests_per_s": round(len(latencies) / wall, 1) if wall else 0.0,
+              "p50_ms": round(1000 * percentile(latencies, 0.50), 1),
+              "p90_ms": round(1000 * percentile(latencies, 0.90), 1),
+              "p99_ms": round(1000 * percentile(latencies, 0.99), 1),
+              "error_samples": messages,
+              "client_cpu_ms_per_request": round(1000 * client_cpu / max(done, 1), 2)}
+    if server_cpu is not None:
+        result["server_cpu_ms_per_request"] = round(1000 * server_cpu / max(done, 1), 2)
+    if busy_cpu is not None and wall:
+        # Everything else that ran on the machine meanwhile (another user's jobs), in cores.
+        ours = client_cpu + (server_cpu or 0.0)
+        result["other_cpu_cores"] = round(max(0.0, busy_cpu - ours) / wall, 2) \
+            if server_cpu is not None else None
+        result["machine_busy_cores"] = round(busy_cpu / wall, 2)
+    return result
 
 
 def main(argv=None) -> int:
@@ -153,16 +311,19 @@ def main(argv=None) -> int:
     target.add_argument("--model-base-path", help="start `cme-ser serve` on this directory")
     parser.add_argument("--model-name", default="cme")
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--requests", type=int, default=400)
-    parser.add_argument("--warmup", type=int, default=20, help="requests before measuring")
-    parser.add_argument("--max-seconds", type=float, default=300.0, help="stop by then anyway")
+    parser.add_argument("--requests", type=int, default=800)
+    parser.add_argument("--warmup", type=int, default=64,
+                        help="requests before measuring, spread over the clients' connections")
+    parser.add_argument("--max-seconds", type=float, default=60.0,
+                        help="stop measuring by then anyway")
     parser.add_argument("--audio", default=str(DEFAULT_AUDIO))
     parser.add_argument("--transcript", default=DEFAULT_TRANSCRIPT)
     parser.add_argument("--signature", choices=["predict_waveform", "predict_waveform_bytes"],
                         default="predict_waveform",
                         help="samples as JSON numbers, or as base64 float32 bytes")
     parser.add_argument("--server-arg", action="append", default=[],
-                        help="extra `cme-ser serve` argument, repeatable (e.g. --server-arg=--no-batching)")
+                        help="extra `cme-ser serve` argument, repeatable (e.g. "
+                             "--server-arg=--workers=2, --server-arg=--no-batching)")
     args = parser.parse_args(argv)
     if args.clients < 1 or args.requests < 1:
         parser.error("--clients and --requests must be >= 1")
@@ -177,10 +338,9 @@ def main(argv=None) -> int:
     try:
         probe = RestClient(url, args.model_name)
         wait_available(probe)
-        for _ in range(args.warmup):
-            probe.post_predict(body)
         probe.close()
-        result = load(url, args.model_name, body, args.clients, args.requests, args.max_seconds)
+        result = load(url, args.model_name, body, args.clients, args.requests, args.max_seconds,
+                      warmup=args.warmup, server_pid=process.pid if process else None)
     finally:
         if process is not None:
             process.terminate()
@@ -191,7 +351,8 @@ def main(argv=None) -> int:
     result.update({"signature": args.signature, "clients": args.clients, "url": url,
                    "server": "started" if process is not None else "external",
                    "server_args": args.server_arg, "utterance_s": round(utt.waveform.size / 16000, 2),
-                   "words": len(utt.words), "body_bytes": len(body), "cpus": os.cpu_count()})
+                   "words": len(utt.words), "body_bytes": len(body), "cpus": os.cpu_count(),
+                   "load_avg_1m": round(os.getloadavg()[0], 2)})
     print(json.dumps(result))
     return 0 if result["errors"] == 0 else 1
 

@@ -6,6 +6,7 @@
     cme-ser serve --model-base-path DIR [--model-name cme] [--port 8501] [...]
     cme-ser predict AUDIO [AUDIO ...] [--transcript TEXT] [--url URL | --model-dir DIR] [--json]
     cme-ser compile --target kubeflow --output pipeline.json [...]
+    cme-ser reproduce [--dataset ravdess] [--variants a,b] [--folds 5] [--seeds 3] [--jobs N]
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -182,6 +184,37 @@ def run(args) -> dict:
     return json.loads((reports[-1].parent / "report.json").read_text())
 
 
+def reproduce(args) -> dict:
+    """Table 1: every variant through the same k-fold protocol, several seeds, resumable."""
+    from pipeline import reproduce as repro
+    variants = [v.strip() for v in args.variants.split(",")] if args.variants else list(VARIANTS)
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise UsageError(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
+    if args.seeds < 1 or args.jobs < 1:
+        raise UsageError("--seeds and --jobs must be >= 1")
+    work = Path(args.work_dir or Path("output") / "reproduce" / args.dataset)
+    records = Path(args.records) if args.records else work / "records"
+    if not (records / "summary.json").exists():
+        if args.records:
+            raise UsageError(f"--records {records} holds no preprocessed records "
+                             "(run `cme-ser preprocess` into it)")
+        print(f"== preprocessing {args.dataset} into {records}")
+        preprocess(argparse.Namespace(
+            dataset=args.dataset, data_dir=args.data_dir, out=str(records), classes=None,
+            embeddings=args.embeddings, folds=args.folds, max_seconds=60.0,
+            overlong="truncate", overwrite=True, beam_arg=[]))
+    command = "cme-ser reproduce " + " ".join(
+        shlex.quote(a) for a in (args.argv if args.argv is not None else sys.argv[1:])[1:])
+    try:
+        return repro.reproduce(records, work, args.results_dir, dataset=args.dataset,
+                               variants=variants, seeds=args.seeds, folds=args.folds,
+                               jobs=args.jobs, threads=args.threads, command=command.strip(),
+                               overrides={"epochs": args.epochs} if args.epochs else None)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+
+
 def fetch_embeddings(args) -> None:
     from preprocessing import embeddings
     path = embeddings.fetch_glove(args.dest)
@@ -191,8 +224,8 @@ def fetch_embeddings(args) -> None:
 def serve(args) -> None:
     """TF Serving's REST API over <base>/<version>/ SavedModels, until interrupted."""
     import signal
+    import socket
 
-    from serving.server import build_server
     base = Path(args.model_base_path)
     if not base.is_dir():
         raise UsageError(f"--model-base-path {base} is not a directory")
@@ -201,16 +234,37 @@ def serve(args) -> None:
     if args.max_request_mb <= 0:
         raise UsageError(f"--max-request-mb must be > 0, got {args.max_request_mb}")
     for flag, value in (("--num-versions", args.num_versions),
-                        ("--max-batch-size", args.max_batch_size)):
+                        ("--max-batch-size", args.max_batch_size), ("--workers", args.workers)):
         if value < 1:
             raise UsageError(f"{flag} must be >= 1, got {value}")
+    for flag, value in (("--intra-op-threads", args.intra_op_threads),
+                        ("--inter-op-threads", args.inter_op_threads)):
+        if value < 0:
+            raise UsageError(f"{flag} must be >= 0, got {value}")
+    if args.workers > 1 and args.listen_fd is None:
+        code = _serve_workers(args, base)
+        if code:
+            sys.exit(code)
+        return
+    if args.intra_op_threads or args.inter_op_threads:
+        import tensorflow as tf  # before anything runs: the thread pools are made once
+        tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
+    from serving.server import build_server
+    listen_socket = counts = None
+    if args.listen_fd is not None:  # a worker of `--workers N`: the supervisor's socket
+        from serving import workers
+        listen_socket = socket.socket(fileno=args.listen_fd)
+        counts = workers.parse_worker_slot(args.worker_slot) if args.worker_slot else None
+        workers.watch_parent()
     try:
         server = build_server(
             base, args.model_name, host=args.host, port=args.port,
             poll_seconds=args.poll_seconds, labels_file=args.version_labels,
             num_latest=args.num_versions, max_body_bytes=int(args.max_request_mb * 1024 * 1024),
             batching=not args.no_batching, max_batch_size=args.max_batch_size,
-            batch_timeout_ms=args.batch_timeout_ms)
+            batch_timeout_ms=args.batch_timeout_ms, listen_socket=listen_socket,
+            connection_counts=counts)
     except OSError as error:
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {error.strerror or error}")
     versions = server.repository.available_versions
@@ -218,6 +272,7 @@ def serve(args) -> None:
           f"{versions or 'none yet'}), REST API at {server.url}", flush=True)
     # SIGTERM (docker stop, kill) stops like Ctrl-C: finish the requests in flight, then exit.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -227,7 +282,34 @@ def serve(args) -> None:
         server.repository.stop()
 
 
+def _serve_workers(args, base: Path) -> int:
+    """`serve --workers N`: a supervisor (no TensorFlow here) and N `serve` processes sharing
+    its listening socket (serving.workers)."""
+    from serving import workers
+    command = [sys.executable, "-m", "pipeline.cli", "serve", "--model-base-path", str(base),
+               "--model-name", args.model_name, "--host", args.host, "--port", str(args.port),
+               "--poll-seconds", str(args.poll_seconds), "--num-versions", str(args.num_versions),
+               "--max-request-mb", str(args.max_request_mb),
+               "--max-batch-size", str(args.max_batch_size),
+               "--batch-timeout-ms", str(args.batch_timeout_ms),
+               "--intra-op-threads", str(args.intra_op_threads),
+               "--inter-op-threads", str(args.inter_op_threads), "--workers", "1"]
+    if args.version_labels:
+        command += ["--version-labels", str(args.version_labels)]
+    if args.no_batching:
+        command.append("--no-batching")
+    try:
+        sock = workers.listen(args.host, args.port)
+    except OSError as error:
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {error.strerror or error}")
+    return workers.supervise(command, sock, args.workers,
+                             describe=f"model {args.model_name!r} from {base}")
+
+
 def _interrupt(signum, frame):
+    import signal
+    for other in (signal.SIGTERM, signal.SIGINT):  # once: a second signal must not cut the
+        signal.signal(other, signal.SIG_IGN)       # shutdown short
     raise KeyboardInterrupt
 
 
@@ -325,6 +407,27 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the paper's model (cme) or one of its ablations")
     run_p.set_defaults(func=run)
 
+    rep = sub.add_parser("reproduce", help="Table 1 of the paper: every variant, k folds, "
+                                           "several seeds (resumable) -> docs/results/")
+    rep.add_argument("--dataset", choices=["ravdess", "iemocap"], default="ravdess")
+    rep.add_argument("--data-dir", default=None)
+    rep.add_argument("--variants", default=None,
+                     help=f"comma-separated, default all: {','.join(VARIANTS)}")
+    rep.add_argument("--folds", type=int, default=5)
+    rep.add_argument("--seeds", type=int, default=3)
+    rep.add_argument("--epochs", type=int, default=None,
+                     help="override every variant's epoch budget (for quick checks)")
+    rep.add_argument("--jobs", type=int, default=1, help="units trained in parallel processes")
+    rep.add_argument("--threads", type=int, default=0,
+                     help="TensorFlow threads per job (0: TensorFlow's default)")
+    rep.add_argument("--records", default=None,
+                     help="preprocessed records (default: preprocess into the work dir)")
+    rep.add_argument("--work-dir", default=None,
+                     help="finished units live here (default output/reproduce/<dataset>)")
+    rep.add_argument("--results-dir", default="docs/results")
+    rep.add_argument("--embeddings", default=None)
+    rep.set_defaults(func=reproduce)
+
     srv = sub.add_parser("serve", help="TF Serving's REST API over exported SavedModel versions")
     srv.add_argument("--model-base-path", required=True,
                      help="directory of numeric version subdirectories (<base>/<version>/)")
@@ -344,6 +447,16 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--max-batch-size", type=int, default=32)
     srv.add_argument("--batch-timeout-ms", type=float, default=2.0,
                      help="longest a request waits for others to share its batch")
+    srv.add_argument("--workers", type=int, default=1,
+                     help="server processes sharing the port, each with the model loaded and "
+                          "polling for versions (more than 1 uses more than one CPU core for "
+                          "JSON and HTTP)")
+    srv.add_argument("--intra-op-threads", type=int, default=0,
+                     help="TensorFlow threads per op, per process (0: TensorFlow's default)")
+    srv.add_argument("--inter-op-threads", type=int, default=0,
+                     help="TensorFlow ops run at once, per process (0: TensorFlow's default)")
+    srv.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)
+    srv.add_argument("--worker-slot", default=None, help=argparse.SUPPRESS)
     srv.set_defaults(func=serve)
 
     pred = sub.add_parser("predict", help="emotion of audio files, via the REST API or locally")
@@ -384,6 +497,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     for handler in logging.getLogger().handlers:
         handler.setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         args.func(args)
     except UsageError as error:

@@ -54,8 +54,10 @@ class WordExcitation:
     word: str
     start_s: float
     end_s: float
-    acoustic_excitation: float  # mean of the gate E^a over the word's acoustic features
-    semantic_excitation: float  # mean of the gate E^s over the word's semantic features
+    # Means of the gates E^a / E^s over the word's acoustic / semantic features; NaN for a
+    # baseline model without cross modality excitation (null in ``Prediction.to_dict``).
+    acoustic_excitation: float
+    semantic_excitation: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +70,8 @@ class Prediction:
     def to_dict(self) -> dict:
         return {"emotion": self.emotion, "class_id": self.class_id,
                 "probabilities": dict(self.probabilities),
-                "words": [dataclasses.asdict(w) for w in self.words]}
+                "words": [{k: None if isinstance(v, float) and v != v else v
+                           for k, v in dataclasses.asdict(w).items()} for w in self.words]}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -119,10 +122,12 @@ def predictions_from_outputs(outputs: Mapping[str, np.ndarray],
             labels = [_text(n) for n in np.asarray(names, dtype=object)[i]]
         else:  # a model exported without class_names: label by index
             labels = [str(k) for k in range(probabilities.shape[1])]
+        # A baseline model (no cross modality excitation) exports no gates: NaN per word.
+        acoustic, semantic = (
+            np.asarray(outputs[key])[i] if key in outputs else np.full(len(u.words), np.nan)
+            for key in ("acoustic_excitation", "semantic_excitation"))
         words = [WordExcitation(str(w), float(s), float(e), float(a), float(x))
-                 for w, s, e, a, x in zip(u.words, u.start_s, u.end_s,
-                                          np.asarray(outputs["acoustic_excitation"])[i],
-                                          np.asarray(outputs["semantic_excitation"])[i])]
+                 for w, s, e, a, x in zip(u.words, u.start_s, u.end_s, acoustic, semantic)]
         results.append(Prediction(
             emotion=_text(np.asarray(outputs["classes"], dtype=object)[i]),
             class_id=int(np.asarray(outputs["class_ids"])[i]),

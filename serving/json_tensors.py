@@ -26,8 +26,10 @@ quotes them whole, which for a waveform is a megabyte).
 
 Large numeric arrays (waveforms) are converted with one ``np.asarray`` call; only when that
 fast path cannot prove the value well-formed (ragged lists, mixed types, a JSON ``true`` /
-``false`` anywhere in the body) does the element-by-element path run, which gives the exact
-TF Serving error.
+``false`` anywhere in the body, integers or floats too large for the type rules to be decided
+without looking at each element) does the element-by-element path run, which gives the exact
+TF Serving error. The server tries ``serving.fast_json`` before all of this: long arrays of
+numbers come to :class:`_Converter` already parsed, as ``FastArray`` values.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import orjson
 
+from serving.fast_json import FastArray, NotFast, to_array
 from serving.status import ServingError, invalid_argument
 
 ROW = "row"
@@ -225,6 +228,10 @@ class _Converter:
 
     def tensor(self, value, dtype: int) -> np.ndarray:
         """The dense array of ``value`` (any nesting) in ``dtype``."""
+        if type(value) is FastArray:  # from serving.fast_json: numbers only, already parsed
+            if dtype not in (DT_FLOAT, DT_DOUBLE):
+                raise NotFast
+            return to_array(value, dtype == DT_DOUBLE, _MAX_LOSSLESS_INT[dtype])
         if dtype not in DTYPES:
             raise ServingError("UNIMPLEMENTED", f"Conversion of JSON Value: {quote(value)} to "
                                                 f"type: DT_{dtype}")
@@ -256,8 +263,11 @@ class _Converter:
                 if array.size and int(np.max(np.abs(array))) > _MAX_LOSSLESS_INT[dtype]:
                     return None
             elif kind == "f":
-                finite = array[np.isfinite(array)]
-                if finite.size and float(np.max(np.abs(finite))) > _MAX_FINITE[dtype]:
+                # Integers and floats mixed: an integer beyond the lossless bound is an error
+                # and a float beyond the type's range too, so anything that large (or NaN /
+                # Infinity) takes the element-by-element path, which tells them apart.
+                if array.size and not max(float(array.max()), -float(array.min())) \
+                        <= _MAX_LOSSLESS_INT[dtype]:
                     return None
             else:
                 return None

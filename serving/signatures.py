@@ -19,7 +19,9 @@ tensorflow-io kernels), so loading needs neither those packages nor this project
              seconds (padding: anything finite, e.g. 0).
     outputs: the four above, plus ``acoustic_excitation`` and ``semantic_excitation`` float32
              ``[B, M]``: per word, the mean over features of the cross modality excitation gates
-             E^a and E^s (0 for padding slots).
+             E^a and E^s (0 for padding slots). Only models with the layer
+             ``trainer.model.EXCITATION_LAYER`` (the CME models, forced- or CTC-aligned) have
+             them; the Table 1 baselines export the same signatures with the four class outputs.
 
 ``predict_waveform_bytes`` (method ``tensorflow/serving/predict``)
     ``predict_waveform`` with the samples as bytes: ``waveform_bytes`` string ``[B]`` holds each
@@ -95,6 +97,12 @@ def excitation_model(model: keras.Model) -> keras.Model:
                        name=f"{model.name}_with_gates")
 
 
+def has_excitation(model: keras.Model) -> bool:
+    """Whether ``model`` has the cross modality excitation layer (``EXCITATION_LAYER``), whose
+    gates ``predict_waveform`` returns; the baselines of Table 1 do not."""
+    return any(layer.name == EXCITATION_LAYER for layer in model.layers)
+
+
 def serving_vocabulary(vectors: WordVectors, vocab_size: int) -> Tuple[List[str], np.ndarray]:
     """The first ``vocab_size`` rows, lowercased and de-duplicated like ``WordVectors.lookup``
     (the first, most frequent, row of a lowercased word wins).
@@ -146,7 +154,9 @@ class _Exporter:
 
     def __init__(self, model: keras.Model, class_names: Sequence[str], words: List[str],
                  matrix: np.ndarray, vocab_file: str):
-        self.gates_model = excitation_model(model)
+        # A CME model is served with its excitation gates as extra outputs; a baseline as is.
+        self.with_gates = has_excitation(model)
+        self.gates_model = excitation_model(model) if self.with_gates else model
         self.word_dim = int(matrix.shape[1])
         self.class_names = tf.constant(list(class_names), tf.string)
         oov_row = len(words)
@@ -157,11 +167,18 @@ class _Exporter:
             default_value=oov_row)
         self.word_vectors = tf.Variable(matrix, trainable=False, name="word_vectors")
 
+    def _predict(self, inputs):
+        """``(probabilities [B, K], (E^a, E^s) or None)`` for the model's inputs."""
+        if self.with_gates:
+            probabilities, gate_a, gate_s = self.gates_model(inputs, training=False)
+            return probabilities, (gate_a, gate_s)
+        return self.gates_model(inputs, training=False), None
+
     def serve_examples(self, examples):
         """``examples`` string [B] -> class outputs."""
         parsed = records.parse_examples(examples, self.word_dim)
         inputs = records.to_model_inputs(parsed)
-        probabilities, _, _ = self.gates_model(inputs, training=False)
+        probabilities, _ = self._predict(inputs)
         return _class_outputs(probabilities, self.class_names)
 
     def serve_waveform(self, waveform, num_samples, words, word_start_s, word_end_s):
@@ -179,11 +196,13 @@ class _Exporter:
             "num_words": tf.reduce_sum(tf.cast(present, tf.int32), axis=1),
             "word_spans": seconds_to_spans(word_start_s, word_end_s, num_frames),
         }
-        probabilities, gate_a, gate_s = self.gates_model(inputs, training=False)
-        mask = tf.cast(present, tf.float32)
+        probabilities, gates = self._predict(inputs)
         outputs = _class_outputs(probabilities, self.class_names)
-        outputs["acoustic_excitation"] = tf.reduce_mean(gate_a, axis=-1) * mask
-        outputs["semantic_excitation"] = tf.reduce_mean(gate_s, axis=-1) * mask
+        if gates is not None:
+            gate_a, gate_s = gates
+            mask = tf.cast(present, tf.float32)
+            outputs["acoustic_excitation"] = tf.reduce_mean(gate_a, axis=-1) * mask
+            outputs["semantic_excitation"] = tf.reduce_mean(gate_s, axis=-1) * mask
         return outputs
 
     def serve_waveform_bytes(self, waveform_bytes, num_samples, words, word_start_s, word_end_s):

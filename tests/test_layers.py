@@ -169,3 +169,25 @@ def test_layers_round_trip_through_config(layer):
 def test_pooling_rejects_unknown_mode():
     with pytest.raises(ValueError, match="pooling must be"):
         SegmentMeanMaxPooling("attention")
+
+
+def test_spec_augment_masks_bands_in_training_only():
+    from trainer.layers import SpecAugment
+    layer = SpecAugment(freq_masks=2, freq_width=8, time_masks=2, time_width=10, seed=3)
+    x = np.ones((4, 60, 40), np.float32)
+    lengths = np.array([60, 40, 30, 25])
+    np.testing.assert_array_equal(layer([x, lengths]), x)  # inference: identity
+    y = np.asarray(layer([x, lengths], training=True))
+    assert set(np.unique(y)) <= {0.0, 1.0} and (y == 0).any()
+    for b, n in enumerate(lengths):
+        zero_channels = (y[b, :n] == 0).all(axis=0)
+        zero_frames = (y[b, :n] == 0).all(axis=1)
+        assert zero_channels.sum() <= 16 and zero_frames.sum() <= 20
+        # every zero is explained by a masked channel or a masked frame, inside the utterance
+        explained = zero_channels[None, :] | zero_frames[:, None]
+        np.testing.assert_array_equal(y[b, :n] == 0, explained)
+        assert not (y[b, n:] == 0).all(axis=1).any()  # time masks stay inside the utterance
+    again = np.asarray(SpecAugment(2, 8, 2, 10, seed=3)([x, lengths], training=True))
+    np.testing.assert_array_equal(y, again)  # seeded
+    config = SpecAugment.from_config(layer.get_config()).get_config()
+    assert config == layer.get_config()

@@ -170,8 +170,9 @@ def test_config_validation_and_json_round_trip():
 
 
 def test_variants_are_configurations_of_the_one_model():
-    from trainer.config import VARIANTS, variant_config
-    assert variant_config("cme") == ModelConfig()
+    from trainer.config import RECIPE, VARIANTS, variant_config
+    assert variant_config("cme_paper") == ModelConfig(variant="cme_paper")
+    assert variant_config("cme") == ModelConfig(**RECIPE)
     both = variant_config("no_excite", epochs=3)
     assert (both.variant, both.excite_acoustic, both.excite_semantic, both.epochs) == (
         "no_excite", False, False, 3)

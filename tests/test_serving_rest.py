@@ -620,3 +620,116 @@ def test_cme_ser_serve_command(exported):
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+# ----------------------------------------------------------------------------------------------
+# `cme-ser serve --workers N`
+
+
+def _children(pid: int):
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(c) for c in f.read().split()]
+
+
+def _fresh_call(url, method, path, body=None):
+    """One request on a new connection (a kept-alive one would stay with one worker)."""
+    host, port = url.rsplit("/", 1)[-1].rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        connection.request(method, path, body=body, headers={"Connection": "close"})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read() or b"null")
+    finally:
+        connection.close()
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_cme_ser_serve_workers_share_the_port_and_each_picks_up_new_versions(
+        exported, tmp_path, utterance):
+    """Two worker processes answer on the one port (each alone, with the other stopped), each
+    loads a new version by itself, and SIGTERM to the supervisor stops both."""
+    import signal
+    import subprocess
+    import sys
+
+    from pipeline.cli import main
+    _, info = exported
+    base = tmp_path / "cme"
+    base.mkdir()
+    _publish(base, Path(info["path"]), 1)
+    assert main(["serve", "--model-base-path", str(base), "--workers", "0"]) == 2
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "serve", "--model-base-path", str(base),
+         "--port", "0", "--poll-seconds", "0.2", "--workers", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        cwd=Path(__file__).resolve().parents[1])
+    workers = []
+    try:
+        line = ""
+        for line in process.stdout:
+            if "REST API at" in line:
+                break
+        assert "versions available: [1]" in line and "2 worker processes" in line, line
+        url = line.rsplit(" ", 1)[1].strip()
+        workers = _children(process.pid)
+        assert len(workers) == 2
+        row = json.dumps({"signature_name": "predict_waveform",
+                          "instances": [instance(utterance)]}).encode()
+
+        def served_by(worker, expect_version):
+            other = next(w for w in workers if w != worker)
+            os.kill(other, signal.SIGSTOP)  # only `worker` can take connections now
+            try:
+                _wait_for(lambda: _fresh_call(url, "GET", "/v1/models/cme/metadata")[1].get(
+                    "model_spec", {}).get("version") == expect_version, seconds=60)
+                for _ in range(3):
+                    status, body = _fresh_call(url, "POST", "/v1/models/cme:predict", row)
+                    assert status == 200 and len(body["predictions"]) == 1
+            finally:
+                os.kill(other, signal.SIGCONT)
+
+        for worker in workers:
+            served_by(worker, "1")
+        _publish(base, Path(info["path"]), 2)
+        for worker in workers:
+            served_by(worker, "2")
+
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+        for worker in workers:
+            with pytest.raises(ProcessLookupError):
+                os.kill(worker, 0)
+    finally:
+        for worker in workers:
+            try:
+                os.kill(worker, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for worker in workers:  # never leave a worker behind
+            try:
+                os.kill(worker, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_connection_counts_steer_new_connections_to_the_least_loaded_worker(tmp_path):
+    from serving.workers import ConnectionCounts
+
+    with open(tmp_path / "counts", "w+b") as f:
+        f.truncate(8 * 3)
+        first, second, third = (ConnectionCounts(f.fileno(), 3, i) for i in range(3))
+        assert first.accept_delay() == second.accept_delay() == 0.0
+        first.add(3)
+        second.add(1)
+        assert first.accept_delay() == pytest.approx(0.03)  # three more than the third's 0
+        assert second.accept_delay() == pytest.approx(0.01)
+        assert third.accept_delay() == 0.0
+        first.add(20)
+        assert first.accept_delay() == 0.1  # capped: a stuck worker delays nobody for long
+        first.add(-23)
+        second.add(-1)
+        assert [c.accept_delay() for c in (first, second, third)] == [0.0, 0.0, 0.0]

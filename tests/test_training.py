@@ -10,9 +10,9 @@ import tensorflow as tf
 from pipeline.report import render_markdown, write_report
 from preprocessing.records import make_example
 from trainer.config import ModelConfig
-from trainer.data import make_dataset
-from trainer.metrics import (UnweightedAccuracy, confusion_matrix, unweighted_accuracy,
-                             weighted_accuracy)
+from trainer.data import make_dataset, stretch_time
+from trainer.metrics import (SmoothedSparseCrossentropy, UnweightedAccuracy, confusion_matrix,
+                             unweighted_accuracy, weighted_accuracy)
 from trainer.train import train_fold, validation_speakers
 
 TINY = ModelConfig(word_dim=4, cnn_filters=(4, 8, 8), semantic_dim=8, lstm_units=4,
@@ -108,3 +108,70 @@ def test_train_fold_holds_out_the_test_fold_and_validates_on_training_speakers(f
 def test_train_fold_needs_the_test_fold(folds):
     with pytest.raises(ValueError, match="including 5"):
         train_fold(folds, 5, TINY)
+
+
+def test_training_is_deterministic_and_ignores_record_order(folds, tmp_path):
+    config = TINY.replace(spec_time_masks=1, spec_freq_masks=1, time_stretch=0.1,
+                          label_smoothing=0.1, lr_schedule="cosine", dropout=0.2)
+    first = train_fold(folds, 2, config)
+    second = train_fold(folds, 2, config)
+    # The same records written in another order (as a multi-process writer may leave them).
+    reordered = {}
+    for fold, paths in folds.items():
+        raws = [r.numpy() for r in tf.data.TFRecordDataset(paths, compression_type="GZIP")]
+        path = tmp_path / f"reordered{fold}.tfrecord.gz"
+        with tf.io.TFRecordWriter(str(path), options="GZIP") as writer:
+            for raw in raws[::-1]:
+                writer.write(raw)
+        reordered[fold] = [str(path)]
+    third = train_fold(reordered, 2, config)
+    assert dataclasses.asdict(first) == dataclasses.asdict(second) == dataclasses.asdict(third)
+
+
+def test_time_stretch_resamples_frames_and_spans():
+    fbank = np.tile(np.arange(100, dtype=np.float32)[:, None], (1, 40))
+    parsed = {"fbank": tf.constant(fbank), "num_frames": tf.constant(100, tf.int64),
+              "word_start": tf.constant([0, 40, 90, 50], tf.int64),
+              "word_end": tf.constant([40, 90, 100, 50], tf.int64)}
+    faster = stretch_time(parsed, tf.constant(1.25))
+    assert int(faster["num_frames"]) == 80 and faster["fbank"].shape == (80, 40)
+    np.testing.assert_array_equal(faster["word_start"], [0, 32, 72, 40])
+    np.testing.assert_array_equal(faster["word_end"], [32, 72, 80, 40])  # empty stays empty
+    # Linear interpolation of a ramp is a ramp with the same range.
+    assert float(faster["fbank"][0, 0]) == pytest.approx(0.125, abs=0.2)
+    assert np.all(np.diff(faster["fbank"].numpy()[:, 0]) > 0)
+    slower = stretch_time(parsed, tf.constant(0.5))
+    assert int(slower["num_frames"]) == 200
+    np.testing.assert_array_equal(slower["word_end"], [80, 180, 200, 100])
+    tiny = stretch_time({**parsed, "word_start": tf.constant([10], tf.int64),
+                         "word_end": tf.constant([11], tf.int64)}, tf.constant(1.9))
+    assert int(tiny["word_end"][0]) - int(tiny["word_start"][0]) == 1  # a word keeps a frame
+
+
+def test_smoothed_crossentropy_against_numpy():
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], np.float32)
+    labels = np.array([0, 1])
+    plain = SmoothedSparseCrossentropy(0.0)(labels, probs)
+    assert float(plain) == pytest.approx(np.mean(-np.log([0.7, 0.1])), rel=1e-5)
+    keras_ce = tf.keras.losses.SparseCategoricalCrossentropy()(labels, probs)
+    assert float(plain) == pytest.approx(float(keras_ce), rel=1e-5)
+    eps = 0.1
+    smoothed = SmoothedSparseCrossentropy(eps)(labels, probs)
+    target = (1 - eps) * np.eye(3)[labels] + eps / 3
+    assert float(smoothed) == pytest.approx(np.mean(-(target * np.log(probs)).sum(1)), rel=1e-5)
+
+
+def test_recipe_options_reach_the_optimizer_and_loss(folds):
+    from trainer.model import build_model, compile_model
+    model = build_model(TINY)
+    compile_model(model, TINY.replace(lr_schedule="cosine", weight_decay=1e-4,
+                                      label_smoothing=0.2), steps_per_epoch=5)
+    assert type(model.optimizer).__name__ == "AdamW"
+    schedule = model.optimizer._learning_rate
+    assert float(schedule(0)) == pytest.approx(TINY.learning_rate)
+    assert float(schedule(TINY.epochs * 5)) == pytest.approx(0.0, abs=1e-9)
+    assert model.loss.label_smoothing == 0.2
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        TINY.replace(lr_schedule="linear")
+    with pytest.raises(ValueError, match="time_stretch must be in"):
+        TINY.replace(time_stretch=1.5)

@@ -1,9 +1,15 @@
-"""tf.data input pipeline: gzipped records -> padded batches of model inputs, bucketed by length."""
+"""tf.data input pipeline: gzipped records -> padded batches of model inputs, bucketed by length.
+
+Records are read once and put in utterance-id order before anything random happens, so a
+training run depends on its seed only, not on the order a (multi-process) Beam writer
+happened to leave the records in.
+"""
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from preprocessing.records import feature_spec, to_model_inputs
@@ -12,13 +18,50 @@ from preprocessing.records import feature_spec, to_model_inputs
 BUCKET_BOUNDARIES = (200, 300, 400, 500, 700, 1000, 1500, 2000)
 
 
+def sorted_records(files: Sequence[str]) -> List[bytes]:
+    """Every serialized record of ``files``, ordered by ``utterance_id``."""
+    raws = [r.numpy() for r in tf.data.TFRecordDataset(list(files), compression_type="GZIP")]
+    if not raws:
+        return []
+    ids = tf.io.parse_example(tf.constant(raws), {
+        "utterance_id": tf.io.FixedLenFeature([], tf.string)})["utterance_id"].numpy()
+    return [raws[i] for i in np.argsort(ids, kind="stable")]
+
+
+def stretch_time(parsed: dict, factor: tf.Tensor) -> dict:
+    """Speed perturbation on features: the frames are resampled to ``round(T / factor)``
+    (linear interpolation along time) and the word spans scaled with them, so a word keeps
+    covering the same stretch of speech. ``factor > 1`` is faster speech (fewer frames)."""
+    fbank = parsed["fbank"]
+    frames = tf.shape(fbank)[0]
+    new_frames = tf.maximum(tf.cast(tf.round(tf.cast(frames, tf.float32) / factor), tf.int32), 1)
+    resized = tf.image.resize(fbank[None, :, :, None], tf.stack([new_frames, tf.shape(fbank)[1]]),
+                              method="bilinear")[0, :, :, 0]
+
+    def scale(position):
+        scaled = tf.round(tf.cast(position, tf.float32) / factor)
+        return tf.cast(tf.clip_by_value(scaled, 0.0, tf.cast(new_frames, tf.float32)),
+                       position.dtype)
+
+    start, end = scale(parsed["word_start"]), scale(parsed["word_end"])
+    # A word that had frames keeps at least one.
+    had_frames = parsed["word_end"] > parsed["word_start"]
+    start = tf.where(had_frames & (start >= end), tf.maximum(end - 1, 0), start)
+    end = tf.where(had_frames & (start >= end), start + 1, end)
+    return {**parsed, "fbank": resized, "word_start": start, "word_end": end,
+            "num_frames": tf.cast(new_frames, parsed["num_frames"].dtype)}
+
+
 def make_dataset(files: Sequence[str], word_dim: int, batch_size: int, *, shuffle: bool = False,
                  seed: int = 0, speakers: Optional[Sequence[str]] = None,
-                 exclude_speakers: bool = False, with_ids: bool = False) -> tf.data.Dataset:
+                 exclude_speakers: bool = False, with_ids: bool = False,
+                 time_stretch: float = 0.0) -> tf.data.Dataset:
     """Batches of ``(inputs, label)``, or ``(inputs, label, utterance_id)`` with ``with_ids``.
 
     ``speakers`` keeps only those speakers' records (or drops them, ``exclude_speakers``): how
-    the inner validation split is carved out of the training folds.
+    the inner validation split is carved out of the training folds. ``time_stretch`` > 0
+    perturbs each utterance's speed by a factor drawn from ``[1 - x, 1 + x]``, anew every epoch
+    (training only).
     """
     if not files:
         raise ValueError("no record files given")
@@ -29,7 +72,10 @@ def make_dataset(files: Sequence[str], word_dim: int, batch_size: int, *, shuffl
         return {k: (v.to_tensor() if isinstance(v, tf.RaggedTensor) else v)
                 for k, v in parsed.items()}
 
-    ds = tf.data.TFRecordDataset(list(files), compression_type="GZIP").map(
+    records = sorted_records(files)
+    if not records:
+        raise ValueError(f"no records in {list(files)[:3]}...")
+    ds = tf.data.Dataset.from_tensor_slices(tf.constant(records)).map(
         parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if speakers is not None:
         chosen = tf.constant(list(speakers) or [""], tf.string)
@@ -40,7 +86,17 @@ def make_dataset(files: Sequence[str], word_dim: int, batch_size: int, *, shuffl
 
         ds = ds.filter(keep)
     if shuffle:
-        ds = ds.shuffle(4096, seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(len(records), seed=seed, reshuffle_each_iteration=True)
+    if time_stretch > 0:
+        # Stateless draws keyed by a seeded stream that changes every epoch: reproducible.
+        randoms = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+
+        def perturb(parsed, key):
+            u = tf.random.stateless_uniform([], seed=tf.stack([key, tf.constant(seed, tf.int64)]))
+            return stretch_time(parsed, 1.0 + time_stretch * (2.0 * u - 1.0))
+
+        ds = tf.data.Dataset.zip((ds, randoms)).map(perturb, num_parallel_calls=tf.data.AUTOTUNE,
+                                                      deterministic=True)
     ds = ds.bucket_by_sequence_length(
         lambda parsed: tf.cast(parsed["num_frames"], tf.int32),
         bucket_boundaries=list(BUCKET_BOUNDARIES),

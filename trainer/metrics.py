@@ -67,3 +67,31 @@ class UnweightedAccuracy(keras.metrics.Metric):
 
     def get_config(self):
         return {**super().get_config(), "num_classes": self.num_classes}
+
+
+@keras.saving.register_keras_serializable(package="cme_ser")
+class SmoothedSparseCrossentropy(keras.losses.Loss):
+    """Cross-entropy of integer labels against probabilities, with label smoothing::
+
+        loss = -(1 - eps) * log p[y] - (eps / K) * sum_k log p[k]
+
+    ``eps = 0`` is the plain sparse categorical cross-entropy (the paper's loss).
+    Inputs: labels ``[B]`` int, probabilities ``[B, K]``. Output: ``[B]`` per-example losses.
+    """
+
+    def __init__(self, label_smoothing: float = 0.0, name: str = "smoothed_crossentropy",
+                 **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = float(label_smoothing)
+
+    def call(self, y_true, y_pred):
+        log_p = tf.math.log(tf.clip_by_value(y_pred, 1e-7, 1.0))
+        labels = tf.reshape(tf.cast(y_true, tf.int32), [-1])
+        nll = -tf.gather(log_p, labels, axis=-1, batch_dims=1)
+        if not self.label_smoothing:
+            return nll
+        return (1.0 - self.label_smoothing) * nll - self.label_smoothing * tf.reduce_mean(
+            log_p, axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}

@@ -1,22 +1,31 @@
-"""The CME model (Li et al., Interspeech 2021) as a Keras functional model.
+"""The CME model (Li et al., Interspeech 2021) and its Table 1 baselines as Keras functional models.
+
+The paper's model (``architecture="aligned"``)::
 
     fbank [B,T,40] -> Normalization -> Conv1D x3 (kernels 5,2,2; filters 64,128,128; ReLU, 'same')
         -> SegmentMeanMaxPooling over each word's frame span -> Z^a [B,M,256]
     word vectors [B,M,d] -> Dense(256) (linear) -> Z^s [B,M,256]
     CrossModalityExcitation(Z^a, Z^s) -> concat [B,M,512] -> BiLSTM(256, masked by num_words)
         -> max over valid words [B,512] -> Dense(128, ReLU) -> Dense(K, softmax)
+
+``alignment="ctc"`` replaces the forced-alignment spans by a CTC-trained soft alignment
+(``CTCAlignmentPooling``). The baselines (``cnn_lstm``, ``lstm_attn``, ``utt_concat``,
+``attn_fusion``, ``mha``; see each ``*_encoder``) are built from the same blocks
+(:func:`acoustic_frontend`, :func:`semantic_projection`, :func:`frame_subsampling`,
+:func:`bilstm_encoder`, :func:`attention_encoder`, :func:`classifier_head`), take the same
+inputs and end in the same head (``EMBEDDING_LAYER``, ``probabilities``).
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Optional
 
 import keras
 import numpy as np
 
 from trainer import layers as cme_layers
 from trainer.config import ModelConfig
-from trainer.metrics import UnweightedAccuracy
+from trainer.metrics import SmoothedSparseCrossentropy, UnweightedAccuracy
 
 # Names of the model's inputs; the record parser (preprocessing.records) produces exactly these.
 INPUT_NAMES = ("fbank", "num_frames", "word_embeddings", "num_words", "word_spans")
@@ -36,59 +45,257 @@ def model_inputs(config: ModelConfig) -> dict:
     }
 
 
-def build_model(config: ModelConfig = ModelConfig()) -> keras.Model:
-    """Builds (and compiles) the paper's model from ``config``.
+# Which inputs each architecture reads (ModelConfig.modality).
+ARCHITECTURE_MODALITIES = {
+    "aligned": ("both",),
+    "cnn_lstm": ("acoustic",),
+    "lstm_attn": ("acoustic", "semantic"),
+    "utt_concat": ("both",),
+    "attn_fusion": ("both",),
+    "mha": ("both",),
+}
 
-    The filterbank normalisation layer starts as identity-free (unadapted); call
-    :func:`adapt_normalization` with training frames before fitting.
-    """
-    inputs = model_inputs(config)
-    num_frames, num_words = inputs["num_frames"], inputs["num_words"]
 
-    # Acoustic branch. Positions past num_frames are zeroed after every step so that padding
-    # a batch never changes an utterance's output.
+# --- Shared blocks. Every variant is a few lines on top of these. ---------------------------
+
+def normalized_fbank(inputs: dict, config: ModelConfig):
+    """fbank ``[B, T, 40]`` -> Normalization (``NORMALIZATION_LAYER``) -> zeros past
+    ``num_frames`` -> SpecAugment (training only, when the recipe asks for it)."""
+    num_frames = inputs["num_frames"]
     x = keras.layers.Normalization(axis=-1, name=NORMALIZATION_LAYER)(inputs["fbank"])
     x = cme_layers.ZeroPadded(name="fbank_padding")([x, num_frames])
+    if config.utterance_norm:
+        x = cme_layers.UtteranceMeanNormalization(name="utterance_normalization")([x, num_frames])
     if config.spec_freq_masks or config.spec_time_masks:
         x = cme_layers.SpecAugment(config.spec_freq_masks, config.spec_freq_width,
                                    config.spec_time_masks, config.spec_time_width,
                                    seed=config.seed, name="spec_augment")([x, num_frames])
+    return x
+
+
+def acoustic_frontend(inputs: dict, config: ModelConfig):
+    """The paper's acoustic embedding: :func:`normalized_fbank` -> Conv1D stack (stride 1,
+    'same', ReLU) -> ``[B, T, cnn_filters[-1]]``. Positions past ``num_frames`` are zeroed after
+    every step, so padding a batch never changes an utterance's output."""
+    num_frames = inputs["num_frames"]
+    x = normalized_fbank(inputs, config)
     for i, (kernel, filters) in enumerate(zip(config.cnn_kernels, config.cnn_filters)):
         x = keras.layers.Conv1D(filters, kernel, strides=1, padding="same", activation="relu",
                                 name=f"conv{i + 1}")(x)
         x = cme_layers.ZeroPadded(name=f"conv{i + 1}_padding")([x, num_frames])
-    acoustic = cme_layers.SegmentMeanMaxPooling(config.pooling, name="alignment_pooling")(
-        [x, inputs["word_spans"], num_words])
+    return x
 
-    # Semantic branch: pretrained word vectors, fine-tuned by a linear map.
-    semantic = keras.layers.Dense(config.semantic_dim, name="semantic_projection")(
+
+def semantic_projection(inputs: dict, config: ModelConfig):
+    """Pretrained word vectors ``[B, M, d]`` fine-tuned by a linear map -> ``[B, M, semantic_dim]``."""
+    return keras.layers.Dense(config.semantic_dim, name="semantic_projection")(
         inputs["word_embeddings"])
+
+
+def frame_subsampling(frames, num_frames, config: ModelConfig, name: str = "frame_subsampling"):
+    """Masked max-pool by ``frame_stride`` -> ``(frames [B, ceil(T / s), C], lengths [B])``."""
+    return cme_layers.FrameSubsampling(config.frame_stride, name=name)([frames, num_frames])
+
+
+def subsampled_cnn_frames(inputs: dict, config: ModelConfig):
+    """:func:`acoustic_frontend` then :func:`frame_subsampling`: the acoustic sequence of the
+    recurrent and attention baselines (~93 steps for a 3.7 s RAVDESS utterance at stride 4)."""
+    return frame_subsampling(acoustic_frontend(inputs, config), inputs["num_frames"], config)
+
+
+def bilstm_encoder(x, lengths, config: ModelConfig, name: str, mask_name: str):
+    """BiLSTM(``lstm_units`` per direction) over the first ``lengths[b]`` steps -> ``[B, L, 2U]``
+    (consume it with a masked pooling: states past the length are meaningless)."""
+    mask = cme_layers.LengthMask(name=mask_name)([x, lengths])
+    return keras.layers.Bidirectional(
+        keras.layers.LSTM(config.lstm_units, return_sequences=True), name=name)(x, mask=mask)
+
+
+def attention_encoder(x, lengths, config: ModelConfig, prefix: str):
+    """BiLSTM + additive attention pooling (masked) -> utterance vector ``[B, 2U]``."""
+    hidden = bilstm_encoder(x, lengths, config, name=f"{prefix}_bilstm",
+                            mask_name=f"{prefix}_mask")
+    return cme_layers.AttentionPooling(config.lstm_units, name=f"{prefix}_attention")(
+        [hidden, lengths])
+
+
+def classifier_head(utterance, config: ModelConfig):
+    """Utterance vector -> Dense(``fcn_units``, ReLU; ``EMBEDDING_LAYER``) -> dropout ->
+    Dense(K, softmax; ``probabilities``)."""
+    z = keras.layers.Dense(config.fcn_units, activation="relu", name=EMBEDDING_LAYER)(utterance)
+    if config.dropout:
+        z = keras.layers.Dropout(config.dropout, seed=config.seed, name="dropout")(z)
+    return keras.layers.Dense(config.num_classes, activation="softmax",
+                              name="probabilities")(z)
+
+
+# --- Architectures: inputs -> (utterance vector, names of the inputs read). -----------------
+
+ALL_INPUTS = frozenset(INPUT_NAMES)
+ACOUSTIC_INPUTS = frozenset({"fbank", "num_frames"})
+SEMANTIC_INPUTS = frozenset({"word_embeddings", "num_words"})
+
+
+def aligned_encoder(inputs: dict, config: ModelConfig):
+    """The paper's model: word-level acoustic pooling, CME, BiLSTM over words, max over words.
+
+    ``alignment="forced"`` pools each word's forced-alignment span (``SegmentMeanMaxPooling``);
+    ``alignment="ctc"`` ignores ``word_spans`` and pools through a CTC-trained soft alignment of
+    the CNN frames to the projected words (``CTCAlignmentPooling``; its loss, weighted by
+    ``ctc_weight``, joins the training loss).
+    """
+    num_frames, num_words = inputs["num_frames"], inputs["num_words"]
+    frames = acoustic_frontend(inputs, config)
+    if config.alignment == "forced":
+        acoustic = cme_layers.SegmentMeanMaxPooling(config.pooling, name="alignment_pooling")(
+            [frames, inputs["word_spans"], num_words])
+        semantic = semantic_projection(inputs, config)
+        used = ALL_INPUTS
+    else:
+        semantic = semantic_projection(inputs, config)
+        acoustic = cme_layers.CTCAlignmentPooling(
+            pooling=config.pooling, ctc_weight=config.ctc_weight, name="alignment_pooling")(
+            [frames, semantic, num_frames, num_words])
+        used = ALL_INPUTS - {"word_spans"}
 
     acoustic, semantic, _, _ = cme_layers.CrossModalityExcitation(
         config.excite_acoustic, config.excite_semantic, return_gates=True,
         name=EXCITATION_LAYER)([acoustic, semantic])
-
     words = keras.layers.Concatenate(name="word_fusion")([acoustic, semantic])
-    word_mask = cme_layers.LengthMask(name="word_mask")([words, num_words])
-    hidden = keras.layers.Bidirectional(
-        keras.layers.LSTM(config.lstm_units, return_sequences=True), name="bilstm")(
-        words, mask=word_mask)
-    utterance = cme_layers.MaskedMaxPooling(name="word_max_pooling")([hidden, num_words])
-    z = keras.layers.Dense(config.fcn_units, activation="relu", name=EMBEDDING_LAYER)(utterance)
-    if config.dropout:
-        z = keras.layers.Dropout(config.dropout, seed=config.seed, name="dropout")(z)
-    probabilities = keras.layers.Dense(config.num_classes, activation="softmax",
-                                       name="probabilities")(z)
+    hidden = bilstm_encoder(words, num_words, config, name="bilstm", mask_name="word_mask")
+    return cme_layers.MaskedMaxPooling(name="word_max_pooling")([hidden, num_words]), used
 
-    model = keras.Model(inputs=inputs, outputs=probabilities, name="cme")
+
+def cnn_lstm_encoder(inputs: dict, config: ModelConfig):
+    """Acoustic CNN + LSTM (Satt et al. 2017): CNN frames -> subsampling -> LSTM(``lstm_units``)
+    -> its state at the last valid step."""
+    frames, lengths = subsampled_cnn_frames(inputs, config)
+    mask = cme_layers.LengthMask(name="frame_mask")([frames, lengths])
+    return keras.layers.LSTM(config.lstm_units, name="lstm")(frames, mask=mask), ACOUSTIC_INPUTS
+
+
+def lstm_attn_encoder(inputs: dict, config: ModelConfig):
+    """Unimodal BiLSTM + attention (Mirsamadi et al. 2017). ``modality="acoustic"``: normalised
+    filterbank frames -> subsampling -> BiLSTM -> attention. ``modality="semantic"``: projected
+    word vectors -> BiLSTM over words -> attention."""
+    if config.modality == "acoustic":
+        frames, lengths = frame_subsampling(normalized_fbank(inputs, config),
+                                            inputs["num_frames"], config)
+        return attention_encoder(frames, lengths, config, "acoustic"), ACOUSTIC_INPUTS
+    words = semantic_projection(inputs, config)
+    return attention_encoder(words, inputs["num_words"], config, "semantic"), SEMANTIC_INPUTS
+
+
+def utt_concat_encoder(inputs: dict, config: ModelConfig):
+    """Utterance-level concatenation: the two unimodal BiLSTM + attention encoders, the
+    acoustic one over the subsampled CNN frames (the same acoustic features as the aligned
+    model, so the comparison isolates the fusion), concatenated."""
+    frames, lengths = subsampled_cnn_frames(inputs, config)
+    acoustic = attention_encoder(frames, lengths, config, "acoustic")
+    semantic = attention_encoder(semantic_projection(inputs, config), inputs["num_words"],
+                                 config, "semantic")
+    return keras.layers.Concatenate(name="utterance_fusion")([acoustic, semantic]), (
+        ALL_INPUTS - {"word_spans"})
+
+
+def attn_fusion_encoder(inputs: dict, config: ModelConfig):
+    """Word-level attention fusion: each projected word (query) attends over the subsampled CNN
+    frames (keys/values; ``MultiHeadAttention`` with ``attention_heads`` heads, valid frames and
+    words only); ``[word, attended audio]`` -> BiLSTM over words -> max over words. No spans:
+    the attention learns the alignment."""
+    num_words = inputs["num_words"]
+    frames, lengths = subsampled_cnn_frames(inputs, config)
+    words = semantic_projection(inputs, config)
+    mask = cme_layers.PairMask(name="word_frame_mask")([words, num_words, frames, lengths])
+    heads = config.attention_heads
+    attended = keras.layers.MultiHeadAttention(
+        num_heads=heads, key_dim=max(1, config.semantic_dim // heads),
+        name="word_frame_attention")(words, frames, frames, attention_mask=mask)
+    fused = keras.layers.Concatenate(name="word_fusion")([words, attended])
+    hidden = bilstm_encoder(fused, num_words, config, name="bilstm", mask_name="word_mask")
+    return (cme_layers.MaskedMaxPooling(name="word_max_pooling")([hidden, num_words]),
+            ALL_INPUTS - {"word_spans"})
+
+
+def mha_encoder(inputs: dict, config: ModelConfig):
+    """Multi-hop attention (Yoon et al. 2019, MHA-2): BiLSTM audio encoder over the subsampled
+    CNN frames, BiLSTM text encoder over the projected words; hop 1: the audio summary (max
+    over valid frames) attends over the text states -> text context H1; hop 2: H1 attends over
+    the audio states -> audio context H2; ``[H1, H2]``."""
+    num_words = inputs["num_words"]
+    frames, lengths = subsampled_cnn_frames(inputs, config)
+    audio = bilstm_encoder(frames, lengths, config, name="acoustic_bilstm",
+                           mask_name="frame_mask")
+    text = bilstm_encoder(semantic_projection(inputs, config), num_words, config,
+                          name="semantic_bilstm", mask_name="word_mask")
+    summary = cme_layers.MaskedMaxPooling(name="acoustic_max_pooling")([audio, lengths])
+    text_context = cme_layers.QueryAttention(name="hop1_attention")([summary, text, num_words])
+    audio_context = cme_layers.QueryAttention(name="hop2_attention")(
+        [text_context, audio, lengths])
+    return (keras.layers.Concatenate(name="utterance_fusion")([text_context, audio_context]),
+            ALL_INPUTS - {"word_spans"})
+
+
+ENCODERS = {
+    "aligned": aligned_encoder,
+    "cnn_lstm": cnn_lstm_encoder,
+    "lstm_attn": lstm_attn_encoder,
+    "utt_concat": utt_concat_encoder,
+    "attn_fusion": attn_fusion_encoder,
+    "mha": mha_encoder,
+}
+
+
+def model_name(config: ModelConfig) -> str:
+    if config.architecture == "aligned":
+        return "cme" if config.alignment == "forced" else "cme_ctc"
+    return config.architecture
+
+
+def build_model(config: ModelConfig = ModelConfig()) -> keras.Model:
+    """Builds (and compiles) the model of ``config.architecture`` (the paper's model, or a
+    Table 1 baseline) from ``config``.
+
+    Every architecture takes the same inputs (``INPUT_NAMES``; the ones it does not read pass
+    through ``IgnoreInputs`` and influence nothing) and ends in :func:`classifier_head`. The
+    filterbank normalisation layer starts unadapted; call :func:`adapt_normalization` with
+    training frames before fitting.
+    """
+    allowed = ARCHITECTURE_MODALITIES[config.architecture]
+    if config.modality not in allowed:
+        raise ValueError(f"architecture {config.architecture!r} reads modality "
+                         f"{' or '.join(map(repr, allowed))}, got {config.modality!r}")
+    if config.alignment != "forced" and config.architecture != "aligned":
+        raise ValueError(f"alignment={config.alignment!r} needs architecture 'aligned', got "
+                         f"{config.architecture!r}")
+    inputs = model_inputs(config)
+    utterance, used = ENCODERS[config.architecture](inputs, config)
+    unused = [inputs[name] for name in INPUT_NAMES if name not in used]
+    if unused:
+        utterance = cme_layers.IgnoreInputs(name="unused_inputs")([utterance, *unused])
+    probabilities = classifier_head(utterance, config)
+
+    model = keras.Model(inputs=inputs, outputs=probabilities, name=model_name(config))
     compile_model(model, config)
     return model
 
 
-def compile_model(model: keras.Model, config: ModelConfig) -> None:
+def compile_model(model: keras.Model, config: ModelConfig,
+                  steps_per_epoch: Optional[int] = None) -> None:
+    """Adam (AdamW with ``weight_decay``), cross-entropy with ``label_smoothing``, WA/UA metrics.
+
+    ``lr_schedule="cosine"`` decays the rate to 0 over ``epochs * steps_per_epoch`` steps and
+    needs ``steps_per_epoch``; without it the rate stays constant (the paper's recipe).
+    """
+    rate = config.learning_rate
+    if config.lr_schedule == "cosine" and steps_per_epoch:
+        rate = keras.optimizers.schedules.CosineDecay(
+            config.learning_rate, decay_steps=config.epochs * int(steps_per_epoch))
+    optimizer = (keras.optimizers.AdamW(learning_rate=rate, weight_decay=config.weight_decay)
+                 if config.weight_decay else keras.optimizers.Adam(learning_rate=rate))
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(),
+        optimizer=optimizer,
+        loss=SmoothedSparseCrossentropy(config.label_smoothing),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="wa"),
                  UnweightedAccuracy(config.num_classes, name="ua")],
     )
@@ -104,9 +311,13 @@ def adapt_normalization(model: keras.Model, frames: np.ndarray) -> None:
 
     ``frames`` is ``[N, fbank_dim]``: training frames only, never padding (see
     :func:`valid_frames`). Keeping the statistics inside the model means serving cannot skew.
+    A model that does not read the filterbank (the semantic-only baseline) has no such layer:
+    then this checks ``frames`` and does nothing else.
     """
     frames = np.asarray(frames, dtype=np.float32)
     if frames.ndim != 2 or frames.shape[0] == 0:
         raise ValueError(f"need a non-empty [N, channels] frame matrix, got shape {frames.shape}")
+    if not any(layer.name == NORMALIZATION_LAYER for layer in model.layers):
+        return
     # The layer was built on [B, T, C] inputs, so it adapts on a one-utterance batch.
     model.get_layer(NORMALIZATION_LAYER).adapt(frames[None])

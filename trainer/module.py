@@ -48,7 +48,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
                        vectors=load(custom["embeddings_path"]),
                        vocab_size=int(custom.get("vocab_size", 50000)))
     summary = {"best_epoch": result.best_epoch, "epochs_run": len(result.history["val_ua"]),
-               "best_val_ua": max(result.history["val_ua"]), "val_speakers": result.val_speakers,
+               "best_val_ua": result.history["val_ua"][result.best_epoch - 1], "val_speakers": result.val_speakers,
                "num_train": result.num_train, "num_val": result.num_val,
                "config": config.to_dict()}
     tf.io.gfile.makedirs(fn_args.model_run_dir)

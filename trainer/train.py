@@ -19,7 +19,7 @@ import tensorflow as tf
 from trainer.config import ModelConfig
 from trainer.data import make_dataset
 from trainer.metrics import confusion_matrix, unweighted_accuracy, weighted_accuracy
-from trainer.model import adapt_normalization, build_model
+from trainer.model import adapt_normalization, build_model, compile_model
 
 
 @dataclasses.dataclass
@@ -30,7 +30,7 @@ class FoldResult:
     confusion: List[List[int]]
     best_epoch: int
     epochs_run: int
-    best_val_ua: float
+    best_val_ua: float  # validation UA at the selected epoch
     num_train: int
     num_val: int
     num_test: int
@@ -82,27 +82,37 @@ def count(dataset: tf.data.Dataset) -> int:
 def fit(train_files: Sequence[str], config: ModelConfig, *, log_dir: Optional[str] = None,
         extra_callbacks: Sequence[keras.callbacks.Callback] = (), verbose: int = 0) -> FitResult:
     """Fits the model on ``train_files`` minus the inner validation speakers, selecting the
-    epoch with the best validation UA (early stopping, best weights restored)."""
+    epoch with the best validation score (``config.selection``: UA or loss; early stopping,
+    best weights restored)."""
     val = validation_speakers(speakers_in(train_files), config.validation_fraction)
+    # Same seed, same records -> same model: seeded initialisers, data order and augmentation,
+    # and TF kernels in their deterministic mode.
     keras.utils.set_random_seed(config.seed)
+    tf.config.experimental.enable_op_determinism()
 
-    def make(shuffle: bool, exclude: bool) -> tf.data.Dataset:
+    def make(shuffle: bool, exclude: bool, stretch: float = 0.0) -> tf.data.Dataset:
         return make_dataset(train_files, config.word_dim, config.batch_size, shuffle=shuffle,
-                            seed=config.seed, speakers=val, exclude_speakers=exclude)
+                            seed=config.seed, speakers=val, exclude_speakers=exclude,
+                            time_stretch=stretch)
 
-    train_ds, val_ds = make(shuffle=True, exclude=True), make(shuffle=False, exclude=False)
+    plain_train = make(shuffle=False, exclude=True)
+    train_ds = make(shuffle=True, exclude=True, stretch=config.time_stretch)
+    val_ds = make(shuffle=False, exclude=False)
     model = build_model(config)
-    adapt_normalization(model, training_frames(make(shuffle=False, exclude=True)))
-    callbacks = [keras.callbacks.EarlyStopping(monitor="val_ua", mode="max",
+    adapt_normalization(model, training_frames(plain_train))
+    compile_model(model, config, steps_per_epoch=sum(1 for _ in plain_train))
+    monitor, mode = ("val_loss", "min") if config.selection == "val_loss" else ("val_ua", "max")
+    callbacks = [keras.callbacks.EarlyStopping(monitor=monitor, mode=mode,
                                                patience=config.patience,
                                                restore_best_weights=True), *extra_callbacks]
     if log_dir:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=log_dir, write_graph=False))
     history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
                         callbacks=callbacks, verbose=verbose).history
-    best = int(np.argmax(history["val_ua"]))
+    scores = np.asarray(history[monitor])
+    best = int(np.argmin(scores) if mode == "min" else np.argmax(scores))
     return FitResult(model=model, history=history, best_epoch=best + 1, val_speakers=val,
-                     num_train=count(train_ds), num_val=count(val_ds))
+                     num_train=count(plain_train), num_val=count(val_ds))
 
 
 def evaluate(model: keras.Model, files: Sequence[str], config: ModelConfig) -> Tuple[np.ndarray, int]:
@@ -115,10 +125,28 @@ def evaluate(model: keras.Model, files: Sequence[str], config: ModelConfig) -> T
     return confusion_matrix(labels, predicted, config.num_classes), int(labels.size)
 
 
+def embed(model: keras.Model, files: Sequence[str], config: ModelConfig) -> Dict[str, np.ndarray]:
+    """Utterance embeddings (the ``utterance_embedding`` layer, before the classifier) of
+    ``files``: ``embeddings [N, D]``, ``labels [N]``, ``utterance_ids [N]``, in id order."""
+    from trainer.model import EMBEDDING_LAYER
+    embedder = keras.Model(model.inputs, model.get_layer(EMBEDDING_LAYER).output)
+    chunks, labels, ids = [], [], []
+    for inputs, label, utterance_id in make_dataset(files, config.word_dim, config.batch_size,
+                                                    with_ids=True):
+        chunks.append(np.asarray(embedder(inputs, training=False)))
+        labels.append(label.numpy())
+        ids.append(utterance_id.numpy())
+    ids = np.concatenate(ids)
+    order = np.argsort(ids, kind="stable")
+    return {"embeddings": np.concatenate(chunks)[order], "labels": np.concatenate(labels)[order],
+            "utterance_ids": ids[order].astype(str)}
+
+
 def train_fold(files_by_fold: Dict[int, Sequence[str]], test_fold: int, config: ModelConfig, *,
                log_dir: Optional[str] = None, model_path: Optional[str] = None,
-               verbose: int = 0) -> FoldResult:
-    """Trains on every fold but ``test_fold``, then scores ``test_fold`` once."""
+               embeddings_path: Optional[str] = None, verbose: int = 0) -> FoldResult:
+    """Trains on every fold but ``test_fold``, then scores ``test_fold`` once (and, with
+    ``embeddings_path``, saves the held-out utterances' embeddings there as ``.npz``)."""
     if test_fold not in files_by_fold or len(files_by_fold) < 2:
         raise ValueError(f"need >= 2 folds including {test_fold}; got {sorted(files_by_fold)}")
     train_files = [f for k in sorted(files_by_fold) if k != test_fold for f in files_by_fold[k]]
@@ -127,6 +155,9 @@ def train_fold(files_by_fold: Dict[int, Sequence[str]], test_fold: int, config: 
     if model_path:
         Path(model_path).parent.mkdir(parents=True, exist_ok=True)
         result.model.save(model_path)
+    if embeddings_path:
+        Path(embeddings_path).parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(embeddings_path, **embed(result.model, files_by_fold[test_fold], config))
     val_ua = result.history["val_ua"]
     return FoldResult(fold=test_fold, wa=weighted_accuracy(confusion),
                       ua=unweighted_accuracy(confusion), confusion=confusion.tolist(),

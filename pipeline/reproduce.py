@@ -1,0 +1,366 @@
+"""``cme-ser reproduce``: Table 1 of Li et al. (2021) under our protocol.
+
+Every variant (``trainer.config.VARIANTS``) goes through the same speaker-independent k-fold
+cross-validation: the epoch is chosen on an inner validation split of the training speakers,
+the held-out fold is scored once. One *unit* is (variant, seed, fold); each finished unit is a
+JSON file (plus the held-out utterances' embeddings as ``.npz``) under the work directory, so a
+re-run skips what is done (resumable) and re-trains a unit only if its configuration changed.
+After every unit the results (``<results>/<dataset>.md`` / ``.json``) are rewritten from all
+finished units; the t-SNE figure (the paper's Figure 2) is drawn at the end.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import multiprocessing
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+
+from trainer.config import VARIANTS, variant_config
+
+# Table 1 of Li et al. (2021): (WA, UA). None where the paper reports nothing.
+PAPER_TABLE1 = {
+    "ravdess": {
+        "cnn_lstm_a": (0.640, 0.611), "lstm_attn_a": (0.665, 0.627), "lstm_attn_s": None,
+        "utt_concat": (0.629, 0.615), "attn_fusion": (0.634, 0.593), "mha": (0.615, 0.572),
+        "no_excite_a": (0.703, 0.683), "no_excite_s": (0.720, 0.696),
+        "no_excite": (0.718, 0.700), "ctc_align": (0.582, 0.566),
+        "cme": (0.720, 0.708), "cme_paper": (0.720, 0.708),
+    },
+    "iemocap": {
+        "cnn_lstm_a": (0.635, 0.588), "lstm_attn_a": (0.573, 0.574), "lstm_attn_s": (0.640, 0.647),
+        "utt_concat": (0.700, 0.677), "attn_fusion": (0.712, 0.725), "mha": (0.678, 0.688),
+        "no_excite_a": (0.713, 0.722), "no_excite_s": (0.721, 0.732),
+        "no_excite": (0.712, 0.720), "ctc_align": (0.657, 0.688),
+        "cme": (0.727, 0.735), "cme_paper": (0.727, 0.735),
+    },
+}
+
+DESCRIPTIONS = {
+    "cme": "ours: mean-max alignment pooling + CME, our training recipe",
+    "cme_paper": "the same model with the paper's recipe (no augmentation, constant LR)",
+    "no_excite_a": "w/o acoustic excitation",
+    "no_excite_s": "w/o semantic excitation",
+    "no_excite": "w/o both excitations",
+    "mean_pool": "mean instead of mean-max alignment pooling",
+    "ctc_align": "alignment predicted by a CTC module, not forced alignment",
+    "cnn_lstm_a": "acoustic only: CNN + LSTM",
+    "lstm_attn_a": "acoustic only: BiLSTM + attention",
+    "lstm_attn_s": "text only: BiLSTM + attention",
+    "utt_concat": "two BiLSTM encoders, utterance-level concatenation",
+    "attn_fusion": "word-level multi-head attention fusion",
+    "mha": "multi-hop attention (audio -> text -> audio)",
+    "cme_no_dropout": "recipe ablation: `cme` without dropout 0.5",
+    "cme_no_smoothing": "recipe ablation: `cme` without label smoothing 0.1",
+    "cme_constant_lr": "recipe ablation: `cme` with a constant learning rate (no cosine decay)",
+    "cme_no_decay": "recipe ablation: `cme` without weight decay 1e-4 (Adam, not AdamW)",
+    "cme_specaug": "tried: `cme` + SpecAugment (2 frequency, 2 time masks)",
+    "cme_stretch": "tried: `cme` + speed perturbation of the frames (factor 0.9-1.1)",
+    "cme_utt_norm": "tried: `cme` + per-utterance mean normalisation of the filterbank",
+}
+
+# The paper's Figure 2: embeddings without / with the excitation gates.
+TSNE_PANELS = (("no_excite", "w/o both excitations"), ("no_excite_s", "w/o semantic excitation"),
+               ("no_excite_a", "w/o acoustic excitation"), ("cme", "with both excitations"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+    variant: str
+    seed: int
+    fold: int
+
+    def path(self, work_dir) -> Path:
+        return Path(work_dir) / "runs" / self.variant / f"seed{self.seed}" / f"fold{self.fold}.json"
+
+    def __str__(self):
+        return f"{self.variant} seed {self.seed} fold {self.fold}"
+
+
+def plan(variants: Sequence[str], seeds: int, folds: int) -> List[Unit]:
+    """Seed-major order: every variant gets its first seed before any variant its second."""
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
+    return [Unit(v, s, k) for s in range(seeds) for v in variants for k in range(folds)]
+
+
+def unit_config(unit: Unit, word_dim: int, overrides: Optional[dict] = None):
+    return variant_config(unit.variant, seed=unit.seed, word_dim=word_dim, **(overrides or {}))
+
+
+def is_done(unit: Unit, work_dir, config) -> bool:
+    path = unit.path(work_dir)
+    if not path.exists():
+        return False
+    # Compared as JSON (tuples come back as lists).
+    return json.loads(path.read_text()).get("config") == json.loads(config.to_json())
+
+
+def run_unit(records_dir: str, work_dir: str, unit: Unit, overrides: Optional[dict] = None) -> dict:
+    """Trains and scores one unit; writes its JSON and embeddings. Runs in a worker process."""
+    from pipeline.crossval import files_by_fold, word_dim_of
+    from trainer.train import train_fold
+
+    files = files_by_fold(records_dir)
+    config = unit_config(unit, word_dim_of(records_dir), overrides)
+    path = unit.path(work_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    result = train_fold(files, unit.fold, config,
+                        embeddings_path=str(path.with_suffix(".npz")))
+    row = {**dataclasses.asdict(unit), **dataclasses.asdict(result),
+           "seconds": round(time.time() - started, 1), "config": config.to_dict()}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(row, indent=2))
+    tmp.replace(path)  # a unit is done only once its file is complete
+    return row
+
+
+def _worker_init(threads: int) -> None:
+    import tensorflow as tf
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
+def finished_rows(work_dir, variants: Optional[Iterable[str]] = None) -> List[dict]:
+    rows = []
+    for path in sorted(Path(work_dir).glob("runs/*/seed*/fold*.json")):
+        row = json.loads(path.read_text())
+        if variants is None or row["variant"] in variants:
+            rows.append(row)
+    return rows
+
+
+def _mean_std(values) -> Dict[str, float]:
+    values = np.asarray(values, dtype=float)
+    return {"mean": float(values.mean()), "std": float(values.std())}
+
+
+def _paired(rows: List[dict], better: str, worse: str, metric: str) -> Optional[dict]:
+    """Paired difference ``better - worse`` over the (seed, fold) units both have."""
+    a = {(r["seed"], r["fold"]): r[metric] for r in rows if r["variant"] == better}
+    b = {(r["seed"], r["fold"]): r[metric] for r in rows if r["variant"] == worse}
+    keys = sorted(set(a) & set(b))
+    if len(keys) < 2:
+        return None
+    diff = np.array([a[k] - b[k] for k in keys])
+    se = float(diff.std(ddof=1) / np.sqrt(len(diff)))
+    mean = float(diff.mean())
+    verdict = ("confirmed" if mean > 2 * se else "contradicted" if mean < -2 * se
+               else "not distinguishable")
+    return {"better": better, "worse": worse, "metric": metric, "units": len(keys),
+            "mean_difference": mean, "standard_error": se,
+            "wins": int((diff > 0).sum()), "losses": int((diff < 0).sum()), "verdict": verdict}
+
+
+# The claims of the paper's ablation study, each tested by paired differences.
+CLAIMS = (
+    ("excitation helps (both gates vs none)", "cme", "no_excite"),
+    ("both gates beat acoustic-only excitation (w/o semantic)", "cme", "no_excite_s"),
+    ("both gates beat semantic-only excitation (w/o acoustic)", "cme", "no_excite_a"),
+    ("mean-max pooling beats mean pooling", "cme", "mean_pool"),
+    ("forced alignment beats CTC-predicted alignment", "cme", "ctc_align"),
+    ("our recipe beats the paper's recipe", "cme", "cme_paper"),
+)
+
+
+def summarize(rows: List[dict], dataset: str, folds: int) -> dict:
+    paper = PAPER_TABLE1.get(dataset, {})
+    table = []
+    for variant in VARIANTS:
+        mine = [r for r in rows if r["variant"] == variant]
+        if not mine:
+            continue
+        seeds = sorted({r["seed"] for r in mine})
+        table.append({
+            "variant": variant, "description": DESCRIPTIONS.get(variant, ""),
+            "wa": _mean_std([r["wa"] for r in mine]), "ua": _mean_std([r["ua"] for r in mine]),
+            "paper": dict(zip(("wa", "ua"), paper[variant])) if paper.get(variant) else None,
+            "units": len(mine), "seeds": seeds,
+            "complete_seeds": [s for s in seeds
+                               if sum(r["seed"] == s for r in mine) == folds],
+            "train_seconds": round(sum(r["seconds"] for r in mine), 1),
+            "config": mine[0]["config"],
+        })
+    claims = []
+    for claim, better, worse in CLAIMS:
+        for metric in ("wa", "ua"):
+            test = _paired(rows, better, worse, metric)
+            if test:
+                claims.append({"claim": claim, **test})
+    return {"dataset": dataset, "folds": folds, "rows": table, "claims": claims}
+
+
+def render_markdown(summary: dict, header: dict) -> str:
+    lines = [f"# Table 1 reproduced on {summary['dataset'].upper()}", "",
+             f"Produced by `{header['command']}` at commit `{header['commit']}` on "
+             f"{header['date']} ({header['machine']}).", ""]
+    if len(header.get("commands", [])) > 1:
+        lines += ["Commands whose runs are included (all share the work directory, so later "
+                  "ones reuse finished units):", ""]
+        lines += [f"- `{c}`" for c in header["commands"]] + [""]
+    lines += [
+        f"Protocol: {summary['folds']}-fold speaker-independent cross-validation; each fold's "
+        "epoch is chosen on an inner validation split of the *training* speakers (every 5th), "
+        "the held-out fold is scored once. WA = overall accuracy, UA = mean per-class recall; "
+        "mean +- std over all (seed, fold) units. The paper's numbers picked the best epoch on "
+        "the test fold.", "",
+        "| variant | what | WA | UA | paper WA | paper UA | units (seeds) | train time |",
+        "|---|---|---|---|---|---|---|---|"]
+    for row in summary["rows"]:
+        paper = row["paper"]
+        lines.append(
+            f"| `{row['variant']}` | {row['description']} | "
+            f"{row['wa']['mean']:.3f} +- {row['wa']['std']:.3f} | "
+            f"{row['ua']['mean']:.3f} +- {row['ua']['std']:.3f} | "
+            f"{paper['wa']:.3f} | {paper['ua']:.3f} | " if paper else
+            f"| `{row['variant']}` | {row['description']} | "
+            f"{row['wa']['mean']:.3f} +- {row['wa']['std']:.3f} | "
+            f"{row['ua']['mean']:.3f} +- {row['ua']['std']:.3f} | - | - | ")
+        lines[-1] += (f"{row['units']} ({len(row['seeds'])}) | "
+                      f"{row['train_seconds'] / 60:.1f} min |")
+    if summary["claims"]:
+        lines += ["", "## The paper's claims, tested", "",
+                  "Paired differences over the (seed, fold) units both variants have; "
+                  "\"confirmed\" means the mean difference exceeds two standard errors.", "",
+                  "| claim | metric | difference | units | wins/losses | verdict |",
+                  "|---|---|---|---|---|---|"]
+        for c in summary["claims"]:
+            lines.append(f"| {c['claim']} | {c['metric'].upper()} | "
+                         f"{c['mean_difference']:+.3f} +- {c['standard_error']:.3f} | "
+                         f"{c['units']} | {c['wins']}/{c['losses']} | {c['verdict']} |")
+    if summary.get("tsne"):
+        t = summary["tsne"]
+        lines += ["", "## Utterance embeddings (the paper's Figure 2)", "",
+                  f"![t-SNE]({t['figure']})", "",
+                  f"Held-out fold {t['fold']} (seed {t['seed']}), the 128-d embedding before the "
+                  "classifier, t-SNE with perplexity 30. Silhouette score of the true classes in "
+                  "the embedding space (higher = better separated): " + ", ".join(
+                      f"{p['title']} {p['silhouette']:.3f}" for p in t["panels"]) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def draw_tsne(work_dir, out_path, seed: int = 0, fold: int = 0) -> Optional[dict]:
+    """Figure 2: t-SNE of held-out utterance embeddings, one panel per excitation setting."""
+    panels = []
+    for variant, title in TSNE_PANELS:
+        path = Unit(variant, seed, fold).path(work_dir).with_suffix(".npz")
+        if path.exists():
+            panels.append((variant, title, np.load(path)))
+    if not panels:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.manifold import TSNE
+    from sklearn.metrics import silhouette_score
+
+    classes = json.loads(Unit(panels[0][0], seed, fold).path(work_dir).read_text())[
+        "config"]["class_names"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), squeeze=False)
+    info = []
+    for ax, (variant, title, data) in zip(axes[0], panels):
+        points = TSNE(n_components=2, perplexity=min(30.0, len(data["labels"]) - 1.0),
+                      random_state=0, init="pca").fit_transform(
+            data["embeddings"])
+        for k, name in enumerate(classes):
+            chosen = data["labels"] == k
+            ax.scatter(points[chosen, 0], points[chosen, 1], s=8, label=name)
+        score = float(silhouette_score(data["embeddings"], data["labels"]))
+        ax.set_title(f"{title}\nsilhouette {score:.3f}", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        info.append({"variant": variant, "title": title, "silhouette": score})
+    axes[0][0].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+    return {"figure": Path(out_path).name, "seed": seed, "fold": fold, "panels": info}
+
+
+def git_commit() -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return commit + ("+uncommitted changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def write_results(work_dir, results_dir, dataset: str, folds: int, header: dict,
+                  tsne: Optional[dict] = None) -> dict:
+    summary = summarize(finished_rows(work_dir), dataset, folds)
+    previous = Path(results_dir) / f"{dataset}.json"
+    if tsne is None and previous.exists():
+        tsne = json.loads(previous.read_text()).get("tsne")
+    if tsne:
+        summary["tsne"] = tsne
+    summary["header"] = header
+    Path(results_dir).mkdir(parents=True, exist_ok=True)
+    previous.write_text(json.dumps(summary, indent=2))
+    (Path(results_dir) / f"{dataset}.md").write_text(render_markdown(summary, header))
+    return summary
+
+
+def reproduce(records_dir, work_dir, results_dir, *, dataset: str, variants: Sequence[str],
+              seeds: int, folds: int, jobs: int = 1, threads: int = 0, command: str = "",
+              overrides: Optional[dict] = None, log: Callable[[str], None] = print) -> dict:
+    """Runs every unfinished unit (``jobs`` worker processes), rewriting the results as units
+    finish; returns the summary."""
+    from pipeline.crossval import files_by_fold, word_dim_of
+
+    available = len(files_by_fold(records_dir))
+    if folds != available:
+        raise ValueError(f"the records in {records_dir} have {available} folds, not {folds}")
+    word_dim = word_dim_of(records_dir)
+    units = plan(variants, seeds, folds)
+    todo = [u for u in units if not is_done(u, work_dir, unit_config(u, word_dim, overrides))]
+    log(f"== reproduce {dataset}: {len(units)} units ({len(variants)} variants x {seeds} seeds "
+        f"x {folds} folds), {len(units) - len(todo)} already done, {len(todo)} to run, "
+        f"{jobs} job(s)")
+    commands_file = Path(work_dir) / "commands.json"
+    commands = json.loads(commands_file.read_text()) if commands_file.exists() else []
+    if command and command not in commands:
+        commands.append(command)
+    Path(work_dir).mkdir(parents=True, exist_ok=True)
+    commands_file.write_text(json.dumps(commands, indent=2))
+    header = {"command": command, "commands": commands, "commit": git_commit(),
+              "date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores, no GPU"}
+    started, done = time.time(), 0
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=max(jobs, 1), mp_context=context,
+                                                initializer=_worker_init,
+                                                initargs=(threads,)) as pool:
+        futures = {pool.submit(run_unit, str(records_dir), str(work_dir), u, overrides): u
+                   for u in todo}
+        for future in concurrent.futures.as_completed(futures):
+            unit, done = futures[future], done + 1
+            try:
+                row = future.result()
+            except Exception as error:  # one failed unit is reported, the others go on
+                log(f"[{done}/{len(todo)}] {unit}: FAILED: {type(error).__name__}: {error}")
+                continue
+            elapsed = time.time() - started
+            log(f"[{done}/{len(todo)}] {unit}: WA {row['wa']:.3f} UA {row['ua']:.3f} "
+                f"(epoch {row['best_epoch']}/{row['epochs_run']}, {row['seconds']:.0f} s; "
+                f"ETA {elapsed / done * (len(todo) - done) / 60:.0f} min)")
+            write_results(work_dir, results_dir, dataset, folds, header)
+    tsne = draw_tsne(work_dir, Path(results_dir) / f"{dataset}-tsne.png")
+    summary = write_results(work_dir, results_dir, dataset, folds, header, tsne=tsne)
+    missing = [u for u in units if not u.path(work_dir).exists()]
+    if missing:
+        log(f"== {len(missing)} unit(s) failed; re-run the same command to retry them")
+    log(f"== results: {Path(results_dir) / (dataset + '.md')}")
+    return summary

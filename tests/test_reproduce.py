@@ -1,0 +1,113 @@
+"""`cme-ser reproduce`: resumable units, results files, the paired claims, on synthetic records."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline import reproduce as repro
+from pipeline.cli import main
+from preprocessing.records import make_example
+
+
+def write_records(root, folds=2, per_fold=12, word_dim=50, seed=0):
+    """A preprocessed-records directory in the Beam job's layout (records/fold-K/*.tfrecord.gz)."""
+    rng = np.random.default_rng(seed)
+    for fold in range(folds):
+        path = root / "records" / f"fold-{fold}" / "part-00000.tfrecord.gz"
+        path.parent.mkdir(parents=True)
+        with tf.io.TFRecordWriter(str(path), options="GZIP") as writer:
+            for i in range(per_fold):
+                label = i % 4
+                frames = int(rng.integers(30, 60))
+                fbank = rng.normal(size=(frames, 40)).astype(np.float32) + label
+                writer.write(make_example(
+                    utterance_id=f"f{fold}-{i:02d}", speaker=f"s{fold}{i % 2}", label=label,
+                    label_name=("angry", "happy", "neutral", "sad")[label], fold=fold,
+                    fbank=fbank, words=["kids", "talk"],
+                    word_embeddings=rng.normal(size=(2, word_dim)), word_start=[0, frames // 2],
+                    word_end=[frames // 2, frames], transcript="kids talk",
+                    alignment_source="forced").SerializeToString())
+    (root / "fold_plan.json").write_text(json.dumps({"num_folds": folds}))
+    (root / "summary.json").write_text(json.dumps({"records": folds * per_fold}))
+    return root
+
+
+def test_reproduce_writes_results_and_resumes(tmp_path, capsys):
+    records = write_records(tmp_path / "prep")
+    common = ["reproduce", "--folds", "2", "--epochs", "1", "--records", str(records),
+              "--work-dir", str(tmp_path / "work"), "--results-dir", str(tmp_path / "results")]
+    assert main(common + ["--variants", "cme,no_excite", "--seeds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "4 units (2 variants x 1 seeds x 2 folds), 0 already done, 4 to run" in out
+    result = json.loads((tmp_path / "results" / "ravdess.json").read_text())
+    rows = {r["variant"]: r for r in result["rows"]}
+    assert set(rows) == {"cme", "no_excite"}
+    assert rows["cme"]["units"] == 2 and rows["cme"]["seeds"] == [0]
+    assert rows["cme"]["paper"] == {"wa": 0.720, "ua": 0.708}
+    units = [json.loads(p.read_text()) for p in (tmp_path / "work" / "runs" / "cme").glob("seed0/fold*.json")]
+    assert rows["cme"]["wa"]["mean"] == pytest.approx(np.mean([u["wa"] for u in units]))
+    assert all(u["config"]["epochs"] == 1 and u["num_test"] == 12 for u in units)
+    embeddings = np.load(tmp_path / "work" / "runs" / "cme" / "seed0" / "fold0.npz")
+    assert embeddings["embeddings"].shape == (12, 128)
+    assert list(embeddings["utterance_ids"]) == [f"f0-{i:02d}" for i in range(12)]
+    claim = [c for c in result["claims"] if c["worse"] == "no_excite" and c["metric"] == "ua"]
+    assert len(claim) == 1 and claim[0]["units"] == 2
+    markdown = (tmp_path / "results" / "ravdess.md").read_text()
+    assert ("Produced by `cme-ser reproduce --folds 2 --epochs 1 --records "
+            f"{records} ") in markdown
+    assert "| `cme` | ours" in markdown and "| 0.720 | 0.708 | 2 (1) |" in markdown
+    assert (tmp_path / "results" / "ravdess-tsne.png").stat().st_size > 10000
+    assert [p["variant"] for p in result["tsne"]["panels"]] == ["no_excite", "cme"]
+
+    # Same command again: nothing is recomputed.
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "work").glob("runs/*/*/*.json")}
+    assert main(common + ["--variants", "cme,no_excite", "--seeds", "1"]) == 0
+    assert "4 already done, 0 to run" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+
+    # A second seed for one variant trains only the new units; both commands are listed.
+    assert main(common + ["--variants", "cme", "--seeds", "2"]) == 0
+    assert "2 already done, 2 to run" in capsys.readouterr().out
+    result = json.loads((tmp_path / "results" / "ravdess.json").read_text())
+    assert {r["variant"]: r["seeds"] for r in result["rows"]} == {"cme": [0, 1], "no_excite": [0]}
+    assert len(result["header"]["commands"]) == 2
+
+
+def test_reproduce_rejects_bad_requests(tmp_path, capsys):
+    records = write_records(tmp_path / "prep")
+    assert main(["reproduce", "--variants", "cme,nope", "--records", str(records)]) == 2
+    assert "unknown variant(s) ['nope']" in capsys.readouterr().err
+    assert main(["reproduce", "--folds", "5", "--records", str(records), "--work-dir",
+                 str(tmp_path / "w"), "--results-dir", str(tmp_path / "r")]) == 2
+    assert "have 2 folds, not 5" in capsys.readouterr().err
+    assert main(["reproduce", "--records", str(tmp_path / "nothing")]) == 2
+    assert "holds no preprocessed records" in capsys.readouterr().err
+
+
+def test_paired_claims_verdicts():
+    def rows(variant, values):
+        return [{"variant": variant, "seed": 0, "fold": k, "ua": v} for k, v in enumerate(values)]
+
+    better = rows("cme", [0.80, 0.82, 0.78, 0.81])
+    test = repro._paired(better + rows("no_excite", [0.70, 0.71, 0.69, 0.72]), "cme",
+                         "no_excite", "ua")
+    assert test["verdict"] == "confirmed" and test["wins"] == 4
+    assert test["mean_difference"] == pytest.approx(0.0975)
+    mixed = repro._paired(better + rows("no_excite", [0.85, 0.75, 0.80, 0.80]), "cme",
+                          "no_excite", "ua")
+    assert mixed["verdict"] == "not distinguishable" and (mixed["wins"], mixed["losses"]) == (2, 2)
+    worse = repro._paired(better + rows("no_excite", [0.90, 0.93, 0.88, 0.90]), "cme",
+                          "no_excite", "ua")
+    assert worse["verdict"] == "contradicted"
+    assert repro._paired(better[:1] + rows("no_excite", [0.7]), "cme", "no_excite", "ua") is None
+
+
+def test_plan_is_seed_major_and_checks_variants():
+    units = repro.plan(["cme", "no_excite"], seeds=2, folds=2)
+    assert [str(u) for u in units[:4]] == ["cme seed 0 fold 0", "cme seed 0 fold 1",
+                                           "no_excite seed 0 fold 0", "no_excite seed 0 fold 1"]
+    assert len(units) == 8 and units[4].seed == 1
+    with pytest.raises(ValueError, match="unknown variant"):
+        repro.plan(["bogus"], 1, 2)

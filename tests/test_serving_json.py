@@ -1,0 +1,295 @@
+"""serving.fast_json, the shortcut for request bodies with long arrays of JSON numbers: the same
+arrays, bit for bit, as the general path on every number format clients write, and for
+anything unusual (bad numbers, ragged or deep arrays, wrong types, values the type rules refuse,
+markers, arrays inside strings, malformed JSON) the same answer or the same error."""
+
+import json
+import random
+
+import numpy as np
+import orjson
+import pytest
+import tensorflow as tf
+
+from serving import fast_json, json_tensors
+from serving.client import Utterance, encode_floats, predict_waveform_body
+from serving.json_tensors import TensorSpec
+from serving.repository import ModelRepository, Signature, Version
+from serving.server import RestApi
+
+FLOAT, DOUBLE, INT32, STRING, INT64 = 1, 2, 3, 7, 9
+WAVEFORM_INPUTS = {"waveform": TensorSpec(FLOAT, (-1, -1)), "num_samples": TensorSpec(INT32, (-1,)),
+                   "words": TensorSpec(STRING, (-1, -1)),
+                   "word_start_s": TensorSpec(FLOAT, (-1, -1)),
+                   "word_end_s": TensorSpec(FLOAT, (-1, -1))}
+N = 3000  # samples: well over fast_json.MIN_BYTES of JSON
+
+
+def samples(seed=0, n=N) -> np.ndarray:
+    """float32 audio-like samples with the awkward cases: zeros (written "0"), negative zero,
+    tiny values (exponents), values at float32 rounding boundaries."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(n) * 0.1).astype(np.float32)
+    x[:50] = 0.0
+    x[50:60] = -0.0
+    x[60:80] = (rng.standard_normal(20) * 1e-6).astype(np.float32)
+    x[80:90] = np.nextafter(np.float32(0.5), np.float32(1), dtype=np.float32)
+    return x
+
+
+def utterance(seed=0, n=N) -> Utterance:
+    return Utterance(samples(seed, n), ["kids", "are", "talking"], [0.01, 0.05, 0.1],
+                     [0.05, 0.1, 0.15])
+
+
+def columnar(waveform_json: str, **extra) -> bytes:
+    inputs = {"num_samples": [N], "words": [["kids", "are", "talking"]],
+              "word_start_s": [[0.01, 0.05, 0.1]], "word_end_s": [[0.05, 0.1, 0.15]]}
+    inputs.update(extra)
+    rest = ", ".join(f'"{k}": {json.dumps(v)}' for k, v in inputs.items())
+    return ('{"signature_name": "predict_waveform", "inputs": {"waveform": ' + waveform_json
+            + ", " + rest + "}}").encode()
+
+
+def general_tensors(body, inputs=WAVEFORM_INPUTS):
+    doc = json_tensors.parse_body(body)
+    return json_tensors.request_tensors(doc, inputs, "predict_waveform",
+                                        json_tensors.may_contain_bools(body))
+
+
+def fast_tensors(body, inputs=WAVEFORM_INPUTS):
+    fast = fast_json.parse(body)
+    assert fast is not None, "the shortcut did not apply"
+    return json_tensors.request_tensors(fast.doc, inputs, "predict_waveform", fast.bools_possible)
+
+
+def assert_identical(a, b):
+    assert a.format == b.format and sorted(a.tensors) == sorted(b.tensors)
+    for name in a.tensors:
+        x, y = a.tensors[name], b.tensors[name]
+        assert x.dtype == y.dtype and x.shape == y.shape, name
+        if x.dtype == object:
+            assert x.tolist() == y.tolist(), name
+        else:  # bit for bit: -0.0 vs 0.0 and one-ulp differences count
+            assert np.array_equal(x.view(np.uint8), y.view(np.uint8)), name
+
+
+def nine_digits(x):
+    return encode_floats(x)
+
+
+def repr_floats(x, separator=", "):  # json.dumps of float64 values: up to 17 digits
+    return "[" + separator.join(repr(float(v)) for v in x) + "]"
+
+
+GOOD = {
+    "client body (9 digits, zeros as 0)": lambda: predict_waveform_body([utterance()]),
+    "client body, 3 rows": lambda: predict_waveform_body([utterance(1), utterance(2, N - 7),
+                                                         utterance(3, N + 11)]),
+    "json.dumps float64 repr": lambda: columnar("[" + repr_floats(samples()) + "]"),
+    "json.dumps of float32 -> float64 values": lambda: columnar(
+        json.dumps([samples().astype(np.float64).tolist()])),
+    "orjson dumps": lambda: columnar(orjson.dumps([samples().tolist()]).decode()),
+    "no spaces": lambda: columnar("[" + repr_floats(samples(4), ",") + "]"),
+    "spaces and newlines": lambda: columnar("[ \n [ " + repr_floats(samples(5), " ,\n ")[1:-1]
+                                            + " ] \n ]"),
+    "exponents, signs, zeros, bounds": lambda: columnar("[[" + ",".join(
+        ["1e-05", "-2.5E+3", "1E2", "0.0", "-0.0", "-0", "0", "16777215", "-16777215",
+         "1.0e0", "3.4028234663852886e+6", "-1.17549435e-38", "1.4e-45", "123456789e-9"]
+        * 300) + "]]"),
+    "integers only": lambda: columnar("[[" + ",".join(str(i % 1000 - 500) for i in range(N))
+                                      + "]]"),
+    "row format, two instances": lambda: json.dumps({
+        "signature_name": "predict_waveform", "instances": [
+            {"waveform": samples(6).tolist(), "num_samples": N, "words": ["a", "b"],
+             "word_start_s": [0.0, 0.1], "word_end_s": [0.1, 0.2]},
+            {"waveform": samples(7).tolist(), "num_samples": N, "words": ["c", ""],
+             "word_start_s": [0.0, 0.0], "word_end_s": [0.1, 0.0]}]}).encode(),
+    "marker-like strings elsewhere": lambda: columnar(
+        "[" + repr_floats(samples()) + "]",
+        words=[["\u0000cme-ser:0123456789abcdef:0", "cme-ser:fast-array:0", "x"]]),
+    "a numeric array inside a string too": lambda: columnar(
+        "[" + repr_floats(samples()) + "]", words=[["[" + "1,2," * 2000 + "3]", "a", "b"]]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GOOD))
+def test_fast_path_gives_bit_identical_arrays(name):
+    body = GOOD[name]()
+    assert_identical(fast_tensors(body), general_tensors(body))
+
+
+def test_float64_inputs_and_values_the_float_rule_sends_back():
+    body = ('{"inputs": {"x": [' + repr_floats(np.random.default_rng(0).standard_normal(N))
+            + "]}}").encode()
+    inputs = {"x": TensorSpec(DOUBLE, (-1,))}
+    assert_identical(fast_tensors(body, inputs), general_tensors(body, inputs))
+    # Integers past 2^24 - 1 are refused for float inputs (not for double): the shortcut leaves
+    # them to the general path, which raises the type rule's error.
+    big = ('{"inputs": {"x": [' + ",".join(["0.5"] * N + ["16777217"]) + "]}}").encode()
+    with pytest.raises(fast_json.NotFast):
+        fast_tensors(big, {"x": TensorSpec(FLOAT, (-1,))})
+    assert_identical(fast_tensors(big, inputs), general_tensors(big, inputs))
+    with pytest.raises(json_tensors.ServingError, match="16777217 to float without loss"):
+        general_tensors(big, {"x": TensorSpec(FLOAT, (-1,))})
+
+
+def test_general_path_mixed_list_rule():
+    """A short list (no shortcut) mixing floats and a large integer: the integer is refused as
+    TF Serving refuses it, a large float is not."""
+    inputs = {"x": TensorSpec(FLOAT, (-1,))}
+    with pytest.raises(json_tensors.ServingError, match="16777217 to float without loss"):
+        general_tensors(b'{"inputs": {"x": [0.5, 16777217]}}', inputs)
+    got = general_tensors(b'{"inputs": {"x": [0.5, 16777217.0, 1e30]}}', inputs).tensors["x"]
+    assert got.tolist() == [0.5, 16777216.0, np.float32(1e30)]
+
+
+@pytest.mark.parametrize("body", [
+    b"{}", b'{"inputs": [1, 2, 3]}', b"[" + b"1," * 3000 + b"1]",
+    b'{"inputs": {"waveform": "' + b"1," * 3000 + b'"}}',
+])
+def test_shortcut_declines_what_it_does_not_cover(body):
+    assert fast_json.parse(body) is None
+
+
+# ----------------------------------------------------------------------------------------------
+# Whole requests: the same answers and errors with and without the shortcut
+
+
+def _wave_signature(waveform, num_samples, words, word_start_s, word_end_s):
+    bits = tf.cast(tf.bitcast(waveform, tf.int32), tf.int64)
+    return {"checksum": tf.reduce_sum(bits, axis=1), "head": waveform[:, :4],
+            "n": num_samples}
+
+
+def _double_signature(x):
+    return {"checksum": tf.reduce_sum(tf.bitcast(x, tf.int64), axis=-1)}
+
+
+def _ints_signature(n):
+    return {"n2": n * 2}
+
+
+def _load(number, path):
+    def signature(name, inputs, outputs, function):
+        return Signature(name, "tensorflow/serving/predict", inputs, outputs, function)
+
+    signatures = {
+        "predict_waveform": signature(
+            "predict_waveform", WAVEFORM_INPUTS,
+            {"checksum": TensorSpec(INT64, (-1,)), "head": TensorSpec(FLOAT, (-1, -1)),
+             "n": TensorSpec(INT32, (-1,))}, _wave_signature),
+        "double": signature("double", {"x": TensorSpec(DOUBLE, (-1, -1))},
+                            {"checksum": TensorSpec(INT64, (-1,))}, _double_signature),
+        "ints": signature("ints", {"n": TensorSpec(INT32, (-1,))},
+                          {"n2": TensorSpec(INT32, (-1,))}, _ints_signature),
+    }
+    return Version(number, path, signatures, {}, None)
+
+
+@pytest.fixture(scope="module")
+def apis(tmp_path_factory):
+    base = tmp_path_factory.mktemp("fake") / "m"
+    (base / "1").mkdir(parents=True)
+    repository = ModelRepository(base, "m", loader=_load)
+    repository.refresh()
+    return RestApi(repository, use_fast_json=True), RestApi(repository, use_fast_json=False)
+
+
+def _both(apis, body, path="/v1/models/m:predict"):
+    fast, general = (api.handle("POST", path, body) for api in apis)
+    assert fast == general
+    return fast
+
+
+def _wave(values: str) -> bytes:
+    return columnar("[[" + values + "]]")
+
+
+ZEROS = ",".join(["0.25"] * N)
+BAD = {
+    "int past 2^24-1": _wave(ZEROS + ",16777216"),
+    "float past float32": _wave(ZEROS + ",1e39"),
+    "float 1e30 (fine)": _wave(ZEROS + ",1e30"),
+    "number out of double range": _wave(ZEROS + ",1e999"),
+    "NaN literal": _wave(ZEROS + ",NaN"),
+    "true in the array": _wave(ZEROS + ",true," + ZEROS),
+    "null in the array": _wave(ZEROS + ",null"),
+    "string in the array": _wave(ZEROS + ',"0.5"'),
+    "leading zero": _wave(ZEROS + ",01"),
+    "dot without digits": _wave(ZEROS + ",1."),
+    "leading dot": _wave(ZEROS + ",.5"),
+    "plus sign": _wave(ZEROS + ",+1"),
+    "empty element": _wave(ZEROS + ",,1"),
+    "trailing comma": _wave(ZEROS + ","),
+    "double minus": _wave(ZEROS + ",--1"),
+    "bare exponent": _wave(ZEROS + ",1e"),
+    "truncated body": _wave(ZEROS)[:-40],
+    "missing bracket": columnar("[[" + ZEROS + "]"),
+    "extra bracket": columnar("[[" + ZEROS + "]]]"),
+    "ragged rows": columnar("[[" + ZEROS + "],[" + ZEROS + ",0.5]]"),
+    "rank 3": columnar("[[[" + ZEROS + "]]]"),
+    "rank 1": columnar("[" + ZEROS + "]"),
+    "rows then a number": columnar("[[" + ZEROS + "], 5]"),
+    "two arrays in one run": b'{"signature_name": "ints", "instances": [[' + ZEROS.encode()
+                             + b"],[" + ZEROS.encode() + b"]]}",
+    "integers for an int input": b'{"signature_name": "ints", "inputs": {"n": ['
+                                + ",".join(str(i) for i in range(N)).encode() + b"]}}",
+    "floats for an int input": b'{"signature_name": "ints", "inputs": {"n": [' + ZEROS.encode()
+                               + b"]}}",
+    "numbers for a string input": columnar("[[" + ZEROS + "]]",
+                                           words=[[float(i) for i in range(N)]]),
+    "words missing": b'{"signature_name": "predict_waveform", "inputs": {"waveform": [['
+                     + ZEROS.encode() + b"]]}}",
+    "array as the whole body": b"[[" + ZEROS.encode() + b"]]",
+    "array as instances": b'{"signature_name": "predict_waveform", "instances": [['
+                          + ZEROS.encode() + b"]]}",
+    "array as signature_name": b'{"signature_name": [' + ZEROS.encode() + b'], "inputs": {}}',
+    "duplicate key (the last one counts)": b'{"signature_name": "double", "inputs": {"x": [[' + ZEROS.encode()
+                     + b']], "x": [[' + ZEROS.encode() + b",0.5]]}}",
+    "unknown signature": b'{"signature_name": "nope", "inputs": {"x": [[' + ZEROS.encode()
+                         + b"]]}}",
+    "array inside a string key": b'{"inputs": {"[' + ZEROS.encode() + b']": 1}}',
+    "escape before the array in a string": b'{"signature_name": "double", "inputs": {"x": '
+                                           b'[[1.0]]}, "s": "a\\[' + ZEROS.encode() + b']"}',
+    "deep nesting": b'{"a": ' + b"[" * 200 + b"[[" + ZEROS.encode() + b"]]" + b"]" * 200
+                    + b', "inputs": 1}',
+    "not UTF-8 elsewhere": columnar("[[" + ZEROS + "]]")[:-3] + b'"\xff"}}',
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_unusual_and_malformed_bodies_get_the_general_answer(apis, name):
+    status, payload = _both(apis, BAD[name])
+    if name in ("float 1e30 (fine)", "duplicate key (the last one counts)",
+                "integers for an int input"):
+        assert status == 200, payload
+    else:
+        assert status == 400, payload
+        assert b"cme-ser:" not in payload  # no marker in any message
+
+
+@pytest.mark.parametrize("name", sorted(GOOD))
+def test_whole_requests_answer_the_same(apis, name):
+    status, payload = _both(apis, GOOD[name]())
+    assert status == 200, payload
+
+
+def test_double_signature_and_random_bodies(apis):
+    rng = random.Random(0)
+    x = np.random.default_rng(1).standard_normal((2, N))
+    body = b'{"signature_name": "double", "inputs": {"x": ' + json.dumps(x.tolist()).encode() \
+        + b"}}"
+    status, payload = _both(apis, body)
+    assert status == 200
+    expected = x.view(np.int64).sum(axis=1)  # wraps like the int64 sum in the graph
+    assert json.loads(payload)["outputs"] == expected.tolist()
+    # Random damage to a good body: every variant gets the general path's answer.
+    good = predict_waveform_body([utterance(9)])
+    for _ in range(60):
+        damaged = bytearray(good)
+        for _ in range(rng.randint(1, 3)):
+            position = rng.randrange(len(damaged))
+            damaged[position:position + rng.randint(0, 2)] = rng.choice(
+                [b"", b",", b"]", b"[", b"e", b"-", b".", b"0", b" ", b'"', b"x", b"1e9"])
+        _both(apis, bytes(damaged))
