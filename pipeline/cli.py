@@ -282,6 +282,16 @@ def serve(args) -> None:
         server.repository.stop()
 
 
+def _threads_per_worker(workers: int) -> int:
+    """The CPU cores this process may use, divided among the workers (at least 1). Each
+    TensorFlow thread pool thread that spins waiting for work costs a busy machine CPU."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, cores // workers)
+
+
 def _serve_workers(args, base: Path) -> int:
     """`serve --workers N`: a supervisor (no TensorFlow here) and N `serve` processes sharing
     its listening socket (serving.workers)."""
@@ -292,7 +302,8 @@ def _serve_workers(args, base: Path) -> int:
                "--max-request-mb", str(args.max_request_mb),
                "--max-batch-size", str(args.max_batch_size),
                "--batch-timeout-ms", str(args.batch_timeout_ms),
-               "--intra-op-threads", str(args.intra_op_threads),
+               "--intra-op-threads",
+               str(args.intra_op_threads or _threads_per_worker(args.workers)),
                "--inter-op-threads", str(args.inter_op_threads), "--workers", "1"]
     if args.version_labels:
         command += ["--version-labels", str(args.version_labels)]
@@ -452,7 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "polling for versions (more than 1 uses more than one CPU core for "
                           "JSON and HTTP)")
     srv.add_argument("--intra-op-threads", type=int, default=0,
-                     help="TensorFlow threads per op, per process (0: TensorFlow's default)")
+                     help="TensorFlow threads per op, per process (0: TensorFlow's default, "
+                          "which is one per CPU core; with --workers N, the CPU cores divided "
+                          "among the workers)")
     srv.add_argument("--inter-op-threads", type=int, default=0,
                      help="TensorFlow ops run at once, per process (0: TensorFlow's default)")
     srv.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)

@@ -186,6 +186,7 @@ def summarize(rows: List[dict], dataset: str, folds: int) -> dict:
             "wa": _mean_std([r["wa"] for r in mine]), "ua": _mean_std([r["ua"] for r in mine]),
             "paper": dict(zip(("wa", "ua"), paper[variant])) if paper.get(variant) else None,
             "units": len(mine), "seeds": seeds,
+            "units_per_seed": {str(s): sum(r["seed"] == s for r in mine) for s in seeds},
             "complete_seeds": [s for s in seeds
                                if sum(r["seed"] == s for r in mine) == folds],
             "train_seconds": round(sum(r["seconds"] for r in mine), 1),
@@ -204,6 +205,14 @@ def render_markdown(summary: dict, header: dict) -> str:
     lines = [f"# Table 1 reproduced on {summary['dataset'].upper()}", "",
              f"Produced by `{header['command']}` at commit `{header['commit']}` on "
              f"{header['date']} ({header['machine']}).", ""]
+    plan_ = header.get("plan")
+    if plan_:
+        planned = len(plan_["variants"]) * plan_["seeds"] * summary["folds"]
+        finished = sum(n for r in summary["rows"] if r["variant"] in plan_["variants"]
+                       for seed, n in r["units_per_seed"].items() if int(seed) < plan_["seeds"])
+        lines += [f"Finished {finished} of the {planned} units this command plans"
+                  + (" (re-run it to finish the rest; finished units are kept)."
+                     if finished < planned else "."), ""]
     if len(header.get("commands", [])) > 1:
         lines += ["Commands whose runs are included (all share the work directory, so later "
                   "ones reuse finished units):", ""]
@@ -337,7 +346,8 @@ def reproduce(records_dir, work_dir, results_dir, *, dataset: str, variants: Seq
     Path(work_dir).mkdir(parents=True, exist_ok=True)
     commands_file.write_text(json.dumps(commands, indent=2))
     header = {"command": command, "commands": commands, "commit": git_commit(),
-              "date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores, no GPU"}
+              "date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores, no GPU",
+              "plan": {"variants": list(variants), "seeds": seeds}}
     started, done = time.time(), 0
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=max(jobs, 1), mp_context=context,

@@ -58,6 +58,7 @@ def test_reproduce_writes_results_and_resumes(tmp_path, capsys):
     assert ("Produced by `cme-ser reproduce --folds 2 --epochs 1 --records "
             f"{records} ") in markdown
     assert "| `cme` | ours" in markdown and "| 0.720 | 0.708 | 2 (1) |" in markdown
+    assert "Finished 4 of the 4 units this command plans." in markdown
     assert (tmp_path / "results" / "ravdess-tsne.png").stat().st_size > 10000
     assert [p["variant"] for p in result["tsne"]["panels"]] == ["no_excite", "cme"]
 
@@ -73,6 +74,12 @@ def test_reproduce_writes_results_and_resumes(tmp_path, capsys):
     result = json.loads((tmp_path / "results" / "ravdess.json").read_text())
     assert {r["variant"]: r["seeds"] for r in result["rows"]} == {"cme": [0, 1], "no_excite": [0]}
     assert len(result["header"]["commands"]) == 2
+    # An interrupted command says how far it got.
+    (tmp_path / "work" / "runs" / "cme" / "seed1" / "fold1.json").unlink()
+    summary = repro.write_results(tmp_path / "work", tmp_path / "results", "ravdess", 2,
+                                  result["header"])
+    assert "Finished 3 of the 4 units this command plans (re-run it" in repro.render_markdown(
+        summary, result["header"])
 
 
 def test_reproduce_rejects_bad_requests(tmp_path, capsys):

@@ -82,6 +82,19 @@ def repr_floats(x, separator=", "):  # json.dumps of float64 values: up to 17 di
     return "[" + separator.join(repr(float(v)) for v in x) + "]"
 
 
+def rounding_cases(n=N, seed=8) -> np.ndarray:
+    """float64 values where the cast to float32 has to round: float32 midpoints and their
+    neighbours (ties to even), subnormals, and random magnitudes from 1e-45 to 1e6."""
+    rng = np.random.default_rng(seed)
+    low = (rng.standard_normal(n // 4) * 0.1).astype(np.float32)
+    high = np.nextafter(low, np.float32(np.inf), dtype=np.float32)
+    mid = (low.astype(np.float64) + high.astype(np.float64)) / 2
+    cases = [mid, np.nextafter(mid, np.inf), np.nextafter(mid, -np.inf),
+             rng.choice([-1, 1], n // 8) * 10.0 ** rng.uniform(-45, 6, n // 8),
+             rng.uniform(-1e-38, 1e-38, n // 8)]
+    return np.concatenate(cases)
+
+
 GOOD = {
     "client body (9 digits, zeros as 0)": lambda: predict_waveform_body([utterance()]),
     "client body, 3 rows": lambda: predict_waveform_body([utterance(1), utterance(2, N - 7),
@@ -97,6 +110,7 @@ GOOD = {
         ["1e-05", "-2.5E+3", "1E2", "0.0", "-0.0", "-0", "0", "16777215", "-16777215",
          "1.0e0", "3.4028234663852886e+6", "-1.17549435e-38", "1.4e-45", "123456789e-9"]
         * 300) + "]]"),
+    "float32 rounding cases": lambda: columnar("[" + repr_floats(rounding_cases()) + "]"),
     "integers only": lambda: columnar("[[" + ",".join(str(i % 1000 - 500) for i in range(N))
                                       + "]]"),
     "row format, two instances": lambda: json.dumps({
@@ -245,8 +259,9 @@ BAD = {
     "array as instances": b'{"signature_name": "predict_waveform", "instances": [['
                           + ZEROS.encode() + b"]]}",
     "array as signature_name": b'{"signature_name": [' + ZEROS.encode() + b'], "inputs": {}}',
-    "duplicate key (the last one counts)": b'{"signature_name": "double", "inputs": {"x": [[' + ZEROS.encode()
-                     + b']], "x": [[' + ZEROS.encode() + b",0.5]]}}",
+    "duplicate key (the last one counts)": b'{"signature_name": "double", "inputs": {"x": [['
+                                           + ZEROS.encode() + b']], "x": [[' + ZEROS.encode()
+                                           + b",0.5]]}}",
     "unknown signature": b'{"signature_name": "nope", "inputs": {"x": [[' + ZEROS.encode()
                          + b"]]}}",
     "array inside a string key": b'{"inputs": {"[' + ZEROS.encode() + b']": 1}}',
