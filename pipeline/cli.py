@@ -363,7 +363,7 @@ def compile_pipeline(args) -> None:
     from pipeline.runner import kubeflow_pipeline
     if args.folds < 2:
         raise UsageError(f"--folds must be >= 2, got {args.folds}")
-    config = ModelConfig(epochs=args.epochs, class_names=tuple(
+    config = variant_config(args.variant, epochs=args.epochs, class_names=tuple(
         parse_classes(args.classes) or DEFAULT_CLASSES))
     root = args.pipeline_root.rstrip("/")
     pipeline = kubeflow_pipeline(
@@ -414,8 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument("--epochs", type=int, default=ModelConfig.epochs)
     run_p.add_argument("--batch-size", type=int, default=ModelConfig.batch_size)
     run_p.add_argument("--seed", type=int, default=ModelConfig.seed)
-    run_p.add_argument("--variant", choices=sorted(VARIANTS), default="cme",
-                       help="the paper's model (cme) or one of its ablations")
+    run_p.add_argument("--variant", choices=list(VARIANTS), default="cme",
+                       help="the paper's model with our recipe (cme), with the paper's recipe "
+                            "(cme_paper), an ablation or a baseline (trainer/config.py)")
     run_p.set_defaults(func=run)
 
     rep = sub.add_parser("reproduce", help="Table 1 of the paper: every variant, k folds, "
@@ -501,6 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--classes", default=None)
     comp.add_argument("--folds", type=int, default=5)
     comp.add_argument("--epochs", type=int, default=ModelConfig.epochs)
+    comp.add_argument("--variant", choices=list(VARIANTS), default="cme")
     comp.set_defaults(func=compile_pipeline)
     return parser
 

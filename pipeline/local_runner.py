@@ -6,7 +6,7 @@
 Settings come from the environment (defaults in brackets): CME_SER_OUTPUT [output],
 CME_SER_DATA [./data/ravdess-speech or ../shared/data/ravdess-speech], CME_SER_EMBEDDINGS
 [~/.cache/cme-ser/glove-6b-50d], CME_SER_FOLDS [5], CME_SER_EPOCHS [ModelConfig default],
-CME_SER_PIPELINE_NAME [cme_ser].
+CME_SER_PIPELINE_NAME [cme_ser], CME_SER_VARIANT [cme] (a name in trainer/config.py: VARIANTS).
 """
 
 import os
@@ -22,10 +22,10 @@ from tfx import v1 as tfx  # noqa: E402
 from pipeline.cli import find_data_dir  # noqa: E402
 from pipeline.runner import PIPELINE_NAME, local_pipeline  # noqa: E402
 from preprocessing.embeddings import default_embeddings_path  # noqa: E402
-from trainer.config import ModelConfig  # noqa: E402
+from trainer.config import variant_config  # noqa: E402
 
 if __name__ == "__main__":
-    config = ModelConfig()
+    config = variant_config(os.environ.get("CME_SER_VARIANT", "cme"))  # as `cme-ser run`
     if os.environ.get("CME_SER_EPOCHS"):
         config = config.replace(epochs=int(os.environ["CME_SER_EPOCHS"]))
     tfx.orchestration.LocalDagRunner().run(local_pipeline(

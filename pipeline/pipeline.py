@@ -16,7 +16,7 @@ from tfx import v1 as tfx
 from pipeline.components import (MAX_FOLDS, CorpusExampleGen, CrossValidationReport,
                                  split_names)
 from pipeline.tfma_metrics import metric_configs
-from trainer.config import ModelConfig
+from trainer.config import ModelConfig, variant_config
 
 RUN_FN = "trainer.module.run_fn"
 
@@ -37,7 +37,7 @@ def eval_config(class_names: Sequence[str]) -> tfma.EvalConfig:
 def create_pipeline(*, pipeline_name: str, pipeline_root: str, metadata_path: Optional[str],
                     dataset: str, data_dir: str, corpus_fingerprint: str,
                     embeddings_path: str, serving_model_dir: str,
-                    config: ModelConfig = ModelConfig(), num_folds: int = 5,
+                    config: ModelConfig = variant_config("cme"), num_folds: int = 5,
                     vocab_size: int = 50000, max_seconds: float = 60.0,
                     beam_pipeline_args: Optional[List[str]] = None,
                     enable_cache: bool = True) -> tfx.dsl.Pipeline:

@@ -45,7 +45,7 @@ PAPER_TABLE1 = {
 
 DESCRIPTIONS = {
     "cme": "ours: mean-max alignment pooling + CME, our training recipe",
-    "cme_paper": "the same model with the paper's recipe (no augmentation, constant LR)",
+    "cme_paper": "the same model, the paper's recipe (Adam 5e-4 constant, no regularisation)",
     "no_excite_a": "w/o acoustic excitation",
     "no_excite_s": "w/o semantic excitation",
     "no_excite": "w/o both excitations",

@@ -15,7 +15,7 @@ from tfx import v1 as tfx
 
 from pipeline.pipeline import create_pipeline
 from preprocessing.beam_pipeline import default_beam_args
-from trainer.config import ModelConfig
+from trainer.config import ModelConfig, variant_config
 
 PIPELINE_NAME = "cme_ser"
 KUBEFLOW_PIPELINE_NAME = "cme-ser"  # Kubeflow names: [a-z0-9][a-z0-9-]*
@@ -37,7 +37,7 @@ def corpus_fingerprint(data_dir) -> str:
 
 
 def local_pipeline(output, *, data_dir, embeddings_path: str, dataset: str = "ravdess",
-                   config: ModelConfig = ModelConfig(), num_folds: int = 5,
+                   config: ModelConfig = variant_config("cme"), num_folds: int = 5,
                    vocab_size: int = 50000, enable_cache: bool = True,
                    beam_pipeline_args: Optional[List[str]] = None,
                    pipeline_name: str = PIPELINE_NAME) -> tfx.dsl.Pipeline:
@@ -55,7 +55,7 @@ def local_pipeline(output, *, data_dir, embeddings_path: str, dataset: str = "ra
 
 def kubeflow_pipeline(*, pipeline_root: str, data_dir: str, embeddings_path: str,
                       serving_model_dir: str, dataset: str = "ravdess",
-                      config: ModelConfig = ModelConfig(), num_folds: int = 5,
+                      config: ModelConfig = variant_config("cme"), num_folds: int = 5,
                       vocab_size: int = 50000,
                       pipeline_name: str = KUBEFLOW_PIPELINE_NAME) -> tfx.dsl.Pipeline:
     """The same pipeline for Kubeflow Pipelines / Vertex AI: paths are the cluster's (e.g.
