@@ -297,12 +297,16 @@ def draw_tsne(work_dir, out_path, seed: int = 0, fold: int = 0) -> Optional[dict
     return {"figure": Path(out_path).name, "seed": seed, "fold": fold, "panels": info}
 
 
-def git_commit() -> str:
+def git_commit(ignore=None) -> str:
+    """Short HEAD commit, marked if tracked files (other than under ``ignore``, the results
+    this command rewrites) have uncommitted changes."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, check=True).stdout.splitlines()
+        prefix = Path(os.path.relpath(ignore)).as_posix() + "/" if ignore else None
+        dirty = [line for line in status if not (prefix and line[3:].startswith(prefix))]
         return commit + ("+uncommitted changes" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -345,7 +349,7 @@ def reproduce(records_dir, work_dir, results_dir, *, dataset: str, variants: Seq
         commands.append(command)
     Path(work_dir).mkdir(parents=True, exist_ok=True)
     commands_file.write_text(json.dumps(commands, indent=2))
-    header = {"command": command, "commands": commands, "commit": git_commit(),
+    header = {"command": command, "commands": commands, "commit": git_commit(results_dir),
               "date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores, no GPU",
               "plan": {"variants": list(variants), "seeds": seeds}}
     started, done = time.time(), 0
