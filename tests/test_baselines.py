@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from test_model import random_batch
+from test_model import random_batch, unpadded_row
 from trainer.config import VARIANTS, variant_config
 from trainer.layers import (AttentionPooling, CTCAlignmentPooling, FrameSubsampling,
                             IgnoreInputs, PairMask, QueryAttention)
@@ -70,11 +70,7 @@ def test_padding_a_batch_does_not_change_outputs(name):
     np.testing.assert_allclose(model(noisy).numpy(), base, rtol=1e-5, atol=1e-5)
     # Each utterance alone (unpadded) gives its row of the batch.
     for b in range(4):
-        n, m = batch["num_frames"][b], batch["num_words"][b]
-        single = {"fbank": batch["fbank"][b:b + 1, :n], "num_frames": batch["num_frames"][b:b + 1],
-                  "word_embeddings": batch["word_embeddings"][b:b + 1, :m],
-                  "num_words": batch["num_words"][b:b + 1],
-                  "word_spans": batch["word_spans"][b:b + 1, :m]}
+        single = unpadded_row(batch, b)
         np.testing.assert_allclose(model(single).numpy()[0], base[b], rtol=1e-5, atol=1e-5)
 
 

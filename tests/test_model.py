@@ -12,6 +12,14 @@ SMALL = ModelConfig(word_dim=8, cnn_filters=(8, 16, 16), semantic_dim=16, lstm_u
                     fcn_units=8, class_names=("a", "b", "c"))
 
 
+def unpadded_row(batch, b):
+    """Utterance ``b`` of a padded batch, alone and without padding (a batch of one)."""
+    n, m = batch["num_frames"][b], batch["num_words"][b]
+    return {"fbank": batch["fbank"][b:b + 1, :n], "num_frames": batch["num_frames"][b:b + 1],
+            "word_embeddings": batch["word_embeddings"][b:b + 1, :m],
+            "num_words": batch["num_words"][b:b + 1], "word_spans": batch["word_spans"][b:b + 1, :m]}
+
+
 def random_batch(rng, batch=4, frames=30, words=5, word_dim=8):
     num_frames = rng.integers(10, frames + 1, size=batch).astype(np.int32)
     num_words = rng.integers(1, words + 1, size=batch).astype(np.int32)
@@ -74,11 +82,7 @@ def test_single_utterance_equals_its_row_in_a_batch():
     batch = random_batch(rng)
     full = model(batch).numpy()
     for b in range(4):
-        n, m = batch["num_frames"][b], batch["num_words"][b]
-        single = {"fbank": batch["fbank"][b:b + 1, :n], "num_frames": batch["num_frames"][b:b + 1],
-                  "word_embeddings": batch["word_embeddings"][b:b + 1, :m],
-                  "num_words": batch["num_words"][b:b + 1],
-                  "word_spans": batch["word_spans"][b:b + 1, :m]}
+        single = unpadded_row(batch, b)
         np.testing.assert_allclose(model(single).numpy()[0], full[b], rtol=1e-5, atol=1e-6)
 
 
