@@ -77,6 +77,11 @@ def preprocess(args) -> dict:
     classes = parse_classes(args.classes)
     if args.folds < 2:
         raise UsageError(f"--folds must be >= 2, got {args.folds}")
+    if args.ensemble < 1:
+        raise UsageError(f"--ensemble must be >= 1, got {args.ensemble}")
+    if config.speaker_norm:
+        raise UsageError(f"--variant {args.variant} standardises features per speaker, which "
+                         "a served model cannot do; use `cme-ser reproduce` for it")
     try:
         items = corpora.items(args.dataset, data, classes)
     except ValueError as error:
@@ -107,6 +112,11 @@ def check_run_config(args, config: ModelConfig) -> Path:
     data_dir = find_data_dir(args.data_dir)
     if args.folds < 2:
         raise UsageError(f"--folds must be >= 2, got {args.folds}")
+    if args.ensemble < 1:
+        raise UsageError(f"--ensemble must be >= 1, got {args.ensemble}")
+    if config.speaker_norm:
+        raise UsageError(f"--variant {args.variant} standardises features per speaker, which "
+                         "a served model cannot do; use `cme-ser reproduce` for it")
     try:
         utterances, _ = corpora.partition(
             corpora.items("ravdess", data_dir, list(config.class_names)))
@@ -174,7 +184,7 @@ def run(args) -> dict:
     with stage_progress():
         tfx.orchestration.LocalDagRunner().run(local_pipeline(
             output, data_dir=data_dir, embeddings_path=resolve_embeddings(args.embeddings),
-            config=config, num_folds=args.folds))
+            config=config, num_folds=args.folds, ensemble_size=args.ensemble))
     reports = sorted((output / "tfx" / "root" / "CrossValidationReport" / "report").glob(
         "*/report.md"), key=lambda p: int(p.parent.name))
     print(reports[-1].read_text())
@@ -363,13 +373,16 @@ def compile_pipeline(args) -> None:
     from pipeline.runner import kubeflow_pipeline
     if args.folds < 2:
         raise UsageError(f"--folds must be >= 2, got {args.folds}")
+    if args.ensemble < 1:
+        raise UsageError(f"--ensemble must be >= 1, got {args.ensemble}")
     config = variant_config(args.variant, epochs=args.epochs, class_names=tuple(
         parse_classes(args.classes) or DEFAULT_CLASSES))
     root = args.pipeline_root.rstrip("/")
     pipeline = kubeflow_pipeline(
         pipeline_root=root, data_dir=args.data_dir or f"{root}/data/ravdess-speech",
         embeddings_path=args.embeddings or f"{root}/embeddings/glove-6b-50d",
-        serving_model_dir=f"{root}/serving_model/cme", config=config, num_folds=args.folds)
+        serving_model_dir=f"{root}/serving_model/cme", config=config, num_folds=args.folds,
+        ensemble_size=args.ensemble)
     output = Path(args.output)
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=args.image),
@@ -417,6 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument("--variant", choices=list(VARIANTS), default="cme",
                        help="the paper's model with our recipe (cme), with the paper's recipe "
                             "(cme_paper), an ablation or a baseline (trainer/config.py)")
+    run_p.add_argument("--ensemble", type=int, default=1,
+                       help="models per Trainer (seeds seed..seed+N-1), exported as one model "
+                            "averaging their probabilities")
     run_p.set_defaults(func=run)
 
     rep = sub.add_parser("reproduce", help="Table 1 of the paper: every variant, k folds, "
@@ -503,6 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--folds", type=int, default=5)
     comp.add_argument("--epochs", type=int, default=ModelConfig.epochs)
     comp.add_argument("--variant", choices=list(VARIANTS), default="cme")
+    comp.add_argument("--ensemble", type=int, default=1,
+                      help="models per Trainer, exported as one averaging model")
     comp.set_defaults(func=compile_pipeline)
     return parser
 

@@ -38,15 +38,17 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, metadata_path: Op
                     dataset: str, data_dir: str, corpus_fingerprint: str,
                     embeddings_path: str, serving_model_dir: str,
                     config: ModelConfig = variant_config("cme"), num_folds: int = 5,
-                    vocab_size: int = 50000, max_seconds: float = 60.0,
+                    ensemble_size: int = 1, vocab_size: int = 50000, max_seconds: float = 60.0,
                     beam_pipeline_args: Optional[List[str]] = None,
                     enable_cache: bool = True) -> tfx.dsl.Pipeline:
     if not 2 <= num_folds <= MAX_FOLDS:
         raise ValueError(f"num_folds must be in [2, {MAX_FOLDS}], got {num_folds}")
+    if ensemble_size < 1:
+        raise ValueError(f"ensemble_size must be >= 1, got {ensemble_size}")
     splits = split_names(num_folds)
     classes = ",".join(config.class_names)
     custom_config = {"model_config": config.to_json(), "embeddings_path": embeddings_path,
-                     "vocab_size": vocab_size}
+                     "vocab_size": vocab_size, "ensemble_size": ensemble_size}
 
     example_gen = CorpusExampleGen(
         dataset=dataset, data_dir=data_dir, classes=classes, embeddings_path=embeddings_path,

@@ -64,6 +64,10 @@ DESCRIPTIONS = {
     "cme_specaug": "tried: `cme` + SpecAugment (2 frequency, 2 time masks)",
     "cme_stretch": "tried: `cme` + speed perturbation of the frames (factor 0.9-1.1)",
     "cme_utt_norm": "tried: `cme` + per-utterance mean normalisation of the filterbank",
+    "cme_refit": "tried: `cme`, then refit on all training speakers for the selected epochs",
+    "cme_balanced": "tried: `cme` + loss weighted by inverse class frequency",
+    "cme_speaker_norm": "tried: `cme` + filterbank standardised per speaker (unlabelled audio)",
+    "cme_refit_bag": "`cme_refit` with each seed choosing its epochs on different speakers",
 }
 
 # The paper's Figure 2: embeddings without / with the excitation gates.
@@ -97,11 +101,20 @@ def unit_config(unit: Unit, word_dim: int, overrides: Optional[dict] = None):
 
 
 def is_done(unit: Unit, work_dir, config) -> bool:
+    """Whether ``unit`` finished with ``config``. A field the unit's stored configuration lacks
+    (added to ``ModelConfig`` later) counts as equal when ``config`` has its default value."""
     path = unit.path(work_dir)
     if not path.exists():
         return False
-    # Compared as JSON (tuples come back as lists).
-    return json.loads(path.read_text()).get("config") == json.loads(config.to_json())
+    stored = json.loads(path.read_text()).get("config")
+    if not isinstance(stored, dict):
+        return False
+    current = json.loads(config.to_json())  # compared as JSON (tuples come back as lists)
+    defaults = json.loads(type(config)().to_json())
+    for name in set(current) - set(stored):
+        if current[name] == defaults[name]:
+            stored[name] = current[name]
+    return stored == current
 
 
 def run_unit(records_dir: str, work_dir: str, unit: Unit, overrides: Optional[dict] = None) -> dict:
@@ -173,7 +186,34 @@ CLAIMS = (
 )
 
 
-def summarize(rows: List[dict], dataset: str, folds: int) -> dict:
+def seed_ensemble(work_dir, variant: str, seeds: Sequence[int], folds: int) -> Optional[dict]:
+    """WA/UA of averaging the class probabilities of ``variant``'s models of ``seeds``, fold by
+    fold (each model trained and selected on its own; the held-out fold is still scored once).
+    None unless every (seed, fold) unit saved its probabilities."""
+    from trainer.metrics import confusion_matrix, unweighted_accuracy, weighted_accuracy
+
+    if len(seeds) < 2:
+        return None
+    was, uas = [], []
+    for fold in range(folds):
+        members = []
+        for seed in seeds:
+            path = Unit(variant, seed, fold).path(work_dir).with_suffix(".npz")
+            data = np.load(path) if path.exists() else None
+            if data is None or "probabilities" not in data.files:
+                return None
+            members.append(data)
+        ids = members[0]["utterance_ids"]
+        if any(not np.array_equal(m["utterance_ids"], ids) for m in members):
+            raise ValueError(f"{variant} fold {fold}: the seeds scored different utterances")
+        mean = np.mean([m["probabilities"] for m in members], axis=0)
+        confusion = confusion_matrix(members[0]["labels"], mean.argmax(-1), mean.shape[-1])
+        was.append(weighted_accuracy(confusion))
+        uas.append(unweighted_accuracy(confusion))
+    return {"seeds": list(seeds), "wa": _mean_std(was), "ua": _mean_std(uas)}
+
+
+def summarize(rows: List[dict], dataset: str, folds: int, work_dir=None) -> dict:
     paper = PAPER_TABLE1.get(dataset, {})
     table = []
     for variant in VARIANTS:
@@ -192,6 +232,9 @@ def summarize(rows: List[dict], dataset: str, folds: int) -> dict:
             "train_seconds": round(sum(r["seconds"] for r in mine), 1),
             "config": mine[0]["config"],
         })
+        complete = table[-1]["complete_seeds"]
+        if work_dir is not None and len(complete) >= 2:
+            table[-1]["ensemble"] = seed_ensemble(work_dir, variant, complete, folds)
     claims = []
     for claim, better, worse in CLAIMS:
         for metric in ("wa", "ua"):
@@ -237,6 +280,18 @@ def render_markdown(summary: dict, header: dict) -> str:
             f"{row['ua']['mean']:.3f} +- {row['ua']['std']:.3f} | - | - | ")
         lines[-1] += (f"{row['units']} ({len(row['seeds'])}) | "
                       f"{row['train_seconds'] / 60:.1f} min |")
+    ensembles = [r for r in summary["rows"] if r.get("ensemble")]
+    if ensembles:
+        lines += ["", "## Seed ensembles", "",
+                  "Each fold scored by the average of the class probabilities of the variant's "
+                  "models of every seed (each trained and epoch-selected on its own, as above); "
+                  "mean +- std over folds.", "",
+                  "| variant | seeds | WA | UA |", "|---|---|---|---|"]
+        for row in ensembles:
+            e = row["ensemble"]
+            lines.append(f"| `{row['variant']}` | {len(e['seeds'])} | "
+                         f"{e['wa']['mean']:.3f} +- {e['wa']['std']:.3f} | "
+                         f"{e['ua']['mean']:.3f} +- {e['ua']['std']:.3f} |")
     if summary["claims"]:
         lines += ["", "## The paper's claims, tested", "",
                   "Paired differences over the (seed, fold) units both variants have; "
@@ -314,7 +369,7 @@ def git_commit(ignore=None) -> str:
 
 def write_results(work_dir, results_dir, dataset: str, folds: int, header: dict,
                   tsne: Optional[dict] = None) -> dict:
-    summary = summarize(finished_rows(work_dir), dataset, folds)
+    summary = summarize(finished_rows(work_dir), dataset, folds, work_dir=work_dir)
     previous = Path(results_dir) / f"{dataset}.json"
     if tsne is None and previous.exists():
         tsne = json.loads(previous.read_text()).get("tsne")

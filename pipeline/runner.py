@@ -38,7 +38,7 @@ def corpus_fingerprint(data_dir) -> str:
 
 def local_pipeline(output, *, data_dir, embeddings_path: str, dataset: str = "ravdess",
                    config: ModelConfig = variant_config("cme"), num_folds: int = 5,
-                   vocab_size: int = 50000, enable_cache: bool = True,
+                   ensemble_size: int = 1, vocab_size: int = 50000, enable_cache: bool = True,
                    beam_pipeline_args: Optional[List[str]] = None,
                    pipeline_name: str = PIPELINE_NAME) -> tfx.dsl.Pipeline:
     output = Path(output).resolve()
@@ -48,7 +48,8 @@ def local_pipeline(output, *, data_dir, embeddings_path: str, dataset: str = "ra
         data_dir=str(Path(data_dir).resolve()), corpus_fingerprint=corpus_fingerprint(data_dir),
         embeddings_path=str(embeddings_path),
         serving_model_dir=str(output / "serving_model" / MODEL_NAME), config=config,
-        num_folds=num_folds, vocab_size=vocab_size, enable_cache=enable_cache,
+        num_folds=num_folds, ensemble_size=ensemble_size, vocab_size=vocab_size,
+        enable_cache=enable_cache,
         beam_pipeline_args=beam_pipeline_args or default_beam_args())
 
 
@@ -56,7 +57,7 @@ def local_pipeline(output, *, data_dir, embeddings_path: str, dataset: str = "ra
 def kubeflow_pipeline(*, pipeline_root: str, data_dir: str, embeddings_path: str,
                       serving_model_dir: str, dataset: str = "ravdess",
                       config: ModelConfig = variant_config("cme"), num_folds: int = 5,
-                      vocab_size: int = 50000,
+                      ensemble_size: int = 1, vocab_size: int = 50000,
                       pipeline_name: str = KUBEFLOW_PIPELINE_NAME) -> tfx.dsl.Pipeline:
     """The same pipeline for Kubeflow Pipelines / Vertex AI: paths are the cluster's (e.g.
     gs://...), ML Metadata is the orchestrator's, Beam runs wherever beam_pipeline_args say."""
@@ -65,4 +66,5 @@ def kubeflow_pipeline(*, pipeline_root: str, data_dir: str, embeddings_path: str
         pipeline_name=pipeline_name, pipeline_root=pipeline_root, metadata_path=None,
         dataset=dataset, data_dir=data_dir, corpus_fingerprint=fingerprint,
         embeddings_path=embeddings_path, serving_model_dir=serving_model_dir, config=config,
-        num_folds=num_folds, vocab_size=vocab_size, beam_pipeline_args=["--runner=DirectRunner"])
+        num_folds=num_folds, ensemble_size=ensemble_size, vocab_size=vocab_size,
+        beam_pipeline_args=["--runner=DirectRunner"])

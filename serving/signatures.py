@@ -61,7 +61,7 @@ import tensorflow as tf
 
 from preprocessing import features, records
 from preprocessing.embeddings import WordVectors
-from trainer.model import EXCITATION_LAYER
+from trainer.model import EXCITATION_LAYER, ensemble_members
 
 DEFAULT_VOCAB_SIZE = 50000
 SERVING_DEFAULT = "serving_default"
@@ -81,8 +81,18 @@ def excitation_model(model: keras.Model) -> keras.Model:
 
     Returns a model mapping the CME inputs to ``[probabilities [B, K], E^a [B, M, Da],
     E^s [B, M, Ds]]``. Needs the layer named ``EXCITATION_LAYER`` built with
-    ``return_gates=True`` (``trainer.model.build_model`` always does).
+    ``return_gates=True`` (``trainer.model.build_model`` always does). For a seed ensemble
+    (``trainer.model.average_models``) of CME models, the gates are the mean of the members'.
     """
+    members = ensemble_members(model)
+    if members and not any(layer.name == EXCITATION_LAYER for layer in model.layers):
+        gated = [excitation_model(member) for member in members]
+        inputs = {key: keras.Input(shape=tensor.shape[1:], dtype=tensor.dtype, name=key)
+                  for key, tensor in model.input.items()}
+        outputs = [g(inputs) for g in gated]
+        averaged = [keras.layers.Average(name=f"mean_{what}")([o[i] for o in outputs])
+                    for i, what in enumerate(("probabilities", "acoustic_gate", "semantic_gate"))]
+        return keras.Model(inputs, averaged, name=f"{model.name}_with_gates")
     try:
         layer = model.get_layer(EXCITATION_LAYER)
     except ValueError:
@@ -98,9 +108,13 @@ def excitation_model(model: keras.Model) -> keras.Model:
 
 
 def has_excitation(model: keras.Model) -> bool:
-    """Whether ``model`` has the cross modality excitation layer (``EXCITATION_LAYER``), whose
-    gates ``predict_waveform`` returns; the baselines of Table 1 do not."""
-    return any(layer.name == EXCITATION_LAYER for layer in model.layers)
+    """Whether ``model`` has the cross modality excitation layer (``EXCITATION_LAYER``), or is
+    a seed ensemble of models that all have it: those ``predict_waveform`` returns the gates
+    of; the baselines of Table 1 do not."""
+    if any(layer.name == EXCITATION_LAYER for layer in model.layers):
+        return True
+    members = ensemble_members(model)
+    return bool(members) and all(has_excitation(member) for member in members)
 
 
 def serving_vocabulary(vectors: WordVectors, vocab_size: int) -> Tuple[List[str], np.ndarray]:

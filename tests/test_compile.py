@@ -23,3 +23,12 @@ def test_kubeflow_json_names_every_component(tmp_path):
     report_inputs = spec["pipelineSpec"]["root"]["dag"]["tasks"]["CrossValidationReport"][
         "inputs"]["artifacts"]
     assert set(report_inputs) == {"evaluation_0", "evaluation_1", "evaluation_2"}
+
+
+def test_ensemble_size_reaches_every_trainer(tmp_path):
+    out = tmp_path / "pipeline.json"
+    assert main(["compile", "--output", str(out), "--folds", "2", "--ensemble", "3"]) == 0
+    text = out.read_text()
+    # custom_config travels as a JSON string inside the job spec.
+    assert text.count('\\"ensemble_size\\": 3') == 3  # fold0, fold1, final
+    assert main(["compile", "--output", str(out), "--ensemble", "0"]) == 2

@@ -51,6 +51,8 @@ def test_reproduce_writes_results_and_resumes(tmp_path, capsys):
     assert all(u["config"]["epochs"] == 1 and u["num_test"] == 12 for u in units)
     embeddings = np.load(tmp_path / "work" / "runs" / "cme" / "seed0" / "fold0.npz")
     assert embeddings["embeddings"].shape == (12, 128)
+    np.testing.assert_allclose(embeddings["probabilities"].sum(axis=1), 1.0, rtol=1e-5)
+    assert rows["cme"].get("ensemble") is None  # one seed: no ensemble
     assert list(embeddings["utterance_ids"]) == [f"f0-{i:02d}" for i in range(12)]
     claim = [c for c in result["claims"] if c["worse"] == "no_excite" and c["metric"] == "ua"]
     assert len(claim) == 1 and claim[0]["units"] == 2
@@ -74,6 +76,17 @@ def test_reproduce_writes_results_and_resumes(tmp_path, capsys):
     result = json.loads((tmp_path / "results" / "ravdess.json").read_text())
     assert {r["variant"]: r["seeds"] for r in result["rows"]} == {"cme": [0, 1], "no_excite": [0]}
     assert len(result["header"]["commands"]) == 2
+    # Two complete seeds of `cme`: the seed ensemble averages their probabilities per fold.
+    ensemble = {r["variant"]: r for r in result["rows"]}["cme"]["ensemble"]
+    was = []
+    for fold in range(2):
+        members = [np.load(tmp_path / "work" / "runs" / "cme" / f"seed{s}" / f"fold{fold}.npz")
+                   for s in range(2)]
+        mean = (members[0]["probabilities"] + members[1]["probabilities"]) / 2
+        was.append(np.mean(mean.argmax(1) == members[0]["labels"]))
+    assert ensemble["seeds"] == [0, 1]
+    assert ensemble["wa"]["mean"] == pytest.approx(np.mean(was))
+    assert "## Seed ensembles" in (tmp_path / "results" / "ravdess.md").read_text()
     # An interrupted command says how far it got.
     (tmp_path / "work" / "runs" / "cme" / "seed1" / "fold1.json").unlink()
     summary = repro.write_results(tmp_path / "work", tmp_path / "results", "ravdess", 2,
@@ -118,3 +131,38 @@ def test_plan_is_seed_major_and_checks_variants():
     assert len(units) == 8 and units[4].seed == 1
     with pytest.raises(ValueError, match="unknown variant"):
         repro.plan(["bogus"], 1, 2)
+
+
+def test_seed_ensemble_needs_every_member(tmp_path):
+    def unit(seed, fold, probabilities, ids=("a", "b", "c")):
+        path = repro.Unit("cme", seed, fold).path(tmp_path).with_suffix(".npz")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fields = {"labels": np.array([0, 1, 1]), "utterance_ids": np.array(ids)}
+        if probabilities is not None:
+            fields["probabilities"] = np.array(probabilities, np.float32)
+        np.savez(path, **fields)
+
+    # Seed 0 gets utterance c wrong, seed 1 gets a wrong: their average gets all three right.
+    unit(0, 0, [[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    unit(1, 0, [[0.4, 0.6], [0.3, 0.7], [0.1, 0.9]])
+    result = repro.seed_ensemble(tmp_path, "cme", [0, 1], folds=1)
+    assert result["wa"] == {"mean": 1.0, "std": 0.0} and result["ua"]["mean"] == 1.0
+    assert repro.seed_ensemble(tmp_path, "cme", [0], folds=1) is None
+    unit(1, 0, None)  # a unit from before probabilities were saved
+    assert repro.seed_ensemble(tmp_path, "cme", [0, 1], folds=1) is None
+    unit(1, 0, [[0.4, 0.6], [0.3, 0.7], [0.1, 0.9]], ids=("a", "b", "d"))
+    with pytest.raises(ValueError, match="different utterances"):
+        repro.seed_ensemble(tmp_path, "cme", [0, 1], folds=1)
+
+
+def test_units_from_before_a_new_config_field_stay_done(tmp_path):
+    unit = repro.Unit("cme", 0, 0)
+    config = repro.unit_config(unit, word_dim=50)
+    stored = json.loads(config.to_json())
+    del stored["refit"]  # written before ModelConfig had the field
+    unit.path(tmp_path).parent.mkdir(parents=True)
+    unit.path(tmp_path).write_text(json.dumps({"config": stored}))
+    assert repro.is_done(unit, tmp_path, config)
+    assert not repro.is_done(unit, tmp_path, config.replace(refit=True))
+    assert not repro.is_done(unit, tmp_path, config.replace(dropout=0.1))
+    assert not repro.is_done(repro.Unit("cme", 1, 0), tmp_path, config)

@@ -231,3 +231,31 @@ def test_export_to_a_tensorflow_filesystem_url(exported):
     np.testing.assert_array_equal(there["probabilities"].numpy(), here["probabilities"].numpy())
     with pytest.raises(FileExistsError):
         export(model, url)
+
+
+def test_a_seed_ensemble_exports_the_mean_of_its_members(tmp_path):
+    from trainer.model import average_models, ensemble_members
+    from serving.signatures import excitation_model, has_excitation
+    members = [small_model(seed) for seed in (0, 1)]
+    parsed = records.parse_examples(tf.constant([example_bytes(SAD, DOGS, label="sad")]), 50)
+    inputs = records.to_model_inputs(parsed)
+    alone = [excitation_model(m)(inputs, training=False) for m in members]
+    ensemble = average_models(members)
+    assert ensemble_members(ensemble) == members and has_excitation(ensemble)
+    assert [m.name for m in members] == ["ensemble_member0", "ensemble_member1"]
+    info = export(ensemble, tmp_path / "cme" / "1")
+    loaded = tf.saved_model.load(info["path"])
+    by_example = loaded.signatures[SERVING_DEFAULT](examples=tf.constant(
+        [example_bytes(SAD, DOGS, label="sad")]))
+    mean = (alone[0][0].numpy() + alone[1][0].numpy()) / 2
+    np.testing.assert_allclose(by_example["probabilities"].numpy(), mean, atol=1e-5)
+    assert not np.allclose(alone[0][0].numpy(), alone[1][0].numpy(), atol=1e-3)
+    waveform, result = aligned(SAD, DOGS)
+    out = loaded.signatures[PREDICT_WAVEFORM](**{
+        k: tf.constant(v) for k, v in waveform_inputs([(waveform, *timed_words(result))]).items()})
+    for i, name in ((1, "acoustic_excitation"), (2, "semantic_excitation")):
+        expected = (alone[0][i].numpy().mean(-1) + alone[1][i].numpy().mean(-1)) / 2
+        np.testing.assert_allclose(out[name].numpy(), expected, atol=1e-4)
+    assert average_models(members[:1]) is members[0]
+    with pytest.raises(ValueError, match="at least one member"):
+        average_models([])

@@ -187,6 +187,8 @@ def test_invalid_configuration_fails_before_training(pipeline_run, tmp_path):
         (["--classes", "angry,bored"], "bored"),
         (["--folds", "5"], "num_folds=5 but only 4 speakers"),
         (["--data-dir", str(tmp_path / "nowhere")], "is not a directory"),
+        (["--ensemble", "0"], "--ensemble must be >= 1"),
+        (["--variant", "cme_speaker_norm"], "standardises features per speaker"),
     ]
     empty = tmp_path / "empty.txt"
     empty.write_text("")

@@ -10,10 +10,10 @@ import tensorflow as tf
 from pipeline.report import render_markdown, write_report
 from preprocessing.records import make_example
 from trainer.config import ModelConfig
-from trainer.data import make_dataset, stretch_time
+from trainer.data import make_dataset, sorted_records, speaker_statistics, stretch_time
 from trainer.metrics import (SmoothedSparseCrossentropy, UnweightedAccuracy, confusion_matrix,
                              unweighted_accuracy, weighted_accuracy)
-from trainer.train import train_fold, validation_speakers
+from trainer.train import class_weights, train_fold, validation_speakers
 
 TINY = ModelConfig(word_dim=4, cnn_filters=(4, 8, 8), semantic_dim=8, lstm_units=4,
                    fcn_units=4, class_names=("a", "b"), epochs=3, patience=2, batch_size=4)
@@ -76,11 +76,38 @@ def test_dataset_pads_batches_and_filters_speakers(folds):
     assert sum(int(l.shape[0]) for _, l in without_a) == 6
 
 
+def test_speaker_norm_standardises_each_speakers_frames(folds):
+    from preprocessing.records import decode_example
+    decoded = [decode_example(r) for r in sorted_records(folds[0])]
+    stats = speaker_statistics(sorted_records(folds[0]))
+    assert sorted(stats) == ["s0a", "s0b"]
+    for speaker, (mean, std) in stats.items():
+        frames = np.concatenate([d["fbank"] for d in decoded if d["speaker"] == speaker])
+        np.testing.assert_allclose(mean, frames.mean(axis=0), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(std, frames.std(axis=0), rtol=1e-4)
+    by_speaker = {}
+    for inputs, _, ids in make_dataset(folds[0], 4, 5, with_ids=True, speaker_norm=True):
+        for row, n, utterance in zip(inputs["fbank"].numpy(), inputs["num_frames"].numpy(),
+                                     ids.numpy()):
+            speaker = next(d["speaker"] for d in decoded if d["utterance_id"] == utterance.decode())
+            by_speaker.setdefault(speaker, []).append(row[:n])
+    for frames in by_speaker.values():
+        frames = np.concatenate(frames)
+        np.testing.assert_allclose(frames.mean(axis=0), 0.0, atol=1e-4)
+        np.testing.assert_allclose(frames.std(axis=0), 1.0, rtol=1e-3)
+
+
 def test_validation_speakers_are_a_deterministic_subset():
     speakers = [f"Actor_{i:02d}" for i in range(24, 0, -1)]
     chosen = validation_speakers(speakers, 0.2)
     assert chosen == ["Actor_01", "Actor_06", "Actor_11", "Actor_16", "Actor_21"]
     assert validation_speakers(["a", "b"], 0.2) == ["a"]
+    assert validation_speakers(["a", "b"], 0.2, offset=1) == ["b"]
+    # Rotated splits (one per seed with rotate_validation) are disjoint and cover everyone.
+    splits = [validation_speakers(speakers, 0.2, offset=k) for k in range(5)]
+    assert splits[1] == ["Actor_02", "Actor_07", "Actor_12", "Actor_17", "Actor_22"]
+    assert sorted(sum(splits, [])) == sorted(speakers)
+    assert validation_speakers(speakers, 0.2, offset=5) == chosen
     with pytest.raises(ValueError, match=">= 2 training speakers"):
         validation_speakers(["a"], 0.2)
 
@@ -103,6 +130,31 @@ def test_train_fold_holds_out_the_test_fold_and_validates_on_training_speakers(f
     assert f"| 2 | 12 | {result.wa:.3f} |" in render_markdown(report)
     assert json.loads((tmp_path / "report" / "report.json").read_text())["ua_mean"] == report["ua_mean"]
     assert (tmp_path / "report" / "confusion.png").stat().st_size > 1000
+
+
+def test_refit_trains_on_every_training_speaker_for_the_selected_epochs(folds):
+    config = TINY.replace(validation_fraction=0.25, epochs=4, patience=4)
+    plain = train_fold(folds, 2, config)
+    refit = train_fold(folds, 2, config.replace(refit=True))
+    # Selection is the same run; then a fresh model learns from validation speakers too.
+    assert refit.best_epoch == plain.best_epoch and refit.refit_epochs == plain.best_epoch
+    assert (refit.num_train, refit.num_val, refit.num_final_train) == (18, 6, 24)
+    assert (plain.refit_epochs, plain.num_final_train) == (0, 18)
+    assert sum(map(sum, refit.confusion)) == 12
+    rotated = train_fold(folds, 2, config.replace(rotate_validation=True, seed=1, epochs=1))
+    assert rotated.val_speakers == ["s0b"]  # seed 1 starts the every-4th pattern at 1
+
+
+def test_class_weights_balance_the_classes():
+    labels = np.array([0, 0, 0, 1, 2, 2])
+    ds = tf.data.Dataset.from_tensor_slices((np.zeros((6, 1)), labels)).batch(4)
+    weights = class_weights(ds, 3)
+    assert weights == pytest.approx({0: 6 / 9, 1: 2.0, 2: 1.0})
+    # Each class then carries the same total weight.
+    assert {k: weights[k] * int((labels == k).sum()) for k in weights} == pytest.approx(
+        {0: 2.0, 1: 2.0, 2: 2.0})
+    with pytest.raises(ValueError, match=r"class\(es\) \[3\] have no training examples"):
+        class_weights(ds, 4)
 
 
 def test_train_fold_needs_the_test_fold(folds):

@@ -51,6 +51,9 @@ class ModelConfig:
     dropout: float = 0.0
     learning_rate: float = 5e-4
     utterance_norm: bool = False  # subtract each utterance's mean filterbank frame
+    # Standardise the filterbank per speaker, with statistics of all of that speaker's audio
+    # (unlabelled; for a held-out speaker, their held-out audio): needs speaker ids at inference.
+    speaker_norm: bool = False
     # Training recipe beyond the paper (all off by default = the paper's recipe).
     spec_freq_masks: int = 0  # SpecAugment: number of frequency masks per utterance
     spec_freq_width: int = 8  # max channels per frequency mask
@@ -64,6 +67,14 @@ class ModelConfig:
     epochs: int = 40
     patience: int = 10  # early stopping on the inner validation score
     selection: str = "val_ua"  # the epoch-selection score: validation UA, or loss (smoother)
+    # After choosing the epoch count on the inner validation split, train a fresh model on all
+    # training speakers (validation ones included) for that many epochs and keep that one.
+    refit: bool = False
+    # The inner validation speakers start at position `seed` (mod k) of the every-k-th pattern,
+    # so models of different seeds validate on different speakers: their ensemble (bagging)
+    # learns from every training speaker, each model still selected on speakers it never saw.
+    rotate_validation: bool = False
+    class_balanced: bool = False  # weight the loss by inverse class frequency (for UA)
     validation_fraction: float = 0.2  # of the training speakers, for epoch selection
     seed: int = 0
 
@@ -178,6 +189,10 @@ VARIANTS = {
     "cme_specaug": {**RECIPE, "spec_freq_masks": 2, "spec_time_masks": 2},
     "cme_stretch": {**RECIPE, "time_stretch": 0.1},
     "cme_utt_norm": {**RECIPE, "utterance_norm": True},
+    "cme_refit": {**RECIPE, "refit": True},
+    "cme_balanced": {**RECIPE, "class_balanced": True},
+    "cme_speaker_norm": {**RECIPE, "speaker_norm": True},
+    "cme_refit_bag": {**RECIPE, "refit": True, "rotate_validation": True},
 }
 
 

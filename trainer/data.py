@@ -12,7 +12,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from preprocessing.records import feature_spec, to_model_inputs
+from preprocessing.records import NUM_MEL_BINS, feature_spec, to_model_inputs
 
 # Utterances of similar length share a batch, so little compute goes into padding.
 BUCKET_BOUNDARIES = (200, 300, 400, 500, 700, 1000, 1500, 2000)
@@ -26,6 +26,32 @@ def sorted_records(files: Sequence[str]) -> List[bytes]:
     ids = tf.io.parse_example(tf.constant(raws), {
         "utterance_id": tf.io.FixedLenFeature([], tf.string)})["utterance_id"].numpy()
     return [raws[i] for i in np.argsort(ids, kind="stable")]
+
+
+def speaker_statistics(records: Sequence[bytes]) -> dict:
+    """Per speaker, the mean and standard deviation of every filterbank channel over all of the
+    speaker's frames: ``{speaker: (mean [C], std [C])}``. Labels are not read."""
+    parsed = tf.io.parse_example(tf.constant(list(records)), {
+        "speaker": tf.io.FixedLenFeature([], tf.string),
+        "fbank": tf.io.VarLenFeature(tf.float32),
+        "num_frames": tf.io.FixedLenFeature([], tf.int64)})
+    values = tf.sparse.to_dense(parsed["fbank"]).numpy()
+    frames = parsed["num_frames"].numpy()
+    sums: dict = {}
+    for speaker, row, n in zip(parsed["speaker"].numpy(), values, frames):
+        if n == 0:
+            continue
+        fbank = row[:n * NUM_MEL_BINS].reshape(n, NUM_MEL_BINS)
+        total = sums.setdefault(speaker.decode("utf-8"), [0, 0.0, 0.0])
+        total[0] += n
+        total[1] = total[1] + fbank.sum(axis=0, dtype=np.float64)
+        total[2] = total[2] + np.square(fbank, dtype=np.float64).sum(axis=0)
+    stats = {}
+    for speaker, (n, s1, s2) in sums.items():
+        mean = s1 / n
+        std = np.sqrt(np.maximum(s2 / n - mean ** 2, 0.0))
+        stats[speaker] = (mean.astype(np.float32), np.maximum(std, 1e-3).astype(np.float32))
+    return stats
 
 
 def stretch_time(parsed: dict, factor: tf.Tensor) -> dict:
@@ -55,13 +81,14 @@ def stretch_time(parsed: dict, factor: tf.Tensor) -> dict:
 def make_dataset(files: Sequence[str], word_dim: int, batch_size: int, *, shuffle: bool = False,
                  seed: int = 0, speakers: Optional[Sequence[str]] = None,
                  exclude_speakers: bool = False, with_ids: bool = False,
-                 time_stretch: float = 0.0) -> tf.data.Dataset:
+                 time_stretch: float = 0.0, speaker_norm: bool = False) -> tf.data.Dataset:
     """Batches of ``(inputs, label)``, or ``(inputs, label, utterance_id)`` with ``with_ids``.
 
     ``speakers`` keeps only those speakers' records (or drops them, ``exclude_speakers``): how
     the inner validation split is carved out of the training folds. ``time_stretch`` > 0
     perturbs each utterance's speed by a factor drawn from ``[1 - x, 1 + x]``, anew every epoch
-    (training only).
+    (training only). ``speaker_norm`` standardises each utterance's filterbank with its
+    speaker's statistics over all of that speaker's records in ``files`` (no labels used).
     """
     if not files:
         raise ValueError("no record files given")
@@ -77,6 +104,20 @@ def make_dataset(files: Sequence[str], word_dim: int, batch_size: int, *, shuffl
         raise ValueError(f"no records in {list(files)[:3]}...")
     ds = tf.data.Dataset.from_tensor_slices(tf.constant(records)).map(
         parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if speaker_norm:
+        stats = speaker_statistics(records)
+        names = sorted(stats)
+        table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+            tf.constant(names), tf.range(len(names), dtype=tf.int64)), default_value=-1)
+        means = tf.constant(np.stack([stats[n][0] for n in names]))
+        stds = tf.constant(np.stack([stats[n][1] for n in names]))
+
+        def standardise(parsed):
+            row = table.lookup(parsed["speaker"])
+            fbank = (parsed["fbank"] - means[row]) / stds[row]
+            return {**parsed, "fbank": fbank}
+
+        ds = ds.map(standardise, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if speakers is not None:
         chosen = tf.constant(list(speakers) or [""], tf.string)
 

@@ -18,7 +18,7 @@ inputs and end in the same head (``EMBEDDING_LAYER``, ``probabilities``).
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 import keras
 import numpy as np
@@ -281,16 +281,17 @@ def build_model(config: ModelConfig = ModelConfig()) -> keras.Model:
 
 
 def compile_model(model: keras.Model, config: ModelConfig,
-                  steps_per_epoch: Optional[int] = None) -> None:
+                  steps_per_epoch: Optional[int] = None, epochs: Optional[int] = None) -> None:
     """Adam (AdamW with ``weight_decay``), cross-entropy with ``label_smoothing``, WA/UA metrics.
 
-    ``lr_schedule="cosine"`` decays the rate to 0 over ``epochs * steps_per_epoch`` steps and
-    needs ``steps_per_epoch``; without it the rate stays constant (the paper's recipe).
+    ``lr_schedule="cosine"`` decays the rate to 0 over ``epochs * steps_per_epoch`` steps
+    (``epochs`` defaults to ``config.epochs``) and needs ``steps_per_epoch``; without it the rate
+    stays constant (the paper's recipe).
     """
     rate = config.learning_rate
     if config.lr_schedule == "cosine" and steps_per_epoch:
         rate = keras.optimizers.schedules.CosineDecay(
-            config.learning_rate, decay_steps=config.epochs * int(steps_per_epoch))
+            config.learning_rate, decay_steps=(epochs or config.epochs) * int(steps_per_epoch))
     optimizer = (keras.optimizers.AdamW(learning_rate=rate, weight_decay=config.weight_decay)
                  if config.weight_decay else keras.optimizers.Adam(learning_rate=rate))
     model.compile(
@@ -321,3 +322,31 @@ def adapt_normalization(model: keras.Model, frames: np.ndarray) -> None:
         return
     # The layer was built on [B, T, C] inputs, so it adapts on a one-utterance batch.
     model.get_layer(NORMALIZATION_LAYER).adapt(frames[None])
+
+
+def average_models(members: Sequence[keras.Model], name: str = "ensemble") -> keras.Model:
+    """A seed ensemble as one model: the same inputs, the mean of ``members``' probabilities.
+
+    ``members`` are trained models of one configuration (e.g. different seeds); each is renamed
+    ``<name>_member<k>`` (layer names must be unique in a model) and shared, not copied. One
+    member is returned as it is.
+    """
+    members = list(members)
+    if not members:
+        raise ValueError("an ensemble needs at least one member")
+    if len(members) == 1:
+        return members[0]
+    shapes = {tuple(m.output.shape[1:]) for m in members}
+    if len(shapes) != 1:
+        raise ValueError(f"members disagree on their output shape: {sorted(shapes)}")
+    for k, member in enumerate(members):
+        member.name = f"{name}_member{k}"
+    inputs = {key: keras.Input(shape=tensor.shape[1:], dtype=tensor.dtype, name=key)
+              for key, tensor in members[0].input.items()}
+    probabilities = keras.layers.Average(name="probabilities")([m(inputs) for m in members])
+    return keras.Model(inputs=inputs, outputs=probabilities, name=name)
+
+
+def ensemble_members(model: keras.Model) -> list:
+    """The member models of an :func:`average_models` ensemble (empty for a single model)."""
+    return [layer for layer in model.layers if isinstance(layer, keras.Model)]
