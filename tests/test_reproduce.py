@@ -85,6 +85,7 @@ def test_reproduce_writes_results_and_resumes(tmp_path, capsys):
         mean = (members[0]["probabilities"] + members[1]["probabilities"]) / 2
         was.append(np.mean(mean.argmax(1) == members[0]["labels"]))
     assert ensemble["seeds"] == [0, 1]
+    assert {r["variant"]: r for r in result["rows"]}["cme"]["ensembles"] == [ensemble]
     assert ensemble["wa"]["mean"] == pytest.approx(np.mean(was))
     assert "## Seed ensembles" in (tmp_path / "results" / "ravdess.md").read_text()
     # An interrupted command says how far it got.
