@@ -64,7 +64,7 @@ DESCRIPTIONS = {
     "cme_specaug": "tried: `cme` + SpecAugment (2 frequency, 2 time masks)",
     "cme_stretch": "tried: `cme` + speed perturbation of the frames (factor 0.9-1.1)",
     "cme_utt_norm": "tried: `cme` + per-utterance mean normalisation of the filterbank",
-    "cme_refit": "tried: `cme`, then refit on all training speakers for the selected epochs",
+    "cme_refit": "`cme`, then refit on all training speakers for the selected epochs",
     "cme_balanced": "tried: `cme` + loss weighted by inverse class frequency",
     "cme_speaker_norm": "tried: `cme` + filterbank standardised per speaker (unlabelled audio)",
     "cme_refit_bag": "`cme_refit` with each seed choosing its epochs on different speakers",
@@ -269,7 +269,9 @@ def render_markdown(summary: dict, header: dict) -> str:
     lines += [
         f"Protocol: {summary['folds']}-fold speaker-independent cross-validation; each fold's "
         "epoch is chosen on an inner validation split of the *training* speakers (every 5th), "
-        "the held-out fold is scored once. WA = overall accuracy, UA = mean per-class recall; "
+        "the held-out fold is scored once (`*refit*` variants then train a fresh model on all "
+        "training speakers for the chosen number of epochs and score that one). "
+        "WA = overall accuracy, UA = mean per-class recall; "
         "mean +- std over all (seed, fold) units. The paper's numbers picked the best epoch on "
         "the test fold.", "",
         "| variant | what | WA | UA | paper WA | paper UA | units (seeds) | train time |",
