@@ -77,11 +77,6 @@ def preprocess(args) -> dict:
     classes = parse_classes(args.classes)
     if args.folds < 2:
         raise UsageError(f"--folds must be >= 2, got {args.folds}")
-    if args.ensemble < 1:
-        raise UsageError(f"--ensemble must be >= 1, got {args.ensemble}")
-    if config.speaker_norm:
-        raise UsageError(f"--variant {args.variant} standardises features per speaker, which "
-                         "a served model cannot do; use `cme-ser reproduce` for it")
     try:
         items = corpora.items(args.dataset, data, classes)
     except ValueError as error:
