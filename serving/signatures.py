@@ -61,7 +61,7 @@ import tensorflow as tf
 
 from preprocessing import features, records
 from preprocessing.embeddings import WordVectors
-from trainer.model import EXCITATION_LAYER, ensemble_members
+from trainer.model import EXCITATION_LAYER, ensemble_members, like_inputs
 
 DEFAULT_VOCAB_SIZE = 50000
 SERVING_DEFAULT = "serving_default"
@@ -87,8 +87,7 @@ def excitation_model(model: keras.Model) -> keras.Model:
     members = ensemble_members(model)
     if members and not any(layer.name == EXCITATION_LAYER for layer in model.layers):
         gated = [excitation_model(member) for member in members]
-        inputs = {key: keras.Input(shape=tensor.shape[1:], dtype=tensor.dtype, name=key)
-                  for key, tensor in model.input.items()}
+        inputs = like_inputs(model)
         outputs = [g(inputs) for g in gated]
         averaged = [keras.layers.Average(name=f"mean_{what}")([o[i] for o in outputs])
                     for i, what in enumerate(("probabilities", "acoustic_gate", "semantic_gate"))]

@@ -324,6 +324,13 @@ def adapt_normalization(model: keras.Model, frames: np.ndarray) -> None:
     model.get_layer(NORMALIZATION_LAYER).adapt(frames[None])
 
 
+def like_inputs(model: keras.Model) -> dict:
+    """Fresh ``keras.Input`` tensors with the names, shapes and dtypes of ``model``'s inputs, to
+    build a model that wraps ``model`` (or several like it)."""
+    return {key: keras.Input(shape=tensor.shape[1:], dtype=tensor.dtype, name=key)
+            for key, tensor in model.input.items()}
+
+
 def average_models(members: Sequence[keras.Model], name: str = "ensemble") -> keras.Model:
     """A seed ensemble as one model: the same inputs, the mean of ``members``' probabilities.
 
@@ -341,8 +348,7 @@ def average_models(members: Sequence[keras.Model], name: str = "ensemble") -> ke
         raise ValueError(f"members disagree on their output shape: {sorted(shapes)}")
     for k, member in enumerate(members):
         member.name = f"{name}_member{k}"
-    inputs = {key: keras.Input(shape=tensor.shape[1:], dtype=tensor.dtype, name=key)
-              for key, tensor in members[0].input.items()}
+    inputs = like_inputs(members[0])
     probabilities = keras.layers.Average(name="probabilities")([m(inputs) for m in members])
     return keras.Model(inputs=inputs, outputs=probabilities, name=name)
 
