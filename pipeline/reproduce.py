@@ -6,7 +6,9 @@ the held-out fold is scored once. One *unit* is (variant, seed, fold); each fini
 JSON file (plus the held-out utterances' embeddings as ``.npz``) under the work directory, so a
 re-run skips what is done (resumable) and re-trains a unit only if its configuration changed.
 After every unit the results (``<results>/<dataset>.md`` / ``.json``) are rewritten from all
-finished units; the t-SNE figure (the paper's Figure 2) is drawn at the end.
+finished units, and every finished unit with its predictions is archived beside them
+(``<dataset>-units.jsonl``): a run in a fresh checkout restores those units instead of training
+them again. The t-SNE figure (the paper's Figure 2) is drawn at the end.
 """
 
 from __future__ import annotations
@@ -153,6 +155,66 @@ def finished_rows(work_dir, variants: Optional[Iterable[str]] = None) -> List[di
     return rows
 
 
+# What a unit's ``.npz`` holds besides embeddings: its predictions, archived with the results.
+PREDICTION_KEYS = ("probabilities", "labels", "utterance_ids", "val_probabilities", "val_labels",
+                   "val_utterance_ids")
+
+
+def archive_units(work_dir, path) -> int:
+    """Writes every finished unit (its JSON row plus the predictions of its ``.npz``, without
+    embeddings) as one line of ``path`` (JSON lines). Committed beside the results, it lets a
+    fresh checkout re-render them, and a re-run skip those units, without the work directory.
+    Probabilities are stored as the shortest decimals that round-trip their float32 values."""
+    lines = []
+    for row in finished_rows(work_dir):
+        unit = Unit(row["variant"], row["seed"], row["fold"])
+        npz = unit.path(work_dir).with_suffix(".npz")
+        predictions = {}
+        if npz.exists():
+            data = np.load(npz)
+            for key in PREDICTION_KEYS:
+                if key not in data.files:
+                    continue
+                value = data[key]
+                predictions[key] = ([[float(str(x)) for x in r] for r in value.astype(np.float32)]
+                                    if value.dtype.kind == "f" else value.tolist())
+        lines.append(json.dumps({**row, "predictions": predictions}, separators=(",", ":")))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in lines))
+    tmp.replace(path)
+    return len(lines)
+
+
+def restore_units(path, work_dir) -> int:
+    """Writes the units archived in ``path`` that ``work_dir`` lacks back into it (JSON row and
+    predictions ``.npz``); returns how many. A restored unit counts as done only if its stored
+    configuration still matches (``is_done``)."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    restored = 0
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        predictions = row.pop("predictions", {})
+        unit = Unit(row["variant"], row["seed"], row["fold"])
+        target = unit.path(work_dir)
+        if target.exists():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if predictions:
+            np.savez_compressed(target.with_suffix(".npz"), **{
+                k: np.asarray(v, dtype=np.float32 if "probabilities" in k else
+                              np.int64 if "labels" in k else str)
+                for k, v in predictions.items()})
+        target.write_text(json.dumps(row, indent=2))
+        restored += 1
+    return restored
+
+
 def _mean_std(values) -> Dict[str, float]:
     values = np.asarray(values, dtype=float)
     return {"mean": float(values.mean()), "std": float(values.std())}
@@ -187,31 +249,91 @@ CLAIMS = (
 )
 
 
-def seed_ensemble(work_dir, variant: str, seeds: Sequence[int], folds: int) -> Optional[dict]:
-    """WA/UA of averaging the class probabilities of ``variant``'s models of ``seeds``, fold by
-    fold (each model trained and selected on its own; the held-out fold is still scored once).
-    None unless every (seed, fold) unit saved its probabilities."""
+def _scores(labels, probabilities) -> tuple:
+    """(WA, UA) of the argmax decisions."""
     from trainer.metrics import confusion_matrix, unweighted_accuracy, weighted_accuracy
+    confusion = confusion_matrix(labels, np.asarray(probabilities).argmax(-1),
+                                 np.shape(probabilities)[-1])
+    return weighted_accuracy(confusion), unweighted_accuracy(confusion)
+
+
+def _class_counts(work_dir, unit: Unit) -> Optional[np.ndarray]:
+    """The unit's training class counts; None if not recorded or a class had no example (its
+    prior, and so the correction, is undefined)."""
+    counts = json.loads(unit.path(work_dir).read_text()).get("train_class_counts")
+    return np.asarray(counts, dtype=float) if counts and min(counts) > 0 else None
+
+
+def seed_ensemble(work_dir, variant: str, seeds: Sequence[int], folds: int,
+                  prior_correction: bool = False) -> Optional[dict]:
+    """WA/UA of averaging the class probabilities of ``variant``'s models of ``seeds``, fold by
+    fold (each model trained and selected on its own; the held-out fold is still scored once);
+    with ``prior_correction`` the mean is divided by the members' pooled training class prior
+    (``trainer.metrics.prior_corrected``). None unless every (seed, fold) unit saved its
+    probabilities (and, for the correction, its class counts)."""
+    from trainer.metrics import prior_corrected
 
     if len(seeds) < 2:
         return None
     was, uas = [], []
     for fold in range(folds):
-        members = []
+        members, counts = [], []
         for seed in seeds:
             path = Unit(variant, seed, fold).path(work_dir).with_suffix(".npz")
             data = np.load(path) if path.exists() else None
             if data is None or "probabilities" not in data.files:
                 return None
             members.append(data)
+            if prior_correction:
+                counts.append(_class_counts(work_dir, Unit(variant, seed, fold)))
+                if counts[-1] is None:
+                    return None
         ids = members[0]["utterance_ids"]
         if any(not np.array_equal(m["utterance_ids"], ids) for m in members):
             raise ValueError(f"{variant} fold {fold}: the seeds scored different utterances")
         mean = np.mean([m["probabilities"] for m in members], axis=0)
-        confusion = confusion_matrix(members[0]["labels"], mean.argmax(-1), mean.shape[-1])
-        was.append(weighted_accuracy(confusion))
-        uas.append(unweighted_accuracy(confusion))
+        if prior_correction:
+            mean = prior_corrected(mean, np.sum(counts, axis=0))
+        wa, ua = _scores(members[0]["labels"], mean)
+        was.append(wa)
+        uas.append(ua)
     return {"seeds": list(seeds), "wa": _mean_std(was), "ua": _mean_std(uas)}
+
+
+def prior_correction_test(work_dir, variant: str, units: Sequence[Unit]) -> Optional[dict]:
+    """Whether dividing ``variant``'s probabilities by the training class prior is worth it,
+    decided on the inner validation predictions of its selected models only (adopted if it
+    raises their mean UA); the held-out scores with and without it are reported beside, not
+    used. None if no unit saved validation predictions."""
+    from trainer.metrics import prior_corrected
+
+    val, test = [], []
+    for unit in units:
+        path = unit.path(work_dir).with_suffix(".npz")
+        if not path.exists():
+            continue
+        data = np.load(path)
+        counts = _class_counts(work_dir, unit)
+        if "val_probabilities" not in data.files or counts is None:
+            continue
+        val.append(_scores(data["val_labels"], data["val_probabilities"])
+                   + _scores(data["val_labels"], prior_corrected(data["val_probabilities"], counts)))
+        test.append(_scores(data["labels"], data["probabilities"])
+                    + _scores(data["labels"], prior_corrected(data["probabilities"], counts)))
+    if not val:
+        return None
+    val, test = np.asarray(val), np.asarray(test)
+    gain = val[:, 3] - val[:, 1]
+    return {"variant": variant, "units": len(val),
+            "validation": {"wa": _mean_std(val[:, 0]), "ua": _mean_std(val[:, 1]),
+                           "corrected_wa": _mean_std(val[:, 2]),
+                           "corrected_ua": _mean_std(val[:, 3]),
+                           "ua_gain": {**_mean_std(gain), "wins": int((gain > 0).sum()),
+                                       "losses": int((gain < 0).sum())}},
+            "adopted": bool(gain.mean() > 0),
+            "test": {"wa": _mean_std(test[:, 0]), "ua": _mean_std(test[:, 1]),
+                     "corrected_wa": _mean_std(test[:, 2]),
+                     "corrected_ua": _mean_std(test[:, 3])}}
 
 
 def summarize(rows: List[dict], dataset: str, folds: int, work_dir=None) -> dict:
@@ -234,13 +356,22 @@ def summarize(rows: List[dict], dataset: str, folds: int, work_dir=None) -> dict
             "config": mine[0]["config"],
         })
         complete = table[-1]["complete_seeds"]
-        if work_dir is not None and len(complete) >= 2:
-            # All complete seeds, and their first 3 and 5 (comparable across variants).
-            sizes = sorted({n for n in (3, 5) if n < len(complete)} | {len(complete)})
+        if work_dir is None:
+            continue
+        # All complete seeds, and their first 3 and 5 (comparable across variants).
+        sizes = sorted({n for n in (3, 5) if n < len(complete)} | {len(complete)})
+        if len(complete) >= 2:
             ensembles = [seed_ensemble(work_dir, variant, complete[:n], folds) for n in sizes]
             if all(ensembles):
                 table[-1]["ensemble"] = ensembles[-1]
                 table[-1]["ensembles"] = ensembles
+        test = prior_correction_test(work_dir, variant,
+                                     [Unit(variant, r["seed"], r["fold"]) for r in mine])
+        if test:
+            corrected = [seed_ensemble(work_dir, variant, complete[:n], folds,
+                                       prior_correction=True) for n in sizes if n >= 2]
+            test["ensembles"] = [e for e in corrected if e]
+            table[-1]["prior_correction"] = test
     claims = []
     for claim, better, worse in CLAIMS:
         for metric in ("wa", "ua"):
@@ -300,6 +431,34 @@ def render_markdown(summary: dict, header: dict) -> str:
                 lines.append(f"| `{row['variant']}` | {len(e['seeds'])} | "
                              f"{e['wa']['mean']:.3f} +- {e['wa']['std']:.3f} | "
                              f"{e['ua']['mean']:.3f} +- {e['ua']['std']:.3f} |")
+    corrections = [r["prior_correction"] for r in summary["rows"] if r.get("prior_correction")]
+    if corrections:
+        lines += ["", "## Prior correction, decided on validation", "",
+                  "RAVDESS has half as many neutral utterances as each other class, and UA "
+                  "weighs every class alike. Dividing a model's probabilities by its training "
+                  "class prior (`trainer.metrics.prior_corrected`) turns its decisions into "
+                  "those that maximise expected UA. Whether a variant adopts it is decided on "
+                  "the inner validation speakers only: the selected model of every unit "
+                  "predicts them, and the correction is adopted if it raises their mean UA. "
+                  "The held-out columns are reported, not used.", "",
+                  "| variant | units | validation UA | corrected | gain (wins/losses) | adopted "
+                  "| held-out WA / UA | corrected WA / UA |", "|---|---|---|---|---|---|---|---|"]
+        for c in corrections:
+            v, t = c["validation"], c["test"]
+            lines.append(
+                f"| `{c['variant']}` | {c['units']} | {v['ua']['mean']:.3f} | "
+                f"{v['corrected_ua']['mean']:.3f} | {v['ua_gain']['mean']:+.3f} "
+                f"({v['ua_gain']['wins']}/{v['ua_gain']['losses']}) | "
+                f"{'yes' if c['adopted'] else 'no'} | "
+                f"{t['wa']['mean']:.3f} / {t['ua']['mean']:.3f} | "
+                f"{t['corrected_wa']['mean']:.3f} / {t['corrected_ua']['mean']:.3f} |")
+        ensembles = [(c["variant"], e) for c in corrections for e in c.get("ensembles", [])]
+        if ensembles:
+            lines += ["", "Seed ensembles with the correction (mean +- std over folds):", "",
+                      "| variant | seeds | WA | UA |", "|---|---|---|---|"]
+            lines += [f"| `{v}` | {len(e['seeds'])} | {e['wa']['mean']:.3f} +- "
+                      f"{e['wa']['std']:.3f} | {e['ua']['mean']:.3f} +- {e['ua']['std']:.3f} |"
+                      for v, e in ensembles]
     if summary["claims"]:
         lines += ["", "## The paper's claims (and our recipe's), tested", "",
                   "Paired differences over the (seed, fold) units both variants have; "
@@ -326,8 +485,9 @@ def draw_tsne(work_dir, out_path, seed: int = 0, fold: int = 0) -> Optional[dict
     panels = []
     for variant, title in TSNE_PANELS:
         path = Unit(variant, seed, fold).path(work_dir).with_suffix(".npz")
-        if path.exists():
-            panels.append((variant, title, np.load(path)))
+        data = np.load(path) if path.exists() else None
+        if data is not None and "embeddings" in data.files:  # restored units have none
+            panels.append((variant, title, data))
     if not panels:
         return None
     import matplotlib
@@ -387,6 +547,7 @@ def write_results(work_dir, results_dir, dataset: str, folds: int, header: dict,
     Path(results_dir).mkdir(parents=True, exist_ok=True)
     previous.write_text(json.dumps(summary, indent=2))
     (Path(results_dir) / f"{dataset}.md").write_text(render_markdown(summary, header))
+    archive_units(work_dir, Path(results_dir) / f"{dataset}-units.jsonl")
     return summary
 
 
@@ -401,6 +562,9 @@ def reproduce(records_dir, work_dir, results_dir, *, dataset: str, variants: Seq
     if folds != available:
         raise ValueError(f"the records in {records_dir} have {available} folds, not {folds}")
     word_dim = word_dim_of(records_dir)
+    restored = restore_units(Path(results_dir) / f"{dataset}-units.jsonl", work_dir)
+    if restored:
+        log(f"== restored {restored} finished unit(s) from {results_dir}/{dataset}-units.jsonl")
     units = plan(variants, seeds, folds)
     todo = [u for u in units if not is_done(u, work_dir, unit_config(u, word_dim, overrides))]
     log(f"== reproduce {dataset}: {len(units)} units ({len(variants)} variants x {seeds} seeds "

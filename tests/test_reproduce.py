@@ -19,7 +19,7 @@ def write_records(root, folds=2, per_fold=12, word_dim=50, seed=0):
         path.parent.mkdir(parents=True)
         with tf.io.TFRecordWriter(str(path), options="GZIP") as writer:
             for i in range(per_fold):
-                label = i % 4
+                label = (i // 2) % 4  # both speakers of a fold have every class
                 frames = int(rng.integers(30, 60))
                 fbank = rng.normal(size=(frames, 40)).astype(np.float32) + label
                 writer.write(make_example(
@@ -54,6 +54,13 @@ def test_reproduce_writes_results_and_resumes(tmp_path, capsys):
     np.testing.assert_allclose(embeddings["probabilities"].sum(axis=1), 1.0, rtol=1e-5)
     assert rows["cme"].get("ensemble") is None  # one seed: no ensemble
     assert list(embeddings["utterance_ids"]) == [f"f0-{i:02d}" for i in range(12)]
+    # The selected model's predictions on the inner validation speakers (s10: 6 of fold 1's 12).
+    assert embeddings["val_probabilities"].shape == (6, 4)
+    assert list(embeddings["val_utterance_ids"]) == [f"f1-{i:02d}" for i in range(0, 12, 2)]
+    assert list(embeddings["val_labels"]) == [0, 1, 2, 3, 0, 1]
+    assert all(u["train_class_counts"] == [2, 2, 1, 1] for u in units)  # s11 (or s01)
+    correction = rows["cme"]["prior_correction"]
+    assert correction["units"] == 2 and isinstance(correction["adopted"], bool)
     claim = [c for c in result["claims"] if c["worse"] == "no_excite" and c["metric"] == "ua"]
     assert len(claim) == 1 and claim[0]["units"] == 2
     markdown = (tmp_path / "results" / "ravdess.md").read_text()
@@ -69,6 +76,23 @@ def test_reproduce_writes_results_and_resumes(tmp_path, capsys):
     assert main(common + ["--variants", "cme,no_excite", "--seeds", "1"]) == 0
     assert "4 already done, 0 to run" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in before} == before
+
+    # The archive beside the results restores every unit into an empty work dir (a fresh
+    # checkout): nothing is retrained, predictions come back bit for bit, the tables agree.
+    assert len((tmp_path / "results" / "ravdess-units.jsonl").read_text().splitlines()) == 4
+    fresh = [a if a != str(tmp_path / "work") else str(tmp_path / "work2") for a in common]
+    assert main(fresh + ["--variants", "cme,no_excite", "--seeds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "restored 4 finished unit(s)" in out and "4 already done, 0 to run" in out
+    for name in ("fold0.npz", "fold1.npz"):
+        old, new = (np.load(tmp_path / w / "runs" / "cme" / "seed0" / name)
+                    for w in ("work", "work2"))
+        for key in repro.PREDICTION_KEYS:
+            np.testing.assert_array_equal(old[key], new[key])
+    again = json.loads((tmp_path / "results" / "ravdess.json").read_text())
+    assert [(r["variant"], r["wa"], r["ua"], r["prior_correction"]) for r in again["rows"]] == [
+        (r["variant"], r["wa"], r["ua"], r["prior_correction"]) for r in result["rows"]]
+    assert again["tsne"] == result["tsne"]  # restored units have no embeddings to redraw
 
     # A second seed for one variant trains only the new units; both commands are listed.
     assert main(common + ["--variants", "cme", "--seeds", "2"]) == 0
@@ -154,6 +178,35 @@ def test_seed_ensemble_needs_every_member(tmp_path):
     unit(1, 0, [[0.4, 0.6], [0.3, 0.7], [0.1, 0.9]], ids=("a", "b", "d"))
     with pytest.raises(ValueError, match="different utterances"):
         repro.seed_ensemble(tmp_path, "cme", [0, 1], folds=1)
+
+
+def test_prior_correction_is_decided_on_validation_predictions(tmp_path):
+    def unit(seed, val_probabilities, val_labels, probabilities, labels):
+        u = repro.Unit("cme", seed, 0)
+        u.path(tmp_path).parent.mkdir(parents=True, exist_ok=True)
+        u.path(tmp_path).write_text(json.dumps({"train_class_counts": [2, 1]}))
+        np.savez(u.path(tmp_path).with_suffix(".npz"), utterance_ids=np.array(["a", "b"]),
+                 probabilities=np.array(probabilities, np.float32), labels=np.array(labels),
+                 val_probabilities=np.array(val_probabilities, np.float32),
+                 val_labels=np.array(val_labels))
+        return u
+
+    # Prior (2/3, 1/3): 0.6 / 0.4 becomes 0.43 / 0.57, so the minority class 1 is chosen.
+    units = [unit(0, [[0.6, 0.4], [0.9, 0.1]], [1, 0], [[0.6, 0.4], [0.7, 0.3]], [0, 1]),
+             unit(1, [[0.6, 0.4], [0.8, 0.2]], [1, 0], [[0.8, 0.2], [0.3, 0.7]], [0, 1])]
+    test = repro.prior_correction_test(tmp_path, "cme", units)
+    assert test["adopted"] and test["units"] == 2
+    assert test["validation"]["ua"]["mean"] == 0.5 and test["validation"]["corrected_ua"]["mean"] == 1.0
+    assert (test["validation"]["ua_gain"]["wins"], test["validation"]["ua_gain"]["losses"]) == (2, 0)
+    # Held-out: the correction flips both of unit 0's decisions, both wrong (reported, not used).
+    assert test["test"]["ua"]["mean"] == 0.75 and test["test"]["corrected_ua"]["mean"] == 0.5
+    assert test["test"]["wa"]["mean"] == 0.75 and test["test"]["corrected_wa"]["mean"] == 0.5
+    ensemble = repro.seed_ensemble(tmp_path, "cme", [0, 1], folds=1, prior_correction=True)
+    assert ensemble["ua"]["mean"] == 1.0  # mean (0.7, 0.3), (0.5, 0.5) -> corrected 0.54, 0.67
+    # Against the validation evidence: not adopted.
+    units = [unit(0, [[0.6, 0.4], [0.9, 0.1]], [0, 0], [[0.6, 0.4]] * 2, [0, 1])]
+    assert not repro.prior_correction_test(tmp_path, "cme", units)["adopted"]
+    assert repro.prior_correction_test(tmp_path, "cme", [repro.Unit("cme", 7, 0)]) is None
 
 
 def test_units_from_before_a_new_config_field_stay_done(tmp_path):

@@ -12,7 +12,7 @@ from preprocessing.records import make_example
 from trainer.config import ModelConfig
 from trainer.data import make_dataset, sorted_records, speaker_statistics, stretch_time
 from trainer.metrics import (SmoothedSparseCrossentropy, UnweightedAccuracy, confusion_matrix,
-                             unweighted_accuracy, weighted_accuracy)
+                             prior_corrected, unweighted_accuracy, weighted_accuracy)
 from trainer.train import class_weights, train_fold, validation_speakers
 
 TINY = ModelConfig(word_dim=4, cnn_filters=(4, 8, 8), semantic_dim=8, lstm_units=4,
@@ -140,6 +140,7 @@ def test_refit_trains_on_every_training_speaker_for_the_selected_epochs(folds):
     assert refit.best_epoch == plain.best_epoch and refit.refit_epochs == plain.best_epoch
     assert (refit.num_train, refit.num_val, refit.num_final_train) == (18, 6, 24)
     assert (plain.refit_epochs, plain.num_final_train) == (0, 18)
+    assert sum(refit.train_class_counts) == 24 and sum(plain.train_class_counts) == 18
     assert sum(map(sum, refit.confusion)) == 12
     rotated = train_fold(folds, 2, config.replace(rotate_validation=True, seed=1, epochs=1))
     assert rotated.val_speakers == ["s0b"]  # seed 1 starts the every-4th pattern at 1
@@ -155,6 +156,19 @@ def test_class_weights_balance_the_classes():
         {0: 2.0, 1: 2.0, 2: 2.0})
     with pytest.raises(ValueError, match=r"class\(es\) \[3\] have no training examples"):
         class_weights(ds, 4)
+
+
+def test_prior_correction_against_numpy():
+    p = np.array([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]])
+    counts = [4, 4, 2]  # prior 0.4, 0.4, 0.2
+    expected = np.array([[1.25, 0.75, 1.0], [0.25, 0.25, 4.0]])
+    expected /= expected.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(prior_corrected(p, counts), expected)
+    np.testing.assert_allclose(prior_corrected(p, [1, 1, 1]), p)  # a uniform prior changes nothing
+    with pytest.raises(ValueError, match="positive count for each of the 3 classes"):
+        prior_corrected(p, [4, 0, 2])
+    with pytest.raises(ValueError, match="positive count"):
+        prior_corrected(p, [4, 4])
 
 
 def test_train_fold_needs_the_test_fold(folds):

@@ -31,6 +31,23 @@ def unweighted_accuracy(confusion: np.ndarray) -> float:
     return float(np.mean(np.diag(confusion)[present] / support[present]))
 
 
+def prior_corrected(probabilities, class_counts) -> np.ndarray:
+    """Class probabilities ``[..., K]`` divided by the training class prior ``n_k / N`` and
+    renormalised: ``q_k = (p_k / pi_k) / sum_j (p_j / pi_j)``.
+
+    If ``p`` is the posterior under the training prior, ``argmax q`` is the decision a model
+    trained on balanced classes would make, the one that maximises expected UA (mean per-class
+    recall) rather than WA. RAVDESS has half as many neutral utterances as each other class.
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    counts = np.asarray(class_counts, dtype=np.float64)
+    if counts.shape != probabilities.shape[-1:] or (counts <= 0).any():
+        raise ValueError(f"need a positive count for each of the {probabilities.shape[-1]} "
+                         f"classes, got {counts.tolist()}")
+    scaled = probabilities / (counts / counts.sum())
+    return scaled / scaled.sum(axis=-1, keepdims=True)
+
+
 @keras.saving.register_keras_serializable(package="cme_ser")
 class UnweightedAccuracy(keras.metrics.Metric):
     """UA as a streaming Keras metric: mean over classes seen so far of their recall.

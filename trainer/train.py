@@ -37,6 +37,7 @@ class FoldResult:
     val_speakers: List[str]
     refit_epochs: int = 0
     num_final_train: int = 0
+    train_class_counts: List[int] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -49,6 +50,10 @@ class FitResult:
     num_val: int
     refit_epochs: int = 0  # > 0: the returned model was refit on all training speakers
     num_final_train: int = 0  # utterances the returned model was trained on
+    class_counts: List[int] = dataclasses.field(default_factory=list)  # of those utterances
+    # The selected (not refit) model's predictions on the inner validation speakers: evidence
+    # for decisions taken after training (e.g. prior correction) that never touches test data.
+    validation: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 def speakers_in(files: Sequence[str]) -> List[str]:
@@ -83,15 +88,20 @@ def count(dataset: tf.data.Dataset) -> int:
     return int(sum(int(label.shape[0]) for _, label in dataset))
 
 
+def class_counts(dataset: tf.data.Dataset, num_classes: int) -> np.ndarray:
+    """``[K]`` number of utterances of each class in a dataset of ``(inputs, label)`` batches."""
+    labels = np.concatenate([label.numpy() for _, label in dataset])
+    return np.bincount(labels, minlength=num_classes)
+
+
 def class_weights(dataset: tf.data.Dataset, num_classes: int) -> Dict[int, float]:
     """``N / (K * n_k)`` per class ``k`` of the labels in ``dataset``: every class then carries
     the same total weight in the loss (what UA, the mean per-class recall, rewards)."""
-    labels = np.concatenate([label.numpy() for _, label in dataset])
-    counts = np.bincount(labels, minlength=num_classes)
+    counts = class_counts(dataset, num_classes)
     missing = [k for k in range(num_classes) if counts[k] == 0]
     if missing:
         raise ValueError(f"class(es) {missing} have no training examples; cannot balance them")
-    return {k: float(labels.size / (num_classes * counts[k])) for k in range(num_classes)}
+    return {k: float(counts.sum() / (num_classes * counts[k])) for k in range(num_classes)}
 
 
 def _train(config: ModelConfig, plain: tf.data.Dataset, shuffled: tf.data.Dataset, epochs: int,
@@ -144,7 +154,10 @@ def fit(train_files: Sequence[str], config: ModelConfig, *, log_dir: Optional[st
                             verbose=verbose)
     scores = np.asarray(history[monitor])
     best = int(np.argmin(scores) if mode == "min" else np.argmax(scores)) + 1
-    refit_epochs, num_final = 0, count(plain_train)
+    validation = predict(model, make_dataset(
+        train_files, config.word_dim, config.batch_size, speakers=val, with_ids=True,
+        speaker_norm=config.speaker_norm))
+    refit_epochs, final_data = 0, plain_train
     if config.refit:
         plain_all = make(False, None, False)
         refit_callbacks = list(extra_callbacks)
@@ -157,10 +170,12 @@ def fit(train_files: Sequence[str], config: ModelConfig, *, log_dir: Optional[st
         model, _ = _train(config, plain_all, make(True, None, False, config.time_stretch), best,
                           schedule_epochs=config.epochs, callbacks=refit_callbacks,
                           verbose=verbose)
-        refit_epochs, num_final = best, count(plain_all)
+        refit_epochs, final_data = best, plain_all
+    counts = class_counts(final_data, config.num_classes)
     return FitResult(model=model, history=history, best_epoch=best, val_speakers=val,
                      num_train=count(plain_train), num_val=count(val_ds),
-                     refit_epochs=refit_epochs, num_final_train=num_final)
+                     refit_epochs=refit_epochs, num_final_train=int(counts.sum()),
+                     class_counts=counts.tolist(), validation=validation)
 
 
 def evaluate(model: keras.Model, files: Sequence[str], config: ModelConfig) -> Tuple[np.ndarray, int]:
@@ -174,33 +189,45 @@ def evaluate(model: keras.Model, files: Sequence[str], config: ModelConfig) -> T
     return confusion_matrix(labels, predicted, config.num_classes), int(labels.size)
 
 
-def embed(model: keras.Model, files: Sequence[str], config: ModelConfig) -> Dict[str, np.ndarray]:
-    """Utterance embeddings (the ``utterance_embedding`` layer, before the classifier) and class
-    probabilities of ``files``: ``embeddings [N, D]``, ``probabilities [N, K]``, ``labels [N]``,
-    ``utterance_ids [N]``, in id order."""
+def predict(model: keras.Model, dataset: tf.data.Dataset,
+            embeddings: bool = False) -> Dict[str, np.ndarray]:
+    """Class probabilities of a dataset of ``(inputs, label, utterance_id)`` batches, in id
+    order: ``probabilities [N, K]``, ``labels [N]``, ``utterance_ids [N]``, and with
+    ``embeddings`` the utterance embeddings ``embeddings [N, D]`` (the ``utterance_embedding``
+    layer, before the classifier)."""
     from trainer.model import EMBEDDING_LAYER
-    embedder = keras.Model(model.inputs, [model.get_layer(EMBEDDING_LAYER).output, model.output])
-    chunks, probabilities, labels, ids = [], [], [], []
-    for inputs, label, utterance_id in make_dataset(files, config.word_dim, config.batch_size,
-                                                    with_ids=True,
-                                                    speaker_norm=config.speaker_norm):
-        embedding, probability = embedder(inputs, training=False)
-        chunks.append(np.asarray(embedding))
-        probabilities.append(np.asarray(probability))
-        labels.append(label.numpy())
-        ids.append(utterance_id.numpy())
-    ids = np.concatenate(ids)
-    order = np.argsort(ids, kind="stable")
-    return {"embeddings": np.concatenate(chunks)[order],
-            "probabilities": np.concatenate(probabilities)[order],
-            "labels": np.concatenate(labels)[order], "utterance_ids": ids[order].astype(str)}
+    outputs = [model.get_layer(EMBEDDING_LAYER).output] if embeddings else []
+    net = keras.Model(model.inputs, outputs + [model.output])
+    columns = {"probabilities": [], "labels": [], "utterance_ids": []}
+    if embeddings:
+        columns["embeddings"] = []
+    for inputs, label, utterance_id in dataset:
+        out = net(inputs, training=False)
+        out = list(out) if isinstance(out, (list, tuple)) else [out]
+        if embeddings:
+            columns["embeddings"].append(np.asarray(out[0]))
+        columns["probabilities"].append(np.asarray(out[-1]))
+        columns["labels"].append(label.numpy())
+        columns["utterance_ids"].append(utterance_id.numpy())
+    columns = {k: np.concatenate(v) for k, v in columns.items()}
+    order = np.argsort(columns["utterance_ids"], kind="stable")
+    columns = {k: v[order] for k, v in columns.items()}
+    columns["utterance_ids"] = columns["utterance_ids"].astype(str)
+    return columns
+
+
+def embed(model: keras.Model, files: Sequence[str], config: ModelConfig) -> Dict[str, np.ndarray]:
+    """:func:`predict` with embeddings for the utterances of ``files``."""
+    return predict(model, make_dataset(files, config.word_dim, config.batch_size, with_ids=True,
+                                       speaker_norm=config.speaker_norm), embeddings=True)
 
 
 def train_fold(files_by_fold: Dict[int, Sequence[str]], test_fold: int, config: ModelConfig, *,
                log_dir: Optional[str] = None, model_path: Optional[str] = None,
                embeddings_path: Optional[str] = None, verbose: int = 0) -> FoldResult:
     """Trains on every fold but ``test_fold``, then scores ``test_fold`` once (and, with
-    ``embeddings_path``, saves the held-out utterances' embeddings there as ``.npz``)."""
+    ``embeddings_path``, saves the held-out utterances' embeddings and probabilities there as
+    ``.npz``, with the selected model's validation predictions as ``val_*``)."""
     if test_fold not in files_by_fold or len(files_by_fold) < 2:
         raise ValueError(f"need >= 2 folds including {test_fold}; got {sorted(files_by_fold)}")
     train_files = [f for k in sorted(files_by_fold) if k != test_fold for f in files_by_fold[k]]
@@ -211,7 +238,8 @@ def train_fold(files_by_fold: Dict[int, Sequence[str]], test_fold: int, config: 
         result.model.save(model_path)
     if embeddings_path:
         Path(embeddings_path).parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(embeddings_path, **embed(result.model, files_by_fold[test_fold], config))
+        np.savez_compressed(embeddings_path, **embed(result.model, files_by_fold[test_fold], config),
+                            **{f"val_{k}": v for k, v in result.validation.items()})
     val_ua = result.history["val_ua"]
     return FoldResult(fold=test_fold, wa=weighted_accuracy(confusion),
                       ua=unweighted_accuracy(confusion), confusion=confusion.tolist(),
@@ -219,7 +247,8 @@ def train_fold(files_by_fold: Dict[int, Sequence[str]], test_fold: int, config: 
                       best_val_ua=float(val_ua[result.best_epoch - 1]),
                       num_train=result.num_train, num_val=result.num_val, num_test=num_test,
                       val_speakers=result.val_speakers, refit_epochs=result.refit_epochs,
-                      num_final_train=result.num_final_train)
+                      num_final_train=result.num_final_train,
+                      train_class_counts=result.class_counts)
 
 
 def write_result(result: FoldResult, path) -> None:
