@@ -441,13 +441,15 @@ def render_markdown(summary: dict, header: dict) -> str:
                   "the inner validation speakers only: the selected model of every unit "
                   "predicts them, and the correction is adopted if it raises their mean UA. "
                   "The held-out columns are reported, not used.", "",
-                  "| variant | units | validation UA | corrected | gain (wins/losses) | adopted "
-                  "| held-out WA / UA | corrected WA / UA |", "|---|---|---|---|---|---|---|---|"]
+                  "| variant | units | validation UA | corrected | gain +- s.e. (wins/losses) "
+                  "| adopted | held-out WA / UA | corrected WA / UA |",
+                  "|---|---|---|---|---|---|---|---|"]
         for c in corrections:
             v, t = c["validation"], c["test"]
             lines.append(
                 f"| `{c['variant']}` | {c['units']} | {v['ua']['mean']:.3f} | "
-                f"{v['corrected_ua']['mean']:.3f} | {v['ua_gain']['mean']:+.3f} "
+                f"{v['corrected_ua']['mean']:.3f} | {v['ua_gain']['mean']:+.3f} +- "
+                f"{v['ua_gain']['std'] / np.sqrt(max(c['units'] - 1, 1)):.3f} "
                 f"({v['ua_gain']['wins']}/{v['ua_gain']['losses']}) | "
                 f"{'yes' if c['adopted'] else 'no'} | "
                 f"{t['wa']['mean']:.3f} / {t['ua']['mean']:.3f} | "
