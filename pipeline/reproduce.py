@@ -155,9 +155,10 @@ def finished_rows(work_dir, variants: Optional[Iterable[str]] = None) -> List[di
     return rows
 
 
-# What a unit's ``.npz`` holds besides embeddings: its predictions, archived with the results.
-PREDICTION_KEYS = ("probabilities", "labels", "utterance_ids", "val_probabilities", "val_labels",
-                   "val_utterance_ids")
+# What a unit's ``.npz`` holds besides embeddings, archived with the results: its predictions
+# on the held-out fold and (``val_``) on the inner validation speakers, with their dtypes.
+PREDICTION_KEYS = {f"{prefix}{name}": dtype for prefix in ("", "val_") for name, dtype in (
+    ("probabilities", np.float32), ("labels", np.int64), ("utterance_ids", str))}
 
 
 def archive_units(work_dir, path) -> int:
@@ -207,9 +208,7 @@ def restore_units(path, work_dir) -> int:
         target.parent.mkdir(parents=True, exist_ok=True)
         if predictions:
             np.savez_compressed(target.with_suffix(".npz"), **{
-                k: np.asarray(v, dtype=np.float32 if "probabilities" in k else
-                              np.int64 if "labels" in k else str)
-                for k, v in predictions.items()})
+                k: np.asarray(v, dtype=PREDICTION_KEYS[k]) for k, v in predictions.items()})
         target.write_text(json.dumps(row, indent=2))
         restored += 1
     return restored
@@ -227,14 +226,20 @@ def _paired(rows: List[dict], better: str, worse: str, metric: str) -> Optional[
     keys = sorted(set(a) & set(b))
     if len(keys) < 2:
         return None
-    diff = np.array([a[k] - b[k] for k in keys])
-    se = float(diff.std(ddof=1) / np.sqrt(len(diff)))
+    return {"better": better, "worse": worse, "metric": metric, "units": len(keys),
+            **_differences([a[k] - b[k] for k in keys])}
+
+
+def _differences(diff) -> dict:
+    """Mean, standard error, wins/losses and verdict of paired differences ("confirmed" if the
+    mean exceeds two standard errors)."""
+    diff = np.asarray(diff, dtype=float)
+    se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
     mean = float(diff.mean())
     verdict = ("confirmed" if mean > 2 * se else "contradicted" if mean < -2 * se
                else "not distinguishable")
-    return {"better": better, "worse": worse, "metric": metric, "units": len(keys),
-            "mean_difference": mean, "standard_error": se,
-            "wins": int((diff > 0).sum()), "losses": int((diff < 0).sum()), "verdict": verdict}
+    return {"mean_difference": mean, "standard_error": se, "wins": int((diff > 0).sum()),
+            "losses": int((diff < 0).sum()), "verdict": verdict}
 
 
 # The claims of the paper's ablation study, each tested by paired differences.
@@ -324,12 +329,13 @@ def prior_correction_test(work_dir, variant: str, units: Sequence[Unit]) -> Opti
         return None
     val, test = np.asarray(val), np.asarray(test)
     gain = val[:, 3] - val[:, 1]
+    tested = _differences(gain)
     return {"variant": variant, "units": len(val),
             "validation": {"wa": _mean_std(val[:, 0]), "ua": _mean_std(val[:, 1]),
                            "corrected_wa": _mean_std(val[:, 2]),
                            "corrected_ua": _mean_std(val[:, 3]),
-                           "ua_gain": {**_mean_std(gain), "wins": int((gain > 0).sum()),
-                                       "losses": int((gain < 0).sum())}},
+                           "ua_gain": {**_mean_std(gain), **{k: tested[k] for k in (
+                               "standard_error", "wins", "losses")}}},
             "adopted": bool(gain.mean() > 0),
             "test": {"wa": _mean_std(test[:, 0]), "ua": _mean_std(test[:, 1]),
                      "corrected_wa": _mean_std(test[:, 2]),
@@ -449,7 +455,7 @@ def render_markdown(summary: dict, header: dict) -> str:
             lines.append(
                 f"| `{c['variant']}` | {c['units']} | {v['ua']['mean']:.3f} | "
                 f"{v['corrected_ua']['mean']:.3f} | {v['ua_gain']['mean']:+.3f} +- "
-                f"{v['ua_gain']['std'] / np.sqrt(max(c['units'] - 1, 1)):.3f} "
+                f"{v['ua_gain']['standard_error']:.3f} "
                 f"({v['ua_gain']['wins']}/{v['ua_gain']['losses']}) | "
                 f"{'yes' if c['adopted'] else 'no'} | "
                 f"{t['wa']['mean']:.3f} / {t['ua']['mean']:.3f} | "
