@@ -8,7 +8,8 @@ re-run skips what is done (resumable) and re-trains a unit only if its configura
 After every unit the results (``<results>/<dataset>.md`` / ``.json``) are rewritten from all
 finished units, and every finished unit with its predictions is archived beside them
 (``<dataset>-units.jsonl``): a run in a fresh checkout restores those units instead of training
-them again. The t-SNE figure (the paper's Figure 2) is drawn at the end.
+them again. The t-SNE figure (the paper's Figure 2) is drawn at the end. Every mean and gain
+is summarised over folds, a fold's seeds averaged first (``pipeline.statistics``).
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ import os
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Iterable, List, Optional, Sequence
 
 import numpy as np
 
+from pipeline.statistics import (correct_family, fold_means, mean_ci,
+                                 paired_test)
 from trainer.config import VARIANTS, variant_config
 
 # Table 1 of Li et al. (2021): (WA, UA). None where the paper reports nothing.
@@ -214,32 +217,22 @@ def restore_units(path, work_dir) -> int:
     return restored
 
 
-def _mean_std(values) -> Dict[str, float]:
-    values = np.asarray(values, dtype=float)
-    return {"mean": float(values.mean()), "std": float(values.std())}
+def _fold_summary(pairs) -> dict:
+    """Mean [95% CI] over folds of ``(fold, value)`` pairs, a fold's seeds averaged first."""
+    return mean_ci(fold_means(pairs)[1])
 
 
 def _paired(rows: List[dict], better: str, worse: str, metric: str) -> Optional[dict]:
-    """Paired difference ``better - worse`` over the (seed, fold) units both have."""
+    """Gain ``better - worse`` in ``metric``, paired over folds: the differences of the (seed,
+    fold) units both variants have, averaged within each fold, then t-tested over the folds."""
     a = {(r["seed"], r["fold"]): r[metric] for r in rows if r["variant"] == better}
     b = {(r["seed"], r["fold"]): r[metric] for r in rows if r["variant"] == worse}
     keys = sorted(set(a) & set(b))
-    if len(keys) < 2:
+    test = paired_test(fold_means((fold, a[seed, fold] - b[seed, fold])
+                                  for seed, fold in keys)[1])
+    if test is None:
         return None
-    return {"better": better, "worse": worse, "metric": metric, "units": len(keys),
-            **_differences([a[k] - b[k] for k in keys])}
-
-
-def _differences(diff) -> dict:
-    """Mean, standard error, wins/losses and verdict of paired differences ("confirmed" if the
-    mean exceeds two standard errors)."""
-    diff = np.asarray(diff, dtype=float)
-    se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
-    mean = float(diff.mean())
-    verdict = ("confirmed" if mean > 2 * se else "contradicted" if mean < -2 * se
-               else "not distinguishable")
-    return {"mean_difference": mean, "standard_error": se, "wins": int((diff > 0).sum()),
-            "losses": int((diff < 0).sum()), "verdict": verdict}
+    return {"better": better, "worse": worse, "metric": metric, "units": len(keys), **test}
 
 
 # The claims of the paper's ablation study, each tested by paired differences.
@@ -274,13 +267,16 @@ def seed_ensemble(work_dir, variant: str, seeds: Sequence[int], folds: int,
     """WA/UA of averaging the class probabilities of ``variant``'s models of ``seeds``, fold by
     fold (each model trained and selected on its own; the held-out fold is still scored once);
     with ``prior_correction`` the mean is divided by the members' pooled training class prior
-    (``trainer.metrics.prior_corrected``). None unless every (seed, fold) unit saved its
-    probabilities (and, for the correction, its class counts)."""
+    (``trainer.metrics.prior_corrected``). Each fold is one observation: mean [95% CI] over
+    folds, the per-fold scores, and the fold-paired ``gain`` over the mean of the same seeds'
+    single models (with ``prior_correction``: over the same ensemble without the correction).
+    None unless every (seed, fold) unit saved its probabilities (and, for the correction, its
+    class counts)."""
     from trainer.metrics import prior_corrected
 
     if len(seeds) < 2:
         return None
-    was, uas = [], []
+    scores, baselines = [], []
     for fold in range(folds):
         members, counts = [], []
         for seed in seeds:
@@ -293,26 +289,36 @@ def seed_ensemble(work_dir, variant: str, seeds: Sequence[int], folds: int,
                 counts.append(_class_counts(work_dir, Unit(variant, seed, fold)))
                 if counts[-1] is None:
                     return None
-        ids = members[0]["utterance_ids"]
+        ids, labels = members[0]["utterance_ids"], members[0]["labels"]
         if any(not np.array_equal(m["utterance_ids"], ids) for m in members):
             raise ValueError(f"{variant} fold {fold}: the seeds scored different utterances")
         mean = np.mean([m["probabilities"] for m in members], axis=0)
         if prior_correction:
+            baselines.append(_scores(labels, mean))
             mean = prior_corrected(mean, np.sum(counts, axis=0))
-        wa, ua = _scores(members[0]["labels"], mean)
-        was.append(wa)
-        uas.append(ua)
-    return {"seeds": list(seeds), "wa": _mean_std(was), "ua": _mean_std(uas)}
+        else:
+            baselines.append(tuple(np.mean([_scores(labels, m["probabilities"])
+                                            for m in members], axis=0)))
+        scores.append(_scores(labels, mean))
+    scores, baselines = np.asarray(scores, dtype=float), np.asarray(baselines, dtype=float)
+    return {"seeds": list(seeds),
+            "wa": mean_ci(scores[:, 0]), "ua": mean_ci(scores[:, 1]),
+            "per_fold": {"wa": scores[:, 0].tolist(), "ua": scores[:, 1].tolist()},
+            "gain_over": ("the same ensemble without the correction" if prior_correction
+                          else "the mean of the same seeds' single models"),
+            "gain": {"wa": paired_test(scores[:, 0] - baselines[:, 0]),
+                     "ua": paired_test(scores[:, 1] - baselines[:, 1])}}
 
 
 def prior_correction_test(work_dir, variant: str, units: Sequence[Unit]) -> Optional[dict]:
     """Whether dividing ``variant``'s probabilities by the training class prior is worth it,
     decided on the inner validation predictions of its selected models only (adopted if it
-    raises their mean UA); the held-out scores with and without it are reported beside, not
-    used. None if no unit saved validation predictions."""
+    raises their mean UA, the seeds of a fold averaged first); the held-out scores with and
+    without it are reported beside, not used. ``ua_gain`` is the validation gain paired over
+    folds (None for one fold). None if no unit saved validation predictions."""
     from trainer.metrics import prior_corrected
 
-    val, test = [], []
+    folds, val, test = [], [], []
     for unit in units:
         path = unit.path(work_dir).with_suffix(".npz")
         if not path.exists():
@@ -321,28 +327,29 @@ def prior_correction_test(work_dir, variant: str, units: Sequence[Unit]) -> Opti
         counts = _class_counts(work_dir, unit)
         if "val_probabilities" not in data.files or counts is None:
             continue
+        folds.append(unit.fold)
         val.append(_scores(data["val_labels"], data["val_probabilities"])
                    + _scores(data["val_labels"], prior_corrected(data["val_probabilities"], counts)))
         test.append(_scores(data["labels"], data["probabilities"])
                     + _scores(data["labels"], prior_corrected(data["probabilities"], counts)))
     if not val:
         return None
-    val, test = np.asarray(val), np.asarray(test)
+    names = ("wa", "ua", "corrected_wa", "corrected_ua")
+    val, test = (fold_means(zip(folds, np.asarray(x)))[1] for x in (val, test))
     gain = val[:, 3] - val[:, 1]
-    tested = _differences(gain)
-    return {"variant": variant, "units": len(val),
-            "validation": {"wa": _mean_std(val[:, 0]), "ua": _mean_std(val[:, 1]),
-                           "corrected_wa": _mean_std(val[:, 2]),
-                           "corrected_ua": _mean_std(val[:, 3]),
-                           "ua_gain": {**_mean_std(gain), **{k: tested[k] for k in (
-                               "standard_error", "wins", "losses")}}},
+    return {"variant": variant, "units": len(folds), "n_folds": len(gain),
+            "validation": {**{name: mean_ci(val[:, i]) for i, name in enumerate(names)},
+                           "ua_gain": paired_test(gain)},
             "adopted": bool(gain.mean() > 0),
-            "test": {"wa": _mean_std(test[:, 0]), "ua": _mean_std(test[:, 1]),
-                     "corrected_wa": _mean_std(test[:, 2]),
-                     "corrected_ua": _mean_std(test[:, 3])}}
+            "test": {name: mean_ci(test[:, i]) for i, name in enumerate(names)}}
 
 
 def summarize(rows: List[dict], dataset: str, folds: int, work_dir=None) -> dict:
+    """Every variant's mean [95% CI] over folds (a fold's seeds averaged first), its seed
+    ensembles and prior correction (with ``work_dir``), and the claims. Every gain is a t-test
+    paired over folds; Holm's correction runs over each table's gains as one family: the
+    claims, the ensemble gains, the validation gains of the prior correction, and the gains of
+    the corrected ensembles."""
     paper = PAPER_TABLE1.get(dataset, {})
     table = []
     for variant in VARIANTS:
@@ -352,7 +359,8 @@ def summarize(rows: List[dict], dataset: str, folds: int, work_dir=None) -> dict
         seeds = sorted({r["seed"] for r in mine})
         table.append({
             "variant": variant, "description": DESCRIPTIONS.get(variant, ""),
-            "wa": _mean_std([r["wa"] for r in mine]), "ua": _mean_std([r["ua"] for r in mine]),
+            "wa": _fold_summary((r["fold"], r["wa"]) for r in mine),
+            "ua": _fold_summary((r["fold"], r["ua"]) for r in mine),
             "paper": dict(zip(("wa", "ua"), paper[variant])) if paper.get(variant) else None,
             "units": len(mine), "seeds": seeds,
             "units_per_seed": {str(s): sum(r["seed"] == s for r in mine) for s in seeds},
@@ -384,16 +392,50 @@ def summarize(rows: List[dict], dataset: str, folds: int, work_dir=None) -> dict
             test = _paired(rows, better, worse, metric)
             if test:
                 claims.append({"claim": claim, **test})
+    corrections = [r["prior_correction"] for r in table if r.get("prior_correction")]
+    for family in (claims,
+                   [e["gain"][m] for r in table for e in r.get("ensembles", [])
+                    for m in ("wa", "ua")],
+                   [c["validation"]["ua_gain"] for c in corrections],
+                   [e["gain"][m] for c in corrections for e in c["ensembles"]
+                    for m in ("wa", "ua")]):
+        correct_family([test for test in family if test])
     return {"dataset": dataset, "folds": folds, "rows": table, "claims": claims}
 
 
+def _ci(stat: dict, folds: int) -> str:
+    """``mean [lo, hi]`` of a ``mean_ci`` result; the fold count if it is not ``folds``."""
+    text = f"{stat['mean']:.3f}"
+    if stat["ci95"]:
+        text += " [{:.3f}, {:.3f}]".format(*stat["ci95"])
+    return text + (f" (n = {stat['n_folds']})" if stat["n_folds"] != folds else "")
+
+
+def _p(p: float) -> str:
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _gain(test: Optional[dict]) -> str:
+    """``+mean [lo, hi] (p, Holm p, verdict)`` of a corrected ``paired_test`` result."""
+    if not test:
+        return "-"
+    return ("{:+.3f} [{:+.3f}, {:+.3f}]".format(test["mean"], *test["ci95"])
+            + f" (p {_p(test['p'])}, Holm {_p(test['p_holm'])}: {test['verdict']})")
+
+
 def render_markdown(summary: dict, header: dict) -> str:
+    folds = summary["folds"]
     lines = [f"# Table 1 reproduced on {summary['dataset'].upper()}", "",
              f"Produced by `{header['command']}` at commit `{header['commit']}` on "
              f"{header['date']} ({header['machine']}).", ""]
+    rerendered = header.get("rerendered")
+    if rerendered:
+        lines += [f"Re-rendered from the archived units (none retrained) by "
+                  f"`{rerendered['command']}` at commit `{rerendered['commit']}` on "
+                  f"{rerendered['date']}.", ""]
     plan_ = header.get("plan")
     if plan_:
-        planned = len(plan_["variants"]) * plan_["seeds"] * summary["folds"]
+        planned = len(plan_["variants"]) * plan_["seeds"] * folds
         finished = sum(n for r in summary["rows"] if r["variant"] in plan_["variants"]
                        for seed, n in r["units_per_seed"].items() if int(seed) < plan_["seeds"])
         lines += [f"Finished {finished} of the {planned} units this command plans"
@@ -403,40 +445,43 @@ def render_markdown(summary: dict, header: dict) -> str:
         lines += ["Commands whose runs are included (all share the work directory, so later "
                   "ones reuse finished units):", ""]
         lines += [f"- `{c}`" for c in header["commands"]] + [""]
+    over = (f"mean [95% CI] over n = {folds} folds (seeds averaged within each fold first; "
+            f"Student t, df = {folds - 1})")
+    gains = (f"Gains are paired over the n = {folds} folds (each fold's seed-averaged "
+             f"difference), with a two-sided t-test (df = {folds - 1}) and the 95% CI of the "
+             "mean gain; p is raw, Holm is the Holm-adjusted p over the gains of this table; "
+             "a gain *holds* if it is positive with Holm p < 0.05.")
     lines += [
-        f"Protocol: {summary['folds']}-fold speaker-independent cross-validation; each fold's "
+        f"Protocol: {folds}-fold speaker-independent cross-validation; each fold's "
         "epoch is chosen on an inner validation split of the *training* speakers (every 5th), "
         "the held-out fold is scored once (`*refit*` variants then train a fresh model on all "
         "training speakers for the chosen number of epochs and score that one). "
-        "WA = overall accuracy, UA = mean per-class recall; "
-        "mean +- std over all (seed, fold) units. The paper's numbers picked the best epoch on "
-        "the test fold.", "",
+        f"WA = overall accuracy, UA = mean per-class recall; {over}. Folds, not units, are "
+        "the observations: units of one fold share its test speakers. (n = k) marks a row "
+        "with fewer folds. The paper's numbers picked the best epoch on the test fold.", "",
         "| variant | what | WA | UA | paper WA | paper UA | units (seeds) | train time |",
         "|---|---|---|---|---|---|---|---|"]
     for row in summary["rows"]:
         paper = row["paper"]
         lines.append(
-            f"| `{row['variant']}` | {row['description']} | "
-            f"{row['wa']['mean']:.3f} +- {row['wa']['std']:.3f} | "
-            f"{row['ua']['mean']:.3f} +- {row['ua']['std']:.3f} | "
-            f"{paper['wa']:.3f} | {paper['ua']:.3f} | " if paper else
-            f"| `{row['variant']}` | {row['description']} | "
-            f"{row['wa']['mean']:.3f} +- {row['wa']['std']:.3f} | "
-            f"{row['ua']['mean']:.3f} +- {row['ua']['std']:.3f} | - | - | ")
-        lines[-1] += (f"{row['units']} ({len(row['seeds'])}) | "
-                      f"{row['train_seconds'] / 60:.1f} min |")
+            f"| `{row['variant']}` | {row['description']} | {_ci(row['wa'], folds)} | "
+            f"{_ci(row['ua'], folds)} | "
+            + (f"{paper['wa']:.3f} | {paper['ua']:.3f} | " if paper else "- | - | ")
+            + f"{row['units']} ({len(row['seeds'])}) | {row['train_seconds'] / 60:.1f} min |")
     ensembles = [r for r in summary["rows"] if r.get("ensemble")]
     if ensembles:
         lines += ["", "## Seed ensembles", "",
                   "Each fold scored by the average of the class probabilities of the variant's "
                   "models of its first N seeds (each trained and epoch-selected on its own, as "
-                  "above); mean +- std over folds.", "",
-                  "| variant | seeds | WA | UA |", "|---|---|---|---|"]
+                  f"above); {over}. The gain is over the mean of the same seeds' single models "
+                  "on the same fold. " + gains, "",
+                  "| variant | seeds | WA | UA | WA gain over one model | "
+                  "UA gain over one model |", "|---|---|---|---|---|---|"]
         for row in ensembles:
             for e in row.get("ensembles", [row["ensemble"]]):
                 lines.append(f"| `{row['variant']}` | {len(e['seeds'])} | "
-                             f"{e['wa']['mean']:.3f} +- {e['wa']['std']:.3f} | "
-                             f"{e['ua']['mean']:.3f} +- {e['ua']['std']:.3f} |")
+                             f"{_ci(e['wa'], folds)} | {_ci(e['ua'], folds)} | "
+                             f"{_gain(e['gain']['wa'])} | {_gain(e['gain']['ua'])} |")
     corrections = [r["prior_correction"] for r in summary["rows"] if r.get("prior_correction")]
     if corrections:
         lines += ["", "## Prior correction, decided on validation", "",
@@ -445,38 +490,45 @@ def render_markdown(summary: dict, header: dict) -> str:
                   "class prior (`trainer.metrics.prior_corrected`) turns its decisions into "
                   "those that maximise expected UA. Whether a variant adopts it is decided on "
                   "the inner validation speakers only: the selected model of every unit "
-                  "predicts them, and the correction is adopted if it raises their mean UA. "
-                  "The held-out columns are reported, not used.", "",
-                  "| variant | units | validation UA | corrected | gain +- s.e. (wins/losses) "
+                  "predicts them, and the correction is adopted if it raises their mean UA "
+                  "(seeds averaged within each fold first). The held-out columns are reported, "
+                  f"not used. Scores: {over}. " + gains, "",
+                  "| variant | units | validation UA | corrected | validation UA gain "
                   "| adopted | held-out WA / UA | corrected WA / UA |",
                   "|---|---|---|---|---|---|---|---|"]
         for c in corrections:
             v, t = c["validation"], c["test"]
             lines.append(
-                f"| `{c['variant']}` | {c['units']} | {v['ua']['mean']:.3f} | "
-                f"{v['corrected_ua']['mean']:.3f} | {v['ua_gain']['mean']:+.3f} +- "
-                f"{v['ua_gain']['standard_error']:.3f} "
-                f"({v['ua_gain']['wins']}/{v['ua_gain']['losses']}) | "
+                f"| `{c['variant']}` | {c['units']} | {_ci(v['ua'], folds)} | "
+                f"{_ci(v['corrected_ua'], folds)} | {_gain(v['ua_gain'])} | "
                 f"{'yes' if c['adopted'] else 'no'} | "
-                f"{t['wa']['mean']:.3f} / {t['ua']['mean']:.3f} | "
-                f"{t['corrected_wa']['mean']:.3f} / {t['corrected_ua']['mean']:.3f} |")
+                f"{_ci(t['wa'], folds)} / {_ci(t['ua'], folds)} | "
+                f"{_ci(t['corrected_wa'], folds)} / {_ci(t['corrected_ua'], folds)} |")
         ensembles = [(c["variant"], e) for c in corrections for e in c.get("ensembles", [])]
         if ensembles:
-            lines += ["", "Seed ensembles with the correction (mean +- std over folds):", "",
-                      "| variant | seeds | WA | UA |", "|---|---|---|---|"]
-            lines += [f"| `{v}` | {len(e['seeds'])} | {e['wa']['mean']:.3f} +- "
-                      f"{e['wa']['std']:.3f} | {e['ua']['mean']:.3f} +- {e['ua']['std']:.3f} |"
-                      for v, e in ensembles]
+            lines += ["", f"Seed ensembles with the correction: {over}. The gain is over "
+                      "the same ensemble without the correction, on the same fold; Holm over "
+                      "the gains of this table.", "",
+                      "| variant | seeds | WA | UA | WA gain from the correction | "
+                      "UA gain from the correction |", "|---|---|---|---|---|---|"]
+            lines += [f"| `{v}` | {len(e['seeds'])} | {_ci(e['wa'], folds)} | "
+                      f"{_ci(e['ua'], folds)} | {_gain(e['gain']['wa'])} | "
+                      f"{_gain(e['gain']['ua'])} |" for v, e in ensembles]
     if summary["claims"]:
         lines += ["", "## The paper's claims (and our recipe's), tested", "",
-                  "Paired differences over the (seed, fold) units both variants have; "
-                  "\"confirmed\" means the mean difference exceeds two standard errors.", "",
-                  "| claim | metric | difference | units | wins/losses | verdict |",
-                  "|---|---|---|---|---|---|"]
+                  "Gain of the first variant over the second, from the (seed, fold) units both "
+                  f"have, averaged within each fold: mean [95% CI] over n = {folds} folds. "
+                  + gains + " Holm's family is every row of this table.", "",
+                  "| claim | metric | gain [95% CI] | t (df) | p | Holm p | folds (units) "
+                  "| fold wins/losses | verdict |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for c in summary["claims"]:
-            lines.append(f"| {c['claim']} | {c['metric'].upper()} | "
-                         f"{c['mean_difference']:+.3f} +- {c['standard_error']:.3f} | "
-                         f"{c['units']} | {c['wins']}/{c['losses']} | {c['verdict']} |")
+            t = "-" if c["t"] is None else f"{c['t']:+.2f}"
+            lines.append(
+                f"| {c['claim']} | {c['metric'].upper()} | "
+                "{:+.3f} [{:+.3f}, {:+.3f}] | ".format(c["mean"], *c["ci95"])
+                + f"{t} ({c['df']}) | {_p(c['p'])} | {_p(c['p_holm'])} | "
+                f"{c['n_folds']} ({c['units']}) | {c['wins']}/{c['losses']} | {c['verdict']} |")
     if summary.get("tsne"):
         t = summary["tsne"]
         lines += ["", "## Utterance embeddings (the paper's Figure 2)", "",
@@ -557,6 +609,31 @@ def write_results(work_dir, results_dir, dataset: str, folds: int, header: dict,
     (Path(results_dir) / f"{dataset}.md").write_text(render_markdown(summary, header))
     archive_units(work_dir, Path(results_dir) / f"{dataset}-units.jsonl")
     return summary
+
+
+RERENDER_COMMAND = ("python -c \"from pipeline.reproduce import rerender; "
+                    "rerender('{results_dir}', '{dataset}')\"")
+
+
+def rerender(results_dir, dataset: str = "ravdess") -> dict:
+    """Rewrites ``<results_dir>/<dataset>.md`` / ``.json`` from the units archived beside them
+    (``<dataset>-units.jsonl``), training nothing and needing no records: the units are restored
+    into a temporary work directory and summarised by this checkout's code. The header keeps how
+    the units were produced and records the re-rendering."""
+    import tempfile
+
+    results_dir = Path(results_dir)
+    archive = results_dir / f"{dataset}-units.jsonl"
+    if not archive.exists():
+        raise FileNotFoundError(f"{archive} does not exist: these results cannot be re-rendered "
+                                "without training their units again")
+    previous = json.loads((results_dir / f"{dataset}.json").read_text())
+    header = {**previous["header"], "rerendered": {
+        "command": RERENDER_COMMAND.format(results_dir=results_dir.as_posix(), dataset=dataset),
+        "commit": git_commit(results_dir), "date": time.strftime("%Y-%m-%d")}}
+    with tempfile.TemporaryDirectory() as work:
+        restore_units(archive, work)
+        return write_results(work, results_dir, dataset, previous["folds"], header)
 
 
 def reproduce(records_dir, work_dir, results_dir, *, dataset: str, variants: Sequence[str],

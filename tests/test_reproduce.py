@@ -62,12 +62,17 @@ def test_reproduce_writes_results_and_resumes(tmp_path, capsys):
     correction = rows["cme"]["prior_correction"]
     assert correction["units"] == 2 and isinstance(correction["adopted"], bool)
     claim = [c for c in result["claims"] if c["worse"] == "no_excite" and c["metric"] == "ua"]
-    assert len(claim) == 1 and claim[0]["units"] == 2
+    assert len(claim) == 1 and claim[0]["units"] == 2 and claim[0]["n_folds"] == 2
+    assert {"mean", "ci95", "t", "p", "p_holm", "holds"} <= set(claim[0])
+    assert set(rows["cme"]["wa"]) == {"mean", "sd", "ci95", "n_folds"}
+    assert rows["cme"]["wa"]["n_folds"] == 2
     markdown = (tmp_path / "results" / "ravdess.md").read_text()
     assert ("Produced by `cme-ser reproduce --folds 2 --epochs 1 --records "
             f"{records} ") in markdown
     assert "| `cme` | ours" in markdown and "| 0.720 | 0.708 | 2 (1) |" in markdown
     assert "Finished 4 of the 4 units this command plans." in markdown
+    assert "mean [95% CI] over n = 2 folds (seeds averaged within each fold first" in markdown
+    assert "+-" not in markdown
     assert (tmp_path / "results" / "ravdess-tsne.png").stat().st_size > 10000
     assert [p["variant"] for p in result["tsne"]["panels"]] == ["no_excite", "cme"]
 
@@ -111,6 +116,14 @@ def test_reproduce_writes_results_and_resumes(tmp_path, capsys):
     assert ensemble["seeds"] == [0, 1]
     assert {r["variant"]: r for r in result["rows"]}["cme"]["ensembles"] == [ensemble]
     assert ensemble["wa"]["mean"] == pytest.approx(np.mean(was))
+    assert ensemble["per_fold"]["wa"] == pytest.approx(was)
+    # Its gain is paired over folds, against the mean of the same seeds' single models.
+    singles = [np.mean([json.loads((tmp_path / "work" / "runs" / "cme" / f"seed{s}" /
+                                    f"fold{k}.json").read_text())["wa"] for s in range(2)])
+               for k in range(2)]
+    gain = ensemble["gain"]["wa"]
+    assert gain["n_folds"] == 2 and gain["mean"] == pytest.approx(np.mean(was) - np.mean(singles))
+    assert {"p", "p_holm", "holds", "ci95"} <= set(gain)
     assert "## Seed ensembles" in (tmp_path / "results" / "ravdess.md").read_text()
     # An interrupted command says how far it got.
     (tmp_path / "work" / "runs" / "cme" / "seed1" / "fold1.json").unlink()
@@ -131,22 +144,76 @@ def test_reproduce_rejects_bad_requests(tmp_path, capsys):
     assert "holds no preprocessed records" in capsys.readouterr().err
 
 
-def test_paired_claims_verdicts():
-    def rows(variant, values):
-        return [{"variant": variant, "seed": 0, "fold": k, "ua": v} for k, v in enumerate(values)]
+def test_paired_claims_over_folds():
+    from scipy import stats
+
+    def rows(variant, values, seed=0):
+        return [{"variant": variant, "seed": seed, "fold": k, "ua": v}
+                for k, v in enumerate(values)]
 
     better = rows("cme", [0.80, 0.82, 0.78, 0.81])
     test = repro._paired(better + rows("no_excite", [0.70, 0.71, 0.69, 0.72]), "cme",
                          "no_excite", "ua")
-    assert test["verdict"] == "confirmed" and test["wins"] == 4
-    assert test["mean_difference"] == pytest.approx(0.0975)
+    assert test["wins"] == 4 and test["n_folds"] == 4 and test["df"] == 3
+    assert test["mean"] == pytest.approx(0.0975)
+    reference = stats.ttest_rel([0.80, 0.82, 0.78, 0.81], [0.70, 0.71, 0.69, 0.72])
+    assert test["p"] == pytest.approx(reference.pvalue, abs=1e-12)
+    assert test["ci95"][0] > 0
     mixed = repro._paired(better + rows("no_excite", [0.85, 0.75, 0.80, 0.80]), "cme",
                           "no_excite", "ua")
-    assert mixed["verdict"] == "not distinguishable" and (mixed["wins"], mixed["losses"]) == (2, 2)
-    worse = repro._paired(better + rows("no_excite", [0.90, 0.93, 0.88, 0.90]), "cme",
-                          "no_excite", "ua")
-    assert worse["verdict"] == "contradicted"
+    assert (mixed["wins"], mixed["losses"]) == (2, 2) and mixed["p"] > 0.5
     assert repro._paired(better[:1] + rows("no_excite", [0.7]), "cme", "no_excite", "ua") is None
+    # A second seed on every fold adds units, not observations: the folds' means are tested.
+    seed1 = rows("cme", [0.76, 0.80, 0.80, 0.79], seed=1) + rows(
+        "no_excite", [0.70, 0.74, 0.70, 0.70], seed=1)
+    two = repro._paired(better + seed1 + rows("no_excite", [0.70, 0.71, 0.69, 0.72]), "cme",
+                        "no_excite", "ua")
+    assert two["units"] == 8 and two["n_folds"] == 4 and two["df"] == 3
+    diffs = np.array([[0.10, 0.11, 0.09, 0.09], [0.06, 0.06, 0.10, 0.09]]).mean(axis=0)
+    assert two["mean"] == pytest.approx(diffs.mean())
+    assert two["p"] == pytest.approx(stats.ttest_1samp(diffs, 0.0).pvalue, abs=1e-12)
+
+
+def test_summary_averages_seeds_per_fold_and_holm_corrects_the_claims():
+    from scipy import stats
+
+    def row(variant, seed, fold, wa, ua):
+        return {"variant": variant, "seed": seed, "fold": fold, "wa": wa, "ua": ua,
+                "seconds": 1.0, "config": {}}
+
+    rng = np.random.default_rng(3)
+    rows = []
+    for variant, shift in (("cme", 0.05), ("no_excite", 0.0), ("cme_paper", 0.04)):
+        for fold in range(5):
+            base = 0.6 + 0.02 * fold
+            for seed in range(2 if variant != "cme_paper" or fold else 1):  # cme_paper: 9 units
+                rows.append(row(variant, seed, fold, base + shift + rng.normal(0, 0.01),
+                                base + shift + rng.normal(0, 0.02)))
+    summary = repro.summarize(rows, "ravdess", folds=5)
+    paper = {r["variant"]: r for r in summary["rows"]}["cme_paper"]
+    fold_wa = [np.mean([r["wa"] for r in rows if r["variant"] == "cme_paper" and r["fold"] == k])
+               for k in range(5)]
+    assert paper["units"] == 9 and paper["wa"]["n_folds"] == 5
+    assert paper["wa"]["mean"] == pytest.approx(np.mean(fold_wa), abs=1e-12)
+    assert paper["wa"]["sd"] == pytest.approx(np.std(fold_wa, ddof=1), abs=1e-12)
+    assert paper["wa"]["ci95"] == pytest.approx(list(stats.t.interval(
+        0.95, 4, loc=np.mean(fold_wa), scale=stats.sem(fold_wa))), abs=1e-12)
+    claims = summary["claims"]
+    assert [(c["better"], c["worse"], c["metric"]) for c in claims] == [
+        ("cme", "no_excite", "wa"), ("cme", "no_excite", "ua"),
+        ("cme", "cme_paper", "wa"), ("cme", "cme_paper", "ua")]
+    p = [c["p"] for c in claims]
+    m = len(p)
+    order = np.argsort(p)
+    expected = np.minimum(1, np.maximum.accumulate([(m - i) * p[j] for i, j in enumerate(order)]))
+    assert [claims[j]["p_holm"] for j in order] == pytest.approx(list(expected), abs=1e-12)
+    assert all(c["holds"] == (c["p_holm"] < 0.05 and c["mean"] > 0) for c in claims)
+    assert claims[0]["holds"]  # +0.05 on every fold
+    markdown = repro.render_markdown(summary, {"command": "x", "commit": "c", "date": "d",
+                                                "machine": "m"})
+    assert "over n = 5 folds (seeds averaged within each fold first; Student t, df = 4)" in markdown
+    assert "| excitation helps (both gates vs none) | WA | +0.0" in markdown
+    assert "| 5 (10) | 5/0 | holds |" in markdown
 
 
 def test_plan_is_seed_major_and_checks_variants():
@@ -171,7 +238,9 @@ def test_seed_ensemble_needs_every_member(tmp_path):
     unit(0, 0, [[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
     unit(1, 0, [[0.4, 0.6], [0.3, 0.7], [0.1, 0.9]])
     result = repro.seed_ensemble(tmp_path, "cme", [0, 1], folds=1)
-    assert result["wa"] == {"mean": 1.0, "std": 0.0} and result["ua"]["mean"] == 1.0
+    assert result["wa"] == {"mean": 1.0, "sd": None, "ci95": None, "n_folds": 1}
+    assert result["ua"]["mean"] == 1.0 and result["per_fold"]["ua"] == [1.0]
+    assert result["gain"] == {"wa": None, "ua": None}  # one fold: nothing to test over
     assert repro.seed_ensemble(tmp_path, "cme", [0], folds=1) is None
     unit(1, 0, None)  # a unit from before probabilities were saved
     assert repro.seed_ensemble(tmp_path, "cme", [0, 1], folds=1) is None
@@ -181,8 +250,8 @@ def test_seed_ensemble_needs_every_member(tmp_path):
 
 
 def test_prior_correction_is_decided_on_validation_predictions(tmp_path):
-    def unit(seed, val_probabilities, val_labels, probabilities, labels):
-        u = repro.Unit("cme", seed, 0)
+    def unit(seed, val_probabilities, val_labels, probabilities, labels, fold=0):
+        u = repro.Unit("cme", seed, fold)
         u.path(tmp_path).parent.mkdir(parents=True, exist_ok=True)
         u.path(tmp_path).write_text(json.dumps({"train_class_counts": [2, 1]}))
         np.savez(u.path(tmp_path).with_suffix(".npz"), utterance_ids=np.array(["a", "b"]),
@@ -195,14 +264,22 @@ def test_prior_correction_is_decided_on_validation_predictions(tmp_path):
     units = [unit(0, [[0.6, 0.4], [0.9, 0.1]], [1, 0], [[0.6, 0.4], [0.7, 0.3]], [0, 1]),
              unit(1, [[0.6, 0.4], [0.8, 0.2]], [1, 0], [[0.8, 0.2], [0.3, 0.7]], [0, 1])]
     test = repro.prior_correction_test(tmp_path, "cme", units)
-    assert test["adopted"] and test["units"] == 2
+    assert test["adopted"] and test["units"] == 2 and test["n_folds"] == 1
     assert test["validation"]["ua"]["mean"] == 0.5 and test["validation"]["corrected_ua"]["mean"] == 1.0
-    assert (test["validation"]["ua_gain"]["wins"], test["validation"]["ua_gain"]["losses"]) == (2, 0)
+    assert test["validation"]["ua_gain"] is None  # two seeds of one fold: one observation
     # Held-out: the correction flips both of unit 0's decisions, both wrong (reported, not used).
     assert test["test"]["ua"]["mean"] == 0.75 and test["test"]["corrected_ua"]["mean"] == 0.5
     assert test["test"]["wa"]["mean"] == 0.75 and test["test"]["corrected_wa"]["mean"] == 0.5
     ensemble = repro.seed_ensemble(tmp_path, "cme", [0, 1], folds=1, prior_correction=True)
     assert ensemble["ua"]["mean"] == 1.0  # mean (0.7, 0.3), (0.5, 0.5) -> corrected 0.54, 0.67
+    assert ensemble["gain_over"] == "the same ensemble without the correction"
+    # A second fold where the correction changes nothing on validation: gain 0.5, then 0.
+    more = units + [unit(s, [[0.9, 0.1], [0.9, 0.1]], [1, 0], [[0.6, 0.4], [0.7, 0.3]], [0, 1],
+                         fold=1) for s in (0, 1)]
+    gain = repro.prior_correction_test(tmp_path, "cme", more)["validation"]["ua_gain"]
+    assert gain["n_folds"] == 2 and (gain["wins"], gain["losses"]) == (1, 0)
+    assert gain["mean"] == pytest.approx(0.25) and gain["t"] == pytest.approx(1.0)
+    assert gain["p"] == pytest.approx(0.5)  # t(1) = 1: two-sided p 0.5
     # Against the validation evidence: not adopted.
     units = [unit(0, [[0.6, 0.4], [0.9, 0.1]], [0, 0], [[0.6, 0.4]] * 2, [0, 1])]
     assert not repro.prior_correction_test(tmp_path, "cme", units)["adopted"]
