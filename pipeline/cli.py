@@ -228,7 +228,6 @@ def fetch_embeddings(args) -> None:
 
 def serve(args) -> None:
     """TF Serving's REST API over <base>/<version>/ SavedModels, until interrupted."""
-    import signal
     import socket
 
     base = Path(args.model_base_path)
@@ -255,7 +254,9 @@ def serve(args) -> None:
         import tensorflow as tf  # before anything runs: the thread pools are made once
         tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
-    from serving.server import build_server
+    import faulthandler
+    faulthandler.enable(all_threads=True)  # should it ever abort: every thread's stack on stderr
+    from serving.server import build_server, serve_until_signalled
     listen_socket = counts = None
     if args.listen_fd is not None:  # a worker of `--workers N`: the supervisor's socket
         from serving import workers
@@ -275,16 +276,7 @@ def serve(args) -> None:
     versions = server.repository.available_versions
     print(f"cme-ser serve: model {args.model_name!r} from {base} (versions available: "
           f"{versions or 'none yet'}), REST API at {server.url}", flush=True)
-    # SIGTERM (docker stop, kill) stops like Ctrl-C: finish the requests in flight, then exit.
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-        server.repository.stop()
+    serve_until_signalled(server)  # SIGTERM / Ctrl-C: finish what is in flight, exit 0
 
 
 def _threads_per_worker(workers: int) -> int:
@@ -320,13 +312,6 @@ def _serve_workers(args, base: Path) -> int:
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {error.strerror or error}")
     return workers.supervise(command, sock, args.workers,
                              describe=f"model {args.model_name!r} from {base}")
-
-
-def _interrupt(signum, frame):
-    import signal
-    for other in (signal.SIGTERM, signal.SIGINT):  # once: a second signal must not cut the
-        signal.signal(other, signal.SIG_IGN)       # shutdown short
-    raise KeyboardInterrupt
 
 
 def predict(args) -> list:

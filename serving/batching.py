@@ -95,6 +95,7 @@ class Batcher:
         self.batches = 0  # model calls made, and the requests they answered (for monitoring)
         self.requests = 0
         self.merge_failures = 0  # merged batches that failed and were re-run request by request
+        self._closed = False
 
     def run(self, version, signature, tensors: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
         """The signature's outputs for ``tensors`` (one request), possibly computed in a batch."""
@@ -104,15 +105,27 @@ class Batcher:
             return signature.run(tensors)
         key = (id(version), signature.name)
         with self._lock:
+            if self._closed:  # shutting down: no new worker threads
+                return signature.run(tensors)
             queue = self._queues.get(key)
             if queue is None or queue.signature is not signature:
                 queue = self._queues[key] = _Queue(self, signature, policy)
         item = _Item(tensors, rows, time.monotonic())
-        queue.submit(item)
+        if not queue.submit(item):  # closed meanwhile
+            return signature.run(tensors)
         item.done.wait()
         if item.error is not None:
             raise item.error
         return item.outputs
+
+    def close(self) -> None:
+        """Lets every worker thread finish the batches already queued, then joins them: no
+        thread of ours may still be inside TensorFlow when the interpreter tears it down."""
+        with self._lock:
+            self._closed = True
+            queues = list(self._queues.values())
+        for queue in queues:
+            queue.close()
 
     def _forget(self, queue: "_Queue") -> None:
         with self._lock:
@@ -129,15 +142,30 @@ class _Queue:
         self.cond = threading.Condition()
         self.items: collections.deque = collections.deque()
         self.workers = 0
+        self.threads: List[threading.Thread] = []
+        self.closed = False
 
-    def submit(self, item: _Item) -> None:
+    def submit(self, item: _Item) -> bool:
+        """Queues ``item`` for a worker thread; False (nothing queued) once closed."""
         with self.cond:
+            if self.closed:
+                return False
             self.items.append(item)
             if self.workers < self.batcher.num_threads:
                 self.workers += 1
-                threading.Thread(target=self._work, name=f"batch-{self.signature.name}",
-                                 daemon=True).start()
+                thread = threading.Thread(target=self._work, name=f"batch-{self.signature.name}")
+                self.threads = [t for t in self.threads if t.is_alive()] + [thread]
+                thread.start()
             self.cond.notify()
+            return True
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+            threads = list(self.threads)
+        for thread in threads:
+            thread.join()
 
     def _take(self) -> Optional[List[_Item]]:
         """Next batch: wait for a first item, then for company until it is full or the first
@@ -145,7 +173,7 @@ class _Queue:
         batcher = self.batcher
         with self.cond:
             while not self.items:
-                if not self.cond.wait(batcher.idle_s) and not self.items:
+                if (self.closed or not self.cond.wait(batcher.idle_s)) and not self.items:
                     self.workers -= 1
                     if self.workers == 0:
                         batcher._forget(self)

@@ -20,6 +20,7 @@ that were unloaded or failed.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -301,10 +302,15 @@ class ModelRepository:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stops polling (a load under way finishes first) and releases every loaded version,
+        so their TensorFlow resources are freed now, not during interpreter teardown."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=10)
+            self._thread.join()
             self._thread = None
+        with self._refresh_lock:
+            self._publish({}, {}, {})
+        gc.collect()
 
 
 def _mtime(path: Path) -> float:

@@ -29,7 +29,9 @@ from __future__ import annotations
 import json
 import logging
 import re
+import signal
 import socket
+import sys
 import threading
 import time
 import urllib.parse
@@ -360,9 +362,15 @@ def _too_large(length: int, limit: int) -> ServingError:
 
 
 class RestServer(ThreadingHTTPServer):
-    """One thread per connection; the model calls are thread-safe."""
+    """One thread per connection; the model calls are thread-safe.
 
-    daemon_threads = True
+    Request threads are not daemons: :meth:`close` ends every connection and joins them, so
+    that no thread is inside TensorFlow when the interpreter tears it down (a daemon thread
+    still running a model at exit is what made ``cme-ser serve`` abort on SIGTERM).
+    """
+
+    daemon_threads = False
+    block_on_close = True
     allow_reuse_address = True
     # listen() backlog: the default 5 drops SYNs when many clients connect at once, and a
     # dropped SYN costs the client a 1 s retransmission.
@@ -384,6 +392,8 @@ class RestServer(ThreadingHTTPServer):
         self.api = api
         self.max_body_bytes = max_body_bytes
         self.connection_counts = connection_counts
+        self._open: set = set()  # connections being served, for close()
+        self._open_lock = threading.Lock()
 
     def get_request(self):
         counts = self.connection_counts
@@ -395,14 +405,42 @@ class RestServer(ThreadingHTTPServer):
         connection.setblocking(True)  # (accepted from a non-blocking listening socket)
         if counts is not None:
             counts.add(1)
+        with self._open_lock:
+            self._open.add(connection)
         return connection, address
 
     def shutdown_request(self, request):
+        with self._open_lock:
+            self._open.discard(request)
         try:
             super().shutdown_request(request)
         finally:
             if self.connection_counts is not None:
                 self.connection_counts.add(-1)
+
+    def handle_error(self, request, client_address):
+        """A client that hung up or timed out is routine: one debug line, no traceback."""
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            log.debug("%s: connection ended: %s", client_address, error)
+        else:
+            log.exception("error serving %s", client_address)
+
+    def close(self) -> None:
+        """After :meth:`shutdown` (or when ``serve_forever`` was never run): stops listening,
+        lets the requests in flight finish, ends the idle keep-alive connections, joins every
+        request and batching thread, and releases the models."""
+        with self._open_lock:
+            connections = list(self._open)
+        for connection in connections:
+            try:  # a handler waiting for its next request reads EOF; one replying finishes
+                connection.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
+        self.server_close()  # closes the listening socket, then joins the request threads
+        if self.api.batcher is not None:
+            self.api.batcher.close()
+        self.repository.stop()
 
     @property
     def repository(self) -> ModelRepository:
@@ -415,10 +453,31 @@ class RestServer(ThreadingHTTPServer):
 
 
 def start_in_thread(server: RestServer) -> threading.Thread:
-    """Serve in a daemon thread (tests, benchmarks); stop with ``server.shutdown()``."""
-    thread = threading.Thread(target=server.serve_forever, name="rest-server", daemon=True)
+    """Serve in a thread; stop with ``server.shutdown()``, then ``server.close()``."""
+    thread = threading.Thread(target=server.serve_forever, name="rest-server")
     thread.start()
     return thread
+
+
+def serve_until_signalled(server: RestServer, signals=(signal.SIGTERM, signal.SIGINT)) -> None:
+    """Serves until one of ``signals`` (docker stop, kubectl delete, Ctrl-C), then stops the
+    way TF Serving does: no new connections, the requests in flight answered, every thread
+    joined and the models released before returning, so the process exits with status 0."""
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in signals}
+    thread = start_in_thread(server)
+    try:
+        while not stop.wait(1.0):  # the handler runs in this (the main) thread
+            if not thread.is_alive():
+                raise RuntimeError("the HTTP server thread ended by itself")
+    finally:
+        for s in signals:  # a second signal must not cut the shutdown short
+            signal.signal(s, signal.SIG_IGN)
+        server.shutdown()
+        thread.join()
+        server.close()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def build_server(base_path, model_name: str, *, host: str = "127.0.0.1", port: int = 8501,

@@ -28,8 +28,7 @@ def server(base):
     start_in_thread(srv)
     yield srv
     srv.shutdown()
-    srv.server_close()
-    srv.repository.stop()
+    srv.close()
 
 
 def run_json(capsys, *argv):

@@ -42,8 +42,7 @@ def server(exported, tmp_path_factory):
     start_in_thread(srv)
     yield srv
     srv.shutdown()
-    srv.server_close()
-    srv.repository.stop()
+    srv.close()
 
 
 @pytest.fixture(scope="module")
@@ -521,8 +520,7 @@ def test_new_versions_are_picked_up_and_labels_keep_old_ones(exported, tmp_path,
         assert call(srv, "POST", "/v1/models/cme:predict", row)[0] == 200
     finally:
         srv.shutdown()
-        srv.server_close()
-        srv.repository.stop()
+        srv.close()
 
 
 @pytest.fixture(scope="module")
@@ -545,8 +543,7 @@ def toy_server(tmp_path_factory):
     start_in_thread(srv)
     yield srv
     srv.shutdown()
-    srv.server_close()
-    srv.repository.stop()
+    srv.close()
 
 
 def test_single_output_and_bytes_formatting(toy_server):
@@ -592,6 +589,32 @@ def test_single_output_and_bytes_formatting(toy_server):
     assert post({"inputs": [3.0]}) == (200, {"outputs": [3.5]})
 
 
+def test_close_ends_idle_connections_and_joins_every_thread(exported, utterance):
+    """After shutdown + close no thread of the server runs (request threads, batching threads,
+    the version poller) and no model is held: nothing is left inside TensorFlow for the
+    interpreter's teardown, which is what made `cme-ser serve` abort on SIGTERM."""
+    base, _ = exported
+    before = set(threading.enumerate())
+    srv = build_server(base, "cme", port=0, poll_seconds=0.05, batch_timeout_ms=50)
+    thread = start_in_thread(srv)
+    idle = http.client.HTTPConnection("127.0.0.1", srv.server_address[1], timeout=60)
+    idle.request("GET", "/v1/models/cme")  # then kept alive and idle
+    assert json.loads(idle.getresponse().read())["model_version_status"][0]["state"] == \
+        "AVAILABLE"
+    with RestClient(srv.url, "cme") as client:  # a batching thread starts, idles 30 s
+        assert client.predict_waveform([Utterance(*utterance)])[0].emotion in CLASSES
+    assert srv.api.batcher.batches == 1
+    started = {t.name for t in set(threading.enumerate()) - before}
+    assert {"rest-server", "poll-cme", f"batch-{PREDICT_WAVEFORM}"} <= started, started
+    srv.shutdown()
+    thread.join(timeout=30)
+    srv.close()
+    assert set(threading.enumerate()) - before == set()
+    assert srv.repository.available_versions == []
+    assert idle.sock.recv(1) == b""  # the idle keep-alive connection was ended by the server
+    idle.close()
+
+
 def test_cme_ser_serve_command(exported):
     """`cme-ser serve` as a process: announces its URL, answers, and stops cleanly on SIGTERM."""
     import signal
@@ -615,7 +638,10 @@ def test_cme_ser_serve_command(exported):
         with RestClient(url, "cme") as client:
             assert client.status()["model_version_status"][0]["state"] == "AVAILABLE"
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
+        status = process.wait(timeout=30)
+        stderr = process.stderr.read()
+        assert status == 0, stderr[-5000:]  # a crash's stacks come from faulthandler
+        assert "Traceback" not in stderr, stderr[-5000:]
     finally:
         if process.poll() is None:
             process.kill()
