@@ -208,18 +208,19 @@ class ModelRepository:
             raise not_found(f"Servable not found for request: Specific({self.name}, {version})")
         return snapshot.versions[version]
 
-    def status(self, version: Optional[int] = None,
-               label: Optional[str] = None) -> List[Tuple[int, VersionState]]:
-        """``(version, state)`` pairs as GetModelStatus reports them."""
+    def status(self, version: Optional[int] = None) -> List[Tuple[int, VersionState]]:
+        """``(version, state)`` pairs as GetModelStatus reports them: one version, or all,
+        newest first. TF Serving 2.16.1 (``get_model_status_impl.cc``) looks only at a version
+        number, never at a label, and lists a ``ServableStateMonitor::VersionMap``, which is
+        ordered by ``std::greater``."""
         snapshot = self._snapshot
-        version = self._requested_version(snapshot, version, label)
         if version is not None:
             if version not in snapshot.states:
                 raise not_found(f"Could not find version {version} of model {self.name}")
             return [(version, snapshot.states[version])]
         if not snapshot.states:
             raise not_found(f"Could not find any versions of model {self.name}")
-        return sorted(snapshot.states.items())
+        return sorted(snapshot.states.items(), reverse=True)
 
     @property
     def available_versions(self) -> List[int]:

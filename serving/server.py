@@ -113,7 +113,7 @@ class RestApi:
             if version is not None:
                 raise not_found(f"Could not find version {version} of model {name}")
             raise not_found(f"Could not find any versions of model {name}")
-        states = self.repository.status(version, label)
+        states = self.repository.status(version)  # a label is ignored, as upstream
         response = {"model_version_status": [
             {"version": str(number), "state": state.state,
              "status": {"error_code": state.error_code, "error_message": state.error_message}}
