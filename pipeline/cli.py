@@ -7,6 +7,7 @@
     cme-ser predict AUDIO [AUDIO ...] [--transcript TEXT] [--url URL | --model-dir DIR] [--json]
     cme-ser compile --target kubeflow --output pipeline.json [...]
     cme-ser reproduce [--dataset ravdess] [--variants a,b] [--folds 5] [--seeds 3] [--jobs N]
+                      [--protocol {table,nested}] [--selection docs/selection.json]
 """
 
 from __future__ import annotations
@@ -198,6 +199,15 @@ def reproduce(args) -> dict:
         raise UsageError(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
     if args.seeds < 1 or args.jobs < 1:
         raise UsageError("--seeds and --jobs must be >= 1")
+    if args.protocol == "nested":
+        if args.variants:
+            raise UsageError("--protocol nested takes its variants and seeds from --selection, "
+                             "not --variants")
+        from pipeline import nested
+        try:
+            nested.load_selection(args.selection)  # fail before any preprocessing
+        except ValueError as error:
+            raise UsageError(str(error)) from error
     work = Path(args.work_dir or Path("output") / "reproduce" / args.dataset)
     records = Path(args.records) if args.records else work / "records"
     if not (records / "summary.json").exists():
@@ -212,6 +222,13 @@ def reproduce(args) -> dict:
     command = "cme-ser reproduce " + " ".join(
         shlex.quote(a) for a in (args.argv if args.argv is not None else sys.argv[1:])[1:])
     try:
+        if args.protocol == "nested":
+            from pipeline import nested
+            return nested.run_nested(records, work, args.results_dir, dataset=args.dataset,
+                                     selection_path=args.selection, folds=args.folds,
+                                     jobs=args.jobs, threads=args.threads,
+                                     command=command.strip(),
+                                     overrides={"epochs": args.epochs} if args.epochs else None)
         return repro.reproduce(records, work, args.results_dir, dataset=args.dataset,
                                variants=variants, seeds=args.seeds, folds=args.folds,
                                jobs=args.jobs, threads=args.threads, command=command.strip(),
@@ -434,6 +451,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="finished units live here (default output/reproduce/<dataset>)")
     rep.add_argument("--results-dir", default="docs/results")
     rep.add_argument("--embeddings", default=None)
+    rep.add_argument("--protocol", choices=["table", "nested"], default="table",
+                     help="table: every variant's k-fold CV (Table 1); nested: nested CV of the "
+                          "candidates and rule in --selection -> <dataset>-nested.md")
+    rep.add_argument("--selection", default="docs/selection.json",
+                     help="pre-registered candidates and selection rule (--protocol nested; "
+                          "its variants and seeds replace --variants / --seeds)")
     rep.set_defaults(func=reproduce)
 
     srv = sub.add_parser("serve", help="TF Serving's REST API over exported SavedModel versions")

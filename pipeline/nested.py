@@ -1,0 +1,629 @@
+"""``cme-ser reproduce --protocol nested``: nested cross-validation of a pre-registered choice.
+
+The candidates to choose among (variant, seeds averaged, prior correction on/off) and the rule
+that chooses are fixed in a selection file (``docs/selection.json``), committed before the run;
+its sha256 goes into the results. For each outer fold ``k``:
+
+- an *inner* cross-validation over the other folds only scores every candidate: inner unit
+  ``(variant, seed, k, j)`` is ``trainer.train.train_fold`` on ``{j': files[j'] for j' != k}``
+  holding out inner fold ``j`` (fold ``k``'s records are never even passed in);
+- the rule picks the winner on those inner scores alone;
+- the winner's models trained on all of fold ``k``'s training speakers -- the ordinary units
+  ``(variant, seed, fold=k)`` of ``pipeline.reproduce`` -- score fold ``k`` once.
+
+The nested estimate is the mean of the outer scores over the outer folds with a Student-t 95% CI
+(n = folds): an estimate of what the *rule* delivers, the choice included. The shipped default
+is the same rule applied to the ordinary cross-validation over all folds; its own CV score was
+seen while choosing, so it is reported as a development result, never as the estimate.
+
+Units are resumable like ``reproduce``'s (JSON + ``.npz`` predictions under the work directory;
+a unit whose configuration changed is trained again). Inner units live under
+``<work>/nested/<variant>/seed<s>/outer<k>/inner<j>.json``, the ordinary ones where
+``reproduce`` keeps them (``<work>/runs/...``), so the two share them. Every unit the results use
+is archived beside them (``<dataset>-nested-units.jsonl``): a fresh checkout re-renders the
+results from it (:func:`rerender`) and a re-run restores instead of training.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from pipeline import reproduce as repro
+from pipeline.statistics import mean_ci
+from trainer.config import VARIANTS
+
+DEFAULT_SELECTION = "docs/selection.json"
+# CPU seconds of one unit on RAVDESS (one core, --jobs 2 --threads 1), when the work directory
+# has no finished unit of the variant to measure it from.
+SECONDS_PER_UNIT = 150.0
+RULE_SCORES = ("inner_ua",)
+RULE_TIE_BREAKS = (["cost", "order"],)
+
+
+# --- The selection file ----------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    name: str
+    variant: str
+    seeds: Tuple[int, ...]
+    prior_correction: bool = False
+
+    @property
+    def cost(self) -> int:
+        """Models trained per fold: 2 per seed for a refit variant (selection run + refit)."""
+        return len(self.seeds) * (2 if VARIANTS[self.variant].get("refit") else 1)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "variant": self.variant, "seeds": list(self.seeds),
+                "prior_correction": self.prior_correction, "cost": self.cost}
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    path: str
+    sha256: str
+    text: str
+    candidates: Tuple[Candidate, ...]
+    score: str
+    tie_tolerance: float
+    tie_break: Tuple[str, ...]
+    description: str = ""
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "sha256": self.sha256, "text": self.text,
+                "rule": {"score": self.score, "tie_tolerance": self.tie_tolerance,
+                         "tie_break": list(self.tie_break)},
+                "candidates": [c.to_dict() for c in self.candidates]}
+
+
+def parse_selection(data: bytes, path: str = "") -> Selection:
+    """Validates a selection file's bytes; the hash is of exactly these bytes."""
+    where = path or "the selection file"
+    try:
+        spec = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{where} is not valid JSON: {error}") from error
+    if not isinstance(spec, dict):
+        raise ValueError(f"{where}: expected a JSON object")
+    rule = spec.get("rule")
+    if not isinstance(rule, dict):
+        raise ValueError(f"{where}: needs a 'rule' object")
+    score, tie_break = rule.get("score"), rule.get("tie_break")
+    tolerance = rule.get("tie_tolerance", 0.0)
+    if score not in RULE_SCORES:
+        raise ValueError(f"{where}: rule.score must be one of {RULE_SCORES}, got {score!r}")
+    if tie_break not in RULE_TIE_BREAKS:
+        raise ValueError(f"{where}: rule.tie_break must be one of {RULE_TIE_BREAKS}, "
+                         f"got {tie_break!r}")
+    if (not isinstance(tolerance, (int, float)) or isinstance(tolerance, bool)
+            or tolerance < 0):
+        raise ValueError(f"{where}: rule.tie_tolerance must be a number >= 0")
+    raw = spec.get("candidates")
+    if not isinstance(raw, list) or not raw:
+        raise ValueError(f"{where}: needs a non-empty 'candidates' list")
+    candidates = []
+    for i, c in enumerate(raw):
+        if not isinstance(c, dict):
+            raise ValueError(f"{where}: candidate {i} is not an object")
+        unknown = set(c) - {"name", "variant", "seeds", "prior_correction"}
+        if unknown:
+            raise ValueError(f"{where}: candidate {i} has unknown field(s) {sorted(unknown)}")
+        name, variant, seeds = c.get("name"), c.get("variant"), c.get("seeds")
+        prior = c.get("prior_correction", False)
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{where}: candidate {i} needs a name")
+        if variant not in VARIANTS:
+            raise ValueError(f"{where}: candidate {name!r}: unknown variant {variant!r}; "
+                             f"known: {', '.join(VARIANTS)}")
+        if (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds)
+                or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                           for s in seeds)):
+            raise ValueError(f"{where}: candidate {name!r}: seeds must be a non-empty list of "
+                             "distinct integers >= 0")
+        if not isinstance(prior, bool):
+            raise ValueError(f"{where}: candidate {name!r}: prior_correction must be true/false")
+        candidates.append(Candidate(name, variant, tuple(seeds), prior))
+    names = [c.name for c in candidates]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{where}: candidate names repeat: {names}")
+    return Selection(path=path, sha256=hashlib.sha256(data).hexdigest(),
+                     text=data.decode("utf-8"), candidates=tuple(candidates), score=score,
+                     tie_tolerance=float(tolerance), tie_break=tuple(tie_break),
+                     description=str(spec.get("description", "")))
+
+
+def load_selection(path) -> Selection:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"selection file {path} does not exist")
+    return parse_selection(path.read_bytes(), path.as_posix())
+
+
+def choose(scores: Sequence[float], candidates: Sequence[Candidate], tolerance: float) -> int:
+    """Index of the winner: the highest score; scores within ``tolerance`` of it tie, and ties
+    go to the lower cost, then to the earlier candidate."""
+    best = max(scores)
+    tied = [i for i, s in enumerate(scores) if s >= best - tolerance]
+    return min(tied, key=lambda i: (candidates[i].cost, i))
+
+
+# --- Units -----------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class InnerUnit:
+    """Inner fold ``fold`` held out, trained on every fold but it and the outer fold ``outer``."""
+    variant: str
+    seed: int
+    outer: int
+    fold: int
+
+    def path(self, work_dir) -> Path:
+        return (Path(work_dir) / "nested" / self.variant / f"seed{self.seed}"
+                / f"outer{self.outer}" / f"inner{self.fold}.json")
+
+    def __str__(self):
+        return f"{self.variant} seed {self.seed} outer {self.outer} inner {self.fold}"
+
+
+def models(selection: Selection) -> List[Tuple[str, int]]:
+    """The distinct (variant, seed) models the candidates need, seed-major."""
+    pairs = []
+    for c in selection.candidates:
+        pairs += [(c.variant, s) for s in c.seeds if (c.variant, s) not in pairs]
+    return sorted(pairs, key=lambda p: (p[1], pairs.index(p)))
+
+
+def plan(selection: Selection, folds: int, outer_folds: Optional[Sequence[int]] = None
+         ) -> Tuple[List[InnerUnit], List[repro.Unit]]:
+    """Inner units (every model, outer fold k, inner fold j != k) and the ordinary units
+    (every model, fold k): folds**2 units per (variant, seed). ``outer_folds`` restricts the
+    plan to those outer folds (the shipped default then stays undecided)."""
+    if folds < 3:
+        raise ValueError(f"nested cross-validation needs >= 3 folds, got {folds}")
+    chosen = sorted(set(range(folds) if outer_folds is None else outer_folds))
+    if not chosen or not set(chosen) <= set(range(folds)):
+        raise ValueError(f"outer folds must be among 0..{folds - 1}, got {outer_folds}")
+    pairs = models(selection)
+    inner = [InnerUnit(v, s, k, j) for v, s in pairs for k in chosen
+             for j in range(folds) if j != k]
+    outer = [repro.Unit(v, s, k) for v, s in pairs for k in chosen]
+    return inner, outer
+
+
+def _word_dim(files: Sequence[str]) -> int:
+    import tensorflow as tf
+    from preprocessing.records import decode_example
+    raw = next(iter(tf.data.TFRecordDataset(files[0], compression_type="GZIP")))
+    return int(decode_example(raw.numpy())["word_embeddings"].shape[1])
+
+
+def run_inner_unit(records_dir: str, work_dir: str, unit: InnerUnit,
+                   overrides: Optional[dict] = None) -> dict:
+    """Trains and scores one inner unit; the outer fold's records are not passed on (nor
+    read: even the word dimension comes from the other folds). Runs in a worker process."""
+    from pipeline.crossval import files_by_fold
+    from trainer.train import train_fold
+
+    files = {k: v for k, v in files_by_fold(records_dir).items() if k != unit.outer}
+    config = repro.unit_config(unit, _word_dim(files[min(files)]), overrides)
+    path = unit.path(work_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    result = train_fold(files, unit.fold, config, embeddings_path=str(path.with_suffix(".npz")))
+    row = {**dataclasses.asdict(unit), **dataclasses.asdict(result),
+           "seconds": round(time.time() - started, 1), "config": config.to_dict()}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(row, indent=2))
+    tmp.replace(path)
+    return row
+
+
+# --- Scores ----------------------------------------------------------------------------------
+
+def _scores(labels, probabilities) -> Tuple[float, float]:
+    """(WA, UA) of the argmax decisions."""
+    from trainer.metrics import confusion_matrix, unweighted_accuracy, weighted_accuracy
+    probabilities = np.asarray(probabilities)
+    confusion = confusion_matrix(labels, probabilities.argmax(-1), probabilities.shape[-1])
+    return weighted_accuracy(confusion), unweighted_accuracy(confusion)
+
+
+def _members_score(units: Sequence, work_dir, candidate: Candidate,
+                   usable: Callable) -> Optional[Tuple[float, float]]:
+    """(WA, UA) of ``candidate`` from its members' predictions on one held-out fold: the mean of
+    their class probabilities, divided by their pooled training class prior with the
+    correction (as ``reproduce.seed_ensemble``). None if a member is missing."""
+    from trainer.metrics import prior_corrected
+
+    members, counts = [], []
+    for unit in units:
+        path = unit.path(work_dir)
+        npz = path.with_suffix(".npz")
+        if not (path.exists() and npz.exists() and usable(unit)):
+            return None
+        data = np.load(npz)
+        if "probabilities" not in data.files:
+            return None
+        members.append(data)
+        counts.append(json.loads(path.read_text()).get("train_class_counts"))
+    ids, labels = members[0]["utterance_ids"], members[0]["labels"]
+    if any(not np.array_equal(m["utterance_ids"], ids) for m in members):
+        raise ValueError(f"{candidate.name}: the members {', '.join(map(str, units))} scored "
+                         "different utterances")
+    mean = np.mean([m["probabilities"] for m in members], axis=0)
+    if candidate.prior_correction:
+        if any(not c or min(c) <= 0 for c in counts):
+            raise ValueError(f"{candidate.name}: a member of {', '.join(map(str, units))} has "
+                             "no training example of some class: the prior correction is "
+                             "undefined")
+        mean = prior_corrected(mean, np.sum(counts, axis=0))
+    return _scores(labels, mean)
+
+
+def summarize(work_dir, selection: Selection, folds: int,
+              usable: Optional[Callable] = None) -> dict:
+    """Per outer fold every candidate's inner-CV scores, the winner and its outer score; the
+    nested estimate; the shipped default. ``usable(unit)`` says whether a finished unit counts
+    (e.g. its configuration is the current one); by default every finished unit does."""
+    usable = usable or (lambda unit: True)
+    candidates = selection.candidates
+    rows = []
+    for k in range(folds):
+        inner_folds = [j for j in range(folds) if j != k]
+        inner, inner_units = {}, []
+        for c in candidates:
+            per_fold = []
+            for j in inner_folds:
+                units = [InnerUnit(c.variant, s, k, j) for s in c.seeds]
+                inner_units += [str(u) for u in units if str(u) not in inner_units]
+                per_fold.append(_members_score(units, work_dir, c, usable))
+            inner[c.name] = None if None in per_fold else {
+                "ua": float(np.mean([s[1] for s in per_fold])),
+                "wa": float(np.mean([s[0] for s in per_fold])),
+                "per_fold": {"fold": inner_folds, "wa": [s[0] for s in per_fold],
+                             "ua": [s[1] for s in per_fold]}}
+        row = {"fold": k, "inner_folds": inner_folds, "inner": inner, "winner": None,
+               "outer": None, "units": {"inner": inner_units, "outer": []}}
+        if all(inner.values()):
+            winner = candidates[choose([inner[c.name]["ua"] for c in candidates], candidates,
+                                       selection.tie_tolerance)]
+            units = [repro.Unit(winner.variant, s, k) for s in winner.seeds]
+            row["winner"] = winner.name
+            row["units"]["outer"] = [str(u) for u in units]
+            scores = _members_score(units, work_dir, winner, usable)
+            if scores:
+                row["outer"] = {"wa": scores[0], "ua": scores[1]}
+        rows.append(row)
+    scored = [r for r in rows if r["outer"]]
+    estimate = None
+    if scored:
+        estimate = {"wa": mean_ci([r["outer"]["wa"] for r in scored]),
+                    "ua": mean_ci([r["outer"]["ua"] for r in scored]),
+                    "folds": [r["fold"] for r in scored]}
+    # The shipped default: the rule on the ordinary cross-validation over all folds.
+    cv = {}
+    for c in candidates:
+        per_fold = [_members_score([repro.Unit(c.variant, s, k) for s in c.seeds], work_dir, c,
+                                   usable) for k in range(folds)]
+        cv[c.name] = None if None in per_fold else {
+            "ua": float(np.mean([s[1] for s in per_fold])),
+            "wa": float(np.mean([s[0] for s in per_fold])),
+            "per_fold": {"wa": [s[0] for s in per_fold], "ua": [s[1] for s in per_fold]}}
+    default = None
+    if all(cv.values()):
+        default = candidates[choose([cv[c.name]["ua"] for c in candidates], candidates,
+                                    selection.tie_tolerance)].name
+    winners = {c.name: sum(r["winner"] == c.name for r in rows) for c in candidates}
+    return {"protocol": "nested", "folds": folds, "selection": selection.to_dict(),
+            "outer_folds": rows, "winners": winners, "estimate": estimate,
+            "complete": len(scored) == folds and default is not None,
+            "shipped_default": {"candidate": default, "cv": cv,
+                                "note": "development results: held-out folds seen while "
+                                        "choosing; the estimate of this rule is the nested one"}}
+
+
+# --- Archive ---------------------------------------------------------------------------------
+
+def _predictions(npz: Path) -> dict:
+    out = {}
+    if npz.exists():
+        data = np.load(npz)
+        for key in repro.PREDICTION_KEYS:
+            if key in data.files:
+                value = data[key]
+                out[key] = ([[float(str(x)) for x in r] for r in value.astype(np.float32)]
+                            if value.dtype.kind == "f" else value.tolist())
+    return out
+
+
+def archive(work_dir, path, units: Sequence) -> int:
+    """Writes the finished ``units`` (inner and ordinary) with their predictions, one JSON line
+    each (``kind``: inner/outer), float32 probabilities as round-tripping decimals."""
+    lines = []
+    for unit in units:
+        if not unit.path(work_dir).exists():
+            continue
+        row = json.loads(unit.path(work_dir).read_text())
+        kind = "inner" if isinstance(unit, InnerUnit) else "outer"
+        lines.append(json.dumps({"kind": kind, **row, "predictions": _predictions(
+            unit.path(work_dir).with_suffix(".npz"))}, separators=(",", ":")))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in lines))
+    tmp.replace(path)
+    return len(lines)
+
+
+def restore(path, work_dir) -> int:
+    """Writes the units archived in ``path`` that ``work_dir`` lacks back into it; returns how
+    many. A restored unit counts as done only if its configuration still matches."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    restored = 0
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        predictions, kind = row.pop("predictions", {}), row.pop("kind")
+        unit = (InnerUnit(row["variant"], row["seed"], row["outer"], row["fold"])
+                if kind == "inner" else repro.Unit(row["variant"], row["seed"], row["fold"]))
+        target = unit.path(work_dir)
+        if target.exists():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if predictions:
+            np.savez_compressed(target.with_suffix(".npz"), **{
+                k: np.asarray(v, dtype=repro.PREDICTION_KEYS[k]) for k, v in predictions.items()})
+        target.write_text(json.dumps(row, indent=2))
+        restored += 1
+    return restored
+
+
+# --- Results ---------------------------------------------------------------------------------
+
+def _ci(stat: dict) -> str:
+    text = f"{stat['mean']:.3f}"
+    return text + (" [{:.3f}, {:.3f}]".format(*stat["ci95"]) if stat["ci95"] else "")
+
+
+def render_markdown(summary: dict, header: dict, dataset: str) -> str:
+    folds, sel = summary["folds"], summary["selection"]
+    names = [c["name"] for c in sel["candidates"]]
+    lines = [f"# Nested cross-validation on {dataset.upper()}: the estimate of the selection "
+             "rule", "",
+             f"Produced by `{header['command']}` at commit `{header['commit']}` on "
+             f"{header['date']} ({header['machine']}). Selection file `{sel['path']}`, "
+             f"sha256 `{sel['sha256']}`.", ""]
+    rerendered = header.get("rerendered")
+    if rerendered:
+        lines += [f"Re-rendered from the archived units (none retrained) by "
+                  f"`{rerendered['command']}` at commit `{rerendered['commit']}` on "
+                  f"{rerendered['date']}.", ""]
+    est = summary["estimate"]
+    if est:
+        n = len(est["folds"])
+        lines += [f"**Nested estimate of the selection rule: WA {_ci(est['wa'])}, UA "
+                  f"{_ci(est['ua'])}**: " + (f"mean [95% CI] over n = {n} outer folds "
+                                             f"(Student t, df = {n - 1})" if n > 1 else
+                                             "one outer fold, no interval")
+                  + ("." if n == folds else
+                     f"; only {n} of the {folds} outer folds are finished (re-run the "
+                     "command to finish the rest)."), ""]
+    else:
+        lines += ["No outer fold is finished yet (re-run the same command).", ""]
+    rule = sel["rule"]
+    lines += [
+        f"Protocol: {folds}-fold speaker-independent nested cross-validation. For each outer "
+        f"fold, an inner {folds - 1}-fold cross-validation over the other folds' speakers only "
+        "scores every candidate (each inner unit trains on the inner-training folds, choosing "
+        "its epoch on a validation split of their speakers, and scores its inner fold once); "
+        f"the rule picks the candidate with the highest mean inner-CV UA (ties within "
+        f"{rule['tie_tolerance']:g} go to the lower cost, then to the earlier candidate); the "
+        "winner's models, trained on all the outer fold's training speakers, score the outer "
+        "fold once. The outer fold is never read while choosing. A candidate averages the "
+        "class probabilities of its seeds' models; \"prior\" divides that by their pooled "
+        "training class prior (`trainer.metrics.prior_corrected`).", "",
+        "## Candidates (pre-registered)", "",
+        "| candidate | variant | seeds | prior correction | cost (models per fold) | "
+        "outer folds won |", "|---|---|---|---|---|---|"]
+    for c in sel["candidates"]:
+        lines.append(f"| {c['name']} | `{c['variant']}` | {', '.join(map(str, c['seeds']))} | "
+                     f"{'yes' if c['prior_correction'] else 'no'} | {c['cost']} | "
+                     f"{summary['winners'][c['name']]} |")
+    lines += ["", "## Per outer fold", "",
+              "Inner-CV UA of every candidate (mean over the inner folds; the winner's in "
+              "bold), the winner, and its score on the outer fold.", "",
+              "| outer fold | " + " | ".join(f"inner UA: {n}" for n in names)
+              + " | winner | outer WA | outer UA |",
+              "|---|" + "---|" * len(names) + "---|---|---|"]
+    for row in summary["outer_folds"]:
+        cells = []
+        for name in names:
+            s = row["inner"][name]
+            text = "-" if s is None else f"{s['ua']:.3f}"
+            cells.append(f"**{text}**" if name == row["winner"] else text)
+        outer = row["outer"]
+        lines.append(f"| {row['fold']} | " + " | ".join(cells) + f" | {row['winner'] or '-'} | "
+                     + (f"{outer['wa']:.3f} | {outer['ua']:.3f} |" if outer else "- | - |"))
+    default = summary["shipped_default"]
+    lines += ["", "## The shipped default", "",
+              "The same rule applied to the ordinary cross-validation over all folds (all "
+              "speakers) chooses what `cme-ser run` should train and push: "
+              + (f"**{default['candidate']}**." if default["candidate"] else
+                 "not decided yet (units missing).")
+              + " Its estimate is the nested one above. The scores below are *development "
+              "results: held-out folds seen while choosing*; they are not estimates.", "",
+              "| candidate | CV WA | CV UA |", "|---|---|---|"]
+    for name in names:
+        s = default["cv"][name]
+        lines.append(f"| {name} | " + (f"{s['wa']:.3f} | {s['ua']:.3f} |" if s else "- | - |"))
+    units = summary["units"]
+    lines += ["", "## Units", "",
+              f"{units['inner_done']} of {units['inner']} inner and {units['outer_done']} of "
+              f"{units['outer']} ordinary units finished ({units['train_seconds'] / 60:.0f} "
+              f"min of training). Every one is archived with its predictions in "
+              f"`{units['archive']}`; re-render without training: `{units['rerender']}`."]
+    return "\n".join(lines) + "\n"
+
+
+RERENDER_COMMAND = ("python -c \"from pipeline.nested import rerender; "
+                    "rerender('{results_dir}', '{dataset}')\"")
+
+
+def write_results(work_dir, results_dir, dataset: str, folds: int, selection: Selection,
+                  header: dict, usable: Optional[Callable] = None) -> dict:
+    """Writes ``<dataset>-nested.json`` / ``.md`` and archives every unit of the full plan that
+    finished (``<dataset>-nested-units.jsonl``); returns the summary."""
+    results_dir = Path(results_dir)
+    summary = summarize(work_dir, selection, folds, usable)
+    inner, outer = plan(selection, folds)
+    done = [u for u in inner + outer if u.path(work_dir).exists()]
+    name = f"{dataset}-nested-units.jsonl"
+    archive(work_dir, results_dir / name, done)
+    summary["units"] = {
+        "inner": len(inner), "outer": len(outer),
+        "inner_done": sum(isinstance(u, InnerUnit) for u in done),
+        "outer_done": sum(not isinstance(u, InnerUnit) for u in done),
+        "train_seconds": round(sum(json.loads(u.path(work_dir).read_text()).get("seconds", 0)
+                                   for u in done), 1),
+        "archive": name,
+        "rerender": RERENDER_COMMAND.format(results_dir=results_dir.as_posix(), dataset=dataset)}
+    summary["dataset"] = dataset
+    summary["header"] = header
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / f"{dataset}-nested.json").write_text(json.dumps(summary, indent=2))
+    (results_dir / f"{dataset}-nested.md").write_text(render_markdown(summary, header, dataset))
+    return summary
+
+
+def rerender(results_dir, dataset: str = "ravdess") -> dict:
+    """Rewrites ``<dataset>-nested.md`` / ``.json`` from the archived units and the selection
+    file's text stored in the results (its hash checked), training nothing."""
+    results_dir = Path(results_dir)
+    units = results_dir / f"{dataset}-nested-units.jsonl"
+    if not units.exists():
+        raise FileNotFoundError(f"{units} does not exist: these results cannot be re-rendered "
+                                "without training their units again")
+    previous = json.loads((results_dir / f"{dataset}-nested.json").read_text())
+    stored = previous["selection"]
+    selection = parse_selection(stored["text"].encode("utf-8"), stored["path"])
+    if selection.sha256 != stored["sha256"]:
+        raise ValueError("the stored selection text does not match its recorded sha256")
+    header = {**previous["header"], "rerendered": {
+        "command": RERENDER_COMMAND.format(results_dir=results_dir.as_posix(), dataset=dataset),
+        "commit": repro.git_commit(results_dir), "date": time.strftime("%Y-%m-%d")}}
+    with tempfile.TemporaryDirectory() as work:
+        restore(units, work)
+        return write_results(work, results_dir, dataset, previous["folds"], selection, header)
+
+
+# --- The run ---------------------------------------------------------------------------------
+
+def estimate_seconds(work_dir, units: Sequence, default: float = SECONDS_PER_UNIT) -> float:
+    """CPU seconds to train ``units``: per variant, the mean of its finished units' times in the
+    work directory (ordinary and inner), else ``default`` per unit."""
+    measured: Dict[str, List[float]] = {}
+    for pattern in ("runs/*/seed*/fold*.json", "nested/*/seed*/outer*/inner*.json"):
+        for path in Path(work_dir).glob(pattern):
+            row = json.loads(path.read_text())
+            if row.get("seconds"):
+                measured.setdefault(row["variant"], []).append(float(row["seconds"]))
+    return float(sum(np.mean(measured[u.variant]) if u.variant in measured else default
+                     for u in units))
+
+
+def run_nested(records_dir, work_dir, results_dir, *, dataset: str, selection_path,
+               folds: int, jobs: int = 1, threads: int = 0, command: str = "",
+               overrides: Optional[dict] = None, outer_folds: Optional[Sequence[int]] = None,
+               log: Callable[[str], None] = print) -> dict:
+    """Trains every unfinished unit of the plan (``jobs`` worker processes; only the units of
+    ``outer_folds`` if given), then writes the results; returns the summary."""
+    from pipeline.crossval import files_by_fold, word_dim_of
+
+    selection = load_selection(selection_path)
+    available = len(files_by_fold(records_dir))
+    if folds != available:
+        raise ValueError(f"the records in {records_dir} have {available} folds, not {folds}")
+    word_dim = word_dim_of(records_dir)
+    results_dir = Path(results_dir)
+    for archived in (results_dir / f"{dataset}-nested-units.jsonl",
+                     results_dir / f"{dataset}-units.jsonl"):
+        restored = (restore if archived.name.endswith("nested-units.jsonl")
+                    else repro.restore_units)(archived, work_dir)
+        if restored:
+            log(f"== restored {restored} finished unit(s) from {archived}")
+    inner, outer = plan(selection, folds, outer_folds)
+
+    def config_of(unit):
+        return repro.unit_config(unit, word_dim, overrides)
+
+    def usable(unit):
+        return repro.is_done(unit, work_dir, config_of(unit))
+
+    todo = [u for u in inner + outer if not usable(u)]
+    todo_inner = sum(isinstance(u, InnerUnit) for u in todo)
+    seconds = estimate_seconds(work_dir, todo)
+    log(f"== nested {dataset}: selection {selection.path} (sha256 {selection.sha256[:12]}), "
+        f"{len(selection.candidates)} candidates over {len(models(selection))} (variant, seed) "
+        f"models, {folds} outer folds")
+    log(f"== {len(inner) + len(outer)} units: {len(inner)} inner ({len(inner) - todo_inner} "
+        f"done, {todo_inner} to run) + {len(outer)} outer ({len(outer) - len(todo) + todo_inner} "
+        f"done, {len(todo) - todo_inner} to run); estimated {seconds / 3600:.1f} CPU hours, "
+        f"about {seconds / 3600 / max(jobs, 1):.1f} h with {jobs} job(s)")
+    Path(work_dir).mkdir(parents=True, exist_ok=True)
+    header = {"command": command, "commit": repro.git_commit(results_dir),
+              "date": time.strftime("%Y-%m-%d"),
+              "machine": f"{os.cpu_count()} CPU cores, no GPU"}
+    started, done = time.time(), 0
+    if todo:
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(
+                max_workers=max(jobs, 1), mp_context=context, initializer=repro._worker_init,
+                initargs=(threads,)) as pool:
+            futures = {pool.submit(run_inner_unit if isinstance(u, InnerUnit) else repro.run_unit,
+                                   str(records_dir), str(work_dir), u, overrides): u
+                       for u in todo}
+            for future in concurrent.futures.as_completed(futures):
+                unit, done = futures[future], done + 1
+                try:
+                    row = future.result()
+                except Exception as error:  # one failed unit is reported, the others go on
+                    log(f"[{done}/{len(todo)}] {unit}: FAILED: {type(error).__name__}: {error}")
+                    continue
+                elapsed = time.time() - started
+                log(f"[{done}/{len(todo)}] {unit}: WA {row['wa']:.3f} UA {row['ua']:.3f} "
+                    f"({row['seconds']:.0f} s; ETA "
+                    f"{elapsed / done * (len(todo) - done) / 60:.0f} min)")
+                # Results and archive after every unit: a run stopped anywhere (or a lost work
+                # dir) resumes from the committed archive.
+                write_results(work_dir, results_dir, dataset, folds, selection, header, usable)
+    summary = write_results(work_dir, results_dir, dataset, folds, selection, header, usable)
+    missing = [u for u in inner + outer if not usable(u)]
+    if missing:
+        log(f"== {len(missing)} unit(s) failed; re-run the same command to retry them")
+    for row in summary["outer_folds"]:
+        if row["outer"]:
+            log(f"outer fold {row['fold']}: winner {row['winner']} (inner UA "
+                f"{row['inner'][row['winner']]['ua']:.3f}), outer WA {row['outer']['wa']:.3f} "
+                f"UA {row['outer']['ua']:.3f}")
+    if summary["estimate"]:
+        est = summary["estimate"]
+        log(f"== nested estimate: WA {_ci(est['wa'])} UA {_ci(est['ua'])} "
+            f"(n = {len(est['folds'])} outer folds); shipped default: "
+            f"{summary['shipped_default']['candidate']}")
+    log(f"== results: {results_dir / (dataset + '-nested.md')}")
+    return summary

@@ -1,0 +1,192 @@
+"""`cme-ser reproduce --protocol nested`: the pre-registered selection, per-outer-fold winners,
+the archive, resuming, and a proof that the outer fold is never read while choosing."""
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy import stats
+
+from pipeline import nested
+from pipeline.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SELECTION = {
+    "description": "test selection",
+    "rule": {"score": "inner_ua", "tie_tolerance": 1e-9, "tie_break": ["cost", "order"]},
+    "candidates": [
+        {"name": "cme", "variant": "cme", "seeds": [0], "prior_correction": False},
+        {"name": "cme+prior", "variant": "cme", "seeds": [0], "prior_correction": True},
+    ],
+}
+
+
+def permuted_copy(records: Path, dest: Path, fold: int, seed: int = 1) -> Path:
+    """A copy of ``records`` whose ``fold`` has its labels permuted among each speaker's
+    utterances (each speaker keeps its class counts)."""
+    shutil.copytree(records, dest)
+    [path] = (dest / "records" / f"fold-{fold}").glob("*.tfrecord.gz")
+    examples = [tf.train.Example.FromString(raw.numpy()) for raw in
+                tf.data.TFRecordDataset(str(path), compression_type="GZIP")]
+
+    def feature(example, name):
+        return example.features.feature[name]
+
+    labels = np.asarray([feature(e, "label").int64_list.value[0] for e in examples])
+    names = {int(label): feature(e, "label_name").bytes_list.value[0]
+             for e, label in zip(examples, labels)}
+    speakers = np.asarray([feature(e, "speaker").bytes_list.value[0] for e in examples])
+    rng, permuted = np.random.default_rng(seed), labels.copy()
+    for speaker in set(speakers):
+        mine = np.flatnonzero(speakers == speaker)
+        permuted[mine] = rng.permutation(labels[mine])
+    assert (permuted != labels).any()
+    with tf.io.TFRecordWriter(str(path), options="GZIP") as writer:
+        for example, label in zip(examples, permuted):
+            example.features.feature["label"].int64_list.value[:] = [int(label)]
+            example.features.feature["label_name"].bytes_list.value[:] = [names[int(label)]]
+            writer.write(example.SerializeToString())
+    return dest
+
+
+# Enough to learn the synthetic classes a little (9 s a unit), so the candidates' scores differ.
+OVERRIDES = {"epochs": 8, "batch_size": 4, "learning_rate": 0.005}
+
+
+def run(records, work, results, selection, **kwargs):
+    log = []
+    nested.run_nested(records, work, results, dataset="ravdess", selection_path=selection,
+                      folds=3, overrides=OVERRIDES, log=log.append, **kwargs)
+    return json.loads((results / "ravdess-nested.json").read_text()), "\n".join(log)
+
+
+def test_nested_run_chooses_on_inner_folds_only(tmp_path, synthetic_records):
+    records = synthetic_records(tmp_path / "prep", folds=3)
+    selection = tmp_path / "selection.json"
+    selection.write_text(json.dumps(SELECTION, indent=1))
+    names = [c["name"] for c in SELECTION["candidates"]]
+
+    result, out = run(records, tmp_path / "work", tmp_path / "results", selection)
+    assert "9 units: 6 inner (0 done, 6 to run) + 3 outer (0 done, 3 to run)" in out
+    assert "CPU hours" in out
+    assert result["selection"]["sha256"] == hashlib.sha256(selection.read_bytes()).hexdigest()
+    assert result["header"]["commit"] and result["complete"]
+    rows = result["outer_folds"]
+    assert [r["fold"] for r in rows] == [0, 1, 2]
+    for row in rows:
+        assert row["inner_folds"] == [j for j in range(3) if j != row["fold"]]
+        inner = [row["inner"][n]["ua"] for n in names]
+        assert row["winner"] == names[int(np.argmax(inner))]  # equal costs: the first wins ties
+        for n in names:
+            s = row["inner"][n]
+            assert s["ua"] == pytest.approx(np.mean(s["per_fold"]["ua"]), abs=1e-15)
+    outer_ua = [r["outer"]["ua"] for r in rows]
+    assert result["estimate"]["ua"]["mean"] == pytest.approx(np.mean(outer_ua), abs=1e-12)
+    assert result["estimate"]["ua"]["ci95"] == pytest.approx(list(stats.t.interval(
+        0.95, 2, loc=np.mean(outer_ua), scale=stats.sem(outer_ua))), abs=1e-12)
+    cv = result["shipped_default"]["cv"]
+    assert result["shipped_default"]["candidate"] == names[int(np.argmax(
+        [cv[n]["ua"] for n in names]))]
+    # The winner's outer score is its ordinary unit's (a single model, no correction: its UA).
+    for row in rows:
+        if row["winner"] == "cme":
+            unit = json.loads((tmp_path / "work" / "runs" / "cme" / "seed0" /
+                               f"fold{row['fold']}.json").read_text())
+            assert row["outer"]["ua"] == pytest.approx(unit["ua"])
+    markdown = (tmp_path / "results" / "ravdess-nested.md").read_text()
+    assert result["selection"]["sha256"] in markdown and "n = 3 outer folds" in markdown
+    assert "held-out folds seen while choosing" in markdown
+
+    # Every number's unit is archived with its predictions, and the results re-render from the
+    # archive alone (nothing retrained) to the same numbers.
+    archived = {}
+    for line in (tmp_path / "results" / "ravdess-nested-units.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        unit = (nested.InnerUnit(row["variant"], row["seed"], row["outer"], row["fold"])
+                if row["kind"] == "inner" else
+                nested.repro.Unit(row["variant"], row["seed"], row["fold"]))
+        archived[str(unit)] = row
+    assert len(archived) == 9
+    for row in rows:
+        for unit in row["units"]["inner"] + row["units"]["outer"]:
+            assert len(archived[unit]["predictions"]["probabilities"]) == 12
+    shutil.copytree(tmp_path / "results", tmp_path / "fresh")
+    again = nested.rerender(tmp_path / "fresh", "ravdess")
+    for key in ("outer_folds", "estimate", "shipped_default", "winners", "selection"):
+        assert again[key] == result[key]
+    assert "Re-rendered from the archived units" in (
+        tmp_path / "fresh" / "ravdess-nested.md").read_text()
+
+    # Resumed: nothing is retrained.
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "work").rglob("*.json")}
+    resumed, out = run(records, tmp_path / "work", tmp_path / "results", selection)
+    assert "6 inner (6 done, 0 to run) + 3 outer (3 done, 0 to run)" in out
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    assert resumed["outer_folds"] == rows
+
+    # The outer fold's labels permuted, in a fresh work and results dir: the inner scores and
+    # the choice for that outer fold are identical, bit for bit; its outer score may differ.
+    # (Only outer fold 0's units are trained, to keep the test short.)
+    permuted = permuted_copy(records, tmp_path / "permuted", fold=0)
+    other, out = run(permuted, tmp_path / "work2", tmp_path / "results2", selection,
+                     outer_folds=[0])
+    assert "2 inner (0 done, 2 to run) + 1 outer (0 done, 1 to run)" in out
+    assert other["outer_folds"][0]["outer"] is not None
+    assert other["outer_folds"][0]["inner"] == rows[0]["inner"]
+    assert other["outer_folds"][0]["winner"] == rows[0]["winner"]
+    for j in (1, 2):
+        a, b = (np.load(tmp_path / w / "nested" / "cme" / "seed0" / "outer0" / f"inner{j}.npz")
+                for w in ("work", "work2"))
+        for key in ("probabilities", "labels", "val_probabilities"):
+            np.testing.assert_array_equal(a[key], b[key])
+    a, b = (np.load(tmp_path / w / "runs" / "cme" / "seed0" / "fold0.npz")
+            for w in ("work", "work2"))
+    assert (a["labels"] != b["labels"]).any()  # the permutation reached the outer fold
+
+
+def test_choose_breaks_ties_by_cost_then_order():
+    cands = [nested.Candidate("bag", "cme_refit_bag", (0,)),  # cost 2
+             nested.Candidate("a", "cme", (0,)), nested.Candidate("b", "cme", (0,), True),
+             nested.Candidate("x3", "cme", (0, 1, 2))]
+    assert [c.cost for c in cands] == [2, 1, 1, 3]
+    assert nested.choose([0.7, 0.6, 0.6, 0.6], cands, 1e-9) == 0
+    assert nested.choose([0.7, 0.7 - 1e-12, 0.7, 0.7], cands, 1e-9) == 1
+    assert nested.choose([0.7, 0.6, 0.7, 0.7 + 1e-12], cands, 1e-9) == 2
+    assert nested.choose([0.7, 0.6, 0.7, 0.71], cands, 1e-9) == 3
+
+
+def test_the_committed_selection_file(tmp_path):
+    selection = nested.load_selection(ROOT / "docs" / "selection.json")
+    assert selection.sha256 == hashlib.sha256(
+        (ROOT / "docs" / "selection.json").read_bytes()).hexdigest()
+    assert 2 <= len(selection.candidates) <= 6
+    inner, outer = nested.plan(selection, 5)
+    assert len(outer) == 5 * len(nested.models(selection))
+    assert len(inner) + len(outer) <= 120  # a few CPU hours at ~150 s a unit
+    bad = {**SELECTION, "candidates": [{"name": "x", "variant": "nope", "seeds": [0]}]}
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="unknown variant 'nope'"):
+        nested.load_selection(tmp_path / "bad.json")
+    assert main(["reproduce", "--protocol", "nested", "--selection",
+                 str(tmp_path / "bad.json")]) == 2
+
+
+def test_cli_runs_the_nested_protocol(tmp_path, monkeypatch, synthetic_records):
+    records = synthetic_records(tmp_path / "prep", folds=3)
+    calls = []
+    monkeypatch.chdir(ROOT)  # the default --selection is docs/selection.json
+    monkeypatch.setattr(nested, "run_nested", lambda *a, **k: calls.append((a, k)) or {})
+    assert main(["reproduce", "--protocol", "nested", "--folds", "3", "--epochs", "2",
+                 "--jobs", "2", "--records", str(records), "--work-dir", str(tmp_path / "w"),
+                 "--results-dir", str(tmp_path / "r")]) == 0
+    [(args, kwargs)] = calls
+    assert [str(a) for a in args] == [str(records), str(tmp_path / "w"), str(tmp_path / "r")]
+    assert kwargs["selection_path"] == "docs/selection.json" and kwargs["folds"] == 3
+    assert kwargs["jobs"] == 2 and kwargs["overrides"] == {"epochs": 2}
+    assert kwargs["command"].startswith("cme-ser reproduce --protocol nested")
+    assert main(["reproduce", "--protocol", "nested", "--variants", "cme"]) == 2
