@@ -5,6 +5,9 @@
     cme-ser run [--data-dir DIR] [--output DIR] [--epochs N] [--folds K] [...]
     cme-ser serve --model-base-path DIR [--model-name cme] [--port 8501] [...]
     cme-ser predict AUDIO [AUDIO ...] [--transcript TEXT] [--url URL | --model-dir DIR] [--json]
+    cme-ser predict --manifest CSV [--url URL | --model-dir DIR] [--json] [--out FILE]
+    cme-ser evaluate --model-dir DIR | --url URL [--dataset ravdess] [--data-dir DIR]
+                     [--channels song] [--out DIR]
     cme-ser compile --target kubeflow --output pipeline.json [...]
     cme-ser reproduce [--dataset ravdess] [--variants a,b] [--folds 5] [--seeds 3] [--jobs N]
                       [--protocol {table,nested}] [--selection docs/selection.json]
@@ -21,7 +24,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -30,6 +33,9 @@ from trainer.config import DEFAULT_CLASSES, VARIANTS, ModelConfig, variant_confi
 RAVDESS_HELP = ("RAVDESS speech is not here. Download Audio_Speech_Actors_01-24.zip from Zenodo "
                 "record 1188976 (CC BY-NC-SA 4.0), unzip it and pass --data-dir, or set "
                 "$CME_SER_DATA.")
+RAVDESS_SONG_HELP = ("RAVDESS song is not here. Download Audio_Song_Actors_01-24.zip from Zenodo "
+                     "record 1188976 (CC BY-NC-SA 4.0), unzip it and pass --data-dir, or set "
+                     "$CME_SER_SONG_DATA.")
 
 
 class UsageError(Exception):
@@ -51,6 +57,61 @@ def find_data_dir(explicit: Optional[str]) -> Path:
                      f"../shared/data/ravdess-speech). {RAVDESS_HELP}")
 
 
+def find_data_dirs(explicit, dataset: str = "ravdess",
+                   channels: Optional[Sequence[str]] = None) -> List[Path]:
+    """The corpus directories: every --data-dir given (a string or a list of them; RAVDESS
+    reads the Actor_XX directories of each, keeping the files of the asked-for channels), else
+    one default per RAVDESS channel: speech as :func:`find_data_dir`, song from
+    $CME_SER_SONG_DATA, ./data/ravdess-song, ../shared/data/ravdess-song."""
+    explicit = [explicit] if isinstance(explicit, (str, os.PathLike)) else list(explicit or [])
+    if explicit:
+        return [find_data_dir(str(d)) for d in explicit]
+    if dataset != "ravdess":
+        raise UsageError(f"--dataset {dataset} needs --data-dir")
+    dirs = []
+    for channel in channels or ("speech",):
+        if channel == "speech":
+            dirs.append(find_data_dir(None))
+            continue
+        candidates = [os.environ.get("CME_SER_SONG_DATA"), "data/ravdess-song",
+                      "../shared/data/ravdess-song"]
+        found = next((Path(c) for c in filter(None, candidates) if Path(c).is_dir()), None)
+        if found is None:
+            raise UsageError("no song directory found (tried $CME_SER_SONG_DATA, "
+                             f"./data/ravdess-song, ../shared/data/ravdess-song). "
+                             f"{RAVDESS_SONG_HELP}")
+        dirs.append(found)
+    return dirs
+
+
+def parse_channels(dataset: str, text: Optional[str]) -> Optional[tuple]:
+    """--channels: None (the corpus default) or RAVDESS channel names."""
+    from preprocessing import corpora
+    if text is None:
+        return None
+    if dataset != "ravdess":
+        raise UsageError(f"--channels is for --dataset ravdess (speech, song), not {dataset}")
+    try:
+        return corpora.parse_channels(text)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+
+
+def corpus_items(dataset: str, dirs: List[Path], classes, channels) -> list:
+    """The adapter's items, or a UsageError saying why there are none usable."""
+    from preprocessing import corpora
+    try:
+        items = corpora.items(dataset, dirs[0] if len(dirs) == 1 else dirs, classes,
+                              channels=channels)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    if dataset == "ravdess" and not corpora.partition(items)[0]:
+        raise UsageError(f"no RAVDESS {','.join(channels or corpora.DEFAULT_CHANNELS)} files of "
+                         f"the classes asked for in {', '.join(map(str, dirs))} (speech files "
+                         "are named 03-01-..., song 03-02-...; see --channels)")
+    return items
+
+
 def parse_classes(text: Optional[str]) -> Optional[List[str]]:
     return [c.strip() for c in text.split(",") if c.strip()] if text else None
 
@@ -69,19 +130,19 @@ def resolve_embeddings(path: Optional[str]) -> str:
 
 def preprocess(args) -> dict:
     from preprocessing import beam_pipeline, corpora
+    channels = parse_channels(args.dataset, getattr(args, "channels", None))
     if args.dataset == "manifest":
-        data = Path(args.data_dir)
-        if not data.is_file():
-            raise UsageError(f"--data-dir must be the manifest file for --dataset manifest: {data}")
+        given = [args.data_dir] if isinstance(args.data_dir, str) else list(args.data_dir or [])
+        if len(given) != 1 or not Path(given[0]).is_file():
+            raise UsageError(f"--data-dir must be the manifest file for --dataset manifest: "
+                             f"{' '.join(given)}")
+        dirs = [Path(given[0])]
     else:
-        data = find_data_dir(args.data_dir)
+        dirs = find_data_dirs(args.data_dir, args.dataset, channels)
     classes = parse_classes(args.classes)
     if args.folds < 2:
         raise UsageError(f"--folds must be >= 2, got {args.folds}")
-    try:
-        items = corpora.items(args.dataset, data, classes)
-    except ValueError as error:
-        raise UsageError(str(error)) from error
+    items = corpus_items(args.dataset, dirs, classes, channels)
     utterances, _ = corpora.partition(items)
     if classes is None:
         classes = sorted({u.label_name for u in utterances}) if args.dataset == "manifest" \
@@ -102,10 +163,12 @@ def preprocess(args) -> dict:
     return summary
 
 
-def check_run_config(args, config: ModelConfig) -> Path:
-    """Everything that can be wrong with a run is found here, before any training starts."""
+def check_run_config(args, config: ModelConfig) -> List[Path]:
+    """Everything that can be wrong with a run is found here, before any training starts.
+    Returns the corpus directories."""
     from preprocessing import corpora, embeddings
-    data_dir = find_data_dir(args.data_dir)
+    channels = parse_channels("ravdess", args.channels)
+    data_dirs = find_data_dirs(args.data_dir, "ravdess", channels)
     if args.folds < 2:
         raise UsageError(f"--folds must be >= 2, got {args.folds}")
     if args.ensemble < 1:
@@ -113,9 +176,9 @@ def check_run_config(args, config: ModelConfig) -> Path:
     if config.speaker_norm:
         raise UsageError(f"--variant {args.variant} standardises features per speaker, which "
                          "a served model cannot do; use `cme-ser reproduce` for it")
+    utterances, _ = corpora.partition(
+        corpus_items("ravdess", data_dirs, list(config.class_names), channels))
     try:
-        utterances, _ = corpora.partition(
-            corpora.items("ravdess", data_dir, list(config.class_names)))
         folds = corpora.assign_folds(utterances, args.folds)
     except ValueError as error:
         raise UsageError(str(error)) from error
@@ -126,7 +189,7 @@ def check_run_config(args, config: ModelConfig) -> Path:
         embeddings.load(resolve_embeddings(args.embeddings))
     except embeddings.EmbeddingsError as error:
         raise UsageError(str(error)) from error
-    return data_dir
+    return data_dirs
 
 
 class StageLog(logging.Handler):
@@ -172,15 +235,18 @@ def run(args) -> dict:
     config = variant_config(args.variant, epochs=args.epochs, batch_size=args.batch_size,
                             seed=args.seed,
                             class_names=tuple(parse_classes(args.classes) or DEFAULT_CLASSES))
-    data_dir = check_run_config(args, config)
+    data_dirs = check_run_config(args, config)
+    channels = parse_channels("ravdess", args.channels)
     output = Path(args.output).resolve()
-    print(f"== cme-ser run: {data_dir} -> {output} ({args.folds} folds, up to {config.epochs} "
-          "epochs per model)")
+    print(f"== cme-ser run: {', '.join(map(str, data_dirs))} -> {output} ({args.folds} folds, "
+          f"up to {config.epochs} epochs per model"
+          + (f", channels {','.join(channels)})" if channels else ")"))
     t0 = time.time()
     with stage_progress():
         tfx.orchestration.LocalDagRunner().run(local_pipeline(
-            output, data_dir=data_dir, embeddings_path=resolve_embeddings(args.embeddings),
-            config=config, num_folds=args.folds, ensemble_size=args.ensemble))
+            output, data_dir=data_dirs[0] if len(data_dirs) == 1 else data_dirs,
+            embeddings_path=resolve_embeddings(args.embeddings), config=config,
+            num_folds=args.folds, ensemble_size=args.ensemble, channels=channels))
     reports = sorted((output / "tfx" / "root" / "CrossValidationReport" / "report").glob(
         "*/report.md"), key=lambda p: int(p.parent.name))
     print(reports[-1].read_text())
@@ -245,7 +311,13 @@ def fetch_embeddings(args) -> None:
 
 def serve(args) -> None:
     """TF Serving's REST API over <base>/<version>/ SavedModels, until interrupted."""
+    import faulthandler
     import socket
+
+    try:  # should it ever abort: every thread's stack on stderr
+        faulthandler.enable(all_threads=True)
+    except (AttributeError, ValueError, OSError):  # a stderr without a file (in-process tests)
+        pass
 
     base = Path(args.model_base_path)
     if not base.is_dir():
@@ -254,6 +326,11 @@ def serve(args) -> None:
         raise UsageError(f"--version-labels {args.version_labels} is not a file")
     if args.max_request_mb <= 0:
         raise UsageError(f"--max-request-mb must be > 0, got {args.max_request_mb}")
+    if args.grpc_port is None:  # TF Serving's 8500; a free one when --port 0 asks for that
+        args.grpc_port = 0 if args.port == 0 else 8500
+    if args.grpc_port < -1:
+        raise UsageError(f"--grpc-port must be a port, 0 (a free one) or -1 (off), got "
+                         f"{args.grpc_port}")
     for flag, value in (("--num-versions", args.num_versions),
                         ("--max-batch-size", args.max_batch_size), ("--workers", args.workers)):
         if value < 1:
@@ -271,8 +348,6 @@ def serve(args) -> None:
         import tensorflow as tf  # before anything runs: the thread pools are made once
         tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
-    import faulthandler
-    faulthandler.enable(all_threads=True)  # should it ever abort: every thread's stack on stderr
     from serving.server import build_server, serve_until_signalled
     listen_socket = counts = None
     if args.listen_fd is not None:  # a worker of `--workers N`: the supervisor's socket
@@ -290,9 +365,24 @@ def serve(args) -> None:
             connection_counts=counts)
     except OSError as error:
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {error.strerror or error}")
+    grpc_note = ""
+    if args.grpc_port >= 0:  # on the same repository and batcher; closed by server.close()
+        from serving.grpc_server import GrpcServer
+        try:
+            grpc_server = GrpcServer(server.repository, batcher=server.api.batcher,
+                                     host=args.host, port=args.grpc_port,
+                                     max_message_bytes=int(args.max_request_mb * 1024 * 1024))
+        except OSError as error:
+            server.close()
+            raise UsageError(f"cannot listen on {args.host}:{args.grpc_port} (--grpc-port): "
+                             f"{error}")
+        server.companions.append(grpc_server.start())
+        grpc_note = f"gRPC at {grpc_server.address}, "
     versions = server.repository.available_versions
+    # The REST URL stays the line's last word: the worker supervisor, tests and benchmarks
+    # read it from there.
     print(f"cme-ser serve: model {args.model_name!r} from {base} (versions available: "
-          f"{versions or 'none yet'}), REST API at {server.url}", flush=True)
+          f"{versions or 'none yet'}), {grpc_note}REST API at {server.url}", flush=True)
     serve_until_signalled(server)  # SIGTERM / Ctrl-C: finish what is in flight, exit 0
 
 
@@ -318,7 +408,8 @@ def _serve_workers(args, base: Path) -> int:
                "--batch-timeout-ms", str(args.batch_timeout_ms),
                "--intra-op-threads",
                str(args.intra_op_threads or _threads_per_worker(args.workers)),
-               "--inter-op-threads", str(args.inter_op_threads), "--workers", "1"]
+               "--inter-op-threads", str(args.inter_op_threads), "--workers", "1",
+               "--grpc-port", "-1"]
     if args.version_labels:
         command += ["--version-labels", str(args.version_labels)]
     if args.no_batching:
@@ -327,40 +418,134 @@ def _serve_workers(args, base: Path) -> int:
         sock = workers.listen(args.host, args.port)
     except OSError as error:
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {error.strerror or error}")
+    # gRPC is served by worker 0 alone (a gRPC server cannot take over an inherited socket).
+    first = ["--grpc-port", str(args.grpc_port)] if args.grpc_port >= 0 else []
     return workers.supervise(command, sock, args.workers,
-                             describe=f"model {args.model_name!r} from {base}")
+                             describe=f"model {args.model_name!r} from {base}",
+                             first_worker_args=first)
 
 
-def predict(args) -> list:
-    """Emotion, probabilities and per-word excitation for audio files, via REST or locally."""
+def open_model(args) -> tuple:
+    """``(model, where)``: the SavedModel --model-dir names, loaded in-process, or the model
+    served at --url (--model-name, --model-version, --timeout)."""
     from serving import predict as predicting
-    from serving.client import RestClient
-    missing = [a for a in args.audio if not Path(a).is_file()]
-    if missing:
-        raise UsageError(f"no such audio file: {', '.join(missing)}")
+    from serving.client import open_client
     if args.model_dir:
         try:
             model = predicting.LocalModel(args.model_dir)
         except (OSError, ValueError) as error:
             raise UsageError(str(error)) from error
-        where = str(model.path)
-    else:
-        model = RestClient(args.url, args.model_name, version=args.model_version,
-                           timeout=args.timeout)
-        where = f"{model.url}{model.model_path}"
+        return model, str(model.path)
     try:
-        results = predicting.predict_files(args.audio, model, transcript=args.transcript)
+        model = open_client(args.url, args.model_name, version=args.model_version,
+                            timeout=args.timeout)  # grpc://host:port: GrpcClient
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    return model, f"{model.url}{model.model_path}"
+
+
+@contextlib.contextmanager
+def model_errors(where: str):
+    """A served model that cannot be reached, or refuses, as a one-line usage error."""
+    from serving.client import ServingRequestError
+    try:
+        yield
     except OSError as error:
         raise UsageError(f"cannot reach {where}: {error.strerror or error} (is `cme-ser serve` "
                          f"or TF Serving running there?)") from error
-    if args.json:
-        print(json.dumps({"model": where, "results": [r.to_dict() for r in results]}, indent=2))
+    except ServingRequestError as error:
+        raise UsageError(f"{where}: {error.message}") from error
+
+
+def predict(args) -> list:
+    """Emotion, probabilities and per-word excitation for audio files (or a manifest of them,
+    each with its own transcript and optionally its label), via REST or locally."""
+    from serving import predict as predicting
+    if bool(args.audio) == bool(args.manifest):
+        raise UsageError("give audio files or --manifest CSV, not both" if args.audio else
+                         "give audio files or --manifest CSV")
+    if args.manifest and args.transcript is not None:
+        raise UsageError("--transcript is for audio files; a manifest has a transcript column")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    entries = None
+    if args.manifest:
+        try:
+            entries = predicting.read_manifest(args.manifest)
+        except ValueError as error:
+            raise UsageError(str(error)) from error
     else:
-        print(predicting.format_text(results))
+        missing = [a for a in args.audio if not Path(a).is_file()]
+        if missing:
+            raise UsageError(f"no such audio file: {', '.join(missing)}")
+    model, where = open_model(args)
+    with model_errors(where):
+        if entries is not None:
+            results = predicting.predict_manifest(entries, model, batch_size=args.batch_size)
+        else:
+            results = predicting.predict_files(args.audio, model, transcript=args.transcript,
+                                               batch_size=args.batch_size)
+    labels = [e.label for e in entries] if entries is not None else None
+    rows = [r.to_dict() for r in results]
+    if labels is not None:
+        for row, label in zip(rows, labels):
+            if label is not None:
+                row["label"] = label
+    accuracy = predicting.manifest_accuracy(entries, results) \
+        if labels is not None and any(x is not None for x in labels) else None
+    if args.json:
+        doc = {"model": where, "results": rows}
+        if accuracy is not None:
+            doc["accuracy"] = accuracy
+        print(json.dumps(doc, indent=2))
+    else:
+        print(predicting.format_text(results, labels))
+        if accuracy is not None and accuracy["labelled"]:
+            note = f"; {accuracy['failed']} labelled file(s) failed" if accuracy["failed"] \
+                else ""
+            print(f"accuracy {accuracy['accuracy']:.3f} ({accuracy['correct']} of "
+                  f"{accuracy['labelled']} labelled files{note})")
+        elif accuracy is not None:
+            print("accuracy: no labelled file got a prediction")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text("".join(json.dumps(row) + "\n" for row in rows))
     failed = [r for r in results if r.error is not None]
     if failed:
         raise UsageError(f"{len(failed)} of {len(results)} file(s) failed")
     return results
+
+
+def evaluate(args) -> dict:
+    """A trained (--model-dir) or served (--url) model scored on a corpus, the serving way."""
+    from pipeline import evaluate as evaluating
+    channels = parse_channels(args.dataset, args.channels)
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.dataset == "manifest":
+        if not args.data_dir or len(args.data_dir) != 1 or not Path(args.data_dir[0]).is_file():
+            raise UsageError("--data-dir must be the manifest file for --dataset manifest")
+        data = [Path(args.data_dir[0])]
+    else:
+        data = find_data_dirs(args.data_dir, args.dataset, channels)
+    out = Path(args.out) if args.out else evaluating.default_out_dir(args.dataset, data, channels)
+    model, where = open_model(args)
+    with model_errors(where):
+        try:
+            report = evaluating.evaluate(
+                model, model_description=where, dataset=args.dataset, data=data, out_dir=out,
+                channels=channels, batch_size=args.batch_size,
+                log=lambda line: print(line, file=sys.stderr, flush=True))
+        except ValueError as error:
+            raise UsageError(str(error)) from error
+    print((out / evaluating.REPORT_MD).read_text())
+    print(f"report: {out}")
+    if report["n"] == 0:
+        listed = report["inputs"] - report["errors_per_stage"].get("corpus", 0)
+        hint = " (RAVDESS speech files are named 03-01-..., song 03-02-...; see --channels)" \
+            if args.dataset == "ravdess" and not listed else ""
+        raise UsageError(f"no file could be scored: see {out / evaluating.ERRORS_FILE}{hint}")
+    return report
 
 
 def compile_pipeline(args) -> None:
@@ -401,8 +586,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     pre = sub.add_parser("preprocess", help="corpus -> aligned TFRecords (Apache Beam)")
     pre.add_argument("--dataset", choices=["ravdess", "iemocap", "manifest"], required=True)
-    pre.add_argument("--data-dir", default=None,
-                     help="corpus root (the manifest file for --dataset manifest)")
+    pre.add_argument("--data-dir", action="append", default=None,
+                     help="corpus root (the manifest file for --dataset manifest); repeat it for "
+                          "RAVDESS speech and song directories (default: one per --channels)")
+    pre.add_argument("--channels", default=None,
+                     help="RAVDESS vocal channels, comma-separated: speech, song or speech,song "
+                          "(default speech). An actor's speech and song share a fold")
     pre.add_argument("--out", required=True)
     pre.add_argument("--classes", default=None, help="comma-separated class names")
     pre.add_argument("--embeddings", default=None, help="GloVe .txt, .npy + vocab, or a dir")
@@ -416,7 +605,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     run_p = sub.add_parser("run", help="the main job: the TFX pipeline (preprocess, k-fold "
                                        "train/evaluate, report, final model, push)")
-    run_p.add_argument("--data-dir", default=None)
+    run_p.add_argument("--data-dir", action="append", default=None,
+                       help="RAVDESS directory; repeat it for speech and song directories "
+                            "(default: one per --channels)")
+    run_p.add_argument("--channels", default=None,
+                       help="RAVDESS vocal channels, comma-separated: speech, song or speech,song "
+                            "(default speech). An actor's speech and song share a fold")
     run_p.add_argument("--output", default="output")
     run_p.add_argument("--embeddings", default=None)
     run_p.add_argument("--classes", default=None)
@@ -463,7 +657,12 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--model-base-path", required=True,
                      help="directory of numeric version subdirectories (<base>/<version>/)")
     srv.add_argument("--model-name", default="cme")
-    srv.add_argument("--port", type=int, default=8501, help="0 picks a free port")
+    srv.add_argument("--port", type=int, default=8501, help="REST API port; 0 picks a free port")
+    srv.add_argument("--grpc-port", type=int, default=None,
+                     help="gRPC API port (TF Serving's PredictionService and ModelService). "
+                          "Default 8500 (TF Serving's --port), or a free port when --port is 0; "
+                          "0 picks a free port, -1 turns gRPC off. With --workers N, worker 0 "
+                          "alone serves gRPC")
     srv.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to listen on all interfaces")
     srv.add_argument("--poll-seconds", type=float, default=1.0,
                      help="re-scan the base path for new versions this often (0: never)")
@@ -493,11 +692,20 @@ def build_parser() -> argparse.ArgumentParser:
     srv.set_defaults(func=serve)
 
     pred = sub.add_parser("predict", help="emotion of audio files, via the REST API or locally")
-    pred.add_argument("audio", nargs="+", help="audio files (WAV, FLAC, ...; any sample rate)")
+    pred.add_argument("audio", nargs="*", help="audio files (WAV, FLAC, ...; any sample rate)")
     pred.add_argument("--transcript", default=None,
                       help="what is said (forced alignment); without it, speech recognition")
+    pred.add_argument("--manifest", default=None,
+                      help="instead of audio files: a CSV (or JSONL) with columns path, "
+                           "transcript (empty: recognise) and optionally label; relative paths "
+                           "are relative to it. With labels, the accuracy is printed")
+    pred.add_argument("--batch-size", type=int, default=8,
+                      help="files per model request (their transcripts may differ)")
+    pred.add_argument("--out", default=None,
+                      help="also write the per-file predictions here (JSON lines)")
     pred.add_argument("--url", default="http://localhost:8501",
-                      help="REST endpoint: `cme-ser serve` or TF Serving")
+                      help="`cme-ser serve` or TF Serving: its REST endpoint (http://...) or "
+                           "its gRPC one (grpc://host:8500)")
     pred.add_argument("--model-name", default="cme")
     pred.add_argument("--model-version", type=int, default=None,
                       help="a specific version (default: the newest served)")
@@ -507,6 +715,29 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     pred.add_argument("--json", action="store_true", help="machine-readable output")
     pred.set_defaults(func=predict)
+
+    ev = sub.add_parser("evaluate", help="score a trained or served model on a corpus (decode, "
+                                         "align, predict_waveform): report.json/.md, "
+                                         "confusion.png, errors.jsonl")
+    where = ev.add_mutually_exclusive_group(required=True)
+    where.add_argument("--model-dir", default=None,
+                       help="a SavedModel version directory, or a base directory (newest "
+                            "version), loaded in-process")
+    where.add_argument("--url", default=None, help="REST endpoint: `cme-ser serve` or TF Serving")
+    ev.add_argument("--model-name", default="cme")
+    ev.add_argument("--model-version", type=int, default=None,
+                    help="with --url: a specific version (default: the newest served)")
+    ev.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    ev.add_argument("--dataset", choices=["ravdess", "iemocap", "manifest"], default="ravdess")
+    ev.add_argument("--data-dir", action="append", default=None,
+                    help="corpus root (the manifest file for --dataset manifest); repeat it for "
+                         "RAVDESS speech and song directories (default: one per --channels)")
+    ev.add_argument("--channels", default=None,
+                    help="RAVDESS vocal channels: speech, song or speech,song (default speech)")
+    ev.add_argument("--out", default=None,
+                    help="report directory (default output/evaluate/<dataset>-<channels>)")
+    ev.add_argument("--batch-size", type=int, default=8, help="files per model request")
+    ev.set_defaults(func=evaluate)
     comp = sub.add_parser("compile", help="compile the pipeline for another orchestrator")
     comp.add_argument("--target", choices=["kubeflow"], default="kubeflow",
                       help="kubeflow: Kubeflow Pipelines v2 / Vertex AI Pipelines JSON")

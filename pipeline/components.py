@@ -9,8 +9,9 @@
 """
 
 # No `from __future__ import annotations`: TFX reads the signatures' real type objects.
+import json
 from pathlib import Path
-from typing import List, TypedDict
+from typing import List, Sequence, TypedDict, Union
 
 import apache_beam as beam
 from tfx import v1 as tfx
@@ -41,6 +42,20 @@ def split_names(num_folds: int) -> List[str]:
     return [f"fold{k}" for k in range(num_folds)]
 
 
+def encode_data_dirs(data_dirs: Union[str, Sequence[str]]) -> str:
+    """The ``data_dir`` parameter: one directory as itself (what a single-directory pipeline
+    always had), several as a JSON list (RAVDESS speech and song directories)."""
+    if isinstance(data_dirs, str):
+        return data_dirs
+    data_dirs = [str(d) for d in data_dirs]
+    return data_dirs[0] if len(data_dirs) == 1 else json.dumps(data_dirs)
+
+
+def decode_data_dirs(data_dir: str) -> List[str]:
+    """The inverse of :func:`encode_data_dirs`."""
+    return json.loads(data_dir) if data_dir.startswith("[") else [data_dir]
+
+
 @tfx.dsl.components.component(use_beam=True)
 def CorpusExampleGen(
     examples: tfx.dsl.components.OutputArtifact[standard_artifacts.Examples],
@@ -50,6 +65,7 @@ def CorpusExampleGen(
     embeddings_path: tfx.dsl.components.Parameter[str],
     num_folds: tfx.dsl.components.Parameter[int],
     corpus_fingerprint: tfx.dsl.components.Parameter[str],
+    channels: tfx.dsl.components.Parameter[str] = None,
     max_seconds: tfx.dsl.components.Parameter[float] = 60.0,
     overlong: tfx.dsl.components.Parameter[str] = "truncate",
     beam_pipeline: tfx.dsl.components.BeamComponentParameter[beam.Pipeline] = None,
@@ -57,13 +73,17 @@ def CorpusExampleGen(
     """Preprocesses ``data_dir`` into speaker-independent fold splits (see
     ``preprocessing.beam_pipeline``). ``corpus_fingerprint`` (names, sizes and times of the
     corpus files) is a parameter so that TFX's cache reruns this only when the data changed.
+    ``data_dir`` is one directory or a JSON list of them (:func:`encode_data_dirs`);
+    ``channels`` the RAVDESS channels ("speech,song"; unset: the corpus default, speech).
     Fails when a fold ends up with no examples."""
     del corpus_fingerprint  # only there for the cache key
     from preprocessing import beam_pipeline as job
     from preprocessing import corpora
 
     class_names = [c for c in classes.split(",") if c]
-    items = corpora.items(dataset, Path(data_dir), class_names)
+    dirs = [Path(d) for d in decode_data_dirs(data_dir)]
+    items = corpora.items(dataset, dirs[0] if len(dirs) == 1 else dirs, class_names,
+                          channels=channels or None)
     summary = job.run(dataset=dataset, items=items, out_dir=examples.uri,
                       class_names=class_names, embeddings_path=embeddings_path,
                       num_folds=num_folds, fold_by="group" if dataset == "iemocap" else "speaker",

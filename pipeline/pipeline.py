@@ -40,7 +40,11 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, metadata_path: Op
                     config: ModelConfig = variant_config("cme"), num_folds: int = 5,
                     ensemble_size: int = 1, vocab_size: int = 50000, max_seconds: float = 60.0,
                     beam_pipeline_args: Optional[List[str]] = None,
-                    enable_cache: bool = True) -> tfx.dsl.Pipeline:
+                    enable_cache: bool = True,
+                    channels: Optional[Sequence[str]] = None) -> tfx.dsl.Pipeline:
+    """``data_dir``: a directory, or a JSON list of them (``components.encode_data_dirs``);
+    ``channels``: RAVDESS channels, None or ("speech",) for the default (the preprocessing
+    step then has the same parameters, hence the same cache key, as before channels existed)."""
     if not 2 <= num_folds <= MAX_FOLDS:
         raise ValueError(f"num_folds must be in [2, {MAX_FOLDS}], got {num_folds}")
     if ensemble_size < 1:
@@ -50,9 +54,12 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, metadata_path: Op
     custom_config = {"model_config": config.to_json(), "embeddings_path": embeddings_path,
                      "vocab_size": vocab_size, "ensemble_size": ensemble_size}
 
+    channel_arg = {} if not channels or tuple(channels) == ("speech",) else {
+        "channels": ",".join(channels)}
     example_gen = CorpusExampleGen(
         dataset=dataset, data_dir=data_dir, classes=classes, embeddings_path=embeddings_path,
-        num_folds=num_folds, corpus_fingerprint=corpus_fingerprint, max_seconds=max_seconds)
+        num_folds=num_folds, corpus_fingerprint=corpus_fingerprint, max_seconds=max_seconds,
+        **channel_arg)
     examples = example_gen.outputs["examples"]
     statistics = tfx.components.StatisticsGen(examples=examples)
     schema = tfx.components.SchemaGen(statistics=statistics.outputs["statistics"],

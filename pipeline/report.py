@@ -43,14 +43,22 @@ def render_markdown(report: dict) -> str:
         recalls = np.diag(confusion) / np.maximum(confusion.sum(axis=1), 1)
         lines.append(f"| {row['fold']} | {int(confusion.sum())} | {row['wa']:.3f} | "
                      f"{row['ua']:.3f} | " + " | ".join(f"{r:.3f}" for r in recalls) + " |")
-    lines += ["", "Summed confusion matrix (rows: true class, columns: predicted):", "",
-              "| | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|"]
-    for name, row in zip(classes, report["confusion"]):
-        lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
+    lines += ["", "Summed confusion matrix (rows: true class, columns: predicted):", ""]
+    lines += confusion_table(report["confusion"], classes)
     return "\n".join(lines) + "\n"
 
 
-def plot_confusion(confusion, class_names: Sequence[str], path) -> None:
+def confusion_table(confusion, class_names: Sequence[str]) -> List[str]:
+    """The markdown lines of a confusion matrix (rows: true class, columns: predicted)."""
+    lines = ["| | " + " | ".join(class_names) + " |", "|---" * (len(class_names) + 1) + "|"]
+    for name, row in zip(class_names, confusion):
+        lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
+    return lines
+
+
+def plot_confusion(confusion, class_names: Sequence[str], path,
+                   title: str = "summed over folds") -> None:
+    """Counts and row-normalised rates (recall on the diagonal), blue by rate, as a PNG."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -67,7 +75,7 @@ def plot_confusion(confusion, class_names: Sequence[str], path) -> None:
         for j in range(len(class_names)):
             ax.text(j, i, f"{confusion[i, j]}\n{rates[i, j]:.2f}", ha="center", va="center",
                     fontsize=8, color="white" if rates[i, j] > 0.5 else "black")
-    ax.set_title("summed over folds")
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence, Union
 
 from tfx import v1 as tfx
 
+from pipeline.components import encode_data_dirs
 from pipeline.pipeline import create_pipeline
 from preprocessing.beam_pipeline import default_beam_args
 from trainer.config import ModelConfig, variant_config
@@ -25,27 +26,37 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif")
 
 def corpus_fingerprint(data_dir) -> str:
     """A digest of the corpus files' names, sizes and modification times: TFX's cache key for
-    the preprocessing step (unchanged corpus -> the step is skipped on a re-run)."""
+    the preprocessing step (unchanged corpus -> the step is skipped on a re-run). ``data_dir``:
+    a directory or file, or a list of them (each one's files prefixed by its position)."""
     digest = hashlib.sha256()
-    root = Path(data_dir)
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-    for path in files:
-        stat = path.stat()
-        digest.update(f"{path.relative_to(root) if path != root else path.name}\0"
-                      f"{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    many = not isinstance(data_dir, (str, Path))
+    for index, root in enumerate([Path(d) for d in data_dir] if many else [Path(data_dir)]):
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        for path in files:
+            stat = path.stat()
+            name = path.relative_to(root) if path != root else path.name
+            digest.update(f"{f'{index}/' if many else ''}{name}\0"
+                          f"{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
 
 
-def local_pipeline(output, *, data_dir, embeddings_path: str, dataset: str = "ravdess",
+def local_pipeline(output, *, data_dir: Union[str, Path, Sequence[Union[str, Path]]],
+                   embeddings_path: str, dataset: str = "ravdess",
                    config: ModelConfig = variant_config("cme"), num_folds: int = 5,
                    ensemble_size: int = 1, vocab_size: int = 50000, enable_cache: bool = True,
                    beam_pipeline_args: Optional[List[str]] = None,
-                   pipeline_name: str = PIPELINE_NAME) -> tfx.dsl.Pipeline:
+                   pipeline_name: str = PIPELINE_NAME,
+                   channels: Optional[Sequence[str]] = None) -> tfx.dsl.Pipeline:
+    """``data_dir``: the corpus directory, or several (RAVDESS speech and song);
+    ``channels``: RAVDESS channels (None: speech)."""
     output = Path(output).resolve()
+    dirs = [data_dir] if isinstance(data_dir, (str, Path)) else list(data_dir)
     return create_pipeline(
         pipeline_name=pipeline_name, pipeline_root=str(output / "tfx" / "root"),
         metadata_path=str(output / "tfx" / "metadata.sqlite"), dataset=dataset,
-        data_dir=str(Path(data_dir).resolve()), corpus_fingerprint=corpus_fingerprint(data_dir),
+        data_dir=encode_data_dirs([str(Path(d).resolve()) for d in dirs]),
+        corpus_fingerprint=corpus_fingerprint(dirs[0] if len(dirs) == 1 else dirs),
+        channels=channels,
         embeddings_path=str(embeddings_path),
         serving_model_dir=str(output / "serving_model" / MODEL_NAME), config=config,
         num_folds=num_folds, ensemble_size=ensemble_size, vocab_size=vocab_size,

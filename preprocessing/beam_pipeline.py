@@ -96,7 +96,9 @@ class ProcessUtterance(beam.DoFn):
             rate = self.count / max(time.time() - self._started, 1e-9)
             LOG.warning("worker %d: %d utterances processed (%.1f/s)", os.getpid(), self.count,
                         rate)
-        yield self.options.folds[utterance.speaker], example.SerializeToString()
+        # deterministic: the features map in one order, so a record's bytes do not depend on
+        # the process that wrote it (same bytes on every runner and run).
+        yield self.options.folds[utterance.speaker], example.SerializeToString(deterministic=True)
 
 
 def build(p: beam.Pipeline, utterances: Sequence[corpora.Utterance],
@@ -151,6 +153,11 @@ def record_files(out_dir, fold: Optional[int] = None, layout: str = DEFAULT_LAYO
     return sorted(str(p) for p in Path(out_dir).glob(f"{pattern}/*{RECORD_SUFFIX}"))
 
 
+def _absolute(path: str) -> str:
+    """A local path made absolute; a URL (``gs://``, ``s3://``) as it is."""
+    return path if "://" in path else os.path.abspath(path)
+
+
 def run(*, dataset: str, items: Iterable[corpora.Item], out_dir, class_names: Sequence[str],
         embeddings_path: str, num_folds: int = 5, fold_by: str = "speaker",
         max_seconds: float = 60.0, overlong: str = "truncate", overwrite: bool = False,
@@ -161,8 +168,13 @@ def run(*, dataset: str, items: Iterable[corpora.Item], out_dir, class_names: Se
     ``pipeline``: an unstarted Beam pipeline to run in (TFX hands one over, configured with
     the TFX pipeline's Beam arguments); otherwise one is made from ``beam_args``.
     """
-    out_dir = Path(out_dir)
+    # Workers of a portable / cluster runner run in other directories: no relative paths.
+    out_dir = Path(out_dir).absolute()
+    embeddings_path = _absolute(str(embeddings_path))
     utterances, rejected = corpora.partition(items)
+    utterances = [dataclasses.replace(
+        u, audio_path=_absolute(u.audio_path),
+        alignment_path=u.alignment_path and _absolute(u.alignment_path)) for u in utterances]
     if not utterances:
         raise ValueError(f"no usable utterances found for dataset {dataset!r} "
                          f"({len(rejected)} rejected)")
@@ -203,7 +215,7 @@ def summarize(out_dir: Path, *, dataset: str, class_names: Sequence[str], num_in
     from preprocessing.records import decode_example
     import tensorflow as tf
 
-    per_fold, per_source, per_label, oov = {}, {}, {}, 0
+    per_fold, per_source, per_label, per_channel, oov = {}, {}, {}, {}, 0
     for path in record_files(out_dir, layout=layout):
         fold = Path(path).parent.name
         for raw in tf.data.TFRecordDataset(path, compression_type="GZIP").as_numpy_iterator():
@@ -211,12 +223,16 @@ def summarize(out_dir: Path, *, dataset: str, class_names: Sequence[str], num_in
             per_fold[fold] = per_fold.get(fold, 0) + 1
             per_source[record["alignment_source"]] = per_source.get(record["alignment_source"], 0) + 1
             per_label[record["label_name"]] = per_label.get(record["label_name"], 0) + 1
+            if record["channel"]:
+                per_channel[record["channel"]] = per_channel.get(record["channel"], 0) + 1
             oov += int(sum(not vec.any() for vec in record["word_embeddings"]))
     num_records = sum(per_fold.values())
     per_stage: Dict[str, int] = {}
     for e in errors:
         per_stage[e["stage"]] = per_stage.get(e["stage"], 0) + 1
+    channels = {"records_per_channel": per_channel} if per_channel else {}
     return {
+        **channels,
         "dataset": dataset, "classes": list(class_names), "inputs": num_inputs,
         "records": num_records, "errors": len(errors), "records_per_fold": per_fold,
         "records_per_alignment_source": per_source, "records_per_label": per_label,

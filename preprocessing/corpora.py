@@ -35,6 +35,8 @@ class Utterance:
     ``speaker`` is what folds never split; ``group`` an optional coarser unit (IEMOCAP session);
     ``gender`` is "F", "M" or None. ``transcript`` None means unknown (to be recognised);
     ``alignment_path`` is a word alignment in ``alignment_format`` ("textgrid" | "wdseg").
+    ``channel`` is how it was produced where a corpus has more than one (RAVDESS: "speech" or
+    "song"), else None.
     """
 
     utterance_id: str
@@ -46,6 +48,7 @@ class Utterance:
     alignment_format: Optional[str] = None
     group: Optional[str] = None
     gender: Optional[str] = None
+    channel: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,31 +87,70 @@ def _check_classes(classes: Sequence[str], valid: Sequence[str], corpus: str) ->
 RAVDESS_EMOTIONS = {"01": "neutral", "02": "calm", "03": "happy", "04": "sad", "05": "angry",
                     "06": "fearful", "07": "disgust", "08": "surprised"}
 RAVDESS_STATEMENTS = {"01": "Kids are talking by the door", "02": "Dogs are sitting by the door"}
-# modality 03 = audio-only, vocal channel 01 = speech; then emotion, intensity, statement,
-# repetition, actor.
-_RAVDESS_NAME = re.compile(r"^03-01-(0[1-8])-(0[12])-(0[12])-(0[12])-(\d\d)\.(wav|flac)$",
+# Vocal channel code -> name. Song has emotions 01-06 only (no disgust, no surprise).
+RAVDESS_CHANNELS = {"01": "speech", "02": "song"}
+DEFAULT_CHANNELS = ("speech",)
+# The channel whose utterances size a speaker when folds are dealt (see ``assign_folds``).
+PRIMARY_CHANNEL = "speech"
+# modality 03 = audio-only; vocal channel 01 = speech, 02 = song; then emotion, intensity,
+# statement, repetition, actor.
+_RAVDESS_NAME = re.compile(r"^03-(0[12])-(0[1-8])-(0[12])-(0[12])-(0[12])-(\d\d)\.(wav|flac)$",
                            re.IGNORECASE)
 _RAVDESS_ACTOR_DIR = re.compile(r"^Actor_(\d\d)$")
 
 
-def ravdess(data_dir: PathLike, classes: Sequence[str] = DEFAULT_CLASSES) -> Iterator[Item]:
-    """RAVDESS speech: ``Actor_XX/03-01-EE-II-SS-RR-AA.(wav|flac)``.
+def parse_channels(channels: Union[str, Sequence[str], None]) -> Tuple[str, ...]:
+    """``"speech,song"`` or ``["song"]`` -> the RAVDESS channel names, checked, in the given
+    order without repeats; None -> ``DEFAULT_CHANNELS``."""
+    if channels is None:
+        return DEFAULT_CHANNELS
+    names = channels.split(",") if isinstance(channels, str) else list(channels)
+    names = tuple(dict.fromkeys(n.strip().lower() for n in names if n.strip()))
+    valid = tuple(RAVDESS_CHANNELS.values())
+    unknown = [n for n in names if n not in valid]
+    if unknown or not names:
+        raise ValueError(f"ravdess: unknown channel(s) {unknown} (valid: {', '.join(valid)})"
+                         if unknown else f"ravdess: no channels given (valid: {', '.join(valid)})")
+    return names
 
-    Label from EE, transcript from SS, speaker ``"Actor_XX"``, gender from the actor number
-    (odd male "M", even female "F"). ``classes`` are any of the 8 emotion names. Every
-    non-hidden file in an ``Actor_XX`` directory whose name does not parse, or whose actor
-    differs from the directory's, is ``Rejected``; files outside ``Actor_XX`` directories are
-    not part of the corpus and are ignored.
+
+def ravdess(data_dir: Union[PathLike, Sequence[PathLike]],
+            classes: Sequence[str] = DEFAULT_CLASSES,
+            channels: Union[str, Sequence[str], None] = DEFAULT_CHANNELS) -> Iterator[Item]:
+    """RAVDESS speech and/or song: ``Actor_XX/03-CC-EE-II-SS-RR-AA.(wav|flac)``.
+
+    ``data_dir`` is one directory or several (e.g. ``ravdess-speech`` and ``ravdess-song``),
+    each holding ``Actor_XX`` directories; they are read in the order given. ``channels``
+    ("speech", "song" or both) picks the vocal channels CC (01 speech, 02 song); files of
+    another channel are skipped, like classes not asked for. Label from EE, transcript from SS
+    (song sings the same two statements), speaker ``"Actor_XX"`` whatever the channel (so folds
+    keep an actor's speech and song together), gender from the actor number (odd male "M",
+    even female "F"), ``channel`` the channel's name. The utterance id is the file stem, whose
+    second field is the channel code. ``classes`` are any of the 8 emotion names.
+
+    Every non-hidden file in an ``Actor_XX`` directory whose name does not parse, whose actor
+    differs from the directory's, or whose id was already read from another directory is
+    ``Rejected``; files outside ``Actor_XX`` directories are not part of the corpus and are
+    ignored.
     """
     classes = _check_classes(classes, tuple(RAVDESS_EMOTIONS.values()), "ravdess")
-    root = Path(data_dir)
-    actor_dirs = sorted(p for p in _subdirectories(root) if _RAVDESS_ACTOR_DIR.match(p.name))
-    if not actor_dirs:
-        raise ValueError(f"ravdess: no Actor_XX directories in {root}")
-    return _ravdess_items(actor_dirs, classes)  # arguments checked now, files read lazily
+    channels = parse_channels(channels)
+    roots = [Path(data_dir)] if isinstance(data_dir, (str, os.PathLike)) else \
+        [Path(d) for d in data_dir]
+    if not roots:
+        raise ValueError("ravdess: no data directory given")
+    actor_dirs = []
+    for root in roots:
+        found = sorted(p for p in _subdirectories(root) if _RAVDESS_ACTOR_DIR.match(p.name))
+        if not found:
+            raise ValueError(f"ravdess: no Actor_XX directories in {root}")
+        actor_dirs += found
+    return _ravdess_items(actor_dirs, classes, channels)  # arguments checked now, files lazily
 
 
-def _ravdess_items(actor_dirs: List[Path], classes: Tuple[str, ...]) -> Iterator[Item]:
+def _ravdess_items(actor_dirs: List[Path], classes: Tuple[str, ...],
+                   channels: Tuple[str, ...]) -> Iterator[Item]:
+    seen: Dict[str, str] = {}
     for actor_dir in actor_dirs:
         actor = _RAVDESS_ACTOR_DIR.match(actor_dir.name).group(1)
         for path in sorted(actor_dir.iterdir()):
@@ -118,21 +160,27 @@ def _ravdess_items(actor_dirs: List[Path], classes: Tuple[str, ...]) -> Iterator
             match = _RAVDESS_NAME.match(path.name)
             if not path.is_file() or not match:
                 yield Rejected(utterance_id, str(path), CORPUS_STAGE,
-                               "name does not match 03-01-EE-II-SS-RR-AA.(wav|flac) "
-                               "(audio-only speech, valid codes)")
+                               "name does not match 03-CC-EE-II-SS-RR-AA.(wav|flac) "
+                               "(audio-only speech 01 or song 02, valid codes)")
                 continue
-            emotion, _, statement, _, file_actor, _ = match.groups()
+            channel_code, emotion, _, statement, _, file_actor, _ = match.groups()
             if file_actor != actor:
                 yield Rejected(utterance_id, str(path), CORPUS_STAGE,
                                f"actor {file_actor} in the name but in directory {actor_dir.name}")
                 continue
+            channel = RAVDESS_CHANNELS[channel_code]
             label = RAVDESS_EMOTIONS[emotion]
-            if label not in classes:
+            if channel not in channels or label not in classes:
                 continue
+            if utterance_id in seen:
+                yield Rejected(utterance_id, str(path), CORPUS_STAGE,
+                               f"the same recording was already read from {seen[utterance_id]}")
+                continue
+            seen[utterance_id] = str(path)
             yield Utterance(utterance_id=utterance_id, audio_path=str(path),
                             speaker=actor_dir.name, label_name=label,
                             transcript=RAVDESS_STATEMENTS[statement],
-                            gender="M" if int(actor) % 2 else "F")
+                            gender="M" if int(actor) % 2 else "F", channel=channel)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,7 +331,7 @@ def manifest(path: PathLike, classes: Optional[Sequence[str]] = None) -> Iterato
 
 def _manifest_items(path: Path, classes: Optional[Tuple[str, ...]]) -> Iterator[Item]:
     seen: collections.Counter = collections.Counter()
-    for where, row in _manifest_rows(path):
+    for where, row in manifest_rows(path):
         yield _manifest_item(path.parent, where, row, classes, seen)
 
 
@@ -296,8 +344,15 @@ def _csv_header(path: Path) -> List[str]:
     return header
 
 
-def _manifest_rows(path: Path) -> Iterator[Tuple[str, object]]:
-    """(``"<manifest>:<line>"``, row) pairs; a row is a dict, or an error string for bad JSON."""
+def manifest_rows(path: PathLike) -> Iterator[Tuple[str, object]]:
+    """(``"<manifest>:<line>"``, row) pairs of a ``.csv`` or ``.jsonl``/``.ndjson`` file; a row
+    is a dict with stripped keys and (string) values, or an error string for bad JSON."""
+    for where, row in _raw_manifest_rows(Path(path)):
+        yield where, row if isinstance(row, str) else {
+            k.strip(): (v.strip() if isinstance(v, str) else v) for k, v in row.items() if k}
+
+
+def _raw_manifest_rows(path: Path) -> Iterator[Tuple[str, object]]:
     suffix = path.suffix.lower()
     if suffix == ".csv":
         with open(path, newline="", encoding="utf-8") as f:
@@ -324,10 +379,10 @@ def _manifest_item(base: Path, where: str, row, classes: Optional[Tuple[str, ...
                    seen: collections.Counter) -> Item:
     if isinstance(row, str):
         return Rejected(where, where, CORPUS_STAGE, row)
-    value = {k.strip(): (v.strip() if isinstance(v, str) else v) for k, v in row.items() if k}
+    value = row
     missing = [c for c in MANIFEST_REQUIRED if value.get(c) in (None, "")]
     audio = value.get("path")
-    audio_path = _resolve(base, str(audio)) if audio not in (None, "") else None
+    audio_path = resolve_path(base, str(audio)) if audio not in (None, "") else None
     if missing:
         return Rejected(Path(audio_path).stem if audio_path else where, audio_path or where,
                         CORPUS_STAGE, f"missing {', '.join(missing)} ({where})")
@@ -343,26 +398,34 @@ def _manifest_item(base: Path, where: str, row, classes: Optional[Tuple[str, ...
     return Utterance(utterance_id=utterance_id, audio_path=audio_path,
                      speaker=str(value.get("speaker") or utterance_id), label_name=label,
                      transcript=str(transcript) if transcript else None,
-                     alignment_path=_resolve(base, str(textgrid)) if textgrid else None,
+                     alignment_path=resolve_path(base, str(textgrid)) if textgrid else None,
                      alignment_format="textgrid" if textgrid else None,
                      group=str(value["group"]) if value.get("group") else None,
                      gender=str(value["gender"]) if value.get("gender") else None)
 
 
-def _resolve(base: Path, path: str) -> str:
+def resolve_path(base: Path, path: str) -> str:
+    """``path`` (``~`` expanded) as is when absolute, else relative to ``base``."""
     p = Path(path).expanduser()
     return str(p if p.is_absolute() else base / p)
 
 
-def items(dataset: str, path: PathLike, classes: Optional[Sequence[str]] = None) -> List[Item]:
-    """All items of ``dataset`` ("ravdess", "iemocap" or "manifest") at ``path``; ``classes``
-    None means the corpus default (the 4 classes; every label for a manifest)."""
-    adapters = {"ravdess": ravdess, "iemocap": iemocap}
+def items(dataset: str, path: Union[PathLike, Sequence[PathLike]],
+          classes: Optional[Sequence[str]] = None,
+          channels: Union[str, Sequence[str], None] = None) -> List[Item]:
+    """All items of ``dataset`` ("ravdess", "iemocap" or "manifest") at ``path`` (RAVDESS: one
+    directory or several); ``classes`` None means the corpus default (the 4 classes; every
+    label for a manifest); ``channels`` None means the default (RAVDESS: speech only), and only
+    RAVDESS has others."""
+    if dataset == "ravdess":
+        return list(ravdess(path, classes or DEFAULT_CLASSES, channels))
+    if dataset not in ("iemocap", "manifest"):
+        raise ValueError(f"unknown dataset {dataset!r} (ravdess, iemocap, manifest)")
+    if channels is not None and parse_channels(channels) != DEFAULT_CHANNELS:
+        raise ValueError(f"{dataset}: only ravdess has channels other than speech")
     if dataset == "manifest":
         return list(manifest(path, classes))
-    if dataset not in adapters:
-        raise ValueError(f"unknown dataset {dataset!r} (ravdess, iemocap, manifest)")
-    return list(adapters[dataset](path, classes or DEFAULT_CLASSES))
+    return list(iemocap(path, classes or DEFAULT_CLASSES))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,8 +443,11 @@ def assign_folds(utterances: Iterable[Item], num_folds: int = 5, by: str = "spea
     same way and their speakers follow them; with as many groups as folds, one group per fold.
 
     Units are dealt largest first, ties by name; a non-zero ``seed`` shuffles the tie order.
-    Folds are then numbered by the sorted name of their first member (Actor_01 / Session1 is
-    in fold 0). ``Rejected`` items are ignored.
+    A unit's size is its number of utterances of the ``PRIMARY_CHANNEL`` (speech) or without a
+    channel, when there are any: adding RAVDESS song to speech then leaves every actor in the
+    fold the speech-only plan gives it (its song follows it). Only when no utterance is speech
+    (song alone) are all utterances counted. Folds are then numbered by the sorted name of
+    their first member (Actor_01 / Session1 is in fold 0). ``Rejected`` items are ignored.
 
     Raises:
         ValueError: ``num_folds < 2``, more folds than speakers/groups, unknown ``by``, a group
@@ -398,14 +464,17 @@ def assign_folds(utterances: Iterable[Item], num_folds: int = 5, by: str = "spea
     counts: collections.Counter = collections.Counter()
     genders: Dict[str, Optional[str]] = {}
     speaker_group: Dict[str, Optional[str]] = {}
-    for u in utterances:
+    primary = [u.channel in (None, PRIMARY_CHANNEL) for u in utterances]
+    if not any(primary):
+        primary = [True] * len(utterances)
+    for u, counted in zip(utterances, primary):
         unit = u.speaker if by == "speaker" else u.group
         if unit is None:
             raise ValueError(f"assign_folds(by='group'): utterance {u.utterance_id} has no group")
         if by == "group" and speaker_group.setdefault(u.speaker, u.group) != u.group:
             raise ValueError(f"assign_folds(by='group'): speaker {u.speaker} is in groups "
                              f"{speaker_group[u.speaker]} and {u.group}")
-        counts[unit] += 1
+        counts[unit] += 1 if counted else 0
         genders.setdefault(unit, u.gender)
     if num_folds > len(counts):
         raise ValueError(f"num_folds={num_folds} but only {len(counts)} {by}s")
@@ -441,16 +510,25 @@ def assign_folds(utterances: Iterable[Item], num_folds: int = 5, by: str = "spea
 
 
 def fold_summary(utterances: Iterable[Item], folds: Dict[str, int]) -> List[Dict[str, object]]:
-    """Per fold: its speakers, utterance count and label counts (for logs and reports)."""
+    """Per fold: its speakers, utterance count and label counts (for logs and reports), and
+    channel counts when the utterances have channels (RAVDESS)."""
+    utterances = [u for u in utterances if isinstance(u, Utterance)]
+    with_channels = any(u.channel is not None for u in utterances)
     summary = [{"fold": f, "speakers": [], "utterances": 0, "labels": collections.Counter()}
                for f in range(max(folds.values()) + 1)]
+    for entry in summary:
+        if with_channels:
+            entry["channels"] = collections.Counter()
     for speaker, fold in sorted(folds.items()):
         summary[fold]["speakers"].append(speaker)
     for u in utterances:
-        if isinstance(u, Utterance):
-            entry = summary[folds[u.speaker]]
-            entry["utterances"] += 1
-            entry["labels"][u.label_name] += 1
+        entry = summary[folds[u.speaker]]
+        entry["utterances"] += 1
+        entry["labels"][u.label_name] += 1
+        if with_channels:
+            entry["channels"][str(u.channel)] += 1
     for entry in summary:
-        entry["labels"] = dict(sorted(entry["labels"].items()))
+        for key in ("labels", "channels"):
+            if key in entry:
+                entry[key] = dict(sorted(entry[key].items()))
     return summary

@@ -20,6 +20,8 @@ word_start          int64[]    first frame of each word
 word_end            int64[]    one past the last frame of each word (end exclusive)
 transcript          bytes      the transcript the words came from
 alignment_source    bytes      given | forced | asr | fallback
+channel             bytes      optional: "speech" | "song" for RAVDESS; absent (parsed as "")
+                               in records of corpora without channels and in older records
 ==================  =========  ===============================================================
 """
 
@@ -39,8 +41,9 @@ NO_LABEL = -1
 def make_example(*, utterance_id: str, speaker: str, label: int, label_name: str, fold: int,
                  fbank: np.ndarray, words: Sequence[str], word_embeddings: np.ndarray,
                  word_start: Sequence[int], word_end: Sequence[int], transcript: str,
-                 alignment_source: str) -> tf.train.Example:
-    """Builds one record, checking the shapes agree with each other."""
+                 alignment_source: str, channel: Optional[str] = None) -> tf.train.Example:
+    """Builds one record, checking the shapes agree with each other. ``channel`` None writes
+    no ``channel`` feature."""
     fbank = np.asarray(fbank, dtype=np.float32)
     word_embeddings = np.asarray(word_embeddings, dtype=np.float32)
     num_words = len(words)
@@ -79,6 +82,8 @@ def make_example(*, utterance_id: str, speaker: str, label: int, label_name: str
         "transcript": b([transcript]),
         "alignment_source": b([alignment_source]),
     }
+    if channel is not None:
+        feature["channel"] = b([channel])
     return tf.train.Example(features=tf.train.Features(feature=feature))
 
 
@@ -101,6 +106,7 @@ def feature_spec(word_dim: int) -> dict:
         "word_end": tf.io.RaggedFeature(tf.int64, value_key="word_end"),
         "transcript": tf.io.FixedLenFeature([], tf.string, default_value=""),
         "alignment_source": tf.io.FixedLenFeature([], tf.string, default_value=""),
+        "channel": tf.io.FixedLenFeature([], tf.string, default_value=""),
     }
 
 
@@ -156,4 +162,5 @@ def decode_example(serialized: bytes, word_dim: Optional[int] = None) -> dict:
         "word_end": ints("word_end"),
         "transcript": strs("transcript")[0],
         "alignment_source": strs("alignment_source")[0],
+        "channel": strs("channel")[0] if "channel" in feats else "",
     }

@@ -81,5 +81,5 @@ def utterance_to_example(utterance: Utterance, *, aligner, vectors: WordVectors,
         label=list(class_names).index(utterance.label_name), label_name=utterance.label_name,
         fold=fold, fbank=fbank, words=words, word_embeddings=embeddings,
         word_start=[w.start for w in aligned.words], word_end=[w.end for w in aligned.words],
-        transcript=transcript, alignment_source=aligned.source)
+        transcript=transcript, alignment_source=aligned.source, channel=utterance.channel)
     return example, aligned.source

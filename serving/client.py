@@ -9,6 +9,14 @@ It speaks only the public REST API, so it works the same against ``cme-ser serve
 
 One client keeps one HTTP/1.1 connection open between requests; it is not thread-safe (use one
 per thread). Server errors raise :class:`ServingRequestError` with the server's ``error`` text.
+
+:class:`GrpcClient` has the same ``status()``, ``metadata()`` and ``predict_waveform()`` over TF
+Serving's gRPC API (port 8500), with the official stubs of ``tensorflow-serving-api``::
+
+    client = GrpcClient("grpc://localhost:8500", "cme")
+
+It needs TensorFlow (the stubs' messages live in the ``tensorflow`` package); the REST client
+does not.
 """
 
 from __future__ import annotations
@@ -287,3 +295,183 @@ class RestClient:
         instances = [{"b64": base64.b64encode(s).decode("ascii")} for s in serialized]
         answer = self.predict(instances=instances, signature_name=SERVING_DEFAULT)
         return answer["predictions"]
+
+
+# ----------------------------------------------------------------------------------------------
+# The gRPC client
+
+
+class GrpcRequestError(ServingRequestError):
+    """The gRPC server answered with an error: ``code`` (its name, e.g. "NOT_FOUND"),
+    ``message`` (its details) and ``status``, the HTTP status TF Serving's REST API gives it."""
+
+    def __init__(self, code: str, message: str):
+        from serving.status import HTTP_STATUS
+        super().__init__(HTTP_STATUS.get(code, 500), message)
+        self.code = code
+        self.args = (f"gRPC {code}: {message}",)
+
+    def __str__(self) -> str:
+        return f"gRPC {self.code}: {self.message}"
+
+
+def _message_dict(message) -> dict:
+    """A proto message as TF Serving's REST API prints it (field names kept, defaults printed)."""
+    from google.protobuf import json_format
+    try:
+        return json_format.MessageToDict(message, preserving_proto_field_name=True,
+                                         including_default_value_fields=True)
+    except TypeError:  # protobuf >= 5 renamed the option
+        return json_format.MessageToDict(message, preserving_proto_field_name=True,
+                                         always_print_fields_with_no_presence=True)
+
+
+class GrpcClient:
+    """TF Serving gRPC API client for one model (optionally one version or version label);
+    ``status()`` and ``metadata()`` return the same dictionaries as :class:`RestClient`'s.
+
+    One channel per client (gRPC channels are thread-safe, so one client may be shared by
+    threads). Errors raise :class:`GrpcRequestError`; a server that cannot be reached raises
+    ``ConnectionError``, a call over ``timeout`` seconds ``TimeoutError`` (both OSError, as for
+    the REST client)."""
+
+    def __init__(self, url: str = "grpc://localhost:8500", model_name: str = "cme", *,
+                 version: Optional[int] = None, label: Optional[str] = None,
+                 timeout: float = 60.0):
+        import grpc
+        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+        parsed = urllib.parse.urlsplit(url if "://" in url else "grpc://" + url)
+        if parsed.scheme != "grpc":
+            raise ValueError(f"URL must be grpc://host:port, got {url!r}")
+        if version is not None and label is not None:
+            raise ValueError("give a version or a label, not both")
+        self.host = parsed.hostname or "localhost"
+        self.port = parsed.port or 8500
+        self.target = f"[{self.host}]:{self.port}" if ":" in self.host else \
+            f"{self.host}:{self.port}"
+        self.url = f"grpc://{self.target}"
+        self.model_name = model_name
+        self.version = version
+        self.label = label
+        self.timeout = timeout
+        where = f"/models/{model_name}"
+        if version is not None:
+            where += f"/versions/{int(version)}"
+        elif label is not None:
+            where += f"/labels/{label}"
+        self.model_path = where  # for messages only: gRPC has no paths
+        self._channel = grpc.insecure_channel(self.target, options=[
+            ("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)])
+        self.prediction = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+        self.models = model_service_pb2_grpc.ModelServiceStub(self._channel)
+
+    def model_spec(self, spec, signature_name: str = "") -> None:
+        """Fills a request's ModelSpec with this client's model, version or label."""
+        spec.name = self.model_name
+        if self.version is not None:
+            spec.version.value = int(self.version)
+        elif self.label is not None:
+            spec.version_label = self.label
+        if signature_name:
+            spec.signature_name = signature_name
+
+    def call(self, method, request):
+        """One RPC; gRPC errors as :class:`GrpcRequestError` / ConnectionError / TimeoutError."""
+        import grpc
+        try:
+            return method(request, timeout=self.timeout)
+        except grpc.RpcError as error:
+            code = error.code().name if error.code() is not None else "UNKNOWN"
+            details = error.details() or code
+            if code == "UNAVAILABLE":
+                raise ConnectionError(f"{self.target}: {details}") from None
+            if code == "DEADLINE_EXCEEDED":
+                raise TimeoutError(f"{self.target}: no answer within {self.timeout:g} s") \
+                    from None
+            raise GrpcRequestError(code, details) from None
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- the API --------------------------------------------------------------------------------
+
+    def status(self) -> dict:
+        """``ModelService.GetModelStatus``: ``{"model_version_status": [...]}``."""
+        from tensorflow_serving.apis import get_model_status_pb2
+        request = get_model_status_pb2.GetModelStatusRequest()
+        self.model_spec(request.model_spec)
+        return _message_dict(self.call(self.models.GetModelStatus, request))
+
+    def metadata(self) -> dict:
+        """``PredictionService.GetModelMetadata`` for "signature_def":
+        ``{"model_spec": ..., "metadata": {"signature_def": ...}}``."""
+        from tensorflow_serving.apis import get_model_metadata_pb2
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        self.model_spec(request.model_spec)
+        response = self.call(self.prediction.GetModelMetadata, request)
+        metadata = {}
+        for key, packed in response.metadata.items():
+            signature_map = get_model_metadata_pb2.SignatureDefMap()
+            if packed.Unpack(signature_map):
+                metadata[key] = _message_dict(signature_map)
+        return {"model_spec": _message_dict(response.model_spec), "metadata": metadata}
+
+    def predict_request(self, inputs: Mapping[str, np.ndarray], *, signature_name: str = "",
+                        output_filter: Sequence[str] = ()):
+        """The ``PredictRequest`` for numpy inputs (strings as str or bytes), each input a
+        ``tf.make_tensor_proto``."""
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2
+        request = predict_pb2.PredictRequest(output_filter=list(output_filter))
+        self.model_spec(request.model_spec, signature_name)
+        for name, value in inputs.items():
+            request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+        return request
+
+    def predict(self, inputs: Mapping[str, np.ndarray], *, signature_name: str = "",
+                output_filter: Sequence[str] = ()) -> Dict[str, np.ndarray]:
+        """``PredictionService.Predict`` on numpy inputs: the numpy outputs."""
+        request = self.predict_request(inputs, signature_name=signature_name,
+                                       output_filter=output_filter)
+        return self.outputs(self.call(self.prediction.Predict, request))
+
+    @staticmethod
+    def outputs(response) -> Dict[str, np.ndarray]:
+        """A ``PredictResponse``'s outputs as numpy arrays (strings as bytes)."""
+        import tensorflow as tf
+        return {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
+
+    def waveform_request(self, utterances: Sequence[Utterance], *, binary: bool = False):
+        """The ``predict_waveform`` PredictRequest for ``utterances`` (the batch of
+        :func:`waveform_batch`), or with ``binary`` the ``predict_waveform_bytes`` one (each
+        row's samples as one string of little-endian float32)."""
+        inputs = waveform_batch(utterances)
+        signature = PREDICT_WAVEFORM
+        if binary:
+            del inputs["waveform"]
+            inputs["waveform_bytes"] = np.array(
+                [np.asarray(u.waveform, dtype="<f4").tobytes() for u in utterances], dtype=object)
+            signature = PREDICT_WAVEFORM_BYTES
+        return self.predict_request(inputs, signature_name=signature)
+
+    def predict_waveform(self, utterances: Sequence[Utterance], *,
+                         binary: bool = False) -> List[Prediction]:
+        """As :meth:`RestClient.predict_waveform`, the samples as a float32 TensorProto (or,
+        ``binary``, through ``predict_waveform_bytes``)."""
+        request = self.waveform_request(utterances, binary=binary)
+        response = self.call(self.prediction.Predict, request)
+        return predictions_from_outputs(self.outputs(response), utterances)
+
+
+def open_client(url: str, model_name: str = "cme", **options):
+    """:class:`GrpcClient` for ``grpc://host:port``, else :class:`RestClient`."""
+    if url.lower().startswith("grpc://"):
+        return GrpcClient(url, model_name, **options)
+    return RestClient(url, model_name, **options)

@@ -6,17 +6,23 @@ transcript (or recognition when there is none), the spans become seconds (frame 
 the signature turns back into the same frames), and the model answers through the REST API
 (``serving.client.RestClient``: ``cme-ser serve`` or TF Serving) or a SavedModel loaded in this
 process (:class:`LocalModel`). A file that fails is reported and the others still run.
+
+``cme-ser predict --manifest`` reads a list of files, each with its own transcript (and
+optionally its label): :func:`read_manifest`, then :func:`predict_files` with one transcript
+per file, several files per request.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 from pathlib import Path
 from typing import List, Optional, Sequence
 
 import numpy as np
 
-from serving.client import Prediction, Utterance, predictions_from_outputs, waveform_batch
+from serving.client import (SAMPLE_RATE, Prediction, Utterance, predictions_from_outputs,
+                            waveform_batch)
 
 FRAMES_PER_SECOND = 100
 
@@ -119,37 +125,156 @@ def prepare(path, transcript: Optional[str], aligner) -> tuple:
 
 
 def predict_files(paths: Sequence, model, *, transcript: Optional[str] = None,
-                  aligner=None) -> List[Result]:
+                  transcripts: Optional[Sequence[Optional[str]]] = None, aligner=None,
+                  batch_size: int = 1) -> List[Result]:
     """Runs every file through ``model`` (anything with ``predict_waveform``, e.g.
-    ``RestClient`` or :class:`LocalModel`), one request per file."""
+    ``RestClient`` or :class:`LocalModel`); one :class:`Result` per file, in order.
+
+    ``transcript`` is said in every file; ``transcripts`` instead gives each file its own
+    (None or "": recognise that file). Up to ``batch_size`` files go to the model in one
+    request, whatever their transcripts (rows are padded; padding changes no result). A batch
+    the model refuses is retried file by file, so a bad file fails alone. An ``OSError`` (the
+    server cannot be reached) is raised: every other file would fail the same way."""
+    if transcripts is None:
+        transcripts = [transcript] * len(paths)
+    elif transcript is not None:
+        raise ValueError("give transcript= or transcripts=, not both")
+    if len(transcripts) != len(paths):
+        raise ValueError(f"{len(paths)} files but {len(transcripts)} transcripts")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if aligner is None:
         from preprocessing.alignment import PocketSphinxAligner
         aligner = PocketSphinxAligner()
-    results = []
-    for path in paths:
-        utterance, result = prepare(path, transcript, aligner)
-        if utterance is not None:
-            try:
-                [result.prediction] = model.predict_waveform([utterance])
-            except OSError:
-                raise  # the server is unreachable: every other file would fail the same way
-            except Exception as error:  # the model's answer for this file: report, go on
-                result.error, result.stage = getattr(error, "message", None) or str(error), "model"
+    results, pending = [], []
+    for path, text in zip(paths, transcripts):
+        utterance, result = prepare(path, text, aligner)
         results.append(result)
+        if utterance is not None:
+            pending.append((utterance, result))
+        if len(pending) == batch_size:
+            _predict_batch(model, pending)
+            pending = []
+    if pending:
+        _predict_batch(model, pending)
     return results
 
 
-def format_text(results: Sequence[Result]) -> str:
-    """The human-readable report: emotion, probabilities, and each word's excitation."""
+def _predict_batch(model, pending: List[tuple]) -> None:
+    """Sets each ``(utterance, result)``'s prediction, or its error (stage "model")."""
+    try:
+        predictions = model.predict_waveform([utterance for utterance, _ in pending])
+    except OSError:
+        raise
+    except Exception as error:  # the model's answer: retry alone, or report and go on
+        if len(pending) > 1:
+            for one in pending:
+                _predict_batch(model, [one])
+            return
+        result = pending[0][1]
+        result.error, result.stage = getattr(error, "message", None) or str(error), "model"
+        return
+    for (_, result), prediction in zip(pending, predictions):
+        result.prediction = prediction
+
+
+def model_class_names(model) -> List[str]:
+    """The class names of ``model``, in probability order, from one prediction of a second
+    of faint noise with one word (a model says its class names with every answer)."""
+    waveform = np.random.default_rng(0).normal(0.0, 1e-3, SAMPLE_RATE).astype(np.float32)
+    [prediction] = model.predict_waveform([Utterance(waveform, ["the"], [0.2], [0.5])])
+    return list(prediction.probabilities)
+
+
+# ----------------------------------------------------------------------------------------------
+# Manifests: many files, each with its own transcript and optionally its label
+
+
+@dataclasses.dataclass(frozen=True)
+class ManifestEntry:
+    """One manifest row: the audio file (resolved against the manifest's directory), what is
+    said in it (None: recognise it) and its true label (None: not given); ``where`` is
+    ``"<manifest>:<line>"``; ``error`` says why a row is unusable (then it is not predicted)."""
+
+    audio: str
+    transcript: Optional[str]
+    label: Optional[str]
+    where: str
+    error: Optional[str] = None
+
+
+def read_manifest(path) -> List[ManifestEntry]:
+    """The rows of a ``.csv`` (header with a ``path`` column; ``transcript`` and ``label``
+    optional) or ``.jsonl`` manifest, in order. Labels are lowercased. Raises ValueError for a
+    missing file, an unknown extension or a CSV header without ``path``."""
+    from preprocessing.corpora import manifest_rows, resolve_path
+
+    path = Path(path)
+    if path.suffix.lower() not in (".csv", ".jsonl", ".ndjson"):
+        raise ValueError(f"{path}: manifest must be .csv or .jsonl, got {path.suffix!r}")
+    if not path.is_file():
+        raise ValueError(f"{path}: manifest not found")
+    if path.suffix.lower() == ".csv":
+        with open(path, newline="", encoding="utf-8") as f:
+            header = [h.strip() for h in (csv.DictReader(f).fieldnames or [])]
+        if "path" not in header:
+            raise ValueError(f"{path}: manifest header has no 'path' column (has {header})")
+    entries = []
+    for where, row in manifest_rows(path):
+        if isinstance(row, str):
+            entries.append(ManifestEntry(where, None, None, where, error=row))
+            continue
+        audio, transcript, label = (row.get(key) for key in ("path", "transcript", "label"))
+        transcript = str(transcript) if transcript else None
+        label = str(label).lower() if label not in (None, "") else None
+        if audio in (None, ""):
+            entries.append(ManifestEntry(where, transcript, label, where,
+                                         error=f"no path ({where})"))
+            continue
+        entries.append(ManifestEntry(resolve_path(path.parent, str(audio)), transcript, label,
+                                     where))
+    return entries
+
+
+def predict_manifest(entries: Sequence[ManifestEntry], model, *, aligner=None,
+                     batch_size: int = 8) -> List[Result]:
+    """:func:`predict_files` on the usable entries, each with its own transcript; one
+    :class:`Result` per entry, in order (an unusable row's has stage "manifest")."""
+    usable = [e for e in entries if e.error is None]
+    predicted = iter(predict_files([e.audio for e in usable], model,
+                                   transcripts=[e.transcript for e in usable], aligner=aligner,
+                                   batch_size=batch_size) if usable else [])
+    return [next(predicted) if e.error is None else
+            Result(audio=e.audio, error=e.error, stage="manifest") for e in entries]
+
+
+def manifest_accuracy(entries: Sequence[ManifestEntry], results: Sequence[Result]) -> dict:
+    """Accuracy over the labelled files that got a prediction: ``{"correct", "labelled",
+    "accuracy"}`` (accuracy None when no labelled file was predicted); ``failed`` counts
+    labelled files without a prediction."""
+    scored = [(e.label, r.prediction.emotion) for e, r in zip(entries, results)
+              if e.label is not None and r.error is None]
+    failed = sum(e.label is not None and r.error is not None for e, r in zip(entries, results))
+    correct = sum(label == emotion for label, emotion in scored)
+    return {"correct": correct, "labelled": len(scored), "failed": failed,
+            "accuracy": correct / len(scored) if scored else None}
+
+
+def format_text(results: Sequence[Result],
+                labels: Optional[Sequence[Optional[str]]] = None) -> str:
+    """The human-readable report: emotion, probabilities, and each word's excitation; with
+    ``labels`` (one per result, None: unknown), each file's true label too."""
     lines = []
-    for result in results:
+    for i, result in enumerate(results):
+        label = labels[i] if labels is not None else None
         if result.error is not None:
             lines.append(f"{result.audio}: error ({result.stage}): {result.error}")
             continue
         prediction = result.prediction
         lines.append(f"{result.audio}: {prediction.emotion} "
                      f"(p = {prediction.probabilities.get(prediction.emotion, float('nan')):.3f}; "
-                     f"{result.duration_s:.2f} s, {result.alignment_source} alignment)")
+                     f"{result.duration_s:.2f} s, {result.alignment_source} alignment"
+                     + (f"; label {label}" if label is not None else "") + ")")
         lines.append("  probabilities: " + "  ".join(
             f"{name} {p:.3f}" for name, p in prediction.probabilities.items()))
         width = max([4] + [len(w.word) for w in prediction.words])

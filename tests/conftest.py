@@ -90,3 +90,19 @@ def write_synthetic_records(root: Path, folds: int = 2, per_fold: int = 12, word
 def synthetic_records():
     """``write_synthetic_records`` (root, folds=2, per_fold=12, word_dim=50, seed=0) -> root."""
     return write_synthetic_records
+
+
+# --- A small exported CME model (the serving tests' helpers), for evaluate / predict tests. ---
+
+@pytest.fixture(scope="session")
+def small_model_base(tmp_path_factory):
+    """``tests/test_serving_support.py``'s ``small_model(seed=4)`` (random weights) exported
+    with ``export()`` as version 1 of a model base directory; returns the base directory.
+    Seed 4 answers more than one class on RAVDESS files (seeds 0-3 answer one class for every
+    song file tried), so scores computed from its answers are not a constant predictor's."""
+    if not RAVDESS_SPEECH.is_dir():  # small_model() adapts on a RAVDESS utterance
+        pytest.skip(f"RAVDESS not found at {RAVDESS_SPEECH} (see ../shared/data/README.md)")
+    from test_serving_support import export, small_model
+    base = tmp_path_factory.mktemp("small_model") / "cme"
+    export(small_model(seed=4), base / "1")
+    return base

@@ -7,10 +7,14 @@ from pathlib import Path
 import pytest
 
 from preprocessing.corpora import (RAVDESS_EMOTIONS, Rejected, Utterance, assign_folds,
-                                   fold_summary, iemocap, manifest, partition, ravdess)
+                                   fold_summary, iemocap, items, manifest, partition, ravdess)
 
 RAVDESS = Path("/work/shared/data/ravdess-speech")
+RAVDESS_SONG = Path("/work/shared/data/ravdess-song")
 needs_ravdess = pytest.mark.skipif(not RAVDESS.is_dir(), reason="RAVDESS not available")
+needs_song = pytest.mark.skipif(not (RAVDESS.is_dir() and RAVDESS_SONG.is_dir()),
+                                reason=f"RAVDESS speech and song not both at {RAVDESS.parent} "
+                                       "(see its README.md)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -35,7 +39,7 @@ def test_ravdess_default_four_classes(ravdess_4class):
         utterance_id="03-01-01-01-01-01-01",
         audio_path=str(RAVDESS / "Actor_01" / "03-01-01-01-01-01-01.flac"),
         speaker="Actor_01", label_name="neutral", transcript="Kids are talking by the door",
-        gender="M")
+        gender="M", channel="speech")
     by_id = {u.utterance_id: u for u in ravdess_4class}
     dogs = by_id["03-01-05-02-02-01-24"]
     assert (dogs.label_name, dogs.transcript, dogs.speaker, dogs.gender) == (
@@ -78,7 +82,8 @@ def test_ravdess_badly_named_files_are_rejected(tmp_path):
     names = ["03-01-05-01-01-01-01.wav",  # fine: angry
              "03-01-02-01-01-01-01.wav",  # fine but calm: not asked for, skipped silently
              "03-01-05-01-01-01-02.wav",  # actor 02 in Actor_01
-             "03-02-05-01-01-01-01.wav",  # song, not speech
+             "03-02-05-01-01-01-01.wav",  # song: not asked for (channels=speech), skipped
+             "03-03-05-01-01-01-01.wav",  # no vocal channel 03
              "03-01-09-01-01-01-01.wav",  # no emotion 09
              "03-01-05-01-01-01-01.mp3",  # extension
              "notes.txt",
@@ -92,12 +97,36 @@ def test_ravdess_badly_named_files_are_rejected(tmp_path):
     assert [u.utterance_id for u in utterances] == ["03-01-05-01-01-01-01"]
     assert all(r.stage == "corpus" for r in rejected)
     reasons = {Path(r.path).name: r.reason for r in rejected}
-    assert sorted(reasons) == sorted(["03-01-05-01-01-01-02.wav", "03-02-05-01-01-01-01.wav",
+    assert sorted(reasons) == sorted(["03-01-05-01-01-01-02.wav", "03-03-05-01-01-01-01.wav",
                                       "03-01-09-01-01-01-01.wav", "03-01-05-01-01-01-01.mp3",
                                       "notes.txt", "nested"])
     assert reasons["03-01-05-01-01-01-02.wav"] == "actor 02 in the name but in directory Actor_01"
-    assert reasons["notes.txt"].startswith("name does not match 03-01-EE-II-SS-RR-AA")
-    assert {r.utterance_id for r in rejected} >= {"notes", "03-02-05-01-01-01-01"}
+    assert reasons["notes.txt"].startswith("name does not match 03-CC-EE-II-SS-RR-AA")
+    assert {r.utterance_id for r in rejected} >= {"notes", "03-03-05-01-01-01-01"}
+    # The same tree read for song: the song file is the only utterance.
+    song, _ = partition(ravdess(tmp_path, channels="song"))
+    assert [(u.utterance_id, u.channel) for u in song] == [("03-02-05-01-01-01-01", "song")]
+
+
+def test_ravdess_channels_one_tree_or_several(tmp_path):
+    for root, channel in ((tmp_path / "speech", "01"), (tmp_path / "song", "02")):
+        (root / "Actor_02").mkdir(parents=True)
+        (root / "Actor_02" / f"03-{channel}-04-01-02-01-02.flac").write_bytes(b"")
+    both, rejected = partition(ravdess([tmp_path / "speech", tmp_path / "song"],
+                                       channels="speech,song"))
+    assert rejected == []
+    assert [(u.utterance_id, u.channel, u.speaker, u.label_name, u.transcript, u.gender)
+            for u in both] == [
+        ("03-01-04-01-02-01-02", "speech", "Actor_02", "sad", "Dogs are sitting by the door", "F"),
+        ("03-02-04-01-02-01-02", "song", "Actor_02", "sad", "Dogs are sitting by the door", "F")]
+    # The same directory twice: its files once, the repeats rejected.
+    _, rejected = partition(ravdess([tmp_path / "song", tmp_path / "song"], channels="song"))
+    assert [r.reason.startswith("the same recording was already read from") for r in rejected] \
+        == [True]
+    with pytest.raises(ValueError, match=r"unknown channel\(s\) \['choir'\]"):
+        ravdess(tmp_path / "song", channels="song,choir")
+    with pytest.raises(ValueError, match="only ravdess has channels"):
+        items("iemocap", tmp_path, channels="song")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,6 +330,56 @@ def test_ravdess_folds_speaker_independent_and_gender_balanced(ravdess_4class):
     shuffled = assign_folds(ravdess_4class, num_folds=5, seed=3)
     assert shuffled != folds and sorted(collections.Counter(shuffled.values()).values()) == [4, 5, 5, 5, 5]
     assert len(set(assign_folds(ravdess_4class, num_folds=24).values())) == 24
+
+
+@needs_song
+def test_ravdess_song_four_class_subset():
+    song, rejected = partition(ravdess(RAVDESS_SONG, channels="song"))
+    assert rejected == []
+    assert len(song) == 644  # ../shared/data/README.md
+    assert collections.Counter(u.label_name for u in song) == {
+        "neutral": 92, "happy": 184, "sad": 184, "angry": 184}
+    speakers = {u.speaker for u in song}
+    assert len(speakers) == 23 and "Actor_18" not in speakers
+    assert {u.channel for u in song} == {"song"}
+    assert all(u.utterance_id.split("-")[1] == "02" for u in song)
+    assert collections.Counter(u.transcript for u in song) == {
+        "Kids are talking by the door": 322, "Dogs are sitting by the door": 322}
+
+
+@needs_song
+def test_ravdess_speech_and_song_folds_keep_each_actor_together(ravdess_4class):
+    speech_plan = assign_folds(ravdess_4class, num_folds=5)
+    # Today's speech-only plan, unchanged: actor n in fold (n - 1) mod 5.
+    assert speech_plan == {f"Actor_{i:02d}": (i - 1) % 5 for i in range(1, 25)}
+    both, rejected = partition(ravdess([RAVDESS, RAVDESS_SONG], channels=("speech", "song")))
+    assert rejected == [] and len(both) == 672 + 644
+    assert len({u.utterance_id for u in both}) == len(both)  # ids unique across channels
+    plan = assign_folds(both, num_folds=5)
+    # Folds are by actor: an actor's speech and song share one fold, the speech-only one.
+    assert plan == speech_plan
+    fold_of = collections.defaultdict(set)
+    for u in both:
+        fold_of[u.speaker].add(plan[u.speaker])
+    assert all(len(folds) == 1 for folds in fold_of.values())
+    summary = fold_summary(both, plan)
+    assert [e["channels"] for e in summary] == [
+        {"song": 140, "speech": 140}, {"song": 140, "speech": 140},
+        {"song": 112, "speech": 140},  # fold 2 holds Actor_18, who recorded no song
+        {"song": 140, "speech": 140}, {"song": 112, "speech": 112}]
+    # Song alone is dealt on its own counts; still one fold per actor.
+    song_plan = assign_folds([u for u in both if u.channel == "song"], num_folds=5)
+    assert sorted(song_plan) == sorted({u.speaker for u in both if u.channel == "song"})
+
+
+def test_folds_size_speakers_by_speech_only():
+    # Song never moves a speaker: with it, the plan is the speech-only plan.
+    speech = [Utterance(f"{s}{i}", "x.wav", s, "sad", None, channel="speech")
+              for s, n in {"ann": 3, "bob": 2, "cid": 2}.items() for i in range(n)]
+    song = [Utterance(f"{s}-song{i}", "x.wav", s, "sad", None, channel="song")
+            for s, n in {"bob": 9, "cid": 9, "dan": 1}.items() for i in range(n)]
+    # ann | bob, cid: a speaker with song only (dan) goes to the lighter fold, 0.
+    assert assign_folds(speech + song, 2) == {**assign_folds(speech, 2), "dan": 0}
 
 
 def test_folds_balance_utterance_counts_greedily():

@@ -88,3 +88,15 @@ def test_record_round_trip_numpy_and_tf_parsers():
 def test_make_example_rejects_inconsistent_records(override, message):
     with pytest.raises(ValueError, match=message):
         make_example(**record(np.random.default_rng(3), **override))
+
+
+def test_channel_is_optional_and_old_records_parse():
+    rng = np.random.default_rng(4)
+    song = make_example(**record(rng, utterance_id="03-02-05-01-01-01-01"), channel="song")
+    old = make_example(**record(rng))  # no channel: what preprocessing wrote before channels
+    assert "channel" not in old.features.feature
+    assert decode_example(song.SerializeToString())["channel"] == "song"
+    assert decode_example(old.SerializeToString())["channel"] == ""
+    parsed = parse_examples(tf.constant([song.SerializeToString(), old.SerializeToString()]),
+                            word_dim=3)
+    assert parsed["channel"].numpy().tolist() == [b"song", b""]

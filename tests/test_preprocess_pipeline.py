@@ -237,3 +237,41 @@ def test_cli_exits_non_zero_only_when_nothing_usable_was_produced(tmp_path, caps
                  "--out", str(tmp_path / "out_good")]) == 0
     summary = json.loads((tmp_path / "out_good" / "summary.json").read_text())
     assert (summary["records"], summary["errors"], summary["complete"]) == (2, 1, True)
+
+
+def test_cli_preprocesses_ravdess_speech_and_song_together(tmp_path, capsys, embeddings_path):
+    from pipeline.cli import main
+
+    song_root = RAVDESS.parent / "ravdess-song"
+    if not song_root.is_dir():
+        pytest.skip(f"RAVDESS song not found at {song_root} (see ../shared/data/README.md)")
+    speech, song = tmp_path / "speech", tmp_path / "song"
+    for root, source, names in (
+            (speech, RAVDESS, ["Actor_01/03-01-05-01-01-01-01.flac",
+                               "Actor_02/03-01-01-01-02-01-02.flac"]),
+            (song, song_root, ["Actor_01/03-02-05-01-01-01-01.flac",
+                               "Actor_02/03-02-04-01-02-02-02.flac",
+                               "Actor_02/03-02-02-01-01-01-02.flac"])):  # calm: not a class
+        for name in names:
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).symlink_to(source / name)
+    out = tmp_path / "out"
+    assert main(["preprocess", "--dataset", "ravdess", "--data-dir", str(speech), "--data-dir",
+                 str(song), "--channels", "speech,song", "--folds", "2", "--embeddings",
+                 embeddings_path, "--beam-arg=--runner=DirectRunner", "--out", str(out)]) == 0
+    capsys.readouterr()
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["records"], summary["errors"]) == (4, 0)
+    assert summary["records_per_channel"] == {"speech": 2, "song": 2}
+    records = read_records(out)
+    # Ids differ by the channel code; the channel is in the record; an actor's speech and song
+    # share its fold.
+    assert {i: r["channel"] for i, r in records.items()} == {
+        "03-01-05-01-01-01-01": "speech", "03-01-01-01-02-01-02": "speech",
+        "03-02-05-01-01-01-01": "song", "03-02-04-01-02-02-02": "song"}
+    plan = json.loads((out / beam_pipeline.FOLD_PLAN_FILE).read_text())
+    assert plan["folds"] == {"Actor_01": 0, "Actor_02": 1}
+    for r in records.values():
+        assert r["fold"] == plan["folds"][r["speaker"]]
+        assert Path(r["file"]).parent.name == f"fold-{r['fold']}"
+    assert [e["channels"] for e in plan["summary"]] == [{"song": 1, "speech": 1}] * 2

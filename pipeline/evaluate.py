@@ -1,0 +1,187 @@
+"""``cme-ser evaluate``: how well a trained or served model does on a corpus.
+
+Every utterance the corpus adapter (``preprocessing.corpora``) lists goes the way a served
+request goes (``serving.predict``: decode -> PocketSphinx forced alignment of the corpus
+transcript -> the model's ``predict_waveform`` signature, in-process or over REST), and the
+answers are scored against the corpus labels. Written to the output directory:
+
+=====================  ======================================================================
+report.json            WA, UA, per-class recall, confusion matrix, counts, model, dataset,
+                       channels (and the same per channel when there are several)
+report.md              the same, for people
+confusion.png          the cross-validation report's plot (``pipeline.report.plot_confusion``)
+predictions.jsonl      one line per scored file: id, path, label, prediction, probabilities
+errors.jsonl           one line per input that could not be scored: id, path, stage, reason
+=====================  ======================================================================
+
+Every input is in ``predictions.jsonl`` or ``errors.jsonl``. The corpus is listed with the
+model's own classes (it says them with every answer): RAVDESS / IEMOCAP utterances of other
+emotions are not inputs; a manifest row with another label is an error. Word alignments a
+corpus ships (IEMOCAP ``.wdseg``, manifest TextGrids) are not used: a served request carries a
+transcript, and it is aligned here as serving aligns it.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import time
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Union
+
+from pipeline.report import confusion_table, plot_confusion
+from preprocessing import corpora
+from serving.predict import model_class_names, predict_files
+from trainer.metrics import confusion_matrix, unweighted_accuracy, weighted_accuracy
+
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+CONFUSION_PNG = "confusion.png"
+PREDICTIONS_FILE = "predictions.jsonl"
+ERRORS_FILE = "errors.jsonl"
+CHUNK = 64  # files between progress lines
+
+
+def scores(labels: Sequence[str], predicted: Sequence[str], class_names: Sequence[str]) -> dict:
+    """``n``, WA, UA, per-class recall (None for a class without examples) and the confusion
+    matrix (rows: true class, columns: predicted) of class-name pairs."""
+    index = {name: k for k, name in enumerate(class_names)}
+    confusion = confusion_matrix([index[x] for x in labels], [index[x] for x in predicted],
+                                 len(class_names))
+    support = confusion.sum(axis=1)
+    return {"n": int(confusion.sum()),
+            "wa": weighted_accuracy(confusion) if len(labels) else None,
+            "ua": unweighted_accuracy(confusion) if len(labels) else None,
+            "per_class_recall": {name: float(confusion[k, k] / support[k]) if support[k] else None
+                                 for k, name in enumerate(class_names)},
+            "support": {name: int(support[k]) for k, name in enumerate(class_names)},
+            "confusion": confusion.tolist()}
+
+
+def evaluate(model, *, model_description: str, dataset: str,
+             data: Union[Path, Sequence[Path]], out_dir, channels: Optional[Sequence[str]] = None,
+             aligner=None, batch_size: int = 8,
+             log: Optional[Callable[[str], None]] = None) -> dict:
+    """Scores ``model`` (anything with ``predict_waveform``: ``serving.predict.LocalModel``,
+    ``serving.client.RestClient``) on ``dataset`` at ``data`` (RAVDESS: one directory or
+    several; ``channels`` its vocal channels, None: speech). Writes the files above into
+    ``out_dir`` and returns the report. Raises ValueError when the corpus cannot be listed
+    with the model's classes, OSError when a served model cannot be reached."""
+    started = time.time()
+    log = log or (lambda line: None)
+    class_names = model_class_names(model)
+    data = [Path(d) for d in ([data] if isinstance(data, (str, Path)) else data)]
+    items = corpora.items(dataset, data[0] if len(data) == 1 else data, class_names,
+                          channels=channels)
+    utterances, rejected = corpora.partition(items)
+    errors = [{"utterance_id": r.utterance_id, "path": r.path, "stage": r.stage,
+               "reason": r.reason} for r in rejected]
+    log(f"== evaluate {model_description} on {dataset} ({', '.join(map(str, data))}): "
+        f"{len(utterances)} files, {len(rejected)} rejected while listing")
+    results = []
+    if utterances and aligner is None:
+        from preprocessing.alignment import PocketSphinxAligner
+        aligner = PocketSphinxAligner()
+    for start in range(0, len(utterances), CHUNK):
+        chunk = utterances[start:start + CHUNK]
+        results += predict_files([u.audio_path for u in chunk], model,
+                                 transcripts=[u.transcript for u in chunk], aligner=aligner,
+                                 batch_size=batch_size)
+        failed = sum(r.error is not None for r in results)
+        log(f"[{time.time() - started:6.0f}s] {len(results)}/{len(utterances)} files "
+            f"({failed} not usable)")
+
+    rows = []
+    for u, result in zip(utterances, results):
+        if result.error is None and list(result.prediction.probabilities) != class_names:
+            result.error, result.stage = (f"the model answered with classes "
+                                          f"{list(result.prediction.probabilities)}, not "
+                                          f"{class_names} (a new version while evaluating?)",
+                                          "model")
+        if result.error is not None:
+            errors.append({"utterance_id": u.utterance_id, "path": u.audio_path,
+                           "stage": result.stage, "reason": result.error})
+            continue
+        row = {"utterance_id": u.utterance_id, "path": u.audio_path, "speaker": u.speaker,
+               "label": u.label_name, "prediction": result.prediction.emotion,
+               "probabilities": result.prediction.probabilities,
+               "alignment_source": result.alignment_source}
+        if u.channel is not None:
+            row["channel"] = u.channel
+        rows.append(row)
+    errors.sort(key=lambda e: (e["stage"], e["utterance_id"]))
+
+    report = {"model": model_description, "dataset": dataset, "data": [str(d) for d in data],
+              "channels": list(channels or corpora.DEFAULT_CHANNELS) if dataset == "ravdess"
+              else None,
+              "classes": list(class_names), "inputs": len(utterances) + len(rejected),
+              **scores([r["label"] for r in rows], [r["prediction"] for r in rows], class_names),
+              "errors": len(errors),
+              "errors_per_stage": dict(sorted(collections.Counter(
+                  e["stage"] for e in errors).items())),
+              "alignment_sources": dict(sorted(collections.Counter(
+                  r["alignment_source"] for r in rows).items()))}
+    report["complete"] = report["n"] + report["errors"] == report["inputs"]
+    by_channel = sorted({r["channel"] for r in rows if "channel" in r})
+    if len(by_channel) > 1:
+        report["by_channel"] = {
+            channel: scores([r["label"] for r in rows if r.get("channel") == channel],
+                            [r["prediction"] for r in rows if r.get("channel") == channel],
+                            class_names) for channel in by_channel}
+    report["seconds"] = round(time.time() - started, 1)
+    write(report, rows, errors, out_dir)
+    return report
+
+
+def write(report: dict, rows: List[dict], errors: List[dict], out_dir) -> None:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / REPORT_JSON).write_text(json.dumps(report, indent=2))
+    (out_dir / REPORT_MD).write_text(render_markdown(report))
+    plot_confusion(report["confusion"], report["classes"], out_dir / CONFUSION_PNG,
+                   title=f"{report['dataset']}"
+                         + (f" {'+'.join(report['channels'])}" if report["channels"] else "")
+                         + f", n = {report['n']}")
+    (out_dir / PREDICTIONS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (out_dir / ERRORS_FILE).write_text("".join(json.dumps(e, sort_keys=True) + "\n"
+                                               for e in errors))
+
+
+def _num(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def render_markdown(report: dict) -> str:
+    classes = report["classes"]
+    channels = f" ({', '.join(report['channels'])})" if report["channels"] else ""
+    lines = [f"# Evaluation on {report['dataset']}{channels}", "",
+             f"Model: `{report['model']}`. Data: {', '.join(f'`{d}`' for d in report['data'])}.",
+             "",
+             f"WA {_num(report['wa'])}, UA {_num(report['ua'])} over {report['n']} files "
+             f"({report['inputs']} inputs, {report['errors']} not usable: see {ERRORS_FILE}"
+             + (f"; {report['errors_per_stage']}" if report["errors"] else "") + ").", "",
+             "| class | files | recall |", "|---|---|---|"]
+    for name in classes:
+        lines.append(f"| {name} | {report['support'][name]} | "
+                     f"{_num(report['per_class_recall'][name])} |")
+    lines += ["", "Confusion matrix (rows: true class, columns: predicted):", ""]
+    lines += confusion_table(report["confusion"], classes)
+    if "by_channel" in report:
+        lines += ["", "By channel:", "", "| channel | files | WA | UA | "
+                  + " | ".join(f"recall {c}" for c in classes) + " |",
+                  "|---" * (4 + len(classes)) + "|"]
+        for channel, s in report["by_channel"].items():
+            lines.append(f"| {channel} | {s['n']} | {_num(s['wa'])} | {_num(s['ua'])} | "
+                         + " | ".join(_num(s["per_class_recall"][c]) for c in classes) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def default_out_dir(dataset: str, data: Sequence[Path],
+                    channels: Optional[Sequence[str]]) -> Path:
+    """``output/evaluate/<dataset>-<channels>`` (a manifest: ``<its name>``)."""
+    if dataset == "manifest":
+        return Path("output") / "evaluate" / Path(data[0]).stem
+    return Path("output") / "evaluate" / (
+        f"{dataset}-{'-'.join(channels or corpora.DEFAULT_CHANNELS)}"
+        if dataset == "ravdess" else dataset)
+
