@@ -9,7 +9,8 @@ one `predict_waveform` request (must answer 200), then lets ``--clients`` client
 on keep-alive connections and sends SIGTERM while they are in flight (after a delay that varies
 from cycle to cycle), as `docker stop` / `kubectl delete` would. A clean exit is status 0 within
 ``--stop-timeout`` seconds with no traceback on stderr. The server's version poller runs
-(``--poll-seconds 0.2``), so its thread is alive at every stop too.
+(``--poll-seconds 0.2``) and so does its gRPC server (``--grpc-port 0``), so their threads are
+alive at every stop too.
 
 Prints one JSON line: cycles, workers, bad_exits (each with its cycle, status and the end of
 its stderr), tracebacks (cycles whose stderr had one), the requests answered while stopping
@@ -64,6 +65,15 @@ def _announced_url(process: subprocess.Popen, timeout: float) -> str:
     return found["url"]
 
 
+def _children(pid: int) -> list:
+    """``pid``'s child processes (Linux /proc), e.g. the workers of `--workers N`."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
 def _client(url: str, stop: threading.Event, counts: dict, lock: threading.Lock) -> None:
     while not stop.is_set():
         try:
@@ -85,7 +95,7 @@ def cycle(args, index: int) -> dict:
     command = [sys.executable, "-m", "pipeline.cli", "serve", "--model-base-path",
                str(args.model_base_path), "--model-name", "cme", "--host", "127.0.0.1",
                "--port", "0" if args.workers == 1 else str(args.port + index % 50),
-               "--poll-seconds", "0.2", "--workers", str(args.workers)]
+               "--poll-seconds", "0.2", "--grpc-port", "0", "--workers", str(args.workers)]
     process = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.DEVNULL,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stderr: list = []
@@ -95,7 +105,18 @@ def cycle(args, index: int) -> dict:
     stop, lock = threading.Event(), threading.Lock()
     clients = []
     try:
-        url = _announced_url(process, args.start_timeout)
+        try:
+            url = _announced_url(process, args.start_timeout)
+        except RuntimeError as error:  # stuck: every process's stacks (faulthandler) to stderr
+            for pid in [process.pid] + _children(process.pid):
+                try:
+                    os.kill(pid, signal.SIGABRT)
+                except OSError:
+                    pass
+            process.wait(timeout=30)
+            drain.join(timeout=10)
+            return {"cycle": index, "status": f"did not start: {error}", "seconds": 0.0,
+                    "stderr": "".join(stderr), "traceback": True, **counts}
         with RestClient(url, "cme", timeout=60) as client:
             first = client.predict_waveform([UTTERANCE])[0]
         if first.emotion not in first.probabilities:
@@ -145,7 +166,7 @@ def main() -> int:
         results.append(cycle(args, index))
         print(f"cycle {index + 1}/{args.cycles}: status {results[-1]['status']}", file=sys.stderr,
               flush=True)
-    bad = [{"cycle": r["cycle"], "status": r["status"], "stderr_tail": r["stderr"][-2000:]}
+    bad = [{"cycle": r["cycle"], "status": r["status"], "stderr_tail": r["stderr"][-6000:]}
            for r in results if r["status"] != 0]
     seconds = [r["seconds"] for r in results]
     print(json.dumps({

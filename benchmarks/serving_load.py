@@ -1,8 +1,11 @@
-"""Load test of the REST endpoint: N concurrent clients, a bounded number of requests.
+"""Load test of the REST (or gRPC) endpoint: N concurrent clients, a bounded number of requests.
 
     python benchmarks/serving_load.py --model-base-path output/serving_model/cme \\
         --clients 16 --requests 800 --server-arg=--workers=2
     python benchmarks/serving_load.py --url http://127.0.0.1:8501 --clients 16 --requests 800
+    python benchmarks/serving_load.py --model-base-path output/serving_model/cme \\
+        --protocol grpc --clients 16 --requests 800
+    python benchmarks/serving_load.py --url grpc://127.0.0.1:8500 --clients 16 --requests 800
 
 Every request is ``predict_waveform`` (or, ``--signature predict_waveform_bytes``, the same with
 the samples as base64 bytes) on one RAVDESS-length utterance (default: a 3.9 s RAVDESS file,
@@ -17,6 +20,12 @@ connection with ``sendall`` and reads the answer's status line and ``Content-Len
 is parsed only for an error). Each client first sends its share of ``--warmup`` requests on the
 same connection (so every server worker it reaches has run the model), then all start the
 measured requests together.
+
+With ``--protocol grpc`` the same utterance goes to ``PredictionService.Predict`` as a
+``PredictRequest`` of TensorProtos (``GrpcClient.waveform_request``, built once); each client
+thread has its own channel (its own HTTP/2 connection: ``grpc.use_local_subchannel_pool``) and
+``PredictionServiceStub``, as a TF Serving user's client would. A started server serves gRPC
+from one process (worker 0 with ``--workers``).
 
 Prints one JSON line: requests_per_s, p50_ms, p90_ms, p99_ms, errors (non-200 answers and
 failed connections), the setup, and the load conditions: CPU milliseconds per request of the
@@ -43,8 +52,8 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from serving.client import (RestClient, ServingRequestError, Utterance,  # noqa: E402
-                            predict_waveform_body)
+from serving.client import (GrpcClient, RestClient, ServingRequestError,  # noqa: E402
+                            Utterance, predict_waveform_body)
 
 RAVDESS = Path(os.environ.get("CME_SER_DATA", "/work/shared/data/ravdess-speech"))
 DEFAULT_AUDIO = RAVDESS / "Actor_01" / "03-01-05-01-01-01-01.flac"  # angry, "kids...", 3.7 s
@@ -73,19 +82,23 @@ def utterance(audio: Path, transcript: str) -> Utterance:
 
 
 def start_server(base_path: str, model_name: str, extra: list) -> tuple:
-    """``cme-ser serve`` on a free port: (process, url)."""
+    """``cme-ser serve`` on free ports: (process, REST url, gRPC url or None)."""
     command = [sys.executable, "-m", "pipeline.cli", "serve", "--model-base-path", base_path,
                "--model-name", model_name, "--port", "0", "--host", "127.0.0.1"] + extra
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                text=True, cwd=Path(__file__).resolve().parents[1])
-    line = process.stdout.readline()  # "... REST API at http://127.0.0.1:PORT"
+    # "... gRPC at 127.0.0.1:PORT[ (worker 0)], REST API at http://127.0.0.1:PORT"
+    line = process.stdout.readline()
     if "REST API at " not in line:
         process.kill()
         sys.exit(f"serving_load: the server did not start: {line.strip() or 'no output'}")
-    return process, line.rsplit("REST API at ", 1)[1].strip()
+    grpc_url = None
+    if "gRPC at " in line:
+        grpc_url = "grpc://" + line.split("gRPC at ", 1)[1].split(",", 1)[0].split(" ", 1)[0]
+    return process, line.rsplit("REST API at ", 1)[1].strip(), grpc_url
 
 
-def wait_available(client: RestClient, seconds: float = 120.0) -> None:
+def wait_available(client, seconds: float = 120.0) -> None:
     deadline = time.monotonic() + seconds
     while True:
         try:
@@ -104,6 +117,53 @@ def percentile(sorted_values, q: float) -> float:
         return float("nan")
     index = min(len(sorted_values) - 1, max(0, int(round(q * (len(sorted_values) - 1)))))
     return sorted_values[index]
+
+
+class GrpcCaller:
+    """One channel and PredictionServiceStub replaying one PredictRequest; ``call()`` returns
+    None for an answer with outputs, else the error's text."""
+
+    def __init__(self, target: str, request, timeout: float = 60.0):
+        import grpc
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+        self._grpc = grpc
+        self.channel = grpc.insecure_channel(target, options=[
+            ("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1),
+            ("grpc.use_local_subchannel_pool", 1)])  # a connection of its own
+        self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        self.request = request
+        self.timeout = timeout
+
+    def call(self):
+        try:
+            response = self.stub.Predict(self.request, timeout=self.timeout)
+        except self._grpc.RpcError as error:
+            return f"gRPC {error.code().name}: {error.details()}"
+        return None if response.outputs else "gRPC: an answer without outputs"
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+class RestCaller:
+    """:class:`RawClient` with the :class:`GrpcCaller` interface."""
+
+    def __init__(self, host: str, port: int, request: bytes):
+        self.client = RawClient(host, port, request)
+
+    def call(self):
+        try:
+            status, payload = self.client.call()
+        except OSError as error:
+            self.client.close()
+            return f"connection: {error}"
+        if status == 200 and payload[:1] == b"{" and b'"outputs"' in payload:
+            return None
+        return _error_text(status, payload)
+
+    def close(self) -> None:
+        self.client.close()
 
 
 class RawClient:
@@ -217,10 +277,19 @@ def _tree_ticks(pid: int) -> int:
     return total
 
 
-def load(url: str, model_name: str, body: bytes, clients: int, requests: int,
+def load(url: str, model_name: str, body, clients: int, requests: int,
          max_seconds: float, warmup: int = 0, server_pid: int = None) -> dict:
+    """``body``: the JSON request body for an http:// ``url``, the PredictRequest for a
+    grpc:// one."""
     parts = urllib.parse.urlsplit(url)
-    request = http_request(url, model_name, body)
+    if parts.scheme == "grpc":
+        def connect():
+            return GrpcCaller(parts.netloc, body)
+    else:
+        request = http_request(url, model_name, body)
+
+        def connect():
+            return RestCaller(parts.hostname, parts.port or 80, request)
     latencies, errors, messages = [], [0], []
     lock = threading.Lock()
     remaining = [requests]
@@ -230,14 +299,11 @@ def load(url: str, model_name: str, body: bytes, clients: int, requests: int,
     per_client_warmup = -(-warmup // clients)
 
     def worker():
-        client = RawClient(parts.hostname, parts.port or 80, request)
-        done = []  # (latency, status, payload) kept thread-local until the end
+        client = connect()
+        done = []  # (latency, error text or None) kept thread-local until the end
         try:
             for _ in range(per_client_warmup):
-                try:
-                    client.call()
-                except OSError:
-                    client.close()
+                client.call()
             ready.wait()
             go.wait()
             while time.monotonic() < deadline[0]:
@@ -246,23 +312,18 @@ def load(url: str, model_name: str, body: bytes, clients: int, requests: int,
                         break
                     remaining[0] -= 1
                 started = time.perf_counter()
-                try:
-                    status, payload = client.call()
-                except OSError as error:
-                    status, payload = None, str(error).encode()
-                    client.close()
-                done.append((time.perf_counter() - started, status, payload))
+                error = client.call()
+                done.append((time.perf_counter() - started, error))
         finally:
             client.close()
             with lock:
-                for latency, status, payload in done:
-                    if status == 200 and payload[:1] == b"{" and b'"outputs"' in payload:
+                for latency, error in done:
+                    if error is None:
                         latencies.append(latency)
                         continue
                     errors[0] += 1
                     if len(messages) < 3:
-                        messages.append(_error_text(status, payload) if status is not None
-                                        else f"connection: {payload.decode()}")
+                        messages.append(error)
 
     threads = [threading.Thread(target=worker) for _ in range(clients)]
     for t in threads:
@@ -318,6 +379,9 @@ def main(argv=None) -> int:
                         help="stop measuring by then anyway")
     parser.add_argument("--audio", default=str(DEFAULT_AUDIO))
     parser.add_argument("--transcript", default=DEFAULT_TRANSCRIPT)
+    parser.add_argument("--protocol", choices=["rest", "grpc"], default=None,
+                        help="REST (JSON) or gRPC (TensorProto) requests; default: the --url's "
+                             "scheme, else rest")
     parser.add_argument("--signature", choices=["predict_waveform", "predict_waveform_bytes"],
                         default="predict_waveform",
                         help="samples as JSON numbers, or as base64 float32 bytes")
@@ -328,16 +392,28 @@ def main(argv=None) -> int:
     if args.clients < 1 or args.requests < 1:
         parser.error("--clients and --requests must be >= 1")
 
+    protocol = args.protocol or ("grpc" if (args.url or "").startswith("grpc://") else "rest")
+    if args.url and (protocol == "grpc") != args.url.startswith("grpc://"):
+        parser.error(f"--protocol {protocol} does not match --url {args.url}")
     utt = utterance(Path(args.audio), args.transcript)
-    body = predict_waveform_body([utt], binary=args.signature == "predict_waveform_bytes")
+    binary = args.signature == "predict_waveform_bytes"
     process = None
     url = args.url
     if url is None:
-        process, url = start_server(args.model_base_path, args.model_name, args.server_arg)
+        process, url, grpc_url = start_server(args.model_base_path, args.model_name,
+                                              args.server_arg)
+        if protocol == "grpc":
+            if grpc_url is None:
+                process.kill()
+                sys.exit("serving_load: the server announced no gRPC address (--grpc-port -1?)")
+            url = grpc_url
     loopback_only(url)
     try:
-        probe = RestClient(url, args.model_name)
+        probe = GrpcClient(url, args.model_name) if protocol == "grpc" \
+            else RestClient(url, args.model_name)
         wait_available(probe)
+        body = probe.waveform_request([utt], binary=binary) if protocol == "grpc" \
+            else predict_waveform_body([utt], binary=binary)
         probe.close()
         result = load(url, args.model_name, body, args.clients, args.requests, args.max_seconds,
                       warmup=args.warmup, server_pid=process.pid if process else None)
@@ -348,10 +424,13 @@ def main(argv=None) -> int:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
-    result.update({"signature": args.signature, "clients": args.clients, "url": url,
+    result.update({"protocol": protocol, "signature": args.signature, "clients": args.clients,
+                   "url": url,
                    "server": "started" if process is not None else "external",
                    "server_args": args.server_arg, "utterance_s": round(utt.waveform.size / 16000, 2),
-                   "words": len(utt.words), "body_bytes": len(body), "cpus": os.cpu_count(),
+                   "words": len(utt.words),
+                   "body_bytes": body.ByteSize() if protocol == "grpc" else len(body),
+                   "cpus": os.cpu_count(),
                    "load_avg_1m": round(os.getloadavg()[0], 2)})
     print(json.dumps(result))
     return 0 if result["errors"] == 0 else 1

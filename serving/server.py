@@ -394,6 +394,9 @@ class RestServer(ThreadingHTTPServer):
         self.connection_counts = connection_counts
         self._open: set = set()  # connections being served, for close()
         self._open_lock = threading.Lock()
+        # Other front ends on the same repository and batcher (serving.grpc_server.GrpcServer):
+        # close() closes them first, before the batcher and the models they use go away.
+        self.companions: list = []
 
     def get_request(self):
         counts = self.connection_counts
@@ -429,7 +432,10 @@ class RestServer(ThreadingHTTPServer):
     def close(self) -> None:
         """After :meth:`shutdown` (or when ``serve_forever`` was never run): stops listening,
         lets the requests in flight finish, ends the idle keep-alive connections, joins every
-        request and batching thread, and releases the models."""
+        request and batching thread, and releases the models. The :attr:`companions` are
+        closed first (each stops accepting, finishes its calls and joins its threads)."""
+        for companion in self.companions:
+            companion.close()
         with self._open_lock:
             connections = list(self._open)
         for connection in connections:

@@ -9,6 +9,8 @@ worker that is busy or stopped leaves its share to the others (unlike ``SO_REUSE
 the kernel hashes each connection to one socket whatever that process is doing). Each worker
 loads the model itself and polls the base path for new versions on its own, exactly as a
 single ``cme-ser serve`` does, so every worker picks up a new version within ``--poll-seconds``.
+gRPC (``--grpc-port``) is served by worker 0 alone: a gRPC server binds its own port and cannot
+share an inherited listening socket, and gRPC requests (no JSON) need far less CPU than REST.
 
 The supervisor prints the usual one-line announcement once every worker has loaded, forwards
 SIGTERM / SIGINT to the workers and waits for them to finish the requests in flight. If a worker
@@ -100,9 +102,12 @@ def watch_parent() -> None:
 
 
 def supervise(worker_command: Sequence[str], sock: socket.socket, workers: int, *,
-              describe: str, start_timeout: float = 600.0) -> int:
+              describe: str, start_timeout: float = 600.0,
+              first_worker_args: Sequence[str] = ()) -> int:
     """Runs ``workers`` copies of ``worker_command + ["--listen-fd", fd]`` on ``sock`` until
-    SIGTERM / SIGINT (returns 0) or a worker's death (returns 1)."""
+    SIGTERM / SIGINT (returns 0) or a worker's death (returns 1). Worker 0 gets
+    ``first_worker_args`` too (``--grpc-port P``: it alone serves gRPC); the gRPC address it
+    announces goes into the supervisor's announcement."""
     fd = sock.fileno()
     host, port = sock.getsockname()[:2]
     os.set_inheritable(fd, True)
@@ -115,19 +120,23 @@ def supervise(worker_command: Sequence[str], sock: socket.socket, workers: int, 
     try:
         for index in range(workers):
             processes.append(subprocess.Popen(
-                list(worker_command) + ["--listen-fd", str(fd), "--worker-slot",
-                                        f"{counts.fileno()}:{index}:{workers}"],
+                list(worker_command) + (list(first_worker_args) if index == 0 else [])
+                + ["--listen-fd", str(fd), "--worker-slot",
+                   f"{counts.fileno()}:{index}:{workers}"],
                 pass_fds=(fd, counts.fileno()),
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                 # Their own session: a terminal's Ctrl-C or a process-group signal reaches the
                 # supervisor only, which stops the workers once, in order.
                 start_new_session=True))
         sock.close()  # the workers hold it now
-        versions = _wait_ready(processes, stop, start_timeout)
-        if versions is None:
+        first = _wait_ready(processes, stop, start_timeout)
+        if first is None:
             return 0 if stop.is_set() else 1
+        versions = _between(first, "(versions available: ", "), ") or "?"
+        grpc = _between(first, "gRPC at ", ", ")
+        grpc_note = f"gRPC at {grpc} (worker 0), " if grpc else ""
         print(f"cme-ser serve: {describe} (versions available: {versions}), {workers} worker "
-              f"processes, {READY_MARK}http://{host}:{port}", flush=True)
+              f"processes, {grpc_note}{READY_MARK}http://{host}:{port}", flush=True)
         while not stop.wait(0.5):
             dead = [p for p in processes if p.poll() is not None]
             if dead:
@@ -142,11 +151,18 @@ def supervise(worker_command: Sequence[str], sock: socket.socket, workers: int, 
             signal.signal(s, handler)
 
 
+def _between(line: str, start: str, end: str) -> Optional[str]:
+    """The text of ``line`` between ``start`` and the next ``end``, or None."""
+    at = line.find(start)
+    stop = line.find(end, at + len(start)) if at >= 0 else -1
+    return line[at + len(start):stop] if stop >= 0 else None
+
+
 def _wait_ready(processes: List[subprocess.Popen], stop: threading.Event,
                 timeout: float) -> Optional[str]:
     """Waits for each worker's announcement line (read in threads, which then pass anything
-    else the worker prints on); returns the "versions available" part of the first one, or
-    None if a worker failed or the supervisor was stopped first."""
+    else the worker prints on); returns the first worker's, or None if a worker failed or the
+    supervisor was stopped first."""
     lines: List[Optional[str]] = [None] * len(processes)
 
     def read(index: int, process: subprocess.Popen) -> None:
@@ -169,10 +185,7 @@ def _wait_ready(processes: List[subprocess.Popen], stop: threading.Event,
                     else f"did not start within {timeout:.0f} s")
             print(f"cme-ser serve: a worker process {what}", file=sys.stderr, flush=True)
             return None
-    first = lines[0]
-    start = first.find("(versions available: ")
-    end = first.find("), ", start)
-    return first[start + len("(versions available: "):end] if 0 <= start < end else "?"
+    return lines[0]
 
 
 def _stop_all(processes: List[subprocess.Popen], grace: float = 30.0) -> None:
