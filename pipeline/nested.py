@@ -223,7 +223,8 @@ def run_inner_unit(records_dir: str, work_dir: str, unit: InnerUnit,
     started = time.time()
     result = train_fold(files, unit.fold, config, embeddings_path=str(path.with_suffix(".npz")))
     row = {**dataclasses.asdict(unit), **dataclasses.asdict(result),
-           "seconds": round(time.time() - started, 1), "config": config.to_dict()}
+           "seconds": round(time.time() - started, 1), "config": config.to_dict(),
+           **repro.provenance(config)}
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(row, indent=2))
     tmp.replace(path)

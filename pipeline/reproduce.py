@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import hashlib
 import json
 import multiprocessing
 import os
@@ -135,11 +136,23 @@ def run_unit(records_dir: str, work_dir: str, unit: Unit, overrides: Optional[di
     result = train_fold(files, unit.fold, config,
                         embeddings_path=str(path.with_suffix(".npz")))
     row = {**dataclasses.asdict(unit), **dataclasses.asdict(result),
-           "seconds": round(time.time() - started, 1), "config": config.to_dict()}
+           "seconds": round(time.time() - started, 1), "config": config.to_dict(),
+           **provenance(config)}
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(row, indent=2))
     tmp.replace(path)  # a unit is done only once its file is complete
     return row
+
+
+def config_hash(config) -> str:
+    """sha256 of a configuration's canonical JSON: which units ran the same configuration."""
+    return hashlib.sha256(json.dumps(json.loads(config.to_json()), sort_keys=True)
+                          .encode("utf-8")).hexdigest()
+
+
+def provenance(config) -> dict:
+    """What a unit row records of where it came from: the commit and the configuration hash."""
+    return {"commit": git_commit(), "config_sha256": config_hash(config)}
 
 
 def _worker_init(threads: int) -> None:
@@ -400,7 +413,28 @@ def summarize(rows: List[dict], dataset: str, folds: int, work_dir=None) -> dict
                    [e["gain"][m] for c in corrections for e in c["ensembles"]
                     for m in ("wa", "ua")]):
         correct_family([test for test in family if test])
-    return {"dataset": dataset, "folds": folds, "rows": table, "claims": claims}
+    return {"dataset": dataset, "folds": folds, "rows": table, "claims": claims,
+            "tried": tried(rows, folds)}
+
+
+def tried(rows: List[dict], folds: int) -> List[dict]:
+    """Every (variant, configuration) with finished units in the work directory, whatever the
+    tables show: a variant since removed from ``trainer.config.VARIANTS``, or units of an older
+    configuration of a current one, are listed here, never silently dropped."""
+    groups: dict = {}
+    for row in rows:
+        digest = row.get("config_sha256") or hashlib.sha256(json.dumps(
+            row.get("config"), sort_keys=True).encode("utf-8")).hexdigest()
+        groups.setdefault((row["variant"], digest), []).append(row)
+    out = []
+    for (variant, digest), mine in sorted(groups.items()):
+        out.append({"variant": variant, "config_sha256": digest, "units": len(mine),
+                    "seeds": sorted({r["seed"] for r in mine}),
+                    "in_variants": variant in VARIANTS,
+                    "commits": sorted({r.get("commit", "unrecorded") for r in mine}),
+                    "wa": _fold_summary((r["fold"], r["wa"]) for r in mine),
+                    "ua": _fold_summary((r["fold"], r["ua"]) for r in mine)})
+    return out
 
 
 def _ci(stat: dict, folds: int) -> str:
@@ -423,9 +457,37 @@ def _gain(test: Optional[dict]) -> str:
             + f" (p {_p(test['p'])}, Holm {_p(test['p_holm'])}: {test['verdict']})")
 
 
+DEVELOPMENT_LABEL = (
+    "**Development results: held-out folds seen while choosing.** Each unit is honest (its epoch "
+    "chosen on training speakers, its held-out fold scored once), but our recipe, refit, "
+    "ensembles and prior correction were adopted after looking at these same folds, so the best "
+    "rows here are optimistic. The project's headline is the nested estimate "
+    "(`cme-ser reproduce --protocol nested`, `<dataset>-nested.md`), where every choice is made "
+    "inside the outer-training speakers.")
+
+
+def _render_tried(summary: dict, folds: int) -> List[str]:
+    tried_ = summary.get("tried") or []
+    if not tried_:
+        return []
+    lines = ["", "## Tried", "",
+             "Every variant and configuration with finished units in the work directory "
+             "(configuration = sha256 of its `ModelConfig`), including any the tables above "
+             "leave out.", "",
+             "| variant | config | units (seeds) | WA | UA | in `VARIANTS` | commits |",
+             "|---|---|---|---|---|---|---|"]
+    for t in tried_:
+        lines.append(f"| `{t['variant']}` | `{t['config_sha256'][:12]}` | {t['units']} "
+                     f"({len(t['seeds'])}) | {_ci(t['wa'], folds)} | {_ci(t['ua'], folds)} | "
+                     f"{'yes' if t['in_variants'] else 'no (removed)'} | "
+                     f"{', '.join(t['commits'])} |")
+    return lines
+
+
 def render_markdown(summary: dict, header: dict) -> str:
     folds = summary["folds"]
     lines = [f"# Table 1 reproduced on {summary['dataset'].upper()}", "",
+             DEVELOPMENT_LABEL, "",
              f"Produced by `{header['command']}` at commit `{header['commit']}` on "
              f"{header['date']} ({header['machine']}).", ""]
     rerendered = header.get("rerendered")
@@ -537,6 +599,7 @@ def render_markdown(summary: dict, header: dict) -> str:
                   "classifier, t-SNE with perplexity 30. Silhouette score of the true classes in "
                   "the embedding space (higher = better separated): " + ", ".join(
                       f"{p['title']} {p['silhouette']:.3f}" for p in t["panels"]) + "."]
+    lines += _render_tried(summary, folds)
     return "\n".join(lines) + "\n"
 
 

@@ -216,6 +216,30 @@ def test_summary_averages_seeds_per_fold_and_holm_corrects_the_claims():
     assert "| 5 (10) | 5/0 | holds |" in markdown
 
 
+def test_every_configuration_run_is_listed_as_tried_and_results_are_labelled_development():
+    """Nothing in a work dir is silently dropped: a variant since removed from VARIANTS and an
+    older configuration of a current variant both appear in the "tried" section."""
+    def row(variant, fold, wa, config, commit="abc"):
+        return {"variant": variant, "seed": 0, "fold": fold, "wa": wa, "ua": wa - 0.01,
+                "seconds": 1.0, "config": config, "commit": commit}
+
+    rows = ([row("cme", k, 0.7, {"epochs": 40}) for k in range(3)]
+            + [row("cme", k, 0.6, {"epochs": 10}, commit="old") for k in range(3)]
+            + [row("cme_refit_patient", k, 0.65, {"patience": 20}) for k in range(3)])
+    summary = repro.summarize(rows, "ravdess", folds=3)
+    assert [r["variant"] for r in summary["rows"]] == ["cme"]  # the table: current variants
+    tried = {(t["variant"], t["commits"][0]): t for t in summary["tried"]}
+    assert set(tried) == {("cme", "abc"), ("cme", "old"), ("cme_refit_patient", "abc")}
+    assert tried[("cme_refit_patient", "abc")]["in_variants"] is False
+    assert tried[("cme", "old")]["wa"]["mean"] == pytest.approx(0.6)
+    assert tried[("cme", "abc")]["config_sha256"] != tried[("cme", "old")]["config_sha256"]
+    markdown = repro.render_markdown(summary, {"command": "x", "commit": "c", "date": "d",
+                                                "machine": "m"})
+    assert repro.DEVELOPMENT_LABEL in markdown
+    assert "| `cme_refit_patient` |" in markdown.split("## Tried")[1]
+    assert "no (removed)" in markdown
+
+
 def test_plan_is_seed_major_and_checks_variants():
     units = repro.plan(["cme", "no_excite"], seeds=2, folds=2)
     assert [str(u) for u in units[:4]] == ["cme seed 0 fold 0", "cme seed 0 fold 1",
