@@ -145,9 +145,11 @@ def run_unit(records_dir: str, work_dir: str, unit: Unit, overrides: Optional[di
 
 
 def config_hash(config) -> str:
-    """sha256 of a configuration's canonical JSON: which units ran the same configuration."""
-    return hashlib.sha256(json.dumps(json.loads(config.to_json()), sort_keys=True)
-                          .encode("utf-8")).hexdigest()
+    """sha256 of a configuration's canonical JSON, its seed left out: the units of one
+    configuration share it whatever their seed."""
+    fields = config if isinstance(config, dict) else json.loads(config.to_json())
+    fields = {k: v for k, v in fields.items() if k != "seed"}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 def provenance(config) -> dict:
@@ -423,8 +425,7 @@ def tried(rows: List[dict], folds: int) -> List[dict]:
     configuration of a current one, are listed here, never silently dropped."""
     groups: dict = {}
     for row in rows:
-        digest = row.get("config_sha256") or hashlib.sha256(json.dumps(
-            row.get("config"), sort_keys=True).encode("utf-8")).hexdigest()
+        digest = row.get("config_sha256") or config_hash(row.get("config") or {})
         groups.setdefault((row["variant"], digest), []).append(row)
     out = []
     for (variant, digest), mine in sorted(groups.items()):
@@ -472,7 +473,7 @@ def _render_tried(summary: dict, folds: int) -> List[str]:
         return []
     lines = ["", "## Tried", "",
              "Every variant and configuration with finished units in the work directory "
-             "(configuration = sha256 of its `ModelConfig`), including any the tables above "
+             "(configuration = sha256 of its `ModelConfig` without the seed), including any the tables above "
              "leave out.", "",
              "| variant | config | units (seeds) | WA | UA | in `VARIANTS` | commits |",
              "|---|---|---|---|---|---|---|"]
