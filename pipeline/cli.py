@@ -360,9 +360,9 @@ def serve(args) -> None:
             base, args.model_name, host=args.host, port=args.port,
             poll_seconds=args.poll_seconds, labels_file=args.version_labels,
             num_latest=args.num_versions, max_body_bytes=int(args.max_request_mb * 1024 * 1024),
-            batching=not args.no_batching, max_batch_size=args.max_batch_size,
+            batching=args.enable_batching, max_batch_size=args.max_batch_size,
             batch_timeout_ms=args.batch_timeout_ms, listen_socket=listen_socket,
-            connection_counts=counts)
+            connection_counts=counts, cors=args.enable_cors_support)
     except OSError as error:
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {error.strerror or error}")
     grpc_note = ""
@@ -412,8 +412,10 @@ def _serve_workers(args, base: Path) -> int:
                "--grpc-port", "-1"]
     if args.version_labels:
         command += ["--version-labels", str(args.version_labels)]
-    if args.no_batching:
-        command.append("--no-batching")
+    if args.enable_batching:
+        command.append("--enable-batching")
+    if args.enable_cors_support:
+        command.append("--enable-cors-support")
     try:
         sock = workers.listen(args.host, args.port)
     except OSError as error:
@@ -672,8 +674,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help='JSON file {"label": version}, re-read on every poll')
     srv.add_argument("--max-request-mb", type=float, default=32.0,
                      help="larger request bodies are refused with 413")
-    srv.add_argument("--no-batching", action="store_true",
-                     help="run every request on its own instead of batching concurrent ones")
+    srv.add_argument("--enable-batching", "--enable_batching", dest="enable_batching",
+                     action="store_true", default=False,
+                     help="batch concurrent requests on the same signature into one model call "
+                          "(TF Serving's --enable_batching; off by default, as upstream)")
+    srv.add_argument("--no-batching", dest="enable_batching", action="store_false", default=False,
+                     help="run every request on its own (the default; kept for compatibility)")
+    srv.add_argument("--enable-cors-support", "--enable_cors_support",
+                     dest="enable_cors_support", action="store_true", default=False,
+                     help="add TF Serving's CORS headers (Access-Control-Allow-Origin: *, "
+                          "-Methods: POST, GET, -Headers: Content-Type) to every response "
+                          "(TF Serving's --enable_cors_support; off by default)")
     srv.add_argument("--max-batch-size", type=int, default=32)
     srv.add_argument("--batch-timeout-ms", type=float, default=2.0,
                      help="longest a request waits for others to share its batch")

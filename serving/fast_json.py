@@ -21,8 +21,8 @@ Anything unusual makes the shortcut give up, and the general path runs on the or
 results and error texts are exactly the general path's: :func:`parse` returns None (no long
 run, a run that is not one valid JSON array, markers that do not come out exactly once as whole
 string values, a document that is not an object), and conversion raises :class:`NotFast` (a
-float/double input was not what the array feeds, ragged or deeper than two levels, a value
-beyond the lossless-integer bound of the general path's type rules). The server also re-runs
+float/double input was not what the array feeds, ragged or deeper than two levels, empty, a
+value beyond float32's range, which the general path turns into +-inf). The server also re-runs
 the general path when the fast document leads to any error, so error messages never show a
 marker.
 """
@@ -172,9 +172,10 @@ def _marker_index(suffix: str, count: int) -> int:
     return int(suffix)
 
 
-def to_array(fast: FastArray, float64: bool, max_abs: float) -> np.ndarray:
-    """The float32 (or float64) array of a rank-1 or rank-2 FastArray whose every value has
-    magnitude <= ``max_abs``; raises NotFast otherwise (deeper, ragged, empty, large values).
+def to_array(fast: FastArray, float64: bool) -> np.ndarray:
+    """The float32 (or float64) array of a rank-1 or rank-2 FastArray; raises NotFast otherwise
+    (deeper, ragged, empty, a value beyond float32's range). Any JSON number is taken, integers
+    of any size included, as TF Serving 2.16.1 takes them (integer -> double -> float).
 
     ``struct.pack_into`` converts each row straight into the array: the C ``(float)`` cast of
     the double, as ``np.asarray(...).astype(np.float32)`` does, in 60% of ``array.array``'s time.
@@ -195,7 +196,7 @@ def to_array(fast: FastArray, float64: bool, max_abs: float) -> np.ndarray:
             out = np.empty(len(values), dtype=dtype)
             struct.pack_into(f"={len(values)}{code}", out, 0, *values)
     except (struct.error, TypeError, OverflowError):  # a list where a number should be, or a
-        raise NotFast from None                        # number beyond the type's range
-    if not out.size or not max(float(out.max()), -float(out.min())) <= max_abs:
-        raise NotFast  # (NaN compares false: also NotFast, though no NaN can get here)
+        raise NotFast from None                        # number beyond float32's range
+    if not out.size:
+        raise NotFast
     return out

@@ -14,11 +14,16 @@ works unchanged here:
   else ``{"outputs": {name: value}}``.
 * Bytes: a ``DT_STRING`` input value may be ``{"b64": "<base64>"}``. A string output is written
   as a JSON string, unless the output's name ends in ``_bytes``: then as ``{"b64": ...}``.
-* Type rules: float inputs take JSON numbers (integers only up to 2^24 - 1 in magnitude: "without
-  loss of precision"); integer inputs take JSON integers (``1.0`` is not one); bools are not
-  numbers. ``NaN`` / ``Infinity`` are accepted as numbers (rapidjson's kParseNanAndInfFlag).
+* Type rules (TF Serving 2.16.1's AddValueToTensor): float / double inputs take any JSON number,
+  integers of any size included (accepted since TF Serving 2.5, commit 57dac6cd), converted as
+  C++ does (integer -> double -> float; beyond float's range: +-inf); integer inputs take JSON
+  integers in the range of int32 (int8 / int16 / uint8 too, then narrowed as a TensorProto's
+  int_val is), int64, uint32 or uint64 (``1.0`` is not an integer); bools are not numbers.
+  ``NaN`` / ``Infinity`` are accepted as numbers (rapidjson's kParseNanAndInfFlag); a number too
+  large for a double is rapidjson's parse error; integers beyond int64 / uint64 are doubles.
   Floats are written with 6 significant digits when that round-trips, else 9, and whole numbers
-  get a trailing ``.0``.
+  get a trailing ``.0``. JSON values quoted in error messages are written as rapidjson's
+  PrettyWriter writes them (4-space indents, ``1e30``), scalar floats as WriteDecimal does.
 
 Differences from TF Serving, all in error texts only: JSON syntax errors carry Python's parser
 message, and JSON values quoted inside error messages are cut to 200 characters (TF Serving
@@ -37,6 +42,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import decimal
 import json
 import math
 import re
@@ -69,13 +75,24 @@ DTYPES = {
     22: ("uint32", np.uint32),
     23: ("uint64", np.uint64),
 }
+# DataTypeString of the types JSON cannot carry (for TF Serving's error texts).
+_OTHER_TYPE_NAMES = {8: "complex64", 11: "qint8", 12: "quint8", 13: "qint32", 14: "bfloat16",
+                     15: "qint16", 16: "quint16", 17: "uint16", 18: "complex128", 19: "half",
+                     20: "resource", 21: "variant"}
 DT_FLOAT, DT_DOUBLE, DT_STRING, DT_BOOL = 1, 2, 7, 10
+# The integers each integer type takes: rapidjson's IsInt (int32) for DT_INT32/16/8/UINT8,
+# IsInt64, IsUint, IsUint64.
 _INT_RANGES = {3: (-2**31, 2**31 - 1), 5: (-2**31, 2**31 - 1), 6: (-2**31, 2**31 - 1),
                4: (-2**31, 2**31 - 1), 9: (-2**63, 2**63 - 1), 22: (0, 2**32 - 1),
                23: (0, 2**64 - 1)}
-# Largest integer a JSON integer may be for a float / double input (json_tensor.cc kMaxInt).
-_MAX_LOSSLESS_INT = {DT_FLOAT: 2**24 - 1, DT_DOUBLE: 2**53 - 1}
-_MAX_FINITE = {DT_FLOAT: float(np.finfo(np.float32).max), DT_DOUBLE: float(np.finfo(np.float64).max)}
+_NARROW_INTS = (4, 5, 6)  # uint8, int16, int8: int_val, narrowed by Tensor::FromProto
+
+
+def type_name(dtype: int) -> str:
+    """TensorFlow's DataTypeString."""
+    if dtype in DTYPES:
+        return DTYPES[dtype][0]
+    return _OTHER_TYPE_NAMES.get(dtype, f"unknown dtype enum ({dtype})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +105,7 @@ class TensorSpec:
 
     @property
     def dtype_name(self) -> str:
-        return DTYPES.get(self.dtype, (f"DT_{self.dtype}", None))[0]
+        return type_name(self.dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,15 +123,20 @@ def parse_body(body: bytes) -> dict:
     if not body or not body.strip():
         raise invalid_argument("JSON Parse error: The document is empty")
     try:
-        # orjson parses the big number arrays of waveform requests ~4x faster than json; any
-        # document it refuses (NaN literals, huge integers, invalid JSON) takes the standard
-        # parser, whose results and error texts are the reference.
+        # orjson parses the big number arrays of waveform requests ~4x faster than json, and
+        # like rapidjson it makes integers beyond int64 / uint64 doubles; any document it
+        # refuses (NaN literals, invalid JSON) takes the standard parser, whose results and
+        # error texts are the reference, with the same number rules (_parse_int/_parse_float).
         doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as error:
+        if "number is infinity" in str(error):  # (orjson's pos is the number's start too)
+            raise _number_too_big(error.pos) from None
         doc = None
     try:
         if doc is None:
-            doc = json.loads(body)
+            doc = json.loads(body, parse_int=_parse_int, parse_float=_parse_float)
+    except _NumberTooBig as error:
+        raise _number_too_big(max(0, body.find(error.literal.encode("ascii")))) from None
     except UnicodeDecodeError as error:
         raise invalid_argument(f"JSON Parse error: Invalid encoding in string. at offset: "
                                f"{error.start}") from None
@@ -125,6 +147,33 @@ def parse_body(body: bytes) -> dict:
     if not isinstance(doc, dict):
         raise invalid_argument(f"JSON Value: {quote(doc)} Is not object")
     return doc
+
+
+class _NumberTooBig(Exception):
+    def __init__(self, literal: str):
+        super().__init__(literal)
+        self.literal = literal
+
+
+def _number_too_big(offset: int) -> ServingError:
+    # rapidjson's kParseErrorNumberTooBig (GetParseError_En), at the number's first character.
+    return invalid_argument(f"JSON Parse error: Number too big to be stored in double. at "
+                            f"offset: {offset}")
+
+
+def _parse_int(literal: str):
+    """rapidjson's integers: int64 / uint64 when they fit, else a double."""
+    value = int(literal)
+    if -2**63 <= value <= 2**64 - 1:
+        return value
+    return _parse_float(literal)
+
+
+def _parse_float(literal: str) -> float:
+    value = float(literal)
+    if math.isinf(value):  # only the literals NaN / Infinity / -Infinity may be non-finite
+        raise _NumberTooBig(literal)
+    return value
 
 
 def signature_name(doc: dict) -> str:
@@ -161,7 +210,7 @@ def request_tensors(doc: dict, inputs: Mapping[str, TensorSpec], signature: str,
     if has_instances:
         instances = doc["instances"]
         if not isinstance(instances, list):
-            raise invalid_argument(f"JSON Value: {quote(doc)} Excepting 'instances' to be an "
+            raise invalid_argument(f"JSON Value: {quote(doc)} Expecting 'instances' to be an "
                                    f"list/array")
         if not instances:
             raise invalid_argument(f"JSON Value: {quote(doc)} No values in 'instances' array")
@@ -197,12 +246,81 @@ def _json_type(value) -> str:
 
 
 def quote(value) -> str:
-    """A JSON value for an error message, cut to a readable length."""
+    """A JSON value for an error message as TF Serving's JsonValueToString writes it (rapidjson's
+    PrettyWriter; a scalar float with WriteDecimal), cut to a readable length."""
+    if isinstance(value, float):
+        # rapidjson's IsFloat: a double that is exactly a float is written as that float.
+        if not math.isfinite(value) or float(np.float32(value)) == value:
+            return _decimal(value, np.float32, 9)
+        return _decimal(value, np.float64, 17)
+    pieces: List[str] = []
     try:
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    except (TypeError, ValueError):
-        text = repr(value)
+        _pretty(value, "", pieces, [0])
+    except _QuoteFull:
+        pass
+    text = "".join(pieces)
     return text if len(text) <= _QUOTE_LIMIT else text[:_QUOTE_LIMIT] + "..."
+
+
+class _QuoteFull(Exception):
+    pass
+
+
+def _pretty(value, indent: str, out: List[str], size: List[int]) -> None:
+    """rapidjson's PrettyWriter (indent 4), stopping once past the quote limit."""
+    if size[0] > _QUOTE_LIMIT:
+        raise _QuoteFull
+    if type(value) is FastArray:
+        value = value.values
+    if isinstance(value, (dict, list)) and value:
+        inner = indent + "    "
+        items = value.items() if isinstance(value, dict) else ((None, v) for v in value)
+        out.append("{\n" if isinstance(value, dict) else "[\n")
+        for index, (key, item) in enumerate(items):
+            if index:
+                out.append(",\n")
+            out.append(inner)
+            if key is not None:
+                out.append(json.dumps(key, ensure_ascii=False) + ": ")
+            _pretty(item, inner, out, size)
+        out.append("\n" + indent + ("}" if isinstance(value, dict) else "]"))
+        return
+    if isinstance(value, dict):
+        text = "{}"
+    elif isinstance(value, list):
+        text = "[]"
+    elif isinstance(value, float):
+        text = _rapidjson_double(value)
+    else:
+        try:
+            text = json.dumps(value, ensure_ascii=False)
+        except (TypeError, ValueError):
+            text = repr(value)
+    out.append(text)
+    size[0] += len(text) + len(indent)
+
+
+def _rapidjson_double(value: float) -> str:
+    """rapidjson's Writer::Double: shortest digits (Grisu2), laid out by internal::Prettify."""
+    if not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("-Infinity" if value < 0 else "Infinity")
+    sign = "-" if math.copysign(1.0, value) < 0 else ""
+    if value == 0:
+        return sign + "0.0"
+    _, digit_tuple, k = decimal.Decimal(repr(abs(value))).normalize().as_tuple()
+    digits = "".join(map(str, digit_tuple))
+    kk = len(digits) + k  # the decimal point's position
+    if 0 <= k and kk <= 21:
+        text = digits + "0" * k + ".0"
+    elif 0 < kk <= 21:
+        text = digits[:kk] + "." + digits[kk:]
+    elif -6 < kk <= 0:
+        text = "0." + "0" * -kk + digits
+    elif len(digits) == 1:
+        text = f"{digits}e{kk - 1}"
+    else:
+        text = f"{digits[0]}.{digits[1:]}e{kk - 1}"
+    return sign + text
 
 
 def _shape_string(shape: Sequence[int]) -> str:
@@ -231,21 +349,26 @@ class _Converter:
         if type(value) is FastArray:  # from serving.fast_json: numbers only, already parsed
             if dtype not in (DT_FLOAT, DT_DOUBLE):
                 raise NotFast
-            return to_array(value, dtype == DT_DOUBLE, _MAX_LOSSLESS_INT[dtype])
-        if dtype not in DTYPES:
-            raise ServingError("UNIMPLEMENTED", f"Conversion of JSON Value: {quote(value)} to "
-                                                f"type: DT_{dtype}")
+            return to_array(value, dtype == DT_DOUBLE)
         fast = self._fast(value, dtype)
         if fast is not None:
             return fast
         shape = _dense_shape(value)
         flat: list = []
         self._fill(value, 0, shape, dtype, flat)
+        if dtype not in DTYPES:  # (no scalar to name: an empty list)
+            raise ServingError("UNIMPLEMENTED", f"Conversion of JSON Value: {quote(value)} to "
+                                                f"type: {type_name(dtype)}")
         np_dtype = DTYPES[dtype][1]
         if dtype == DT_STRING:
             array = np.empty(len(flat), dtype=object)
             array[:] = flat
             return array.reshape(shape)
+        if dtype in (DT_FLOAT, DT_DOUBLE):
+            with np.errstate(over="ignore"):  # beyond float32: +-inf, as C++'s cast gives
+                return np.asarray(flat, dtype=np.float64).astype(np_dtype).reshape(shape)
+        if dtype in _NARROW_INTS:
+            return np.asarray(flat, dtype=np.int64).astype(np_dtype).reshape(shape)
         return np.asarray(flat, dtype=np_dtype).reshape(shape)
 
     def _fast(self, value, dtype: int) -> Optional[np.ndarray]:
@@ -259,19 +382,12 @@ class _Converter:
             return None
         kind = array.dtype.kind
         if dtype in (DT_FLOAT, DT_DOUBLE):
-            if kind == "i":
-                if array.size and int(np.max(np.abs(array))) > _MAX_LOSSLESS_INT[dtype]:
-                    return None
-            elif kind == "f":
-                # Integers and floats mixed: an integer beyond the lossless bound is an error
-                # and a float beyond the type's range too, so anything that large (or NaN /
-                # Infinity) takes the element-by-element path, which tells them apart.
-                if array.size and not max(float(array.max()), -float(array.min())) \
-                        <= _MAX_LOSSLESS_INT[dtype]:
-                    return None
-            else:
+            if kind not in "iuf":
                 return None
-            return array.astype(DTYPES[dtype][1])
+            # Integers go through double first (rapidjson's GetFloat), as the general path's
+            # float(value) does: a direct int64 -> float32 cast could round differently.
+            with np.errstate(over="ignore"):
+                return array.astype(np.float64).astype(DTYPES[dtype][1])
         if kind != "i" or dtype not in _INT_RANGES:
             return None
         low, high = _INT_RANGES[dtype]
@@ -345,7 +461,7 @@ class _Converter:
                 if set(element) != set(names):
                     raise invalid_argument(
                         f"Failed to process element: {index} of 'instances' list. JSON object: "
-                        f"{quote(element)} must only have keys: {','.join(names)}")
+                        f"{quote(element)} keys must be equal to: {','.join(names)}")
             else:
                 if _is_element_object(element):
                     raise invalid_argument(f"Expecting value/list but got object at item {index} "
@@ -385,7 +501,7 @@ def _stack(arrays: List[np.ndarray]) -> np.ndarray:
 
 def _type_error(value, dtype: int) -> ServingError:
     return invalid_argument(f"JSON Value: {quote(value)} Type: {_json_type(value)} is not of "
-                            f"expected type: {DTYPES[dtype][0]}")
+                            f"expected type: {type_name(dtype)}")
 
 
 def _decode_b64(value) -> bytes:
@@ -407,12 +523,7 @@ def _scalar(value, dtype: int):
     if dtype in (DT_FLOAT, DT_DOUBLE):
         if not is_number:
             raise _type_error(value, dtype)
-        if isinstance(value, int):
-            if abs(value) > _MAX_LOSSLESS_INT[dtype]:
-                raise _lossy(value, dtype)
-        elif math.isfinite(value) and abs(value) > _MAX_FINITE[dtype]:
-            raise _lossy(value, dtype)
-        return float(value)
+        return float(value)  # any number (2.16.1: `if (!val.IsNumber())` only)
     if dtype == DT_STRING:
         if not isinstance(value, str):
             raise _type_error(value, dtype)
@@ -421,15 +532,13 @@ def _scalar(value, dtype: int):
         if not isinstance(value, bool):
             raise _type_error(value, dtype)
         return value
+    if dtype not in _INT_RANGES:
+        raise ServingError("UNIMPLEMENTED", f"Conversion of JSON Value: {quote(value)} to "
+                                            f"type: {type_name(dtype)}")
     low, high = _INT_RANGES[dtype]
     if not (is_number and isinstance(value, int) and low <= value <= high):
         raise _type_error(value, dtype)
     return value
-
-
-def _lossy(value, dtype: int) -> ServingError:
-    return invalid_argument(f"Cannot convert JSON value: {quote(value)} to {DTYPES[dtype][0]} "
-                            f"without loss of precision.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -447,15 +556,12 @@ def predict_response(outputs: Mapping[str, np.ndarray], output_dtypes: Mapping[s
     names = sorted(outputs)
     several = len(names) > 1
     if fmt == ROW:
-        batch = 0
+        batch = None  # a batch of 0 is answered {"predictions": []} (since TF Serving 2.3)
         for name in names:
             array = outputs[name]
             if array.ndim == 0:
                 raise invalid_argument(f"Tensor name: {name} has no shape information ")
-            if array.shape[0] < 1:
-                raise invalid_argument(f"Tensor name: {name} has invalid batch size: "
-                                       f"{array.shape[0]}")
-            if batch and array.shape[0] != batch:
+            if batch is not None and array.shape[0] != batch:
                 raise invalid_argument(f"Tensor name: {name} has inconsistent batch size: "
                                        f"{array.shape[0]} expecting: {batch}")
             batch = array.shape[0]
@@ -469,7 +575,8 @@ def predict_response(outputs: Mapping[str, np.ndarray], output_dtypes: Mapping[s
                 items.append("        {\n" + fields + "\n        }")
             else:
                 items.append("        " + _value(outputs[names[0]][row], writers[names[0]]))
-        text = '{\n    "predictions": [\n' + ",\n".join(items) + "\n    ]\n}"
+        text = ('{\n    "predictions": [\n' + ",\n".join(items) + "\n    ]\n}" if items
+                else '{\n    "predictions": []\n}')
     elif fmt == COLUMNAR:
         if several:
             fields = ",\n".join(
@@ -487,7 +594,8 @@ def predict_response(outputs: Mapping[str, np.ndarray], output_dtypes: Mapping[s
 
 def _writer(name: str, dtype: int) -> Callable[[object], str]:
     if dtype not in DTYPES:  # e.g. half, bfloat16, complex: TF Serving cannot write them either
-        raise invalid_argument(f"Failed to write JSON value for tensor type: DT_{dtype}")
+        raise invalid_argument(f"Failed to write JSON value for tensor type: "
+                               f"{type_name(dtype)}")
     if dtype in (DT_FLOAT, DT_DOUBLE):
         np_type = np.float32 if dtype == DT_FLOAT else np.float64
         digits = 9 if dtype == DT_FLOAT else 17

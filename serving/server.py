@@ -16,16 +16,22 @@ version number, ``{l}`` a version label):
     POST /v1/models/{name}[/versions/{v}|/labels/{l}]:predict    row or columnar predict
 
 Every failure is ``{"error": "..."}`` with TF Serving's text and HTTP status (see
-``serving.status``); a body over ``max_body_bytes`` is answered 413. Inputs of the
-``predict_waveform`` signatures are checked in Python first (``serving.validation``).
+``serving.status``); a body over ``max_body_bytes`` is answered 413 (gzip bodies: before and
+after decompression). Inputs of the ``predict_waveform`` signatures are checked in Python first
+(``serving.validation``). The HTTP protocol rules of TF Serving 2.16.1 (``http_server.cc``,
+``evhttp_request.cc``) live in :meth:`RestApi.respond`, not in the HTTP layer: ``Content-Encoding:
+gzip`` bodies are decompressed, ``OPTIONS`` is a CORS preflight, and with ``cors=True``
+(``--enable_cors_support``) every answer carries the CORS headers.
 Concurrent predict requests on the same signature are batched together when ``batching`` is on
-(``serving.batching``), as TF Serving does with ``--enable_batching``. Request bodies with long
+(``serving.batching``; off by default), as TF Serving does with ``--enable_batching``. Request
+bodies with long
 arrays of JSON numbers take ``serving.fast_json`` (same results and errors, less CPU), and
 ``cme-ser serve --workers N`` runs N of these servers on one port (``serving.workers``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -35,8 +41,9 @@ import sys
 import threading
 import time
 import urllib.parse
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Dict, Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -59,19 +66,75 @@ _STATUS = re.compile(r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels
 _API = re.compile(r"/v1/.*", re.IGNORECASE)
 _METHODS = {"tensorflow/serving/predict", "tensorflow/serving/classify",
             "tensorflow/serving/regress"}
+# http_rest_api_util.cc AddCORSHeaders (--enable_cors_support).
+CORS_HEADERS = (("Access-Control-Allow-Origin", "*"),
+                ("Access-Control-Allow-Methods", "POST, GET"),
+                ("Access-Control-Allow-Headers", "Content-Type"))
+_ORIGIN = re.compile(r"https?://")  # http_server.cc: RE2::PartialMatch(origin, "https?://")
+_JSON = (("Content-Type", "application/json"),)  # HttpRestApiHandler::AddHeaders
+
+
+@dataclasses.dataclass(frozen=True)
+class Response:
+    """One HTTP answer: status, headers (in order) and body."""
+
+    status: int
+    headers: Tuple[Tuple[str, str], ...]
+    body: bytes
 
 
 class RestApi:
     """TF Serving's REST API over one :class:`ModelRepository`; no sockets here.
 
-    ``handle(method, path, body)`` returns ``(http_status, json_bytes)``.
+    ``respond(method, path, headers, body)`` is the whole HTTP exchange as TF Serving's
+    ``http_server.cc`` does it (gzip bodies, OPTIONS, CORS headers) and returns a
+    :class:`Response`; ``handle(method, path, body)`` is the JSON API alone and returns
+    ``(http_status, json_bytes)``. ``max_body_bytes`` limits the decompressed size of a gzip
+    body (the HTTP layer limits the bytes on the wire).
     """
 
     def __init__(self, repository: ModelRepository, *, batcher: Optional[Batcher] = None,
-                 use_fast_json: bool = True):
+                 use_fast_json: bool = True, cors: bool = False,
+                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
         self.repository = repository
         self.batcher = batcher
         self.use_fast_json = use_fast_json  # serving.fast_json for long number arrays
+        self.cors = cors  # --enable_cors_support
+        self.max_body_bytes = max_body_bytes
+
+    def respond(self, method: str, path: str, headers: Mapping[str, str],
+                body: bytes) -> Response:
+        """One request: ``headers`` any mapping (names in any case)."""
+        lowered = {k.lower(): v for k, v in headers.items()}
+        if not _API.fullmatch(path.split("?", 1)[0]):
+            # TF Serving's dispatcher ignores a path outside /v1/ (no handler, no CORS headers).
+            status, payload = self.handle(method, path, b"")
+            return Response(status, _JSON, payload)
+        if method == "OPTIONS":
+            # http_server.cc ProcessRequest: a CORS preflight, whatever the path under /v1/,
+            # answered with or without --enable_cors_support (the flag adds the headers).
+            if _ORIGIN.search(lowered.get("origin", "")):
+                return self._finish(200, (), b"")
+            return self.error_response(ServingError(
+                "FAILED_PRECONDITION", "Origin header is missing in CORS preflight"))
+        if "gzip" in lowered.get("content-encoding", "").lower():
+            # evhttp_request.cc NeedUncompressGzipContent / ReadRequestGzipBytes.
+            try:
+                body = gunzip(body, self.max_body_bytes)
+            except ServingError as error:
+                return self.error_response(error)
+        status, payload = self.handle(method, path, body)
+        return self._finish(status, _JSON, payload)
+
+    def error_response(self, error: ServingError) -> Response:
+        """The answer to a request refused before the API (413, bad gzip, bad preflight)."""
+        return self._finish(error.http_status, _JSON, _error_body(error.message))
+
+    def _finish(self, status: int, headers: Tuple[Tuple[str, str], ...],
+                body: bytes) -> Response:
+        if self.cors:
+            headers = headers + CORS_HEADERS
+        return Response(status, headers, body)
 
     def handle(self, method: str, path: str, body: bytes) -> Tuple[int, bytes]:
         path = path.split("?", 1)[0]
@@ -223,7 +286,39 @@ def _check_shapes(signature: Signature, tensors: Dict[str, np.ndarray]) -> None:
 
 
 def _error_body(message: str) -> bytes:
-    return (json.dumps({"error": message}) + "\n").encode("utf-8")
+    """MakeJsonFromStatus: rapidjson's PrettyWriter of {"error": message}."""
+    text = '{\n    "error": ' + json.dumps(message, ensure_ascii=False) + "\n}"
+    return text.encode("utf-8", "replace")
+
+
+def gunzip(data: bytes, limit: int) -> bytes:
+    """A gzip body (one or more members) decompressed, a piece at a time, to at most ``limit``
+    bytes: past it a 413, before the rest is even decompressed (no zip bombs). A body that is
+    not gzip, or is cut short, is a 400."""
+    out = bytearray()
+    decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    pending = data
+    try:
+        while True:
+            piece = decompressor.decompress(pending, limit + 1 - len(out))
+            out += piece
+            if len(out) > limit:
+                raise ServingError("INVALID_ARGUMENT", f"Request body exceeds the limit of "
+                                                       f"{limit} bytes once uncompressed "
+                                                       f"(gzip, {len(data)} bytes compressed)",
+                                   http_status=413)
+            if decompressor.eof:
+                pending = decompressor.unused_data
+                if not pending:
+                    return bytes(out)
+                decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)  # another member
+                continue
+            pending = decompressor.unconsumed_tail
+            if not pending and not piece:
+                raise zlib.error("incomplete gzip stream")
+    except zlib.error as error:
+        raise invalid_argument(f"Failed to uncompress the gzipped body "
+                               f"(Content-Encoding: gzip): {error}") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -253,14 +348,22 @@ class _Handler(BaseHTTPRequestHandler):
     def do_PATCH(self):  # noqa: N802
         self._serve("PATCH")
 
+    def do_OPTIONS(self):  # noqa: N802
+        self._serve("OPTIONS")
+
+    def do_HEAD(self):  # noqa: N802
+        self._serve("HEAD")
+
     def _serve(self, method: str) -> None:
+        """Bytes in, bytes out: what the request means is RestApi.respond's business."""
+        api = self.server.api
         try:
             body = self._read_body()
         except ServingError as error:
-            self._reply(error.http_status, _error_body(error.message))
-            return
-        status, payload = self.server.api.handle(method, self.path, body)
-        self._reply(status, payload)
+            response = api.error_response(error)
+        else:
+            response = api.respond(method, self.path, self.headers, body)
+        self._reply(response, send_body=method != "HEAD")
 
     def _read_body(self) -> bytes:
         limit = self.server.max_body_bytes
@@ -343,14 +446,16 @@ class _Handler(BaseHTTPRequestHandler):
                 break
             remaining -= len(chunk)
 
-    def _reply(self, status: int, payload: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
+    def _reply(self, response: Response, send_body: bool = True) -> None:
+        self.send_response(response.status)
+        for name, value in response.headers:
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(response.body)))
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(payload)
+        if send_body:
+            self.wfile.write(response.body)
 
     def log_message(self, format, *args):  # noqa: A002 (http.server's signature)
         log.debug("%s %s", self.address_string(), format % args)
@@ -390,7 +495,8 @@ class RestServer(ThreadingHTTPServer):
             self.socket.setblocking(False)
             self.server_address = self.socket.getsockname()
         self.api = api
-        self.max_body_bytes = max_body_bytes
+        self.max_body_bytes = max_body_bytes  # on the wire, here; decompressed, in the api
+        api.max_body_bytes = max_body_bytes
         self.connection_counts = connection_counts
         self._open: set = set()  # connections being served, for close()
         self._open_lock = threading.Lock()
@@ -488,19 +594,20 @@ def serve_until_signalled(server: RestServer, signals=(signal.SIGTERM, signal.SI
 
 def build_server(base_path, model_name: str, *, host: str = "127.0.0.1", port: int = 8501,
                  poll_seconds: float = 1.0, labels_file=None, num_latest: int = 1,
-                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, batching: bool = True,
+                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, batching: bool = False,
                  max_batch_size: int = 32, batch_timeout_ms: float = 2.0,
                  listen_socket: Optional[socket.socket] = None,
-                 connection_counts=None) -> RestServer:
+                 connection_counts=None, cors: bool = False) -> RestServer:
     """Repository (first load done, polling started) + API + bound HTTP server (or one on
-    ``listen_socket``, see :class:`RestServer`)."""
+    ``listen_socket``, see :class:`RestServer`). ``batching`` is off by default, as TF
+    Serving's ``--enable_batching``; ``cors``: ``--enable_cors_support``."""
     repository = ModelRepository(base_path, model_name, num_latest=num_latest,
                                  labels_file=labels_file)
     repository.start_polling(poll_seconds)
     batcher = Batcher(max_batch_size=max_batch_size, timeout_s=batch_timeout_ms / 1000.0) \
         if batching else None
     try:
-        return RestServer((host, port), RestApi(repository, batcher=batcher),
+        return RestServer((host, port), RestApi(repository, batcher=batcher, cors=cors),
                           max_body_bytes=max_body_bytes, listen_socket=listen_socket,
                           connection_counts=connection_counts)
     except OSError:

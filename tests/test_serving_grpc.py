@@ -382,7 +382,8 @@ def test_close_joins_every_thread(exported, inputs):
     gRPC's serving thread are joined, before the batcher and the models go."""
     base, _ = exported
     before = set(threading.enumerate())
-    rest = build_server(base, "cme", port=0, poll_seconds=0.05, batch_timeout_ms=50)
+    rest = build_server(base, "cme", port=0, poll_seconds=0.05, batching=True,  # (off by
+                        batch_timeout_ms=50)                                  # default)
     grpc_server = GrpcServer(rest.repository, batcher=rest.api.batcher, port=0).start()
     rest.companions.append(grpc_server)
     thread = start_in_thread(rest)

@@ -211,14 +211,16 @@ def test_client_predict_waveform(server, utterance, expected, binary):
 MALFORMED = [
     (b"", 400, "JSON Parse error: The document is empty"),
     (b'{"instances": [', 400, "JSON Parse error: "),
-    (b"[1, 2]", 400, "JSON Value: [1,2] Is not object"),
+    # json_tensor.cc ParseJson FormatError; JsonValueToString writes with rapidjson's PrettyWriter.
+    (b"[1, 2]", 400, "JSON Value: [\n    1,\n    2\n] Is not object"),
     (b'{"signature_name": 5, "instances": [1]}', 400,
      "'signature_name' key must be a string value."),
     (b'{"signature_name": "predict_waveform"}', 400, "Missing 'inputs' or 'instances' key"),
     (b'{"signature_name": "predict_waveform", "instances": [], "inputs": {}}', 400,
      "Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist"),
+    # json_tensor.cc FillPredictRequestFromJson, 2.16.1: "Expecting" (was "Excepting").
     (b'{"signature_name": "predict_waveform", "instances": {}}', 400,
-     "Excepting 'instances' to be an list/array"),
+     "Expecting 'instances' to be an list/array"),
     (b'{"signature_name": "predict_waveform", "instances": []}', 400,
      "No values in 'instances' array"),
     (b'{"signature_name": "predict_waveform", "instances": [[1.0]]}', 400,
@@ -258,8 +260,6 @@ def test_bad_waveform_inputs(server, utterance):
          'JSON Value: "a" Type: String is not of expected type: float'),
         (good_columnar(utterance, waveform=[[0.1, True, 0.2] * 200]),
          "JSON Value: true Type: True is not of expected type: float"),
-        (good_columnar(utterance, waveform=[[16777216]]),
-         "Cannot convert JSON value: 16777216 to float without loss of precision."),
         (good_columnar(utterance, waveform=[waveform[:1000].tolist(), waveform[:900].tolist()]),
          "Encountered list at unexpected size: 900 at level: 1 expected size: 1000"),
         # wrong shapes
@@ -308,7 +308,8 @@ def test_bad_waveform_inputs(server, utterance):
                          "instances": [instance(utterance), second]})
     assert status == 400 and body["error"].startswith("Failed to process element: 1 of "
                                                       "'instances' list. JSON object: ")
-    assert body["error"].endswith("must only have keys: num_samples,waveform,word_end_s,"
+    # json_tensor.cc FillTensorMapFromInstancesList, 2.16.1: "keys must be equal to: ".
+    assert body["error"].endswith("keys must be equal to: num_samples,waveform,word_end_s,"
                                   "word_start_s,words")
     shorter = instance((waveform[:40000], words, starts, ends))
     status, body = call(server, "POST", "/v1/models/cme:predict",
@@ -598,7 +599,8 @@ def test_close_ends_idle_connections_and_joins_every_thread(exported, utterance)
     interpreter's teardown, which is what made `cme-ser serve` abort on SIGTERM."""
     base, _ = exported
     before = set(threading.enumerate())
-    srv = build_server(base, "cme", port=0, poll_seconds=0.05, batch_timeout_ms=50)
+    srv = build_server(base, "cme", port=0, poll_seconds=0.05, batching=True,
+                       batch_timeout_ms=50)
     thread = start_in_thread(srv)
     idle = http.client.HTTPConnection("127.0.0.1", srv.server_address[1], timeout=60)
     idle.request("GET", "/v1/models/cme")  # then kept alive and idle
@@ -762,3 +764,133 @@ def test_connection_counts_steer_new_connections_to_the_least_loaded_worker(tmp_
         first.add(-23)
         second.add(-1)
         assert [c.accept_delay() for c in (first, second, third)] == [0.0, 0.0, 0.0]
+
+
+# ----------------------------------------------------------------------------------------------
+# TF Serving 2.16.1's HTTP rules: batching off by default, number rules, error bodies, gzip
+# bodies, OPTIONS and CORS
+
+
+def raw_call(srv, method, path, body=None, headers=None):
+    """(status, headers, raw body bytes) of one request."""
+    connection = http.client.HTTPConnection("127.0.0.1", srv.server_address[1], timeout=60)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
+
+
+def test_batching_is_off_by_default_as_upstream(toy_server):
+    """model_servers/server.h Options: enable_batching = false and enable_cors_support =
+    false (2.16.1); `cme-ser serve --enable-batching` (or upstream's spelling) turns batching
+    on, `--no-batching` stays accepted."""
+    from pipeline.cli import build_parser
+    assert toy_server.api.batcher is None  # build_server's default
+    parse = lambda *flags: build_parser().parse_args(  # noqa: E731
+        ["serve", "--model-base-path", "x", *flags])
+    assert parse().enable_batching is False
+    assert parse("--enable-batching").enable_batching is True
+    assert parse("--enable_batching").enable_batching is True
+    assert parse("--no-batching").enable_batching is False
+    assert parse().enable_cors_support is False
+    assert parse("--enable_cors_support").enable_cors_support is True
+
+
+def test_float_inputs_take_any_integer_and_errors_are_pretty_json(toy_server):
+    """json_tensor.cc AddValueToTensor (2.16.1) takes any JSON number for DT_FLOAT (the 2^24
+    check went in 2.5; json_tensor_test.cc FloatTensorWithPrecisionLoss), and
+    MakeJsonFromStatus writes the error with rapidjson's PrettyWriter."""
+    status, body = call(toy_server, "POST", "/v1/models/toy:predict",
+                        {"instances": [16777217, 1435774380, 1435774380.0]})
+    x = np.float32([16777217, 1435774380, 1435774380.0])
+    assert status == 200 and body == {"predictions": (x * np.float32(0.5) + 2).tolist()}
+    status, _, raw = raw_call(toy_server, "POST", "/v1/models/toy:predict", b'{"inputs": true}')
+    assert status == 400
+    assert raw == b'{\n    "error": "JSON Value: true Type: True is not of expected type: ' \
+                  b'float"\n}'
+
+
+def test_gzip_request_bodies(toy_server, server):
+    """evhttp_request.cc: a body whose Content-Encoding contains "gzip" is decompressed
+    (NeedUncompressGzipContent, ReadRequestGzipBytes). Here the size limit applies to the
+    decompressed body too (413), decompressed a piece at a time; a body that is not gzip is a
+    400 with its own message (upstream passes on an empty body: "The document is empty")."""
+    import gzip
+    body = json.dumps({"instances": [1.0, 2.0]}).encode()
+    for encoded, encoding in ((gzip.compress(body), "gzip"),
+                              (gzip.compress(body[:9]) + gzip.compress(body[9:]), "gzip"),
+                              (gzip.compress(body), "x-gzip")):  # (upstream: StrContains)
+        assert call(toy_server, "POST", "/v1/models/toy:predict", encoded,
+                    {"Content-Encoding": encoding}) == (200, {"predictions": [2.5, 3.0]})
+    assert call(toy_server, "POST", "/v1/models/toy:predict", body,
+                {"Content-Encoding": "gzip"}) == (
+        400, {"error": "Failed to uncompress the gzipped body (Content-Encoding: gzip): Error -3 "
+                       "while decompressing data: incorrect header check"})
+    assert call(toy_server, "POST", "/v1/models/toy:predict", gzip.compress(body)[:-12],
+                {"Content-Encoding": "gzip"}) == (
+        400, {"error": "Failed to uncompress the gzipped body (Content-Encoding: gzip): "
+                       "incomplete gzip stream"})
+    # A zip bomb: 2 KB on the wire, 3 MB decompressed, over the 2 MB limit of `server`.
+    bomb = gzip.compress(b" " * (3 * 1024 * 1024), 9)
+    assert len(bomb) < 10_000
+    assert call(server, "POST", "/v1/models/cme:predict", bomb,
+                {"Content-Encoding": "gzip"}) == (
+        413, {"error": f"Request body exceeds the limit of {LIMIT} bytes once uncompressed "
+                       f"(gzip, {len(bomb)} bytes compressed)"})
+    # At the API level: the decompression stops just past the limit.
+    from serving.server import RestApi
+    api = RestApi(toy_server.repository, max_body_bytes=1000)
+    response = api.respond("POST", "/v1/models/toy:predict", {"content-encoding": "gzip"},
+                           gzip.compress(b" " * 10**8, 1))
+    assert response.status == 413
+    assert api.respond("POST", "/v1/models/toy:predict", {"Content-Encoding": "gzip"},
+                       gzip.compress(b" " * 985 + b'{"inputs": [0]}')).body == \
+        b'{\n    "outputs": [2.0]\n}'
+    assert_healthy(server)
+
+
+def test_options_preflight_and_cors_headers(toy_server):
+    """http_server.cc RestApiRequestDispatcher::ProcessRequest: OPTIONS under /v1/ is a CORS
+    preflight whatever --enable_cors_support says: OK if the Origin header matches
+    "https?://", else FAILED_PRECONDITION (400; upstream's body is empty, here it is the JSON
+    error). With --enable_cors_support every answer under /v1/ carries AddCORSHeaders'
+    headers (http_rest_api_util.cc)."""
+    cors = {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Methods": "POST, GET",
+            "Access-Control-Allow-Headers": "Content-Type"}
+    status, headers, raw = raw_call(toy_server, "OPTIONS", "/v1/models/toy:predict",
+                                    headers={"Origin": "http://localhost:3000",
+                                             "Access-Control-Request-Method": "POST"})
+    assert (status, raw, headers["Content-Length"]) == (200, b"", "0")
+    assert not set(cors) & set(headers)
+    status, headers, raw = raw_call(toy_server, "OPTIONS", "/v1/models/toy")
+    assert (status, json.loads(raw)) == (400, {"error": "Origin header is missing in CORS "
+                                                        "preflight"})
+    assert headers["Content-Type"] == "application/json"
+    assert call(toy_server, "OPTIONS", "/v1/models/toy", headers={"Origin": "null"}) == (
+        400, {"error": "Origin header is missing in CORS preflight"})
+    status, _, raw = raw_call(toy_server, "OPTIONS", "/elsewhere",
+                              headers={"Origin": "https://a.example"})
+    assert status == 404 and "/v1/" in json.loads(raw)["error"]
+    # HEAD: HttpRestApiHandler has no route for it (Malformed request), and no body is sent.
+    status, headers, raw = raw_call(toy_server, "HEAD", "/v1/models/toy")
+    assert (status, raw) == (400, b"") and int(headers["Content-Length"]) > 0
+
+    toy_server.api.cors = True  # --enable_cors_support
+    try:
+        status, headers, raw = raw_call(toy_server, "OPTIONS", "/v1/models/toy:predict",
+                                        headers={"Origin": "https://app.example"})
+        assert (status, raw) == (200, b"") and cors.items() <= headers.items()
+        status, headers, raw = raw_call(toy_server, "POST", "/v1/models/toy:predict",
+                                        b'{"inputs": [2.0]}',
+                                        {"Origin": "https://app.example"})
+        assert status == 200 and json.loads(raw) == {"outputs": [3.0]}
+        assert cors.items() <= headers.items()
+        assert headers["Content-Type"] == "application/json"
+        status, headers, _ = raw_call(toy_server, "GET", "/v1/models/nope")
+        assert status == 404 and cors.items() <= headers.items()  # errors too
+        status, headers, _ = raw_call(toy_server, "OPTIONS", "/v1/models/toy")
+        assert status == 400 and cors.items() <= headers.items()
+    finally:
+        toy_server.api.cors = False
