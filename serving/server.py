@@ -356,14 +356,20 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, method: str) -> None:
         """Bytes in, bytes out: what the request means is RestApi.respond's business."""
-        api = self.server.api
+        api, server = self.server.api, self.server
+        server.request_started(self.connection)
         try:
-            body = self._read_body()
-        except ServingError as error:
-            response = api.error_response(error)
-        else:
-            response = api.respond(method, self.path, self.headers, body)
-        self._reply(response, send_body=method != "HEAD")
+            try:
+                body = self._read_body()
+            except ServingError as error:
+                response = api.error_response(error)
+            else:
+                response = api.respond(method, self.path, self.headers, body)
+            if server.stopping:  # answered, then this connection ends
+                self.close_connection = True
+            self._reply(response, send_body=method != "HEAD")
+        finally:
+            server.request_finished(self.connection)
 
     def _read_body(self) -> bytes:
         limit = self.server.max_body_bytes
@@ -461,6 +467,14 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("%s %s", self.address_string(), format % args)
 
 
+def _shut_reading(connections) -> None:
+    for connection in connections:
+        try:
+            connection.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass
+
+
 def _too_large(length: int, limit: int) -> ServingError:
     return ServingError("INVALID_ARGUMENT", f"Request body of {length} bytes exceeds the limit of "
                                             f"{limit} bytes", http_status=413)
@@ -499,7 +513,10 @@ class RestServer(ThreadingHTTPServer):
         api.max_body_bytes = max_body_bytes
         self.connection_counts = connection_counts
         self._open: set = set()  # connections being served, for close()
+        self._busy: set = set()  # ... of which in the middle of a request
         self._open_lock = threading.Lock()
+        self.stopping = False
+        self.shutdown_grace_s = 10.0  # how long close() waits for requests in flight
         # Other front ends on the same repository and batcher (serving.grpc_server.GrpcServer):
         # close() closes them first, before the batcher and the models they use go away.
         self.companions: list = []
@@ -527,6 +544,14 @@ class RestServer(ThreadingHTTPServer):
             if self.connection_counts is not None:
                 self.connection_counts.add(-1)
 
+    def request_started(self, connection) -> None:
+        with self._open_lock:
+            self._busy.add(connection)
+
+    def request_finished(self, connection) -> None:
+        with self._open_lock:
+            self._busy.discard(connection)
+
     def handle_error(self, request, client_address):
         """A client that hung up or timed out is routine: one debug line, no traceback."""
         error = sys.exc_info()[1]
@@ -543,12 +568,17 @@ class RestServer(ThreadingHTTPServer):
         for companion in self.companions:
             companion.close()
         with self._open_lock:
-            connections = list(self._open)
-        for connection in connections:
-            try:  # a handler waiting for its next request reads EOF; one replying finishes
-                connection.shutdown(socket.SHUT_RD)
-            except OSError:
-                pass
+            self.stopping = True  # a request in flight is answered, then its connection ends
+            idle = list(self._open - self._busy)
+        _shut_reading(idle)  # a handler waiting for its next request reads EOF and ends
+        deadline = time.monotonic() + self.shutdown_grace_s
+        while time.monotonic() < deadline:
+            with self._open_lock:
+                if not self._busy:
+                    break
+            time.sleep(0.02)
+        with self._open_lock:  # past the grace period (a client that stopped sending): cut
+            _shut_reading(list(self._open))
         self.server_close()  # closes the listening socket, then joins the request threads
         if self.api.batcher is not None:
             self.api.batcher.close()

@@ -620,6 +620,30 @@ def test_close_ends_idle_connections_and_joins_every_thread(exported, utterance)
     idle.close()
 
 
+def test_close_does_not_wait_forever_for_a_client_that_stopped_sending(exported):
+    """A request whose body never completes is in flight, not idle: close() waits for it only
+    ``shutdown_grace_s``, then ends its connection and joins every thread."""
+    import socket
+    import time
+
+    base, _ = exported
+    before = set(threading.enumerate())
+    srv = build_server(base, "cme", port=0, poll_seconds=0)
+    srv.shutdown_grace_s = 0.5
+    thread = start_in_thread(srv)
+    slow = socket.create_connection(("127.0.0.1", srv.server_address[1]), timeout=30)
+    slow.sendall(b"POST /v1/models/cme:predict HTTP/1.1\r\nHost: x\r\n"
+                 b"Content-Length: 100\r\n\r\n{\"inputs\"")  # 10 of 100 bytes
+    time.sleep(0.5)  # the handler is now reading the body
+    srv.shutdown()
+    thread.join(timeout=30)
+    started = time.monotonic()
+    srv.close()
+    assert time.monotonic() - started < 10
+    assert set(threading.enumerate()) - before == set()
+    slow.close()
+
+
 def test_cme_ser_serve_command(exported):
     """`cme-ser serve` as a process: announces its URL, answers, and stops cleanly on SIGTERM."""
     import signal
