@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import shlex
 import sys
@@ -235,6 +236,8 @@ def run(args) -> dict:
     config = variant_config(args.variant, epochs=args.epochs, batch_size=args.batch_size,
                             seed=args.seed,
                             class_names=tuple(parse_classes(args.classes) or DEFAULT_CLASSES))
+    if not math.isfinite(args.bless_min_ua):
+        raise UsageError(f"--bless-min-ua must be a number, got {args.bless_min_ua}")
     data_dirs = check_run_config(args, config)
     channels = parse_channels("ravdess", args.channels)
     output = Path(args.output).resolve()
@@ -246,14 +249,28 @@ def run(args) -> dict:
         tfx.orchestration.LocalDagRunner().run(local_pipeline(
             output, data_dir=data_dirs[0] if len(data_dirs) == 1 else data_dirs,
             embeddings_path=resolve_embeddings(args.embeddings), config=config,
-            num_folds=args.folds, ensemble_size=args.ensemble, channels=channels))
+            num_folds=args.folds, ensemble_size=args.ensemble, channels=channels,
+            bless_min_ua=args.bless_min_ua))
     reports = sorted((output / "tfx" / "root" / "CrossValidationReport" / "report").glob(
         "*/report.md"), key=lambda p: int(p.parent.name))
-    print(reports[-1].read_text())
-    versions = sorted((output / "serving_model" / MODEL_NAME).iterdir(), key=lambda p: p.name)
-    print(f"== done in {time.time() - t0:.0f} s\nreport: {reports[-1].parent}\n"
-          f"pushed model: {versions[-1]}\nTensorBoard: tensorboard --logdir {output / 'tfx' / 'root'}")
-    return json.loads((reports[-1].parent / "report.json").read_text())
+    # This run's report: the newest one made with this bar (a cached run reuses an older one).
+    ours = [p for p in reports if json.loads((p.parent / "report.json").read_text()).get(
+        "blessing", {}).get("min_ua") == args.bless_min_ua]
+    report_dir = (ours or reports)[-1].parent
+    report = json.loads((report_dir / "report.json").read_text())
+    print((report_dir / "report.md").read_text())
+    blessing = report.get("blessing") or {"blessed": True, "reasons": []}
+    if blessing["blessed"]:
+        versions = sorted((output / "serving_model" / MODEL_NAME).iterdir(),
+                          key=lambda p: p.name)
+        pushed = f"pushed model: {versions[-1]}"
+    else:
+        pushed = ("NOT PUSHED: the run was not blessed, the serving directory "
+                  f"{output / 'serving_model' / MODEL_NAME} is untouched:\n"
+                  + "\n".join(f"  - {reason}" for reason in blessing["reasons"]))
+    print(f"== done in {time.time() - t0:.0f} s\nreport: {report_dir}\n{pushed}\n"
+          f"TensorBoard: tensorboard --logdir {output / 'tfx' / 'root'}")
+    return report
 
 
 def reproduce(args) -> dict:
@@ -626,6 +643,11 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument("--ensemble", type=int, default=1,
                        help="models per Trainer (seeds seed..seed+N-1), exported as one model "
                             "averaging their probabilities")
+    # The default is pipeline.report.DEFAULT_BLESS_MIN_UA, not imported here: it loads TF.
+    run_p.add_argument("--bless-min-ua", type=float, default=0.0,
+                       help="push the final model only if the cross-validated UA mean is at "
+                            "least this (default 0.0: no score bar; ExampleValidator anomalies "
+                            "always block the push)")
     run_p.set_defaults(func=run)
 
     rep = sub.add_parser("reproduce", help="Table 1 of the paper: every variant, k folds, "

@@ -5,7 +5,8 @@
   plan, ``errors.jsonl`` and ``summary.json`` beside the splits.
 - ``CrossValidationReport``: gathers the per-fold TFMA evaluations into mean +- std WA and UA,
   per-fold rows and the summed confusion matrix (``report.json``, ``report.md``,
-  ``confusion.png``).
+  ``confusion.png``), and, like TFX's Evaluator, a ``ModelBlessing`` for the Pusher: blessed
+  when the UA mean reaches ``bless_min_ua`` and ExampleValidator found no anomaly.
 """
 
 # No `from __future__ import annotations`: TFX reads the signatures' real type objects.
@@ -36,6 +37,7 @@ class PreprocessCounts(TypedDict):
 class CrossValidationMeans(TypedDict):
     wa_mean: float
     ua_mean: float
+    blessed: int
 
 
 def split_names(num_folds: int) -> List[str]:
@@ -102,6 +104,30 @@ def CorpusExampleGen(
 
 MAX_FOLDS = 10
 _Evaluation = tfx.dsl.components.InputArtifact[standard_artifacts.ModelEvaluation]
+BLESSED_PROPERTY = "blessed"  # what tfx.components.Pusher reads (1: push)
+BLESSING_FILE = "blessing.json"
+
+
+def read_anomalies(anomalies) -> dict:
+    """``{split: ["feature: description", ...]}`` from an ExampleAnomalies artifact (each
+    split's ``SchemaDiff.pb``); splits without anomalies map to []."""
+    import tensorflow as tf
+    from tensorflow_metadata.proto.v0 import anomalies_pb2
+
+    found = {}
+    for split in artifact_utils.decode_split_names(anomalies.split_names):
+        path = tf.io.gfile.join(artifact_utils.get_split_uri([anomalies], split),
+                                "SchemaDiff.pb")
+        diff = anomalies_pb2.Anomalies()
+        if tf.io.gfile.exists(path):
+            diff.ParseFromString(tf.io.gfile.GFile(path, "rb").read())
+        lines = [f"{name}: {info.short_description or info.description}"
+                 for name, info in sorted(diff.anomaly_info.items())]
+        if diff.HasField("dataset_anomaly_info"):
+            info = diff.dataset_anomaly_info
+            lines.append(f"(dataset): {info.short_description or info.description}")
+        found[split] = lines
+    return found
 
 
 # One optional input per fold rather than a union of channels: Kubeflow's compiler takes only
@@ -109,7 +135,10 @@ _Evaluation = tfx.dsl.components.InputArtifact[standard_artifacts.ModelEvaluatio
 @tfx.dsl.components.component
 def CrossValidationReport(
     report: tfx.dsl.components.OutputArtifact[CrossValidationResult],
+    blessing: tfx.dsl.components.OutputArtifact[standard_artifacts.ModelBlessing],
     class_names: tfx.dsl.components.Parameter[str],
+    bless_min_ua: tfx.dsl.components.Parameter[float] = 0.0,
+    anomalies: tfx.dsl.components.InputArtifact[standard_artifacts.ExampleAnomalies] = None,
     evaluation_0: _Evaluation = None, evaluation_1: _Evaluation = None,
     evaluation_2: _Evaluation = None, evaluation_3: _Evaluation = None,
     evaluation_4: _Evaluation = None, evaluation_5: _Evaluation = None,
@@ -117,8 +146,14 @@ def CrossValidationReport(
     evaluation_8: _Evaluation = None, evaluation_9: _Evaluation = None,
 ) -> CrossValidationMeans:
     """Writes ``report.json``, ``report.md`` and ``confusion.png`` into ``report.uri`` from
-    the TFMA evaluations of folds 0, 1, ... (``evaluation_<fold>``)."""
-    from pipeline.report import write_report
+    the TFMA evaluations of folds 0, 1, ... (``evaluation_<fold>``), and the push decision
+    (``pipeline.report.blessing_decision``: UA mean >= ``bless_min_ua`` and no anomaly in
+    ``anomalies``) as the ``blessing`` ModelBlessing (custom property ``blessed`` 1 or 0, a
+    ``BLESSED`` or ``NOT_BLESSED`` file and ``blessing.json``, as TFX's Evaluator writes) and
+    as a section of both reports."""
+    import tensorflow as tf
+
+    from pipeline.report import blessing_decision, summarize, write_report
     from pipeline.tfma_metrics import read_fold_metrics
 
     names = [c for c in class_names.split(",") if c]
@@ -127,5 +162,15 @@ def CrossValidationReport(
     rows = [{"fold": fold, "evaluation": evaluation.uri,
              **read_fold_metrics(evaluation.uri, len(names))}
             for fold, evaluation in enumerate(evaluations) if evaluation is not None]
-    summary = write_report(rows, names, report.uri)
-    return {"wa_mean": summary["wa_mean"], "ua_mean": summary["ua_mean"]}
+    decision = blessing_decision(summarize(rows, names)["ua_mean"] if rows else None,
+                                 bless_min_ua, read_anomalies(anomalies) if anomalies else None)
+    summary = write_report(rows, names, report.uri, blessing=decision)
+    blessed = int(decision["blessed"])
+    blessing.set_int_custom_property(BLESSED_PROPERTY, blessed)
+    blessing.set_string_custom_property("reasons", " | ".join(decision["reasons"]))
+    tf.io.gfile.makedirs(blessing.uri)
+    for name, text in ((BLESSING_FILE, json.dumps(decision, indent=2)),
+                       ("BLESSED" if blessed else "NOT_BLESSED", "")):
+        with tf.io.gfile.GFile(tf.io.gfile.join(blessing.uri, name), "w") as f:
+            f.write(text)
+    return {"wa_mean": summary["wa_mean"], "ua_mean": summary["ua_mean"], "blessed": blessed}

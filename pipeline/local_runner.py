@@ -7,7 +7,8 @@ Settings come from the environment (defaults in brackets): CME_SER_OUTPUT [outpu
 CME_SER_DATA [./data/ravdess-speech or ../shared/data/ravdess-speech], CME_SER_EMBEDDINGS
 [~/.cache/cme-ser/glove-6b-50d], CME_SER_FOLDS [5], CME_SER_EPOCHS [ModelConfig default],
 CME_SER_PIPELINE_NAME [cme_ser], CME_SER_VARIANT [cme] (a name in trainer/config.py: VARIANTS),
-CME_SER_ENSEMBLE [1] (models per Trainer, exported as one averaging model).
+CME_SER_ENSEMBLE [1] (models per Trainer, exported as one averaging model), CME_SER_BLESS_MIN_UA
+[0.0] (the cross-validated UA mean needed to push, as `cme-ser run --bless-min-ua`).
 """
 
 import os
@@ -34,4 +35,5 @@ if __name__ == "__main__":
         embeddings_path=str(default_embeddings_path()), config=config,
         num_folds=int(os.environ.get("CME_SER_FOLDS", "5")),
         ensemble_size=int(os.environ.get("CME_SER_ENSEMBLE", "1")),
+        bless_min_ua=float(os.environ.get("CME_SER_BLESS_MIN_UA", "0.0")),
         pipeline_name=os.environ.get("CME_SER_PIPELINE_NAME", PIPELINE_NAME)))

@@ -1,5 +1,7 @@
 """The TFX pipeline: corpus -> fold splits -> statistics/schema/validation -> one Trainer and
-one Evaluator per fold -> cross-validation report; a final Trainer on every fold -> Pusher.
+one Evaluator per fold -> cross-validation report (+ its ModelBlessing); a final Trainer on every
+fold -> Pusher, which pushes only when the report blessed the run (UA mean >= ``bless_min_ua``
+and no ExampleValidator anomaly).
 
 ``create_pipeline`` is a pure function of its arguments (the penguin example's shape); the
 runners (``pipeline/local_runner.py``, ``cme-ser run``, ``cme-ser compile``) only pick the
@@ -15,6 +17,7 @@ from tfx import v1 as tfx
 
 from pipeline.components import (MAX_FOLDS, CorpusExampleGen, CrossValidationReport,
                                  split_names)
+from pipeline.report import DEFAULT_BLESS_MIN_UA
 from pipeline.tfma_metrics import metric_configs
 from trainer.config import ModelConfig, variant_config
 
@@ -41,10 +44,12 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, metadata_path: Op
                     ensemble_size: int = 1, vocab_size: int = 50000, max_seconds: float = 60.0,
                     beam_pipeline_args: Optional[List[str]] = None,
                     enable_cache: bool = True,
-                    channels: Optional[Sequence[str]] = None) -> tfx.dsl.Pipeline:
+                    channels: Optional[Sequence[str]] = None,
+                    bless_min_ua: float = DEFAULT_BLESS_MIN_UA) -> tfx.dsl.Pipeline:
     """``data_dir``: a directory, or a JSON list of them (``components.encode_data_dirs``);
     ``channels``: RAVDESS channels, None or ("speech",) for the default (the preprocessing
-    step then has the same parameters, hence the same cache key, as before channels existed)."""
+    step then has the same parameters, hence the same cache key, as before channels existed);
+    ``bless_min_ua``: the cross-validated UA mean the final model needs to be pushed."""
     if not 2 <= num_folds <= MAX_FOLDS:
         raise ValueError(f"num_folds must be in [2, {MAX_FOLDS}], got {num_folds}")
     if ensemble_size < 1:
@@ -86,11 +91,15 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, metadata_path: Op
         evaluations.append(evaluator.outputs["evaluation"])
         components += [fold_trainer, evaluator]
 
-    report = CrossValidationReport(class_names=classes, **{
-        f"evaluation_{fold}": evaluation for fold, evaluation in enumerate(evaluations)})
+    report = CrossValidationReport(
+        class_names=classes, bless_min_ua=float(bless_min_ua),
+        anomalies=validator.outputs["anomalies"], **{
+            f"evaluation_{fold}": evaluation for fold, evaluation in enumerate(evaluations)})
     final_trainer = trainer(splits, splits[0], "Trainer.final")
+    # The blessing is the recipe's (the folds' models); the final model is that recipe on
+    # every fold, so it inherits it, as TFX pushes what its Evaluator blessed.
     pusher = tfx.components.Pusher(
-        model=final_trainer.outputs["model"],
+        model=final_trainer.outputs["model"], model_blessing=report.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_model_dir)))
     components += [report, final_trainer, pusher]

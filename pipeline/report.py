@@ -1,11 +1,18 @@
 """The cross-validation report: per-fold rows -> mean +- std WA / UA, summed confusion matrix,
-written as ``report.json``, ``report.md`` and ``confusion.png``."""
+written as ``report.json``, ``report.md`` and ``confusion.png``; and the push decision
+(:func:`blessing_decision`) that gates the Pusher, recorded in both reports.
+
+The default bar, ``DEFAULT_BLESS_MIN_UA`` = 0.0, blocks no model on its score: the right bar
+depends on the corpus, the classes and the training budget (a 1-2 epoch smoke run sits near
+chance), so a score bar is the user's explicit choice (``cme-ser run --bless-min-ua``), while
+data anomalies and a missing / non-finite UA always block."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -13,6 +20,40 @@ from trainer.metrics import unweighted_accuracy, weighted_accuracy
 
 # Table 1 of Li et al. (2021), RAVDESS 4-class, for comparison.
 PAPER_RAVDESS = {"wa": 0.720, "ua": 0.708}
+DEFAULT_BLESS_MIN_UA = 0.0
+
+
+def blessing_decision(ua_mean: Optional[float], min_ua: float = DEFAULT_BLESS_MIN_UA,
+                      anomalies: Optional[Mapping[str, Sequence[str]]] = None) -> dict:
+    """Whether the final model may be pushed: the cross-validated UA mean is at least
+    ``min_ua`` and ExampleValidator found no anomaly (``anomalies``: split -> descriptions).
+
+    Returns ``{"blessed", "min_ua", "ua_mean", "anomalies", "reasons"}``; ``reasons`` (empty
+    when blessed) says why not, one sentence each."""
+    anomalies = {split: list(found) for split, found in (anomalies or {}).items() if found}
+    reasons = []
+    if ua_mean is None or not math.isfinite(ua_mean):
+        reasons.append(f"the cross-validated UA is not a number ({ua_mean})")
+    elif ua_mean < min_ua:
+        reasons.append(f"cross-validated UA mean {ua_mean:.3f} is below the bar "
+                       f"--bless-min-ua {min_ua:g}")
+    for split, found in sorted(anomalies.items()):
+        reasons.append(f"ExampleValidator found {len(found)} anomal"
+                       f"{'y' if len(found) == 1 else 'ies'} in split {split}: "
+                       + "; ".join(found))
+    return {"blessed": not reasons, "min_ua": float(min_ua), "ua_mean": ua_mean,
+            "anomalies": anomalies, "reasons": reasons}
+
+
+def render_blessing(blessing: dict) -> List[str]:
+    """The markdown lines of a push decision."""
+    if blessing["blessed"]:
+        return ["## Push: blessed", "",
+                f"Cross-validated UA mean {blessing['ua_mean']:.3f} >= --bless-min-ua "
+                f"{blessing['min_ua']:g} and no data anomalies: the final model is pushed."]
+    return ["## Push: NOT blessed", "",
+            "The final model is not pushed; the serving directory is left untouched:", ""] + [
+        f"- {reason}" for reason in blessing["reasons"]]
 
 
 def summarize(rows: List[dict], class_names: Sequence[str]) -> dict:
@@ -45,6 +86,8 @@ def render_markdown(report: dict) -> str:
                      f"{row['ua']:.3f} | " + " | ".join(f"{r:.3f}" for r in recalls) + " |")
     lines += ["", "Summed confusion matrix (rows: true class, columns: predicted):", ""]
     lines += confusion_table(report["confusion"], classes)
+    if report.get("blessing"):
+        lines += [""] + render_blessing(report["blessing"])
     return "\n".join(lines) + "\n"
 
 

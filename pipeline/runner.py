@@ -15,6 +15,7 @@ from tfx import v1 as tfx
 
 from pipeline.components import encode_data_dirs
 from pipeline.pipeline import create_pipeline
+from pipeline.report import DEFAULT_BLESS_MIN_UA
 from preprocessing.beam_pipeline import default_beam_args
 from trainer.config import ModelConfig, variant_config
 
@@ -46,9 +47,11 @@ def local_pipeline(output, *, data_dir: Union[str, Path, Sequence[Union[str, Pat
                    ensemble_size: int = 1, vocab_size: int = 50000, enable_cache: bool = True,
                    beam_pipeline_args: Optional[List[str]] = None,
                    pipeline_name: str = PIPELINE_NAME,
-                   channels: Optional[Sequence[str]] = None) -> tfx.dsl.Pipeline:
+                   channels: Optional[Sequence[str]] = None,
+                   bless_min_ua: float = DEFAULT_BLESS_MIN_UA) -> tfx.dsl.Pipeline:
     """``data_dir``: the corpus directory, or several (RAVDESS speech and song);
-    ``channels``: RAVDESS channels (None: speech)."""
+    ``channels``: RAVDESS channels (None: speech); ``bless_min_ua``: the cross-validated UA
+    mean the final model needs to be pushed (``pipeline.report.blessing_decision``)."""
     output = Path(output).resolve()
     dirs = [data_dir] if isinstance(data_dir, (str, Path)) else list(data_dir)
     return create_pipeline(
@@ -60,7 +63,7 @@ def local_pipeline(output, *, data_dir: Union[str, Path, Sequence[Union[str, Pat
         embeddings_path=str(embeddings_path),
         serving_model_dir=str(output / "serving_model" / MODEL_NAME), config=config,
         num_folds=num_folds, ensemble_size=ensemble_size, vocab_size=vocab_size,
-        enable_cache=enable_cache,
+        enable_cache=enable_cache, bless_min_ua=bless_min_ua,
         beam_pipeline_args=beam_pipeline_args or default_beam_args())
 
 
@@ -69,7 +72,8 @@ def kubeflow_pipeline(*, pipeline_root: str, data_dir: str, embeddings_path: str
                       serving_model_dir: str, dataset: str = "ravdess",
                       config: ModelConfig = variant_config("cme"), num_folds: int = 5,
                       ensemble_size: int = 1, vocab_size: int = 50000,
-                      pipeline_name: str = KUBEFLOW_PIPELINE_NAME) -> tfx.dsl.Pipeline:
+                      pipeline_name: str = KUBEFLOW_PIPELINE_NAME,
+                      bless_min_ua: float = DEFAULT_BLESS_MIN_UA) -> tfx.dsl.Pipeline:
     """The same pipeline for Kubeflow Pipelines / Vertex AI: paths are the cluster's (e.g.
     gs://...), ML Metadata is the orchestrator's, Beam runs wherever beam_pipeline_args say."""
     fingerprint = corpus_fingerprint(data_dir) if Path(data_dir).exists() else "remote"
@@ -78,4 +82,4 @@ def kubeflow_pipeline(*, pipeline_root: str, data_dir: str, embeddings_path: str
         dataset=dataset, data_dir=data_dir, corpus_fingerprint=fingerprint,
         embeddings_path=embeddings_path, serving_model_dir=serving_model_dir, config=config,
         num_folds=num_folds, ensemble_size=ensemble_size, vocab_size=vocab_size,
-        beam_pipeline_args=["--runner=DirectRunner"])
+        bless_min_ua=bless_min_ua, beam_pipeline_args=["--runner=DirectRunner"])

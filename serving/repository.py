@@ -13,6 +13,10 @@ version that fails to load is reported (state END with its error), the versions 
 keep serving, and it is tried again only when its ``saved_model.pb`` changes. Directories whose name is not a number are ignored, which is why
 exports are written into a dot-named staging directory and renamed into place.
 
+A version's ``assets.extra/tf_serving_warmup_requests`` (TFRecord of ``PredictionLog``, written by
+``serving.signatures.export_saved_model``) is replayed right after the load, as TF Serving does
+(its Predict requests; at most ``MAX_WARMUP_RECORDS``); a request that fails fails the load.
+
 Version states follow TF Serving's ``GetModelStatus``: LOADING, AVAILABLE, and END for versions
 that were unloaded or failed.
 """
@@ -35,6 +39,9 @@ from serving.json_tensors import TensorSpec
 from serving.status import ServingError, from_op_error, invalid_argument, not_found
 
 log = logging.getLogger("cme_ser.serving")
+
+WARMUP_PATH = ("assets.extra", "tf_serving_warmup_requests")  # TF Serving's location
+MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
 
 @dataclasses.dataclass(frozen=True)
 class Signature:
@@ -145,7 +152,46 @@ def load_version(number: int, path: Path) -> Version:
     except TypeError:  # protobuf >= 5 renamed the option
         as_json = json_format.MessageToDict(signature_map, preserving_proto_field_name=True,
                                             always_print_fields_with_no_presence=True)
+    run_warmup(path, signatures)
     return Version(number, path, signatures, as_json, loaded)
+
+
+def run_warmup(path: Path, signatures: Mapping[str, Signature]) -> int:
+    """Replays the Predict requests of ``path``'s warm-up file through ``signatures``, as TF
+    Serving does after loading a version; returns how many ran (0 without the file). Other
+    log types (classify, regress, ...) are skipped: these models only have predict signatures.
+    Raises ValueError for a request that fails or names an unknown signature."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    warmup = Path(path).joinpath(*WARMUP_PATH)
+    if not warmup.is_file():
+        return 0
+    ran = 0
+    for index, record in enumerate(tf.data.TFRecordDataset([str(warmup)])):
+        if index >= MAX_WARMUP_RECORDS:
+            raise ValueError(f"{warmup}: more than {MAX_WARMUP_RECORDS} warm-up records")
+        entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        if entry.WhichOneof("log_type") != "predict_log":
+            log.warning("%s: record %d is a %s, skipped", warmup, index,
+                        entry.WhichOneof("log_type"))
+            continue
+        request = entry.predict_log.request
+        name = request.model_spec.signature_name or "serving_default"
+        if name not in signatures:
+            raise ValueError(f"{warmup}: record {index} asks for signature {name!r}, which "
+                             f"the model does not have")
+        unknown = set(request.inputs) - set(signatures[name].inputs)
+        if unknown:
+            raise ValueError(f"{warmup}: warm-up request {index} ({name}) has inputs "
+                             f"{sorted(unknown)} the signature does not take")
+        try:
+            signatures[name].run({k: tf.make_ndarray(v) for k, v in request.inputs.items()})
+        except (ServingError, ValueError, TypeError) as error:
+            raise ValueError(f"{warmup}: warm-up request {index} ({name}) failed: "
+                             f"{error}") from None
+        ran += 1
+    return ran
 
 
 def read_labels(path: Optional[Path]) -> Dict[str, int]:

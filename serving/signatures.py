@@ -45,10 +45,23 @@ In-graph conventions of ``predict_waveform`` (the same as preprocessing's):
 
 The vocabulary is the first ``vocab_size`` words of the vectors (GloVe rows are in corpus
 frequency order, so these are the most frequent words).
+
+Portability: the serving functions are traced with every recurrent layer on its generic
+(non-cuDNN) kernel (:func:`portable_recurrent_layers`), so the exported graph never holds a
+``Cudnn*`` op, whatever device the model was trained on. Keras 3 otherwise picks ``CudnnRNNV3``
+whenever a GPU is visible at trace time, which a CPU TF Serving cannot load. Same weights, same
+math: only the kernel differs.
+
+Warm-up: every export carries ``assets.extra/tf_serving_warmup_requests`` (TFRecord of
+``tensorflow.serving.PredictionLog``): one ``predict_waveform`` and one ``serving_default``
+request on a synthetic 2 s utterance (:func:`warmup_requests`), which TF Serving (and
+``cme-ser serve``) replays when it loads the version, so the first real request is not the slow
+one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -72,6 +85,10 @@ WAVEFORM_BYTES_INPUTS = ("waveform_bytes",) + WAVEFORM_INPUTS[1:]
 CLASS_OUTPUTS = ("probabilities", "class_ids", "classes", "class_names")
 EXCITATION_OUTPUTS = ("acoustic_excitation", "semantic_excitation")
 VOCAB_ASSET = "vocab.txt"
+EXTRA_ASSETS = "assets.extra"
+WARMUP_FILE = "tf_serving_warmup_requests"  # TF Serving's name, under assets.extra/
+WARMUP_WORDS = ("kids", "are", "talking", "by", "the", "door")
+WARMUP_SECONDS = 2.0
 
 PathLike = Union[str, os.PathLike]
 
@@ -227,6 +244,104 @@ class _Exporter:
         return self.serve_waveform(waveform, num_samples, words, word_start_s, word_end_s)
 
 
+@contextlib.contextmanager
+def portable_recurrent_layers(model: keras.Model):
+    """Within the block, every recurrent layer of ``model`` (nested models and the two halves
+    of each ``Bidirectional`` included) that could pick the cuDNN kernel (``use_cudnn`` "auto"
+    or True) uses the generic one. Keras decides at trace time (``CudnnRNNV3`` when a GPU is
+    visible), so functions traced inside the block contain no ``Cudnn*`` op on any machine.
+    The layers are restored on exit. Yields the layers changed."""
+    changed = [(layer, layer.use_cudnn)
+               for layer in model._flatten_layers(include_self=True, recursive=True)
+               if getattr(layer, "use_cudnn", False) in ("auto", True)]
+    for layer, _ in changed:
+        layer.use_cudnn = False
+    try:
+        yield [layer for layer, _ in changed]
+    finally:
+        for layer, previous in changed:
+            layer.use_cudnn = previous
+
+
+def synthetic_utterance(seconds: float = WARMUP_SECONDS, seed: int = 0) -> np.ndarray:
+    """A speech-like float32 waveform at 16 kHz: a 140 Hz voice with harmonics, syllable-rate
+    amplitude modulation and a little noise, peak about 0.3. No data needed."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * features.SAMPLE_RATE)) / features.SAMPLE_RATE
+    f0 = 140.0 * (1.0 + 0.05 * np.sin(2 * np.pi * 0.7 * t))
+    phase = 2 * np.pi * np.cumsum(f0) / features.SAMPLE_RATE
+    voice = sum(np.sin(k * phase) / k for k in range(1, 8))
+    envelope = 0.5 * (1.0 - np.cos(2 * np.pi * 4.0 * t)) * np.hanning(len(t))
+    wave = 0.12 * voice * envelope + 0.005 * rng.standard_normal(len(t))
+    return wave.astype(np.float32)
+
+
+def warmup_requests(words: List[str], matrix: np.ndarray) -> List[bytes]:
+    """Serialized ``tensorflow.serving.PredictionLog`` protos, one ``predict_waveform`` and one
+    ``serving_default`` request, for the synthetic utterance of :func:`synthetic_utterance` with
+    the words of ``WARMUP_WORDS`` spread evenly over it. ``words``/``matrix``: the served
+    vocabulary (:func:`serving_vocabulary`), for the record's word vectors."""
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    waveform = synthetic_utterance()
+    seconds = len(waveform) / features.SAMPLE_RATE
+    count = len(WARMUP_WORDS)
+    edges = np.linspace(0.1 * seconds, 0.9 * seconds, count + 1)
+    starts, ends = edges[:-1].astype(np.float32), edges[1:].astype(np.float32)
+
+    def log(signature: str, inputs: Dict[str, np.ndarray]) -> bytes:
+        request = predict_pb2.PredictRequest(
+            model_spec=model_pb2.ModelSpec(signature_name=signature))
+        for key, value in inputs.items():
+            request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+        return prediction_log_pb2.PredictionLog(
+            predict_log=prediction_log_pb2.PredictLog(request=request)).SerializeToString()
+
+    by_waveform = log(PREDICT_WAVEFORM, {
+        "waveform": waveform[None, :], "num_samples": np.array([len(waveform)], np.int32),
+        "words": np.array([[w.encode("utf-8") for w in WARMUP_WORDS]], dtype=object),
+        "word_start_s": starts[None, :], "word_end_s": ends[None, :]})
+
+    num_frames = features.num_frames_for(len(waveform))
+    fbank = features.log_mel_filterbank(tf.constant(waveform)).numpy()[:num_frames]
+    index = {w: i for i, w in enumerate(words)}
+    vectors = matrix[[index.get(w, len(words)) for w in WARMUP_WORDS]]
+    frame_start = [int(np.floor(s * features.FRAMES_PER_SECOND + 0.5)) for s in starts]
+    frame_end = [max(int(np.floor(e * features.FRAMES_PER_SECOND + 0.5)), s + 1)
+                 for s, e in zip(frame_start, ends)]
+    example = records.make_example(
+        utterance_id="warmup", speaker="warmup", label=records.NO_LABEL, label_name="",
+        fold=0, fbank=fbank, words=list(WARMUP_WORDS), word_embeddings=vectors,
+        word_start=frame_start, word_end=frame_end, transcript=" ".join(WARMUP_WORDS),
+        alignment_source="given")
+    by_example = log(SERVING_DEFAULT, {
+        "examples": np.array([example.SerializeToString()], dtype=object)})
+    return [by_waveform, by_example]
+
+
+def write_warmup_requests(export_dir: PathLike, requests: Sequence[bytes]) -> str:
+    """Writes ``requests`` as ``<export_dir>/assets.extra/tf_serving_warmup_requests`` (a
+    TFRecord file, as TF Serving reads it; any TensorFlow filesystem). Returns its path."""
+    directory = tf.io.gfile.join(os.fspath(export_dir), EXTRA_ASSETS)
+    tf.io.gfile.makedirs(directory)
+    path = tf.io.gfile.join(directory, WARMUP_FILE)
+    with tf.io.TFRecordWriter(path) as writer:
+        for request in requests:
+            writer.write(request)
+    return path
+
+
+def read_warmup_requests(export_dir: PathLike) -> list:
+    """The ``PredictionLog`` protos of an export's warm-up file (empty without one)."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    path = tf.io.gfile.join(os.fspath(export_dir), EXTRA_ASSETS, WARMUP_FILE)
+    if not tf.io.gfile.exists(path):
+        return []
+    return [prediction_log_pb2.PredictionLog.FromString(record.numpy())
+            for record in tf.data.TFRecordDataset([path])]
+
+
 def _build_module(model: keras.Model, class_names: Sequence[str], words: List[str],
                   matrix: np.ndarray, vocab_file: str) -> Tuple[tf.Module, dict]:
     """The module to save and its signatures (name -> concrete function)."""
@@ -262,6 +377,10 @@ def export_saved_model(model: keras.Model, export_dir: PathLike, *, class_names:
     """Write ``model`` as a SavedModel with the ``serving_default``, ``predict_waveform`` and
     ``predict_waveform_bytes`` signatures (see the module docstring) into ``export_dir``.
 
+    The serving functions are traced under :func:`portable_recurrent_layers` (no ``Cudnn*``
+    op in the graph) and ``assets.extra/tf_serving_warmup_requests`` is written into the export
+    (:func:`warmup_requests`).
+
     ``export_dir`` is one version directory (e.g. ``serving_model/cme/3``), local or any
     filesystem TensorFlow writes (``gs://...`` from a TFX Trainer on Vertex / Kubeflow). A local
     one is written into a temporary dot-named sibling and renamed into place, so a server
@@ -293,14 +412,16 @@ def export_saved_model(model: keras.Model, export_dir: PathLike, *, class_names:
     try:
         vocab_file = staging / VOCAB_ASSET  # copied into <export>/assets/ by the save
         vocab_file.write_text("\n".join(words) + "\n", encoding="utf-8")
-        module, signatures = _build_module(model, class_names, words, matrix, str(vocab_file))
-        if remote:
-            if tf.io.gfile.exists(target):
+        requests = warmup_requests(words, matrix)
+        with portable_recurrent_layers(model):
+            module, signatures = _build_module(model, class_names, words, matrix,
+                                               str(vocab_file))
+            saved = target if remote else staging / "saved_model"
+            if remote and tf.io.gfile.exists(target):
                 tf.io.gfile.rmtree(target)
-            tf.saved_model.save(module, target, signatures=signatures)
-        else:
-            saved = staging / "saved_model"
             tf.saved_model.save(module, str(saved), signatures=signatures)
+        write_warmup_requests(saved, requests)
+        if not remote:
             if target.exists():
                 shutil.rmtree(target)
             os.replace(saved, target)
@@ -315,5 +436,11 @@ def directory_size(path: PathLike) -> int:
     """Bytes in all files under ``path`` (any filesystem TensorFlow reads)."""
     total = 0
     for directory, _, files in tf.io.gfile.walk(str(path)):
-        total += sum(tf.io.gfile.stat(tf.io.gfile.join(directory, f)).length for f in files)
+        for name in files:
+            try:
+                total += tf.io.gfile.stat(tf.io.gfile.join(directory, name)).length
+            except tf.errors.NotFoundError:
+                # TF's ram:// filesystem lists by bare prefix: "assets" also "contains"
+                # ".extra/..." of the sibling assets.extra/. Not a file: skip it.
+                continue
     return total

@@ -22,7 +22,8 @@ def test_kubeflow_json_names_every_component(tmp_path):
     assert images == {"example/cme-ser:1"}
     report_inputs = spec["pipelineSpec"]["root"]["dag"]["tasks"]["CrossValidationReport"][
         "inputs"]["artifacts"]
-    assert set(report_inputs) == {"evaluation_0", "evaluation_1", "evaluation_2"}
+    # The folds' evaluations and ExampleValidator's anomalies (both gate the push).
+    assert set(report_inputs) == {"evaluation_0", "evaluation_1", "evaluation_2", "anomalies"}
 
 
 def test_ensemble_size_reaches_every_trainer(tmp_path):

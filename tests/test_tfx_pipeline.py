@@ -200,3 +200,46 @@ def test_invalid_configuration_fails_before_training(pipeline_run, tmp_path):
         assert done.returncode == 2, (extra, done.stderr[-2000:])
         assert message in done.stderr, (extra, done.stderr[-2000:])
         assert not (tmp_path / "o" / "tfx").exists()
+
+
+def test_the_report_blesses_the_run_and_the_pusher_pushes(pipeline_run):
+    tmp = pipeline_run[0]
+    root = tmp / "out" / "tfx" / "root"
+    blessing = latest(root, "CrossValidationReport", "blessing")
+    decision = json.loads((blessing / "blessing.json").read_text())
+    assert decision["blessed"] and decision["min_ua"] == 0.0 and not decision["reasons"]
+    assert (blessing / "BLESSED").exists()
+    report_dir = latest(root, "CrossValidationReport", "report")
+    assert "## Push: blessed" in (report_dir / "report.md").read_text()
+    pushed = latest(root, "Pusher", "pushed_model")
+    assert any(pushed.iterdir())  # the Pusher's copy of what it pushed
+
+
+# Last in the module: it adds a report execution that the cache test above must not see.
+def test_a_run_below_the_bar_is_not_pushed_and_says_why(pipeline_run):
+    """The same run with an impossible bar: only the report (new parameter) and the Pusher (new
+    blessing) run again, from the cache otherwise; nothing is pushed, the serving directory is
+    untouched, and the reason is on the terminal and in report.md."""
+    tmp, corpus, env, _ = pipeline_run
+    serving = tmp / "out" / "serving_model" / "cme"
+    before = sorted((p.relative_to(serving), p.stat().st_mtime_ns) for p in serving.rglob("*"))
+    done = subprocess.run([str(BIN / "cme-ser"), "run", "--data-dir", str(corpus), "--output",
+                           str(tmp / "out"), "--folds", "2", "--epochs", "1",
+                           "--bless-min-ua", "1.01"], env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    assert "NOT PUSHED" in done.stdout and "pushed model:" not in done.stdout
+    assert "below the bar --bless-min-ua 1.01" in done.stdout
+    root = tmp / "out" / "tfx" / "root"
+    report_dir = latest(root, "CrossValidationReport", "report")
+    markdown = (report_dir / "report.md").read_text()
+    assert "## Push: NOT blessed" in markdown and "--bless-min-ua 1.01" in markdown
+    blessing = latest(root, "CrossValidationReport", "blessing")
+    assert (blessing / "NOT_BLESSED").exists()
+    assert not json.loads((blessing / "blessing.json").read_text())["blessed"]
+    assert sorted((p.relative_to(serving), p.stat().st_mtime_ns)
+                  for p in serving.rglob("*")) == before
+    # The Pusher ran on the new blessing (no cache hit) and recorded "not pushed".
+    assert len(list((root / "Pusher" / "pushed_model").iterdir())) == 2
+    assert not any(latest(root, "Pusher", "pushed_model").iterdir())
+    assert len(list((root / "Trainer.final" / "model").iterdir())) == 1  # from the cache
