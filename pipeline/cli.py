@@ -193,46 +193,11 @@ def check_run_config(args, config: ModelConfig) -> List[Path]:
     return data_dirs
 
 
-class StageLog(logging.Handler):
-    """Prints the orchestrator's per-component progress lines, and nothing else of its INFO."""
-
-    PATTERN = ("Component %s is running.", "Component %s is finished.", "Skipping component %s.")
-
-    def __init__(self, out=sys.stdout):
-        super().__init__(logging.INFO)
-        self.out, self.started = out, time.time()
-
-    def emit(self, record):
-        if record.msg in self.PATTERN:
-            what = record.msg.split()[-1].rstrip(".") if "Skipping" not in record.msg else "skipped"
-            print(f"[{time.time() - self.started:6.0f}s] {record.args[0]}: {what}", file=self.out,
-                  flush=True)
-
-
-@contextlib.contextmanager
-def stage_progress():
-    """Shows the orchestrator's stage lines (absl INFO) while the pipeline runs.
-
-    Library code run inside the Trainer resets the absl logger's level to WARNING (seen with
-    TF 2.16 / TFX 1.16), which would silence them, so the level is pinned until the end."""
-    logger = logging.getLogger("absl")
-    handler, level = StageLog(), logger.level
-    logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
-    logger.setLevel = lambda _level: None  # instance attribute shadows the method
-    try:
-        yield
-    finally:
-        del logger.setLevel
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-
-
 def run(args) -> dict:
     """The main job: the TFX pipeline on RAVDESS with LocalDagRunner, then the report."""
     from tfx import v1 as tfx
 
-    from pipeline.runner import MODEL_NAME, local_pipeline
+    from pipeline.runner import local_pipeline, run_summary, stage_progress
     config = variant_config(args.variant, epochs=args.epochs, batch_size=args.batch_size,
                             seed=args.seed,
                             class_names=tuple(parse_classes(args.classes) or DEFAULT_CLASSES))
@@ -251,25 +216,8 @@ def run(args) -> dict:
             embeddings_path=resolve_embeddings(args.embeddings), config=config,
             num_folds=args.folds, ensemble_size=args.ensemble, channels=channels,
             bless_min_ua=args.bless_min_ua))
-    reports = sorted((output / "tfx" / "root" / "CrossValidationReport" / "report").glob(
-        "*/report.md"), key=lambda p: int(p.parent.name))
-    # This run's report: the newest one made with this bar (a cached run reuses an older one).
-    ours = [p for p in reports if json.loads((p.parent / "report.json").read_text()).get(
-        "blessing", {}).get("min_ua") == args.bless_min_ua]
-    report_dir = (ours or reports)[-1].parent
-    report = json.loads((report_dir / "report.json").read_text())
-    print((report_dir / "report.md").read_text())
-    blessing = report.get("blessing") or {"blessed": True, "reasons": []}
-    if blessing["blessed"]:
-        versions = sorted((output / "serving_model" / MODEL_NAME).iterdir(),
-                          key=lambda p: p.name)
-        pushed = f"pushed model: {versions[-1]}"
-    else:
-        pushed = ("NOT PUSHED: the run was not blessed, the serving directory "
-                  f"{output / 'serving_model' / MODEL_NAME} is untouched:\n"
-                  + "\n".join(f"  - {reason}" for reason in blessing["reasons"]))
-    print(f"== done in {time.time() - t0:.0f} s\nreport: {report_dir}\n{pushed}\n"
-          f"TensorBoard: tensorboard --logdir {output / 'tfx' / 'root'}")
+    report, text = run_summary(output, args.bless_min_ua)
+    print(f"{text}\n== done in {time.time() - t0:.0f} s")
     return report
 
 

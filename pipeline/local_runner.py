@@ -13,6 +13,7 @@ CME_SER_ENSEMBLE [1] (models per Trainer, exported as one averaging model), CME_
 
 import os
 import sys
+import time
 
 # Run as a script (python or the TFX CLI), this file's folder comes first on sys.path, where
 # `pipeline` would mean pipeline/pipeline.py instead of this package: take the folder out.
@@ -22,7 +23,8 @@ sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != _HERE]
 from tfx import v1 as tfx  # noqa: E402
 
 from pipeline.cli import find_data_dir  # noqa: E402
-from pipeline.runner import PIPELINE_NAME, local_pipeline  # noqa: E402
+from pipeline.runner import (PIPELINE_NAME, local_pipeline, newest_run_started,  # noqa: E402
+                             run_summary, stage_progress)
 from preprocessing.embeddings import default_embeddings_path  # noqa: E402
 from trainer.config import variant_config  # noqa: E402
 
@@ -30,10 +32,18 @@ if __name__ == "__main__":
     config = variant_config(os.environ.get("CME_SER_VARIANT", "cme"))  # as `cme-ser run`
     if os.environ.get("CME_SER_EPOCHS"):
         config = config.replace(epochs=int(os.environ["CME_SER_EPOCHS"]))
-    tfx.orchestration.LocalDagRunner().run(local_pipeline(
-        os.environ.get("CME_SER_OUTPUT", "output"), data_dir=find_data_dir(None),
-        embeddings_path=str(default_embeddings_path()), config=config,
-        num_folds=int(os.environ.get("CME_SER_FOLDS", "5")),
-        ensemble_size=int(os.environ.get("CME_SER_ENSEMBLE", "1")),
-        bless_min_ua=float(os.environ.get("CME_SER_BLESS_MIN_UA", "0.0")),
-        pipeline_name=os.environ.get("CME_SER_PIPELINE_NAME", PIPELINE_NAME)))
+    output = os.environ.get("CME_SER_OUTPUT", "output")
+    bless_min_ua = float(os.environ.get("CME_SER_BLESS_MIN_UA", "0.0"))
+    pipeline_name = os.environ.get("CME_SER_PIPELINE_NAME", PIPELINE_NAME)
+    started = time.time()
+    with stage_progress():  # the same stage lines as `cme-ser run`
+        tfx.orchestration.LocalDagRunner().run(local_pipeline(
+            output, data_dir=find_data_dir(None),
+            embeddings_path=str(default_embeddings_path()), config=config,
+            num_folds=int(os.environ.get("CME_SER_FOLDS", "5")),
+            ensemble_size=int(os.environ.get("CME_SER_ENSEMBLE", "1")),
+            bless_min_ua=bless_min_ua, pipeline_name=pipeline_name))
+    # `tfx pipeline create` runs this file with run() bypassed: then there is no run to report.
+    newest = newest_run_started(output)
+    if newest is not None and newest >= started - 1:
+        print(run_summary(output, bless_min_ua, pipeline_name)[1], flush=True)

@@ -7,9 +7,14 @@ Output layout under ``<output>``:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
+import logging
+import sys
+import time
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 from tfx import v1 as tfx
 
@@ -83,3 +88,118 @@ def kubeflow_pipeline(*, pipeline_root: str, data_dir: str, embeddings_path: str
         embeddings_path=embeddings_path, serving_model_dir=serving_model_dir, config=config,
         num_folds=num_folds, ensemble_size=ensemble_size, vocab_size=vocab_size,
         bless_min_ua=bless_min_ua, beam_pipeline_args=["--runner=DirectRunner"])
+
+
+# --- What a local run shows its user (``cme-ser run`` and ``tfx run create`` alike) -----------
+
+class StageLog(logging.Handler):
+    """Prints the orchestrator's per-component progress lines, and nothing else of its INFO."""
+
+    PATTERN = ("Component %s is running.", "Component %s is finished.", "Skipping component %s.")
+
+    def __init__(self, out=sys.stdout):
+        super().__init__(logging.INFO)
+        self.out, self.started = out, time.time()
+
+    def emit(self, record):
+        if record.msg in self.PATTERN:
+            what = record.msg.split()[-1].rstrip(".") if "Skipping" not in record.msg else "skipped"
+            print(f"[{time.time() - self.started:6.0f}s] {record.args[0]}: {what}", file=self.out,
+                  flush=True)
+
+
+@contextlib.contextmanager
+def stage_progress():
+    """Shows the orchestrator's stage lines (absl INFO) while the pipeline runs.
+
+    Library code run inside the Trainer resets the absl logger's level to WARNING (seen with
+    TF 2.16 / TFX 1.16), which would silence them, so the level is pinned until the end."""
+    logger = logging.getLogger("absl")
+    handler, level = StageLog(), logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    logger.setLevel = lambda _level: None  # instance attribute shadows the method
+    try:
+        yield
+    finally:
+        del logger.setLevel
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _metadata_store(output):
+    from ml_metadata.metadata_store import metadata_store
+    from ml_metadata.proto import metadata_store_pb2 as mlmd
+
+    config = mlmd.ConnectionConfig()
+    config.sqlite.filename_uri = str(Path(output) / "tfx" / "metadata.sqlite")
+    config.sqlite.connection_mode = mlmd.SqliteMetadataSourceConfig.READONLY
+    return metadata_store.MetadataStore(config)
+
+
+def newest_run_started(output) -> Optional[float]:
+    """When the newest run recorded under ``output`` started (epoch seconds), or None."""
+    if not (Path(output) / "tfx" / "metadata.sqlite").exists():
+        return None
+    runs = _metadata_store(output).get_contexts_by_type("pipeline_run")
+    return max(c.create_time_since_epoch for c in runs) / 1000.0 if runs else None
+
+
+def run_outcome(output, pipeline_name: str = PIPELINE_NAME) -> List[Tuple[str, str]]:
+    """``(component, what)`` for every component of the newest run recorded in
+    ``<output>/tfx/metadata.sqlite`` (ML Metadata): "ran" (executed now), "cached" (reused
+    from an earlier run), or the execution's state if it is neither (e.g. "FAILED")."""
+    from ml_metadata.proto import metadata_store_pb2 as mlmd
+
+    store = _metadata_store(output)
+    types = {t.id: t.name for t in store.get_context_types()}
+    runs = store.get_contexts_by_type("pipeline_run")  # one output dir, one pipeline
+    if not runs:
+        return []
+    newest = max(runs, key=lambda c: c.create_time_since_epoch)
+    words = {mlmd.Execution.COMPLETE: "ran", mlmd.Execution.CACHED: "cached"}
+    outcome = []
+    for execution in store.get_executions_by_context(newest.id):
+        node = next((c.name for c in store.get_contexts_by_execution(execution.id)
+                     if types.get(c.type_id) == "node"), "?")
+        outcome.append((node[len(pipeline_name) + 1:] if node.startswith(pipeline_name + ".")
+                        else node, words.get(execution.last_known_state,
+                                             mlmd.Execution.State.Name(execution.last_known_state))))
+    return sorted(outcome)
+
+
+def run_summary(output, bless_min_ua: float = DEFAULT_BLESS_MIN_UA,
+                pipeline_name: str = PIPELINE_NAME) -> Tuple[dict, str]:
+    """``(report, text)`` after a local run: the cross-validation report, then which components
+    ran and which came from the cache, where the report is, and what was pushed (or why
+    not)."""
+    output = Path(output)
+    reports = sorted((output / "tfx" / "root" / "CrossValidationReport" / "report").glob(
+        "*/report.md"), key=lambda p: int(p.parent.name))
+    if not reports:
+        raise FileNotFoundError(f"no cross-validation report under {output / 'tfx' / 'root'}")
+    # This run's report: the newest one made with this bar (a cached run reuses an older one).
+    ours = [p for p in reports if json.loads((p.parent / "report.json").read_text()).get(
+        "blessing", {}).get("min_ua") == bless_min_ua]
+    report_dir = (ours or reports)[-1].parent
+    report = json.loads((report_dir / "report.json").read_text())
+    blessing = report.get("blessing") or {"blessed": True, "reasons": []}
+    serving = output / "serving_model" / MODEL_NAME
+    if blessing["blessed"]:
+        versions = sorted(serving.iterdir(), key=lambda p: p.name) if serving.is_dir() else []
+        pushed = f"pushed model: {versions[-1]}" if versions else "pushed model: none found"
+    else:
+        pushed = (f"NOT PUSHED: the run was not blessed, the serving directory {serving} is "
+                  "untouched:\n" + "\n".join(f"  - {reason}" for reason in blessing["reasons"]))
+    outcome = run_outcome(output, pipeline_name)
+    ran = [name for name, what in outcome if what == "ran"]
+    cached = [name for name, what in outcome if what == "cached"]
+    other = [f"{name} ({what})" for name, what in outcome if what not in ("ran", "cached")]
+    lines = [(report_dir / "report.md").read_text().rstrip("\n"), "",
+             f"ran: {', '.join(ran) or 'nothing'}",
+             f"from the cache: {', '.join(cached) or 'nothing'}"]
+    if other:
+        lines.append(f"other: {', '.join(other)}")
+    lines += [f"report: {report_dir}", pushed,
+              f"TensorBoard: tensorboard --logdir {output / 'tfx' / 'root'}"]
+    return report, "\n".join(lines)

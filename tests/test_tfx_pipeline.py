@@ -52,6 +52,7 @@ def pipeline_run(tmp_path_factory):
         done = subprocess.run([str(BIN / command[0]), *command[1:]], env=env, cwd=tmp,
                               capture_output=True, text=True, timeout=1200)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+        (tmp / f"tfx_{command[1]}_create.out").write_text(done.stdout)
     return tmp, corpus, env, killed
 
 
@@ -83,6 +84,31 @@ def test_an_interrupted_run_resumes_from_the_cache(pipeline_run):
     # The TFX CLI run after the kill reused the preprocessing instead of redoing it.
     assert len(list((root / "CorpusExampleGen" / "examples").iterdir())) == 1
     assert len(list((root / "StatisticsGen" / "statistics").iterdir())) == 1
+
+
+def test_tfx_run_create_says_what_ran_what_came_from_the_cache_and_where_things_are(
+        pipeline_run):
+    tmp = pipeline_run[0]
+    out = (tmp / "tfx_run_create.out").read_text()
+    lines = out.splitlines()
+    ran = next(line for line in lines if line.startswith("ran: "))[len("ran: "):].split(", ")
+    cached = next(line for line in lines if line.startswith("from the cache: "))[
+        len("from the cache: "):].split(", ")
+    # The killed `cme-ser run` had finished the preprocessing: reused, not redone.
+    assert "CorpusExampleGen" in cached and "StatisticsGen" in cached
+    assert {"Trainer.final", "CrossValidationReport", "Pusher"} <= set(ran)
+    assert not set(ran) & set(cached)
+    assert set(ran) | set(cached) == {
+        "CorpusExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "Trainer.fold0",
+        "Trainer.fold1", "Evaluator.fold0", "Evaluator.fold1", "CrossValidationReport",
+        "Trainer.final", "Pusher"}
+    root = tmp / "out" / "tfx" / "root"
+    assert f"report: {latest(root, 'CrossValidationReport', 'report')}" in lines
+    versions = sorted((tmp / "out" / "serving_model" / "cme").iterdir())
+    assert f"pushed model: {versions[-1]}" in lines
+    assert "Trainer.final: running" in out  # the stage lines, as `cme-ser run` prints them
+    # `tfx pipeline create` runs the same file without running the pipeline: no summary.
+    assert "ran: " not in (tmp / "tfx_pipeline_create.out").read_text()
 
 
 def test_examples_are_split_by_fold(pipeline_run):
