@@ -4,38 +4,13 @@ import json
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from pipeline import reproduce as repro
 from pipeline.cli import main
-from preprocessing.records import make_example
 
 
-def write_records(root, folds=2, per_fold=12, word_dim=50, seed=0):
-    """A preprocessed-records directory in the Beam job's layout (records/fold-K/*.tfrecord.gz)."""
-    rng = np.random.default_rng(seed)
-    for fold in range(folds):
-        path = root / "records" / f"fold-{fold}" / "part-00000.tfrecord.gz"
-        path.parent.mkdir(parents=True)
-        with tf.io.TFRecordWriter(str(path), options="GZIP") as writer:
-            for i in range(per_fold):
-                label = (i // 2) % 4  # both speakers of a fold have every class
-                frames = int(rng.integers(30, 60))
-                fbank = rng.normal(size=(frames, 40)).astype(np.float32) + label
-                writer.write(make_example(
-                    utterance_id=f"f{fold}-{i:02d}", speaker=f"s{fold}{i % 2}", label=label,
-                    label_name=("angry", "happy", "neutral", "sad")[label], fold=fold,
-                    fbank=fbank, words=["kids", "talk"],
-                    word_embeddings=rng.normal(size=(2, word_dim)), word_start=[0, frames // 2],
-                    word_end=[frames // 2, frames], transcript="kids talk",
-                    alignment_source="forced").SerializeToString())
-    (root / "fold_plan.json").write_text(json.dumps({"num_folds": folds}))
-    (root / "summary.json").write_text(json.dumps({"records": folds * per_fold}))
-    return root
-
-
-def test_reproduce_writes_results_and_resumes(tmp_path, capsys):
-    records = write_records(tmp_path / "prep")
+def test_reproduce_writes_results_and_resumes(tmp_path, capsys, synthetic_records):
+    records = synthetic_records(tmp_path / "prep")
     common = ["reproduce", "--folds", "2", "--epochs", "1", "--records", str(records),
               "--work-dir", str(tmp_path / "work"), "--results-dir", str(tmp_path / "results")]
     assert main(common + ["--variants", "cme,no_excite", "--seeds", "1"]) == 0
@@ -133,8 +108,8 @@ def test_reproduce_writes_results_and_resumes(tmp_path, capsys):
         summary, result["header"])
 
 
-def test_reproduce_rejects_bad_requests(tmp_path, capsys):
-    records = write_records(tmp_path / "prep")
+def test_reproduce_rejects_bad_requests(tmp_path, capsys, synthetic_records):
+    records = synthetic_records(tmp_path / "prep")
     assert main(["reproduce", "--variants", "cme,nope", "--records", str(records)]) == 2
     assert "unknown variant(s) ['nope']" in capsys.readouterr().err
     assert main(["reproduce", "--folds", "5", "--records", str(records), "--work-dir",
