@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import small_ravdess_corpus
 from pipeline.tfma_metrics import read_fold_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
-RAVDESS = ROOT.parent / "shared" / "data" / "ravdess-speech"
 BIN = Path(sys.executable).parent
 CLASSES = ["angry", "happy", "neutral", "sad"]
 
@@ -31,17 +31,8 @@ def latest(root: Path, component: str, output: str) -> Path:
 
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory):
-    if not RAVDESS.is_dir():
-        pytest.fail(f"RAVDESS not found at {RAVDESS}")
     tmp = tmp_path_factory.mktemp("tfx")
-    corpus = tmp / "corpus"
-    for actor in ("01", "02", "03", "04"):
-        (corpus / f"Actor_{actor}").mkdir(parents=True)
-        # Statement 1, repetition 1, intensity 1 of each class, + intensity 2 of angry and sad.
-        for emotion, intensity in (("01", "01"), ("03", "01"), ("04", "01"), ("05", "01"),
-                                   ("04", "02"), ("05", "02")):
-            name = f"03-01-{emotion}-{intensity}-01-01-{actor}.flac"
-            (corpus / f"Actor_{actor}" / name).symlink_to(RAVDESS / f"Actor_{actor}" / name)
+    corpus = small_ravdess_corpus(tmp / "corpus")  # skips without the data
     env = {**os.environ, "LOCAL_HOME": str(tmp / "tfx_home"), "CME_SER_DATA": str(corpus),
            "CME_SER_OUTPUT": str(tmp / "out"), "CME_SER_FOLDS": "2", "CME_SER_EPOCHS": "1",
            "TF_CPP_MIN_LOG_LEVEL": "2", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
