@@ -10,7 +10,6 @@ from tfx import v1 as tfx
 
 from preprocessing import embeddings
 from preprocessing.records import to_model_inputs, parse_examples
-from test_reproduce import write_records
 from trainer.config import ModelConfig
 from trainer.module import run_fn
 
@@ -38,8 +37,8 @@ def probabilities(saved_model_dir, records):
     return loaded.signatures["serving_default"](examples=tf.constant(raws))["probabilities"].numpy()
 
 
-def test_run_fn_exports_one_model_or_the_mean_of_a_seed_ensemble(tmp_path):
-    records = write_records(tmp_path / "prep", folds=2, per_fold=16)
+def test_run_fn_exports_one_model_or_the_mean_of_a_seed_ensemble(tmp_path, synthetic_records):
+    records = synthetic_records(tmp_path / "prep", folds=2, per_fold=16)
     run_fn(fn_args(tmp_path, records, 1))
     run_fn(fn_args(tmp_path, records, 2))
     one = json.loads((tmp_path / "run1" / "fit.json").read_text())
