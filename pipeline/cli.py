@@ -224,7 +224,8 @@ def run(args) -> dict:
 def reproduce(args) -> dict:
     """Table 1: every variant through the same k-fold protocol, several seeds, resumable."""
     from pipeline import reproduce as repro
-    variants = [v.strip() for v in args.variants.split(",")] if args.variants else list(VARIANTS)
+    variants = ([v.strip() for v in args.variants.split(",")] if args.variants
+                else ["cme"] if args.protocol == "cross-domain" else list(VARIANTS))
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise UsageError(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
@@ -239,7 +240,8 @@ def reproduce(args) -> dict:
             nested.load_selection(args.selection)  # fail before any preprocessing
         except ValueError as error:
             raise UsageError(str(error)) from error
-    work = Path(args.work_dir or Path("output") / "reproduce" / args.dataset)
+    work = Path(args.work_dir or Path("output") / "reproduce" / (
+        args.dataset + ("-cross-domain" if args.protocol == "cross-domain" else "")))
     records = Path(args.records) if args.records else work / "records"
     if not (records / "summary.json").exists():
         if args.records:
@@ -249,7 +251,8 @@ def reproduce(args) -> dict:
         preprocess(argparse.Namespace(
             dataset=args.dataset, data_dir=args.data_dir, out=str(records), classes=None,
             embeddings=args.embeddings, folds=args.folds, max_seconds=60.0,
-            overlong="truncate", overwrite=True, beam_arg=[]))
+            overlong="truncate", overwrite=True, beam_arg=[],
+            channels="speech,song" if args.protocol == "cross-domain" else None))
     command = "cme-ser reproduce " + " ".join(
         shlex.quote(a) for a in (args.argv if args.argv is not None else sys.argv[1:])[1:])
     try:
@@ -260,6 +263,13 @@ def reproduce(args) -> dict:
                                      jobs=args.jobs, threads=args.threads,
                                      command=command.strip(),
                                      overrides={"epochs": args.epochs} if args.epochs else None)
+        if args.protocol == "cross-domain":
+            from pipeline import crossdomain
+            return crossdomain.run_cross_domain(
+                records, work, args.results_dir, dataset=args.dataset, variants=variants,
+                seeds=args.seeds, folds=args.folds, jobs=args.jobs, threads=args.threads,
+                command=command.strip(),
+                overrides={"epochs": args.epochs} if args.epochs else None)
         return repro.reproduce(records, work, args.results_dir, dataset=args.dataset,
                                variants=variants, seeds=args.seeds, folds=args.folds,
                                jobs=args.jobs, threads=args.threads, command=command.strip(),
@@ -617,9 +627,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="finished units live here (default output/reproduce/<dataset>)")
     rep.add_argument("--results-dir", default="docs/results")
     rep.add_argument("--embeddings", default=None)
-    rep.add_argument("--protocol", choices=["table", "nested"], default="table",
+    rep.add_argument("--protocol", choices=["table", "nested", "cross-domain"], default="table",
                      help="table: every variant's k-fold CV (Table 1); nested: nested CV of the "
-                          "candidates and rule in --selection -> <dataset>-nested.md")
+                          "candidates and rule in --selection -> <dataset>-nested.md; "
+                          "cross-domain: --variants (default cme) trained on speech or on "
+                          "speech+song, scored on held-out speakers' speech and song "
+                          "(RAVDESS, --channels speech,song records) -> "
+                          "<dataset>-cross-domain.md")
     rep.add_argument("--selection", default="docs/selection.json",
                      help="pre-registered candidates and selection rule (--protocol nested; "
                           "its variants and seeds replace --variants / --seeds)")

@@ -28,6 +28,12 @@ def sorted_records(files: Sequence[str]) -> List[bytes]:
     return [raws[i] for i in np.argsort(ids, kind="stable")]
 
 
+def _channel(record: bytes) -> bytes:
+    """A serialized record's ``channel`` feature (``b""`` if it has none)."""
+    feature = tf.train.Example.FromString(record).features.feature.get("channel")
+    return feature.bytes_list.value[0] if feature is not None and feature.bytes_list.value else b""
+
+
 def speaker_statistics(records: Sequence[bytes]) -> dict:
     """Per speaker, the mean and standard deviation of every filterbank channel over all of the
     speaker's frames: ``{speaker: (mean [C], std [C])}``. Labels are not read."""
@@ -81,7 +87,8 @@ def stretch_time(parsed: dict, factor: tf.Tensor) -> dict:
 def make_dataset(files: Sequence[str], word_dim: int, batch_size: int, *, shuffle: bool = False,
                  seed: int = 0, speakers: Optional[Sequence[str]] = None,
                  exclude_speakers: bool = False, with_ids: bool = False,
-                 time_stretch: float = 0.0, speaker_norm: bool = False) -> tf.data.Dataset:
+                 time_stretch: float = 0.0, speaker_norm: bool = False,
+                 channels: Optional[Sequence[str]] = None) -> tf.data.Dataset:
     """Batches of ``(inputs, label)``, or ``(inputs, label, utterance_id)`` with ``with_ids``.
 
     ``speakers`` keeps only those speakers' records (or drops them, ``exclude_speakers``): how
@@ -89,6 +96,8 @@ def make_dataset(files: Sequence[str], word_dim: int, batch_size: int, *, shuffl
     perturbs each utterance's speed by a factor drawn from ``[1 - x, 1 + x]``, anew every epoch
     (training only). ``speaker_norm`` standardises each utterance's filterbank with its
     speaker's statistics over all of that speaker's records in ``files`` (no labels used).
+    ``channels`` keeps only records of those channels (RAVDESS ``speech`` / ``song``; records
+    without a channel feature parse as ``""``): how a model is trained on one domain only.
     """
     if not files:
         raise ValueError("no record files given")
@@ -100,8 +109,12 @@ def make_dataset(files: Sequence[str], word_dim: int, batch_size: int, *, shuffl
                 for k, v in parsed.items()}
 
     records = sorted_records(files)
+    if channels is not None:
+        wanted = {c.encode("utf-8") for c in channels}
+        records = [r for r in records if _channel(r) in wanted]
     if not records:
-        raise ValueError(f"no records in {list(files)[:3]}...")
+        raise ValueError(f"no records in {list(files)[:3]}..."
+                         + (f" of channel(s) {list(channels)}" if channels is not None else ""))
     ds = tf.data.Dataset.from_tensor_slices(tf.constant(records)).map(
         parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if speaker_norm:

@@ -122,12 +122,14 @@ def _train(config: ModelConfig, plain: tf.data.Dataset, shuffled: tf.data.Datase
 
 
 def fit(train_files: Sequence[str], config: ModelConfig, *, log_dir: Optional[str] = None,
-        extra_callbacks: Sequence[keras.callbacks.Callback] = (), verbose: int = 0) -> FitResult:
+        extra_callbacks: Sequence[keras.callbacks.Callback] = (), verbose: int = 0,
+        channels: Optional[Sequence[str]] = None) -> FitResult:
     """Fits the model on ``train_files`` minus the inner validation speakers, selecting the
     epoch with the best validation score (``config.selection``: UA or loss; early stopping,
     best weights restored). With ``config.refit`` a fresh model is then trained on all of
     ``train_files`` for the selected number of epochs (on the selection run's learning-rate
-    schedule), and that model is returned."""
+    schedule), and that model is returned. ``channels`` trains (and selects the epoch) on
+    those channels' records only (``make_dataset``)."""
     val = validation_speakers(speakers_in(train_files), config.validation_fraction,
                               offset=config.seed if config.rotate_validation else 0)
     # Same seed, same records -> same model: seeded initialisers, data order and augmentation,
@@ -139,7 +141,8 @@ def fit(train_files: Sequence[str], config: ModelConfig, *, log_dir: Optional[st
     def make(shuffle: bool, speakers, exclude: bool, stretch: float = 0.0) -> tf.data.Dataset:
         return make_dataset(train_files, config.word_dim, config.batch_size, shuffle=shuffle,
                             seed=config.seed, speakers=speakers, exclude_speakers=exclude,
-                            time_stretch=stretch, speaker_norm=config.speaker_norm)
+                            time_stretch=stretch, speaker_norm=config.speaker_norm,
+                            channels=channels)
 
     plain_train = make(False, val, True)
     val_ds = make(False, val, False)
@@ -156,7 +159,7 @@ def fit(train_files: Sequence[str], config: ModelConfig, *, log_dir: Optional[st
     best = int(np.argmin(scores) if mode == "min" else np.argmax(scores)) + 1
     validation = predict(model, make_dataset(
         train_files, config.word_dim, config.batch_size, speakers=val, with_ids=True,
-        speaker_norm=config.speaker_norm))
+        speaker_norm=config.speaker_norm, channels=channels))
     refit_epochs, final_data = 0, plain_train
     if config.refit:
         plain_all = make(False, None, False)
