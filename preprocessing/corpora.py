@@ -21,7 +21,9 @@ import re
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
-from trainer.config import DEFAULT_CLASSES
+# The four emotion classes of the usual IEMOCAP / RAVDESS setting: the classes corpora keep and
+# the model predicts unless told otherwise (trainer.config imports it from here).
+DEFAULT_CLASSES: Tuple[str, ...] = ("angry", "happy", "neutral", "sad")
 
 PathLike = Union[str, os.PathLike]
 CORPUS_STAGE = "corpus"

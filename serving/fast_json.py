@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import struct
 from typing import List, Optional
 
@@ -47,6 +48,9 @@ _MAX_DEPTH = 64  # deeper documents take the general path (its recursion limits 
 _NUMERIC = bytes(1 if chr(c) in "0123456789+-.eE,[] \t\r\n" else 0 for c in range(256))
 _NUMERIC_FLAGS = np.frombuffer(_NUMERIC, dtype=np.uint8)
 _STRIDE = MIN_BYTES // 8
+# A JSON true/false token: after '[', ',' or ':' and before ']', ',' or '}'. Only searched when
+# the bytes "true"/"false" occur at all; a match inside a string is a harmless false alarm.
+_BOOL_TOKEN = re.compile(rb"[\[,:]\s*(?:true|false)\s*[\],}]")
 
 
 class NotFast(Exception):
@@ -69,7 +73,7 @@ class FastArray:
 @dataclasses.dataclass(frozen=True)
 class FastDocument:
     doc: dict  # the request document, with FastArray values in place of the long arrays
-    bools_possible: bool  # json_tensors.may_contain_bools of the rest of the body
+    bools_possible: bool  # may_contain_bools of the rest of the body
 
 
 def parse(body: bytes) -> Optional[FastDocument]:
@@ -141,8 +145,17 @@ def parse(body: bytes) -> Optional[FastDocument]:
         return None
     if found != [1] * len(arrays):
         return None
-    from serving.json_tensors import may_contain_bools  # (json_tensors imports this module)
     return FastDocument(doc, may_contain_bools(original_rest))
+
+
+def may_contain_bools(body: bytes) -> bool:
+    """False only when the body certainly has no JSON true/false token.
+
+    (Used by both paths: ``json_tensors`` re-exports it, and its element-by-element checks run
+    only when this is True.)"""
+    if b"true" not in body and b"false" not in body:
+        return False
+    return _BOOL_TOKEN.search(body) is not None
 
 
 def _substitute(value, marker: str, arrays: List[list], found: List[int], depth: int) -> None:

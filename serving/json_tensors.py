@@ -45,21 +45,19 @@ import dataclasses
 import decimal
 import json
 import math
-import re
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import orjson
 
-from serving.fast_json import FastArray, NotFast, to_array
+# may_contain_bools is defined in fast_json (a byte scan of the body, which fast_json runs on the
+# rest of a body too) and is part of this module's interface as well.
+from serving.fast_json import FastArray, NotFast, may_contain_bools, to_array  # noqa: F401
 from serving.status import ServingError, invalid_argument
 
 ROW = "row"
 COLUMNAR = "columnar"
 _QUOTE_LIMIT = 200
-# A JSON true/false token: after '[', ',' or ':' and before ']', ',' or '}'. Only searched when
-# the bytes "true"/"false" occur at all; a match inside a string is a harmless false alarm.
-_BOOL_TOKEN = re.compile(rb"[\[,:]\s*(?:true|false)\s*[\],}]")
 
 # DataType enum (tensorflow/core/framework/types.proto) -> (DataTypeString name, numpy dtype).
 DTYPES = {
@@ -183,13 +181,6 @@ def signature_name(doc: dict) -> str:
         raise invalid_argument(f"JSON Value: {quote(doc)} not formatted correctly. "
                                f"'signature_name' key must be a string value.")
     return name
-
-
-def may_contain_bools(body: bytes) -> bool:
-    """False only when the body certainly has no JSON true/false token."""
-    if b"true" not in body and b"false" not in body:
-        return False
-    return _BOOL_TOKEN.search(body) is not None
 
 
 def request_tensors(doc: dict, inputs: Mapping[str, TensorSpec], signature: str,

@@ -23,7 +23,7 @@ from serving import repository
 from serving.signatures import (CLASS_OUTPUTS, EXCITATION_OUTPUTS, PREDICT_WAVEFORM,
                                 SERVING_DEFAULT, portable_recurrent_layers,
                                 read_warmup_requests)
-from test_serving_support import ANGRY, KIDS, example_bytes, export, needs_ravdess, small_model
+from serving_support import ANGRY, KIDS, example_bytes, export, needs_ravdess, small_model
 
 pytestmark = needs_ravdess
 # The module, not the function of the same name its package exports.

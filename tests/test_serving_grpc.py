@@ -23,8 +23,8 @@ from serving.client import GrpcClient, GrpcRequestError, RestClient, Utterance
 from serving.grpc_server import GrpcServer
 from serving.server import build_server, start_in_thread
 from serving.signatures import PREDICT_WAVEFORM
-from test_serving_support import (ANGRY, CLASSES, KIDS, aligned, example_bytes, export,
-                                  needs_ravdess, small_model, timed_words, waveform_inputs)
+from serving_support import (ANGRY, CLASSES, KIDS, aligned, example_bytes, export,
+                             needs_ravdess, small_model, timed_words, waveform_inputs)
 
 pytestmark = needs_ravdess
 

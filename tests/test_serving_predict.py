@@ -10,7 +10,7 @@ from scipy.signal import resample_poly
 
 from pipeline.cli import main
 from serving.server import build_server, start_in_thread
-from test_serving_support import ANGRY, CLASSES, KIDS, SAD, export, needs_ravdess, small_model
+from serving_support import ANGRY, CLASSES, KIDS, SAD, export, needs_ravdess, small_model
 
 pytestmark = needs_ravdess
 

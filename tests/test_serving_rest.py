@@ -18,8 +18,8 @@ from serving.batching import Batcher
 from serving.client import RestClient, Utterance
 from serving.server import build_server, start_in_thread
 from serving.signatures import PREDICT_WAVEFORM, PREDICT_WAVEFORM_BYTES
-from test_serving_support import (ANGRY, CLASSES, KIDS, aligned, example_bytes, export,
-                                  needs_ravdess, small_model, timed_words, waveform_inputs)
+from serving_support import (ANGRY, CLASSES, KIDS, aligned, example_bytes, export,
+                             needs_ravdess, small_model, timed_words, waveform_inputs)
 
 pytestmark = needs_ravdess
 LIMIT = 2 * 1024 * 1024

@@ -18,9 +18,9 @@ from preprocessing.embeddings import WordVectors
 from serving.signatures import (PREDICT_WAVEFORM, PREDICT_WAVEFORM_BYTES, SERVING_DEFAULT,
                                 export_saved_model,
                                 seconds_to_spans, serving_vocabulary)
-from test_serving_support import (ANGRY, CLASSES, DOGS, KIDS, SAD, aligned, example_bytes,
-                                  export, glove, needs_ravdess, small_model, timed_words,
-                                  waveform_inputs)
+from serving_support import (ANGRY, CLASSES, DOGS, KIDS, SAD, aligned, example_bytes,
+                             export, glove, needs_ravdess, small_model, timed_words,
+                             waveform_inputs)
 
 pytestmark = needs_ravdess
 

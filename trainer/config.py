@@ -9,7 +9,8 @@ import dataclasses
 import json
 from typing import Any, Mapping, Tuple
 
-DEFAULT_CLASSES: Tuple[str, ...] = ("angry", "happy", "neutral", "sad")
+from preprocessing.corpora import DEFAULT_CLASSES  # defined with the corpora; re-exported
+
 POOLINGS = ("mean_max", "mean")
 # "aligned": the paper's word-level model (alignment pooling + CME). The others are Table 1's
 # baselines, built from the same blocks (trainer/model.py).

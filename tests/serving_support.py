@@ -1,5 +1,6 @@
-"""Shared helpers of the serving tests (no tests here): a small CME model with real GloVe
-vectors and a real RAVDESS utterance, exported as a SavedModel version."""
+"""Shared helpers of the serving tests (a support module: no tests here, and named so that no
+test module imports another): a small CME model with real GloVe vectors and a real RAVDESS
+utterance, exported as a SavedModel version."""
 
 import functools
 from pathlib import Path

@@ -1,0 +1,257 @@
+"""The shape of the code base (issue 15), read from the source with ``ast`` (nothing is imported):
+
+* packages depend one way: ``preprocessing`` <- ``trainer`` <- ``serving`` <- ``pipeline`` (a
+  package imports only those to its left);
+* no import cycles between project modules;
+* test modules import no test module (shared helpers live in support modules such as
+  ``tests/serving_support.py``, which hold no tests).
+
+Every import counts, wherever it is written (module level, inside a function, under
+``TYPE_CHECKING``): a function-level import is still a dependency, and still a cycle.
+
+Violations that cannot be fixed yet are listed in ``ALLOWED_UPWARD_IMPORTS`` /
+``ALLOWED_CYCLES``, each with the reason it is pending. An entry that no longer occurs fails the
+test too, so the lists only ever shrink.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Set, Tuple
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = ROOT / "tests"
+# Left to right: a package may import the ones to its left, never those to its right.
+LAYERS = ("preprocessing", "trainer", "serving", "pipeline")
+
+# (importing module, imported module) -> why it is still allowed. Remove an entry when its
+# import is gone (the test fails until you do).
+ALLOWED_UPWARD_IMPORTS: Dict[Tuple[str, str], str] = {
+    ("trainer.module", "serving.signatures"):
+        "pending: run_fn exports the serving SavedModel; trainer/module.py is being edited",
+}
+# Import cycles still allowed, each as the sorted tuple of its modules -> why.
+ALLOWED_CYCLES: Dict[Tuple[str, ...], str] = {}
+
+
+# --- Reading imports --------------------------------------------------------------------------
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def project_modules() -> Dict[str, Path]:
+    """Module name -> file, for every .py file of the four packages."""
+    modules = {}
+    for package in LAYERS:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            modules[module_name(path)] = path
+    return modules
+
+
+def imported_names(tree: ast.AST, module: str, is_package: bool) -> Iterator[Tuple[str, int]]:
+    """(dotted name, line) of everything ``tree`` imports, at any depth. ``from a import b``
+    yields ``a.b`` (b may be a module of package a, or a name defined in module a: see
+    :func:`resolve`); relative imports are resolved against ``module``.
+    ``importlib.import_module("x")`` with a literal name counts too."""
+    package = module if is_package else module.rpartition(".")[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, node.lineno
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".") if package else []
+                if node.level > 1:
+                    anchor = anchor[:len(anchor) - (node.level - 1)]
+                base = ".".join(anchor + ([base] if base else []))
+            for alias in node.names:
+                if alias.name == "*":
+                    yield base, node.lineno
+                else:
+                    yield f"{base}.{alias.name}" if base else alias.name, node.lineno
+        elif (isinstance(node, ast.Call) and node.args
+              and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)
+              and (getattr(node.func, "attr", None) == "import_module"
+                   or getattr(node.func, "id", None) in ("import_module", "__import__"))):
+            yield node.args[0].value, node.lineno
+
+
+def resolve(name: str, modules: Dict[str, Path]) -> Optional[str]:
+    """The project module ``name`` refers to (the longest known prefix), or None."""
+    parts = name.split(".")
+    for end in range(len(parts), 0, -1):
+        candidate = ".".join(parts[:end])
+        if candidate in modules:
+            return candidate
+    return None
+
+
+def import_graph() -> Tuple[Dict[str, Set[str]], Dict[Tuple[str, str], int]]:
+    """(module -> project modules it imports, (importer, imported) -> first line)."""
+    modules = project_modules()
+    graph: Dict[str, Set[str]] = {name: set() for name in modules}
+    lines: Dict[Tuple[str, str], int] = {}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for imported, line in imported_names(tree, name, path.name == "__init__.py"):
+            target = resolve(imported, modules)
+            if target is not None and target != name:
+                graph[name].add(target)
+                lines.setdefault((name, target), line)
+    return graph, lines
+
+
+def layer(module: str) -> int:
+    return LAYERS.index(module.split(".")[0])
+
+
+def upward_imports(graph: Dict[str, Set[str]]) -> Set[Tuple[str, str]]:
+    return {(source, target) for source, targets in graph.items() for target in targets
+            if layer(target) > layer(source)}
+
+
+def cycles(graph: Dict[str, Set[str]]) -> List[List[str]]:
+    """One cycle (as a path a -> ... -> a) per strongly connected component of more than one
+    module (Tarjan's algorithm, then a DFS inside the component for a concrete cycle)."""
+    index: Dict[str, int] = {}
+    low: Dict[str, int] = {}
+    stack: List[str] = []
+    on_stack: Set[str] = set()
+    components: List[List[str]] = []
+
+    def connect(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph[node]):
+            if nxt not in index:
+                connect(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                components.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            connect(node)
+
+    found = []
+    for component in components:
+        members = set(component)
+        start = component[0]
+        path, seen = [start], {start}
+
+        def walk(node: str) -> bool:
+            for nxt in sorted(graph[node] & members):
+                if nxt == start:
+                    path.append(start)
+                    return True
+                if nxt not in seen:
+                    seen.add(nxt)
+                    path.append(nxt)
+                    if walk(nxt):
+                        return True
+                    path.pop()
+            return False
+
+        walk(start)
+        found.append(path)
+    return found
+
+
+# --- The rules ----------------------------------------------------------------------------------
+
+def test_the_import_graph_is_read():
+    """Guards the reader itself: known edges of the code base are seen."""
+    graph, _ = import_graph()
+    assert "trainer.config" in graph["trainer.model"]
+    assert "serving.fast_json" in graph["serving.server"]  # `from serving import fast_json`
+    assert "preprocessing.corpora" in graph["trainer.config"]
+    assert "serving" not in graph["serving.server"]
+
+
+def test_packages_import_only_packages_to_their_left():
+    graph, lines = import_graph()
+    found = upward_imports(graph)
+    new = sorted(found - set(ALLOWED_UPWARD_IMPORTS))
+    gone = sorted(set(ALLOWED_UPWARD_IMPORTS) - found)
+    problems = [f"{source} (line {lines[source, target]}) imports {target}: the order is "
+                f"{' <- '.join(LAYERS)}, a package imports only those to its left"
+                for source, target in new]
+    problems += [f"allowlisted {source} -> {target} no longer occurs: remove it from "
+                 f"ALLOWED_UPWARD_IMPORTS" for source, target in gone]
+    assert not problems, "\n".join(problems)
+
+
+def test_no_import_cycles_between_modules():
+    graph, lines = import_graph()
+    found = {tuple(sorted(set(path))): path for path in cycles(graph)}
+    problems = []
+    for members, path in sorted(found.items()):
+        if members not in ALLOWED_CYCLES:
+            steps = [f"{a} (line {lines[a, b]}) -> {b}" for a, b in zip(path, path[1:])]
+            problems.append("import cycle: " + "; ".join(steps))
+    problems += [f"allowlisted cycle {' <-> '.join(members)} no longer occurs: remove it from "
+                 f"ALLOWED_CYCLES" for members in sorted(set(ALLOWED_CYCLES) - set(found))]
+    assert not problems, "\n".join(problems)
+
+
+def test_the_checks_catch_what_they_are_for():
+    """The two checks on a made-up graph: an upward import, and a three-module cycle."""
+    graph = {"preprocessing.a": {"trainer.b"}, "trainer.b": {"trainer.c"},
+             "trainer.c": {"trainer.d"}, "trainer.d": {"trainer.b"}, "serving.e": {"trainer.b"}}
+    assert upward_imports(graph) == {("preprocessing.a", "trainer.b")}
+    assert cycles(graph) == [["trainer.b", "trainer.c", "trainer.d", "trainer.b"]]
+
+
+def test_module_level_function_level_and_relative_imports_all_count():
+    source = ("import serving.server\nfrom . import json_tensors\nfrom .status import x\n"
+              "def f():\n    from pipeline import cli\n")
+    modules = project_modules()
+    names = {resolve(name, modules)
+             for name, _ in imported_names(ast.parse(source), "serving.fast_json", False)}
+    assert names == {"serving.server", "serving.json_tensors", "serving.status", "pipeline.cli"}
+
+
+# --- Tests --------------------------------------------------------------------------------------
+
+def is_test_module(path: Path) -> bool:
+    return path.name.startswith("test_")
+
+
+@pytest.mark.parametrize("path", sorted(TESTS.glob("*.py")), ids=lambda p: p.name)
+def test_no_test_module_imports_a_test_module(path):
+    """Shared helpers go in a support module (or a conftest fixture), never in a test module:
+    importing a test module runs its tests' module-level code and hides what is shared."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    bad = [f"{path.name}:{line} imports {name}" for name, line in imported_names(tree, "", False)
+           if name.split(".")[0].startswith("test_")]
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("path", sorted(p for p in TESTS.glob("*.py") if not is_test_module(p)),
+                         ids=lambda p: p.name)
+def test_support_modules_hold_no_tests(path):
+    """A test in a module pytest does not collect would never run."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    tests = [node.name for node in tree.body
+             if isinstance(node, (ast.FunctionDef, ast.ClassDef))
+             and node.name.lower().startswith("test")]
+    assert not tests, f"{path.name} is not collected by pytest but defines {tests}"
