@@ -6,9 +6,12 @@
 Settings come from the environment (defaults in brackets): CME_SER_OUTPUT [output],
 CME_SER_DATA [./data/ravdess-speech or ../shared/data/ravdess-speech], CME_SER_EMBEDDINGS
 [~/.cache/cme-ser/glove-6b-50d], CME_SER_FOLDS [5], CME_SER_EPOCHS [ModelConfig default],
-CME_SER_PIPELINE_NAME [cme_ser], CME_SER_VARIANT [cme] (a name in trainer/config.py: VARIANTS),
-CME_SER_ENSEMBLE [1] (models per Trainer, exported as one averaging model), CME_SER_BLESS_MIN_UA
-[0.0] (the cross-validated UA mean needed to push, as `cme-ser run --bless-min-ua`).
+CME_SER_PIPELINE_NAME [cme_ser], CME_SER_VARIANT [cme_refit_bag] (a name in trainer/config.py:
+VARIANTS), CME_SER_ENSEMBLE [3] (models per Trainer, exported as one averaging model),
+CME_SER_PRIOR_CORRECTION [1] (1/true/yes/on or 0/false/no/off: the export divides the averaged
+probabilities by the training class prior), CME_SER_BLESS_MIN_UA [0.0] (the cross-validated UA
+mean needed to push, as `cme-ser run --bless-min-ua`). The model defaults are `cme-ser run`'s,
+the shipped model (trainer/config.py: SHIPPED).
 """
 
 import os
@@ -26,12 +29,28 @@ from pipeline.cli import find_data_dir  # noqa: E402
 from pipeline.runner import (PIPELINE_NAME, local_pipeline, newest_run_started,  # noqa: E402
                              run_summary, stage_progress)
 from preprocessing.embeddings import default_embeddings_path  # noqa: E402
-from trainer.config import variant_config  # noqa: E402
+from trainer.config import SHIPPED, variant_config  # noqa: E402
+
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def model_settings(environ=os.environ) -> dict:
+    """``config``, ``ensemble_size`` and ``prior_correction`` for ``local_pipeline`` from
+    CME_SER_VARIANT, CME_SER_EPOCHS, CME_SER_ENSEMBLE and CME_SER_PRIOR_CORRECTION; unset, the
+    shipped model (``SHIPPED``), as `cme-ser run`."""
+    config = variant_config(environ.get("CME_SER_VARIANT", SHIPPED["variant"]))
+    if environ.get("CME_SER_EPOCHS"):
+        config = config.replace(epochs=int(environ["CME_SER_EPOCHS"]))
+    prior = environ.get("CME_SER_PRIOR_CORRECTION", "").strip().lower()
+    if prior and prior not in TRUE + FALSE:
+        raise ValueError(f"CME_SER_PRIOR_CORRECTION must be one of {'/'.join(TRUE)} or "
+                         f"{'/'.join(FALSE)}, got {environ['CME_SER_PRIOR_CORRECTION']!r}")
+    return {"config": config,
+            "ensemble_size": int(environ.get("CME_SER_ENSEMBLE", SHIPPED["ensemble"])),
+            "prior_correction": prior in TRUE if prior else SHIPPED["prior_correction"]}
+
 
 if __name__ == "__main__":
-    config = variant_config(os.environ.get("CME_SER_VARIANT", "cme"))  # as `cme-ser run`
-    if os.environ.get("CME_SER_EPOCHS"):
-        config = config.replace(epochs=int(os.environ["CME_SER_EPOCHS"]))
     output = os.environ.get("CME_SER_OUTPUT", "output")
     bless_min_ua = float(os.environ.get("CME_SER_BLESS_MIN_UA", "0.0"))
     pipeline_name = os.environ.get("CME_SER_PIPELINE_NAME", PIPELINE_NAME)
@@ -39,9 +58,8 @@ if __name__ == "__main__":
     with stage_progress():  # the same stage lines as `cme-ser run`
         tfx.orchestration.LocalDagRunner().run(local_pipeline(
             output, data_dir=find_data_dir(None),
-            embeddings_path=str(default_embeddings_path()), config=config,
-            num_folds=int(os.environ.get("CME_SER_FOLDS", "5")),
-            ensemble_size=int(os.environ.get("CME_SER_ENSEMBLE", "1")),
+            embeddings_path=str(default_embeddings_path()),
+            num_folds=int(os.environ.get("CME_SER_FOLDS", "5")), **model_settings(),
             bless_min_ua=bless_min_ua, pipeline_name=pipeline_name))
     # `tfx pipeline create` runs this file with run() bypassed: then there is no run to report.
     newest = newest_run_started(output)

@@ -41,7 +41,8 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, metadata_path: Op
                     dataset: str, data_dir: str, corpus_fingerprint: str,
                     embeddings_path: str, serving_model_dir: str,
                     config: ModelConfig = variant_config("cme"), num_folds: int = 5,
-                    ensemble_size: int = 1, vocab_size: int = 50000, max_seconds: float = 60.0,
+                    ensemble_size: int = 1, prior_correction: bool = False,
+                    vocab_size: int = 50000, max_seconds: float = 60.0,
                     beam_pipeline_args: Optional[List[str]] = None,
                     enable_cache: bool = True,
                     channels: Optional[Sequence[str]] = None,
@@ -49,7 +50,11 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, metadata_path: Op
     """``data_dir``: a directory, or a JSON list of them (``components.encode_data_dirs``);
     ``channels``: RAVDESS channels, None or ("speech",) for the default (the preprocessing
     step then has the same parameters, hence the same cache key, as before channels existed);
-    ``bless_min_ua``: the cross-validated UA mean the final model needs to be pushed."""
+    ``ensemble_size``: models (seeds) per Trainer, exported as one averaging model;
+    ``prior_correction``: every Trainer's export divides that mean by its training class prior
+    (``trainer.module``), so the folds' evaluations score what the final Trainer pushes;
+    ``bless_min_ua``: the cross-validated UA mean the final model needs to be pushed.
+    ``cme-ser run``'s defaults for these are ``trainer.config.SHIPPED``."""
     if not 2 <= num_folds <= MAX_FOLDS:
         raise ValueError(f"num_folds must be in [2, {MAX_FOLDS}], got {num_folds}")
     if ensemble_size < 1:
@@ -57,7 +62,8 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, metadata_path: Op
     splits = split_names(num_folds)
     classes = ",".join(config.class_names)
     custom_config = {"model_config": config.to_json(), "embeddings_path": embeddings_path,
-                     "vocab_size": vocab_size, "ensemble_size": ensemble_size}
+                     "vocab_size": vocab_size, "ensemble_size": ensemble_size,
+                     "prior_correction": bool(prior_correction)}
 
     channel_arg = {} if not channels or tuple(channels) == ("speech",) else {
         "channels": ",".join(channels)}

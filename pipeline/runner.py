@@ -49,14 +49,17 @@ def corpus_fingerprint(data_dir) -> str:
 def local_pipeline(output, *, data_dir: Union[str, Path, Sequence[Union[str, Path]]],
                    embeddings_path: str, dataset: str = "ravdess",
                    config: ModelConfig = variant_config("cme"), num_folds: int = 5,
-                   ensemble_size: int = 1, vocab_size: int = 50000, enable_cache: bool = True,
+                   ensemble_size: int = 1, prior_correction: bool = False,
+                   vocab_size: int = 50000, enable_cache: bool = True,
                    beam_pipeline_args: Optional[List[str]] = None,
                    pipeline_name: str = PIPELINE_NAME,
                    channels: Optional[Sequence[str]] = None,
                    bless_min_ua: float = DEFAULT_BLESS_MIN_UA) -> tfx.dsl.Pipeline:
     """``data_dir``: the corpus directory, or several (RAVDESS speech and song);
-    ``channels``: RAVDESS channels (None: speech); ``bless_min_ua``: the cross-validated UA
-    mean the final model needs to be pushed (``pipeline.report.blessing_decision``)."""
+    ``channels``: RAVDESS channels (None: speech); ``ensemble_size``, ``prior_correction``:
+    as ``create_pipeline`` (``cme-ser run`` and ``local_runner.py`` pass the shipped ones,
+    ``trainer.config.SHIPPED``); ``bless_min_ua``: the cross-validated UA mean the final model
+    needs to be pushed (``pipeline.report.blessing_decision``)."""
     output = Path(output).resolve()
     dirs = [data_dir] if isinstance(data_dir, (str, Path)) else list(data_dir)
     return create_pipeline(
@@ -67,8 +70,8 @@ def local_pipeline(output, *, data_dir: Union[str, Path, Sequence[Union[str, Pat
         channels=channels,
         embeddings_path=str(embeddings_path),
         serving_model_dir=str(output / "serving_model" / MODEL_NAME), config=config,
-        num_folds=num_folds, ensemble_size=ensemble_size, vocab_size=vocab_size,
-        enable_cache=enable_cache, bless_min_ua=bless_min_ua,
+        num_folds=num_folds, ensemble_size=ensemble_size, prior_correction=prior_correction,
+        vocab_size=vocab_size, enable_cache=enable_cache, bless_min_ua=bless_min_ua,
         beam_pipeline_args=beam_pipeline_args or default_beam_args())
 
 
@@ -76,8 +79,8 @@ def local_pipeline(output, *, data_dir: Union[str, Path, Sequence[Union[str, Pat
 def kubeflow_pipeline(*, pipeline_root: str, data_dir: str, embeddings_path: str,
                       serving_model_dir: str, dataset: str = "ravdess",
                       config: ModelConfig = variant_config("cme"), num_folds: int = 5,
-                      ensemble_size: int = 1, vocab_size: int = 50000,
-                      pipeline_name: str = KUBEFLOW_PIPELINE_NAME,
+                      ensemble_size: int = 1, prior_correction: bool = False,
+                      vocab_size: int = 50000, pipeline_name: str = KUBEFLOW_PIPELINE_NAME,
                       bless_min_ua: float = DEFAULT_BLESS_MIN_UA) -> tfx.dsl.Pipeline:
     """The same pipeline for Kubeflow Pipelines / Vertex AI: paths are the cluster's (e.g.
     gs://...), ML Metadata is the orchestrator's, Beam runs wherever beam_pipeline_args say."""
@@ -86,8 +89,9 @@ def kubeflow_pipeline(*, pipeline_root: str, data_dir: str, embeddings_path: str
         pipeline_name=pipeline_name, pipeline_root=pipeline_root, metadata_path=None,
         dataset=dataset, data_dir=data_dir, corpus_fingerprint=fingerprint,
         embeddings_path=embeddings_path, serving_model_dir=serving_model_dir, config=config,
-        num_folds=num_folds, ensemble_size=ensemble_size, vocab_size=vocab_size,
-        bless_min_ua=bless_min_ua, beam_pipeline_args=["--runner=DirectRunner"])
+        num_folds=num_folds, ensemble_size=ensemble_size, prior_correction=prior_correction,
+        vocab_size=vocab_size, bless_min_ua=bless_min_ua,
+        beam_pipeline_args=["--runner=DirectRunner"])
 
 
 # --- What a local run shows its user (``cme-ser run`` and ``tfx run create`` alike) -----------

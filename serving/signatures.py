@@ -6,7 +6,8 @@ tensorflow-io kernels), so loading needs neither those packages nor this project
 ``serving_default`` (method ``tensorflow/serving/predict``)
     inputs:  ``examples``  string ``[B]``: serialized ``tf.train.Example`` in the record schema
              (``preprocessing.records``; ``label`` and the other bookkeeping keys optional).
-    outputs: ``probabilities`` float32 ``[B, K]``; ``class_ids`` int64 ``[B]`` (argmax);
+    outputs: ``probabilities`` float32 ``[B, K]`` (prior-corrected when the export has class
+             counts, see below); ``class_ids`` int64 ``[B]`` (argmax);
              ``classes`` string ``[B]`` (the predicted class's name); ``class_names`` string
              ``[B, K]`` (every row the K class names in probability order, so a client can label
              the probabilities without knowing the model).
@@ -46,6 +47,12 @@ In-graph conventions of ``predict_waveform`` (the same as preprocessing's):
 The vocabulary is the first ``vocab_size`` words of the vectors (GloVe rows are in corpus
 frequency order, so these are the most frequent words).
 
+Prior correction: exported with ``prior_class_counts`` (``n_k``, the final training data's
+class counts), every signature serves ``trainer.layers.PriorCorrection`` of the model's (the
+ensemble's mean) probabilities, ``q_k = (p_k / pi_k) / sum_j (p_j / pi_j)``, ``pi_k = n_k / N``,
+and ``class_ids`` / ``classes`` are its argmax: TFMA, the cross-validation report and TF Serving
+all see the corrected model. The counts are constants of the graph.
+
 Portability: the serving functions are traced with every recurrent layer on its generic
 (non-cuDNN) kernel (:func:`portable_recurrent_layers`), so the exported graph never holds a
 ``Cudnn*`` op, whatever device the model was trained on. Keras 3 otherwise picks ``CudnnRNNV3``
@@ -66,7 +73,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import keras
 import numpy as np
@@ -74,6 +81,7 @@ import tensorflow as tf
 
 from preprocessing import features, records
 from preprocessing.embeddings import WordVectors
+from trainer.layers import PriorCorrection
 from trainer.model import EXCITATION_LAYER, ensemble_members, like_inputs
 
 DEFAULT_VOCAB_SIZE = 50000
@@ -183,10 +191,14 @@ class _Exporter:
     """Builds the serving functions around one model; holds what they capture."""
 
     def __init__(self, model: keras.Model, class_names: Sequence[str], words: List[str],
-                 matrix: np.ndarray, vocab_file: str):
+                 matrix: np.ndarray, vocab_file: str,
+                 prior_class_counts: Optional[Sequence[float]] = None):
         # A CME model is served with its excitation gates as extra outputs; a baseline as is.
         self.with_gates = has_excitation(model)
         self.gates_model = excitation_model(model) if self.with_gates else model
+        # After the ensemble mean (the gates model's probabilities), before the argmax.
+        self.prior = (None if prior_class_counts is None
+                      else PriorCorrection(prior_class_counts, name="prior_correction"))
         self.word_dim = int(matrix.shape[1])
         self.class_names = tf.constant(list(class_names), tf.string)
         oov_row = len(words)
@@ -198,11 +210,17 @@ class _Exporter:
         self.word_vectors = tf.Variable(matrix, trainable=False, name="word_vectors")
 
     def _predict(self, inputs):
-        """``(probabilities [B, K], (E^a, E^s) or None)`` for the model's inputs."""
+        """``(probabilities [B, K], (E^a, E^s) or None)`` for the model's inputs; the
+        probabilities prior-corrected when the export has class counts."""
+        gates = None
         if self.with_gates:
             probabilities, gate_a, gate_s = self.gates_model(inputs, training=False)
-            return probabilities, (gate_a, gate_s)
-        return self.gates_model(inputs, training=False), None
+            gates = (gate_a, gate_s)
+        else:
+            probabilities = self.gates_model(inputs, training=False)
+        if self.prior is not None:
+            probabilities = self.prior(probabilities)
+        return probabilities, gates
 
     def serve_examples(self, examples):
         """``examples`` string [B] -> class outputs."""
@@ -343,9 +361,11 @@ def read_warmup_requests(export_dir: PathLike) -> list:
 
 
 def _build_module(model: keras.Model, class_names: Sequence[str], words: List[str],
-                  matrix: np.ndarray, vocab_file: str) -> Tuple[tf.Module, dict]:
+                  matrix: np.ndarray, vocab_file: str,
+                  prior_class_counts: Optional[Sequence[float]] = None
+                  ) -> Tuple[tf.Module, dict]:
     """The module to save and its signatures (name -> concrete function)."""
-    exporter = _Exporter(model, class_names, words, matrix, vocab_file)
+    exporter = _Exporter(model, class_names, words, matrix, vocab_file, prior_class_counts)
     timed_words = [tf.TensorSpec([None], tf.int32, name="num_samples"),
                    tf.TensorSpec([None, None], tf.string, name="words"),
                    tf.TensorSpec([None, None], tf.float32, name="word_start_s"),
@@ -373,9 +393,14 @@ def _build_module(model: keras.Model, class_names: Sequence[str], words: List[st
 
 def export_saved_model(model: keras.Model, export_dir: PathLike, *, class_names: Sequence[str],
                        vectors: WordVectors, vocab_size: int = DEFAULT_VOCAB_SIZE,
+                       prior_class_counts: Optional[Sequence[float]] = None,
                        overwrite: bool = False) -> dict:
     """Write ``model`` as a SavedModel with the ``serving_default``, ``predict_waveform`` and
     ``predict_waveform_bytes`` signatures (see the module docstring) into ``export_dir``.
+
+    ``prior_class_counts`` (one count > 0 per class, those of the data the model was trained
+    on): the signatures serve the prior-corrected probabilities (``PriorCorrection``) and their
+    argmax. None (the default): the model's probabilities as they are.
 
     The serving functions are traced under :func:`portable_recurrent_layers` (no ``Cudnn*``
     op in the graph) and ``assets.extra/tf_serving_warmup_requests`` is written into the export
@@ -387,13 +412,19 @@ def export_saved_model(model: keras.Model, export_dir: PathLike, *, class_names:
     polling the parent never sees half a model. An existing ``export_dir`` is an error unless
     ``overwrite``.
 
-    Returns ``{"path", "size_bytes", "vocab_size", "word_dim", "class_names", "signatures"}``.
+    Returns ``{"path", "size_bytes", "vocab_size", "word_dim", "class_names", "signatures",
+    "prior_class_counts"}``.
     """
     class_names = [str(c) for c in class_names]
     num_classes = int(model.output.shape[-1])
     if len(class_names) != num_classes:
         raise ValueError(f"{len(class_names)} class names {class_names} for a model with "
                          f"{num_classes} outputs")
+    if prior_class_counts is not None:
+        prior_class_counts = PriorCorrection(prior_class_counts).class_counts  # validated
+        if len(prior_class_counts) != num_classes:
+            raise ValueError(f"{len(prior_class_counts)} prior class counts "
+                             f"{prior_class_counts} for a model with {num_classes} outputs")
     word_dim = int(model.input["word_embeddings"].shape[-1])
     if vectors.dim != word_dim:
         raise ValueError(f"word vectors are {vectors.dim}-d but the model takes {word_dim}-d")
@@ -415,7 +446,7 @@ def export_saved_model(model: keras.Model, export_dir: PathLike, *, class_names:
         requests = warmup_requests(words, matrix)
         with portable_recurrent_layers(model):
             module, signatures = _build_module(model, class_names, words, matrix,
-                                               str(vocab_file))
+                                               str(vocab_file), prior_class_counts)
             saved = target if remote else staging / "saved_model"
             if remote and tf.io.gfile.exists(target):
                 tf.io.gfile.rmtree(target)
@@ -429,7 +460,7 @@ def export_saved_model(model: keras.Model, export_dir: PathLike, *, class_names:
         shutil.rmtree(staging, ignore_errors=True)
     return {"path": str(target), "size_bytes": directory_size(target),
             "vocab_size": len(words), "word_dim": word_dim, "class_names": class_names,
-            "signatures": list(signatures)}
+            "signatures": list(signatures), "prior_class_counts": prior_class_counts}
 
 
 def directory_size(path: PathLike) -> int:

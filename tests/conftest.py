@@ -35,7 +35,9 @@ def small_ravdess_corpus(dest: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def small_tfx_run(tmp_path_factory):
-    """`cme-ser run` on the 24-utterance corpus, 2 folds, 2 epochs, run once per session.
+    """`cme-ser run` on the 24-utterance corpus, 2 folds, 2 epochs, run once per session, of
+    one `cme` model per Trainer without prior correction (the shipped ensemble of refit models
+    would train 6 per Trainer).
     Returns {"output": its --output, "root": the TFX pipeline root, "stdout": what it printed}."""
     from preprocessing.embeddings import fetch_glove
     fetch_glove()  # the default word vectors `cme-ser run` uses (downloaded once, then cached)
@@ -46,7 +48,8 @@ def small_tfx_run(tmp_path_factory):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     done = subprocess.run([str(bin_dir / "cme-ser"), "run", "--data-dir", str(corpus),
-                           "--output", str(out), "--folds", "2", "--epochs", "2"],
+                           "--output", str(out), "--folds", "2", "--epochs", "2",
+                           "--variant", "cme", "--ensemble", "1", "--no-prior-correction"],
                           env=env, cwd=tmp, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     return {"output": out, "root": out / "tfx" / "root", "stdout": done.stdout}
@@ -55,9 +58,12 @@ def small_tfx_run(tmp_path_factory):
 # --- Synthetic preprocessed records (no audio), for tests that train tiny models. ---
 
 def write_synthetic_records(root: Path, folds: int = 2, per_fold: int = 12, word_dim: int = 50,
-                            seed: int = 0) -> Path:
+                            seed: int = 0, channels: bool = False) -> Path:
     """A preprocessed-records directory in the Beam job's layout (records/fold-K/*.tfrecord.gz):
-    two speakers per fold, each with every class; the filterbank is shifted by the label."""
+    two speakers per fold, each with every class; the filterbank is shifted by the label.
+    With ``channels`` every record has a RAVDESS channel: the first half of each fold's records
+    ``speech``, the second half ``song`` (so both speakers have every class in both, given
+    ``per_fold`` a multiple of 16)."""
     import json
 
     import numpy as np
@@ -80,7 +86,9 @@ def write_synthetic_records(root: Path, folds: int = 2, per_fold: int = 12, word
                     fbank=fbank, words=["kids", "talk"],
                     word_embeddings=rng.normal(size=(2, word_dim)), word_start=[0, frames // 2],
                     word_end=[frames // 2, frames], transcript="kids talk",
-                    alignment_source="forced").SerializeToString())
+                    alignment_source="forced",
+                    channel=("speech" if i < per_fold // 2 else "song") if channels else None,
+                ).SerializeToString())
     (root / "fold_plan.json").write_text(json.dumps({"num_folds": folds}))
     (root / "summary.json").write_text(json.dumps({"records": folds * per_fold}))
     return root
@@ -96,13 +104,13 @@ def synthetic_records():
 
 @pytest.fixture(scope="session")
 def small_model_base(tmp_path_factory):
-    """``tests/test_serving_support.py``'s ``small_model(seed=4)`` (random weights) exported
+    """``tests/serving_support.py``'s ``small_model(seed=4)`` (random weights) exported
     with ``export()`` as version 1 of a model base directory; returns the base directory.
     Seed 4 answers more than one class on RAVDESS files (seeds 0-3 answer one class for every
     song file tried), so scores computed from its answers are not a constant predictor's."""
     if not RAVDESS_SPEECH.is_dir():  # small_model() adapts on a RAVDESS utterance
         pytest.skip(f"RAVDESS not found at {RAVDESS_SPEECH} (see ../shared/data/README.md)")
-    from test_serving_support import export, small_model
+    from serving_support import export, small_model
     base = tmp_path_factory.mktemp("small_model") / "cme"
     export(small_model(seed=4), base / "1")
     return base

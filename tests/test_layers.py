@@ -6,7 +6,8 @@ import pytest
 import tensorflow as tf
 
 from trainer.layers import (CrossModalityExcitation, LengthMask, MaskedMaxPooling,
-                            SegmentMeanMaxPooling, ZeroPadded)
+                            PriorCorrection, SegmentMeanMaxPooling, ZeroPadded)
+from trainer.metrics import prior_corrected
 
 
 def pooling_reference(frames, spans, num_words, pooling="mean_max"):
@@ -158,7 +159,8 @@ def test_masked_max_pooling_and_masks():
 
 
 @pytest.mark.parametrize("layer", [SegmentMeanMaxPooling("mean"), CrossModalityExcitation(
-    excite_semantic=False, return_gates=True), LengthMask(), ZeroPadded(), MaskedMaxPooling()])
+    excite_semantic=False, return_gates=True), LengthMask(), ZeroPadded(), MaskedMaxPooling(),
+    PriorCorrection([88, 88, 44, 88])])
 def test_layers_round_trip_through_config(layer):
     config = keras.saving.serialize_keras_object(layer)
     clone = keras.saving.deserialize_keras_object(config)
@@ -191,3 +193,44 @@ def test_spec_augment_masks_bands_in_training_only():
     np.testing.assert_array_equal(y, again)  # seeded
     config = SpecAugment.from_config(layer.get_config()).get_config()
     assert config == layer.get_config()
+
+
+def test_prior_correction_matches_numpy_and_round_trips():
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet(np.ones(4), size=6).astype(np.float32)
+    probabilities[0] = [0.25, 0.25, 0.25, 0.25]
+    counts = [264, 264, 132, 264]  # RAVDESS's 4-class training folds: half as many neutral
+    layer = PriorCorrection(counts)
+    corrected = layer(probabilities).numpy()
+    expected = prior_corrected(probabilities, counts)
+    np.testing.assert_allclose(corrected, expected, atol=1e-6)
+    np.testing.assert_allclose(corrected.sum(axis=-1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(corrected[0], [0.2, 0.2, 0.4, 0.2], atol=1e-6)  # q ~ 1 / pi
+    # Only the prior matters, not the counts' scale; equal counts change nothing.
+    np.testing.assert_allclose(PriorCorrection([2, 2, 1, 2])(probabilities), corrected, atol=1e-6)
+    np.testing.assert_allclose(PriorCorrection([5] * 4)(probabilities), probabilities, atol=1e-6)
+    clone = PriorCorrection.from_config(layer.get_config())
+    assert clone.get_config()["class_counts"] == [264.0, 264.0, 132.0, 264.0]
+    np.testing.assert_array_equal(clone(probabilities).numpy(), corrected)
+    # In a model, traced with an unknown batch size.
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, PriorCorrection(counts)(inputs))
+    np.testing.assert_allclose(model.predict(probabilities, verbose=0), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("counts, message", [
+    ([88, 0, 44, 88], "one finite count > 0 per class"),
+    ([88, -1, 44, 88], "one finite count > 0 per class"),
+    ([88, float("nan"), 44, 88], "one finite count > 0 per class"),
+    ([], "one finite count > 0 per class"),
+    (None, "must be a list of numbers"),
+    (["many", 1, 2, 3], "must be a list of numbers"),
+])
+def test_prior_correction_rejects_bad_counts(counts, message):
+    with pytest.raises(ValueError, match=message):
+        PriorCorrection(counts)
+
+
+def test_prior_correction_needs_one_count_per_class():
+    with pytest.raises(ValueError, match=r"3 class counts .* probabilities of 4 classes"):
+        PriorCorrection([1, 2, 3])(np.full((2, 4), 0.25, np.float32))

@@ -1,8 +1,9 @@
 """The TFX pipeline end to end, small but real: 24 RAVDESS utterances of 4 actors, 2 folds,
-1 epoch. ``cme-ser run`` is killed during training; the TFX CLI's local engine
-(``tfx pipeline create`` + ``tfx run create``) then finishes the same pipeline, reusing what
-the killed run completed; a last ``cme-ser run`` comes entirely from the cache. Every
-artifact is checked."""
+1 epoch, one ``cme`` model per Trainer (not the shipped 3-model ensemble, to keep it cheap) with
+the shipped default's prior correction. ``cme-ser run`` is killed during training; the TFX
+CLI's local engine (``tfx pipeline create`` + ``tfx run create``) then finishes the same
+pipeline, reusing what the killed run completed; a last ``cme-ser run`` comes entirely from
+the cache. Every artifact is checked."""
 
 import json
 import os
@@ -21,6 +22,9 @@ from pipeline.tfma_metrics import read_fold_metrics
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CLASSES = ["angry", "happy", "neutral", "sad"]
+# `cme-ser run`'s arguments here; the TFX CLI's run gets the same from CME_SER_* (below). The
+# prior correction is left to both defaults (on), so the run covers it end to end.
+SMALL = ["--folds", "2", "--epochs", "1", "--variant", "cme", "--ensemble", "1"]
 
 
 def latest(root: Path, component: str, output: str) -> Path:
@@ -35,6 +39,7 @@ def pipeline_run(tmp_path_factory):
     corpus = small_ravdess_corpus(tmp / "corpus")  # skips without the data
     env = {**os.environ, "LOCAL_HOME": str(tmp / "tfx_home"), "CME_SER_DATA": str(corpus),
            "CME_SER_OUTPUT": str(tmp / "out"), "CME_SER_FOLDS": "2", "CME_SER_EPOCHS": "1",
+           "CME_SER_VARIANT": "cme", "CME_SER_ENSEMBLE": "1",
            "TF_CPP_MIN_LOG_LEVEL": "2", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     killed = run_until_training_then_kill(corpus, tmp / "out", env)
     for command in (["tfx", "pipeline", "create", "--engine", "local", "--pipeline_path",
@@ -51,9 +56,9 @@ def run_until_training_then_kill(corpus, out, env) -> list:
     """Starts `cme-ser run`, SIGKILLs it (and its Beam workers) once a Trainer is running;
     returns the stage lines it printed."""
     process = subprocess.Popen(
-        [str(BIN / "cme-ser"), "run", "--data-dir", str(corpus), "--output", str(out),
-         "--folds", "2", "--epochs", "1"], env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+        [str(BIN / "cme-ser"), "run", "--data-dir", str(corpus), "--output", str(out), *SMALL],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        start_new_session=True)
     lines = []
     try:
         for line in process.stdout:
@@ -138,6 +143,11 @@ def test_each_fold_has_a_model_with_tensorboard_curves(pipeline_run):
         run_dir = latest(root, f"Trainer.fold{fold}", "model_run")
         fit = json.loads((run_dir / "fit.json").read_text())
         assert fit["epochs_run"] == 1 and len(fit["val_speakers"]) == 1
+        assert fit["config"]["variant"] == "cme" and fit["ensemble_size"] == 1
+        # The prior correction (on by default) divided by the final training data's counts.
+        assert fit["prior_correction"] is True
+        assert fit["prior_class_counts"] == fit["class_counts"]
+        assert sum(fit["class_counts"]) == fit["num_final_train"] == 6  # 1 actor of 6
         tags = set()
         for events in (run_dir / "validation").glob("events.out.tfevents.*"):
             for event in tf.compat.v1.train.summary_iterator(str(events)):
@@ -179,6 +189,10 @@ def test_pushed_model_serves_records(pipeline_run):
     probabilities = out["probabilities"].numpy()
     assert probabilities.shape == (5, 4)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    # What was pushed is the final Trainer's prior-corrected model (3 actors of [2, 1, 1, 2]).
+    fit = json.loads((latest(tmp / "out" / "tfx" / "root", "Trainer.final", "model_run")
+                      / "fit.json").read_text())
+    assert fit["prior_correction"] is True and fit["prior_class_counts"] == [6, 3, 3, 6]
     assert set(out["classes"].numpy().astype(str)) <= set(CLASSES)
 
 
@@ -187,7 +201,7 @@ def test_rerun_with_cme_ser_run_comes_from_the_cache(pipeline_run):
     before = json.loads((latest(tmp / "out" / "tfx" / "root", "CrossValidationReport", "report")
                          / "report.json").read_text())
     done = subprocess.run([str(BIN / "cme-ser"), "run", "--data-dir", str(corpus), "--output",
-                           str(tmp / "out"), "--folds", "2", "--epochs", "1"], env=env,
+                           str(tmp / "out"), *SMALL], env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-5000:]
     assert "Trainer.fold0: finished" in done.stdout
@@ -241,9 +255,8 @@ def test_a_run_below_the_bar_is_not_pushed_and_says_why(pipeline_run):
     serving = tmp / "out" / "serving_model" / "cme"
     before = sorted((p.relative_to(serving), p.stat().st_mtime_ns) for p in serving.rglob("*"))
     done = subprocess.run([str(BIN / "cme-ser"), "run", "--data-dir", str(corpus), "--output",
-                           str(tmp / "out"), "--folds", "2", "--epochs", "1",
-                           "--bless-min-ua", "1.01"], env=env, capture_output=True, text=True,
-                          timeout=900)
+                           str(tmp / "out"), *SMALL, "--bless-min-ua", "1.01"], env=env,
+                          capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     assert "NOT PUSHED" in done.stdout and "pushed model:" not in done.stdout
     assert "below the bar --bless-min-ua 1.01" in done.stdout

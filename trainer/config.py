@@ -202,3 +202,12 @@ def variant_config(name: str, **overrides: Any) -> ModelConfig:
     if name not in VARIANTS:
         raise ValueError(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
     return ModelConfig(variant=name, **{**VARIANTS[name], **overrides})
+
+
+# The shipped default: what `cme-ser run` (`make run`) and pipeline/local_runner.py train and
+# push. It is the candidate the pre-registered rule of the nested cross-validation chose
+# (docs/selection.json; docs/results/ravdess-nested.json, "shipped_default": "cme_refit_bag
+# x3+prior"): `variant`, an `ensemble` of that many seeds (the run's seed, default 0, and the
+# next ones) whose class probabilities are averaged, and `prior_correction`: that mean divided
+# by the members' pooled training class prior (trainer.layers.PriorCorrection in the export).
+SHIPPED = {"variant": "cme_refit_bag", "ensemble": 3, "prior_correction": True}

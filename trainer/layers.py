@@ -1,5 +1,6 @@
-"""Keras layers of the CME model: temporal alignment mean-max pooling and cross modality excitation;
-at the end, the blocks of the Table 1 baselines and of the CTC-alignment ablation.
+"""Keras layers of the CME model: temporal alignment mean-max pooling and cross modality excitation,
+and the prior correction of served probabilities; at the end, the blocks of the Table 1
+baselines and of the CTC-alignment ablation.
 
 Every layer here is a pure function of its inputs and weights (no global state), serializable
 through ``get_config`` and registered under the ``cme_ser`` package so ``.keras`` files and
@@ -8,7 +9,10 @@ SavedModels reload without ``custom_objects``.
 
 from __future__ import annotations
 
+import math
+
 import keras
+import numpy as np
 import tensorflow as tf
 
 PACKAGE = "cme_ser"
@@ -276,6 +280,53 @@ class SpecAugment(keras.layers.Layer):
         return {**super().get_config(), "freq_masks": self.freq_masks,
                 "freq_width": self.freq_width, "time_masks": self.time_masks,
                 "time_width": self.time_width, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class PriorCorrection(keras.layers.Layer):
+    """Class probabilities divided by the training class prior and renormalised (the layer of
+    ``trainer.metrics.prior_corrected``, applied by the exported model after the ensemble mean)::
+
+        pi_k    = n_k / N,   N = sum_j n_j                 n = class_counts, K numbers > 0
+        q[b, k] = (p[b, k] / pi_k) / sum_j (p[b, j] / pi_j)
+
+    If ``p`` is the posterior under the training prior, ``argmax q`` is the decision a model
+    trained on balanced classes would make (the one that maximises expected UA rather than WA).
+    The counts are configuration, not weights: the layer has no state. A row of zeros has no
+    corrected value (0 / 0); probabilities from a softmax are never all zero.
+
+    Input: ``probabilities [B, K]`` (any leading shape ``[..., K]``). Output: ``q [B, K]``.
+    """
+
+    def __init__(self, class_counts, **kwargs):
+        super().__init__(**kwargs)
+        try:
+            counts = [float(c) for c in class_counts]
+        except (TypeError, ValueError):
+            raise ValueError(f"class_counts must be a list of numbers, got {class_counts!r}") \
+                from None
+        if not counts or not all(math.isfinite(c) and c > 0 for c in counts):
+            raise ValueError(f"class_counts must be one finite count > 0 per class, got {counts}")
+        self.class_counts = counts
+
+    def build(self, input_shape):
+        classes = input_shape[-1]
+        if classes is not None and int(classes) != len(self.class_counts):
+            raise ValueError(f"{len(self.class_counts)} class counts {self.class_counts} for "
+                             f"probabilities of {int(classes)} classes")
+
+    def call(self, probabilities):
+        probabilities = tf.convert_to_tensor(probabilities)
+        counts = np.asarray(self.class_counts, np.float64)
+        inverse_prior = tf.constant(counts.sum() / counts, probabilities.dtype)  # 1 / pi_k
+        scaled = probabilities * inverse_prior
+        return scaled / tf.reduce_sum(scaled, axis=-1, keepdims=True)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "class_counts": list(self.class_counts)}
 
 
 # --- Blocks of the Table-1 baselines and of the CTC-alignment ablation (trainer/model.py). ---

@@ -7,14 +7,23 @@ split (``fn_args.eval_files``) is deliberately never read here: only the Evaluat
 ``custom_config`` keys: ``model_config`` (``ModelConfig`` as JSON), ``embeddings_path`` (word
 vectors for the in-graph vocabulary of the ``predict_waveform`` signature), ``vocab_size``,
 ``ensemble_size`` (default 1: with N > 1, N models of seeds ``seed .. seed + N - 1`` are trained
-and exported as one averaging model, ``trainer.model.average_models``).
+and exported as one averaging model, ``trainer.model.average_models``), ``prior_correction``
+(default false: with true, the export serves the model's -- the ensemble mean's -- probabilities
+divided by the training class prior, ``trainer.layers.PriorCorrection``, with the members' pooled
+final-training class counts, as ``pipeline.nested`` scores the candidates).
+
+``fit.json`` in the model run directory: the first member's fit (and every member's under
+``members``), ``ensemble_size``, ``prior_correction`` and ``prior_class_counts`` (the counts
+the export divides by; null without the correction), and the configuration.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from typing import List, Sequence
 
+import numpy as np
 import tensorflow as tf
 from tfx import v1 as tfx
 
@@ -38,6 +47,23 @@ def _word_dim(files) -> int:
     return int(tf.size(parsed["word_embeddings"].values)) // max(int(parsed["num_words"]), 1)
 
 
+def pooled_class_counts(member_counts: Sequence[Sequence[int]],
+                        class_names: Sequence[str]) -> List[int]:
+    """The members' final-training class counts summed (their pooled prior, as
+    ``pipeline.nested`` scores an ensemble: members that trained on the same utterances, as the
+    refit variants' do, give the same prior as one of them); an error if a class never occurs,
+    for which the prior correction is undefined."""
+    counts = np.sum(np.asarray(member_counts, np.int64), axis=0)
+    if counts.shape != (len(class_names),):
+        raise ValueError(f"class counts {counts.tolist()} for {len(class_names)} classes")
+    missing = [name for name, count in zip(class_names, counts) if count <= 0]
+    if missing:
+        raise ValueError(f"prior_correction needs training examples of every class; the final "
+                         f"training data has none of {missing} (class counts "
+                         f"{counts.tolist()} for classes {list(class_names)})")
+    return counts.tolist()
+
+
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
     from preprocessing.embeddings import load
     from serving.signatures import export_saved_model
@@ -54,6 +80,9 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     size = int(custom.get("ensemble_size", 1))
     if size < 1:
         raise ValueError(f"ensemble_size must be >= 1, got {size}")
+    prior_correction = custom.get("prior_correction", False)
+    if not isinstance(prior_correction, bool):
+        raise ValueError(f"prior_correction must be true or false, got {prior_correction!r}")
     summaries, members = [], []
     for k in range(size):
         member = config.replace(seed=config.seed + k)
@@ -67,11 +96,15 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
             "best_val_ua": result.history["val_ua"][result.best_epoch - 1],
             "val_speakers": result.val_speakers, "num_train": result.num_train,
             "num_val": result.num_val, "refit_epochs": result.refit_epochs,
-            "num_final_train": result.num_final_train})
+            "num_final_train": result.num_final_train, "class_counts": result.class_counts})
+    prior_counts = (pooled_class_counts([s["class_counts"] for s in summaries],
+                                        config.class_names) if prior_correction else None)
     export_saved_model(average_models(members), fn_args.serving_model_dir,
                        class_names=config.class_names, vectors=load(custom["embeddings_path"]),
-                       vocab_size=int(custom.get("vocab_size", 50000)))
-    summary = {**summaries[0], "ensemble_size": size, "config": config.to_dict()}
+                       vocab_size=int(custom.get("vocab_size", 50000)),
+                       prior_class_counts=prior_counts)
+    summary = {**summaries[0], "ensemble_size": size, "prior_correction": prior_correction,
+               "prior_class_counts": prior_counts, "config": config.to_dict()}
     if size > 1:
         summary["members"] = summaries
     tf.io.gfile.makedirs(fn_args.model_run_dir)

@@ -1,0 +1,63 @@
+"""The shipped default (issue 12): what `cme-ser run` / `make run` and the TFX CLI's
+pipeline/local_runner.py train and push is ``trainer.config.SHIPPED``, and that is the candidate
+the nested cross-validation's pre-registered rule chose. Nothing here trains."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline import local_runner
+from pipeline.cli import build_parser
+from trainer.config import SHIPPED, VARIANTS, ModelConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_shipped_default_is_the_nested_rules_choice():
+    results = json.loads((ROOT / "docs" / "results" / "ravdess-nested.json").read_text())
+    chosen = results["shipped_default"]["candidate"]
+    selection = json.loads((ROOT / "docs" / "selection.json").read_text())
+    candidate = next(c for c in selection["candidates"] if c["name"] == chosen)
+    assert candidate["variant"] == SHIPPED["variant"] and SHIPPED["variant"] in VARIANTS
+    assert len(candidate["seeds"]) == SHIPPED["ensemble"]
+    assert candidate.get("prior_correction", False) == SHIPPED["prior_correction"]
+    # A run's ensemble has the seeds seed .. seed + N - 1 of its --seed (default 0).
+    assert candidate["seeds"] == [ModelConfig.seed + k for k in range(SHIPPED["ensemble"])]
+
+
+def test_cme_ser_run_defaults_to_the_shipped_model():
+    args = build_parser().parse_args(["run"])
+    assert (args.variant, args.ensemble, args.prior_correction, args.seed) == (
+        SHIPPED["variant"], SHIPPED["ensemble"], SHIPPED["prior_correction"], 0)
+    args = build_parser().parse_args(["run", "--variant", "cme", "--ensemble", "1",
+                                      "--no-prior-correction"])
+    assert (args.variant, args.ensemble, args.prior_correction) == ("cme", 1, False)
+
+
+def test_the_local_runner_defaults_to_the_shipped_model():
+    settings = local_runner.model_settings({})
+    assert settings["config"].variant == SHIPPED["variant"]
+    assert settings["ensemble_size"] == SHIPPED["ensemble"]
+    assert settings["prior_correction"] is SHIPPED["prior_correction"]
+    small = local_runner.model_settings({"CME_SER_VARIANT": "cme", "CME_SER_ENSEMBLE": "1",
+                                         "CME_SER_PRIOR_CORRECTION": "Off",
+                                         "CME_SER_EPOCHS": "2"})
+    assert (small["config"].variant, small["config"].epochs, small["ensemble_size"],
+            small["prior_correction"]) == ("cme", 2, 1, False)
+    assert local_runner.model_settings({"CME_SER_PRIOR_CORRECTION": "1"})["prior_correction"]
+    with pytest.raises(ValueError, match="CME_SER_PRIOR_CORRECTION must be one of"):
+        local_runner.model_settings({"CME_SER_PRIOR_CORRECTION": "maybe"})
+
+
+@pytest.mark.parametrize("prior_correction", [True, False])
+def test_prior_correction_reaches_every_trainer(tmp_path, prior_correction):
+    from pipeline.runner import local_pipeline
+    pipeline = local_pipeline(tmp_path / "out", data_dir=tmp_path, embeddings_path="glove",
+                              num_folds=2, ensemble_size=3, prior_correction=prior_correction)
+    trainers = [c for c in pipeline.components if c.id.startswith("Trainer.")]
+    assert sorted(t.id for t in trainers) == ["Trainer.final", "Trainer.fold0", "Trainer.fold1"]
+    for trainer in trainers:
+        custom = json.loads(trainer.exec_properties["custom_config"])
+        assert custom["prior_correction"] is prior_correction
+        assert custom["ensemble_size"] == 3
