@@ -17,11 +17,8 @@ held-out predictions, as ``<results>/<dataset>-cross-domain-units.jsonl``.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import json
-import multiprocessing
-import os
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
@@ -30,6 +27,7 @@ import numpy as np
 
 from pipeline import reproduce as repro
 from pipeline.statistics import correct_family, fold_means, mean_ci, paired_test
+from pipeline.units import config_hash, header as results_header, provenance, run_pool
 from trainer.config import variant_config
 
 # Training conditions: name -> the channels whose records a model trains on.
@@ -94,7 +92,7 @@ def run_unit(records_dir: str, work_dir: str, unit: Unit,
            "num_train": result.num_train, "num_val": result.num_val,
            "train_class_counts": result.class_counts,
            "seconds": round(time.time() - started, 1), "config": config.to_dict(),
-           **repro.provenance(config),
+           **provenance(config),
            "predictions": {
                "utterance_ids": out["utterance_ids"].tolist(),
                "channels": [channel[i] for i in out["utterance_ids"]],
@@ -143,7 +141,7 @@ def finished_rows(work_dir) -> List[dict]:
 def is_done(unit: Unit, work_dir, config) -> bool:
     path = unit.path(work_dir)
     return path.exists() and json.loads(path.read_text()).get("config_sha256") == \
-        repro.config_hash(config)
+        config_hash(config)
 
 
 def archive(work_dir, path) -> int:
@@ -294,32 +292,17 @@ def run_cross_domain(records_dir, work_dir, results_dir, *, dataset: str,
     log(f"== cross-domain {dataset}: {len(units)} units ({len(CONDITIONS)} training conditions "
         f"x {len(variants)} variant(s) x {seeds} seed(s) x {folds} folds), "
         f"{len(units) - len(todo)} done, {len(todo)} to run, {jobs} job(s)")
-    header = {"command": command, "commit": repro.git_commit(results_dir),
-              "date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores, no GPU",
-              "plan": {"variants": list(variants), "seeds": seeds,
-                       "conditions": {k: list(v) for k, v in CONDITIONS.items()}}}
-    started, done = time.time(), 0
-    if todo:
-        context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(
-                max_workers=max(jobs, 1), mp_context=context, initializer=repro._worker_init,
-                initargs=(threads,)) as pool:
-            futures = {pool.submit(run_unit, str(records_dir), str(work_dir), u, overrides): u
-                       for u in todo}
-            for future in concurrent.futures.as_completed(futures):
-                unit, done = futures[future], done + 1
-                try:
-                    row = future.result()
-                except Exception as error:  # one failed unit is reported, the others go on
-                    log(f"[{done}/{len(todo)}] {unit}: FAILED: {type(error).__name__}: {error}")
-                    continue
-                s = row["scores"]["none"]
-                elapsed = time.time() - started
-                log(f"[{done}/{len(todo)}] {unit}: " + ", ".join(
-                    f"{c} UA {s[c]['ua']:.3f}" for c in TEST_CHANNELS if c in s)
-                    + f" ({row['seconds']:.0f} s; ETA "
-                    f"{elapsed / done * (len(todo) - done) / 60:.0f} min)")
-                write_results(work_dir, results_dir, dataset, header)
+    header = results_header(command, results_dir, plan={
+        "variants": list(variants), "seeds": seeds,
+        "conditions": {k: list(v) for k, v in CONDITIONS.items()}})
+
+    def describe(row):
+        return ", ".join(f"{c} UA {row['scores']['none'][c]['ua']:.3f}"
+                         for c in TEST_CHANNELS if c in row["scores"]["none"])
+
+    run_pool(todo, lambda u: (run_unit, (str(records_dir), str(work_dir), u, overrides)),
+             jobs=jobs, threads=threads, describe=describe, log=log,
+             after_each=lambda row: write_results(work_dir, results_dir, dataset, header))
     summary = write_results(work_dir, results_dir, dataset, header)
     missing = [u for u in units if not u.path(work_dir).exists()]
     if missing:

@@ -26,12 +26,9 @@ results from it (:func:`rerender`) and a re-run restores instead of training.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import hashlib
 import json
-import multiprocessing
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -41,6 +38,7 @@ import numpy as np
 
 from pipeline import reproduce as repro
 from pipeline.statistics import mean_ci
+from pipeline.units import git_commit, header as results_header, provenance, run_pool
 from trainer.config import VARIANTS
 
 DEFAULT_SELECTION = "docs/selection.json"
@@ -224,7 +222,7 @@ def run_inner_unit(records_dir: str, work_dir: str, unit: InnerUnit,
     result = train_fold(files, unit.fold, config, embeddings_path=str(path.with_suffix(".npz")))
     row = {**dataclasses.asdict(unit), **dataclasses.asdict(result),
            "seconds": round(time.time() - started, 1), "config": config.to_dict(),
-           **repro.provenance(config)}
+           **provenance(config)}
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(row, indent=2))
     tmp.replace(path)
@@ -526,7 +524,7 @@ def rerender(results_dir, dataset: str = "ravdess") -> dict:
         raise ValueError("the stored selection text does not match its recorded sha256")
     header = {**previous["header"], "rerendered": {
         "command": RERENDER_COMMAND.format(results_dir=results_dir.as_posix(), dataset=dataset),
-        "commit": repro.git_commit(results_dir), "date": time.strftime("%Y-%m-%d")}}
+        "commit": git_commit(results_dir), "date": time.strftime("%Y-%m-%d")}}
     with tempfile.TemporaryDirectory() as work:
         restore(units, work)
         return write_results(work, results_dir, dataset, previous["folds"], selection, header)
@@ -586,32 +584,15 @@ def run_nested(records_dir, work_dir, results_dir, *, dataset: str, selection_pa
         f"done, {len(todo) - todo_inner} to run); estimated {seconds / 3600:.1f} CPU hours, "
         f"about {seconds / 3600 / max(jobs, 1):.1f} h with {jobs} job(s)")
     Path(work_dir).mkdir(parents=True, exist_ok=True)
-    header = {"command": command, "commit": repro.git_commit(results_dir),
-              "date": time.strftime("%Y-%m-%d"),
-              "machine": f"{os.cpu_count()} CPU cores, no GPU"}
-    started, done = time.time(), 0
-    if todo:
-        context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(
-                max_workers=max(jobs, 1), mp_context=context, initializer=repro._worker_init,
-                initargs=(threads,)) as pool:
-            futures = {pool.submit(run_inner_unit if isinstance(u, InnerUnit) else repro.run_unit,
-                                   str(records_dir), str(work_dir), u, overrides): u
-                       for u in todo}
-            for future in concurrent.futures.as_completed(futures):
-                unit, done = futures[future], done + 1
-                try:
-                    row = future.result()
-                except Exception as error:  # one failed unit is reported, the others go on
-                    log(f"[{done}/{len(todo)}] {unit}: FAILED: {type(error).__name__}: {error}")
-                    continue
-                elapsed = time.time() - started
-                log(f"[{done}/{len(todo)}] {unit}: WA {row['wa']:.3f} UA {row['ua']:.3f} "
-                    f"({row['seconds']:.0f} s; ETA "
-                    f"{elapsed / done * (len(todo) - done) / 60:.0f} min)")
-                # Results and archive after every unit: a run stopped anywhere (or a lost work
-                # dir) resumes from the committed archive.
-                write_results(work_dir, results_dir, dataset, folds, selection, header, usable)
+    header = results_header(command, results_dir)
+    # Results and archive after every unit: a run stopped anywhere (or a lost work dir)
+    # resumes from the committed archive.
+    run_pool(todo, lambda u: (run_inner_unit if isinstance(u, InnerUnit) else repro.run_unit,
+                              (str(records_dir), str(work_dir), u, overrides)),
+             jobs=jobs, threads=threads, log=log,
+             describe=lambda row: f"WA {row['wa']:.3f} UA {row['ua']:.3f}",
+             after_each=lambda row: write_results(work_dir, results_dir, dataset, folds,
+                                                  selection, header, usable))
     summary = write_results(work_dir, results_dir, dataset, folds, selection, header, usable)
     missing = [u for u in inner + outer if not usable(u)]
     if missing:

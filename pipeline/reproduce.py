@@ -14,13 +14,8 @@ is summarised over folds, a fold's seeds averaged first (``pipeline.statistics``
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
-import hashlib
 import json
-import multiprocessing
-import os
-import subprocess
 import time
 from pathlib import Path
 from typing import Callable, Iterable, List, Optional, Sequence
@@ -29,6 +24,7 @@ import numpy as np
 
 from pipeline.statistics import (correct_family, fold_means, mean_ci,
                                  paired_test)
+from pipeline.units import config_hash, git_commit, header as results_header, provenance, run_pool
 from trainer.config import VARIANTS, variant_config
 
 # Table 1 of Li et al. (2021): (WA, UA). None where the paper reports nothing.
@@ -142,26 +138,6 @@ def run_unit(records_dir: str, work_dir: str, unit: Unit, overrides: Optional[di
     tmp.write_text(json.dumps(row, indent=2))
     tmp.replace(path)  # a unit is done only once its file is complete
     return row
-
-
-def config_hash(config) -> str:
-    """sha256 of a configuration's canonical JSON, its seed left out: the units of one
-    configuration share it whatever their seed."""
-    fields = config if isinstance(config, dict) else json.loads(config.to_json())
-    fields = {k: v for k, v in fields.items() if k != "seed"}
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode("utf-8")).hexdigest()
-
-
-def provenance(config) -> dict:
-    """What a unit row records of where it came from: the commit and the configuration hash."""
-    return {"commit": git_commit(), "config_sha256": config_hash(config)}
-
-
-def _worker_init(threads: int) -> None:
-    import tensorflow as tf
-    if threads:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
 def finished_rows(work_dir, variants: Optional[Iterable[str]] = None) -> List[dict]:
@@ -644,21 +620,6 @@ def draw_tsne(work_dir, out_path, seed: int = 0, fold: int = 0) -> Optional[dict
     return {"figure": Path(out_path).name, "seed": seed, "fold": fold, "panels": info}
 
 
-def git_commit(ignore=None) -> str:
-    """Short HEAD commit, marked if tracked files (other than under ``ignore``, the results
-    this command rewrites) have uncommitted changes."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, check=True).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, check=True).stdout.splitlines()
-        prefix = Path(os.path.relpath(ignore)).as_posix() + "/" if ignore else None
-        dirty = [line for line in status if not (prefix and line[3:].startswith(prefix))]
-        return commit + ("+uncommitted changes" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def write_results(work_dir, results_dir, dataset: str, folds: int, header: dict,
                   tsne: Optional[dict] = None) -> dict:
     summary = summarize(finished_rows(work_dir), dataset, folds, work_dir=work_dir)
@@ -725,28 +686,13 @@ def reproduce(records_dir, work_dir, results_dir, *, dataset: str, variants: Seq
         commands.append(command)
     Path(work_dir).mkdir(parents=True, exist_ok=True)
     commands_file.write_text(json.dumps(commands, indent=2))
-    header = {"command": command, "commands": commands, "commit": git_commit(results_dir),
-              "date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores, no GPU",
-              "plan": {"variants": list(variants), "seeds": seeds}}
-    started, done = time.time(), 0
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=max(jobs, 1), mp_context=context,
-                                                initializer=_worker_init,
-                                                initargs=(threads,)) as pool:
-        futures = {pool.submit(run_unit, str(records_dir), str(work_dir), u, overrides): u
-                   for u in todo}
-        for future in concurrent.futures.as_completed(futures):
-            unit, done = futures[future], done + 1
-            try:
-                row = future.result()
-            except Exception as error:  # one failed unit is reported, the others go on
-                log(f"[{done}/{len(todo)}] {unit}: FAILED: {type(error).__name__}: {error}")
-                continue
-            elapsed = time.time() - started
-            log(f"[{done}/{len(todo)}] {unit}: WA {row['wa']:.3f} UA {row['ua']:.3f} "
-                f"(epoch {row['best_epoch']}/{row['epochs_run']}, {row['seconds']:.0f} s; "
-                f"ETA {elapsed / done * (len(todo) - done) / 60:.0f} min)")
-            write_results(work_dir, results_dir, dataset, folds, header)
+    header = results_header(command, results_dir, commands=commands,
+                            plan={"variants": list(variants), "seeds": seeds})
+    run_pool(todo, lambda u: (run_unit, (str(records_dir), str(work_dir), u, overrides)),
+             jobs=jobs, threads=threads, log=log,
+             describe=lambda row: (f"WA {row['wa']:.3f} UA {row['ua']:.3f} "
+                                   f"(epoch {row['best_epoch']}/{row['epochs_run']})"),
+             after_each=lambda row: write_results(work_dir, results_dir, dataset, folds, header))
     tsne = draw_tsne(work_dir, Path(results_dir) / f"{dataset}-tsne.png")
     summary = write_results(work_dir, results_dir, dataset, folds, header, tsne=tsne)
     missing = [u for u in units if not u.path(work_dir).exists()]

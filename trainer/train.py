@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -116,8 +117,14 @@ def _train(config: ModelConfig, plain: tf.data.Dataset, shuffled: tf.data.Datase
     compile_model(model, config, steps_per_epoch=sum(1 for _ in plain),
                   epochs=schedule_epochs or epochs)
     weights = class_weights(plain, config.num_classes) if config.class_balanced else None
-    history = model.fit(shuffled, validation_data=validation, epochs=epochs, class_weight=weights,
-                        callbacks=list(callbacks), verbose=verbose).history
+    with warnings.catch_warnings():
+        # The batches of a bucketed, filtered tf.data pipeline are not counted in advance, so
+        # Keras learns an epoch's length when the first epoch ends and warns that the input
+        # "ran out of data". That end is the epoch's end, not a failure.
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        history = model.fit(shuffled, validation_data=validation, epochs=epochs,
+                            class_weight=weights, callbacks=list(callbacks),
+                            verbose=verbose).history
     return model, history
 
 

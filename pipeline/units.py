@@ -1,0 +1,91 @@
+"""Units of evaluation work: the worker pool that trains them, and what a unit records of its
+origin. ``cme-ser reproduce`` (every protocol) trains each unit (one model, one fold) in a worker
+process of its own and rewrites its results after every finished unit."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import multiprocessing
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+
+def _worker_init(threads: int) -> None:
+    import tensorflow as tf
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
+def run_pool(todo: Sequence, work: Callable[[object], tuple], *, jobs: int, threads: int,
+             describe: Callable[[dict], str], after_each: Callable[[dict], None],
+             log: Callable[[str], None] = print) -> int:
+    """Runs ``work(unit) -> (function, args)`` for every unit of ``todo`` in ``jobs`` spawned
+    worker processes (``threads`` TensorFlow threads each; 0: TensorFlow's default). After each
+    finished unit, logs ``describe(row)`` with the time it took and an ETA, then calls
+    ``after_each(row)``. A failed unit is logged and the others go on; returns how many failed."""
+    if not todo:
+        return 0
+    started, done, failed = time.time(), 0, 0
+    context = multiprocessing.get_context("spawn")  # TensorFlow does not survive a fork
+    with concurrent.futures.ProcessPoolExecutor(max_workers=max(jobs, 1), mp_context=context,
+                                                initializer=_worker_init,
+                                                initargs=(threads,)) as pool:
+        futures = {}
+        for unit in todo:
+            function, args = work(unit)
+            futures[pool.submit(function, *args)] = unit
+        for future in concurrent.futures.as_completed(futures):
+            unit, done = futures[future], done + 1
+            try:
+                row = future.result()
+            except Exception as error:  # one failed unit is reported, the others go on
+                failed += 1
+                log(f"[{done}/{len(todo)}] {unit}: FAILED: {type(error).__name__}: {error}")
+                continue
+            elapsed = time.time() - started
+            log(f"[{done}/{len(todo)}] {unit}: {describe(row)} ({row['seconds']:.0f} s; ETA "
+                f"{elapsed / done * (len(todo) - done) / 60:.0f} min)")
+            after_each(row)
+    return failed
+
+
+def config_hash(config) -> str:
+    """sha256 of a configuration's canonical JSON, its seed left out: the units of one
+    configuration share it whatever their seed."""
+    fields = config if isinstance(config, dict) else json.loads(config.to_json())
+    fields = {k: v for k, v in fields.items() if k != "seed"}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def git_commit(ignore=None) -> str:
+    """Short HEAD commit, marked if tracked files (other than under ``ignore``, the results
+    this command rewrites) have uncommitted changes."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, check=True).stdout.splitlines()
+        prefix = Path(os.path.relpath(ignore)).as_posix() + "/" if ignore else None
+        dirty = [line for line in status if not (prefix and line[3:].startswith(prefix))]
+        return commit + ("+uncommitted changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def provenance(config) -> dict:
+    """What a unit row records of where it came from: the commit and the configuration hash."""
+    return {"commit": git_commit(), "config_sha256": config_hash(config)}
+
+
+def header(command: str, results_dir, **extra) -> dict:
+    """The results' header: the command, the commit, the date and the machine."""
+    return {"command": command, "commit": git_commit(results_dir),
+            "date": time.strftime("%Y-%m-%d"),
+            "machine": f"{os.cpu_count()} CPU cores, no GPU", **extra}
+
