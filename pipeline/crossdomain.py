@@ -241,7 +241,7 @@ def render_markdown(summary: dict, header: dict) -> str:
     for g in summary["gains"]:
         lines.append(f"| {g['variant']} | {g['correction']} | {g['test']} | "
                      f"{g['mean']:+.3f} [{g['ci95'][0]:+.3f}, {g['ci95'][1]:+.3f}] | "
-                     f"{g['wins']} / {g['losses']} | {g['p_holm']:.3f} | {g['verdict']} |")
+                     f"{g['wins']} / {g['losses']} | {repro._p(g['p_holm'])} | {g['verdict']} |")
     lines += ["", f"Every unit, with its held-out predictions, is archived in "
                   f"`{header.get('archive', '')}`.", ""]
     return "\n".join(lines)
@@ -257,6 +257,17 @@ def write_results(work_dir, results_dir, dataset: str, header: dict) -> dict:
     (results_dir / f"{dataset}-{SUFFIX}.md").write_text(render_markdown(summary, header))
     archive(work_dir, units)
     return summary
+
+
+def rerender(results_dir, dataset: str = "ravdess") -> dict:
+    """Rewrites the results from their archived units (training nothing), keeping the header of
+    the run that produced them."""
+    import tempfile
+    previous = json.loads((Path(results_dir) / f"{dataset}-{SUFFIX}.json").read_text())
+    header = {k: v for k, v in previous["header"].items() if k != "archive"}
+    with tempfile.TemporaryDirectory() as work:
+        restore(Path(results_dir) / f"{dataset}-{SUFFIX}-units.jsonl", work)
+        return write_results(work, results_dir, dataset, header)
 
 
 def check_channels(records_dir) -> None:

@@ -101,3 +101,7 @@ def test_cross_domain_run_scores_each_channel_and_resumes(tmp_path, synthetic_re
                                          log=log.append)
     assert any("restored 4" in line for line in log) and any("0 to run" in line for line in log)
     assert again["table"] == json.loads(json.dumps(summary["table"]))
+    # Re-rendered from the archive alone: the same tables, the run's header kept.
+    before = (results / "toy-cross-domain.md").read_text()
+    crossdomain.rerender(results, "toy")
+    assert (results / "toy-cross-domain.md").read_text() == before
