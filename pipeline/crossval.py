@@ -11,7 +11,7 @@ from typing import Dict, List
 
 from preprocessing.beam_pipeline import FOLD_PLAN_FILE, record_files
 from pipeline.report import write_report
-from preprocessing.records import decode_example
+from preprocessing.records import word_dim_of_files
 from trainer.config import ModelConfig
 from trainer.train import FoldResult, train_fold, write_result
 
@@ -27,10 +27,7 @@ def files_by_fold(records_dir) -> Dict[int, List[str]]:
 
 
 def word_dim_of(records_dir) -> int:
-    import tensorflow as tf
-    first = record_files(records_dir)[0]
-    raw = next(iter(tf.data.TFRecordDataset(first, compression_type="GZIP")))
-    return int(decode_example(raw.numpy())["word_embeddings"].shape[1])
+    return word_dim_of_files(record_files(records_dir))
 
 
 def cross_validate(records_dir, output_dir, config: ModelConfig, log=print) -> dict:

@@ -200,22 +200,16 @@ def plan(selection: Selection, folds: int, outer_folds: Optional[Sequence[int]] 
     return inner, outer
 
 
-def _word_dim(files: Sequence[str]) -> int:
-    import tensorflow as tf
-    from preprocessing.records import decode_example
-    raw = next(iter(tf.data.TFRecordDataset(files[0], compression_type="GZIP")))
-    return int(decode_example(raw.numpy())["word_embeddings"].shape[1])
-
-
 def run_inner_unit(records_dir: str, work_dir: str, unit: InnerUnit,
                    overrides: Optional[dict] = None) -> dict:
     """Trains and scores one inner unit; the outer fold's records are not passed on (nor
     read: even the word dimension comes from the other folds). Runs in a worker process."""
     from pipeline.crossval import files_by_fold
+    from preprocessing.records import word_dim_of_files
     from trainer.train import train_fold
 
     files = {k: v for k, v in files_by_fold(records_dir).items() if k != unit.outer}
-    config = repro.unit_config(unit, _word_dim(files[min(files)]), overrides)
+    config = repro.unit_config(unit, word_dim_of_files(files[min(files)]), overrides)
     path = unit.path(work_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()

@@ -19,7 +19,9 @@ from pipeline.components import (MAX_FOLDS, CorpusExampleGen, CrossValidationRep
                                  split_names)
 from pipeline.report import DEFAULT_BLESS_MIN_UA
 from pipeline.tfma_metrics import metric_configs
+from preprocessing.embeddings import DEFAULT_VOCAB_SIZE
 from trainer.config import ModelConfig, variant_config
+from trainer.signature_names import SERVING_DEFAULT
 
 RUN_FN = "trainer.module.run_fn"
 
@@ -28,7 +30,7 @@ def eval_config(class_names: Sequence[str]) -> tfma.EvalConfig:
     """WA, UA, per-class recall and the confusion matrix, computed by TFMA with our metrics
     (``pipeline.tfma_metrics``) on the arg-max of ``probabilities``."""
     return tfma.EvalConfig(
-        model_specs=[tfma.ModelSpec(signature_name="serving_default", label_key="label",
+        model_specs=[tfma.ModelSpec(signature_name=SERVING_DEFAULT, label_key="label",
                                     prediction_key="probabilities")],
         slicing_specs=[tfma.SlicingSpec()],
         metrics_specs=[tfma.MetricsSpec(metrics=[
@@ -42,7 +44,7 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, metadata_path: Op
                     embeddings_path: str, serving_model_dir: str,
                     config: ModelConfig = variant_config("cme"), num_folds: int = 5,
                     ensemble_size: int = 1, prior_correction: bool = False,
-                    vocab_size: int = 50000, max_seconds: float = 60.0,
+                    vocab_size: int = DEFAULT_VOCAB_SIZE, max_seconds: float = 60.0,
                     beam_pipeline_args: Optional[List[str]] = None,
                     enable_cache: bool = True,
                     channels: Optional[Sequence[str]] = None,

@@ -22,6 +22,7 @@ from pipeline.components import encode_data_dirs
 from pipeline.pipeline import create_pipeline
 from pipeline.report import DEFAULT_BLESS_MIN_UA
 from preprocessing.beam_pipeline import default_beam_args
+from preprocessing.embeddings import DEFAULT_VOCAB_SIZE
 from trainer.config import ModelConfig, variant_config
 
 PIPELINE_NAME = "cme_ser"
@@ -50,7 +51,7 @@ def local_pipeline(output, *, data_dir: Union[str, Path, Sequence[Union[str, Pat
                    embeddings_path: str, dataset: str = "ravdess",
                    config: ModelConfig = variant_config("cme"), num_folds: int = 5,
                    ensemble_size: int = 1, prior_correction: bool = False,
-                   vocab_size: int = 50000, enable_cache: bool = True,
+                   vocab_size: int = DEFAULT_VOCAB_SIZE, enable_cache: bool = True,
                    beam_pipeline_args: Optional[List[str]] = None,
                    pipeline_name: str = PIPELINE_NAME,
                    channels: Optional[Sequence[str]] = None,
@@ -80,7 +81,8 @@ def kubeflow_pipeline(*, pipeline_root: str, data_dir: str, embeddings_path: str
                       serving_model_dir: str, dataset: str = "ravdess",
                       config: ModelConfig = variant_config("cme"), num_folds: int = 5,
                       ensemble_size: int = 1, prior_correction: bool = False,
-                      vocab_size: int = 50000, pipeline_name: str = KUBEFLOW_PIPELINE_NAME,
+                      vocab_size: int = DEFAULT_VOCAB_SIZE,
+                      pipeline_name: str = KUBEFLOW_PIPELINE_NAME,
                       bless_min_ua: float = DEFAULT_BLESS_MIN_UA) -> tfx.dsl.Pipeline:
     """The same pipeline for Kubeflow Pipelines / Vertex AI: paths are the cluster's (e.g.
     gs://...), ML Metadata is the orchestrator's, Beam runs wherever beam_pipeline_args say."""

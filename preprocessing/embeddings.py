@@ -42,6 +42,9 @@ GLOVE_6B_DIM = 50
 VECTORS_FILE = "vectors.npy"
 VOCAB_FILE = "vocab.txt"
 SOURCE_FILE = "source.json"
+# Words of the vectors kept in the serving SavedModel's vocabulary unless told otherwise: the
+# first rows, i.e. the most frequent words (``trainer.export``, the pipeline's ``vocab_size``).
+DEFAULT_VOCAB_SIZE = 50000
 
 
 class EmbeddingsError(ValueError):

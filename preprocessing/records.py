@@ -32,9 +32,9 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from preprocessing.alignment import SOURCES as ALIGNMENT_SOURCES
 from preprocessing.features import NUM_MEL_BINS
 
-ALIGNMENT_SOURCES = ("given", "forced", "asr", "fallback")
 NO_LABEL = -1
 
 
@@ -130,6 +130,16 @@ def to_model_inputs(parsed: Mapping[str, tf.Tensor]) -> dict:
         "num_words": tf.cast(parsed["num_words"], tf.int32),
         "word_spans": tf.cast(spans, tf.int32),
     }
+
+
+def word_dim_of_files(files: Sequence[str]) -> int:
+    """The word vectors' dimension in the (GZIP) record files ``files``, read from their first
+    record as :func:`decode_example` infers it (every record of a data set has the same)."""
+    files = list(files)
+    if not files:
+        raise ValueError("no record files to read the word dimension from")
+    raw = next(iter(tf.data.TFRecordDataset(files[:1], compression_type="GZIP")))
+    return int(decode_example(raw.numpy())["word_embeddings"].shape[1])
 
 
 def decode_example(serialized: bytes, word_dim: Optional[int] = None) -> dict:

@@ -1,6 +1,6 @@
-"""Serving the CME model: SavedModel export and TensorFlow Serving's REST API.
+"""Serving the CME model: TensorFlow Serving's REST API (the SavedModel is exported by
+``trainer.export``).
 
-    signatures.py    export_saved_model: the SavedModel and its signatures (core TF ops only)
     repository.py    the <base>/<version>/ directory: loading, polling, labels, version states
     json_tensors.py  TF Serving's REST JSON format <-> arrays, with its rules and error texts
     validation.py    checks of predict_waveform inputs before the graph runs

@@ -29,7 +29,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from serving.signatures import (EXCITATION_OUTPUTS, PREDICT_WAVEFORM, PREDICT_WAVEFORM_BYTES,
+from trainer.export import (EXCITATION_OUTPUTS, PREDICT_WAVEFORM, PREDICT_WAVEFORM_BYTES,
                                 SERVING_DEFAULT, WAVEFORM_BYTES_INPUTS, WAVEFORM_INPUTS)
 from serving.status import ServingError
 

@@ -30,10 +30,9 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-# The signature names of serving.signatures (not imported: this module needs no TensorFlow).
-PREDICT_WAVEFORM = "predict_waveform"
-PREDICT_WAVEFORM_BYTES = "predict_waveform_bytes"
-SERVING_DEFAULT = "serving_default"
+# The signature names of trainer.export, from its TensorFlow-free module (this one needs none).
+from trainer.signature_names import PREDICT_WAVEFORM, PREDICT_WAVEFORM_BYTES, SERVING_DEFAULT
+
 SAMPLE_RATE = 16000
 
 

@@ -47,7 +47,7 @@ import numpy as np
 
 from serving.repository import ModelRepository, Signature, Version
 from serving.server import _check_shapes
-from serving.signatures import SERVING_DEFAULT, WAVEFORM_BYTES_INPUTS, WAVEFORM_INPUTS
+from trainer.export import SERVING_DEFAULT, WAVEFORM_BYTES_INPUTS, WAVEFORM_INPUTS
 from serving.status import ServingError, invalid_argument, not_found
 from serving.validation import check_waveform_bytes_inputs, check_waveform_inputs
 

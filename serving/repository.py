@@ -14,7 +14,7 @@ keep serving, and it is tried again only when its ``saved_model.pb`` changes. Di
 exports are written into a dot-named staging directory and renamed into place.
 
 A version's ``assets.extra/tf_serving_warmup_requests`` (TFRecord of ``PredictionLog``, written by
-``serving.signatures.export_saved_model``) is replayed right after the load, as TF Serving does
+``trainer.export.export_saved_model``) is replayed right after the load, as TF Serving does
 (its Predict requests; at most ``MAX_WARMUP_RECORDS``); a request that fails fails the load.
 
 Version states follow TF Serving's ``GetModelStatus``: LOADING, AVAILABLE, and END for versions
@@ -37,6 +37,7 @@ import numpy as np
 
 from serving.json_tensors import TensorSpec
 from serving.status import ServingError, from_op_error, invalid_argument, not_found
+from trainer.signature_names import SERVING_DEFAULT
 
 log = logging.getLogger("cme_ser.serving")
 
@@ -177,7 +178,7 @@ def run_warmup(path: Path, signatures: Mapping[str, Signature]) -> int:
                         entry.WhichOneof("log_type"))
             continue
         request = entry.predict_log.request
-        name = request.model_spec.signature_name or "serving_default"
+        name = request.model_spec.signature_name or SERVING_DEFAULT
         if name not in signatures:
             raise ValueError(f"{warmup}: record {index} asks for signature {name!r}, which "
                              f"the model does not have")

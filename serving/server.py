@@ -50,7 +50,7 @@ import numpy as np
 from serving import fast_json, json_tensors
 from serving.batching import Batcher
 from serving.repository import ModelRepository, Signature, Version
-from serving.signatures import SERVING_DEFAULT, WAVEFORM_BYTES_INPUTS, WAVEFORM_INPUTS
+from trainer.export import SERVING_DEFAULT, WAVEFORM_BYTES_INPUTS, WAVEFORM_INPUTS
 from serving.status import HTTP_STATUS, ServingError, invalid_argument, not_found
 from serving.validation import check_waveform_bytes_inputs, check_waveform_inputs
 

@@ -11,7 +11,7 @@ import pytest
 
 from preprocessing import alignment, audio, corpora, embeddings
 from preprocessing.utterance import filterbank, utterance_to_example
-from serving.signatures import export_saved_model
+from trainer.export import export_saved_model
 from trainer.config import ModelConfig
 from trainer.model import adapt_normalization, build_model
 

@@ -20,7 +20,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 
 from preprocessing import records
 from serving import repository
-from serving.signatures import (CLASS_OUTPUTS, EXCITATION_OUTPUTS, PREDICT_WAVEFORM,
+from trainer.export import (CLASS_OUTPUTS, EXCITATION_OUTPUTS, PREDICT_WAVEFORM,
                                 SERVING_DEFAULT, portable_recurrent_layers,
                                 read_warmup_requests)
 from serving_support import ANGRY, KIDS, example_bytes, export, needs_ravdess, small_model
@@ -130,7 +130,7 @@ def test_a_failing_warmup_request_fails_the_load(gpu_export, tmp_path):
     import shutil
     from pathlib import Path
 
-    from serving.signatures import write_warmup_requests
+    from trainer.export import write_warmup_requests
     from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
     _, info = gpu_export

@@ -267,10 +267,10 @@ def test_embeddings_fetch():
 
 
 def signature_output_names():
-    """serving/signatures.py's CLASS_OUTPUTS + EXCITATION_OUTPUTS, read without importing
+    """trainer/export.py's CLASS_OUTPUTS + EXCITATION_OUTPUTS, read without importing
     TensorFlow (tests/test_export_portability.py checks them against a real export)."""
     import ast
-    tree = ast.parse((ROOT / "serving" / "signatures.py").read_text())
+    tree = ast.parse((ROOT / "trainer" / "export.py").read_text())
     names = {}
     for node in tree.body:
         if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) \

@@ -22,7 +22,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
 from serving.client import GrpcClient, GrpcRequestError, RestClient, Utterance
 from serving.grpc_server import GrpcServer
 from serving.server import build_server, start_in_thread
-from serving.signatures import PREDICT_WAVEFORM
+from trainer.export import PREDICT_WAVEFORM
 from serving_support import (ANGRY, CLASSES, KIDS, aligned, example_bytes, export,
                              needs_ravdess, small_model, timed_words, waveform_inputs)
 

@@ -17,7 +17,7 @@ import tensorflow as tf
 from serving.batching import Batcher
 from serving.client import RestClient, Utterance
 from serving.server import build_server, start_in_thread
-from serving.signatures import PREDICT_WAVEFORM, PREDICT_WAVEFORM_BYTES
+from trainer.export import PREDICT_WAVEFORM, PREDICT_WAVEFORM_BYTES
 from serving_support import (ANGRY, CLASSES, KIDS, aligned, example_bytes, export,
                              needs_ravdess, small_model, timed_words, waveform_inputs)
 

@@ -15,7 +15,7 @@ import tensorflow as tf
 from preprocessing import records
 from preprocessing.alignment import _seconds_to_frame
 from preprocessing.embeddings import WordVectors
-from serving.signatures import (PREDICT_WAVEFORM, PREDICT_WAVEFORM_BYTES, SERVING_DEFAULT,
+from trainer.export import (PREDICT_WAVEFORM, PREDICT_WAVEFORM_BYTES, SERVING_DEFAULT,
                                 export_saved_model,
                                 seconds_to_spans, serving_vocabulary)
 from serving_support import (ANGRY, CLASSES, DOGS, KIDS, SAD, aligned, example_bytes,
@@ -103,7 +103,7 @@ def test_both_signatures_agree_in_a_fresh_process(exported, tmp_path):
 
 def test_excitation_equals_the_mean_of_the_keras_gates(exported):
     model, info = exported
-    from serving.signatures import excitation_model
+    from trainer.export import excitation_model
     gates_model = excitation_model(model)
     serialized = example_bytes(SAD, DOGS, label="sad")
     parsed = records.parse_examples(tf.constant([serialized]), 50)
@@ -235,7 +235,7 @@ def test_export_to_a_tensorflow_filesystem_url(exported):
 
 def test_a_seed_ensemble_exports_the_mean_of_its_members(tmp_path):
     from trainer.model import average_models, ensemble_members
-    from serving.signatures import excitation_model, has_excitation
+    from trainer.export import excitation_model, has_excitation
     members = [small_model(seed) for seed in (0, 1)]
     parsed = records.parse_examples(tf.constant([example_bytes(SAD, DOGS, label="sad")]), 50)
     inputs = records.to_model_inputs(parsed)

@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 from tfx import v1 as tfx
 
+from preprocessing.records import word_dim_of_files
 from trainer.config import ModelConfig
 from trainer.model import average_models
 from trainer.train import fit
@@ -37,14 +38,6 @@ def _expand(patterns):
     if not files:
         raise ValueError(f"no training files match {patterns}")
     return files
-
-
-def _word_dim(files) -> int:
-    spec = {"word_embeddings": tf.io.VarLenFeature(tf.float32),
-            "num_words": tf.io.FixedLenFeature([], tf.int64)}
-    raw = next(iter(tf.data.TFRecordDataset(files[:1], compression_type="GZIP")))
-    parsed = tf.io.parse_single_example(raw, spec)
-    return int(tf.size(parsed["word_embeddings"].values)) // max(int(parsed["num_words"]), 1)
 
 
 def pooled_class_counts(member_counts: Sequence[Sequence[int]],
@@ -65,13 +58,13 @@ def pooled_class_counts(member_counts: Sequence[Sequence[int]],
 
 
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
-    from preprocessing.embeddings import load
-    from serving.signatures import export_saved_model
+    from preprocessing.embeddings import DEFAULT_VOCAB_SIZE, load
+    from trainer.export import export_saved_model
 
     custom = fn_args.custom_config or {}
     train_files = _expand(fn_args.train_files)
     config = ModelConfig.from_json(custom["model_config"])
-    config = config.replace(word_dim=_word_dim(train_files))
+    config = config.replace(word_dim=word_dim_of_files(train_files))
     if config.speaker_norm:
         # The serving signatures see one utterance, not its speaker's other audio.
         raise ValueError(f"variant {config.variant!r} standardises features per speaker "
@@ -101,7 +94,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
                                         config.class_names) if prior_correction else None)
     export_saved_model(average_models(members), fn_args.serving_model_dir,
                        class_names=config.class_names, vectors=load(custom["embeddings_path"]),
-                       vocab_size=int(custom.get("vocab_size", 50000)),
+                       vocab_size=int(custom.get("vocab_size", DEFAULT_VOCAB_SIZE)),
                        prior_class_counts=prior_counts)
     summary = {**summaries[0], "ensemble_size": size, "prior_correction": prior_correction,
                "prior_class_counts": prior_counts, "config": config.to_dict()}

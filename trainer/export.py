@@ -80,14 +80,11 @@ import numpy as np
 import tensorflow as tf
 
 from preprocessing import features, records
-from preprocessing.embeddings import WordVectors
+from preprocessing.embeddings import DEFAULT_VOCAB_SIZE, WordVectors
 from trainer.layers import PriorCorrection
 from trainer.model import EXCITATION_LAYER, ensemble_members, like_inputs
+from trainer.signature_names import PREDICT_WAVEFORM, PREDICT_WAVEFORM_BYTES, SERVING_DEFAULT
 
-DEFAULT_VOCAB_SIZE = 50000
-SERVING_DEFAULT = "serving_default"
-PREDICT_WAVEFORM = "predict_waveform"
-PREDICT_WAVEFORM_BYTES = "predict_waveform_bytes"
 WAVEFORM_INPUTS = ("waveform", "num_samples", "words", "word_start_s", "word_end_s")
 WAVEFORM_BYTES_INPUTS = ("waveform_bytes",) + WAVEFORM_INPUTS[1:]
 CLASS_OUTPUTS = ("probabilities", "class_ids", "classes", "class_names")
