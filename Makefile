@@ -16,7 +16,7 @@ $(PY):
 
 $(VENV)/.installed: $(PY) pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
-	TF_CPP_MIN_LOG_LEVEL=3 $(PY) -c "import tfx, tensorflow, apache_beam, pocketsphinx, soundfile"
+	TF_CPP_MIN_LOG_LEVEL=3 PYTHONWARNINGS=ignore::FutureWarning $(PY) -c "import tfx, tensorflow, apache_beam, pocketsphinx, soundfile"
 	touch $@
 
 install: $(VENV)/.installed

@@ -73,7 +73,7 @@ def run_unit(records_dir: str, work_dir: str, unit: Unit,
              overrides: Optional[dict] = None) -> dict:
     """Trains one unit on its training channels and predicts every held-out utterance; writes
     the unit's JSON (scores per test channel, and the predictions). Runs in a worker process."""
-    from pipeline.crossval import files_by_fold, word_dim_of
+    from pipeline.folds import files_by_fold, word_dim_of
     from trainer.data import make_dataset
     from trainer.train import fit, predict
 
@@ -286,7 +286,7 @@ def run_cross_domain(records_dir, work_dir, results_dir, *, dataset: str,
                      log: Callable[[str], None] = print) -> dict:
     """Trains every unfinished unit (``jobs`` worker processes), rewriting the results as units
     finish; returns the summary."""
-    from pipeline.crossval import files_by_fold, word_dim_of
+    from pipeline.folds import files_by_fold, word_dim_of
 
     available = len(files_by_fold(records_dir))
     if folds != available:

@@ -204,7 +204,7 @@ def run_inner_unit(records_dir: str, work_dir: str, unit: InnerUnit,
                    overrides: Optional[dict] = None) -> dict:
     """Trains and scores one inner unit; the outer fold's records are not passed on (nor
     read: even the word dimension comes from the other folds). Runs in a worker process."""
-    from pipeline.crossval import files_by_fold
+    from pipeline.folds import files_by_fold
     from preprocessing.records import word_dim_of_files
     from trainer.train import train_fold
 
@@ -545,7 +545,7 @@ def run_nested(records_dir, work_dir, results_dir, *, dataset: str, selection_pa
                log: Callable[[str], None] = print) -> dict:
     """Trains every unfinished unit of the plan (``jobs`` worker processes; only the units of
     ``outer_folds`` if given), then writes the results; returns the summary."""
-    from pipeline.crossval import files_by_fold, word_dim_of
+    from pipeline.folds import files_by_fold, word_dim_of
 
     selection = load_selection(selection_path)
     available = len(files_by_fold(records_dir))

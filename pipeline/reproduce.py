@@ -121,7 +121,7 @@ def is_done(unit: Unit, work_dir, config) -> bool:
 
 def run_unit(records_dir: str, work_dir: str, unit: Unit, overrides: Optional[dict] = None) -> dict:
     """Trains and scores one unit; writes its JSON and embeddings. Runs in a worker process."""
-    from pipeline.crossval import files_by_fold, word_dim_of
+    from pipeline.folds import files_by_fold, word_dim_of
     from trainer.train import train_fold
 
     files = files_by_fold(records_dir)
@@ -666,7 +666,7 @@ def reproduce(records_dir, work_dir, results_dir, *, dataset: str, variants: Seq
               overrides: Optional[dict] = None, log: Callable[[str], None] = print) -> dict:
     """Runs every unfinished unit (``jobs`` worker processes), rewriting the results as units
     finish; returns the summary."""
-    from pipeline.crossval import files_by_fold, word_dim_of
+    from pipeline.folds import files_by_fold, word_dim_of
 
     available = len(files_by_fold(records_dir))
     if folds != available:

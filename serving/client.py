@@ -31,7 +31,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 # The signature names of trainer.export, from its TensorFlow-free module (this one needs none).
-from trainer.signature_names import PREDICT_WAVEFORM, PREDICT_WAVEFORM_BYTES, SERVING_DEFAULT
+from trainer.signature_names import PREDICT_WAVEFORM, PREDICT_WAVEFORM_BYTES
 
 SAMPLE_RATE = 16000
 
@@ -287,13 +287,6 @@ class RestClient:
         outputs = answer["outputs"]
         return predictions_from_outputs({k: np.asarray(v, dtype=object if k in (
             "classes", "class_names") else None) for k, v in outputs.items()}, utterances)
-
-    def classify_examples(self, serialized: Sequence[bytes]) -> List[dict]:
-        """``serving_default`` on serialized ``tf.train.Example`` records (sent as b64):
-        ``[{"probabilities": [...], "class_ids": k, "classes": name, ...}]`` per record."""
-        instances = [{"b64": base64.b64encode(s).decode("ascii")} for s in serialized]
-        answer = self.predict(instances=instances, signature_name=SERVING_DEFAULT)
-        return answer["predictions"]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ picked each fold's best epoch on the test fold itself).
 from __future__ import annotations
 
 import dataclasses
-import json
 import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -259,7 +258,3 @@ def train_fold(files_by_fold: Dict[int, Sequence[str]], test_fold: int, config: 
                       val_speakers=result.val_speakers, refit_epochs=result.refit_epochs,
                       num_final_train=result.num_final_train,
                       train_class_counts=result.class_counts)
-
-
-def write_result(result: FoldResult, path) -> None:
-    Path(path).write_text(json.dumps(dataclasses.asdict(result), indent=2))
