@@ -8,14 +8,16 @@ Each cycle starts `cme-ser serve` on a free loopback port, waits for its announc
 one `predict_waveform` request (must answer 200), then lets ``--clients`` clients send requests
 on keep-alive connections and sends SIGTERM while they are in flight (after a delay that varies
 from cycle to cycle), as `docker stop` / `kubectl delete` would. A clean exit is status 0 within
-``--stop-timeout`` seconds with no traceback on stderr. The server's version poller runs
-(``--poll-seconds 0.2``) and so does its gRPC server (``--grpc-port 0``), so their threads are
-alive at every stop too.
+``--stop-timeout`` seconds with no traceback on stderr, and no worker process that ended
+otherwise than cleanly (gunicorn's master logs "Worker (pid:N) was sent SIGABRT!" or "... exited
+with code N" for those). The server's version poller runs (``--poll-seconds 0.2``) and so does
+its gRPC server (``--grpc-port 0``, in every worker), so their threads are alive at every stop
+too.
 
-Prints one JSON line: cycles, workers, bad_exits (each with its cycle, status and the end of
-its stderr), tracebacks (cycles whose stderr had one), the requests answered while stopping
-(200s, refused connections, other answers), and the median and maximum seconds from SIGTERM to
-exit. Exits 1 if any exit was bad.
+Prints one JSON line: cycles, workers, bad_exits (each with its cycle, status, the workers'
+bad ends and the end of its stderr), tracebacks (cycles whose stderr had one), the requests
+answered while stopping (200s, refused connections, other answers), and the median and maximum
+seconds from SIGTERM to exit. Exits 1 if any exit was bad.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import argparse
 import http.client
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -94,7 +97,7 @@ def _client(url: str, stop: threading.Event, counts: dict, lock: threading.Lock)
 def cycle(args, index: int) -> dict:
     command = [sys.executable, "-m", "pipeline.cli", "serve", "--model-base-path",
                str(args.model_base_path), "--model-name", "cme", "--host", "127.0.0.1",
-               "--port", "0" if args.workers == 1 else str(args.port + index % 50),
+               "--port", "0",
                "--poll-seconds", "0.2", "--grpc-port", "0", "--workers", str(args.workers)]
     process = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.DEVNULL,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -144,8 +147,9 @@ def cycle(args, index: int) -> dict:
             c.join(timeout=30)
     drain.join(timeout=10)
     text = "".join(stderr)
+    workers = re.findall(r"Worker \(pid:\d+\) (?:was sent \w+|exited with code -?\d+)", text)
     return {"cycle": index, "status": status, "seconds": stopped, "stderr": text,
-            "traceback": "Traceback" in text, **counts}
+            "traceback": "Traceback" in text, "worker_ends": workers, **counts}
 
 
 def main() -> int:
@@ -156,18 +160,19 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--clients", type=int, default=4,
                         help="clients sending requests while SIGTERM arrives")
-    parser.add_argument("--port", type=int, default=18600,
-                        help="first port for --workers > 1 (a supervisor needs a fixed port)")
     parser.add_argument("--start-timeout", type=float, default=300.0)
     parser.add_argument("--stop-timeout", type=float, default=60.0)
     args = parser.parse_args()
     results = []
     for index in range(args.cycles):
         results.append(cycle(args, index))
-        print(f"cycle {index + 1}/{args.cycles}: status {results[-1]['status']}", file=sys.stderr,
-              flush=True)
-    bad = [{"cycle": r["cycle"], "status": r["status"], "stderr_tail": r["stderr"][-6000:]}
-           for r in results if r["status"] != 0]
+        r = results[-1]
+        print(f"cycle {index + 1}/{args.cycles}: status {r['status']}, worker ends "
+              f"{r['worker_ends']}, traceback {r['traceback']}, stopped in {r['seconds']:.2f} s",
+              file=sys.stderr, flush=True)
+    bad = [{"cycle": r["cycle"], "status": r["status"], "worker_ends": r["worker_ends"],
+            "stderr_tail": r["stderr"][-6000:]}
+           for r in results if r["status"] != 0 or r["worker_ends"] or r["traceback"]]
     seconds = [r["seconds"] for r in results]
     print(json.dumps({
         "cycles": args.cycles, "workers": args.workers, "clients": args.clients,

@@ -26,8 +26,8 @@ measured requests together.
 With ``--protocol grpc`` the same utterance goes to ``PredictionService.Predict`` as a
 ``PredictRequest`` of TensorProtos (``GrpcClient.waveform_request``, built once); each client
 thread has its own channel (its own HTTP/2 connection: ``grpc.use_local_subchannel_pool``) and
-``PredictionServiceStub``, as a TF Serving user's client would. A started server serves gRPC
-from one process (worker 0 with ``--workers``).
+``PredictionServiceStub``, as a TF Serving user's client would. With ``--workers`` every worker
+of a started server serves gRPC on the one port (SO_REUSEPORT).
 
 Prints one JSON line: requests_per_s, p50_ms, p90_ms, p99_ms, errors (non-200 answers and
 failed connections), the setup, and the load conditions: CPU milliseconds per request of the
@@ -89,14 +89,18 @@ def start_server(base_path: str, model_name: str, extra: list) -> tuple:
                "--model-name", model_name, "--port", "0", "--host", "127.0.0.1"] + extra
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                text=True, cwd=Path(__file__).resolve().parents[1])
-    # "... gRPC at 127.0.0.1:PORT[ (worker 0)], REST API at http://127.0.0.1:PORT"
-    line = process.stdout.readline()
+    # "... N worker processes, gRPC at 127.0.0.1:PORT, REST API at http://127.0.0.1:PORT",
+    # printed once every worker has loaded the model
+    line = ""
+    for line in process.stdout:
+        if "REST API at " in line:
+            break
     if "REST API at " not in line:
         process.kill()
         sys.exit(f"serving_load: the server did not start: {line.strip() or 'no output'}")
     grpc_url = None
     if "gRPC at " in line:
-        grpc_url = "grpc://" + line.split("gRPC at ", 1)[1].split(",", 1)[0].split(" ", 1)[0]
+        grpc_url = "grpc://" + line.split("gRPC at ", 1)[1].split(",", 1)[0]
     return process, line.rsplit("REST API at ", 1)[1].strip(), grpc_url
 
 

@@ -15,8 +15,11 @@ Only signatures whose padding is known to change nothing are batched:
   padded in-graph);
 * ``serving_default``: ``examples`` is ``[B]``, nothing to pad.
 
-Any other signature runs request by request. If a merged batch fails, its requests are re-run
-one by one, so one bad request cannot fail the others.
+Any other signature runs request by request. If a merged batch fails (an input check of the
+graph, ``trainer.export.check_waveform_inputs``, refused a row), its requests are re-run one by
+one, so one bad request cannot fail the others and gets the error it gets alone. A request
+whose padding could hide what the graph checks (:func:`mergeable`) is never merged: it runs
+alone.
 """
 
 from __future__ import annotations
@@ -42,13 +45,20 @@ class Policy:
 
     pad_values: Mapping[str, object]
     per_word_outputs: Tuple[str, ...] = ()
+    # Inputs that must have one shape in a request (padding would make them agree).
+    same_shape: Tuple[str, ...] = ()
+    # (lengths [B], padded [B, S]): lengths[b] must be <= the request's own S (padding adds S).
+    lengths: Optional[Tuple[str, str]] = None
 
 
 _WORDS = {"num_samples": 0, "words": b"", "word_start_s": 0.0, "word_end_s": 0.0}
+_WORD_SLOTS = ("words", "word_start_s", "word_end_s")
 POLICIES = {
-    PREDICT_WAVEFORM: Policy({"waveform": 0.0, **_WORDS}, EXCITATION_OUTPUTS),
+    PREDICT_WAVEFORM: Policy({"waveform": 0.0, **_WORDS}, EXCITATION_OUTPUTS, _WORD_SLOTS,
+                             ("num_samples", "waveform")),
     # [B] strings: concatenated; the graph pads the decoded samples itself.
-    PREDICT_WAVEFORM_BYTES: Policy({"waveform_bytes": b"", **_WORDS}, EXCITATION_OUTPUTS),
+    PREDICT_WAVEFORM_BYTES: Policy({"waveform_bytes": b"", **_WORDS}, EXCITATION_OUTPUTS,
+                                   _WORD_SLOTS),
     SERVING_DEFAULT: Policy({"examples": b""}),
 }
 _EXPECTED_INPUTS = {PREDICT_WAVEFORM: set(WAVEFORM_INPUTS),
@@ -62,6 +72,27 @@ def policy_for(signature) -> Optional[Policy]:
     if policy is None or set(signature.inputs) != _EXPECTED_INPUTS[signature.name]:
         return None
     return policy
+
+
+def mergeable(tensors: Mapping[str, np.ndarray], policy: Policy) -> bool:
+    """Whether ``tensors`` (one request) can be padded into a merged batch without changing
+    what the graph's input checks see: every input has the request's rows, the ``same_shape``
+    inputs one shape, and ``lengths`` fit the request's own padded axis. Not a check of the
+    request (the graph makes those): one that is not mergeable runs alone and the graph answers
+    it as sent, where padding could have made a bad request pass."""
+    arrays = [tensors.get(name) for name in policy.pad_values]
+    if any(a is None or np.ndim(a) == 0 for a in arrays):
+        return False
+    rows = arrays[0].shape[0]
+    if any(a.shape[0] != rows for a in arrays):
+        return False
+    if len({tensors[name].shape for name in policy.same_shape}) > 1:
+        return False
+    if policy.lengths is not None and rows:
+        lengths, padded = (tensors[name] for name in policy.lengths)
+        if padded.ndim != 2 or np.max(lengths) > padded.shape[1]:
+            return False
+    return True
 
 
 @dataclasses.dataclass
@@ -101,7 +132,8 @@ class Batcher:
         """The signature's outputs for ``tensors`` (one request), possibly computed in a batch."""
         policy = policy_for(signature)
         rows = next(iter(tensors.values())).shape[0] if tensors else 0
-        if policy is None or rows == 0 or rows >= self.max_batch_size:
+        if (policy is None or rows == 0 or rows >= self.max_batch_size
+                or not mergeable(tensors, policy)):
             return signature.run(tensors)
         key = (id(version), signature.name)
         with self._lock:

@@ -26,9 +26,10 @@ The rules and texts follow TF Serving 2.16.1 with its default flags:
 * errors: the canonical code of ``serving.status.ServingError`` as the gRPC status code and the
   message cut at 1024 characters + "...TRUNCATED" (``grpc_status_util.cc``).
 
-Where this server checks more than TF Serving does (input shapes against the SignatureDef, the
-``predict_waveform`` input checks of ``serving.validation``), it applies exactly the checks the
-REST server applies after parsing JSON, so REST and gRPC answer a bad request the same way.
+Where this server checks more than TF Serving does (input shapes against the SignatureDef), it
+applies exactly the checks the REST server applies after parsing JSON; the ``predict_waveform``
+input checks are in the graph (``trainer.export.check_waveform_inputs``), so REST and gRPC
+answer a bad request the same way.
 Concurrent ``Predict`` calls share the REST server's :class:`~serving.batching.Batcher` when
 batching is on. A message larger than the REST body limit (``--max-request-mb``) is refused
 with RESOURCE_EXHAUSTED (TF Serving accepts up to 2 GB).
@@ -47,9 +48,8 @@ import numpy as np
 
 from serving.repository import ModelRepository, Signature, Version
 from serving.server import _check_shapes
-from trainer.export import SERVING_DEFAULT, WAVEFORM_BYTES_INPUTS, WAVEFORM_INPUTS
+from trainer.export import SERVING_DEFAULT
 from serving.status import ServingError, invalid_argument, not_found
-from serving.validation import check_waveform_bytes_inputs, check_waveform_inputs
 
 log = logging.getLogger("cme_ser.serving")
 
@@ -266,13 +266,9 @@ class GrpcApi:
 
 def check_inputs(signature: Signature, tensors: Mapping[str, np.ndarray]) -> None:
     """The checks the REST server makes once a request's tensors are parsed
-    (``serving.server.RestApi.predict``): shapes against the SignatureDef, then the
-    ``predict_waveform`` / ``predict_waveform_bytes`` input rules."""
+    (``serving.server.RestApi.predict``): shapes against the SignatureDef (the
+    ``predict_waveform`` input rules are the graph's)."""
     _check_shapes(signature, dict(tensors))
-    if set(signature.inputs) == set(WAVEFORM_INPUTS):
-        check_waveform_inputs(tensors)
-    elif set(signature.inputs) == set(WAVEFORM_BYTES_INPUTS):
-        check_waveform_bytes_inputs(tensors)
 
 
 def _servicers(api: GrpcApi):
@@ -310,19 +306,21 @@ class GrpcServer:
     request threads (default ``max(16, 4 x CPUs)``, TF Serving's ``--grpc_max_threads`` being
     4 x CPUs). Bound on construction, serving after :meth:`start`; :meth:`close` stops it.
 
-    ``SO_REUSEPORT`` is off (gRPC turns it on by default), so a port already in use is an error
-    here rather than two servers silently sharing it."""
+    ``SO_REUSEPORT`` is off unless ``reuse_port`` (gRPC turns it on by default), so a port
+    already in use is an error here rather than two servers silently sharing it; ``cme-ser
+    serve`` turns it on so that its worker processes share the port (serving.gunicorn_app)."""
 
     def __init__(self, repository: ModelRepository, *, batcher=None, host: str = "127.0.0.1",
                  port: int = DEFAULT_PORT, max_threads: Optional[int] = None,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, grace_s: float = 10.0):
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, grace_s: float = 10.0,
+                 reuse_port: bool = False):
         self.api = GrpcApi(repository, batcher=batcher)
         self.grace_s = grace_s
         threads = max_threads or max(16, 4 * (os.cpu_count() or 1))
         self._executor = concurrent.futures.ThreadPoolExecutor(
             threads, thread_name_prefix="grpc-request")
         self._server = grpc.server(self._executor, options=[
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", int(reuse_port)),
             ("grpc.max_receive_message_length", int(max_message_bytes)),
             ("grpc.max_send_message_length", -1)])
         prediction, add_prediction, model, add_model = _servicers(self.api)

@@ -81,16 +81,54 @@ class LocalModel:
         self._function = self._loaded.signatures[PREDICT_WAVEFORM]
 
     def predict_waveform(self, utterances: Sequence[Utterance]) -> List[Prediction]:
+        """Raises ``ValueError`` with the rule's message when the graph's input checks
+        (``trainer.export.check_waveform_inputs``) refuse the batch."""
         import tensorflow as tf
-
-        from serving.validation import check_waveform_inputs
 
         inputs = waveform_batch(utterances)
         inputs["words"] = np.vectorize(lambda w: w.encode("utf-8"), otypes=[object])(
             inputs["words"])
-        check_waveform_inputs(inputs)
-        outputs = self._function(**{k: tf.constant(v) for k, v in inputs.items()})
+        try:
+            outputs = self._function(**{k: tf.constant(v) for k, v in inputs.items()})
+        except tf.errors.InvalidArgumentError as error:
+            raise ValueError(assertion_message(error.message)) from None
         return predictions_from_outputs({k: v.numpy() for k, v in outputs.items()}, utterances)
+
+
+def _bracketed(text: str) -> List[str]:
+    """The top-level ``[...]`` items of ``text``, brackets inside them kept."""
+    items, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        if char == "[":
+            depth += 1
+            if depth == 1:
+                start = i + 1
+        elif char == "]" and depth:
+            depth -= 1
+            if depth == 0:
+                items.append(text[start:i])
+    return items
+
+
+def assertion_message(message: str) -> str:
+    """A TensorFlow error message without TensorFlow's framing, for a person to read.
+
+    ``assertion failed: [<rule>] [<label>] [<values>] ...`` (a failed ``tf.debugging.Assert``,
+    after eager's "Graph execution error: Detected at node ..." and before the node names
+    ``[[{{node ...}}]] [Op:...]``) becomes ``<rule>; <label> [<values>] ...``; any other
+    message keeps its own text, its framing cut."""
+    # TF's status message ends with the failing node's name: "\n\t [[{{node ...}}]]".
+    text = message.split("\n\t [[", 1)[0].split(" [[{{", 1)[0]
+    text = text.split("<stack traces unavailable>", 1)[-1]
+    marker = "assertion failed: "
+    if marker in text:
+        items = _bracketed(text.split(marker, 1)[1])
+        if items:
+            rule, data = items[0], items[1:]
+            pairs = [f"{label} [{value}]" for label, value in zip(data[::2], data[1::2])]
+            return "; ".join([rule.strip()] + pairs)
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else message.strip()
 
 
 def prepare(path, transcript: Optional[str], aligner) -> tuple:

@@ -17,42 +17,40 @@ version number, ``{l}`` a version label):
 
 Every failure is ``{"error": "..."}`` with TF Serving's text and HTTP status (see
 ``serving.status``); a body over ``max_body_bytes`` is answered 413 (gzip bodies: before and
-after decompression). Inputs of the ``predict_waveform`` signatures are checked in Python first
-(``serving.validation``). The HTTP protocol rules of TF Serving 2.16.1 (``http_server.cc``,
+after decompression). Inputs of the ``predict_waveform`` signatures are checked in the graph
+(``trainer.export.check_waveform_inputs``): a failed check is a 400 with its message. The HTTP
+protocol rules of TF Serving 2.16.1 (``http_server.cc``,
 ``evhttp_request.cc``) live in :meth:`RestApi.respond`, not in the HTTP layer: ``Content-Encoding:
 gzip`` bodies are decompressed, ``OPTIONS`` is a CORS preflight, and with ``cors=True``
 (``--enable_cors_support``) every answer carries the CORS headers.
 Concurrent predict requests on the same signature are batched together when ``batching`` is on
 (``serving.batching``; off by default), as TF Serving does with ``--enable_batching``. Request
-bodies with long
-arrays of JSON numbers take ``serving.fast_json`` (same results and errors, less CPU), and
-``cme-ser serve --workers N`` runs N of these servers on one port (``serving.workers``).
+bodies with long arrays of JSON numbers take ``serving.fast_json`` (same results and errors,
+less CPU).
+
+:class:`WsgiApp` puts the API on a WSGI server; ``serving.gunicorn_app`` runs it in gunicorn's
+worker processes (``cme-ser serve``), each with its ``serving.services.Services``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import http
 import json
 import logging
 import re
-import signal
-import socket
-import sys
-import threading
-import time
 import urllib.parse
 import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
+from gunicorn.http.errors import NoMoreData
 
 from serving import fast_json, json_tensors
 from serving.batching import Batcher
 from serving.repository import ModelRepository, Signature, Version
-from trainer.export import SERVING_DEFAULT, WAVEFORM_BYTES_INPUTS, WAVEFORM_INPUTS
+from trainer.export import SERVING_DEFAULT
 from serving.status import HTTP_STATUS, ServingError, invalid_argument, not_found
-from serving.validation import check_waveform_bytes_inputs, check_waveform_inputs
 
 log = logging.getLogger("cme_ser.serving")
 
@@ -211,10 +209,6 @@ class RestApi:
                                            "of {" + ", ".join(sorted(_METHODS)) + "}. Was: "
                                + signature.method_name)
         _check_shapes(signature, request.tensors)
-        if set(signature.inputs) == set(WAVEFORM_INPUTS):
-            check_waveform_inputs(request.tensors)
-        elif set(signature.inputs) == set(WAVEFORM_BYTES_INPUTS):
-            check_waveform_bytes_inputs(request.tensors)
         if self.batcher is not None:
             outputs = self.batcher.run(served, signature, request.tensors)
         else:
@@ -322,157 +316,7 @@ def gunzip(data: bytes, limit: int) -> bytes:
 
 
 # ----------------------------------------------------------------------------------------------
-# HTTP
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive: clients reuse connections
-    server_version = "cme-ser"
-    # Headers and body go out in two writes; with Nagle's algorithm on, the body would wait
-    # for the client's delayed ACK of the headers (40 ms on Linux) on every response.
-    disable_nagle_algorithm = True
-    server: "RestServer"
-
-    def do_GET(self):  # noqa: N802 (http.server's naming)
-        self._serve("GET")
-
-    def do_POST(self):  # noqa: N802
-        self._serve("POST")
-
-    def do_PUT(self):  # noqa: N802
-        self._serve("PUT")
-
-    def do_DELETE(self):  # noqa: N802
-        self._serve("DELETE")
-
-    def do_PATCH(self):  # noqa: N802
-        self._serve("PATCH")
-
-    def do_OPTIONS(self):  # noqa: N802
-        self._serve("OPTIONS")
-
-    def do_HEAD(self):  # noqa: N802
-        self._serve("HEAD")
-
-    def _serve(self, method: str) -> None:
-        """Bytes in, bytes out: what the request means is RestApi.respond's business."""
-        api, server = self.server.api, self.server
-        server.request_started(self.connection)
-        try:
-            try:
-                body = self._read_body()
-            except ServingError as error:
-                response = api.error_response(error)
-            else:
-                response = api.respond(method, self.path, self.headers, body)
-            if server.stopping:  # answered, then this connection ends
-                self.close_connection = True
-            self._reply(response, send_body=method != "HEAD")
-        finally:
-            server.request_finished(self.connection)
-
-    def _read_body(self) -> bytes:
-        limit = self.server.max_body_bytes
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            return self._read_chunked(limit)
-        length_header = self.headers.get("Content-Length")
-        if not length_header:
-            return b""
-        try:
-            length = int(length_header)
-            if length < 0:
-                raise ValueError
-        except ValueError:
-            self.close_connection = True
-            raise invalid_argument(f"Bad Content-Length: {length_header!r}") from None
-        if length > limit:
-            self._discard(length)
-            raise _too_large(length, limit)
-        return self._read_exactly(length)
-
-    def _read_exactly(self, length: int) -> bytes:
-        """``length`` body bytes (fewer if the client closes early). What the header reader
-        already buffered is taken first; the rest comes with recv(MSG_WAITALL), one system call
-        that returns when all of it is there, instead of one per network chunk: each return
-        from a blocking call waits for the GIL, and under load those waits add up."""
-        head = self.rfile.read1(length) if length else b""
-        if len(head) == length or not head:
-            return head
-        if not hasattr(socket, "MSG_WAITALL"):
-            return head + self.rfile.read(length - len(head))
-        body = bytearray(length)
-        body[:len(head)] = head
-        view = memoryview(body)[len(head):]
-        while view:
-            try:
-                got = self.connection.recv_into(view, len(view), socket.MSG_WAITALL)
-            except InterruptedError:
-                continue
-            if not got:  # the client closed early: what arrived
-                return bytes(body[:length - len(view)])
-            view = view[got:]
-        return bytes(body)
-
-    def _read_chunked(self, limit: int) -> bytes:
-        parts, total = [], 0
-        while True:
-            line = self.rfile.readline(65537)
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                self.close_connection = True
-                raise invalid_argument("Malformed chunked request body") from None
-            if size == 0:
-                while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
-                    pass  # trailers
-                break
-            total += size
-            if total > _DRAIN_LIMIT:
-                self.close_connection = True
-                raise _too_large(total, limit)
-            if total <= limit:
-                parts.append(self.rfile.read(size))
-            else:  # past the limit: read on, discarding, so the client can read the 413
-                self._discard(size)
-            self.rfile.readline(65537)  # the CRLF after the chunk
-        if total > limit:
-            raise _too_large(total, limit)
-        return b"".join(parts)
-
-    def _discard(self, length: int) -> None:
-        """Read ``length`` bytes away (an oversized body) in pieces, so the client, still
-        sending, gets to read the 413; past ``_DRAIN_LIMIT`` the connection is closed instead."""
-        if length > _DRAIN_LIMIT:
-            self.close_connection = True
-            return
-        remaining = length
-        while remaining > 0:
-            chunk = self.rfile.read(min(remaining, 1 << 20))
-            if not chunk:
-                break
-            remaining -= len(chunk)
-
-    def _reply(self, response: Response, send_body: bool = True) -> None:
-        self.send_response(response.status)
-        for name, value in response.headers:
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(response.body)))
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if send_body:
-            self.wfile.write(response.body)
-
-    def log_message(self, format, *args):  # noqa: A002 (http.server's signature)
-        log.debug("%s %s", self.address_string(), format % args)
-
-
-def _shut_reading(connections) -> None:
-    for connection in connections:
-        try:
-            connection.shutdown(socket.SHUT_RD)
-        except OSError:
-            pass
+# WSGI (gunicorn runs it: serving.gunicorn_app)
 
 
 def _too_large(length: int, limit: int) -> ServingError:
@@ -480,166 +324,60 @@ def _too_large(length: int, limit: int) -> ServingError:
                                             f"{limit} bytes", http_status=413)
 
 
-class RestServer(ThreadingHTTPServer):
-    """One thread per connection; the model calls are thread-safe.
+class WsgiApp:
+    """:meth:`RestApi.respond` as a WSGI application. The HTTP itself (parsing, chunked
+    bodies, keep-alive, timeouts) is the WSGI server's; here: the request's bytes, the body
+    size limit (413 for a Content-Length or a chunked body over ``api.max_body_bytes``)."""
 
-    Request threads are not daemons: :meth:`close` ends every connection and joins them, so
-    that no thread is inside TensorFlow when the interpreter tears it down (a daemon thread
-    still running a model at exit is what made ``cme-ser serve`` abort on SIGTERM).
-    """
-
-    daemon_threads = False
-    block_on_close = True
-    allow_reuse_address = True
-    # listen() backlog: the default 5 drops SYNs when many clients connect at once, and a
-    # dropped SYN costs the client a 1 s retransmission.
-    request_queue_size = 128
-
-    def __init__(self, address, api: RestApi, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-                 listen_socket: Optional[socket.socket] = None, connection_counts=None):
-        """``listen_socket``: an already listening socket shared with other processes
-        (``cme-ser serve --workers``) instead of binding ``address``; ``connection_counts``:
-        their shared :class:`serving.workers.ConnectionCounts`, to even out connections."""
-        super().__init__(address, _Handler, bind_and_activate=listen_socket is None)
-        if listen_socket is not None:
-            self.socket.close()
-            self.socket = listen_socket
-            # Every worker wakes up for a new connection and one accept() wins; the others must
-            # not block in accept() (serve_forever treats the OSError as "nothing to do").
-            self.socket.setblocking(False)
-            self.server_address = self.socket.getsockname()
+    def __init__(self, api: RestApi):
         self.api = api
-        self.max_body_bytes = max_body_bytes  # on the wire, here; decompressed, in the api
-        api.max_body_bytes = max_body_bytes
-        self.connection_counts = connection_counts
-        self._open: set = set()  # connections being served, for close()
-        self._busy: set = set()  # ... of which in the middle of a request
-        self._open_lock = threading.Lock()
-        self.stopping = False
-        self.shutdown_grace_s = 10.0  # how long close() waits for requests in flight
-        # Other front ends on the same repository and batcher (serving.grpc_server.GrpcServer):
-        # close() closes them first, before the batcher and the models they use go away.
-        self.companions: list = []
 
-    def get_request(self):
-        counts = self.connection_counts
-        if counts is not None:
-            delay = counts.accept_delay()
-            if delay:
-                time.sleep(delay)  # let a worker with fewer connections take it
-        connection, address = self.socket.accept()  # OSError if another worker took it
-        connection.setblocking(True)  # (accepted from a non-blocking listening socket)
-        if counts is not None:
-            counts.add(1)
-        with self._open_lock:
-            self._open.add(connection)
-        return connection, address
-
-    def shutdown_request(self, request):
-        with self._open_lock:
-            self._open.discard(request)
+    def __call__(self, environ, start_response):
+        method = environ["REQUEST_METHOD"]
+        # The request target as sent (TF Serving matches the raw path; PATH_INFO is decoded).
+        path = environ.get("RAW_URI") or urllib.parse.quote(environ.get("PATH_INFO", "/"))
+        headers = {key[5:].replace("_", "-").lower(): value
+                   for key, value in environ.items() if key.startswith("HTTP_")}
+        for key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            if environ.get(key):
+                headers[key.replace("_", "-").lower()] = environ[key]
         try:
-            super().shutdown_request(request)
-        finally:
-            if self.connection_counts is not None:
-                self.connection_counts.add(-1)
-
-    def request_started(self, connection) -> None:
-        with self._open_lock:
-            self._busy.add(connection)
-
-    def request_finished(self, connection) -> None:
-        with self._open_lock:
-            self._busy.discard(connection)
-
-    def handle_error(self, request, client_address):
-        """A client that hung up or timed out is routine: one debug line, no traceback."""
-        error = sys.exc_info()[1]
-        if isinstance(error, (ConnectionError, TimeoutError)):
-            log.debug("%s: connection ended: %s", client_address, error)
+            body = self._read_body(environ)
+        except ServingError as error:
+            response = self.api.error_response(error)
         else:
-            log.exception("error serving %s", client_address)
+            response = self.api.respond(method, path, headers, body)
+        start_response(f"{response.status} {_reason(response.status)}",
+                       list(response.headers) + [("Content-Length", str(len(response.body)))])
+        return [b"" if method == "HEAD" else response.body]
 
-    def close(self) -> None:
-        """After :meth:`shutdown` (or when ``serve_forever`` was never run): stops listening,
-        lets the requests in flight finish, ends the idle keep-alive connections, joins every
-        request and batching thread, and releases the models. The :attr:`companions` are
-        closed first (each stops accepting, finishes its calls and joins its threads)."""
-        for companion in self.companions:
-            companion.close()
-        with self._open_lock:
-            self.stopping = True  # a request in flight is answered, then its connection ends
-            idle = list(self._open - self._busy)
-        _shut_reading(idle)  # a handler waiting for its next request reads EOF and ends
-        deadline = time.monotonic() + self.shutdown_grace_s
-        while time.monotonic() < deadline:
-            with self._open_lock:
-                if not self._busy:
-                    break
-            time.sleep(0.02)
-        with self._open_lock:  # past the grace period (a client that stopped sending): cut
-            _shut_reading(list(self._open))
-        self.server_close()  # closes the listening socket, then joins the request threads
-        if self.api.batcher is not None:
-            self.api.batcher.close()
-        self.repository.stop()
-
-    @property
-    def repository(self) -> ModelRepository:
-        return self.api.repository
-
-    @property
-    def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+    def _read_body(self, environ) -> bytes:
+        stream, limit = environ["wsgi.input"], self.api.max_body_bytes
+        length = environ.get("CONTENT_LENGTH")
+        if length:  # the server has checked it is a number
+            length = int(length)
+            if length > limit:  # the server reads the rest away (or closes) after the 413
+                raise _too_large(length, limit)
+            body = stream.read(length)
+            if len(body) < length:  # the client hung up (or timed out) mid-body: routine
+                raise NoMoreData(body)
+            return body
+        if "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+            return b""
+        body = stream.read(limit + 1)
+        if len(body) <= limit:
+            return body
+        total = len(body)
+        while total <= _DRAIN_LIMIT:  # read on, so that the client, still sending, gets the 413
+            piece = stream.read(1 << 20)
+            if not piece:
+                break
+            total += len(piece)
+        raise _too_large(total, limit)
 
 
-def start_in_thread(server: RestServer) -> threading.Thread:
-    """Serve in a thread; stop with ``server.shutdown()``, then ``server.close()``."""
-    thread = threading.Thread(target=server.serve_forever, name="rest-server")
-    thread.start()
-    return thread
-
-
-def serve_until_signalled(server: RestServer, signals=(signal.SIGTERM, signal.SIGINT)) -> None:
-    """Serves until one of ``signals`` (docker stop, kubectl delete, Ctrl-C), then stops the
-    way TF Serving does: no new connections, the requests in flight answered, every thread
-    joined and the models released before returning, so the process exits with status 0."""
-    stop = threading.Event()
-    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in signals}
-    thread = start_in_thread(server)
+def _reason(status: int) -> str:
     try:
-        while not stop.wait(1.0):  # the handler runs in this (the main) thread
-            if not thread.is_alive():
-                raise RuntimeError("the HTTP server thread ended by itself")
-    finally:
-        for s in signals:  # a second signal must not cut the shutdown short
-            signal.signal(s, signal.SIG_IGN)
-        server.shutdown()
-        thread.join()
-        server.close()
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
-def build_server(base_path, model_name: str, *, host: str = "127.0.0.1", port: int = 8501,
-                 poll_seconds: float = 1.0, labels_file=None, num_latest: int = 1,
-                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, batching: bool = False,
-                 max_batch_size: int = 32, batch_timeout_ms: float = 2.0,
-                 listen_socket: Optional[socket.socket] = None,
-                 connection_counts=None, cors: bool = False) -> RestServer:
-    """Repository (first load done, polling started) + API + bound HTTP server (or one on
-    ``listen_socket``, see :class:`RestServer`). ``batching`` is off by default, as TF
-    Serving's ``--enable_batching``; ``cors``: ``--enable_cors_support``."""
-    repository = ModelRepository(base_path, model_name, num_latest=num_latest,
-                                 labels_file=labels_file)
-    repository.start_polling(poll_seconds)
-    batcher = Batcher(max_batch_size=max_batch_size, timeout_s=batch_timeout_ms / 1000.0) \
-        if batching else None
-    try:
-        return RestServer((host, port), RestApi(repository, batcher=batcher, cors=cors),
-                          max_body_bytes=max_body_bytes, listen_socket=listen_socket,
-                          connection_counts=connection_counts)
-    except OSError:
-        repository.stop()
-        raise
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"

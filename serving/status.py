@@ -7,6 +7,8 @@ cannot tell this server from TF Serving by its errors.
 
 from __future__ import annotations
 
+import re
+
 # Canonical code -> HTTP status, as tensorflow_serving/model_servers/http_server.cc maps them.
 HTTP_STATUS = {
     "OK": 200,
@@ -68,4 +70,9 @@ def from_op_error(error) -> ServingError:
     """A ``tf.errors.OpError`` raised while running a signature, keeping its code."""
     code = _CODE_NAMES.get(getattr(error, "error_code", 2), "UNKNOWN")
     message = getattr(error, "message", None) or str(error)
+    # Eager TF wraps a graph's status as "Graph execution error: Detected at node ... <stack
+    # traces unavailable> <status> [Op:__inference_...]"; TF Serving runs the graph in a
+    # session and sends the status alone ("assertion failed: [...] [...] [[{{node ...}}]]").
+    message = message.split("<stack traces unavailable>", 1)[-1]
+    message = re.sub(r"\s*\[Op:[^\]]*\]\s*$", "", message)
     return ServingError(code, " ".join(message.split()))

@@ -1,8 +1,14 @@
 """Shared helpers of the serving tests (a support module: no tests here, and named so that no
 test module imports another): a small CME model with real GloVe vectors and a real RAVDESS
-utterance, exported as a SavedModel version."""
+utterance, exported as a SavedModel version; and `cme-ser serve` started as a process."""
 
 import functools
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
 from pathlib import Path
 
 import keras
@@ -85,3 +91,75 @@ def waveform_inputs(rows):
     inputs = waveform_batch([Utterance(*row) for row in rows])
     inputs["words"] = np.vectorize(lambda w: w.encode("utf-8"), otypes=[object])(inputs["words"])
     return inputs
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def start_server(argv, *, env=None, timeout: float = 300.0):
+    """``argv`` (a `cme-ser serve` command, e.g. ``[sys.executable, "-m", "pipeline.cli",
+    "serve", ...]``) started in the repository: ``(process, REST url)`` once it has printed its
+    ready line (every worker loaded), which is kept as ``process.announcement``. stderr goes
+    to ``process.stderr_file`` (a temporary file: a pipe nobody reads could fill and block the
+    server); :func:`stop_server` ends it. Fails, with the server's stderr, if it exits or stays
+    silent for ``timeout`` seconds."""
+    stderr = tempfile.TemporaryFile(mode="w+")
+    process = subprocess.Popen([str(a) for a in argv], cwd=ROOT, env=env, text=True,
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr)
+    process.stderr_file = stderr
+    found, done = [], threading.Event()
+
+    def read():
+        for line in process.stdout:  # anything a library prints first is skipped
+            if not found and "REST API at " in line:
+                found.append(line)
+                done.set()
+        done.set()  # end of output: the server has exited
+
+    threading.Thread(target=read, daemon=True).start()  # reads on: a full pipe would block
+    done.wait(timeout)
+    if not found:
+        stop_server(process, signal_=None)
+        raise AssertionError(f"`cme-ser serve` did not start (status {process.returncode}): "
+                             f"{server_stderr(process)[-5000:]}")
+    process.announcement = found[0].strip()
+    return process, process.announcement.rsplit(" ", 1)[1]
+
+
+def server_stderr(process) -> str:
+    process.stderr_file.seek(0)
+    return process.stderr_file.read()
+
+
+def stop_server(process, signal_=signal.SIGTERM, timeout: float = 60.0):
+    """Sends ``signal_`` (SIGTERM; None: kill at once) and returns the exit status; a server
+    still running after ``timeout`` seconds is killed, with its workers."""
+    if process.poll() is None and signal_ is not None:
+        process.send_signal(signal_)
+        try:
+            return process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    if process.poll() is None:
+        for pid in [process.pid] + children(process.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        process.wait()
+    return process.returncode
+
+
+def children(pid: int):
+    """``pid``'s child processes (Linux /proc): the workers of `cme-ser serve`."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+def serve_argv(base, *flags):
+    """`cme-ser serve` on free loopback ports (REST and gRPC) over ``base``."""
+    return [sys.executable, "-m", "pipeline.cli", "serve", "--model-base-path", str(base),
+            "--port", "0", *flags]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline.cli import main
-from serving.server import build_server, start_in_thread
+from serving_support import serve_argv, start_server, stop_server
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SPEECH, SONG = DATA / "ravdess-speech", DATA / "ravdess-song"
@@ -108,21 +108,20 @@ def test_evaluate_local_model_on_song(small_model_base, corpora, tmp_path, capsy
 
 
 def test_evaluate_served_model_on_speech_and_song(small_model_base, corpora, tmp_path, capsys):
-    server = build_server(small_model_base, "cme", port=0, poll_seconds=0)
-    start_in_thread(server)
+    process, url = start_server(serve_argv(small_model_base, "--poll-seconds", "0",
+                                           "--grpc-port", "-1"))
     try:
         local, served = tmp_path / "local", tmp_path / "served"
         assert main(["evaluate", "--model-dir", str(small_model_base), "--data-dir",
                      str(corpora["song"]), "--channels", "song", "--out", str(local)]) == 0
-        assert main(["evaluate", "--url", server.url, "--data-dir", str(corpora["speech"]),
+        assert main(["evaluate", "--url", url, "--data-dir", str(corpora["speech"]),
                      "--data-dir", str(corpora["song"]), "--channels", "speech,song",
                      "--batch-size", "3", "--out", str(served)]) == 0
     finally:
-        server.shutdown()
-        server.close()
+        assert stop_server(process) == 0
     capsys.readouterr()
     report = json.loads((served / "report.json").read_text())
-    assert report["model"] == f"{server.url}/v1/models/cme"
+    assert report["model"] == f"{url}/v1/models/cme"
     assert (report["inputs"], report["n"], report["errors"]) == (10, 8, 2)
     assert {c: s["n"] for c, s in report["by_channel"].items()} == {"song": 6, "speech": 2}
     rows = read_jsonl(served / "predictions.jsonl")

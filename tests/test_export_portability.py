@@ -6,6 +6,8 @@
   ``CudnnRNNV3``; it is patched to say yes. The same patch makes a plain trace of the model hold
   ``CudnnRNNV3`` (so the scan can see it), and the export made under it holds none, and
   computes the same outputs as the Keras model.
+* A TF1 Session, as TF Serving loads a SavedModel, restores every variable the signatures read.
+* The waveform input checks are core ``Assert`` ops (no Python callback).
 * Every export carries ``assets.extra/tf_serving_warmup_requests`` (PredictionLog records)
   that replay through the loaded signatures, and ``cme-ser serve``'s loader replays them.
 """
@@ -85,6 +87,30 @@ def test_export_traced_with_a_gpu_has_no_cudnn_op_and_same_outputs(gpu_export):
     loaded = tf.saved_model.load(info["path"])
     got = loaded.signatures[SERVING_DEFAULT](examples=tf.constant([serialized]))
     np.testing.assert_allclose(got["probabilities"].numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_input_checks_are_core_asserts_in_the_export(gpu_export):
+    """trainer.export.check_waveform_inputs: Assert ops TF Serving has, no Python callback."""
+    _, info = gpu_export
+    ops = saved_model_op_types(info["path"])
+    assert "Assert" in ops
+    assert not ops & {"PyFunc", "PyFuncStateless", "EagerPyFunc"}
+
+
+def test_a_tf1_session_restores_every_variable_the_signatures_read(gpu_export):
+    """TF Serving loads a SavedModel into a Session and runs its restore op: the variables the
+    signature functions capture must be the ones restored (the TF2 loader maps them by object
+    graph and would not notice). Same probabilities from both loaders."""
+    _, info = gpu_export
+    serialized = example_bytes(ANGRY, KIDS)
+    expected = tf.saved_model.load(info["path"]).signatures[SERVING_DEFAULT](
+        examples=tf.constant([serialized]))["probabilities"].numpy()
+    with tf.Graph().as_default() as graph, tf.compat.v1.Session(graph=graph) as session:
+        meta = tf.compat.v1.saved_model.loader.load(session, ["serve"], info["path"])
+        signature = meta.signature_def[SERVING_DEFAULT]
+        got = session.run(signature.outputs["probabilities"].name,
+                          {signature.inputs["examples"].name: [serialized]})
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_portable_recurrent_layers_reaches_both_directions_and_restores(gpu_export):

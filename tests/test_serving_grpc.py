@@ -2,13 +2,15 @@
 the official stubs of tensorflow-serving-api (PredictionServiceStub, ModelServiceStub). The
 server shares its ModelRepository (and batcher) with a REST server in the same process, as
 `cme-ser serve` runs them; each test names the TF Serving 2.16.1 code whose behaviour it
-checks."""
+checks. The servers are the real `cme-ser serve` process (gunicorn workers, each serving
+REST and gRPC)."""
 
+import dataclasses
 import json
+import os
 import signal
-import subprocess
-import sys
 import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -21,10 +23,12 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
 
 from serving.client import GrpcClient, GrpcRequestError, RestClient, Utterance
 from serving.grpc_server import GrpcServer
-from serving.server import build_server, start_in_thread
+from serving.repository import ModelRepository
+from serving.services import Services
 from trainer.export import PREDICT_WAVEFORM
-from serving_support import (ANGRY, CLASSES, KIDS, aligned, example_bytes, export,
-                             needs_ravdess, small_model, timed_words, waveform_inputs)
+from serving_support import (ANGRY, CLASSES, KIDS, aligned, children, example_bytes, export,
+                             needs_ravdess, serve_argv, server_stderr, small_model, start_server,
+                             stop_server, timed_words, waveform_inputs)
 
 pytestmark = needs_ravdess
 
@@ -36,20 +40,40 @@ def exported(tmp_path_factory):
     return base, info
 
 
+@dataclasses.dataclass
+class Rest:
+    url: str
+
+    @property
+    def server_address(self):
+        return "127.0.0.1", int(self.url.rsplit(":", 1)[1])
+
+
+@dataclasses.dataclass
+class Grpc:
+    address: str  # host:port
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rsplit(":", 1)[1])
+
+
+def grpc_address(announcement: str) -> str:
+    """The gRPC host:port of `cme-ser serve`'s ready line."""
+    return announcement.split("gRPC at ", 1)[1].split(",", 1)[0]
+
+
 @pytest.fixture(scope="module")
 def servers(exported, tmp_path_factory):
-    """(REST server, gRPC server) on one repository and batcher, free loopback ports."""
+    """(REST, gRPC) of one `cme-ser serve --grpc-port 0` (free loopback ports), with a
+    "stable" label."""
     base, _ = exported
     labels = tmp_path_factory.mktemp("labels") / "labels.json"
     labels.write_text(json.dumps({"stable": 1}))
-    rest = build_server(base, "cme", port=0, poll_seconds=0, labels_file=labels)
-    grpc_server = GrpcServer(rest.repository, batcher=rest.api.batcher, port=0).start()
-    rest.companions.append(grpc_server)
-    thread = start_in_thread(rest)
-    yield rest, grpc_server
-    rest.shutdown()
-    thread.join()
-    rest.close()
+    process, url = start_server(serve_argv(base, "--poll-seconds", "0", "--version-labels",
+                                           labels, "--grpc-port", "0"))
+    yield Rest(url), Grpc(grpc_address(process.announcement))
+    assert stop_server(process) == 0, server_stderr(process)[-5000:]
 
 
 @pytest.fixture(scope="module")
@@ -232,12 +256,15 @@ def test_bad_inputs(servers, prediction, inputs, utterance):
     broken.inputs["waveform"].tensor_shape.dim[1].size += 1
     assert rpc_error(prediction.Predict, broken) == (grpc.StatusCode.INVALID_ARGUMENT,
                                                      "tensor parsing error: waveform")
-    # The checks the REST server makes after parsing: the same text over both protocols.
+    # The graph's input checks (trainer.export.check_waveform_inputs): the same text over both
+    # protocols.
     too_long = dict(inputs, num_samples=inputs["num_samples"] + 10**6)
     code, details = rpc_error(prediction.Predict, predict_request(too_long))
     rest_status, rest_body = _rest_predict(servers[0], too_long)
     assert (code, rest_status) == (grpc.StatusCode.INVALID_ARGUMENT, 400)
-    assert details == rest_body["error"] and details.startswith("num_samples[0] = "), details
+    assert details == rest_body["error"] and (
+        "assertion failed: [num_samples must be at most the samples in its waveform row] "
+        f"[num_samples:] [{too_long['num_samples'][0]}]") in details, details
     flat = dict(inputs, num_samples=inputs["num_samples"].reshape(1, 1))
     code, details = rpc_error(prediction.Predict, predict_request(flat))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
@@ -378,68 +405,105 @@ def test_cme_ser_predict_with_a_grpc_url(servers, capsys):
 
 
 def test_close_joins_every_thread(exported, inputs):
-    """REST close() closes the gRPC server first: its calls finish, its request threads and
-    gRPC's serving thread are joined, before the batcher and the models go."""
+    """Services.close() (gunicorn's worker_exit hook) closes the gRPC server first: its calls
+    finish, its request threads and gRPC's serving thread are joined, before the batcher and
+    the models go."""
     base, _ = exported
     before = set(threading.enumerate())
-    rest = build_server(base, "cme", port=0, poll_seconds=0.05, batching=True,  # (off by
-                        batch_timeout_ms=50)                                  # default)
-    grpc_server = GrpcServer(rest.repository, batcher=rest.api.batcher, port=0).start()
-    rest.companions.append(grpc_server)
-    thread = start_in_thread(rest)
-    with grpc.insecure_channel(grpc_server.address) as ch:
+    services = Services(base, "cme", poll_seconds=0.05, batching=True,  # (off by default)
+                        batch_timeout_ms=50, grpc_host="127.0.0.1", grpc_port=0)
+    with grpc.insecure_channel(services.grpc.address) as ch:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(ch)
         assert stub.Predict(predict_request(inputs), timeout=60).model_spec.version.value == 1
-    assert rest.api.batcher.batches == 1  # gRPC calls go through the REST server's batcher
+    assert services.batcher.batches == 1  # gRPC calls go through the REST API's batcher
     started = {t.name for t in set(threading.enumerate()) - before}
     assert any(n.startswith("grpc-request") for n in started), started
-    rest.shutdown()
-    thread.join(timeout=30)
-    rest.close()
+    services.close()
     assert set(threading.enumerate()) - before == set()
-    assert rest.repository.available_versions == []
-    grpc_server.close()  # idempotent
+    assert services.repository.available_versions == []
+    services.grpc.close()  # idempotent
 
 
+def _status_versions(address: str):
+    """GetModelStatus on a new channel (a new connection): the versions listed."""
+    with grpc.insecure_channel(address) as ch:
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = "cme"
+        response = model_service_pb2_grpc.ModelServiceStub(ch).GetModelStatus(request,
+                                                                              timeout=60)
+    return [s.version for s in response.model_version_status]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
 def test_cme_ser_serve_announces_grpc_and_exits_cleanly(exported):
-    """`cme-ser serve --grpc-port 0`: both addresses announced (the REST URL still the last
-    word), a gRPC status call answered, exit status 0 on SIGTERM with nothing on stderr that
-    looks like a crash."""
+    """`cme-ser serve --grpc-port 0 --workers 2`: both addresses announced (the REST URL still
+    the last word); every worker serves gRPC on the one port (SO_REUSEPORT), so with one
+    worker killed gRPC calls on new connections are still answered, and its replacement
+    serves gRPC again; exit status 0 on SIGTERM with nothing on stderr that looks like a
+    crash."""
     base, _ = exported
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "serve", "--model-base-path", str(base),
-         "--port", "0", "--grpc-port", "0", "--poll-seconds", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        cwd=Path(__file__).resolve().parents[1])
+    process, url = start_server(serve_argv(base, "--grpc-port", "0", "--poll-seconds", "0",
+                                           "--workers", "2"))
     try:
-        line = ""
-        for line in process.stdout:
-            if "REST API at" in line:
-                break
+        line = process.announcement
         assert "versions available: [1]" in line and ", gRPC at 127.0.0.1:" in line, line
-        assert line.rsplit(" ", 1)[1].startswith("http://127.0.0.1:"), line
-        address = line.split("gRPC at ", 1)[1].split(",", 1)[0]
-        with grpc.insecure_channel(address) as ch:
-            request = get_model_status_pb2.GetModelStatusRequest()
-            request.model_spec.name = "cme"
-            response = model_service_pb2_grpc.ModelServiceStub(ch).GetModelStatus(
-                request, timeout=60)
-        assert [s.version for s in response.model_version_status] == [1]
-        process.send_signal(signal.SIGTERM)
-        status = process.wait(timeout=60)
-        stderr = process.stderr.read()
-        assert status == 0, stderr[-5000:]
-        assert "Traceback" not in stderr, stderr[-5000:]
+        assert url.startswith("http://127.0.0.1:"), line
+        address = grpc_address(line)
+        assert _status_versions(address) == [1]
+        workers = children(process.pid)
+        assert len(workers) == 2
+        # Each worker's gRPC server listens on the port (one socket each, SO_REUSEPORT).
+        inode_sets = [_listening_inodes(pid, int(address.rsplit(":", 1)[1])) for pid in workers]
+        assert all(inode_sets) and not inode_sets[0] & inode_sets[1], inode_sets
+        os.kill(workers[0], signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while workers[0] in children(process.pid):  # gone, its sockets closed (and reaped)
+            assert time.monotonic() < deadline, "the killed worker is still there"
+            time.sleep(0.05)
+        for _ in range(6):  # new connections go to the live worker's socket
+            assert _status_versions(address) == [1]
+        while len(set(children(process.pid)) - {workers[0]}) < 2:
+            assert time.monotonic() < deadline, "no replacement worker"
+            time.sleep(0.1)
+        [replacement] = set(children(process.pid)) - set(workers)
+        while not _listening_inodes(replacement, int(address.rsplit(":", 1)[1])):
+            assert time.monotonic() < deadline, "the replacement has no gRPC"
+            time.sleep(0.1)
+        assert stop_server(process) == 0, server_stderr(process)[-5000:]
+        stderr = server_stderr(process)
+        assert "Traceback" not in stderr and "SIGABRT" not in stderr, stderr[-5000:]
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        stop_server(process, signal_=None)
 
 
-def test_grpc_port_in_use_is_an_error(servers):
-    """SO_REUSEPORT is off: a second server on a port in use fails instead of sharing it."""
+def _listening_inodes(pid: int, port: int) -> set:
+    """The inodes of the sockets ``pid`` has open that listen on ``port`` (Linux /proc)."""
+    listening = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):  # (gRPC listens on IPv6, v4-mapped)
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # LISTEN
+                listening.add(fields[9])
+    owned = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                owned.add(target[8:-1])
+    except OSError:
+        return set()
+    return listening & owned
+
+
+def test_grpc_port_in_use_is_an_error(exported, servers):
+    """SO_REUSEPORT is off by default: a second server on a port in use fails instead of
+    sharing it."""
+    base, _ = exported
     with pytest.raises(OSError, match="cannot bind gRPC"):
-        GrpcServer(servers[0].repository, port=servers[1].port)
+        GrpcServer(ModelRepository(base, "cme"), port=servers[1].port)
 
 
 def test_serve_refuses_a_bad_grpc_port(exported, capfd):

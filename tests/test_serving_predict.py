@@ -9,8 +9,8 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 from pipeline.cli import main
-from serving.server import build_server, start_in_thread
-from serving_support import ANGRY, CLASSES, KIDS, SAD, export, needs_ravdess, small_model
+from serving_support import (ANGRY, CLASSES, KIDS, SAD, export, needs_ravdess, serve_argv,
+                             small_model, start_server, stop_server)
 
 pytestmark = needs_ravdess
 
@@ -22,13 +22,17 @@ def base(tmp_path_factory):
     return base
 
 
+class Server:
+    def __init__(self, url):
+        self.url = url
+
+
 @pytest.fixture(scope="module")
 def server(base):
-    srv = build_server(base, "cme", port=0, poll_seconds=0)
-    start_in_thread(srv)
-    yield srv
-    srv.shutdown()
-    srv.close()
+    """`cme-ser serve` over ``base`` (its REST API at ``server.url``)."""
+    process, url = start_server(serve_argv(base, "--poll-seconds", "0", "--grpc-port", "-1"))
+    yield Server(url)
+    assert stop_server(process) == 0
 
 
 def run_json(capsys, *argv):
@@ -104,3 +108,45 @@ def test_predict_errors(server, capsys, tmp_path):
     assert "error (model): Servable not found for request: Latest(other)" in out
     assert main(["predict", str(ANGRY), "--model-dir", str(tmp_path)]) == 2
     assert "neither a SavedModel" in capsys.readouterr().err
+
+
+def test_local_model_reports_the_graphs_input_check_as_a_message(base):
+    """The SavedModel's in-graph checks refuse a word starting after the audio; `cme-ser
+    predict --model-dir` says which rule, without TensorFlow's node names or a traceback, and
+    a batch with the bad file in it still answers the good one."""
+    from serving.client import Utterance
+    from serving.predict import LocalModel, Result, _predict_batch
+    from trainer.export import synthetic_utterance
+
+    model = LocalModel(base)
+    waveform = synthetic_utterance(1.0)
+    late = Utterance(waveform, ["kids", "door"], [0.1, 1.5], [0.4, 1.8])
+    with pytest.raises(ValueError) as error:
+        model.predict_waveform([late])
+    assert str(error.value) == (
+        "word_start_s must be at most num_samples / 16000 (a word must start inside the audio); "
+        "[row, slot]: [[0 1]]; word_start_s: [1.5]; audio seconds: [1]")
+    fine = Utterance(waveform, ["kids"], [0.1], [0.4])
+    pending = [(late, Result("late.wav")), (fine, Result("fine.wav"))]
+    _predict_batch(model, pending)
+    assert pending[0][1].stage == "model" and pending[0][1].error == str(error.value)
+    assert pending[1][1].error is None and pending[1][1].prediction.emotion in CLASSES
+
+
+def test_assertion_message_drops_tensorflows_framing():
+    from serving.predict import assertion_message
+
+    raw = ("Graph execution error:\n\nDetected at node Assert_4/Assert defined at (most recent "
+           "call last):\n<stack traces unavailable>\nassertion failed: [num_samples must be at "
+           "least 400 (one 25 ms frame at 16 kHz)] [num_samples:] [300 500]\n\t [[{{node "
+           "Assert_4/Assert}}]] [Op:__inference_signature_wrapper_282]")
+    assert assertion_message(raw) == ("num_samples must be at least 400 (one 25 ms frame at "
+                                      "16 kHz); num_samples: [300 500]")
+    # Brackets inside the rule stay; a message that is no assertion keeps its own text.
+    assert assertion_message("assertion failed: [words must be [batch, words]] [words shape:] "
+                             "[2 6]\n\t [[{{node A}}]]") == (
+        "words must be [batch, words]; words shape: [2 6]")
+    assert assertion_message("Graph execution error:\n\nDetected at node X defined at (most "
+                             "recent call last):\n<stack traces unavailable>\nsomething else "
+                             "broke\n\t [[{{node X}}]] [Op:__inference_f_1]") == (
+        "something else broke")

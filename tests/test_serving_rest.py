@@ -1,13 +1,18 @@
 """The REST server: TF Serving's routes, request/response formats and error texts, version
 directories appearing while it runs, version labels, batching; the server keeps answering
-after every bad request."""
+after every bad request. Every server here is the real `cme-ser serve` process (gunicorn)."""
 
 import base64
+import dataclasses
 import http.client
 import json
 import os
 import shutil
+import signal
+import socket
+import subprocess
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +21,13 @@ import tensorflow as tf
 
 from serving.batching import Batcher
 from serving.client import RestClient, Utterance
-from serving.server import build_server, start_in_thread
+from serving.repository import ModelRepository
+from serving.server import RestApi
+from serving.services import Services
 from trainer.export import PREDICT_WAVEFORM, PREDICT_WAVEFORM_BYTES
-from serving_support import (ANGRY, CLASSES, KIDS, aligned, example_bytes, export,
-                             needs_ravdess, small_model, timed_words, waveform_inputs)
+from serving_support import (ANGRY, CLASSES, KIDS, aligned, children, example_bytes, export,
+                             needs_ravdess, serve_argv, server_stderr, small_model, start_server,
+                             stop_server, timed_words, waveform_inputs)
 
 pytestmark = needs_ravdess
 LIMIT = 2 * 1024 * 1024
@@ -32,17 +40,31 @@ def exported(tmp_path_factory):
     return base, info
 
 
+@dataclasses.dataclass
+class Served:
+    """A running `cme-ser serve` (serving_support.start_server) and the base path it serves."""
+
+    process: subprocess.Popen
+    url: str
+    base: Path
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+
 @pytest.fixture(scope="module")
 def server(exported, tmp_path_factory):
+    """`cme-ser serve` of the CME model, with a "stable" label, a 2 MB body limit and
+    --enable-cors-support (the CORS headers are checked on it; the toy server has them off)."""
     base, _ = exported
     labels = tmp_path_factory.mktemp("labels") / "labels.json"
     labels.write_text(json.dumps({"stable": 1}))
-    srv = build_server(base, "cme", port=0, poll_seconds=0, labels_file=labels,
-                       max_body_bytes=LIMIT)
-    start_in_thread(srv)
-    yield srv
-    srv.shutdown()
-    srv.close()
+    process, url = start_server(serve_argv(
+        base, "--poll-seconds", "0", "--version-labels", labels, "--grpc-port", "-1",
+        "--max-request-mb", str(LIMIT / 2**20), "--enable-cors-support"))
+    yield Served(process, url, base)
+    assert stop_server(process) == 0, server_stderr(process)[-5000:]
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +84,7 @@ def expected(exported, utterance):
 
 def call(srv, method, path, body=None, headers=None):
     """(status, parsed JSON) of one raw request."""
-    connection = http.client.HTTPConnection("127.0.0.1", srv.server_address[1], timeout=60)
+    connection = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=60)
     try:
         if isinstance(body, (dict, list)):
             body = json.dumps(body).encode()
@@ -266,36 +288,51 @@ def test_bad_waveform_inputs(server, utterance):
         (good_columnar(utterance, waveform=waveform.tolist()),
          "input 'waveform' of signature 'predict_waveform' must have shape [-1,-1] (-1: any "
          "size), got [" + str(n) + "]"),
+        # The checks of the graph (trainer.export.check_waveform_inputs): TF's message for a
+        # failed tf.debugging.Assert, "assertion failed: [<rule>] [<offending values>]".
         (good_columnar(utterance, word_start_s=[starts[:5]]),
-         'word_start_s has shape [1,5] but words has shape [1,6]: give one start and one end '
-         'time per word slot (pad words with "" and times with 0)'),
+         "assertion failed: [word_start_s must have the shape of words: one time per word slot "
+         "(pad words with empty strings and times with 0)] [word_start_s shape:] [1 5] "
+         "[words shape:] [1 6]"),
         (good_columnar(utterance, num_samples=[n, n]),
-         "num_samples must be [batch] = [1] (one length per waveform row), got shape [2]"),
+         "assertion failed: [num_samples must be [batch]: one length per waveform row] "
+         "[num_samples shape:] [2] [waveform rows:] [1]"),
         # times
         (good_columnar(utterance, word_start_s=[[-0.5] + starts[1:]]),
-         "word 0 ('kids') of row 0 has a negative time (-0.5 s to " + f"{ends[0]:g} s)"),
+         "assertion failed: [word_start_s must be >= 0 (seconds from the start of the audio)] "
+         "[[row, slot]:] [[0 0]] [word_start_s:] [-0.5]"),
         (good_columnar(utterance, word_end_s=[[starts[0] - 0.1] + ends[1:]]),
-         f"word 0 ('kids') of row 0 ends before it starts ({starts[0]:g} s > "
-         f"{starts[0] - 0.1:g} s)"),
+         "assertion failed: [word_end_s must be >= word_start_s (a word cannot end before it "
+         "starts)] [[row, slot]:] [[0 0]]"),
         (good_columnar(utterance, word_start_s=[starts[:5] + [9.0]], word_end_s=[ends[:5] + [9.5]]),
-         "word 5 ('door') of row 0 starts at 9 s, after the audio ends"),
+         "assertion failed: [word_start_s must be at most num_samples / 16000 (a word must start "
+         "inside the audio)] [[row, slot]:] [[0 5]] [word_start_s:] [9]"),
         (good_columnar(utterance, word_end_s=[ends[:5] + [float("nan")]]),
-         "word_end_s[0][5] is nan: times must be finite seconds"),
+         "assertion failed: [word_start_s and word_end_s must be finite (seconds)] "
+         "[[row, slot] not finite:] [[0 5]]"),
         # words
         (good_columnar(utterance, words=[["kids", "", "talking", "by", "the", "door"]]),
-         'words[0][1] is empty but a word follows it: pad with "" only after the last word'),
+         "assertion failed: [words must be padded with empty strings only after the last word] "
+         "[[row, slot] of an empty word before a word:] [[0 1]]"),
         (good_columnar(utterance, words=[[""] * 6]),
-         "row 0 has no words: give at least one word with its times"),
+         "assertion failed: [every row needs at least one word (words[b][0] must not be "
+         "empty)] [rows without words:] [[0]]"),
         # the waveform itself
-        (good_columnar(utterance, num_samples=[0]), "num_samples[0] = 0: the waveform is empty"),
+        (good_columnar(utterance, num_samples=[0]),
+         "assertion failed: [num_samples must be at least 400 (one 25 ms frame at 16 kHz)] "
+         "[num_samples:] [0]"),
         (good_columnar(utterance, waveform=[[]], num_samples=[0]),
-         "waveform is empty (0 samples)"),
+         "assertion failed: [num_samples must be at least 400 (one 25 ms frame at 16 kHz)] "
+         "[num_samples:] [0]"),
         (good_columnar(utterance, num_samples=[n + 1]),
-         f"num_samples[0] = {n + 1} is more than the waveform's {n} samples"),
+         "assertion failed: [num_samples must be at most the samples in its waveform row] "
+         f"[num_samples:] [{n + 1}] [samples per row:] [{n}]"),
         (good_columnar(utterance, waveform=[waveform[:300].tolist()], num_samples=[300]),
-         "num_samples[0] = 300: shorter than one 25 ms frame (400 samples at 16000 Hz)"),
+         "assertion failed: [num_samples must be at least 400 (one 25 ms frame at 16 kHz)] "
+         "[num_samples:] [300]"),
         (good_columnar(utterance, waveform=[[float("nan")] + waveform[1:].tolist()]),
-         "waveform[0][0] is nan: samples must be finite"),
+         "assertion failed: [waveform samples must be finite (16 kHz, in [-1, 1])] "
+         "[[row, sample] not finite:] [[0 0]]"),
     ]
     for request, message in cases:
         status, body = call(server, "POST", "/v1/models/cme:predict", request)
@@ -334,13 +371,17 @@ def test_bad_waveform_bytes(server, utterance):
     raw = waveform.astype("<f4").tobytes()
     bad_sample = np.concatenate([waveform[:10], [np.inf], waveform[11:]]).astype("<f4")
     cases = [
-        (request(raw[:-1]), f"waveform_bytes[0] has {len(raw) - 1} bytes: not a whole number of "
-                            f"float32 samples (4 bytes each, little-endian)"),
-        (request(b"", 0), "waveform_bytes[0] is empty (0 samples)"),
-        (request(bad_sample.tobytes()), "waveform_bytes[0] sample 10 is inf: samples must be "
-                                        "finite"),
-        (request(raw, n + 4), f"num_samples[0] = {n + 4} is more than the {n} samples in "
-                              f"waveform_bytes[0]"),
+        (request(raw[:-1]), "assertion failed: [waveform_bytes rows must be a whole number of "
+                            "float32 samples (4 bytes each, little-endian)] [bytes per row:] "
+                            f"[{len(raw) - 1}]"),
+        (request(b"", 0), "assertion failed: [waveform_bytes rows must not be empty (0 samples)] "
+                          "[bytes per row:] [0]"),
+        (request(bad_sample.tobytes()), "assertion failed: [waveform_bytes samples must be "
+                                        "finite (16 kHz, in [-1, 1])] [[row, sample] not "
+                                        "finite:] [[0 10]]"),
+        (request(raw, n + 4), "assertion failed: [num_samples must be at most the samples in its "
+                              f"waveform_bytes row] [num_samples:] [{n + 4}] [samples per row:] "
+                              f"[{n}]"),
     ]
     for body, message in cases:
         status, answer = call(server, "POST", "/v1/models/cme:predict", body)
@@ -378,7 +419,7 @@ def test_body_size_limit_and_chunked_bodies(server, utterance):
     # A chunked body (no Content-Length) is read as well, and limited the same way.
     payload = json.dumps({"signature_name": "predict_waveform",
                           "instances": [instance(utterance)]}).encode()
-    connection = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=60)
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
     chunks = (payload[i:i + 65536] for i in range(0, len(payload), 65536))
     connection.request("POST", "/v1/models/cme:predict", body=chunks, encode_chunked=True)
     response = connection.getresponse()
@@ -404,13 +445,17 @@ def bytes_inputs(row):
 
 @pytest.mark.parametrize("name,make", [(PREDICT_WAVEFORM, lambda row: waveform_inputs([row])),
                                        (PREDICT_WAVEFORM_BYTES, bytes_inputs)])
-def test_concurrent_requests_are_batched_without_changing_answers(server, utterance, name, make):
+def test_concurrent_requests_are_batched_without_changing_answers(server, utterance, name, make,
+                                                                  request):
     """Requests of different lengths and word counts, merged into one padded batch, get what
     each gets alone."""
     waveform, words, starts, ends = utterance
     rows = [(waveform[:n], words[:m], starts[:m], ends[:m])
             for n, m in ((62000, 6), (30000, 3), (45000, 5), (24000, 2))]
-    version = server.repository.resolve()
+    repository = ModelRepository(server.base, "cme")
+    repository.refresh()  # loads the model
+    request.addfinalizer(repository.stop)
+    version = repository.resolve()
     signature = version.signatures[name]
     alone = [signature.run(make(row)) for row in rows]
     batcher = Batcher(max_batch_size=8, timeout_s=1.0)
@@ -462,7 +507,6 @@ def _publish(base: Path, source: Path, version: int) -> None:
 
 
 def _wait_for(predicate, seconds=30.0):
-    import time
     deadline = time.monotonic() + seconds
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
@@ -476,8 +520,9 @@ def test_new_versions_are_picked_up_and_labels_keep_old_ones(exported, tmp_path,
     (base / "not-a-version").mkdir()  # ignored, like TF Serving does
     labels = tmp_path / "labels.json"
     labels.write_text("{}")
-    srv = build_server(base, "cme", port=0, poll_seconds=0.1, labels_file=labels)
-    start_in_thread(srv)
+    process, url = start_server(serve_argv(base, "--poll-seconds", "0.1", "--version-labels",
+                                           labels, "--grpc-port", "-1"))
+    srv = Served(process, url, base)
     try:
         # Nothing to serve yet: TF Serving's answers for a model without versions.
         assert call(srv, "GET", "/v1/models/cme") == (
@@ -523,8 +568,7 @@ def test_new_versions_are_picked_up_and_labels_keep_old_ones(exported, tmp_path,
         assert call(srv, "GET", "/v1/models/cme/metadata")[1]["model_spec"]["version"] == "2"
         assert call(srv, "POST", "/v1/models/cme:predict", row)[0] == 200
     finally:
-        srv.shutdown()
-        srv.close()
+        assert stop_server(process) == 0, server_stderr(process)[-5000:]
 
 
 @pytest.fixture(scope="module")
@@ -543,11 +587,10 @@ def toy_server(tmp_path_factory):
     tf.saved_model.save(module, str(base / "5"), signatures={
         "serving_default": module.half_plus_two.get_concrete_function(),
         "echo": module.echo.get_concrete_function()})
-    srv = build_server(base, "toy", port=0, poll_seconds=0)
-    start_in_thread(srv)
-    yield srv
-    srv.shutdown()
-    srv.close()
+    process, url = start_server(serve_argv(base, "--model-name", "toy", "--poll-seconds", "0",
+                                           "--grpc-port", "-1"))
+    yield Served(process, url, base)
+    assert stop_server(process) == 0, server_stderr(process)[-5000:]
 
 
 def test_single_output_and_bytes_formatting(toy_server):
@@ -555,7 +598,7 @@ def test_single_output_and_bytes_formatting(toy_server):
     # One output: predictions are bare values; whole numbers get ".0" like TF Serving writes.
     assert post({"instances": [1.0, 2, 5.5]}) == (200, {"predictions": [2.5, 3.0, 4.75]})
     assert post({"inputs": [1.0, 2.0]}) == (200, {"outputs": [2.5, 3.0]})
-    connection = http.client.HTTPConnection("127.0.0.1", toy_server.server_address[1])
+    connection = http.client.HTTPConnection("127.0.0.1", toy_server.port, timeout=60)
     connection.request("POST", "/v1/models/toy:predict", body=b'{"instances": [2]}')
     text = connection.getresponse().read().decode()
     connection.close()
@@ -593,97 +636,91 @@ def test_single_output_and_bytes_formatting(toy_server):
     assert post({"inputs": [3.0]}) == (200, {"outputs": [3.5]})
 
 
-def test_close_ends_idle_connections_and_joins_every_thread(exported, utterance):
-    """After shutdown + close no thread of the server runs (request threads, batching threads,
-    the version poller) and no model is held: nothing is left inside TensorFlow for the
-    interpreter's teardown, which is what made `cme-ser serve` abort on SIGTERM."""
+def test_services_close_joins_every_thread(exported, utterance):
+    """What gunicorn's worker_exit hook does in each worker (Services.close): afterwards no
+    thread of the server runs (batching threads, the version poller, gRPC's) and no model is
+    held, so nothing is left inside TensorFlow for the interpreter's teardown, which is what
+    made `cme-ser serve` abort on SIGTERM."""
     base, _ = exported
     before = set(threading.enumerate())
-    srv = build_server(base, "cme", port=0, poll_seconds=0.05, batching=True,
-                       batch_timeout_ms=50)
-    thread = start_in_thread(srv)
-    idle = http.client.HTTPConnection("127.0.0.1", srv.server_address[1], timeout=60)
-    idle.request("GET", "/v1/models/cme")  # then kept alive and idle
-    assert json.loads(idle.getresponse().read())["model_version_status"][0]["state"] == \
-        "AVAILABLE"
-    with RestClient(srv.url, "cme") as client:  # a batching thread starts, idles 30 s
-        assert client.predict_waveform([Utterance(*utterance)])[0].emotion in CLASSES
-    assert srv.api.batcher.batches == 1
+    services = Services(base, "cme", poll_seconds=0.05, batching=True, batch_timeout_ms=50,
+                        grpc_host="127.0.0.1", grpc_port=0)
+    body = json.dumps({"signature_name": "predict_waveform",
+                       "inputs": {k: [v] for k, v in instance(utterance).items()}}).encode()
+    response = services.api.respond("POST", "/v1/models/cme:predict", {}, body)
+    assert response.status == 200 and json.loads(response.body)["outputs"]["classes"][0] in \
+        CLASSES
+    assert services.batcher.batches == 1  # a batching thread started and idles
     started = {t.name for t in set(threading.enumerate()) - before}
-    assert {"rest-server", "poll-cme", f"batch-{PREDICT_WAVEFORM}"} <= started, started
-    srv.shutdown()
-    thread.join(timeout=30)
-    srv.close()
+    assert {"poll-cme", f"batch-{PREDICT_WAVEFORM}"} <= started, started
+    services.close()
     assert set(threading.enumerate()) - before == set()
-    assert srv.repository.available_versions == []
-    assert idle.sock.recv(1) == b""  # the idle keep-alive connection was ended by the server
-    idle.close()
+    assert services.repository.available_versions == []
+    services.close()  # idempotent
 
 
-def test_close_does_not_wait_forever_for_a_client_that_stopped_sending(exported):
-    """A request whose body never completes is in flight, not idle: close() waits for it only
-    ``shutdown_grace_s``, then ends its connection and joins every thread."""
-    import socket
-    import time
+def _slow_request(port: int, sent: bytes) -> socket.socket:
+    """A connection that has sent ``sent`` (part of a request) and then stalls."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    sock.sendall(sent)
+    return sock
 
-    base, _ = exported
-    before = set(threading.enumerate())
-    srv = build_server(base, "cme", port=0, poll_seconds=0)
-    srv.shutdown_grace_s = 0.5
-    thread = start_in_thread(srv)
-    slow = socket.create_connection(("127.0.0.1", srv.server_address[1]), timeout=30)
-    slow.sendall(b"POST /v1/models/cme:predict HTTP/1.1\r\nHost: x\r\n"
-                 b"Content-Length: 100\r\n\r\n{\"inputs\"")  # 10 of 100 bytes
-    time.sleep(0.5)  # the handler is now reading the body
-    srv.shutdown()
-    thread.join(timeout=30)
-    started = time.monotonic()
-    srv.close()
-    assert time.monotonic() - started < 10
-    assert set(threading.enumerate()) - before == set()
-    slow.close()
+
+PARTIAL_BODY = (b"POST /v1/models/cme:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
+                b"\r\n{\"inputs\"")  # 10 of 100 bytes
 
 
 def test_cme_ser_serve_command(exported):
-    """`cme-ser serve` as a process: announces its URL, answers, and stops cleanly on SIGTERM."""
-    import signal
-    import subprocess
-    import sys
-
+    """`cme-ser serve` as a process: announces its URL, answers; a client that stalls in the
+    middle of a request (headers or body) blocks no one else and is disconnected after
+    --read-timeout; a client hanging up mid-request prints nothing; on SIGTERM a request in
+    flight is answered, then the server exits with status 0 and no traceback."""
     base, _ = exported
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "serve", "--model-base-path", str(base),
-         "--port", "0", "--poll-seconds", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        cwd=Path(__file__).resolve().parents[1])
+    process, url = start_server(serve_argv(base, "--poll-seconds", "0", "--grpc-port", "-1",
+                                           "--read-timeout", "2"))
     try:
-        # Skip anything a library may print first; the announcement is one line.
-        line = ""
-        for line in process.stdout:
-            if "REST API at" in line:
-                break
-        assert "versions available: [1]" in line and "REST API at http://127.0.0.1:" in line
-        url = line.rsplit(" ", 1)[1].strip()
-        with RestClient(url, "cme") as client:
+        line = process.announcement
+        assert "versions available: [1]" in line and "1 worker process, " in line, line
+        assert url.startswith("http://127.0.0.1:") and int(url.rsplit(":", 1)[1]) > 0
+        port = int(url.rsplit(":", 1)[1])
+        # Slow clients: as many as there are request threads, and more.
+        from serving.gunicorn_app import THREADS_PER_WORKER
+        stalled = [_slow_request(port, PARTIAL_BODY if i % 2 else b"GET /v1/models/cme HTTP/1.1"
+                                 b"\r\nHost: x\r\n") for i in range(THREADS_PER_WORKER + 2)]
+        time.sleep(0.1)  # (they are being read by now; nothing below depends on it)
+        with RestClient(url, "cme", timeout=60) as client:
             assert client.status()["model_version_status"][0]["state"] == "AVAILABLE"
+        for sock in stalled:  # each is cut off: end of file, without an answer
+            assert sock.recv(1000) == b""
+            sock.close()
+        # Clients hanging up mid-request: routine, nothing on stderr.
+        for sent in (PARTIAL_BODY, b"POST /v1/models/cme:predict HTTP/1.1\r\nHost: x\r\n"
+                                   b"Transfer-Encoding: chunked\r\n\r\n5\r\n{\"in"):
+            _slow_request(port, sent).close()
+        # SIGTERM with a request in flight: its body completes after the signal, and it is
+        # still answered.
+        in_flight = _slow_request(port, b"GET /v1/models/cme HTTP/1.1\r\nHost: x\r\n")
+        time.sleep(0.1)
         process.send_signal(signal.SIGTERM)
-        status = process.wait(timeout=30)
-        stderr = process.stderr.read()
-        assert status == 0, stderr[-5000:]  # a crash's stacks come from faulthandler
-        assert "Traceback" not in stderr, stderr[-5000:]
+        time.sleep(0.3)  # (well within --read-timeout)
+        in_flight.sendall(b"Connection: close\r\n\r\n")
+        answer = b""
+        while True:
+            piece = in_flight.recv(65536)
+            if not piece:
+                break
+            answer += piece
+        in_flight.close()
+        assert answer.startswith(b"HTTP/1.1 200 OK") and b"AVAILABLE" in answer, answer
+        assert process.wait(timeout=60) == 0, server_stderr(process)[-5000:]
+        stderr = server_stderr(process)
+        assert "Traceback" not in stderr and "was sent SIG" not in stderr, stderr[-5000:]
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        stop_server(process, signal_=None)
 
 
 # ----------------------------------------------------------------------------------------------
 # `cme-ser serve --workers N`
-
-
-def _children(pid: int):
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        return [int(c) for c in f.read().split()]
 
 
 def _fresh_call(url, method, path, body=None):
@@ -701,12 +738,10 @@ def _fresh_call(url, method, path, body=None):
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
 def test_cme_ser_serve_workers_share_the_port_and_each_picks_up_new_versions(
         exported, tmp_path, utterance):
-    """Two worker processes answer on the one port (each alone, with the other stopped), each
-    loads a new version by itself, and SIGTERM to the supervisor stops both."""
-    import signal
-    import subprocess
-    import sys
-
+    """Two gunicorn workers answer on the one port (each alone, with the other paused), each
+    loads a new version by itself; one killed with SIGKILL takes nothing down: requests still
+    succeed and a replacement worker appears (and serves the newest version); SIGTERM to the
+    master stops them all with status 0."""
     from pipeline.cli import main
     _, info = exported
     base = tmp_path / "cme"
@@ -714,44 +749,49 @@ def test_cme_ser_serve_workers_share_the_port_and_each_picks_up_new_versions(
     _publish(base, Path(info["path"]), 1)
     assert main(["serve", "--model-base-path", str(base), "--workers", "0"]) == 2
 
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "serve", "--model-base-path", str(base),
-         "--port", "0", "--poll-seconds", "0.2", "--workers", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        cwd=Path(__file__).resolve().parents[1])
+    process, url = start_server(serve_argv(base, "--poll-seconds", "0.2", "--workers", "2",
+                                           "--grpc-port", "-1"))
     workers = []
     try:
-        line = ""
-        for line in process.stdout:
-            if "REST API at" in line:
-                break
-        assert "versions available: [1]" in line and "2 worker processes" in line, line
-        url = line.rsplit(" ", 1)[1].strip()
-        workers = _children(process.pid)
+        assert "versions available: [1]" in process.announcement
+        assert "2 worker processes" in process.announcement
+        workers = children(process.pid)
         assert len(workers) == 2
         row = json.dumps({"signature_name": "predict_waveform",
                           "instances": [instance(utterance)]}).encode()
 
-        def served_by(worker, expect_version):
-            other = next(w for w in workers if w != worker)
-            os.kill(other, signal.SIGSTOP)  # only `worker` can take connections now
+        def served_by(worker, expect_version, others):
+            """Only ``worker`` can take connections while the others are stopped (SIGSTOP);
+            each request is on a fresh connection and complete before the next."""
+            for other in others:
+                os.kill(other, signal.SIGSTOP)
             try:
                 _wait_for(lambda: _fresh_call(url, "GET", "/v1/models/cme/metadata")[1].get(
-                    "model_spec", {}).get("version") == expect_version, seconds=60)
+                    "model_spec", {}).get("version") == expect_version, seconds=120)
                 for _ in range(3):
                     status, body = _fresh_call(url, "POST", "/v1/models/cme:predict", row)
                     assert status == 200 and len(body["predictions"]) == 1
             finally:
-                os.kill(other, signal.SIGCONT)
+                for other in others:
+                    os.kill(other, signal.SIGCONT)
 
-        for worker in workers:
-            served_by(worker, "1")
+        first, second = workers
+        served_by(first, "1", [second])
+        served_by(second, "1", [first])
         _publish(base, Path(info["path"]), 2)
-        for worker in workers:
-            served_by(worker, "2")
+        served_by(first, "2", [second])
+        served_by(second, "2", [first])
 
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0
+        os.kill(first, signal.SIGKILL)  # the other keeps answering
+        for _ in range(3):
+            status, body = _fresh_call(url, "POST", "/v1/models/cme:predict", row)
+            assert status == 200 and len(body["predictions"]) == 1
+        _wait_for(lambda: len(set(children(process.pid)) - {first}) == 2, seconds=60)
+        [replacement] = set(children(process.pid)) - {first, second}
+        workers.append(replacement)
+        served_by(replacement, "2", [second])  # once loaded, it serves the newest version
+
+        assert stop_server(process) == 0, server_stderr(process)[-5000:]
         for worker in workers:
             with pytest.raises(ProcessLookupError):
                 os.kill(worker, 0)
@@ -761,33 +801,7 @@ def test_cme_ser_serve_workers_share_the_port_and_each_picks_up_new_versions(
                 os.kill(worker, signal.SIGCONT)
             except ProcessLookupError:
                 pass
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        for worker in workers:  # never leave a worker behind
-            try:
-                os.kill(worker, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
-def test_connection_counts_steer_new_connections_to_the_least_loaded_worker(tmp_path):
-    from serving.workers import ConnectionCounts
-
-    with open(tmp_path / "counts", "w+b") as f:
-        f.truncate(8 * 3)
-        first, second, third = (ConnectionCounts(f.fileno(), 3, i) for i in range(3))
-        assert first.accept_delay() == second.accept_delay() == 0.0
-        first.add(3)
-        second.add(1)
-        assert first.accept_delay() == pytest.approx(0.03)  # three more than the third's 0
-        assert second.accept_delay() == pytest.approx(0.01)
-        assert third.accept_delay() == 0.0
-        first.add(20)
-        assert first.accept_delay() == 0.1  # capped: a stuck worker delays nobody for long
-        first.add(-23)
-        second.add(-1)
-        assert [c.accept_delay() for c in (first, second, third)] == [0.0, 0.0, 0.0]
+        stop_server(process, signal_=None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -797,7 +811,7 @@ def test_connection_counts_steer_new_connections_to_the_least_loaded_worker(tmp_
 
 def raw_call(srv, method, path, body=None, headers=None):
     """(status, headers, raw body bytes) of one request."""
-    connection = http.client.HTTPConnection("127.0.0.1", srv.server_address[1], timeout=60)
+    connection = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=60)
     try:
         connection.request(method, path, body=body, headers=headers or {})
         response = connection.getresponse()
@@ -811,7 +825,9 @@ def test_batching_is_off_by_default_as_upstream(toy_server):
     false (2.16.1); `cme-ser serve --enable-batching` (or upstream's spelling) turns batching
     on, `--no-batching` stays accepted."""
     from pipeline.cli import build_parser
-    assert toy_server.api.batcher is None  # build_server's default
+    from serving.gunicorn_app import ServeConfig
+    assert ServeConfig(base_path=Path("x"), max_body_bytes=1).batching is False
+    assert ServeConfig(base_path=Path("x"), max_body_bytes=1).cors is False
     parse = lambda *flags: build_parser().parse_args(  # noqa: E731
         ["serve", "--model-base-path", "x", *flags])
     assert parse().enable_batching is False
@@ -836,7 +852,7 @@ def test_float_inputs_take_any_integer_and_errors_are_pretty_json(toy_server):
                   b'float"\n}'
 
 
-def test_gzip_request_bodies(toy_server, server):
+def test_gzip_request_bodies(toy_server, server, request):
     """evhttp_request.cc: a body whose Content-Encoding contains "gzip" is decompressed
     (NeedUncompressGzipContent, ReadRequestGzipBytes). Here the size limit applies to the
     decompressed body too (413), decompressed a piece at a time; a body that is not gzip is a
@@ -864,8 +880,10 @@ def test_gzip_request_bodies(toy_server, server):
         413, {"error": f"Request body exceeds the limit of {LIMIT} bytes once uncompressed "
                        f"(gzip, {len(bomb)} bytes compressed)"})
     # At the API level: the decompression stops just past the limit.
-    from serving.server import RestApi
-    api = RestApi(toy_server.repository, max_body_bytes=1000)
+    repository = ModelRepository(toy_server.base, "toy")
+    repository.refresh()  # loads the model
+    request.addfinalizer(repository.stop)
+    api = RestApi(repository, max_body_bytes=1000)
     response = api.respond("POST", "/v1/models/toy:predict", {"content-encoding": "gzip"},
                            gzip.compress(b" " * 10**8, 1))
     assert response.status == 413
@@ -875,7 +893,7 @@ def test_gzip_request_bodies(toy_server, server):
     assert_healthy(server)
 
 
-def test_options_preflight_and_cors_headers(toy_server):
+def test_options_preflight_and_cors_headers(toy_server, server):
     """http_server.cc RestApiRequestDispatcher::ProcessRequest: OPTIONS under /v1/ is a CORS
     preflight whatever --enable_cors_support says: OK if the Origin header matches
     "https?://", else FAILED_PRECONDITION (400; upstream's body is empty, here it is the JSON
@@ -901,20 +919,18 @@ def test_options_preflight_and_cors_headers(toy_server):
     status, headers, raw = raw_call(toy_server, "HEAD", "/v1/models/toy")
     assert (status, raw) == (400, b"") and int(headers["Content-Length"]) > 0
 
-    toy_server.api.cors = True  # --enable_cors_support
-    try:
-        status, headers, raw = raw_call(toy_server, "OPTIONS", "/v1/models/toy:predict",
-                                        headers={"Origin": "https://app.example"})
-        assert (status, raw) == (200, b"") and cors.items() <= headers.items()
-        status, headers, raw = raw_call(toy_server, "POST", "/v1/models/toy:predict",
-                                        b'{"inputs": [2.0]}',
-                                        {"Origin": "https://app.example"})
-        assert status == 200 and json.loads(raw) == {"outputs": [3.0]}
-        assert cors.items() <= headers.items()
-        assert headers["Content-Type"] == "application/json"
-        status, headers, _ = raw_call(toy_server, "GET", "/v1/models/nope")
-        assert status == 404 and cors.items() <= headers.items()  # errors too
-        status, headers, _ = raw_call(toy_server, "OPTIONS", "/v1/models/toy")
-        assert status == 400 and cors.items() <= headers.items()
-    finally:
-        toy_server.api.cors = False
+    # `server` runs with --enable_cors_support.
+    status, headers, raw = raw_call(server, "OPTIONS", "/v1/models/cme:predict",
+                                    headers={"Origin": "https://app.example"})
+    assert (status, raw) == (200, b"") and cors.items() <= headers.items()
+    status, headers, raw = raw_call(server, "POST", "/v1/models/cme:predict",
+                                    b'{"inputs": [2.0]}', {"Origin": "https://app.example"})
+    assert status == 400 and "error" in json.loads(raw)
+    assert cors.items() <= headers.items()
+    assert headers["Content-Type"] == "application/json"
+    status, headers, raw = raw_call(server, "GET", "/v1/models/cme")
+    assert status == 200 and cors.items() <= headers.items()
+    status, headers, _ = raw_call(server, "GET", "/v1/models/nope")
+    assert status == 404 and cors.items() <= headers.items()  # errors too
+    status, headers, _ = raw_call(server, "OPTIONS", "/v1/models/cme")
+    assert status == 400 and cors.items() <= headers.items()

@@ -32,6 +32,10 @@ tensorflow-io kernels), so loading needs neither those packages nor this project
     decoding it costs the server almost nothing, where parsing the 62,000 JSON numbers of a
     3.9 s utterance costs ``cme-ser serve`` ~4 ms of CPU under Python's GIL.
 
+Both waveform signatures check their inputs in-graph first (:func:`check_waveform_inputs`): a
+bad request fails with INVALID_ARGUMENT ``assertion failed: [<the rule>] [<offending values>]``,
+a 400 from stock TF Serving and ``cme-ser serve`` alike.
+
 In-graph conventions of ``predict_waveform`` (the same as preprocessing's):
 
 * filterbank: ``preprocessing.features.log_mel_filterbank``; row b has
@@ -184,6 +188,146 @@ def seconds_to_spans(word_start_s: tf.Tensor, word_end_s: tf.Tensor,
     return tf.stack([start, end], axis=-1)
 
 
+# Assert prints at most this many elements of each data tensor (the offending values).
+_SUMMARIZE = 12
+_BYTES_PER_SAMPLE = 4  # float32
+
+
+def check_waveform_inputs(num_samples, words, word_start_s, word_end_s, *, waveform=None,
+                          waveform_bytes=None):
+    """The in-graph checks of the ``predict_waveform`` inputs (``waveform``) or the
+    ``predict_waveform_bytes`` inputs (``waveform_bytes``, decoded here once its rows passed).
+    They are part of the exported graph, so stock TF Serving and ``cme-ser serve`` answer a bad
+    request alike: INVALID_ARGUMENT (HTTP 400) ``assertion failed: [<rule>] [<offending
+    values>]``, where the graph would otherwise silently clip, or fail deep inside an op.
+
+    Rules, per row ``b`` of a batch of ``B`` rows and ``M`` word slots, in this order:
+
+    * at least one row (``B > 0``);
+    * shapes: ``num_samples [B]`` (one per ``waveform`` / ``waveform_bytes`` row), ``words``,
+      ``word_start_s``, ``word_end_s`` all ``[B, M]``;
+    * ``waveform_bytes``: every row a whole number, not zero, of 4-byte little-endian float32
+      samples;
+    * ``400 <= num_samples[b] <=`` the samples row b has (at least one 25 ms frame at 16 kHz);
+    * every sample finite (NaN in the padding would leak into the convolutions);
+    * the words are a non-empty prefix of the row, padded with "" only at the end;
+    * every time finite; for each real word ``0 <= start <= end`` and ``start`` inside the audio
+      (``start <= num_samples / 16000``).
+
+    Each check runs after the one before it (control dependencies), so a check never sees inputs
+    an earlier one refused (no elementwise op on shapes that differ), and a request that breaks
+    two rules always gets the same message. Vectorised core ops only (``Assert``, ``Where``,
+    ...): no Python per row, nothing TF Serving lacks.
+
+    Returns ``(waveform [B, S] float32, num_samples, words, word_start_s, word_end_s)``, each
+    behind a control dependency on every check, so that nothing computed from them (and no
+    output) can run or be pruned without the checks.
+    """
+    source = "waveform" if waveform_bytes is None else "waveform_bytes"
+    samples = waveform if waveform_bytes is None else waveform_bytes
+    last = []  # the check made last: the next one is built under its control dependency
+
+    def require(rule: str, make) -> None:
+        """``make()`` -> ``(condition, data)``, built after the previous check."""
+        with tf.control_dependencies(last):
+            condition, data = make()
+            last[:] = [tf.debugging.Assert(condition, [rule, *data], summarize=_SUMMARIZE)]
+
+    def where(mask):  # int32 (Assert data of int32 / string needs no tf.cond around it)
+        return tf.cast(tf.where(mask), tf.int32)
+
+    def values(tensor, mask):
+        return tf.strings.as_string(tf.boolean_mask(tensor, mask), shortest=True)
+
+    batch = tf.shape(samples)[0]
+    require(f"a request needs at least one {source} row (the batch is empty)",
+            lambda: (batch > 0, [f"{source} shape:", tf.shape(samples)]))
+    require(f"num_samples must be [batch]: one length per {source} row",
+            lambda: (tf.equal(tf.size(num_samples), batch),
+                     ["num_samples shape:", tf.shape(num_samples), f"{source} rows:", batch]))
+    require(f"words must be [batch, words]: one row of words per {source} row",
+            lambda: (tf.equal(tf.shape(words)[0], batch),
+                     ["words shape:", tf.shape(words), f"{source} rows:", batch]))
+    for name, times in (("word_start_s", word_start_s), ("word_end_s", word_end_s)):
+        require(f"{name} must have the shape of words: one time per word slot (pad words with "
+                f"empty strings and times with 0)",
+                lambda times=times, name=name: (
+                    tf.reduce_all(tf.equal(tf.shape(times), tf.shape(words))),
+                    [f"{name} shape:", tf.shape(times), "words shape:", tf.shape(words)]))
+
+    if waveform_bytes is not None:
+        lengths = tf.strings.length(waveform_bytes)  # bytes
+        require(f"waveform_bytes rows must be a whole number of float32 samples "
+                f"({_BYTES_PER_SAMPLE} bytes each, little-endian)",
+                lambda: (tf.reduce_all(tf.equal(lengths % _BYTES_PER_SAMPLE, 0)),
+                         ["bytes per row:", lengths]))
+        require("waveform_bytes rows must not be empty (0 samples)",
+                lambda: (tf.reduce_all(lengths > 0), ["bytes per row:", lengths]))
+        with tf.control_dependencies(last):
+            # decode_raw with fixed_length zero pads every row to the longest: [B, longest / 4].
+            longest = tf.reduce_max(lengths)
+            waveform = tf.io.decode_raw(waveform_bytes, tf.float32, little_endian=True,
+                                        fixed_length=longest)
+            row_samples = lengths // _BYTES_PER_SAMPLE
+    else:
+        row_samples = tf.fill([batch], tf.shape(waveform)[1])
+
+    frame_ms = 1000 * features.FRAME_LENGTH // features.SAMPLE_RATE
+    khz = features.SAMPLE_RATE // 1000
+    require(f"num_samples must be at least {features.FRAME_LENGTH} (one {frame_ms} ms frame at "
+            f"{khz} kHz)",
+            lambda: (tf.reduce_all(num_samples >= features.FRAME_LENGTH),
+                     ["num_samples:", num_samples]))
+    require(f"num_samples must be at most the samples in its {source} row",
+            lambda: (tf.reduce_all(num_samples <= row_samples),
+                     ["num_samples:", num_samples, "samples per row:", row_samples]))
+
+    def finite_samples():
+        bad = tf.logical_not(tf.math.is_finite(waveform))
+        return tf.logical_not(tf.reduce_any(bad)), ["[row, sample] not finite:", where(bad)]
+
+    require(f"{source} samples must be finite ({khz} kHz, in [-1, 1])", finite_samples)
+
+    present = tf.not_equal(words, "")  # [B, M]
+    has_words = tf.reduce_any(present, axis=1)
+    require("every row needs at least one word (words[b][0] must not be empty)",
+            lambda: (tf.reduce_all(has_words),
+                     ["rows without words:", where(tf.logical_not(has_words))]))
+    gaps = tf.logical_and(tf.logical_not(present[:, :-1]), present[:, 1:])  # "" then a word
+    require("words must be padded with empty strings only after the last word",
+            lambda: (tf.logical_not(tf.reduce_any(gaps)), ["[row, slot] of an empty word "
+                                                            "before a word:", where(gaps)]))
+
+    def finite_times():
+        bad = tf.logical_not(tf.logical_and(tf.math.is_finite(word_start_s),
+                                            tf.math.is_finite(word_end_s)))
+        return tf.logical_not(tf.reduce_any(bad)), ["[row, slot] not finite:", where(bad)]
+
+    require("word_start_s and word_end_s must be finite (seconds)", finite_times)
+
+    def bad_words(bad, *shown):
+        bad = tf.logical_and(present, bad)
+        data = ["[row, slot]:", where(bad)]
+        for name, tensor in shown:
+            data += [f"{name}:", values(tensor, bad)]
+        return tf.logical_not(tf.reduce_any(bad)), data
+
+    require("word_start_s must be >= 0 (seconds from the start of the audio)",
+            lambda: bad_words(word_start_s < 0.0, ("word_start_s", word_start_s)))
+    require("word_end_s must be >= word_start_s (a word cannot end before it starts)",
+            lambda: bad_words(word_end_s < word_start_s, ("word_start_s", word_start_s),
+                              ("word_end_s", word_end_s)))
+    seconds = tf.cast(num_samples, tf.float32) / float(features.SAMPLE_RATE)
+    require(f"word_start_s must be at most num_samples / {features.SAMPLE_RATE} (a word must "
+            f"start inside the audio)",
+            lambda: bad_words(word_start_s > seconds[:, None], ("word_start_s", word_start_s),
+                              ("audio seconds", tf.broadcast_to(seconds[:, None],
+                                                                tf.shape(word_start_s)))))
+    with tf.control_dependencies(last):
+        return tuple(tf.identity(t) for t in (waveform, num_samples, words, word_start_s,
+                                              word_end_s))
+
+
 class _Exporter:
     """Builds the serving functions around one model; holds what they capture."""
 
@@ -228,6 +372,16 @@ class _Exporter:
 
     def serve_waveform(self, waveform, num_samples, words, word_start_s, word_end_s):
         """Raw audio + timed words -> class outputs + per-word excitation (shapes above)."""
+        return self._serve_checked(*check_waveform_inputs(
+            num_samples, words, word_start_s, word_end_s, waveform=waveform))
+
+    def serve_waveform_bytes(self, waveform_bytes, num_samples, words, word_start_s, word_end_s):
+        """``predict_waveform`` with float32 little-endian sample bytes ``[B]`` per row."""
+        return self._serve_checked(*check_waveform_inputs(
+            num_samples, words, word_start_s, word_end_s, waveform_bytes=waveform_bytes))
+
+    def _serve_checked(self, waveform, num_samples, words, word_start_s, word_end_s):
+        """``predict_waveform`` on inputs that passed :func:`check_waveform_inputs`."""
         fbank = features.log_mel_filterbank(waveform)  # [B, F, 40], F from the padded length
         num_frames = tf.minimum(features.num_frames_for(num_samples), tf.shape(fbank)[1])
         lowered = tf.strings.lower(words, encoding="utf-8")
@@ -249,14 +403,6 @@ class _Exporter:
             outputs["acoustic_excitation"] = tf.reduce_mean(gate_a, axis=-1) * mask
             outputs["semantic_excitation"] = tf.reduce_mean(gate_s, axis=-1) * mask
         return outputs
-
-    def serve_waveform_bytes(self, waveform_bytes, num_samples, words, word_start_s, word_end_s):
-        """``predict_waveform`` with float32 little-endian sample bytes ``[B]`` per row."""
-        longest = tf.reduce_max(tf.strings.length(waveform_bytes))
-        # decode_raw with fixed_length zero pads every row to the longest: [B, longest / 4].
-        waveform = tf.io.decode_raw(waveform_bytes, tf.float32, little_endian=True,
-                                    fixed_length=longest)
-        return self.serve_waveform(waveform, num_samples, words, word_start_s, word_end_s)
 
 
 @contextlib.contextmanager
@@ -373,19 +519,32 @@ def _build_module(model: keras.Model, class_names: Sequence[str], words: List[st
         tf.TensorSpec([None, None], tf.float32, name="waveform")] + timed_words)
     serve_bytes = tf.function(exporter.serve_waveform_bytes, input_signature=[
         tf.TensorSpec([None], tf.string, name="waveform_bytes")] + timed_words)
+    signatures = {SERVING_DEFAULT: serve_examples.get_concrete_function(),
+                  PREDICT_WAVEFORM: serve_waveform.get_concrete_function(),
+                  PREDICT_WAVEFORM_BYTES: serve_bytes.get_concrete_function()}
     # The module holds the model's variables, the vocabulary table and the vectors; the Keras
     # objects themselves are not saved, so loading needs no Keras or custom classes (the same
-    # approach as keras.export.ExportArchive).
+    # approach as keras.export.ExportArchive). The variables are the tf.Variables the functions
+    # capture, not the Keras variables wrapping them: saving those writes checkpoint variables
+    # of their own, which a TF1-style loader (TF Serving's Session) restores while the
+    # functions read the captured ones, never restored ("Could not find variable ...").
     module = tf.Module()
-    module.model_variables = list(exporter.gates_model.variables)
+    module.model_variables = _captured_variables(signatures.values())
     module.vocabulary = exporter.table
     module.word_vectors = exporter.word_vectors
     module.serve_examples = serve_examples
     module.serve_waveform = serve_waveform
     module.serve_waveform_bytes = serve_bytes
-    return module, {SERVING_DEFAULT: serve_examples.get_concrete_function(),
-                    PREDICT_WAVEFORM: serve_waveform.get_concrete_function(),
-                    PREDICT_WAVEFORM_BYTES: serve_bytes.get_concrete_function()}
+    return module, signatures
+
+
+def _captured_variables(functions) -> list:
+    """The variables the concrete ``functions`` read, each once, in order of first use."""
+    seen = {}
+    for function in functions:
+        for variable in function.variables:
+            seen.setdefault(id(variable), variable)
+    return list(seen.values())
 
 
 def export_saved_model(model: keras.Model, export_dir: PathLike, *, class_names: Sequence[str],
