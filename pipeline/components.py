@@ -11,7 +11,6 @@
 
 # No `from __future__ import annotations`: TFX reads the signatures' real type objects.
 import json
-from pathlib import Path
 from typing import List, Sequence, TypedDict, Union
 
 import apache_beam as beam
@@ -83,7 +82,7 @@ def CorpusExampleGen(
     from preprocessing import corpora
 
     class_names = [c for c in classes.split(",") if c]
-    dirs = [Path(d) for d in decode_data_dirs(data_dir)]
+    dirs = decode_data_dirs(data_dir)  # local paths or object storage (s3://, gs://)
     items = corpora.items(dataset, dirs[0] if len(dirs) == 1 else dirs, class_names,
                           channels=channels or None)
     summary = job.run(dataset=dataset, items=items, out_dir=examples.uri,

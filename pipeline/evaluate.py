@@ -134,17 +134,24 @@ def evaluate(model, *, model_description: str, dataset: str,
 
 
 def write(report: dict, rows: List[dict], errors: List[dict], out_dir) -> None:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / REPORT_JSON).write_text(json.dumps(report, indent=2))
-    (out_dir / REPORT_MD).write_text(render_markdown(report))
-    plot_confusion(report["confusion"], report["classes"], out_dir / CONFUSION_PNG,
+    """The files above into ``out_dir``, a local directory or object storage."""
+    import tensorflow as tf
+
+    from preprocessing import filesystems
+    out_dir = str(out_dir)
+    filesystems.enable(out_dir)
+    tf.io.gfile.makedirs(out_dir)
+    texts = {REPORT_JSON: json.dumps(report, indent=2), REPORT_MD: render_markdown(report),
+             PREDICTIONS_FILE: "".join(json.dumps(r) + "\n" for r in rows),
+             ERRORS_FILE: "".join(json.dumps(e, sort_keys=True) + "\n" for e in errors)}
+    for name, text in texts.items():
+        with tf.io.gfile.GFile(filesystems.join(out_dir, name), "w") as f:
+            f.write(text)
+    plot_confusion(report["confusion"], report["classes"],
+                   filesystems.join(out_dir, CONFUSION_PNG),
                    title=f"{report['dataset']}"
                          + (f" {'+'.join(report['channels'])}" if report["channels"] else "")
                          + f", n = {report['n']}")
-    (out_dir / PREDICTIONS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (out_dir / ERRORS_FILE).write_text("".join(json.dumps(e, sort_keys=True) + "\n"
-                                               for e in errors))
 
 
 def _num(value: Optional[float]) -> str:

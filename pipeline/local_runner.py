@@ -3,7 +3,9 @@
     tfx pipeline create --engine local --pipeline_path pipeline/local_runner.py
     tfx run create --engine local --pipeline_name cme_ser
 
-Settings come from the environment (defaults in brackets): CME_SER_OUTPUT [output],
+Settings come from the environment (defaults in brackets): CME_SER_OUTPUT [output] (a local
+directory or object storage, s3:// or gs://), CME_SER_METADATA [<output>/tfx/metadata.sqlite]
+(ML Metadata's local SQLite file; needed when the output is object storage),
 CME_SER_DATA [./data/ravdess-speech or ../shared/data/ravdess-speech], CME_SER_EMBEDDINGS
 [~/.cache/cme-ser/glove-6b-50d], CME_SER_FOLDS [5], CME_SER_EPOCHS [ModelConfig default],
 CME_SER_PIPELINE_NAME [cme_ser], CME_SER_VARIANT [cme_refit_bag] (a name in trainer/config.py:
@@ -28,6 +30,7 @@ from tfx import v1 as tfx  # noqa: E402
 from pipeline.cli import find_data_dir  # noqa: E402
 from pipeline.runner import (PIPELINE_NAME, local_pipeline, newest_run_started,  # noqa: E402
                              run_summary, stage_progress)
+from preprocessing import filesystems  # noqa: E402
 from preprocessing.embeddings import default_embeddings_path  # noqa: E402
 from trainer.config import SHIPPED, variant_config  # noqa: E402
 
@@ -52,6 +55,7 @@ def model_settings(environ=os.environ) -> dict:
 
 if __name__ == "__main__":
     output = os.environ.get("CME_SER_OUTPUT", "output")
+    metadata = os.environ.get("CME_SER_METADATA") or None
     bless_min_ua = float(os.environ.get("CME_SER_BLESS_MIN_UA", "0.0"))
     pipeline_name = os.environ.get("CME_SER_PIPELINE_NAME", PIPELINE_NAME)
     started = time.time()
@@ -60,8 +64,10 @@ if __name__ == "__main__":
             output, data_dir=find_data_dir(None),
             embeddings_path=str(default_embeddings_path()),
             num_folds=int(os.environ.get("CME_SER_FOLDS", "5")), **model_settings(),
-            bless_min_ua=bless_min_ua, pipeline_name=pipeline_name))
+            bless_min_ua=bless_min_ua, pipeline_name=pipeline_name, metadata_path=metadata))
     # `tfx pipeline create` runs this file with run() bypassed: then there is no run to report.
-    newest = newest_run_started(output)
+    newest = newest_run_started(output, metadata)
     if newest is not None and newest >= started - 1:
-        print(run_summary(output, bless_min_ua, pipeline_name)[1], flush=True)
+        print(run_summary(output, bless_min_ua, pipeline_name, metadata)[1], flush=True)
+    if filesystems.s3_enabled():  # would abort at exit otherwise (preprocessing.filesystems)
+        filesystems.exit_process(0)

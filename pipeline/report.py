@@ -9,9 +9,9 @@ data anomalies and a missing / non-finite UA always block."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
-from pathlib import Path
 from typing import List, Mapping, Optional, Sequence
 
 import numpy as np
@@ -120,15 +120,33 @@ def plot_confusion(confusion, class_names: Sequence[str], path,
                     fontsize=8, color="white" if rates[i, j] > 0.5 else "black")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120)
     plt.close(fig)
+    _write(path, png.getvalue(), "wb")
+
+
+def _write(path, data, mode: str = "w") -> None:
+    """Writes a local or object-storage (``s3://``, ``gs://``) file."""
+    import tensorflow as tf
+
+    from preprocessing import filesystems
+    filesystems.enable(path)
+    with tf.io.gfile.GFile(str(path), mode) as f:
+        f.write(data)
 
 
 def write_report(rows: List[dict], class_names: Sequence[str], out_dir, **extra) -> dict:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """``report.json``, ``report.md`` and ``confusion.png`` in ``out_dir`` (local or object
+    storage)."""
+    import tensorflow as tf
+
+    from preprocessing import filesystems
+    out_dir = str(out_dir)
+    filesystems.enable(out_dir)
+    tf.io.gfile.makedirs(out_dir)
     report = {**summarize(rows, class_names), **extra}
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
-    (out_dir / "report.md").write_text(render_markdown(report))
-    plot_confusion(report["confusion"], class_names, out_dir / "confusion.png")
+    _write(filesystems.join(out_dir, "report.json"), json.dumps(report, indent=2))
+    _write(filesystems.join(out_dir, "report.md"), render_markdown(report))
+    plot_confusion(report["confusion"], class_names, filesystems.join(out_dir, "confusion.png"))
     return report

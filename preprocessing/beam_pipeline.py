@@ -6,24 +6,27 @@
 
 Every input utterance ends up as exactly one record or one error line; the summary
 (``summary.json``) counts both. The job runs on any Beam runner: DirectRunner with
-multi-processing by default, Dataflow / Flink / Spark through ``beam_args``.
+multi-processing by default, Dataflow / Flink / Spark through ``beam_args``. Inputs and outputs
+may be object storage (``s3://``, ``gs://``; ``preprocessing.filesystems``): the driver's files
+go through ``tf.io.gfile``, the workers read audio and write records through Beam's
+``FileSystems``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
-import shutil
+import tempfile
 import time
-from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from preprocessing import corpora
+from preprocessing import corpora, filesystems
 
 LOG = logging.getLogger("cme_ser.preprocess")
 RECORDS_DIR = "records"
@@ -75,10 +78,12 @@ class ProcessUtterance(beam.DoFn):
 
     def process(self, utterance: corpora.Utterance):
         try:
-            example, source = self._utterance.utterance_to_example(
-                utterance, aligner=self._aligner, vectors=self._vectors,
-                class_names=self.options.class_names, fold=self.options.folds[utterance.speaker],
-                max_seconds=self.options.max_seconds, overlong=self.options.overlong)
+            with local_copy(utterance) as local:
+                example, source = self._utterance.utterance_to_example(
+                    local, aligner=self._aligner, vectors=self._vectors,
+                    class_names=self.options.class_names,
+                    fold=self.options.folds[utterance.speaker],
+                    max_seconds=self.options.max_seconds, overlong=self.options.overlong)
         except self._utterance.UtteranceError as error:
             beam.metrics.Metrics.counter("cme_ser", f"error_{error.stage}").inc()
             yield beam.pvalue.TaggedOutput(self.ERRORS, error_line(
@@ -101,6 +106,32 @@ class ProcessUtterance(beam.DoFn):
         yield self.options.folds[utterance.speaker], example.SerializeToString(deterministic=True)
 
 
+@contextlib.contextmanager
+def local_copy(utterance: corpora.Utterance):
+    """``utterance`` with its object-storage files (``s3://``, ``gs://``) copied to a temporary
+    directory through Beam's ``FileSystems`` (the decoder and the alignment readers read local
+    files); local paths are used as they are. A missing remote file becomes a missing local
+    path, so it fails in the same stage with the same reason as a missing local file."""
+    remote = {field: getattr(utterance, field) for field in ("audio_path", "alignment_path")
+              if getattr(utterance, field) and filesystems.is_url(getattr(utterance, field))}
+    if not remote:
+        yield utterance
+        return
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    with tempfile.TemporaryDirectory(prefix="cme-ser-") as tmp:
+        local = {}
+        for field, url in remote.items():
+            local[field] = os.path.join(tmp, field, filesystems.basename(url))
+            os.makedirs(os.path.dirname(local[field]))
+            if FileSystems.exists(url):
+                with FileSystems.open(url, compression_type=CompressionTypes.UNCOMPRESSED) as src, \
+                        open(local[field], "wb") as dst:
+                    dst.write(src.read())
+        yield dataclasses.replace(utterance, **local)
+
+
 def build(p: beam.Pipeline, utterances: Sequence[corpora.Utterance],
           options: ProcessingOptions, out_dir: str, num_folds: int,
           layout: str = DEFAULT_LAYOUT):
@@ -117,14 +148,16 @@ def build(p: beam.Pipeline, utterances: Sequence[corpora.Utterance],
         (pcoll
          | f"Serialized{fold}" >> beam.Values()
          | f"Write{fold}" >> beam.io.WriteToTFRecord(
-             os.path.join(out_dir, layout.format(fold=fold), "part"),
+             filesystems.join(out_dir, layout.format(fold=fold), "part"),
              file_name_suffix=RECORD_SUFFIX,
              compression_type=beam.io.filesystem.CompressionTypes.GZIP))
     (errors
      | "ErrorsOneFile" >> beam.combiners.ToList()
      | "SortErrors" >> beam.FlatMap(sorted)
-     | "WriteErrors" >> beam.io.WriteToText(os.path.join(out_dir, ERRORS_FILE),
-                                            shard_name_template="", append_trailing_newlines=True))
+     # No file for no errors: S3 refuses the empty multipart upload Beam would make for one.
+     | "WriteErrors" >> beam.io.WriteToText(filesystems.join(out_dir, ERRORS_FILE),
+                                            shard_name_template="", append_trailing_newlines=True,
+                                            skip_if_empty=True))
     return records, errors
 
 
@@ -133,29 +166,44 @@ def default_beam_args() -> List[str]:
             f"--direct_num_workers={max(1, os.cpu_count() or 1)}"]
 
 
-def prepare_output_dir(out_dir: Path, overwrite: bool, layout: str = DEFAULT_LAYOUT) -> None:
+def prepare_output_dir(out_dir: str, overwrite: bool, layout: str = DEFAULT_LAYOUT) -> None:
     """Refuses to mix runs: an output dir holding a previous run needs ``overwrite``."""
+    import tensorflow as tf
+
+    filesystems.enable(out_dir)
     top = layout.split("/")[0].replace("{fold}", "*")
-    previous = sorted({p.name for p in out_dir.glob(top)} |
-                      {name for name in OUTPUTS if (out_dir / name).exists()})
+    previous = sorted({filesystems.basename(p)
+                       for p in tf.io.gfile.glob(filesystems.join(out_dir, top))} |
+                      {name for name in OUTPUTS
+                       if tf.io.gfile.exists(filesystems.join(out_dir, name))})
     if previous and not overwrite:
         raise FileExistsError(
             f"{out_dir} already holds preprocessed output ({', '.join(previous)}); "
             "pass --overwrite to replace it or choose another --out")
     for name in previous:
-        target = out_dir / name
-        shutil.rmtree(target) if target.is_dir() else target.unlink()
-    out_dir.mkdir(parents=True, exist_ok=True)
+        target = filesystems.join(out_dir, name)
+        tf.io.gfile.rmtree(target) if tf.io.gfile.isdir(target) else tf.io.gfile.remove(target)
+    tf.io.gfile.makedirs(out_dir)
 
 
 def record_files(out_dir, fold: Optional[int] = None, layout: str = DEFAULT_LAYOUT) -> List[str]:
+    import tensorflow as tf
+
+    filesystems.enable(out_dir)
     pattern = layout.format(fold=fold if fold is not None else "*")
-    return sorted(str(p) for p in Path(out_dir).glob(f"{pattern}/*{RECORD_SUFFIX}"))
+    return sorted(tf.io.gfile.glob(filesystems.join(str(out_dir), pattern, f"*{RECORD_SUFFIX}")))
 
 
-def _absolute(path: str) -> str:
-    """A local path made absolute; a URL (``gs://``, ``s3://``) as it is."""
-    return path if "://" in path else os.path.abspath(path)
+def _read_text(path: str) -> str:
+    import tensorflow as tf
+    with tf.io.gfile.GFile(path, "r") as f:
+        return f.read()
+
+
+def _write_text(path: str, text: str) -> None:
+    import tensorflow as tf
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(text)
 
 
 def run(*, dataset: str, items: Iterable[corpora.Item], out_dir, class_names: Sequence[str],
@@ -169,12 +217,13 @@ def run(*, dataset: str, items: Iterable[corpora.Item], out_dir, class_names: Se
     the TFX pipeline's Beam arguments); otherwise one is made from ``beam_args``.
     """
     # Workers of a portable / cluster runner run in other directories: no relative paths.
-    out_dir = Path(out_dir).absolute()
-    embeddings_path = _absolute(str(embeddings_path))
+    out_dir = filesystems.absolute(out_dir)
+    embeddings_path = filesystems.absolute(embeddings_path)
     utterances, rejected = corpora.partition(items)
     utterances = [dataclasses.replace(
-        u, audio_path=_absolute(u.audio_path),
-        alignment_path=u.alignment_path and _absolute(u.alignment_path)) for u in utterances]
+        u, audio_path=filesystems.absolute(u.audio_path),
+        alignment_path=u.alignment_path and filesystems.absolute(u.alignment_path))
+        for u in utterances]
     if not utterances:
         raise ValueError(f"no usable utterances found for dataset {dataset!r} "
                          f"({len(rejected)} rejected)")
@@ -182,7 +231,8 @@ def run(*, dataset: str, items: Iterable[corpora.Item], out_dir, class_names: Se
     prepare_output_dir(out_dir, overwrite, layout)
     plan = {"dataset": dataset, "num_folds": num_folds, "by": fold_by, "folds": folds,
             "summary": corpora.fold_summary(utterances, folds)}
-    (out_dir / FOLD_PLAN_FILE).write_text(json.dumps(plan, indent=2, sort_keys=True))
+    _write_text(filesystems.join(out_dir, FOLD_PLAN_FILE), json.dumps(plan, indent=2,
+                                                                     sort_keys=True))
 
     options = ProcessingOptions(class_names=tuple(class_names),
                                 embeddings_path=str(embeddings_path), folds=folds,
@@ -193,23 +243,25 @@ def run(*, dataset: str, items: Iterable[corpora.Item], out_dir, class_names: Se
     if pipeline is None:
         pipeline = beam.Pipeline(options=PipelineOptions(list(beam_args or default_beam_args())))
     with pipeline as p:
-        build(p, utterances, options, str(out_dir), num_folds, layout)
+        build(p, utterances, options, out_dir, num_folds, layout)
     elapsed = time.time() - started
 
-    errors = [json.loads(line) for line in
-              (out_dir / ERRORS_FILE).read_text().splitlines() if line.strip()]
+    errors_path = filesystems.join(out_dir, ERRORS_FILE)
+    import tensorflow as tf
+    errors = [json.loads(line) for line in _read_text(errors_path).splitlines()
+              if line.strip()] if tf.io.gfile.exists(errors_path) else []
     errors += [dataclasses.asdict(r) for r in rejected]
     errors.sort(key=lambda e: (e["stage"], e["utterance_id"]))
-    (out_dir / ERRORS_FILE).write_text("".join(json.dumps(e, sort_keys=True) + "\n"
-                                               for e in errors))
+    _write_text(errors_path, "".join(json.dumps(e, sort_keys=True) + "\n" for e in errors))
     summary = summarize(out_dir, dataset=dataset, class_names=class_names,
                         num_inputs=len(utterances) + len(rejected), errors=errors,
                         seconds=elapsed, layout=layout)
-    (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True))
+    _write_text(filesystems.join(out_dir, SUMMARY_FILE),
+                json.dumps(summary, indent=2, sort_keys=True))
     return summary
 
 
-def summarize(out_dir: Path, *, dataset: str, class_names: Sequence[str], num_inputs: int,
+def summarize(out_dir: str, *, dataset: str, class_names: Sequence[str], num_inputs: int,
               errors: List[dict], seconds: float, layout: str = DEFAULT_LAYOUT) -> dict:
     """Counts what the job produced by reading it back (so the numbers are the files')."""
     from preprocessing.records import decode_example
@@ -217,7 +269,7 @@ def summarize(out_dir: Path, *, dataset: str, class_names: Sequence[str], num_in
 
     per_fold, per_source, per_label, per_channel, oov = {}, {}, {}, {}, 0
     for path in record_files(out_dir, layout=layout):
-        fold = Path(path).parent.name
+        fold = filesystems.basename(filesystems.dirname(path))
         for raw in tf.data.TFRecordDataset(path, compression_type="GZIP").as_numpy_iterator():
             record = decode_example(raw)
             per_fold[fold] = per_fold.get(fold, 0) + 1

@@ -137,50 +137,50 @@ def ravdess(data_dir: Union[PathLike, Sequence[PathLike]],
     """
     classes = _check_classes(classes, tuple(RAVDESS_EMOTIONS.values()), "ravdess")
     channels = parse_channels(channels)
-    roots = [Path(data_dir)] if isinstance(data_dir, (str, os.PathLike)) else \
-        [Path(d) for d in data_dir]
+    roots = [data_dir] if isinstance(data_dir, (str, os.PathLike)) else list(data_dir)
     if not roots:
         raise ValueError("ravdess: no data directory given")
     actor_dirs = []
     for root in roots:
-        found = sorted(p for p in _subdirectories(root) if _RAVDESS_ACTOR_DIR.match(p.name))
+        found = sorted((name, path) for name, path, kind in _entries(root)
+                       if kind == "dir" and _RAVDESS_ACTOR_DIR.match(name))
         if not found:
-            raise ValueError(f"ravdess: no Actor_XX directories in {root}")
+            raise ValueError(f"ravdess: no Actor_XX directories in {_shown(root)}")
         actor_dirs += found
     return _ravdess_items(actor_dirs, classes, channels)  # arguments checked now, files lazily
 
 
-def _ravdess_items(actor_dirs: List[Path], classes: Tuple[str, ...],
+def _ravdess_items(actor_dirs: List[Tuple[str, str]], classes: Tuple[str, ...],
                    channels: Tuple[str, ...]) -> Iterator[Item]:
     seen: Dict[str, str] = {}
-    for actor_dir in actor_dirs:
-        actor = _RAVDESS_ACTOR_DIR.match(actor_dir.name).group(1)
-        for path in sorted(actor_dir.iterdir()):
-            if path.name.startswith("."):  # .DS_Store, AppleDouble "._x.wav" files
+    for actor_name, actor_dir in actor_dirs:
+        actor = _RAVDESS_ACTOR_DIR.match(actor_name).group(1)
+        for name, path, kind in sorted(_entries(actor_dir)):
+            if name.startswith("."):  # .DS_Store, AppleDouble "._x.wav" files
                 continue
-            utterance_id = path.name.rsplit(".", 1)[0]
-            match = _RAVDESS_NAME.match(path.name)
-            if not path.is_file() or not match:
-                yield Rejected(utterance_id, str(path), CORPUS_STAGE,
+            utterance_id = name.rsplit(".", 1)[0]
+            match = _RAVDESS_NAME.match(name)
+            if kind != "file" or not match:
+                yield Rejected(utterance_id, path, CORPUS_STAGE,
                                "name does not match 03-CC-EE-II-SS-RR-AA.(wav|flac) "
                                "(audio-only speech 01 or song 02, valid codes)")
                 continue
             channel_code, emotion, _, statement, _, file_actor, _ = match.groups()
             if file_actor != actor:
-                yield Rejected(utterance_id, str(path), CORPUS_STAGE,
-                               f"actor {file_actor} in the name but in directory {actor_dir.name}")
+                yield Rejected(utterance_id, path, CORPUS_STAGE,
+                               f"actor {file_actor} in the name but in directory {actor_name}")
                 continue
             channel = RAVDESS_CHANNELS[channel_code]
             label = RAVDESS_EMOTIONS[emotion]
             if channel not in channels or label not in classes:
                 continue
             if utterance_id in seen:
-                yield Rejected(utterance_id, str(path), CORPUS_STAGE,
+                yield Rejected(utterance_id, path, CORPUS_STAGE,
                                f"the same recording was already read from {seen[utterance_id]}")
                 continue
-            seen[utterance_id] = str(path)
-            yield Utterance(utterance_id=utterance_id, audio_path=str(path),
-                            speaker=actor_dir.name, label_name=label,
+            seen[utterance_id] = path
+            yield Utterance(utterance_id=utterance_id, audio_path=path,
+                            speaker=actor_name, label_name=label,
                             transcript=RAVDESS_STATEMENTS[statement],
                             gender="M" if int(actor) % 2 else "F", channel=channel)
 
@@ -265,6 +265,33 @@ def _iemocap_item(session: Path, label_file: Path, utterance_id: str, code: str,
                      alignment_path=str(alignment) if has_alignment else None,
                      alignment_format="wdseg" if has_alignment else None,
                      group=session.name, gender=speaker_gender)
+
+
+def _shown(root) -> str:
+    """A directory as error messages showed it before object storage (``Path`` normalised)."""
+    return str(root) if "://" in str(root) else str(Path(root))
+
+
+def _entries(directory) -> List[Tuple[str, str, str]]:
+    """``(name, path, kind)`` of a directory's entries, kind "dir", "file" or "other" (none
+    if it is not a directory). Object storage (``s3://``, ``gs://``) is listed through
+    ``tf.io.gfile`` (``preprocessing.filesystems``); local directories as they always were."""
+    if "://" not in str(directory):
+        root = Path(directory)
+        return [(p.name, str(p), "dir" if p.is_dir() else "file" if p.is_file() else "other")
+                for p in root.iterdir()] if root.is_dir() else []
+    import tensorflow as tf
+
+    from preprocessing import filesystems
+    filesystems.enable(directory)
+    if not tf.io.gfile.isdir(directory):
+        return []
+    entries = []
+    for name in tf.io.gfile.listdir(directory):
+        name = name.rstrip("/")  # GCS lists "directories" with a trailing slash
+        path = filesystems.join(directory, name)
+        entries.append((name, path, "dir" if tf.io.gfile.isdir(path) else "file"))
+    return entries
 
 
 def _subdirectories(root: Path) -> List[Path]:

@@ -1,0 +1,20 @@
+"""Imported by every Beam SDK worker of a job that touches ``s3://`` (``--beam_plugin``, see
+``preprocessing.filesystems.beam_args``): registers tensorflow-io's S3 filesystem there, and
+ends the worker without the C++ static destructors that abort after it was used (exit status
+1 after an uncaught exception, else 0; see ``preprocessing.filesystems``)."""
+
+import atexit
+import logging
+import sys
+
+from preprocessing import filesystems
+
+
+def _exit_cleanly():
+    logging.shutdown()  # registered before this handler, so it would run after it
+    filesystems.exit_process(1 if getattr(sys, "last_value", None) is not None else 0,
+                             run_exit_handlers=False)
+
+
+filesystems.enable_s3()
+atexit.register(_exit_cleanly)
