@@ -24,6 +24,8 @@ install: $(VENV)/.installed
 embeddings: install
 	$(VENV)/bin/cme-ser embeddings fetch
 
+# The 15 slowest tests are listed after every run (PYTEST_ADDOPTS keeps the command the README shows).
+test: export PYTEST_ADDOPTS += --durations=15
 test: install
 	$(PY) -m pytest -q tests
 

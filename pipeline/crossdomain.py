@@ -25,7 +25,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from pipeline import reproduce as repro
+from pipeline import reproduce as repro, tables
 from pipeline.statistics import correct_family, fold_means, mean_ci, paired_test
 from pipeline.units import config_hash, header as results_header, provenance, run_pool
 from trainer.config import variant_config
@@ -211,12 +211,6 @@ def summarize(rows: List[dict]) -> dict:
     return {"table": table, "gains": gains}
 
 
-def _ci(stat: dict) -> str:
-    if stat["ci95"] is None:
-        return f"{stat['mean']:.3f}"
-    return f"{stat['mean']:.3f} [{stat['ci95'][0]:.3f}, {stat['ci95'][1]:.3f}]"
-
-
 def render_markdown(summary: dict, header: dict) -> str:
     lines = [f"# Cross-domain: RAVDESS speech and song, speaker-independent", "",
              f"Command: `{header.get('command', '')}` (commit {header.get('commit')}, "
@@ -228,20 +222,20 @@ def render_markdown(summary: dict, header: dict) -> str:
              "folds, a fold's seeds averaged first) with 95% t-intervals. Nothing here was "
              "chosen by looking at these scores: the variant and seeds are the command's, and "
              "every row is shown. *prior*: the class probabilities divided by the training class "
-             "prior (the correction the shipped model applies).", "",
-             "| variant | output | trained on | scored on | WA | UA | utterances | folds x seeds |",
-             "|---|---|---|---|---|---|---|---|"]
-    for row in summary["table"]:
-        lines.append(f"| {row['variant']} | {row['correction']} | {row['train']} | {row['test']} | "
-                     f"{_ci(row['wa'])} | {_ci(row['ua'])} | {row['n']} | "
-                     f"{len(row['folds'])} x {len(row['seeds'])} |")
-    lines += ["", "## What training on song as well buys (UA, paired over folds)", "",
-              "| variant | output | scored on | gain of speech+song over speech | folds won / lost "
-              "| p (Holm over the two test channels) | verdict |", "|---|---|---|---|---|---|---|"]
-    for g in summary["gains"]:
-        lines.append(f"| {g['variant']} | {g['correction']} | {g['test']} | "
-                     f"{g['mean']:+.3f} [{g['ci95'][0]:+.3f}, {g['ci95'][1]:+.3f}] | "
-                     f"{g['wins']} / {g['losses']} | {repro._p(g['p_holm'])} | {g['verdict']} |")
+             "prior (the correction the shipped model applies).", ""]
+    lines += tables.table(
+        ["variant", "output", "trained on", "scored on", "WA", "UA", "utterances",
+         "folds x seeds"],
+        [[r["variant"], r["correction"], r["train"], r["test"], tables.ci(r["wa"]),
+          tables.ci(r["ua"]), r["n"], f"{len(r['folds'])} x {len(r['seeds'])}"]
+         for r in summary["table"]])
+    lines += ["", "## What training on song as well buys (UA, paired over folds)", ""]
+    lines += tables.table(
+        ["variant", "output", "scored on", "gain of speech+song over speech", "folds won / lost",
+         "p (Holm over the two test channels)", "verdict"],
+        [[g["variant"], g["correction"], g["test"], tables.signed_ci(g),
+          f"{g['wins']} / {g['losses']}", tables.p_value(g["p_holm"]), g["verdict"]]
+         for g in summary["gains"]])
     lines += ["", f"Every unit, with its held-out predictions, is archived in "
                   f"`{header.get('archive', '')}`.", ""]
     return "\n".join(lines)

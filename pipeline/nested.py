@@ -36,7 +36,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from pipeline import reproduce as repro
+from pipeline import reproduce as repro, tables
 from pipeline.statistics import mean_ci
 from pipeline.units import git_commit, header as results_header, provenance, run_pool
 from trainer.config import VARIANTS
@@ -388,11 +388,6 @@ def restore(path, work_dir) -> int:
 
 # --- Results ---------------------------------------------------------------------------------
 
-def _ci(stat: dict) -> str:
-    text = f"{stat['mean']:.3f}"
-    return text + (" [{:.3f}, {:.3f}]".format(*stat["ci95"]) if stat["ci95"] else "")
-
-
 def render_markdown(summary: dict, header: dict, dataset: str) -> str:
     folds, sel = summary["folds"], summary["selection"]
     names = [c["name"] for c in sel["candidates"]]
@@ -409,10 +404,10 @@ def render_markdown(summary: dict, header: dict, dataset: str) -> str:
     est = summary["estimate"]
     if est:
         n = len(est["folds"])
-        lines += [f"**Nested estimate of the selection rule: WA {_ci(est['wa'])}, UA "
-                  f"{_ci(est['ua'])}**: " + (f"mean [95% CI] over n = {n} outer folds "
-                                             f"(Student t, df = {n - 1})" if n > 1 else
-                                             "one outer fold, no interval")
+        lines += [f"**Nested estimate of the selection rule: WA {tables.ci(est['wa'])}, UA "
+                  f"{tables.ci(est['ua'])}**: "
+                  + (f"mean [95% CI] over n = {n} outer folds (Student t, df = {n - 1})"
+                     if n > 1 else "one outer fold, no interval")
                   + ("." if n == folds else
                      f"; only {n} of the {folds} outer folds are finished (re-run the "
                      "command to finish the rest)."), ""]
@@ -430,19 +425,17 @@ def render_markdown(summary: dict, header: dict, dataset: str) -> str:
         "fold once. The outer fold is never read while choosing. A candidate averages the "
         "class probabilities of its seeds' models; \"prior\" divides that by their pooled "
         "training class prior (`trainer.metrics.prior_corrected`).", "",
-        "## Candidates (pre-registered)", "",
-        "| candidate | variant | seeds | prior correction | cost (models per fold) | "
-        "outer folds won |", "|---|---|---|---|---|---|"]
-    for c in sel["candidates"]:
-        lines.append(f"| {c['name']} | `{c['variant']}` | {', '.join(map(str, c['seeds']))} | "
-                     f"{'yes' if c['prior_correction'] else 'no'} | {c['cost']} | "
-                     f"{summary['winners'][c['name']]} |")
+        "## Candidates (pre-registered)", ""]
+    lines += tables.table(
+        ["candidate", "variant", "seeds", "prior correction", "cost (models per fold)",
+         "outer folds won"],
+        [[c["name"], f"`{c['variant']}`", ", ".join(map(str, c["seeds"])),
+          "yes" if c["prior_correction"] else "no", c["cost"], summary["winners"][c["name"]]]
+         for c in sel["candidates"]])
     lines += ["", "## Per outer fold", "",
               "Inner-CV UA of every candidate (mean over the inner folds; the winner's in "
-              "bold), the winner, and its score on the outer fold.", "",
-              "| outer fold | " + " | ".join(f"inner UA: {n}" for n in names)
-              + " | winner | outer WA | outer UA |",
-              "|---|" + "---|" * len(names) + "---|---|---|"]
+              "bold), the winner, and its score on the outer fold.", ""]
+    rows = []
     for row in summary["outer_folds"]:
         cells = []
         for name in names:
@@ -450,8 +443,10 @@ def render_markdown(summary: dict, header: dict, dataset: str) -> str:
             text = "-" if s is None else f"{s['ua']:.3f}"
             cells.append(f"**{text}**" if name == row["winner"] else text)
         outer = row["outer"]
-        lines.append(f"| {row['fold']} | " + " | ".join(cells) + f" | {row['winner'] or '-'} | "
-                     + (f"{outer['wa']:.3f} | {outer['ua']:.3f} |" if outer else "- | - |"))
+        rows.append([row["fold"], *cells, row["winner"] or "-"]
+                    + ([f"{outer['wa']:.3f}", f"{outer['ua']:.3f}"] if outer else ["-", "-"]))
+    lines += tables.table(["outer fold", *(f"inner UA: {n}" for n in names), "winner",
+                           "outer WA", "outer UA"], rows)
     default = summary["shipped_default"]
     lines += ["", "## The shipped default", "",
               "The same rule applied to the ordinary cross-validation over all folds (all "
@@ -459,11 +454,12 @@ def render_markdown(summary: dict, header: dict, dataset: str) -> str:
               + (f"**{default['candidate']}**." if default["candidate"] else
                  "not decided yet (units missing).")
               + " Its estimate is the nested one above. The scores below are *development "
-              "results: held-out folds seen while choosing*; they are not estimates.", "",
-              "| candidate | CV WA | CV UA |", "|---|---|---|"]
+              "results: held-out folds seen while choosing*; they are not estimates.", ""]
+    rows = []
     for name in names:
         s = default["cv"][name]
-        lines.append(f"| {name} | " + (f"{s['wa']:.3f} | {s['ua']:.3f} |" if s else "- | - |"))
+        rows.append([name] + ([f"{s['wa']:.3f}", f"{s['ua']:.3f}"] if s else ["-", "-"]))
+    lines += tables.table(["candidate", "CV WA", "CV UA"], rows)
     units = summary["units"]
     lines += ["", "## Units", "",
               f"{units['inner_done']} of {units['inner']} inner and {units['outer_done']} of "
@@ -598,7 +594,7 @@ def run_nested(records_dir, work_dir, results_dir, *, dataset: str, selection_pa
                 f"UA {row['outer']['ua']:.3f}")
     if summary["estimate"]:
         est = summary["estimate"]
-        log(f"== nested estimate: WA {_ci(est['wa'])} UA {_ci(est['ua'])} "
+        log(f"== nested estimate: WA {tables.ci(est['wa'])} UA {tables.ci(est['ua'])} "
             f"(n = {len(est['folds'])} outer folds); shipped default: "
             f"{summary['shipped_default']['candidate']}")
     log(f"== results: {results_dir / (dataset + '-nested.md')}")

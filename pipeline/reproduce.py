@@ -22,6 +22,7 @@ from typing import Callable, Iterable, List, Optional, Sequence
 
 import numpy as np
 
+from pipeline import figures, tables
 from pipeline.statistics import (correct_family, fold_means, mean_ci,
                                  paired_test)
 from pipeline.units import config_hash, git_commit, header as results_header, provenance, run_pool
@@ -414,174 +415,9 @@ def tried(rows: List[dict], folds: int) -> List[dict]:
     return out
 
 
-def _ci(stat: dict, folds: int) -> str:
-    """``mean [lo, hi]`` of a ``mean_ci`` result; the fold count if it is not ``folds``."""
-    text = f"{stat['mean']:.3f}"
-    if stat["ci95"]:
-        text += " [{:.3f}, {:.3f}]".format(*stat["ci95"])
-    return text + (f" (n = {stat['n_folds']})" if stat["n_folds"] != folds else "")
-
-
-def _p(p: float) -> str:
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
-
-
-def _gain(test: Optional[dict]) -> str:
-    """``+mean [lo, hi] (p, Holm p, verdict)`` of a corrected ``paired_test`` result."""
-    if not test:
-        return "-"
-    return ("{:+.3f} [{:+.3f}, {:+.3f}]".format(test["mean"], *test["ci95"])
-            + f" (p {_p(test['p'])}, Holm {_p(test['p_holm'])}: {test['verdict']})")
-
-
-DEVELOPMENT_LABEL = (
-    "**Development results: held-out folds seen while choosing.** Each unit is honest (its epoch "
-    "chosen on training speakers, its held-out fold scored once), but our recipe, refit, "
-    "ensembles and prior correction were adopted after looking at these same folds, so the best "
-    "rows here are optimistic. The project's headline is the nested estimate "
-    "(`cme-ser reproduce --protocol nested`, `<dataset>-nested.md`), where every choice is made "
-    "inside the outer-training speakers.")
-
-
-def _render_tried(summary: dict, folds: int) -> List[str]:
-    tried_ = summary.get("tried") or []
-    if not tried_:
-        return []
-    lines = ["", "## Tried", "",
-             "Every variant and configuration with finished units in the work directory "
-             "(configuration = sha256 of its `ModelConfig` without the seed), including any the tables above "
-             "leave out.", "",
-             "| variant | config | units (seeds) | WA | UA | in `VARIANTS` | commits |",
-             "|---|---|---|---|---|---|---|"]
-    for t in tried_:
-        lines.append(f"| `{t['variant']}` | `{t['config_sha256'][:12]}` | {t['units']} "
-                     f"({len(t['seeds'])}) | {_ci(t['wa'], folds)} | {_ci(t['ua'], folds)} | "
-                     f"{'yes' if t['in_variants'] else 'no (removed)'} | "
-                     f"{', '.join(t['commits'])} |")
-    return lines
-
-
-def render_markdown(summary: dict, header: dict) -> str:
-    folds = summary["folds"]
-    lines = [f"# Table 1 reproduced on {summary['dataset'].upper()}", "",
-             DEVELOPMENT_LABEL, "",
-             f"Produced by `{header['command']}` at commit `{header['commit']}` on "
-             f"{header['date']} ({header['machine']}).", ""]
-    rerendered = header.get("rerendered")
-    if rerendered:
-        lines += [f"Re-rendered from the archived units (none retrained) by "
-                  f"`{rerendered['command']}` at commit `{rerendered['commit']}` on "
-                  f"{rerendered['date']}.", ""]
-    plan_ = header.get("plan")
-    if plan_:
-        planned = len(plan_["variants"]) * plan_["seeds"] * folds
-        finished = sum(n for r in summary["rows"] if r["variant"] in plan_["variants"]
-                       for seed, n in r["units_per_seed"].items() if int(seed) < plan_["seeds"])
-        lines += [f"Finished {finished} of the {planned} units this command plans"
-                  + (" (re-run it to finish the rest; finished units are kept)."
-                     if finished < planned else "."), ""]
-    if len(header.get("commands", [])) > 1:
-        lines += ["Commands whose runs are included (all share the work directory, so later "
-                  "ones reuse finished units):", ""]
-        lines += [f"- `{c}`" for c in header["commands"]] + [""]
-    over = (f"mean [95% CI] over n = {folds} folds (seeds averaged within each fold first; "
-            f"Student t, df = {folds - 1})")
-    gains = (f"Gains are paired over the n = {folds} folds (each fold's seed-averaged "
-             f"difference), with a two-sided t-test (df = {folds - 1}) and the 95% CI of the "
-             "mean gain; p is raw, Holm is the Holm-adjusted p over the gains of this table; "
-             "a gain *holds* if it is positive with Holm p < 0.05.")
-    lines += [
-        f"Protocol: {folds}-fold speaker-independent cross-validation; each fold's "
-        "epoch is chosen on an inner validation split of the *training* speakers (every 5th), "
-        "the held-out fold is scored once (`*refit*` variants then train a fresh model on all "
-        "training speakers for the chosen number of epochs and score that one). "
-        f"WA = overall accuracy, UA = mean per-class recall; {over}. Folds, not units, are "
-        "the observations: units of one fold share its test speakers. (n = k) marks a row "
-        "with fewer folds. The paper's numbers picked the best epoch on the test fold.", "",
-        "| variant | what | WA | UA | paper WA | paper UA | units (seeds) | train time |",
-        "|---|---|---|---|---|---|---|---|"]
-    for row in summary["rows"]:
-        paper = row["paper"]
-        lines.append(
-            f"| `{row['variant']}` | {row['description']} | {_ci(row['wa'], folds)} | "
-            f"{_ci(row['ua'], folds)} | "
-            + (f"{paper['wa']:.3f} | {paper['ua']:.3f} | " if paper else "- | - | ")
-            + f"{row['units']} ({len(row['seeds'])}) | {row['train_seconds'] / 60:.1f} min |")
-    ensembles = [r for r in summary["rows"] if r.get("ensemble")]
-    if ensembles:
-        lines += ["", "## Seed ensembles", "",
-                  "Each fold scored by the average of the class probabilities of the variant's "
-                  "models of its first N seeds (each trained and epoch-selected on its own, as "
-                  f"above); {over}. The gain is over the mean of the same seeds' single models "
-                  "on the same fold. " + gains, "",
-                  "| variant | seeds | WA | UA | WA gain over one model | "
-                  "UA gain over one model |", "|---|---|---|---|---|---|"]
-        for row in ensembles:
-            for e in row.get("ensembles", [row["ensemble"]]):
-                lines.append(f"| `{row['variant']}` | {len(e['seeds'])} | "
-                             f"{_ci(e['wa'], folds)} | {_ci(e['ua'], folds)} | "
-                             f"{_gain(e['gain']['wa'])} | {_gain(e['gain']['ua'])} |")
-    corrections = [r["prior_correction"] for r in summary["rows"] if r.get("prior_correction")]
-    if corrections:
-        lines += ["", "## Prior correction, decided on validation", "",
-                  "RAVDESS has half as many neutral utterances as each other class, and UA "
-                  "weighs every class alike. Dividing a model's probabilities by its training "
-                  "class prior (`trainer.metrics.prior_corrected`) turns its decisions into "
-                  "those that maximise expected UA. Whether a variant adopts it is decided on "
-                  "the inner validation speakers only: the selected model of every unit "
-                  "predicts them, and the correction is adopted if it raises their mean UA "
-                  "(seeds averaged within each fold first). The held-out columns are reported, "
-                  f"not used. Scores: {over}. " + gains, "",
-                  "| variant | units | validation UA | corrected | validation UA gain "
-                  "| adopted | held-out WA / UA | corrected WA / UA |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for c in corrections:
-            v, t = c["validation"], c["test"]
-            lines.append(
-                f"| `{c['variant']}` | {c['units']} | {_ci(v['ua'], folds)} | "
-                f"{_ci(v['corrected_ua'], folds)} | {_gain(v['ua_gain'])} | "
-                f"{'yes' if c['adopted'] else 'no'} | "
-                f"{_ci(t['wa'], folds)} / {_ci(t['ua'], folds)} | "
-                f"{_ci(t['corrected_wa'], folds)} / {_ci(t['corrected_ua'], folds)} |")
-        ensembles = [(c["variant"], e) for c in corrections for e in c.get("ensembles", [])]
-        if ensembles:
-            lines += ["", f"Seed ensembles with the correction: {over}. The gain is over "
-                      "the same ensemble without the correction, on the same fold; Holm over "
-                      "the gains of this table.", "",
-                      "| variant | seeds | WA | UA | WA gain from the correction | "
-                      "UA gain from the correction |", "|---|---|---|---|---|---|"]
-            lines += [f"| `{v}` | {len(e['seeds'])} | {_ci(e['wa'], folds)} | "
-                      f"{_ci(e['ua'], folds)} | {_gain(e['gain']['wa'])} | "
-                      f"{_gain(e['gain']['ua'])} |" for v, e in ensembles]
-    if summary["claims"]:
-        lines += ["", "## The paper's claims (and our recipe's), tested", "",
-                  "Gain of the first variant over the second, from the (seed, fold) units both "
-                  f"have, averaged within each fold: mean [95% CI] over n = {folds} folds. "
-                  + gains + " Holm's family is every row of this table.", "",
-                  "| claim | metric | gain [95% CI] | t (df) | p | Holm p | folds (units) "
-                  "| fold wins/losses | verdict |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for c in summary["claims"]:
-            t = "-" if c["t"] is None else f"{c['t']:+.2f}"
-            lines.append(
-                f"| {c['claim']} | {c['metric'].upper()} | "
-                "{:+.3f} [{:+.3f}, {:+.3f}] | ".format(c["mean"], *c["ci95"])
-                + f"{t} ({c['df']}) | {_p(c['p'])} | {_p(c['p_holm'])} | "
-                f"{c['n_folds']} ({c['units']}) | {c['wins']}/{c['losses']} | {c['verdict']} |")
-    if summary.get("tsne"):
-        t = summary["tsne"]
-        lines += ["", "## Utterance embeddings (the paper's Figure 2)", "",
-                  f"![t-SNE]({t['figure']})", "",
-                  f"Held-out fold {t['fold']} (seed {t['seed']}), the 128-d embedding before the "
-                  "classifier, t-SNE with perplexity 30. Silhouette score of the true classes in "
-                  "the embedding space (higher = better separated): " + ", ".join(
-                      f"{p['title']} {p['silhouette']:.3f}" for p in t["panels"]) + "."]
-    lines += _render_tried(summary, folds)
-    return "\n".join(lines) + "\n"
-
-
 def draw_tsne(work_dir, out_path, seed: int = 0, fold: int = 0) -> Optional[dict]:
-    """Figure 2: t-SNE of held-out utterance embeddings, one panel per excitation setting."""
+    """Figure 2 (``pipeline.figures.tsne``) from the held-out embeddings of ``seed`` on ``fold``,
+    one panel per excitation setting; None if none of those units kept its embeddings."""
     panels = []
     for variant, title in TSNE_PANELS:
         path = Unit(variant, seed, fold).path(work_dir).with_suffix(".npz")
@@ -590,33 +426,9 @@ def draw_tsne(work_dir, out_path, seed: int = 0, fold: int = 0) -> Optional[dict
             panels.append((variant, title, data))
     if not panels:
         return None
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.manifold import TSNE
-    from sklearn.metrics import silhouette_score
-
     classes = json.loads(Unit(panels[0][0], seed, fold).path(work_dir).read_text())[
         "config"]["class_names"]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), squeeze=False)
-    info = []
-    for ax, (variant, title, data) in zip(axes[0], panels):
-        points = TSNE(n_components=2, perplexity=min(30.0, len(data["labels"]) - 1.0),
-                      random_state=0, init="pca").fit_transform(
-            data["embeddings"])
-        for k, name in enumerate(classes):
-            chosen = data["labels"] == k
-            ax.scatter(points[chosen, 0], points[chosen, 1], s=8, label=name)
-        score = float(silhouette_score(data["embeddings"], data["labels"]))
-        ax.set_title(f"{title}\nsilhouette {score:.3f}", fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        info.append({"variant": variant, "title": title, "silhouette": score})
-    axes[0][0].legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=110)
-    plt.close(fig)
+    info = figures.tsne(panels, classes, out_path)
     return {"figure": Path(out_path).name, "seed": seed, "fold": fold, "panels": info}
 
 
@@ -631,7 +443,7 @@ def write_results(work_dir, results_dir, dataset: str, folds: int, header: dict,
     summary["header"] = header
     Path(results_dir).mkdir(parents=True, exist_ok=True)
     previous.write_text(json.dumps(summary, indent=2))
-    (Path(results_dir) / f"{dataset}.md").write_text(render_markdown(summary, header))
+    (Path(results_dir) / f"{dataset}.md").write_text(tables.table1_markdown(summary, header))
     archive_units(work_dir, Path(results_dir) / f"{dataset}-units.jsonl")
     return summary
 

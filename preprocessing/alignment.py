@@ -23,6 +23,8 @@ import re
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+from praatio import textgrid as praat_textgrid
+from praatio.utilities.errors import PraatioException
 
 from preprocessing.features import (FRAME_LENGTH, FRAME_STEP, FRAMES_PER_SECOND,  # noqa: F401
                                     SAMPLE_RATE, num_frames_for)
@@ -402,54 +404,41 @@ def voiced_region(waveform: np.ndarray) -> Tuple[int, int]:
 def read_textgrid(path: Union[str, os.PathLike], tier: str = "words") -> List[WordSpan]:
     """Words of the interval tier named ``tier`` (any case) of a Praat TextGrid.
 
-    Reads the long and the short text format (UTF-8 or Praat's UTF-16). Silence intervals
-    ("", "sil", "sp", "<sil>") are skipped; labels are normalised like transcripts, and a label
-    of several words splits its interval evenly. Times become frames as
-    ``round(seconds * 100)``, with at least one frame per word.
+    Parsed by praatio: the long and the short text format, UTF-8 or Praat's UTF-16. Silence
+    intervals ("", "sil", "sp", "<sil>") are skipped; labels are normalised like transcripts, and
+    a label of several words splits its interval evenly. Times become frames as
+    ``round(seconds * 100)``, with at least one frame per word. Of tiers sharing a name, the first
+    is read. A short-format file cut off between two intervals reads as the intervals before
+    the cut (praatio's short-format reader stops there without an error).
 
     Raises:
-        AlignmentError: unreadable or malformed file, no such tier, or a point tier.
+        AlignmentError: unreadable file; malformed file (praatio cannot parse it, or its intervals
+            are empty, overlap or lie outside their tier); no such tier; a point tier.
     """
-    text = _read_text(path)
-    tokens = _textgrid_tokens(text)
     where = os.fspath(path)
-    reader = _Tokens(tokens, where)
-    file_type, object_class = reader.string(), reader.string()
-    if not file_type.startswith("ooTextFile") or object_class != "TextGrid":
-        raise AlignmentError(f"{where}: not a Praat text TextGrid "
-                             f"(File type {file_type!r}, Object class {object_class!r})")
-    reader.number(), reader.number()  # xmin, xmax of the whole grid
-    if reader.flag() == "<absent>":
-        raise AlignmentError(f"{where}: no tier named {tier!r} (the TextGrid has no tiers)")
-    names = []
-    for _ in range(reader.count()):
-        tier_class, name = reader.string(), reader.string()
-        reader.number(), reader.number()
-        size = reader.count()
-        names.append(name)
-        if tier_class == "IntervalTier":
-            intervals = [(reader.number(), reader.number(), reader.string()) for _ in range(size)]
-        elif tier_class == "TextTier":
-            intervals = None
-            for _ in range(size):
-                reader.number(), reader.string()
-        else:
-            raise AlignmentError(f"{where}: unknown tier class {tier_class!r}")
+    try:
+        grid = praat_textgrid.openTextgrid(where, includeEmptyIntervals=False,
+                                           reportingMode="error", duplicateNamesMode="rename")
+    except OSError as error:
+        raise AlignmentError(f"{where}: cannot read: {error.strerror or error}") from error
+    # praatio's parsers fail with these on files that are not well-formed TextGrids.
+    except (PraatioException, ValueError, IndexError) as error:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise AlignmentError(f"{where}: malformed TextGrid: {reason}") from error
+    for name in grid.tierNames:
         if name.strip().lower() != tier.lower():
             continue
-        if intervals is None:
+        found = grid.getTier(name)
+        if not isinstance(found, praat_textgrid.IntervalTier):
             raise AlignmentError(f"{where}: tier {name!r} is a point tier, not an interval tier")
-        return _interval_words(intervals, where)
+        return _interval_words(found.entries, where)
     raise AlignmentError(f"{where}: no tier named {tier!r} (tiers: "
-                         f"{', '.join(repr(n) for n in names) or 'none'})")
+                         f"{', '.join(repr(n) for n in grid.tierNames) or 'none'})")
 
 
 def _interval_words(intervals, where: str) -> List[WordSpan]:
     words = []
     for xmin, xmax, label in intervals:
-        if xmax < xmin:
-            raise AlignmentError(f"{where}: interval {label!r} ends before it starts "
-                                 f"({xmin} > {xmax})")
         if label.strip().lower() in SILENCE_LABELS:
             continue
         tokens = normalize_transcript(label)
@@ -477,64 +466,12 @@ def _read_text(path: Union[str, os.PathLike]) -> str:
             data = f.read()
     except OSError as error:
         raise AlignmentError(f"{os.fspath(path)}: cannot read: {error.strerror or error}") from error
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):  # Praat writes UTF-16 when it must
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):  # a UTF-16 byte-order mark
         return data.decode("utf-16")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
         return data.decode("latin-1")
-
-
-# A string ("" escapes a quote), a flag, a bracketed index ("item [1]:", "item []:") to skip,
-# or a number. Keys such as "xmin =" are skipped because they match none of these.
-_TEXTGRID_TOKEN = re.compile(
-    r'"(?P<string>(?:[^"]|"")*)"|(?P<flag><exists>|<absent>)|(?P<index>\[[^\]\n"]*\])'
-    r'|(?P<number>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)')
-
-
-def _textgrid_tokens(text: str) -> list:
-    tokens = []
-    for match in _TEXTGRID_TOKEN.finditer(text):
-        if match.group("string") is not None:
-            tokens.append(("string", match.group("string").replace('""', '"')))
-        elif match.group("flag"):
-            tokens.append(("flag", match.group("flag")))
-        elif match.group("number"):
-            tokens.append(("number", match.group("number")))
-    return tokens
-
-
-class _Tokens:
-    """Sequential reader over TextGrid values, with errors that say what was expected."""
-
-    def __init__(self, tokens: list, where: str):
-        self._tokens, self._at, self._where = tokens, 0, where
-
-    def _next(self, kind: str):
-        if self._at >= len(self._tokens):
-            raise AlignmentError(f"{self._where}: malformed TextGrid: file ends where a "
-                                 f"{kind} was expected")
-        found_kind, value = self._tokens[self._at]
-        if found_kind != kind:
-            raise AlignmentError(f"{self._where}: malformed TextGrid: expected a {kind}, found "
-                                 f"{value!r} (value {self._at + 1})")
-        self._at += 1
-        return value
-
-    def string(self) -> str:
-        return self._next("string")
-
-    def flag(self) -> str:
-        return self._next("flag")
-
-    def number(self) -> float:
-        return float(self._next("number"))
-
-    def count(self) -> int:
-        value = self.number()
-        if value < 0 or value != int(value):
-            raise AlignmentError(f"{self._where}: malformed TextGrid: bad count {value}")
-        return int(value)
 
 
 def read_wdseg(path: Union[str, os.PathLike]) -> List[WordSpan]:

@@ -344,13 +344,22 @@ def test_read_textgrid_errors(tmp_path):
         read_textgrid(path, tier="phones")
     with pytest.raises(AlignmentError, match="point tier"):
         read_textgrid(path, tier="events")
+    # Malformed files are errors that name the file.
     truncated = tmp_path / "truncated.TextGrid"
-    truncated.write_text(TEXTGRID_SHORT[:TEXTGRID_SHORT.index('"door"')])
-    with pytest.raises(AlignmentError, match="malformed"):
+    truncated.write_text(TEXTGRID_LONG[:TEXTGRID_LONG.index('text = "SIL"')])
+    with pytest.raises(AlignmentError, match=r"truncated.TextGrid: malformed TextGrid"):
         read_textgrid(truncated)
+    overlapping = tmp_path / "overlapping.TextGrid"
+    overlapping.write_text(TEXTGRID_LONG.replace("xmin = 1.6\n", "xmin = 1.5\n"))
+    with pytest.raises(AlignmentError, match=r"overlapping.TextGrid: malformed TextGrid: .*overlap"):
+        read_textgrid(overlapping)
+    backwards = tmp_path / "backwards.TextGrid"
+    backwards.write_text(TEXTGRID_SHORT.replace("0.8\n1.5\n", "1.5\n0.8\n"))
+    with pytest.raises(AlignmentError, match=r"backwards.TextGrid: malformed TextGrid: .*start"):
+        read_textgrid(backwards)
     other = tmp_path / "other.TextGrid"
     other.write_text('File type = "ooTextFile"\nObject class = "Sound"\n')
-    with pytest.raises(AlignmentError, match="not a Praat text TextGrid"):
+    with pytest.raises(AlignmentError, match=r"other.TextGrid: malformed TextGrid"):
         read_textgrid(other)
     with pytest.raises(AlignmentError, match="cannot read"):
         read_textgrid(tmp_path / "missing.TextGrid")

@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Set, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 import pytest
+from imports_support import LAYERS, ROOT, all_imports, imported_names, project_modules
 
-ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "tests"
-# Left to right: a package may import the ones to its left, never those to its right.
-LAYERS = ("preprocessing", "trainer", "serving", "pipeline")
 
 # (importing module, imported module) -> why it is still allowed. Remove an entry when its
 # import is gone (the test fails until you do).
@@ -35,51 +33,6 @@ ALLOWED_CYCLES: Dict[Tuple[str, ...], str] = {}
 
 
 # --- Reading imports --------------------------------------------------------------------------
-
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
-
-
-def project_modules() -> Dict[str, Path]:
-    """Module name -> file, for every .py file of the four packages."""
-    modules = {}
-    for package in LAYERS:
-        for path in sorted((ROOT / package).rglob("*.py")):
-            modules[module_name(path)] = path
-    return modules
-
-
-def imported_names(tree: ast.AST, module: str, is_package: bool) -> Iterator[Tuple[str, int]]:
-    """(dotted name, line) of everything ``tree`` imports, at any depth. ``from a import b``
-    yields ``a.b`` (b may be a module of package a, or a name defined in module a: see
-    :func:`resolve`); relative imports are resolved against ``module``.
-    ``importlib.import_module("x")`` with a literal name counts too."""
-    package = module if is_package else module.rpartition(".")[0]
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                yield alias.name, node.lineno
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".") if package else []
-                if node.level > 1:
-                    anchor = anchor[:len(anchor) - (node.level - 1)]
-                base = ".".join(anchor + ([base] if base else []))
-            for alias in node.names:
-                if alias.name == "*":
-                    yield base, node.lineno
-                else:
-                    yield f"{base}.{alias.name}" if base else alias.name, node.lineno
-        elif (isinstance(node, ast.Call) and node.args
-              and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)
-              and (getattr(node.func, "attr", None) == "import_module"
-                   or getattr(node.func, "id", None) in ("import_module", "__import__"))):
-            yield node.args[0].value, node.lineno
-
 
 def resolve(name: str, modules: Dict[str, Path]) -> Optional[str]:
     """The project module ``name`` refers to (the longest known prefix), or None."""
@@ -96,13 +49,11 @@ def import_graph() -> Tuple[Dict[str, Set[str]], Dict[Tuple[str, str], int]]:
     modules = project_modules()
     graph: Dict[str, Set[str]] = {name: set() for name in modules}
     lines: Dict[Tuple[str, str], int] = {}
-    for name, path in modules.items():
-        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-        for imported, line in imported_names(tree, name, path.name == "__init__.py"):
-            target = resolve(imported, modules)
-            if target is not None and target != name:
-                graph[name].add(target)
-                lines.setdefault((name, target), line)
+    for name, _, imported, line in all_imports():
+        target = resolve(imported, modules)
+        if target is not None and target != name:
+            graph[name].add(target)
+            lines.setdefault((name, target), line)
     return graph, lines
 
 

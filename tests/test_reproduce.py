@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from pipeline import reproduce as repro
+from pipeline import reproduce as repro, tables
 from pipeline.cli import main
 
 
@@ -104,7 +104,7 @@ def test_reproduce_writes_results_and_resumes(tmp_path, capsys, synthetic_record
     (tmp_path / "work" / "runs" / "cme" / "seed1" / "fold1.json").unlink()
     summary = repro.write_results(tmp_path / "work", tmp_path / "results", "ravdess", 2,
                                   result["header"])
-    assert "Finished 3 of the 4 units this command plans (re-run it" in repro.render_markdown(
+    assert "Finished 3 of the 4 units this command plans (re-run it" in tables.table1_markdown(
         summary, result["header"])
 
 
@@ -184,7 +184,7 @@ def test_summary_averages_seeds_per_fold_and_holm_corrects_the_claims():
     assert [claims[j]["p_holm"] for j in order] == pytest.approx(list(expected), abs=1e-12)
     assert all(c["holds"] == (c["p_holm"] < 0.05 and c["mean"] > 0) for c in claims)
     assert claims[0]["holds"]  # +0.05 on every fold
-    markdown = repro.render_markdown(summary, {"command": "x", "commit": "c", "date": "d",
+    markdown = tables.table1_markdown(summary, {"command": "x", "commit": "c", "date": "d",
                                                 "machine": "m"})
     assert "over n = 5 folds (seeds averaged within each fold first; Student t, df = 4)" in markdown
     assert "| excitation helps (both gates vs none) | WA | +0.0" in markdown
@@ -208,9 +208,9 @@ def test_every_configuration_run_is_listed_as_tried_and_results_are_labelled_dev
     assert tried[("cme_refit_patient", "abc")]["in_variants"] is False
     assert tried[("cme", "old")]["wa"]["mean"] == pytest.approx(0.6)
     assert tried[("cme", "abc")]["config_sha256"] != tried[("cme", "old")]["config_sha256"]
-    markdown = repro.render_markdown(summary, {"command": "x", "commit": "c", "date": "d",
+    markdown = tables.table1_markdown(summary, {"command": "x", "commit": "c", "date": "d",
                                                 "machine": "m"})
-    assert repro.DEVELOPMENT_LABEL in markdown
+    assert tables.DEVELOPMENT_LABEL in markdown
     assert "| `cme_refit_patient` |" in markdown.split("## Tried")[1]
     assert "no (removed)" in markdown
 
@@ -296,3 +296,23 @@ def test_units_from_before_a_new_config_field_stay_done(tmp_path):
     assert not repro.is_done(unit, tmp_path, config.replace(refit=True))
     assert not repro.is_done(unit, tmp_path, config.replace(dropout=0.1))
     assert not repro.is_done(repro.Unit("cme", 1, 0), tmp_path, config)
+
+
+def test_tsne_figure_has_a_panel_per_excitation_setting(tmp_path):
+    """Figure 2 from held-out embeddings: one panel per variant that kept its embeddings, each
+    scored by the silhouette of the true classes (better separated classes score higher)."""
+    assert repro.draw_tsne(tmp_path, tmp_path / "none.png") is None  # no unit has embeddings
+    rng = np.random.default_rng(0)
+    for separation, (variant, _) in enumerate(repro.TSNE_PANELS[:3]):
+        path = repro.Unit(variant, 0, 0).path(tmp_path)
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"config": {"class_names": ["angry", "happy", "sad"]}}))
+        labels = rng.integers(0, 3, 60)
+        np.savez(path.with_suffix(".npz"), labels=labels,
+                 embeddings=rng.normal(size=(60, 8)) + 2.0 * separation * labels[:, None])
+    info = repro.draw_tsne(tmp_path, tmp_path / "figs" / "tsne.png")
+    assert (tmp_path / "figs" / "tsne.png").stat().st_size > 0
+    assert info["figure"] == "tsne.png" and (info["seed"], info["fold"]) == (0, 0)
+    assert [p["variant"] for p in info["panels"]] == [v for v, _ in repro.TSNE_PANELS[:3]]
+    scores = [p["silhouette"] for p in info["panels"]]
+    assert abs(scores[0]) < 0.1 and scores[0] < scores[1] < scores[2]
