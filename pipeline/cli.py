@@ -58,6 +58,11 @@ class UsageError(Exception):
 def find_data_dir(explicit: Optional[str]) -> Path:
     """--data-dir, then $CME_SER_DATA, ./data/ravdess-speech, ../shared/data/ravdess-speech."""
     if explicit:
+        from preprocessing import filesystems
+        if filesystems.is_url(explicit):  # object storage (s3://, gs://), as the URL given
+            if not _remote_dir_exists(explicit):
+                raise UsageError(f"--data-dir {explicit} is not a directory (or cannot be read)")
+            return explicit
         if not Path(explicit).is_dir():
             raise UsageError(f"--data-dir {explicit} is not a directory")
         return Path(explicit)
@@ -68,6 +73,17 @@ def find_data_dir(explicit: Optional[str]) -> Path:
             return Path(candidate)
     raise UsageError(f"no data directory found (tried $CME_SER_DATA, ./data/ravdess-speech, "
                      f"../shared/data/ravdess-speech). {RAVDESS_HELP}")
+
+
+def _remote_dir_exists(url: str) -> bool:
+    import tensorflow as tf
+
+    from preprocessing import filesystems
+    try:
+        filesystems.enable(url)
+        return tf.io.gfile.isdir(url)
+    except (tf.errors.OpError, ValueError) as error:
+        raise UsageError(f"cannot read {url}: {error}") from error
 
 
 def find_data_dirs(explicit, dataset: str = "ravdess",
@@ -142,7 +158,7 @@ def resolve_embeddings(path: Optional[str]) -> str:
 
 
 def preprocess(args) -> dict:
-    from preprocessing import beam_pipeline, corpora
+    from preprocessing import beam_pipeline, corpora, filesystems
     channels = parse_channels(args.dataset, getattr(args, "channels", None))
     if args.dataset == "manifest":
         given = [args.data_dir] if isinstance(args.data_dir, str) else list(args.data_dir or [])
@@ -172,7 +188,8 @@ def preprocess(args) -> dict:
         raise UsageError(str(error)) from error
     print(json.dumps(summary, indent=2, sort_keys=True))
     if summary["records"] == 0:
-        raise UsageError(f"nothing usable was produced: see {Path(args.out) / 'errors.jsonl'}")
+        raise UsageError(f"nothing usable was produced: see "
+                         f"{filesystems.join(args.out, beam_pipeline.ERRORS_FILE)}")
     return summary
 
 
@@ -209,29 +226,41 @@ def run(args) -> dict:
     """The main job: the TFX pipeline on RAVDESS with LocalDagRunner, then the report."""
     from tfx import v1 as tfx
 
+    from pipeline.console import library_output_to
     from pipeline.runner import local_pipeline, run_summary, stage_progress
     config = variant_config(args.variant, epochs=args.epochs, batch_size=args.batch_size,
                             seed=args.seed,
                             class_names=tuple(parse_classes(args.classes) or DEFAULT_CLASSES))
     if not math.isfinite(args.bless_min_ua):
         raise UsageError(f"--bless-min-ua must be a number, got {args.bless_min_ua}")
+    from pipeline.runner import metadata_file, output_dir
+    try:
+        metadata = metadata_file(args.output, args.metadata)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
     data_dirs = check_run_config(args, config)
     channels = parse_channels("ravdess", args.channels)
-    output = Path(args.output).resolve()
+    output = output_dir(args.output)
+    # The libraries' messages go to a local file (beside ML Metadata's when the output is a
+    # bucket); the terminal gets the stage lines, the training progress and the report.
+    log = None if args.verbose else os.path.join(
+        output if "://" not in output else os.path.dirname(metadata), "cme-ser-run.log")
     model = (f"{args.variant}" + (f" x{args.ensemble}" if args.ensemble > 1 else "")
              + (" +prior" if args.prior_correction else ""))
     print(f"== cme-ser run: {', '.join(map(str, data_dirs))} -> {output} ({model}, "
           f"{args.folds} folds, up to {config.epochs} epochs per model"
           + (f", channels {','.join(channels)})" if channels else ")"))
+    if log:
+        print(f"   TensorFlow, Beam and TFX messages: {log} (--verbose shows them here)")
     t0 = time.time()
-    with stage_progress():
+    with library_output_to(log), stage_progress():
         tfx.orchestration.LocalDagRunner().run(local_pipeline(
             output, data_dir=data_dirs[0] if len(data_dirs) == 1 else data_dirs,
             embeddings_path=resolve_embeddings(args.embeddings), config=config,
             num_folds=args.folds, ensemble_size=args.ensemble,
             prior_correction=args.prior_correction, channels=channels,
-            bless_min_ua=args.bless_min_ua))
-    report, text = run_summary(output, args.bless_min_ua)
+            bless_min_ua=args.bless_min_ua, metadata_path=args.metadata))
+    report, text = run_summary(output, args.bless_min_ua, metadata_path=args.metadata)
     print(f"{text}\n== done in {time.time() - t0:.0f} s")
     return report
 
@@ -302,7 +331,6 @@ def fetch_embeddings(args) -> None:
 def serve(args) -> None:
     """TF Serving's REST API over <base>/<version>/ SavedModels, until interrupted."""
     import faulthandler
-    import socket
 
     try:  # should it ever abort: every thread's stack on stderr
         faulthandler.enable(all_threads=True)
@@ -329,51 +357,26 @@ def serve(args) -> None:
                         ("--inter-op-threads", args.inter_op_threads)):
         if value < 0:
             raise UsageError(f"{flag} must be >= 0, got {value}")
-    if args.workers > 1 and args.listen_fd is None:
-        code = _serve_workers(args, base)
-        if code:
-            sys.exit(code)
-        return
-    if args.intra_op_threads or args.inter_op_threads:
-        import tensorflow as tf  # before anything runs: the thread pools are made once
-        tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
-        tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
-    from serving.server import build_server, serve_until_signalled
-    listen_socket = counts = None
-    if args.listen_fd is not None:  # a worker of `--workers N`: the supervisor's socket
-        from serving import workers
-        listen_socket = socket.socket(fileno=args.listen_fd)
-        counts = workers.parse_worker_slot(args.worker_slot) if args.worker_slot else None
-        workers.watch_parent()
+    if args.read_timeout <= 0:
+        raise UsageError(f"--read-timeout must be > 0, got {args.read_timeout}")
+    # gunicorn's master: no TensorFlow in this process (the workers load it).
+    from serving.gunicorn_app import PortError, ServeConfig, run
+    config = ServeConfig(
+        base_path=base, model_name=args.model_name, host=args.host, port=args.port,
+        grpc_port=args.grpc_port, workers=args.workers, poll_seconds=args.poll_seconds,
+        labels_file=args.version_labels, num_latest=args.num_versions,
+        max_body_bytes=int(args.max_request_mb * 1024 * 1024), batching=args.enable_batching,
+        max_batch_size=args.max_batch_size, batch_timeout_ms=args.batch_timeout_ms,
+        cors=args.enable_cors_support,
+        intra_op_threads=args.intra_op_threads or (
+            _threads_per_worker(args.workers) if args.workers > 1 else 0),
+        inter_op_threads=args.inter_op_threads, read_timeout_s=args.read_timeout)
     try:
-        server = build_server(
-            base, args.model_name, host=args.host, port=args.port,
-            poll_seconds=args.poll_seconds, labels_file=args.version_labels,
-            num_latest=args.num_versions, max_body_bytes=int(args.max_request_mb * 1024 * 1024),
-            batching=args.enable_batching, max_batch_size=args.max_batch_size,
-            batch_timeout_ms=args.batch_timeout_ms, listen_socket=listen_socket,
-            connection_counts=counts, cors=args.enable_cors_support)
-    except OSError as error:
-        raise UsageError(f"cannot listen on {args.host}:{args.port}: {error.strerror or error}")
-    grpc_note = ""
-    if args.grpc_port >= 0:  # on the same repository and batcher; closed by server.close()
-        from serving.grpc_server import GrpcServer
-        try:
-            grpc_server = GrpcServer(server.repository, batcher=server.api.batcher,
-                                     host=args.host, port=args.grpc_port,
-                                     max_message_bytes=int(args.max_request_mb * 1024 * 1024))
-        except OSError as error:
-            server.close()
-            raise UsageError(f"cannot listen on {args.host}:{args.grpc_port} (--grpc-port): "
-                             f"{error}")
-        server.companions.append(grpc_server.start())
-        grpc_note = f"gRPC at {grpc_server.address}, "
-    versions = server.repository.available_versions
-    # The REST URL stays the line's last word: the worker supervisor, tests and benchmarks
-    # read it from there.
-    print(f"cme-ser serve: model {args.model_name!r} from {base} (versions available: "
-          f"{versions or 'none yet'}), {grpc_note}REST API at {server.url}", flush=True)
-    serve_until_signalled(server)  # SIGTERM / Ctrl-C: finish what is in flight, exit 0
+        code = run(config)  # SIGTERM / Ctrl-C: finish what is in flight, exit 0
+    except PortError as error:
+        raise UsageError(str(error))
+    if code:
+        sys.exit(code)
 
 
 def _threads_per_worker(workers: int) -> int:
@@ -384,37 +387,6 @@ def _threads_per_worker(workers: int) -> int:
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
     return max(1, cores // workers)
-
-
-def _serve_workers(args, base: Path) -> int:
-    """`serve --workers N`: a supervisor (no TensorFlow here) and N `serve` processes sharing
-    its listening socket (serving.workers)."""
-    from serving import workers
-    command = [sys.executable, "-m", "pipeline.cli", "serve", "--model-base-path", str(base),
-               "--model-name", args.model_name, "--host", args.host, "--port", str(args.port),
-               "--poll-seconds", str(args.poll_seconds), "--num-versions", str(args.num_versions),
-               "--max-request-mb", str(args.max_request_mb),
-               "--max-batch-size", str(args.max_batch_size),
-               "--batch-timeout-ms", str(args.batch_timeout_ms),
-               "--intra-op-threads",
-               str(args.intra_op_threads or _threads_per_worker(args.workers)),
-               "--inter-op-threads", str(args.inter_op_threads), "--workers", "1",
-               "--grpc-port", "-1"]
-    if args.version_labels:
-        command += ["--version-labels", str(args.version_labels)]
-    if args.enable_batching:
-        command.append("--enable-batching")
-    if args.enable_cors_support:
-        command.append("--enable-cors-support")
-    try:
-        sock = workers.listen(args.host, args.port)
-    except OSError as error:
-        raise UsageError(f"cannot listen on {args.host}:{args.port}: {error.strerror or error}")
-    # gRPC is served by worker 0 alone (a gRPC server cannot take over an inherited socket).
-    first = ["--grpc-port", str(args.grpc_port)] if args.grpc_port >= 0 else []
-    return workers.supervise(command, sock, args.workers,
-                             describe=f"model {args.model_name!r} from {base}",
-                             first_worker_args=first)
 
 
 def open_model(args) -> tuple:
@@ -470,6 +442,8 @@ def predict(args) -> list:
         missing = [a for a in args.audio if not Path(a).is_file()]
         if missing:
             raise UsageError(f"no such audio file: {', '.join(missing)}")
+    if args.plot and (entries is not None or len(args.audio) != 1):
+        raise UsageError("--plot draws one utterance: give exactly one audio file")
     model, where = open_model(args)
     with model_errors(where):
         if entries is not None:
@@ -502,6 +476,13 @@ def predict(args) -> list:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text("".join(json.dumps(row) + "\n" for row in rows))
+    if args.plot and results[0].prediction is not None:
+        from preprocessing.audio import load_audio
+        from serving.excitation_plot import plot_excitation
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        plot_excitation(load_audio(args.audio[0])[0], results[0].prediction, args.plot,
+                        title=Path(args.audio[0]).name)
+        print(f"plot: {args.plot}", file=sys.stderr if args.json else sys.stdout)
     failed = [r for r in results if r.error is not None]
     if failed:
         raise UsageError(f"{len(failed)} of {len(results)} file(s) failed")
@@ -603,7 +584,13 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument("--channels", default=None,
                        help="RAVDESS vocal channels, comma-separated: speech, song or speech,song "
                             "(default speech). An actor's speech and song share a fold")
-    run_p.add_argument("--output", default="output")
+    run_p.add_argument("--output", default="output",
+                       help="local directory or object storage (s3://, gs://): pipeline root "
+                            "<output>/tfx/root, serving base path <output>/serving_model/cme")
+    run_p.add_argument("--metadata", default=None,
+                       help="ML Metadata's SQLite file, local (default "
+                            "<output>/tfx/metadata.sqlite; required when --output is object "
+                            "storage)")
     run_p.add_argument("--embeddings", default=None)
     run_p.add_argument("--classes", default=None)
     run_p.add_argument("--folds", type=int, default=5)
@@ -629,6 +616,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="push the final model only if the cross-validated UA mean is at "
                             "least this (default 0.0: no score bar; ExampleValidator anomalies "
                             "always block the push)")
+    run_p.add_argument("--verbose", action="store_true",
+                       help="show TensorFlow's, Beam's and TFX's messages here instead of in "
+                            "<output>/cme-ser-run.log")
     run_p.set_defaults(func=run)
 
     rep = sub.add_parser("reproduce", help="Table 1 of the paper: every variant, k folds, "
@@ -670,8 +660,8 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--grpc-port", type=int, default=None,
                      help="gRPC API port (TF Serving's PredictionService and ModelService). "
                           "Default 8500 (TF Serving's --port), or a free port when --port is 0; "
-                          "0 picks a free port, -1 turns gRPC off. With --workers N, worker 0 "
-                          "alone serves gRPC")
+                          "0 picks a free port, -1 turns gRPC off. With --workers N, every "
+                          "worker serves gRPC on this port (SO_REUSEPORT)")
     srv.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to listen on all interfaces")
     srv.add_argument("--poll-seconds", type=float, default=1.0,
                      help="re-scan the base path for new versions this often (0: never)")
@@ -696,17 +686,19 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--batch-timeout-ms", type=float, default=2.0,
                      help="longest a request waits for others to share its batch")
     srv.add_argument("--workers", type=int, default=1,
-                     help="server processes sharing the port, each with the model loaded and "
-                          "polling for versions (more than 1 uses more than one CPU core for "
-                          "JSON and HTTP)")
+                     help="server processes sharing the port (gunicorn workers), each with "
+                          "the model loaded and polling for versions (more than 1 uses more "
+                          "than one CPU core for JSON and HTTP); a worker that dies is "
+                          "restarted")
     srv.add_argument("--intra-op-threads", type=int, default=0,
                      help="TensorFlow threads per op, per process (0: TensorFlow's default, "
                           "which is one per CPU core; with --workers N, the CPU cores divided "
                           "among the workers)")
     srv.add_argument("--inter-op-threads", type=int, default=0,
                      help="TensorFlow ops run at once, per process (0: TensorFlow's default)")
-    srv.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)
-    srv.add_argument("--worker-slot", default=None, help=argparse.SUPPRESS)
+    srv.add_argument("--read-timeout", type=float, default=30.0,
+                     help="seconds a client may stay silent in the middle of a request before "
+                          "it is disconnected")
     srv.set_defaults(func=serve)
 
     pred = sub.add_parser("predict", help="emotion of audio files, via the REST API or locally")
@@ -721,6 +713,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="files per model request (their transcripts may differ)")
     pred.add_argument("--out", default=None,
                       help="also write the per-file predictions here (JSON lines)")
+    pred.add_argument("--plot", default=None, metavar="FILE.png",
+                      help="one audio file: draw its filterbank, word spans and per-word "
+                           "acoustic and semantic excitation into FILE.png")
     pred.add_argument("--url", default="http://localhost:8501",
                       help="`cme-ser serve` or TF Serving: its REST endpoint (http://...) or "
                            "its gRPC one (grpc://host:8500)")
@@ -789,10 +784,31 @@ def main(argv: Optional[List[str]] = None) -> int:
     args.argv = argv
     try:
         args.func(args)
+        code = 0
     except UsageError as error:
         print(f"cme-ser: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+        code = 2
+    except Exception:
+        if argv is None and _s3_used():
+            import traceback
+            traceback.print_exc()
+            _end(1)
+        raise
+    if argv is None and _s3_used():
+        _end(code)
+    return code
+
+
+def _s3_used() -> bool:
+    filesystems = sys.modules.get("preprocessing.filesystems")
+    return filesystems is not None and filesystems.s3_enabled()
+
+
+def _end(code: int) -> None:
+    """The end of a command (not of an in-process call) that used tensorflow-io's S3
+    filesystem, which would abort at interpreter exit (``preprocessing.filesystems``)."""
+    from preprocessing import filesystems
+    filesystems.exit_process(code)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """The TFX pipeline: corpus -> fold splits -> statistics/schema/validation -> one Trainer and
 one Evaluator per fold -> cross-validation report (+ its ModelBlessing); a final Trainer on every
-fold -> Pusher, which pushes only when the report blessed the run (UA mean >= ``bless_min_ua``
-and no ExampleValidator anomaly).
+fold -> ModelLoadValidator -> Pusher, which pushes only when the report blessed the run (UA
+mean >= ``bless_min_ua`` and no ExampleValidator anomaly) and a fresh process loaded the final
+model the way the model server does and answered its warm-up requests
+(``pipeline.infra_validation``).
 
 ``create_pipeline`` is a pure function of its arguments (the penguin example's shape); the
 runners (``pipeline/local_runner.py``, ``cme-ser run``, ``cme-ser compile``) only pick the
@@ -17,6 +19,7 @@ from tfx import v1 as tfx
 
 from pipeline.components import (MAX_FOLDS, CorpusExampleGen, CrossValidationReport,
                                  split_names)
+from pipeline.infra_validation import ModelLoadValidator
 from pipeline.report import DEFAULT_BLESS_MIN_UA
 from pipeline.tfma_metrics import metric_configs
 from preprocessing.embeddings import DEFAULT_VOCAB_SIZE
@@ -106,11 +109,14 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, metadata_path: Op
     final_trainer = trainer(splits, splits[0], "Trainer.final")
     # The blessing is the recipe's (the folds' models); the final model is that recipe on
     # every fold, so it inherits it, as TFX pushes what its Evaluator blessed.
+    final_model = final_trainer.outputs["model"]
+    infra = ModelLoadValidator(model=final_model)
     pusher = tfx.components.Pusher(
-        model=final_trainer.outputs["model"], model_blessing=report.outputs["blessing"],
+        model=final_model, model_blessing=report.outputs["blessing"],
+        infra_blessing=infra.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_model_dir)))
-    components += [report, final_trainer, pusher]
+    components += [report, final_trainer, infra, pusher]
 
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name, pipeline_root=pipeline_root, components=components,

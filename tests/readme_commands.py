@@ -459,13 +459,19 @@ COVERAGE: Dict[str, Coverage] = {
     "make run": Coverage(("tests/test_readme.py::test_make_targets_run_the_readme_commands",),
                          note="`make -n`: the recipe runs `cme-ser run` (covered below)"),
     "cme-ser embeddings fetch": Coverage(("tests/test_readme.py::test_embeddings_fetch",)),
-    "cme-ser compile": Coverage((f"{RUNS}::test_compile_writes_a_kubeflow_pipeline_spec",)),
+    "cme-ser compile ... [--image IMG]": Coverage(
+        (f"{RUNS}::test_compile_writes_a_kubeflow_pipeline_spec",)),
+    "cme-ser compile ... --image REGISTRY/cme-ser:1": Coverage(
+        ("tests/test_compile.py::_compiled",),
+        note="'Running at scale': the same flags, with an example image and buckets"),
     "cme-ser serve ... --model-name cme --port 8501 --workers 2": Coverage(
         (f"{RUNS}::served",),
         note="the 'Running it' block: serve, both curls, the python -c body, the POST"),
     "curl -s localhost:8501/v1/models/cme": Coverage((f"{RUNS}::test_serving_commands",)),
     "curl -s localhost:8501/v1/models/cme/metadata": Coverage(
         (f"{RUNS}::test_serving_commands",)),
+    "cme-ser predict ... --plot FILE.png": Coverage(
+        ("tests/test_predict_plot.py::test_predict_plot_draws_what_the_model_answered",)),
     "python -c": Coverage((f"{RUNS}::test_serving_commands",)),
     "curl -s -X POST localhost:8501/v1/models/cme:predict": Coverage(
         (f"{RUNS}::test_serving_commands",)),
@@ -487,6 +493,8 @@ COVERAGE: Dict[str, Coverage] = {
         ("tests/test_portable_runner.py::runs", "tests/test_portable_runner.py::portable_args"),
         evidence=("--runner=PortableRunner",),
         note="runs `preprocess` with portable_args (evidence in portable_args)"),
+    "cme-ser preprocess ... s3://": Coverage(("tests/test_object_storage.py::preprocessed",),
+                                            evidence=("s3://",)),
     "python -m apache_beam.runners.worker.worker_pool_main": Coverage(
         ("tests/test_portable_runner.py::WorkerPool",), evidence=("--service_port",)),
     "cme-ser run": Coverage(("tests/conftest.py::small_tfx_run",

@@ -1,6 +1,12 @@
 """The same pipeline compiles for Kubeflow Pipelines v2 / Vertex AI, unchanged."""
 
+import importlib
+import importlib.util
 import json
+from pathlib import Path
+
+import pytest
+import tomli
 
 from pipeline.cli import main
 
@@ -14,7 +20,7 @@ def test_kubeflow_json_names_every_component(tmp_path):
     assert tasks == {"CorpusExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator",
                      "Trainer.fold0", "Trainer.fold1", "Trainer.fold2", "Evaluator.fold0",
                      "Evaluator.fold1", "Evaluator.fold2", "CrossValidationReport",
-                     "Trainer.final", "Pusher"}
+                     "Trainer.final", "ModelLoadValidator", "Pusher"}
     assert spec["runtimeConfig"]["gcsOutputDirectory"] == "gs://bucket/cme"
     images = {e["container"]["image"]
               for e in spec["pipelineSpec"]["deploymentSpec"]["executors"].values()
@@ -33,3 +39,72 @@ def test_ensemble_size_reaches_every_trainer(tmp_path):
     # custom_config travels as a JSON string inside the job spec.
     assert text.count('\\"ensemble_size\\": 3') == 3  # fold0, fold1, final
     assert main(["compile", "--output", str(out), "--ensemble", "0"]) == 2
+
+
+# --- What Kubeflow runs: the image and every node's command (nothing here can run a cluster) ---
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _compiled(tmp_path, root="s3://bucket/cme"):
+    out = tmp_path / "pipeline.json"
+    assert main(["compile", "--target", "kubeflow", "--output", str(out), "--folds", "2",
+                 "--pipeline-root", root, "--image", "registry.example/cme-ser:1"]) == 0
+    return json.loads(out.read_text())
+
+
+def test_every_node_runs_importable_code_in_the_named_image(tmp_path):
+    spec = _compiled(tmp_path)
+    executors = spec["pipelineSpec"]["deploymentSpec"]["executors"]
+    assert len(executors) == len(spec["pipelineSpec"]["root"]["dag"]["tasks"])
+    ours = set()
+    for name, executor in executors.items():
+        container = executor["container"]
+        assert container["image"] == "registry.example/cme-ser:1", name
+        command = container["command"]
+        assert command[:2] == ["python", "-m"] and importlib.util.find_spec(command[2]), name
+        args = container["args"]
+        module, _, attribute = args[args.index("--executor_class_path") + 1].rpartition(".")
+        assert getattr(importlib.import_module(module), attribute), name
+        if module.split(".")[0] in ("pipeline", "trainer", "preprocessing", "serving"):
+            ours.add(module)
+    assert ours == {"pipeline.components", "pipeline.infra_validation"}
+    # The Trainers' run_fn is ours too, named in their parameters.
+    assert "trainer.module.run_fn" in json.dumps(spec)
+    module, _, attribute = "trainer.module.run_fn".rpartition(".")
+    assert callable(getattr(importlib.import_module(module), attribute))
+    # The image build checks that the same modules import inside it.
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    check = next(line for line in dockerfile.splitlines() if 'python -c "import' in line)
+    assert {m.strip() for m in check.split("import", 1)[1].rstrip('"').split(",")} >= (
+        ours | {"trainer.module"})
+
+
+def test_the_dockerfile_builds_on_the_pinned_tfx_and_installs_this_package():
+    dockerfile = (ROOT / "Dockerfile").read_text().splitlines()
+    pyproject = tomli.loads((ROOT / "pyproject.toml").read_text())
+    tfx_pin = next(d for d in pyproject["project"]["dependencies"] if d.startswith("tfx"))
+    assert f"FROM tensorflow/tfx:{tfx_pin.split('==')[1]}" in dockerfile
+    copied = {source for line in dockerfile if line.startswith("COPY ")
+              for source in line.split()[1:-1]}
+    assert set(pyproject["tool"]["setuptools"]["packages"]) | {
+        "pyproject.toml", "constraints.txt", "README.md"} <= copied
+    install = next(line for line in dockerfile if "pip install" in line)
+    assert "-c constraints.txt ." in install and "-e" not in install.split()
+    assert "ENTRYPOINT []" in dockerfile  # Kubeflow gives each node its command
+
+
+@pytest.mark.parametrize("root", ["gs://bucket/cme", "s3://bucket/cme"])
+def test_the_pipeline_root_is_the_bucket_given_and_the_ir_is_kfp_v2(tmp_path, root):
+    from google.protobuf import json_format
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    spec = _compiled(tmp_path, root)
+    assert spec["runtimeConfig"]["gcsOutputDirectory"] == root
+    # Strict parse: an unknown or mistyped field in the IR fails here, as it would in KFP.
+    ir = json_format.ParseDict(spec["pipelineSpec"], pipeline_spec_pb2.PipelineSpec())
+    assert set(ir.root.dag.tasks) >= {"ModelLoadValidator", "Pusher"}
+    pusher = ir.root.dag.tasks["Pusher"].inputs.artifacts
+    assert pusher["infra_blessing"].task_output_artifact.producer_task == "ModelLoadValidator"
+    assert pusher["model_blessing"].task_output_artifact.producer_task == "CrossValidationReport"
+    assert f"{root}/serving_model/cme" in json.dumps(spec)

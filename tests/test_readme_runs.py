@@ -9,7 +9,6 @@ whose answer must have the README sample's keys and types), ``cme-ser predict`` 
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 
 import readme_commands as rc
 from readme_commands import ROOT, find
+from serving_support import server_stderr, start_server, stop_server
 
 BIN = Path(sys.executable).parent
 RAVDESS_SPEECH = ROOT.parent / "shared" / "data" / "ravdess-speech"
@@ -81,7 +81,7 @@ def last_json_line(stdout: str) -> dict:
 
 
 def test_compile_writes_a_kubeflow_pipeline_spec(tmp_path):
-    command = find("cme-ser compile")
+    command = find("cme-ser compile ... [--image IMG]")
     argv = argv_for(command, include_optional=False)
     assert argv == ["cme-ser", "compile", "--target", "kubeflow", "--output", "pipeline.json"]
     run(argv, cwd=tmp_path)
@@ -103,22 +103,14 @@ def served(small_model_base):
     """The README's `cme-ser serve ... --workers 2` on the small model, on a free port."""
     command = find("cme-ser serve ... --model-name cme --port 8501 --workers 2")
     argv = argv_for(command, {"--model-base-path": str(small_model_base), "--port": "0"})
-    process = subprocess.Popen(argv, cwd=ROOT, env=env(), stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, text=True)
+    process, url = start_server(argv, env=env())
     try:
-        line = ""
-        for line in process.stdout:
-            if "REST API at" in line:
-                break
+        line = process.announcement
         assert "versions available: [1]" in line and "2 worker processes" in line, line
-        url = line.rsplit(" ", 1)[1].strip()
         yield {"url": url, "port": int(url.rsplit(":", 1)[1])}
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0
+        assert stop_server(process) == 0, server_stderr(process)[-5000:]
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        stop_server(process, signal_=None)
 
 
 def readme_status_answer() -> dict:

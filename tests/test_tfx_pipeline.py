@@ -55,20 +55,28 @@ def pipeline_run(tmp_path_factory):
 def run_until_training_then_kill(corpus, out, env) -> list:
     """Starts `cme-ser run`, SIGKILLs it (and its Beam workers) once a Trainer is running;
     returns the stage lines it printed."""
-    process = subprocess.Popen(
-        [str(BIN / "cme-ser"), "run", "--data-dir", str(corpus), "--output", str(out), *SMALL],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        start_new_session=True)
-    lines = []
-    try:
-        for line in process.stdout:
-            lines.append(line.strip())
-            if line.startswith("[") and "Trainer." in line and line.strip().endswith("running"):
-                break
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=60)
+    stderr = out.parent / "killed_run.err"
+    with open(stderr, "w") as err:
+        process = subprocess.Popen(
+            [str(BIN / "cme-ser"), "run", "--data-dir", str(corpus), "--output", str(out),
+             *SMALL], env=env, stdout=subprocess.PIPE, stderr=err, text=True,
+            start_new_session=True)
+        lines = []
+        try:
+            for line in process.stdout:
+                lines.append(line.strip())
+                if line.startswith("[") and "Trainer." in line and line.strip().endswith(
+                        "running"):
+                    break
+        finally:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=60)
     assert any("Trainer." in line for line in lines), lines
+    # The libraries' messages (Beam's workers, TFX's absl log) went to the log file named at
+    # the start, not to the terminal.
+    log = out / "cme-ser-run.log"
+    assert lines[1] == f"TensorFlow, Beam and TFX messages: {log} (--verbose shows them here)"
+    assert "apache_beam" in log.read_text() and "apache_beam" not in stderr.read_text()
     return lines
 
 
@@ -97,12 +105,14 @@ def test_tfx_run_create_says_what_ran_what_came_from_the_cache_and_where_things_
     assert set(ran) | set(cached) == {
         "CorpusExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "Trainer.fold0",
         "Trainer.fold1", "Evaluator.fold0", "Evaluator.fold1", "CrossValidationReport",
-        "Trainer.final", "Pusher"}
+        "Trainer.final", "ModelLoadValidator", "Pusher"}
     root = tmp / "out" / "tfx" / "root"
     assert f"report: {latest(root, 'CrossValidationReport', 'report')}" in lines
     versions = sorted((tmp / "out" / "serving_model" / "cme").iterdir())
     assert f"pushed model: {versions[-1]}" in lines
     assert "Trainer.final: running" in out  # the stage lines, as `cme-ser run` prints them
+    # Each Trainer's progress: epochs out of the maximum, then where it stopped.
+    assert "Trainer.final model 1/1, training: stopped at epoch 1/1 after " in out
     # `tfx pipeline create` runs the same file without running the pipeline: no summary.
     assert "ran: " not in (tmp / "tfx_pipeline_create.out").read_text()
 
@@ -242,6 +252,8 @@ def test_the_report_blesses_the_run_and_the_pusher_pushes(pipeline_run):
     assert (blessing / "BLESSED").exists()
     report_dir = latest(root, "CrossValidationReport", "report")
     assert "## Push: blessed" in (report_dir / "report.md").read_text()
+    # A fresh process loaded the final model and answered its warm-up requests.
+    assert (latest(root, "ModelLoadValidator", "blessing") / "INFRA_BLESSED").is_file()
     pushed = latest(root, "Pusher", "pushed_model")
     assert any(pushed.iterdir())  # the Pusher's copy of what it pushed
 

@@ -30,6 +30,7 @@ from tfx import v1 as tfx
 from preprocessing.records import word_dim_of_files
 from trainer.config import ModelConfig
 from trainer.model import average_models
+from trainer.progress import EpochProgress
 from trainer.train import fit
 
 
@@ -77,11 +78,18 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     if not isinstance(prior_correction, bool):
         raise ValueError(f"prior_correction must be true or false, got {prior_correction!r}")
     summaries, members = [], []
+    # The Trainer's node id (".../Trainer.fold0/model_run/<execution>") names its progress line.
+    parts = fn_args.model_run_dir.rstrip("/").split("/")
+    node = parts[-3] if len(parts) >= 3 and parts[-2] == "model_run" else "Trainer"
     for k in range(size):
         member = config.replace(seed=config.seed + k)
         log_dir = (os.path.join(fn_args.model_run_dir, f"member{k}") if size > 1
                    else fn_args.model_run_dir)
-        result = fit(train_files, member, log_dir=log_dir, verbose=2)
+        progress = EpochProgress(
+            f"{node} model {k + 1}/{size}",
+            ("selecting the epoch", "refit on all training speakers") if member.refit
+            else ("training",))
+        result = fit(train_files, member, log_dir=log_dir, extra_callbacks=[progress])
         members.append(result.model)
         summaries.append({
             "seed": member.seed, "best_epoch": result.best_epoch,
