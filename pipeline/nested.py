@@ -396,11 +396,7 @@ def render_markdown(summary: dict, header: dict, dataset: str) -> str:
              f"Produced by `{header['command']}` at commit `{header['commit']}` on "
              f"{header['date']} ({header['machine']}). Selection file `{sel['path']}`, "
              f"sha256 `{sel['sha256']}`.", ""]
-    rerendered = header.get("rerendered")
-    if rerendered:
-        lines += [f"Re-rendered from the archived units (none retrained) by "
-                  f"`{rerendered['command']}` at commit `{rerendered['commit']}` on "
-                  f"{rerendered['date']}.", ""]
+    lines += tables.rerendered_lines(header)
     est = summary["estimate"]
     if est:
         n = len(est["folds"])

@@ -74,6 +74,16 @@ def _tried_lines(summary: dict, folds: int) -> List[str]:
           ", ".join(t["commits"])] for t in tried_])
 
 
+def rerendered_lines(header: dict) -> List[str]:
+    """The markdown lines saying a results file was re-rendered from its archive, if it was."""
+    rerendered = header.get("rerendered")
+    if not rerendered:
+        return []
+    return [f"Re-rendered from the archived units (none retrained) by "
+            f"`{rerendered['command']}` at commit `{rerendered['commit']}` on "
+            f"{rerendered['date']}.", ""]
+
+
 def table1_markdown(summary: dict, header: dict) -> str:
     """``<dataset>.md``: a ``pipeline.reproduce.summarize`` summary (with its t-SNE figure, if
     drawn) under the run's ``header``."""
@@ -82,11 +92,7 @@ def table1_markdown(summary: dict, header: dict) -> str:
              DEVELOPMENT_LABEL, "",
              f"Produced by `{header['command']}` at commit `{header['commit']}` on "
              f"{header['date']} ({header['machine']}).", ""]
-    rerendered = header.get("rerendered")
-    if rerendered:
-        lines += [f"Re-rendered from the archived units (none retrained) by "
-                  f"`{rerendered['command']}` at commit `{rerendered['commit']}` on "
-                  f"{rerendered['date']}.", ""]
+    lines += rerendered_lines(header)
     plan_ = header.get("plan")
     if plan_:
         planned = len(plan_["variants"]) * plan_["seeds"] * folds
