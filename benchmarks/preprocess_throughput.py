@@ -20,8 +20,8 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.cli import find_data_dir  # noqa: E402
 from preprocessing import beam_pipeline, corpora, embeddings  # noqa: E402
+from preprocessing.corpus_options import find_data_dir  # noqa: E402
 from trainer.config import DEFAULT_CLASSES  # noqa: E402
 
 

@@ -212,7 +212,7 @@ def summarize(rows: List[dict]) -> dict:
 
 
 def render_markdown(summary: dict, header: dict) -> str:
-    lines = [f"# Cross-domain: RAVDESS speech and song, speaker-independent", "",
+    lines = ["# Cross-domain: RAVDESS speech and song, speaker-independent", "",
              f"Command: `{header.get('command', '')}` (commit {header.get('commit')}, "
              f"{header.get('date')}, {header.get('machine')}).", "",
              "Each model is trained (its epoch chosen on validation speakers of the same "

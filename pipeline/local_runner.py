@@ -27,10 +27,10 @@ sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != _HERE]
 
 from tfx import v1 as tfx  # noqa: E402
 
-from pipeline.cli import find_data_dir  # noqa: E402
 from pipeline.runner import (PIPELINE_NAME, local_pipeline, newest_run_started,  # noqa: E402
                              run_summary, stage_progress)
 from preprocessing import filesystems  # noqa: E402
+from preprocessing.corpus_options import find_data_dir  # noqa: E402
 from preprocessing.embeddings import default_embeddings_path  # noqa: E402
 from trainer.config import SHIPPED, variant_config  # noqa: E402
 

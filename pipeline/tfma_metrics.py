@@ -12,7 +12,7 @@ module="pipeline.tfma_metrics", config='"num_classes": 4')``.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List
 
 import apache_beam as beam
 import numpy as np

@@ -1,0 +1,36 @@
+"""``cme-ser compile``: the pipeline as another orchestrator's job spec (Kubeflow Pipelines v2 /
+Vertex AI Pipelines JSON, from ``runner.kubeflow_pipeline``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from preprocessing.corpus_options import parse_classes
+from preprocessing.usage_error import UsageError
+from trainer.config import DEFAULT_CLASSES, variant_config
+
+
+def compile_pipeline(args) -> None:
+    """Writes the pipeline as a Kubeflow Pipelines v2 / Vertex AI job spec (JSON).
+    ``args``: the parsed `cme-ser compile` options (pipeline/cli.py)."""
+    from tfx import v1 as tfx
+
+    from pipeline.runner import kubeflow_pipeline
+    if args.folds < 2:
+        raise UsageError(f"--folds must be >= 2, got {args.folds}")
+    if args.ensemble < 1:
+        raise UsageError(f"--ensemble must be >= 1, got {args.ensemble}")
+    config = variant_config(args.variant, epochs=args.epochs, class_names=tuple(
+        parse_classes(args.classes) or DEFAULT_CLASSES))
+    root = args.pipeline_root.rstrip("/")
+    pipeline = kubeflow_pipeline(
+        pipeline_root=root, data_dir=args.data_dir or f"{root}/data/ravdess-speech",
+        embeddings_path=args.embeddings or f"{root}/embeddings/glove-6b-50d",
+        serving_model_dir=f"{root}/serving_model/cme", config=config, num_folds=args.folds,
+        ensemble_size=args.ensemble, prior_correction=args.prior_correction)
+    output = Path(args.output)
+    runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
+        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=args.image),
+        output_dir=str(output.parent.resolve()), output_filename=output.name)
+    runner.run(pipeline, write_out=True)
+    print(output)

@@ -1,0 +1,44 @@
+"""``cme-ser evaluate``: the corpus and model options resolved, then ``evaluate.evaluate`` (the
+model scored on the corpus the serving way); the report is printed and written."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from preprocessing.corpus_options import find_data_dirs, parse_channels
+from preprocessing.usage_error import UsageError
+from serving.model_options import model_errors, open_model
+
+
+def evaluate(args) -> dict:
+    """A trained (--model-dir) or served (--url) model scored on a corpus, the serving way.
+    ``args``: the parsed `cme-ser evaluate` options (pipeline/cli.py)."""
+    from pipeline import evaluate as evaluating
+    channels = parse_channels(args.dataset, args.channels)
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.dataset == "manifest":
+        if not args.data_dir or len(args.data_dir) != 1 or not Path(args.data_dir[0]).is_file():
+            raise UsageError("--data-dir must be the manifest file for --dataset manifest")
+        data = [Path(args.data_dir[0])]
+    else:
+        data = find_data_dirs(args.data_dir, args.dataset, channels)
+    out = Path(args.out) if args.out else evaluating.default_out_dir(args.dataset, data, channels)
+    model, where = open_model(args)
+    with model_errors(where):
+        try:
+            report = evaluating.evaluate(
+                model, model_description=where, dataset=args.dataset, data=data, out_dir=out,
+                channels=channels, batch_size=args.batch_size,
+                log=lambda line: print(line, file=sys.stderr, flush=True))
+        except ValueError as error:
+            raise UsageError(str(error)) from error
+    print((out / evaluating.REPORT_MD).read_text())
+    print(f"report: {out}")
+    if report["n"] == 0:
+        listed = report["inputs"] - report["errors_per_stage"].get("corpus", 0)
+        hint = " (RAVDESS speech files are named 03-01-..., song 03-02-...; see --channels)" \
+            if args.dataset == "ravdess" and not listed else ""
+        raise UsageError(f"no file could be scored: see {out / evaluating.ERRORS_FILE}{hint}")
+    return report

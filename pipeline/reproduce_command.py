@@ -1,0 +1,73 @@
+"""``cme-ser reproduce``: the options checked, the corpus preprocessed into the work directory
+when no records are given, then the protocol asked for: Table 1 (pipeline/reproduce.py), the
+nested estimate (nested.py) or the cross-domain one (crossdomain.py)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from preprocessing.preprocess_command import preprocess
+from preprocessing.usage_error import UsageError
+from trainer.config import VARIANTS
+
+
+def reproduce(args) -> dict:
+    """Table 1: every variant through the same k-fold protocol, several seeds, resumable (or
+    the nested or cross-domain protocol). ``args``: the parsed `cme-ser reproduce` options
+    (pipeline/cli.py); ``args.argv`` the command line, for the results' provenance."""
+    from pipeline import reproduce as repro
+    variants = ([v.strip() for v in args.variants.split(",")] if args.variants
+                else ["cme"] if args.protocol == "cross-domain" else list(VARIANTS))
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise UsageError(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
+    if args.seeds < 1 or args.jobs < 1:
+        raise UsageError("--seeds and --jobs must be >= 1")
+    if args.protocol == "nested":
+        if args.variants:
+            raise UsageError("--protocol nested takes its variants and seeds from --selection, "
+                             "not --variants")
+        from pipeline import nested
+        try:
+            nested.load_selection(args.selection)  # fail before any preprocessing
+        except ValueError as error:
+            raise UsageError(str(error)) from error
+    work = Path(args.work_dir or Path("output") / "reproduce" / (
+        args.dataset + ("-cross-domain" if args.protocol == "cross-domain" else "")))
+    records = Path(args.records) if args.records else work / "records"
+    if not (records / "summary.json").exists():
+        if args.records:
+            raise UsageError(f"--records {records} holds no preprocessed records "
+                             "(run `cme-ser preprocess` into it)")
+        print(f"== preprocessing {args.dataset} into {records}")
+        preprocess(argparse.Namespace(
+            dataset=args.dataset, data_dir=args.data_dir, out=str(records), classes=None,
+            embeddings=args.embeddings, folds=args.folds, max_seconds=60.0,
+            overlong="truncate", overwrite=True, beam_arg=[],
+            channels="speech,song" if args.protocol == "cross-domain" else None))
+    command = "cme-ser reproduce " + " ".join(
+        shlex.quote(a) for a in (args.argv if args.argv is not None else sys.argv[1:])[1:])
+    try:
+        if args.protocol == "nested":
+            from pipeline import nested
+            return nested.run_nested(records, work, args.results_dir, dataset=args.dataset,
+                                     selection_path=args.selection, folds=args.folds,
+                                     jobs=args.jobs, threads=args.threads,
+                                     command=command.strip(),
+                                     overrides={"epochs": args.epochs} if args.epochs else None)
+        if args.protocol == "cross-domain":
+            from pipeline import crossdomain
+            return crossdomain.run_cross_domain(
+                records, work, args.results_dir, dataset=args.dataset, variants=variants,
+                seeds=args.seeds, folds=args.folds, jobs=args.jobs, threads=args.threads,
+                command=command.strip(),
+                overrides={"epochs": args.epochs} if args.epochs else None)
+        return repro.reproduce(records, work, args.results_dir, dataset=args.dataset,
+                               variants=variants, seeds=args.seeds, folds=args.folds,
+                               jobs=args.jobs, threads=args.threads, command=command.strip(),
+                               overrides={"epochs": args.epochs} if args.epochs else None)
+    except ValueError as error:
+        raise UsageError(str(error)) from error

@@ -1,0 +1,89 @@
+"""``cme-ser run``, the main job: every option checked before any training starts
+(:func:`check_run_config`), then the TFX pipeline on RAVDESS with ``LocalDagRunner``
+(pipeline/runner.py), its stage lines, and the report."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import List
+
+from preprocessing.corpus_options import (corpus_items, find_data_dirs, parse_channels,
+                                          parse_classes, resolve_embeddings)
+from preprocessing.usage_error import UsageError
+from trainer.config import DEFAULT_CLASSES, ModelConfig, variant_config
+
+
+def check_run_config(args, config: ModelConfig) -> List[Path]:
+    """Everything that can be wrong with a run is found here, before any training starts.
+    Returns the corpus directories."""
+    from preprocessing import corpora, embeddings
+    channels = parse_channels("ravdess", args.channels)
+    data_dirs = find_data_dirs(args.data_dir, "ravdess", channels)
+    if args.folds < 2:
+        raise UsageError(f"--folds must be >= 2, got {args.folds}")
+    if args.ensemble < 1:
+        raise UsageError(f"--ensemble must be >= 1, got {args.ensemble}")
+    if config.speaker_norm:
+        raise UsageError(f"--variant {args.variant} standardises features per speaker, which "
+                         "a served model cannot do; use `cme-ser reproduce` for it")
+    utterances, _ = corpora.partition(
+        corpus_items("ravdess", data_dirs, list(config.class_names), channels))
+    try:
+        folds = corpora.assign_folds(utterances, args.folds)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    empty = [row["fold"] for row in corpora.fold_summary(utterances, folds) if not row["utterances"]]
+    if empty:
+        raise UsageError(f"fold(s) {empty} would have no examples")
+    try:
+        embeddings.load(resolve_embeddings(args.embeddings))
+    except embeddings.EmbeddingsError as error:
+        raise UsageError(str(error)) from error
+    return data_dirs
+
+
+def run(args) -> dict:
+    """The main job: the TFX pipeline on RAVDESS with LocalDagRunner, then the report.
+    ``args``: the parsed `cme-ser run` options (pipeline/cli.py)."""
+    from tfx import v1 as tfx
+
+    from pipeline.console import library_output_to
+    from pipeline.runner import local_pipeline, run_summary, stage_progress
+    config = variant_config(args.variant, epochs=args.epochs, batch_size=args.batch_size,
+                            seed=args.seed,
+                            class_names=tuple(parse_classes(args.classes) or DEFAULT_CLASSES))
+    if not math.isfinite(args.bless_min_ua):
+        raise UsageError(f"--bless-min-ua must be a number, got {args.bless_min_ua}")
+    from pipeline.runner import metadata_file, output_dir
+    try:
+        metadata = metadata_file(args.output, args.metadata)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    data_dirs = check_run_config(args, config)
+    channels = parse_channels("ravdess", args.channels)
+    output = output_dir(args.output)
+    # The libraries' messages go to a local file (beside ML Metadata's when the output is a
+    # bucket); the terminal gets the stage lines, the training progress and the report.
+    log = None if args.verbose else os.path.join(
+        output if "://" not in output else os.path.dirname(metadata), "cme-ser-run.log")
+    model = (f"{args.variant}" + (f" x{args.ensemble}" if args.ensemble > 1 else "")
+             + (" +prior" if args.prior_correction else ""))
+    print(f"== cme-ser run: {', '.join(map(str, data_dirs))} -> {output} ({model}, "
+          f"{args.folds} folds, up to {config.epochs} epochs per model"
+          + (f", channels {','.join(channels)})" if channels else ")"))
+    if log:
+        print(f"   TensorFlow, Beam and TFX messages: {log} (--verbose shows them here)")
+    t0 = time.time()
+    with library_output_to(log), stage_progress():
+        tfx.orchestration.LocalDagRunner().run(local_pipeline(
+            output, data_dir=data_dirs[0] if len(data_dirs) == 1 else data_dirs,
+            embeddings_path=resolve_embeddings(args.embeddings), config=config,
+            num_folds=args.folds, ensemble_size=args.ensemble,
+            prior_correction=args.prior_correction, channels=channels,
+            bless_min_ua=args.bless_min_ua, metadata_path=args.metadata))
+    report, text = run_summary(output, args.bless_min_ua, metadata_path=args.metadata)
+    print(f"{text}\n== done in {time.time() - t0:.0f} s")
+    return report
