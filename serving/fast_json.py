@@ -6,7 +6,10 @@ ms of GIL-held CPU for one 3.9 s utterance (62,000 numbers), most of a request's
 This module does the same work in fewer passes:
 
 1. find the long runs of bytes that can only belong to numbers and arrays (digits, ``+-.eE``,
-   ``,``, ``[]``, whitespace): one ``bytes.translate`` and one numpy comparison;
+   ``,``, ``[]``, whitespace): every 512th byte first, then one ``bytes.translate`` that deletes
+   the numeric bytes of each stretch of numeric samples (empty: one run, its ends found within
+   a sample's distance), or, when a stretch holds more than one run, one ``bytes.translate`` of
+   the whole body and a numpy comparison (the same runs either way);
 2. in each run of at least ``MIN_BYTES``, take the JSON array from its first ``[`` to its last
    ``]`` repeated as many times as it opens with ``[`` and parse it alone with orjson: a value
    made of those bytes can only be numbers in (nested) lists, so no per-element type check is
@@ -33,7 +36,7 @@ import dataclasses
 import os
 import re
 import struct
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 import orjson
@@ -47,6 +50,7 @@ _MAX_DEPTH = 64  # deeper documents take the general path (its recursion limits 
 # 1 for the bytes a JSON array of numbers can consist of, 0 for every other byte.
 _NUMERIC = bytes(1 if chr(c) in "0123456789+-.eE,[] \t\r\n" else 0 for c in range(256))
 _NUMERIC_FLAGS = np.frombuffer(_NUMERIC, dtype=np.uint8)
+_NUMERIC_BYTES = bytes(c for c in range(256) if _NUMERIC[c])  # (for translate's delete)
 _STRIDE = MIN_BYTES // 8
 # A JSON true/false token: after '[', ',' or ':' and before ']', ',' or '}'. Only searched when
 # the bytes "true"/"false" occur at all; a match inside a string is a harmless false alarm.
@@ -84,15 +88,14 @@ def parse(body: bytes) -> Optional[FastDocument]:
     # Every run of MIN_BYTES numeric bytes holds 8 consecutive multiples of _STRIDE: look at
     # those bytes first, so a body without one (base64, strings) costs microseconds here.
     sampled = _NUMERIC_FLAGS[np.frombuffer(body, dtype=np.uint8)[::_STRIDE]]
-    gaps = np.diff(np.flatnonzero(np.concatenate(([0], sampled, [0])) == 0))
+    zeros = np.flatnonzero(np.concatenate(([0], sampled, [0])) == 0)
+    gaps = np.diff(zeros)
     if not gaps.size or gaps.max() <= MIN_BYTES // _STRIDE:
         return None
-    flags = np.frombuffer(body.translate(_NUMERIC), dtype=np.uint8)
-    edges = np.flatnonzero(flags[1:] != flags[:-1]) + 1
-    bounds = np.concatenate(([0], edges, [len(body)]))
-    starts, ends = bounds[:-1], bounds[1:]
-    long_runs = (flags[starts] == 1) & (ends - starts >= MIN_BYTES)
-    if not long_runs.any():
+    runs = _long_runs_from_samples(body, zeros, gaps)
+    if runs is None:
+        runs = _long_runs(body)
+    if not runs:
         return None
     pieces: List[bytes] = []
     arrays: List[list] = []
@@ -100,7 +103,7 @@ def parse(body: bytes) -> Optional[FastDocument]:
     view = memoryview(body)
     marker = _MARKER_PREFIX + os.urandom(8).hex() + ":"
     marker_json = b'"\\u0000' + marker[1:].encode("ascii") + b'%d"'
-    for start, end in zip(starts[long_runs].tolist(), ends[long_runs].tolist()):
+    for start, end in runs:
         opening = body.find(b"[", start, end)
         if opening < 0 or body[max(position, opening - 32):opening].rstrip()[-1:] not in (
                 b":", b"[", b","):
@@ -146,6 +149,48 @@ def parse(body: bytes) -> Optional[FastDocument]:
     if found != [1] * len(arrays):
         return None
     return FastDocument(doc, may_contain_bools(original_rest))
+
+
+def _long_runs(body: bytes) -> List[Tuple[int, int]]:
+    """``(start, end)`` of every maximal run of numeric bytes of at least MIN_BYTES, in order:
+    one ``bytes.translate`` of the whole body and a numpy comparison."""
+    flags = np.frombuffer(body.translate(_NUMERIC), dtype=np.uint8)
+    edges = np.flatnonzero(flags[1:] != flags[:-1]) + 1
+    bounds = np.concatenate(([0], edges, [len(body)]))
+    starts, ends = bounds[:-1], bounds[1:]
+    long_runs = (flags[starts] == 1) & (ends - starts >= MIN_BYTES)
+    return list(zip(starts[long_runs].tolist(), ends[long_runs].tolist()))
+
+
+def _long_runs_from_samples(body: bytes, zeros: np.ndarray,
+                            gaps: np.ndarray) -> Optional[List[Tuple[int, int]]]:
+    """:func:`_long_runs` from the sampled bytes, or None when they cannot tell (then
+    :func:`_long_runs` decides). Every run of MIN_BYTES numeric bytes covers at least
+    MIN_BYTES // _STRIDE consecutive samples; when the bytes between the first and the last of
+    such a stretch of numeric samples are all numeric (one ``translate`` that deletes them, a
+    C loop cheaper than mapping the whole body), they belong to one run, whose ends are found
+    in the less than _STRIDE bytes beyond (the neighbouring samples are not numeric). The
+    result is then exactly :func:`_long_runs`'s, in about half its time."""
+    runs = []
+    size = len(body)
+    # zeros: indices into [0] + sampled + [0]; a gap > k: k numeric samples in a row, the
+    # samples zeros[i] .. zeros[i + 1] - 2 (indices into sampled).
+    for index in np.flatnonzero(gaps > MIN_BYTES // _STRIDE).tolist():
+        first = int(zeros[index]) * _STRIDE  # (padded index zeros[index] + 1)
+        last = (int(zeros[index + 1]) - 2) * _STRIDE
+        if body[first:last + 1].translate(None, _NUMERIC_BYTES):
+            return None  # more than one run in the stretch: the exact scan sorts it out
+        if first:  # the sample before is not numeric: the run starts after its last such byte
+            window = body[first - _STRIDE:first].translate(_NUMERIC)
+            start = first - _STRIDE + window.rfind(b"\x00") + 1
+        else:
+            start = 0
+        window = body[last + 1:last + 1 + _STRIDE].translate(_NUMERIC)
+        stop = window.find(b"\x00")
+        end = last + 1 + stop if stop >= 0 else size
+        if end - start >= MIN_BYTES:
+            runs.append((start, end))
+    return runs
 
 
 def may_contain_bools(body: bytes) -> bool:

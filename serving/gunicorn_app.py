@@ -50,13 +50,15 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.glogging import Logger
 from gunicorn.workers.gthread import ThreadWorker
 
+from preprocessing.filesystems import exit_process
+
 READY_MARK = "REST API at "
 THREADS_PER_WORKER = 16  # requests at once per worker (the old server: one thread per client)
 
 
 @dataclasses.dataclass(frozen=True)
 class ServeConfig:
-    """What ``cme-ser serve`` asks for (pipeline.cli checks the values)."""
+    """What ``cme-ser serve`` asks for (serving.serve_command checks the values)."""
 
     base_path: Path
     max_body_bytes: int  # --max-request-mb, in bytes
@@ -314,9 +316,4 @@ def _leave_worker(code: int, message) -> None:
     if isinstance(message, str):
         print(message, file=sys.stderr)
     logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(code)
+    exit_process(code, run_exit_handlers=False)  # flushes, then os._exit

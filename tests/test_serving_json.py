@@ -401,3 +401,62 @@ def test_double_signature_and_random_bodies(apis):
             damaged[position:position + rng.randint(0, 2)] = rng.choice(
                 [b"", b",", b"]", b"[", b"e", b"-", b".", b"0", b" ", b'"', b"x", b"1e9"])
         _both(apis, bytes(damaged))
+
+
+# ----------------------------------------------------------------------------------------------
+# Finding the long numeric runs from the sampled bytes (the exact scan's runs, in less time)
+
+
+def _sampled_runs(body):
+    sampled = fast_json._NUMERIC_FLAGS[np.frombuffer(body, dtype=np.uint8)[::fast_json._STRIDE]]
+    zeros = np.flatnonzero(np.concatenate(([0], sampled, [0])) == 0)
+    gaps = np.diff(zeros)
+    if not gaps.size or gaps.max() <= fast_json.MIN_BYTES // fast_json._STRIDE:
+        return []  # (parse() stops here: no run can be long enough)
+    return fast_json._long_runs_from_samples(body, zeros, gaps)
+
+
+def test_sampled_runs_are_the_exact_scans_runs():
+    stride, least = fast_json._STRIDE, fast_json.MIN_BYTES
+    run = b"1," * (least // 2 + 3)
+    cases = {
+        # the usual request: one long run in the middle
+        b'{"a": "x", "w": [' + run + b'1], "z": 1}': None,
+        # runs touching the body's start and end; runs whose ends sit on a sample
+        run + b'"' + b"x" * stride + b'"' + run: None,  # (a sample in the gap)
+        b"x" * (stride - 1) + run + b"x": None,
+        b"x" * stride + run + b"x" * (stride - 1): None,
+        b"x" * (stride + 1) + b"1" * (least - 1) + b"x" * stride: None,  # one byte short
+        b"x" * stride + b"1" * least + b"x" * stride: None,  # exactly MIN_BYTES
+    }
+    for body in cases:
+        found = _sampled_runs(body)
+        assert found is not None and found == fast_json._long_runs(body), body[:80]
+    exact = fast_json._long_runs(b"x" * stride + b"1" * least + b"x" * stride)
+    assert exact == [(stride, stride + least)]
+    # two runs between the same samples (a non-numeric byte off the samples): the exact scan
+    body = b"1" * (3 * least + 1) + b'"' + b"1" * (3 * least)
+    assert body.index(b'"') % stride  # not on a sample
+    assert _sampled_runs(body) is None
+    assert fast_json._long_runs(body) == [(0, 3 * least + 1), (3 * least + 2, 6 * least + 2)]
+
+
+def test_sampled_runs_on_random_bodies():
+    rng = random.Random(7)
+    numeric, other = b"0123456789+-.eE,[] \t\r\n", b'"ab:{}xtf\x00\xff'
+    compared = 0
+    for _ in range(1500):
+        parts = []
+        for _ in range(rng.randint(1, 8)):
+            if rng.random() < 0.6:
+                n = rng.choice([rng.randint(1, 600), rng.randint(3000, 9000)])
+                parts.append(bytes(rng.choice(numeric) for _ in range(n)))
+            else:
+                n = rng.choice([1, 2, rng.randint(1, 50), rng.randint(1, 1500)])
+                parts.append(bytes(rng.choice(other) for _ in range(n)))
+        body = b"".join(parts)
+        found = _sampled_runs(body)
+        if found is not None:
+            assert found == fast_json._long_runs(body)
+            compared += 1
+    assert compared > 300
