@@ -25,9 +25,12 @@ embeddings: install
 	$(VENV)/bin/cme-ser embeddings fetch
 
 # The 15 slowest tests are listed after every run (PYTEST_ADDOPTS keeps the command the README shows).
+# Two pytest-xdist workers, one per core: most of the suite's time is single-threaded (process
+# start-up, TFX, Beam, small models); tests/conftest.py schedules them file by file.
+TEST_WORKERS ?= 2
 test: export PYTEST_ADDOPTS += --durations=15
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) tests
 
 run: embeddings
 	$(VENV)/bin/cme-ser run $(if $(DATA_DIR),--data-dir $(DATA_DIR)) --output $(OUTPUT)

@@ -33,26 +33,64 @@ def small_ravdess_corpus(dest: Path) -> Path:
     return dest
 
 
+BIN = Path(sys.executable).parent
+# `cme-ser run`'s arguments in the shared run; the TFX CLI's run gets the same from CME_SER_*.
+# One `cme` model per Trainer (not the shipped 3-model ensemble, to keep it cheap); the prior
+# correction is left to both defaults (on), so the run covers it end to end.
+SMALL_RUN = ["--folds", "2", "--epochs", "2", "--variant", "cme", "--ensemble", "1"]
+
+
+def run_until_training_then_kill(corpus: Path, out: Path, env: dict) -> list:
+    """Starts `cme-ser run`, SIGKILLs it (and its Beam workers) once a Trainer is running;
+    returns the stage lines it printed."""
+    import signal
+    stderr = out.parent / "killed_run.err"
+    with open(stderr, "w") as err:
+        process = subprocess.Popen(
+            [str(BIN / "cme-ser"), "run", "--data-dir", str(corpus), "--output", str(out),
+             *SMALL_RUN], env=env, stdout=subprocess.PIPE, stderr=err, text=True,
+            start_new_session=True)
+        lines = []
+        try:
+            for line in process.stdout:
+                lines.append(line.strip())
+                if line.startswith("[") and "Trainer." in line and line.strip().endswith(
+                        "running"):
+                    break
+        finally:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=60)
+    return lines
+
+
 @pytest.fixture(scope="session")
 def small_tfx_run(tmp_path_factory):
-    """`cme-ser run` on the 24-utterance corpus, 2 folds, 2 epochs, run once per session, of
-    one `cme` model per Trainer without prior correction (the shipped ensemble of refit models
-    would train 6 per Trainer).
-    Returns {"output": its --output, "root": the TFX pipeline root, "stdout": what it printed}."""
+    """The TFX pipeline end to end, small but real, run once per session and shared by
+    ``test_tfx_pipeline`` and ``test_tensorboard``: 24 RAVDESS utterances of 4 actors,
+    ``SMALL_RUN``. ``cme-ser run`` is killed once a Trainer runs; the TFX CLI's local engine
+    (``tfx pipeline create`` + ``tfx run create``) then finishes the same pipeline, reusing what
+    the killed run completed.
+    Returns {"tmp", "corpus", "env", "killed": the killed run's stage lines, "output": its
+    --output, "root": the TFX pipeline root}."""
     from preprocessing.embeddings import fetch_glove
     fetch_glove()  # the default word vectors `cme-ser run` uses (downloaded once, then cached)
     tmp = tmp_path_factory.mktemp("small_tfx_run")
-    corpus = small_ravdess_corpus(tmp / "corpus")
+    corpus = small_ravdess_corpus(tmp / "corpus")  # skips without the data
     out = tmp / "out"
-    bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
-           "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    done = subprocess.run([str(bin_dir / "cme-ser"), "run", "--data-dir", str(corpus),
-                           "--output", str(out), "--folds", "2", "--epochs", "2",
-                           "--variant", "cme", "--ensemble", "1", "--no-prior-correction"],
-                          env=env, cwd=tmp, capture_output=True, text=True, timeout=1800)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-    return {"output": out, "root": out / "tfx" / "root", "stdout": done.stdout}
+    env = {**os.environ, "LOCAL_HOME": str(tmp / "tfx_home"), "CME_SER_DATA": str(corpus),
+           "CME_SER_OUTPUT": str(out), "CME_SER_FOLDS": "2", "CME_SER_EPOCHS": "2",
+           "CME_SER_VARIANT": "cme", "CME_SER_ENSEMBLE": "1",
+           "TF_CPP_MIN_LOG_LEVEL": "2", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    killed = run_until_training_then_kill(corpus, out, env)
+    for command in (["tfx", "pipeline", "create", "--engine", "local", "--pipeline_path",
+                     str(ROOT / "pipeline" / "local_runner.py")],
+                    ["tfx", "run", "create", "--engine", "local", "--pipeline_name", "cme_ser"]):
+        done = subprocess.run([str(BIN / command[0]), *command[1:]], env=env, cwd=tmp,
+                              capture_output=True, text=True, timeout=1200)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+        (tmp / f"tfx_{command[1]}_create.out").write_text(done.stdout)
+    return {"tmp": tmp, "corpus": corpus, "env": env, "killed": killed, "output": out,
+            "root": out / "tfx" / "root"}
 
 
 # --- Synthetic preprocessed records (no audio), for tests that train tiny models. ---
@@ -114,3 +152,36 @@ def small_model_base(tmp_path_factory):
     base = tmp_path_factory.mktemp("small_model") / "cme"
     export(small_model(seed=4), base / "1")
     return base
+
+
+# --- Two workers (`make test` runs pytest-xdist with `-n 2`). ---
+
+# Test files that share a session fixture run on one worker, so that it is built once.
+SHARED_FILES = {"tests/test_tensorboard.py": "tests/test_tfx_pipeline.py"}  # small_tfx_run
+# The slowest files first (about 10 to 300 s each on 2 cores; `make test` prints the 15 slowest
+# tests), so that the two workers finish at about the same time.
+SLOW_FIRST = ("test_tfx_pipeline", "test_tensorboard", "test_object_storage", "test_nested",
+              "test_serving_rest", "test_baselines", "test_training", "test_reproduce",
+              "test_module", "test_readme_runs", "test_portable_runner", "test_infra_validation",
+              "test_crossdomain", "test_serving_signatures", "test_serving_grpc")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's file-by-file scheduling (each file's module fixtures are built once), with the
+    files of ``SHARED_FILES`` as one unit. (xdist's own ``loadgroup`` marks do not reach its
+    scheduler under pytest 9, which no longer reads the node id xdist rewrites.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return SHARED_FILES.get(path, path)
+
+    return FileScheduling(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slowest files are handed out first (xdist schedules in collection order)."""
+    rank = {name: n for n, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.module.__name__.rsplit(".", 1)[-1],
+                                         len(SLOW_FIRST)))  # stable

@@ -497,15 +497,14 @@ COVERAGE: Dict[str, Coverage] = {
                                             evidence=("s3://",)),
     "python -m apache_beam.runners.worker.worker_pool_main": Coverage(
         ("tests/test_portable_runner.py::WorkerPool",), evidence=("--service_port",)),
-    "cme-ser run": Coverage(("tests/conftest.py::small_tfx_run",
-                             "tests/test_tfx_pipeline.py::run_until_training_then_kill",
+    "cme-ser run": Coverage(("tests/conftest.py::run_until_training_then_kill",
                              "tests/test_tfx_pipeline.py::"
                              "test_rerun_with_cme_ser_run_comes_from_the_cache")),
     "tensorboard": Coverage(("tests/test_tensorboard.py::tensorboard",),
                             evidence=('"--logdir"',)),
-    "tfx pipeline create": Coverage(("tests/test_tfx_pipeline.py::pipeline_run",),
+    "tfx pipeline create": Coverage(("tests/conftest.py::small_tfx_run",),
                                     evidence=('"--engine", "local"', "local_runner.py")),
-    "tfx run create": Coverage(("tests/test_tfx_pipeline.py::pipeline_run",),
+    "tfx run create": Coverage(("tests/conftest.py::small_tfx_run",),
                                evidence=('"--engine", "local"', '"cme_ser"')),
     "cme-ser reproduce": Coverage(
         ("tests/test_reproduce.py::test_reproduce_writes_results_and_resumes",)),

@@ -239,7 +239,7 @@ def test_make_targets_run_the_readme_commands():
                               timeout=60)
         assert done.returncode == 0, done.stderr
         dry[target] = done.stdout
-    assert re.search(r"^\S*python -m pytest -q tests$", dry["test"], re.M), dry["test"]
+    assert re.search(r"^\S*python -m pytest -q -n 2 tests$", dry["test"], re.M), dry["test"]
     fetch = re.search(r"^\S*/(cme-ser embeddings fetch)$", dry["run"], re.M)
     run = re.search(r"^\S*/(cme-ser run)\b.*--output output$", dry["run"], re.M)
     assert fetch and run and fetch.start() < run.start(), dry["run"]

@@ -1,13 +1,12 @@
-"""The TFX pipeline end to end, small but real: 24 RAVDESS utterances of 4 actors, 2 folds,
-1 epoch, one ``cme`` model per Trainer (not the shipped 3-model ensemble, to keep it cheap) with
-the shipped default's prior correction. ``cme-ser run`` is killed during training; the TFX
-CLI's local engine (``tfx pipeline create`` + ``tfx run create``) then finishes the same
-pipeline, reusing what the killed run completed; a last ``cme-ser run`` comes entirely from
-the cache. Every artifact is checked."""
+"""The TFX pipeline end to end, small but real: the session's ``small_tfx_run`` (conftest.py:
+24 RAVDESS utterances of 4 actors, 2 folds, 2 epochs, one ``cme`` model per Trainer with the
+shipped default's prior correction). ``cme-ser run`` was killed during training; the TFX CLI's
+local engine (``tfx pipeline create`` + ``tfx run create``) then finished the same pipeline,
+reusing what the killed run completed; a last ``cme-ser run`` here comes entirely from the
+cache. Every artifact is checked."""
 
 import json
-import os
-import signal
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,15 +15,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import small_ravdess_corpus
+from conftest import SMALL_RUN as SMALL
+from pipeline.cli import main
 from pipeline.tfma_metrics import read_fold_metrics
 
-ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CLASSES = ["angry", "happy", "neutral", "sad"]
-# `cme-ser run`'s arguments here; the TFX CLI's run gets the same from CME_SER_* (below). The
-# prior correction is left to both defaults (on), so the run covers it end to end.
-SMALL = ["--folds", "2", "--epochs", "1", "--variant", "cme", "--ensemble", "1"]
 
 
 def latest(root: Path, component: str, output: str) -> Path:
@@ -34,50 +30,20 @@ def latest(root: Path, component: str, output: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def pipeline_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("tfx")
-    corpus = small_ravdess_corpus(tmp / "corpus")  # skips without the data
-    env = {**os.environ, "LOCAL_HOME": str(tmp / "tfx_home"), "CME_SER_DATA": str(corpus),
-           "CME_SER_OUTPUT": str(tmp / "out"), "CME_SER_FOLDS": "2", "CME_SER_EPOCHS": "1",
-           "CME_SER_VARIANT": "cme", "CME_SER_ENSEMBLE": "1",
-           "TF_CPP_MIN_LOG_LEVEL": "2", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    killed = run_until_training_then_kill(corpus, tmp / "out", env)
-    for command in (["tfx", "pipeline", "create", "--engine", "local", "--pipeline_path",
-                     str(ROOT / "pipeline" / "local_runner.py")],
-                    ["tfx", "run", "create", "--engine", "local", "--pipeline_name", "cme_ser"]):
-        done = subprocess.run([str(BIN / command[0]), *command[1:]], env=env, cwd=tmp,
-                              capture_output=True, text=True, timeout=1200)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-        (tmp / f"tfx_{command[1]}_create.out").write_text(done.stdout)
-    return tmp, corpus, env, killed
+def pipeline_run(small_tfx_run):
+    run = small_tfx_run
+    return run["tmp"], run["corpus"], run["env"], run["killed"]
 
 
-def run_until_training_then_kill(corpus, out, env) -> list:
-    """Starts `cme-ser run`, SIGKILLs it (and its Beam workers) once a Trainer is running;
-    returns the stage lines it printed."""
-    stderr = out.parent / "killed_run.err"
-    with open(stderr, "w") as err:
-        process = subprocess.Popen(
-            [str(BIN / "cme-ser"), "run", "--data-dir", str(corpus), "--output", str(out),
-             *SMALL], env=env, stdout=subprocess.PIPE, stderr=err, text=True,
-            start_new_session=True)
-        lines = []
-        try:
-            for line in process.stdout:
-                lines.append(line.strip())
-                if line.startswith("[") and "Trainer." in line and line.strip().endswith(
-                        "running"):
-                    break
-        finally:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=60)
+def test_the_killed_run_sent_library_messages_to_its_log_file(pipeline_run):
+    tmp, _, _, lines = pipeline_run
     assert any("Trainer." in line for line in lines), lines
     # The libraries' messages (Beam's workers, TFX's absl log) went to the log file named at
     # the start, not to the terminal.
-    log = out / "cme-ser-run.log"
+    log = tmp / "out" / "cme-ser-run.log"
     assert lines[1] == f"TensorFlow, Beam and TFX messages: {log} (--verbose shows them here)"
-    assert "apache_beam" in log.read_text() and "apache_beam" not in stderr.read_text()
-    return lines
+    assert "apache_beam" in log.read_text()
+    assert "apache_beam" not in (tmp / "killed_run.err").read_text()
 
 
 def test_an_interrupted_run_resumes_from_the_cache(pipeline_run):
@@ -112,7 +78,10 @@ def test_tfx_run_create_says_what_ran_what_came_from_the_cache_and_where_things_
     assert f"pushed model: {versions[-1]}" in lines
     assert "Trainer.final: running" in out  # the stage lines, as `cme-ser run` prints them
     # Each Trainer's progress: epochs out of the maximum, then where it stopped.
-    assert "Trainer.final model 1/1, training: stopped at epoch 1/1 after " in out
+    stopped = re.search(r"Trainer\.final model 1/1, training: stopped at epoch (\d+)/2 after ",
+                        out)
+    final = json.loads((latest(root, "Trainer.final", "model_run") / "fit.json").read_text())
+    assert stopped and int(stopped.group(1)) == final["epochs_run"]
     # `tfx pipeline create` runs the same file without running the pipeline: no summary.
     assert "ran: " not in (tmp / "tfx_pipeline_create.out").read_text()
 
@@ -152,7 +121,7 @@ def test_each_fold_has_a_model_with_tensorboard_curves(pipeline_run):
         assert (model / "saved_model.pb").exists()
         run_dir = latest(root, f"Trainer.fold{fold}", "model_run")
         fit = json.loads((run_dir / "fit.json").read_text())
-        assert fit["epochs_run"] == 1 and len(fit["val_speakers"]) == 1
+        assert fit["epochs_run"] == 2 and len(fit["val_speakers"]) == 1
         assert fit["config"]["variant"] == "cme" and fit["ensemble_size"] == 1
         # The prior correction (on by default) divided by the final training data's counts.
         assert fit["prior_correction"] is True
@@ -221,7 +190,10 @@ def test_rerun_with_cme_ser_run_comes_from_the_cache(pipeline_run):
     assert len(list((tmp / "out" / "serving_model" / "cme").iterdir())) == 1
 
 
-def test_invalid_configuration_fails_before_training(pipeline_run, tmp_path):
+def test_invalid_configuration_fails_before_training(pipeline_run, tmp_path, capsys):
+    """Each bad configuration is a usage error (exit code 2, the reason on stderr) before any
+    TFX output exists. The first case runs as the `cme-ser` process; the others call the same
+    ``main`` in this process (the check is the same code, without a TensorFlow start each)."""
     _, corpus, env, _ = pipeline_run
     cases = [
         (["--folds", "1"], "--folds must be >= 2"),
@@ -234,12 +206,16 @@ def test_invalid_configuration_fails_before_training(pipeline_run, tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     cases.append((["--folds", "2", "--embeddings", str(empty)], str(empty)))
-    for extra, message in cases:
+    for n, (extra, message) in enumerate(cases):
         args = ["run", "--data-dir", str(corpus), "--output", str(tmp_path / "o"), *extra]
-        done = subprocess.run([str(BIN / "cme-ser"), *args], env=env, capture_output=True,
-                              text=True, timeout=300)
-        assert done.returncode == 2, (extra, done.stderr[-2000:])
-        assert message in done.stderr, (extra, done.stderr[-2000:])
+        if n == 0:
+            done = subprocess.run([str(BIN / "cme-ser"), *args], env=env, capture_output=True,
+                                  text=True, timeout=300)
+            code, stderr = done.returncode, done.stderr
+        else:
+            code, stderr = main(args), capsys.readouterr().err
+        assert code == 2, (extra, stderr[-2000:])
+        assert message in stderr, (extra, stderr[-2000:])
         assert not (tmp_path / "o" / "tfx").exists()
 
 
