@@ -12,8 +12,10 @@ CME_SER_PIPELINE_NAME [cme_ser], CME_SER_VARIANT [cme_refit_bag] (a name in trai
 VARIANTS), CME_SER_ENSEMBLE [3] (models per Trainer, exported as one averaging model),
 CME_SER_PRIOR_CORRECTION [1] (1/true/yes/on or 0/false/no/off: the export divides the averaged
 probabilities by the training class prior), CME_SER_BLESS_MIN_UA [0.0] (the cross-validated UA
-mean needed to push, as `cme-ser run --bless-min-ua`). The model defaults are `cme-ser run`'s,
-the shipped model (trainer/config.py: SHIPPED).
+mean needed to push, as `cme-ser run --bless-min-ua`), CME_SER_VERBOSE [0] (1: TensorFlow's,
+Beam's and TFX's messages on the terminal, as `cme-ser run --verbose`; otherwise in
+<output>/cme-ser-run.log, named on the first line). The model defaults are `cme-ser run`'s, the
+shipped model (trainer/config.py: SHIPPED).
 """
 
 import os
@@ -27,8 +29,10 @@ sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != _HERE]
 
 from tfx import v1 as tfx  # noqa: E402
 
-from pipeline.runner import (PIPELINE_NAME, local_pipeline, newest_run_started,  # noqa: E402
-                             run_summary, stage_progress)
+from pipeline.console import library_output_to  # noqa: E402
+from pipeline.runner import (PIPELINE_NAME, local_pipeline, metadata_file,  # noqa: E402
+                             newest_run_started, output_dir, run_log_file, run_summary,
+                             stage_progress)
 from preprocessing import filesystems  # noqa: E402
 from preprocessing.corpus_options import find_data_dir  # noqa: E402
 from preprocessing.embeddings import default_embeddings_path  # noqa: E402
@@ -58,8 +62,13 @@ if __name__ == "__main__":
     metadata = os.environ.get("CME_SER_METADATA") or None
     bless_min_ua = float(os.environ.get("CME_SER_BLESS_MIN_UA", "0.0"))
     pipeline_name = os.environ.get("CME_SER_PIPELINE_NAME", PIPELINE_NAME)
+    verbose = os.environ.get("CME_SER_VERBOSE", "").strip().lower() in TRUE
+    log = None if verbose else run_log_file(output_dir(output), metadata_file(output, metadata))
+    if log:
+        print(f"TensorFlow, Beam and TFX messages: {log} (CME_SER_VERBOSE=1 shows them here)",
+              flush=True)
     started = time.time()
-    with stage_progress():  # the same stage lines as `cme-ser run`
+    with library_output_to(log), stage_progress():  # the same lines as `cme-ser run`
         tfx.orchestration.LocalDagRunner().run(local_pipeline(
             output, data_dir=find_data_dir(None),
             embeddings_path=str(default_embeddings_path()),

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 from pathlib import Path
 from typing import List
@@ -57,7 +56,7 @@ def run(args) -> dict:
                             class_names=tuple(parse_classes(args.classes) or DEFAULT_CLASSES))
     if not math.isfinite(args.bless_min_ua):
         raise UsageError(f"--bless-min-ua must be a number, got {args.bless_min_ua}")
-    from pipeline.runner import metadata_file, output_dir
+    from pipeline.runner import metadata_file, output_dir, run_log_file
     try:
         metadata = metadata_file(args.output, args.metadata)
     except ValueError as error:
@@ -67,8 +66,7 @@ def run(args) -> dict:
     output = output_dir(args.output)
     # The libraries' messages go to a local file (beside ML Metadata's when the output is a
     # bucket); the terminal gets the stage lines, the training progress and the report.
-    log = None if args.verbose else os.path.join(
-        output if "://" not in output else os.path.dirname(metadata), "cme-ser-run.log")
+    log = None if args.verbose else run_log_file(output, metadata)
     model = (f"{args.variant}" + (f" x{args.ensemble}" if args.ensemble > 1 else "")
              + (" +prior" if args.prior_correction else ""))
     print(f"== cme-ser run: {', '.join(map(str, data_dirs))} -> {output} ({model}, "

@@ -85,6 +85,13 @@ def metadata_file(output, metadata_path: Optional[str] = None) -> str:
     return str(Path(output).resolve() / "tfx" / "metadata.sqlite")
 
 
+def run_log_file(output: str, metadata: str) -> str:
+    """Where a run's library messages go (``pipeline.console``): ``<output>/cme-ser-run.log``,
+    or beside ML Metadata's local file when the output is a bucket."""
+    return os.path.join(output if not filesystems.is_url(output) else os.path.dirname(metadata),
+                        "cme-ser-run.log")
+
+
 def output_dir(output) -> str:
     """``output`` as the pipeline uses it: a local path absolute, a URL as it is."""
     return str(output).rstrip("/") if filesystems.is_url(output) else str(Path(output).resolve())

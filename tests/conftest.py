@@ -89,6 +89,7 @@ def small_tfx_run(tmp_path_factory):
                               capture_output=True, text=True, timeout=1200)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
         (tmp / f"tfx_{command[1]}_create.out").write_text(done.stdout)
+        (tmp / f"tfx_{command[1]}_create.err").write_text(done.stderr)
     return {"tmp": tmp, "corpus": corpus, "env": env, "killed": killed, "output": out,
             "root": out / "tfx" / "root"}
 

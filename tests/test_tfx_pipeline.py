@@ -82,6 +82,11 @@ def test_tfx_run_create_says_what_ran_what_came_from_the_cache_and_where_things_
                         out)
     final = json.loads((latest(root, "Trainer.final", "model_run") / "fit.json").read_text())
     assert stopped and int(stopped.group(1)) == final["epochs_run"]
+    # The libraries' messages went to the run's log file, named first, as with `cme-ser run`.
+    log = tmp / "out" / "cme-ser-run.log"
+    assert (f"TensorFlow, Beam and TFX messages: {log} (CME_SER_VERBOSE=1 shows them here)"
+            in lines), lines[:5]
+    assert "apache_beam" not in out + (tmp / "tfx_run_create.err").read_text()
     # `tfx pipeline create` runs the same file without running the pipeline: no summary.
     assert "ran: " not in (tmp / "tfx_pipeline_create.out").read_text()
 
