@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import List
+from typing import List, Optional, Tuple
 
 from preprocessing.corpus_options import (corpus_items, find_data_dirs, parse_channels,
                                           parse_classes, resolve_embeddings)
@@ -15,9 +15,9 @@ from preprocessing.usage_error import UsageError
 from trainer.config import DEFAULT_CLASSES, ModelConfig, variant_config
 
 
-def check_run_config(args, config: ModelConfig) -> List[Path]:
+def check_run_config(args, config: ModelConfig) -> Tuple[List[Path], Optional[tuple]]:
     """Everything that can be wrong with a run is found here, before any training starts.
-    Returns the corpus directories."""
+    Returns the corpus directories and the channels."""
     from preprocessing import corpora, embeddings
     channels = parse_channels("ravdess", args.channels)
     data_dirs = find_data_dirs(args.data_dir, "ravdess", channels)
@@ -41,7 +41,7 @@ def check_run_config(args, config: ModelConfig) -> List[Path]:
         embeddings.load(resolve_embeddings(args.embeddings))
     except embeddings.EmbeddingsError as error:
         raise UsageError(str(error)) from error
-    return data_dirs
+    return data_dirs, channels
 
 
 def run(args) -> dict:
@@ -61,8 +61,7 @@ def run(args) -> dict:
         metadata = metadata_file(args.output, args.metadata)
     except ValueError as error:
         raise UsageError(str(error)) from error
-    data_dirs = check_run_config(args, config)
-    channels = parse_channels("ravdess", args.channels)
+    data_dirs, channels = check_run_config(args, config)
     output = output_dir(args.output)
     # The libraries' messages go to a local file (beside ML Metadata's when the output is a
     # bucket); the terminal gets the stage lines, the training progress and the report.

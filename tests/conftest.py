@@ -1,4 +1,5 @@
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -43,7 +44,6 @@ SMALL_RUN = ["--folds", "2", "--epochs", "2", "--variant", "cme", "--ensemble", 
 def run_until_training_then_kill(corpus: Path, out: Path, env: dict) -> list:
     """Starts `cme-ser run`, SIGKILLs it (and its Beam workers) once a Trainer is running;
     returns the stage lines it printed."""
-    import signal
     stderr = out.parent / "killed_run.err"
     with open(stderr, "w") as err:
         process = subprocess.Popen(
@@ -77,9 +77,11 @@ def small_tfx_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("small_tfx_run")
     corpus = small_ravdess_corpus(tmp / "corpus")  # skips without the data
     out = tmp / "out"
-    env = {**os.environ, "LOCAL_HOME": str(tmp / "tfx_home"), "CME_SER_DATA": str(corpus),
-           "CME_SER_OUTPUT": str(out), "CME_SER_FOLDS": "2", "CME_SER_EPOCHS": "2",
-           "CME_SER_VARIANT": "cme", "CME_SER_ENSEMBLE": "1",
+    # SMALL_RUN as the TFX CLI's run takes it: --folds 2 -> CME_SER_FOLDS=2, ...
+    small = {"CME_SER_" + flag[2:].upper(): value
+             for flag, value in zip(SMALL_RUN[::2], SMALL_RUN[1::2])}
+    env = {**os.environ, **small, "LOCAL_HOME": str(tmp / "tfx_home"),
+           "CME_SER_DATA": str(corpus), "CME_SER_OUTPUT": str(out),
            "TF_CPP_MIN_LOG_LEVEL": "2", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     killed = run_until_training_then_kill(corpus, out, env)
     for command in (["tfx", "pipeline", "create", "--engine", "local", "--pipeline_path",
