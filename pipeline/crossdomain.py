@@ -70,7 +70,7 @@ def channels_of(files: Sequence[str]) -> Dict[str, str]:
 
 
 def run_unit(records_dir: str, work_dir: str, unit: Unit,
-             overrides: Optional[dict] = None) -> dict:
+             overrides: Optional[dict] = None, commit: Optional[str] = None) -> dict:
     """Trains one unit on its training channels and predicts every held-out utterance; writes
     the unit's JSON (scores per test channel, and the predictions). Runs in a worker process."""
     from pipeline.folds import files_by_fold, word_dim_of
@@ -92,7 +92,7 @@ def run_unit(records_dir: str, work_dir: str, unit: Unit,
            "num_train": result.num_train, "num_val": result.num_val,
            "train_class_counts": result.class_counts,
            "seconds": round(time.time() - started, 1), "config": config.to_dict(),
-           **provenance(config),
+           **provenance(config, commit),
            "predictions": {
                "utterance_ids": out["utterance_ids"].tolist(),
                "channels": [channel[i] for i in out["utterance_ids"]],
@@ -305,7 +305,8 @@ def run_cross_domain(records_dir, work_dir, results_dir, *, dataset: str,
         return ", ".join(f"{c} UA {row['scores']['none'][c]['ua']:.3f}"
                          for c in TEST_CHANNELS if c in row["scores"]["none"])
 
-    run_pool(todo, lambda u: (run_unit, (str(records_dir), str(work_dir), u, overrides)),
+    run_pool(todo, lambda u: (run_unit, (str(records_dir), str(work_dir), u, overrides,
+                                         header["commit"])),
              jobs=jobs, threads=threads, describe=describe, log=log,
              after_each=lambda row: write_results(work_dir, results_dir, dataset, header))
     summary = write_results(work_dir, results_dir, dataset, header)

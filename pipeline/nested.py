@@ -201,7 +201,8 @@ def plan(selection: Selection, folds: int, outer_folds: Optional[Sequence[int]] 
 
 
 def run_inner_unit(records_dir: str, work_dir: str, unit: InnerUnit,
-                   overrides: Optional[dict] = None) -> dict:
+                   overrides: Optional[dict] = None,
+                   commit: Optional[str] = None) -> dict:
     """Trains and scores one inner unit; the outer fold's records are not passed on (nor
     read: even the word dimension comes from the other folds). Runs in a worker process."""
     from pipeline.folds import files_by_fold
@@ -216,7 +217,7 @@ def run_inner_unit(records_dir: str, work_dir: str, unit: InnerUnit,
     result = train_fold(files, unit.fold, config, embeddings_path=str(path.with_suffix(".npz")))
     row = {**dataclasses.asdict(unit), **dataclasses.asdict(result),
            "seconds": round(time.time() - started, 1), "config": config.to_dict(),
-           **provenance(config)}
+           **provenance(config, commit)}
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(row, indent=2))
     tmp.replace(path)
@@ -574,7 +575,8 @@ def run_nested(records_dir, work_dir, results_dir, *, dataset: str, selection_pa
     # Results and archive after every unit: a run stopped anywhere (or a lost work dir)
     # resumes from the committed archive.
     run_pool(todo, lambda u: (run_inner_unit if isinstance(u, InnerUnit) else repro.run_unit,
-                              (str(records_dir), str(work_dir), u, overrides)),
+                              (str(records_dir), str(work_dir), u, overrides,
+                               header["commit"])),
              jobs=jobs, threads=threads, log=log,
              describe=lambda row: f"WA {row['wa']:.3f} UA {row['ua']:.3f}",
              after_each=lambda row: write_results(work_dir, results_dir, dataset, folds,

@@ -120,7 +120,8 @@ def is_done(unit: Unit, work_dir, config) -> bool:
     return stored == current
 
 
-def run_unit(records_dir: str, work_dir: str, unit: Unit, overrides: Optional[dict] = None) -> dict:
+def run_unit(records_dir: str, work_dir: str, unit: Unit, overrides: Optional[dict] = None,
+             commit: Optional[str] = None) -> dict:
     """Trains and scores one unit; writes its JSON and embeddings. Runs in a worker process."""
     from pipeline.folds import files_by_fold, word_dim_of
     from trainer.train import train_fold
@@ -134,7 +135,7 @@ def run_unit(records_dir: str, work_dir: str, unit: Unit, overrides: Optional[di
                         embeddings_path=str(path.with_suffix(".npz")))
     row = {**dataclasses.asdict(unit), **dataclasses.asdict(result),
            "seconds": round(time.time() - started, 1), "config": config.to_dict(),
-           **provenance(config)}
+           **provenance(config, commit)}
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(row, indent=2))
     tmp.replace(path)  # a unit is done only once its file is complete
@@ -500,7 +501,8 @@ def reproduce(records_dir, work_dir, results_dir, *, dataset: str, variants: Seq
     commands_file.write_text(json.dumps(commands, indent=2))
     header = results_header(command, results_dir, commands=commands,
                             plan={"variants": list(variants), "seeds": seeds})
-    run_pool(todo, lambda u: (run_unit, (str(records_dir), str(work_dir), u, overrides)),
+    run_pool(todo, lambda u: (run_unit, (str(records_dir), str(work_dir), u, overrides,
+                                         header["commit"])),
              jobs=jobs, threads=threads, log=log,
              describe=lambda row: (f"WA {row['wa']:.3f} UA {row['ua']:.3f} "
                                    f"(epoch {row['best_epoch']}/{row['epochs_run']})"),

@@ -12,7 +12,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 
 def _worker_init(threads: int) -> None:
@@ -78,9 +78,11 @@ def git_commit(ignore=None) -> str:
         return "unknown"
 
 
-def provenance(config) -> dict:
-    """What a unit row records of where it came from: the commit and the configuration hash."""
-    return {"commit": git_commit(), "config_sha256": config_hash(config)}
+def provenance(config, commit: Optional[str] = None) -> dict:
+    """What a unit row records of where it came from: the commit and the configuration hash.
+    ``commit`` is the command's, taken before it wrote any results (``header``): asked again
+    from a worker, git would count the results rewritten since as uncommitted changes."""
+    return {"commit": commit or git_commit(), "config_sha256": config_hash(config)}
 
 
 def header(command: str, results_dir, **extra) -> dict:

@@ -24,6 +24,8 @@ def test_reproduce_writes_results_and_resumes(tmp_path, capsys, synthetic_record
     units = [json.loads(p.read_text()) for p in (tmp_path / "work" / "runs" / "cme").glob("seed0/fold*.json")]
     assert rows["cme"]["wa"]["mean"] == pytest.approx(np.mean([u["wa"] for u in units]))
     assert all(u["config"]["epochs"] == 1 and u["num_test"] == 12 for u in units)
+    # Every unit carries the command's commit, taken before any results were written.
+    assert {u["commit"] for u in units} == {result["header"]["commit"]}
     embeddings = np.load(tmp_path / "work" / "runs" / "cme" / "seed0" / "fold0.npz")
     assert embeddings["embeddings"].shape == (12, 128)
     np.testing.assert_allclose(embeddings["probabilities"].sum(axis=1), 1.0, rtol=1e-5)
