@@ -153,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--selection", default="docs/selection.json",
                      help="pre-registered candidates and selection rule (--protocol nested; "
                           "its variants and seeds replace --variants / --seeds)")
+    rep.add_argument("--verbose", action="store_true",
+                     help="show Beam's and TensorFlow's messages here instead of in "
+                          "<work-dir>/cme-ser-reproduce.log")
     rep.set_defaults(func=reproduce_command.reproduce)
 
     srv = sub.add_parser("serve", help="TF Serving's REST API over exported SavedModel versions")

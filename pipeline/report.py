@@ -50,7 +50,10 @@ def render_blessing(blessing: dict) -> List[str]:
     if blessing["blessed"]:
         return ["## Push: blessed", "",
                 f"Cross-validated UA mean {blessing['ua_mean']:.3f} >= --bless-min-ua "
-                f"{blessing['min_ua']:g} and no data anomalies: the final model is pushed."]
+                f"{blessing['min_ua']:g} and no data anomalies. The Pusher pushes the final "
+                "model once it has also loaded in a fresh process and answered its warm-up "
+                "requests (ModelLoadValidator, which runs after this report); the run's last "
+                "lines say whether it did."]
     return ["## Push: NOT blessed", "",
             "The final model is not pushed; the serving directory is left untouched:", ""] + [
         f"- {reason}" for reason in blessing["reasons"]]

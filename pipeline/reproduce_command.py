@@ -5,10 +5,13 @@ nested estimate (nested.py) or the cross-domain one (crossdomain.py)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import shlex
 import sys
 from pathlib import Path
 
+from pipeline.console import library_output_to
 from preprocessing.preprocess_command import preprocess
 from preprocessing.usage_error import UsageError
 from trainer.config import VARIANTS
@@ -18,7 +21,6 @@ def reproduce(args) -> dict:
     """Table 1: every variant through the same k-fold protocol, several seeds, resumable (or
     the nested or cross-domain protocol). ``args``: the parsed `cme-ser reproduce` options
     (pipeline/cli.py); ``args.argv`` the command line, for the results' provenance."""
-    from pipeline import reproduce as repro
     variants = ([v.strip() for v in args.variants.split(",")] if args.variants
                 else ["cme"] if args.protocol == "cross-domain" else list(VARIANTS))
     unknown = [v for v in variants if v not in VARIANTS]
@@ -38,16 +40,32 @@ def reproduce(args) -> dict:
     work = Path(args.work_dir or Path("output") / "reproduce" / (
         args.dataset + ("-cross-domain" if args.protocol == "cross-domain" else "")))
     records = Path(args.records) if args.records else work / "records"
-    if not (records / "summary.json").exists():
-        if args.records:
-            raise UsageError(f"--records {records} holds no preprocessed records "
-                             "(run `cme-ser preprocess` into it)")
-        print(f"== preprocessing {args.dataset} into {records}")
-        preprocess(argparse.Namespace(
-            dataset=args.dataset, data_dir=args.data_dir, out=str(records), classes=None,
-            embeddings=args.embeddings, folds=args.folds, max_seconds=60.0,
-            overlong="truncate", overwrite=True, beam_arg=[],
-            channels="speech,song" if args.protocol == "cross-domain" else None))
+    if args.records and not (records / "summary.json").exists():
+        raise UsageError(f"--records {records} holds no preprocessed records "
+                         "(run `cme-ser preprocess` into it)")
+    # The libraries' messages (Beam's workers, TensorFlow's in every unit's process) go to a
+    # file in the work dir; the terminal gets the stage lines and one line per unit.
+    log = None if args.verbose else str(work / "cme-ser-reproduce.log")
+    if log:
+        print(f"== Beam's and TensorFlow's messages: {log} (--verbose shows them here)",
+              flush=True)
+    with library_output_to(log):
+        if not (records / "summary.json").exists():
+            print(f"== preprocessing {args.dataset} into {records}", flush=True)
+            with contextlib.redirect_stdout(io.StringIO()):  # the summary is in summary.json
+                summary = preprocess(argparse.Namespace(
+                    dataset=args.dataset, data_dir=args.data_dir, out=str(records),
+                    classes=None, embeddings=args.embeddings, folds=args.folds,
+                    max_seconds=60.0, overlong="truncate", overwrite=True, beam_arg=[],
+                    channels="speech,song" if args.protocol == "cross-domain" else None))
+            print(f"   {summary['records']} records of {summary['inputs']} utterances, "
+                  f"{summary['errors']} errors, in {summary['seconds']:.0f} s "
+                  f"({records / 'summary.json'})")
+        return _run_protocol(args, variants, records, work)
+
+
+def _run_protocol(args, variants, records: Path, work: Path) -> dict:
+    from pipeline import reproduce as repro
     command = "cme-ser reproduce " + " ".join(
         shlex.quote(a) for a in (args.argv if args.argv is not None else sys.argv[1:])[1:])
     try:

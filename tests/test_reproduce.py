@@ -318,3 +318,36 @@ def test_tsne_figure_has_a_panel_per_excitation_setting(tmp_path):
     assert [p["variant"] for p in info["panels"]] == [v for v, _ in repro.TSNE_PANELS[:3]]
     scores = [p["silhouette"] for p in info["panels"]]
     assert abs(scores[0]) < 0.1 and scores[0] < scores[1] < scores[2]
+
+
+def test_reproduce_preprocesses_a_corpus_quietly(tmp_path):
+    """Without --records, the corpus is preprocessed into the work dir first; Beam's and
+    TensorFlow's messages go to the work dir's log file, the terminal gets our lines only."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import small_ravdess_corpus
+    from preprocessing.embeddings import fetch_glove
+
+    corpus = small_ravdess_corpus(tmp_path / "corpus")  # skips without the data
+    fetch_glove()
+    work = tmp_path / "work"
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "cme-ser"), "reproduce", "--data-dir", str(corpus),
+         "--folds", "2", "--epochs", "1", "--variants", "cme", "--seeds", "1", "--work-dir",
+         str(work), "--results-dir", str(tmp_path / "results")],
+        capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    log = work / "cme-ser-reproduce.log"
+    summary = json.loads((work / "records" / "summary.json").read_text())
+    assert done.stdout.splitlines()[:3] == [
+        f"== Beam's and TensorFlow's messages: {log} (--verbose shows them here)",
+        f"== preprocessing ravdess into {work / 'records'}",
+        f"   24 records of 24 utterances, 0 errors, in {summary['seconds']:.0f} s "
+        f"({work / 'records' / 'summary.json'})"]
+    assert "2 units (1 variants x 1 seeds x 2 folds), 0 already done, 2 to run" in done.stdout
+    assert done.stderr == ""
+    assert "apache_beam" not in done.stdout and "apache_beam" in log.read_text()
+    result = json.loads((tmp_path / "results" / "ravdess.json").read_text())
+    assert [(r["variant"], r["units"]) for r in result["rows"]] == [("cme", 2)]
