@@ -55,7 +55,7 @@ DEVELOPMENT_LABEL = (
     "chosen on training speakers, its held-out fold scored once), but our recipe, refit, "
     "ensembles and prior correction were adopted after looking at these same folds, so the best "
     "rows here are optimistic. The project's headline is the nested estimate "
-    "(`cme-ser reproduce --protocol nested`, `<dataset>-nested.md`), where every choice is made "
+    "(`cme-ser reproduce --protocol nested`, `{dataset}-nested.md`), where every choice is made "
     "inside the outer-training speakers.")
 
 
@@ -89,7 +89,7 @@ def table1_markdown(summary: dict, header: dict) -> str:
     drawn) under the run's ``header``."""
     folds = summary["folds"]
     lines = [f"# Table 1 reproduced on {summary['dataset'].upper()}", "",
-             DEVELOPMENT_LABEL, "",
+             DEVELOPMENT_LABEL.format(dataset=summary["dataset"]), "",
              f"Produced by `{header['command']}` at commit `{header['commit']}` on "
              f"{header['date']} ({header['machine']}).", ""]
     lines += rerendered_lines(header)

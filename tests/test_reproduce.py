@@ -212,7 +212,8 @@ def test_every_configuration_run_is_listed_as_tried_and_results_are_labelled_dev
     assert tried[("cme", "abc")]["config_sha256"] != tried[("cme", "old")]["config_sha256"]
     markdown = tables.table1_markdown(summary, {"command": "x", "commit": "c", "date": "d",
                                                 "machine": "m"})
-    assert tables.DEVELOPMENT_LABEL in markdown
+    assert tables.DEVELOPMENT_LABEL.format(dataset="ravdess") in markdown
+    assert "`ravdess-nested.md`" in markdown
     assert "| `cme_refit_patient` |" in markdown.split("## Tried")[1]
     assert "no (removed)" in markdown
 
