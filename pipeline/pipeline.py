@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence
 
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 
@@ -35,10 +36,10 @@ IN_PROCESS_BEAM_ARGS = ["--direct_running_mode=in_memory"]
 
 
 def runs_direct(beam_pipeline_args: Optional[Sequence[str]]) -> bool:
-    """Whether ``beam_pipeline_args`` leave Beam on its DirectRunner (the default)."""
-    runners = [a.split("=", 1)[1] for a in beam_pipeline_args or ()
-               if a.startswith("--runner=")]
-    return not runners or runners[-1] in ("DirectRunner", "direct")
+    """Whether ``beam_pipeline_args`` leave Beam on its DirectRunner (the default), as Beam
+    itself parses them (``--runner=X`` or ``--runner X``; the last one wins)."""
+    runner = PipelineOptions(list(beam_pipeline_args or [])).view_as(StandardOptions).runner
+    return runner in (None, "DirectRunner", "direct")
 
 
 def eval_config(class_names: Sequence[str]) -> tfma.EvalConfig:
