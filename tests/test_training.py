@@ -241,3 +241,15 @@ def test_recipe_options_reach_the_optimizer_and_loss(folds):
         TINY.replace(lr_schedule="linear")
     with pytest.raises(ValueError, match="time_stretch must be in"):
         TINY.replace(time_stretch=1.5)
+
+
+def test_the_optimizer_is_built_before_the_first_train_step(folds):
+    """Its slots exist once the model is compiled, so the first traced train step creates no
+    variables (which would make TensorFlow trace it a second time): a fit adds none."""
+    from trainer.model import build_model
+    model = build_model(TINY)
+    assert model.optimizer.built
+    before = [id(v) for v in model.optimizer.variables]
+    assert len(before) > len(model.trainable_variables)  # the Adam moments are there
+    model.fit(make_dataset(folds[0], TINY.word_dim, 4), epochs=1, verbose=0)
+    assert [id(v) for v in model.optimizer.variables] == before
