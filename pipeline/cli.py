@@ -143,13 +143,21 @@ def build_parser() -> argparse.ArgumentParser:
                      help="finished units live here (default output/reproduce/<dataset>)")
     rep.add_argument("--results-dir", default="docs/results")
     rep.add_argument("--embeddings", default=None)
-    rep.add_argument("--protocol", choices=["table", "nested", "cross-domain"], default="table",
+    rep.add_argument("--protocol", choices=["table", "nested", "cross-domain", "stability"],
+                     default="table",
                      help="table: every variant's k-fold CV (Table 1); nested: nested CV of the "
                           "candidates and rule in --selection -> <dataset>-nested.md; "
                           "cross-domain: --variants (default cme) trained on speech or on "
                           "speech+song, scored on held-out speakers' speech and song "
                           "(RAVDESS, --channels speech,song records) -> "
-                          "<dataset>-cross-domain.md")
+                          "<dataset>-cross-domain.md; stability: the shipped model trained "
+                          "--runs times with disjoint seed sets, its run-to-run spread -> "
+                          "<dataset>-stability.md")
+    rep.add_argument("--runs", type=int, default=3,
+                     help="--protocol stability: independent runs of the shipped model")
+    rep.add_argument("--first-seed", type=int, default=0,
+                     help="--protocol stability: run r trains seeds first-seed + r*E .. "
+                          "+E-1 (E: the shipped ensemble size)")
     rep.add_argument("--selection", default="docs/selection.json",
                      help="pre-registered candidates and selection rule (--protocol nested; "
                           "its variants and seeds replace --variants / --seeds)")

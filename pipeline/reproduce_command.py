@@ -37,8 +37,14 @@ def reproduce(args) -> dict:
             nested.load_selection(args.selection)  # fail before any preprocessing
         except ValueError as error:
             raise UsageError(str(error)) from error
-    work = Path(args.work_dir or Path("output") / "reproduce" / (
-        args.dataset + ("-cross-domain" if args.protocol == "cross-domain" else "")))
+    if args.protocol == "stability":
+        if args.variants and len(variants) != 1:
+            raise UsageError("--protocol stability measures one variant (default: the shipped "
+                             "one)")
+        if args.runs < 2 or args.first_seed < 0:
+            raise UsageError("--runs must be >= 2 and --first-seed >= 0")
+    suffix = {"cross-domain": "-cross-domain", "stability": "-stability"}.get(args.protocol, "")
+    work = Path(args.work_dir or Path("output") / "reproduce" / (args.dataset + suffix))
     records = Path(args.records) if args.records else work / "records"
     if args.records and not (records / "summary.json").exists():
         raise UsageError(f"--records {records} holds no preprocessed records "
@@ -76,6 +82,15 @@ def _run_protocol(args, variants, records: Path, work: Path) -> dict:
                                      jobs=args.jobs, threads=args.threads,
                                      command=command.strip(),
                                      overrides={"epochs": args.epochs} if args.epochs else None)
+        if args.protocol == "stability":
+            from pipeline import stability
+            from trainer.config import SHIPPED
+            return stability.run_stability(
+                records, work, args.results_dir, dataset=args.dataset, folds=args.folds,
+                runs=args.runs, first_seed=args.first_seed,
+                variant=variants[0] if args.variants else SHIPPED["variant"],
+                jobs=args.jobs, threads=args.threads, command=command.strip(),
+                overrides={"epochs": args.epochs} if args.epochs else None)
         if args.protocol == "cross-domain":
             from pipeline import crossdomain
             return crossdomain.run_cross_domain(

@@ -13,6 +13,7 @@ from preprocessing.corpus_options import (corpus_items, find_data_dirs, parse_ch
                                           parse_classes, resolve_embeddings)
 from preprocessing.usage_error import UsageError
 from trainer.config import DEFAULT_CLASSES, ModelConfig, variant_config
+from trainer.splits import fold_plan_problems
 
 
 def check_run_config(args, config: ModelConfig) -> Tuple[List[Path], Optional[tuple]]:
@@ -37,6 +38,12 @@ def check_run_config(args, config: ModelConfig) -> Tuple[List[Path], Optional[tu
     empty = [row["fold"] for row in corpora.fold_summary(utterances, folds) if not row["utterances"]]
     if empty:
         raise UsageError(f"fold(s) {empty} would have no examples")
+    problems = fold_plan_problems(corpora.labels_by_speaker(utterances), folds, config,
+                                  ensemble_size=args.ensemble,
+                                  prior_correction=args.prior_correction)
+    if problems:
+        raise UsageError(f"this corpus is too small for {args.folds} folds with --ensemble "
+                         f"{args.ensemble}:\n  " + "\n  ".join(problems))
     try:
         embeddings.load(resolve_embeddings(args.embeddings))
     except embeddings.EmbeddingsError as error:

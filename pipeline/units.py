@@ -78,11 +78,43 @@ def git_commit(ignore=None) -> str:
         return "unknown"
 
 
+# CPU features whose presence changes which kernels oneDNN and Eigen pick, hence the float
+# results of the same training: vector widths and the matrix/bfloat16/int8 extensions.
+FLOAT_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl",
+               "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def machine() -> dict:
+    """The machine a unit trained on, as far as it can change its numbers: the CPU model and
+    the float-relevant flags it has, TensorFlow's version, whether oneDNN is on (TF 2.16 turns
+    it on by default on x86; ``TF_ENABLE_ONEDNN_OPTS=0`` turns it off) and its thread
+    counts. Called in the worker, where TensorFlow is already loaded."""
+    import tensorflow as tf
+    model, flags = "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model == "unknown":
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
+    return {"cpu": model, "cpu_flags": [f for f in FLOAT_FLAGS if f in flags],
+            "cpu_count": os.cpu_count(), "tensorflow": tf.__version__,
+            "onednn": onednn != "0" if onednn is not None else True,
+            "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+            "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads()}
+
+
 def provenance(config, commit: Optional[str] = None) -> dict:
-    """What a unit row records of where it came from: the commit and the configuration hash.
-    ``commit`` is the command's, taken before it wrote any results (``header``): asked again
-    from a worker, git would count the results rewritten since as uncommitted changes."""
-    return {"commit": commit or git_commit(), "config_sha256": config_hash(config)}
+    """What a unit row records of where it came from: the commit, the configuration hash and
+    the machine. ``commit`` is the command's, taken before it wrote any results (``header``):
+    asked again from a worker, git would count the results rewritten since as uncommitted
+    changes."""
+    return {"commit": commit or git_commit(), "config_sha256": config_hash(config),
+            "machine": machine()}
 
 
 def header(command: str, results_dir, **extra) -> dict:

@@ -538,6 +538,15 @@ def assign_folds(utterances: Iterable[Item], num_folds: int = 5, by: str = "spea
     return {speaker: unit_fold[group] for speaker, group in speaker_group.items()}
 
 
+def labels_by_speaker(utterances: Iterable[Item]) -> Dict[str, Dict[str, int]]:
+    """``{speaker: {label name: utterance count}}`` of the ``Utterance`` items."""
+    counts: Dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for u in utterances:
+        if isinstance(u, Utterance):
+            counts[u.speaker][u.label_name] += 1
+    return {speaker: dict(labels) for speaker, labels in counts.items()}
+
+
 def fold_summary(utterances: Iterable[Item], folds: Dict[str, int]) -> List[Dict[str, object]]:
     """Per fold: its speakers, utterance count and label counts (for logs and reports), and
     channel counts when the utterances have channels (RAVDESS)."""

@@ -13,7 +13,8 @@ from trainer.config import ModelConfig
 from trainer.data import make_dataset, sorted_records, speaker_statistics, stretch_time
 from trainer.metrics import (SmoothedSparseCrossentropy, UnweightedAccuracy, confusion_matrix,
                              prior_corrected, unweighted_accuracy, weighted_accuracy)
-from trainer.train import class_weights, train_fold, validation_speakers
+from trainer.splits import fold_plan_problems, validation_speakers
+from trainer.train import class_weights, train_fold
 
 TINY = ModelConfig(word_dim=4, cnn_filters=(4, 8, 8), semantic_dim=8, lstm_units=4,
                    fcn_units=4, class_names=("a", "b"), epochs=3, patience=2, batch_size=4)
@@ -110,6 +111,76 @@ def test_validation_speakers_are_a_deterministic_subset():
     assert validation_speakers(speakers, 0.2, offset=5) == chosen
     with pytest.raises(ValueError, match=">= 2 training speakers"):
         validation_speakers(["a"], 0.2)
+
+
+@pytest.mark.parametrize("fraction", [0.05, 0.1, 0.2, 0.25, 1 / 3, 0.5, 0.9])
+def test_validation_speakers_is_never_empty_nor_everyone(fraction):
+    """Every (speakers, fraction, offset) over small speaker counts, exhaustively: the split is
+    non-empty, leaves someone to train on, and a full cycle of offsets partitions the
+    speakers. (Offsets past the speaker count once selected nobody: 2 speakers, offset 2.)"""
+    for n in range(2, 13):
+        speakers = [f"s{i:02d}" for i in range(n)]
+        step = max(2, min(n, round(1 / fraction)))
+        splits = [validation_speakers(speakers, fraction, offset=k) for k in range(3 * step)]
+        for offset, chosen in enumerate(splits):
+            assert chosen, (n, fraction, offset)
+            assert len(chosen) < n, (n, fraction, offset)
+            assert set(chosen) <= set(speakers)
+            assert chosen == splits[offset % step]
+        cycle = splits[:step]
+        assert sorted(sum(cycle, [])) == speakers, (n, fraction)
+
+
+def test_a_rotation_past_the_last_training_speaker_still_trains(folds):
+    """The small-corpus crash: 2 training speakers, validation rotated by seed 2 (the third
+    model of the shipped ensemble) selected nobody and `fit` died on a missing `val_ua`."""
+    config = TINY.replace(rotate_validation=True, refit=True, seed=2)
+    result = train_fold({0: folds[0], 1: folds[1]}, test_fold=0, config=config)
+    assert result.val_speakers == ["s1a"]  # position 2 mod 2 of ["s1a", "s1b"]
+    assert result.num_val == 6 and result.num_train == 6 and result.num_final_train == 12
+    assert 1 <= result.best_epoch <= result.epochs_run <= TINY.epochs
+    assert result.refit_epochs == result.best_epoch
+
+
+def _four_speakers(missing=None):
+    """4 speakers in 2 folds, each with every class of ("a", "b") unless ``missing`` names
+    a speaker without "b"."""
+    labels = {s: {"a": 3, "b": 3} for s in ("s1", "s2", "s3", "s4")}
+    if missing:
+        labels[missing] = {"a": 3}
+    return labels, {"s1": 0, "s2": 0, "s3": 1, "s4": 1}
+
+
+def test_the_shipped_plan_on_four_speakers_and_two_folds_trains():
+    labels, folds = _four_speakers()
+    shipped = TINY.replace(rotate_validation=True, refit=True)
+    assert fold_plan_problems(labels, folds, shipped, ensemble_size=3,
+                              prior_correction=True) == []
+
+
+def test_a_plan_that_cannot_train_is_described_before_training():
+    labels, folds = _four_speakers()
+    one_each = {"s1": 0, "s2": 1, "s3": 2, "s4": 2}
+    problems = fold_plan_problems(labels, {**one_each}, TINY)
+    assert problems == []  # 3 folds of 4 speakers: every training set has >= 2 speakers
+    problems = fold_plan_problems({"s1": {"a": 1, "b": 1}, "s2": {"a": 1, "b": 1}},
+                                  {"s1": 0, "s2": 1}, TINY)
+    assert problems == [
+        "held-out fold 0: 1 training speaker(s) ['s2']; epoch selection needs >= 2 (fewer "
+        "folds, or more speakers)",
+        "held-out fold 1: 1 training speaker(s) ['s1']; epoch selection needs >= 2 (fewer "
+        "folds, or more speakers)"]
+    # s4 has no "b": with fold 0 held out, a model validating on s3 learns from s4 alone.
+    labels, folds = _four_speakers(missing="s4")
+    balanced = TINY.replace(class_balanced=True, rotate_validation=True)
+    problems = fold_plan_problems(labels, folds, balanced, ensemble_size=2)
+    assert problems == ["held-out fold 0, model 1/2 (seed 0) trains on speakers ['s4'], "
+                        "with no b utterances (validation speakers: ['s3'])"]
+    # The prior correction needs every class in the data the model ends on: the refit's
+    # (all training speakers) has "b" from s3, the selection run's (s4 alone) does not.
+    assert fold_plan_problems(labels, folds, TINY.replace(refit=True),
+                              prior_correction=True) == []
+    assert len(fold_plan_problems(labels, folds, TINY, prior_correction=True)) == 1
 
 
 def test_train_fold_holds_out_the_test_fold_and_validates_on_training_speakers(folds, tmp_path):

@@ -21,6 +21,7 @@ from trainer.config import ModelConfig
 from trainer.data import make_dataset
 from trainer.metrics import confusion_matrix, unweighted_accuracy, weighted_accuracy
 from trainer.model import adapt_normalization, build_model, compile_model
+from trainer.splits import validation_speakers
 
 
 @dataclasses.dataclass
@@ -62,18 +63,6 @@ def speakers_in(files: Sequence[str]) -> List[str]:
     ds = tf.data.TFRecordDataset(list(files), compression_type="GZIP").map(
         lambda raw: tf.io.parse_single_example(raw, spec)["speaker"])
     return sorted({s.decode("utf-8") for s in ds.as_numpy_iterator()})
-
-
-def validation_speakers(speakers: Sequence[str], fraction: float, offset: int = 0) -> List[str]:
-    """Every k-th speaker in sorted order starting at position ``offset mod k``,
-    k = max(2, round(1 / fraction)): at least one speaker and never all of them. Deterministic;
-    different offsets give disjoint splits."""
-    speakers = sorted(speakers)
-    if len(speakers) < 2:
-        raise ValueError(f"need >= 2 training speakers to carve a validation split, "
-                         f"got {speakers}")
-    step = max(2, int(round(1.0 / fraction)))
-    return speakers[offset % step::step]
 
 
 def training_frames(dataset: tf.data.Dataset) -> np.ndarray:
