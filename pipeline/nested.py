@@ -78,9 +78,11 @@ class Selection:
     tie_tolerance: float
     tie_break: Tuple[str, ...]
     description: str = ""
+    drafted_from: str = ""  # what the candidates were drafted from, in the file's own words
 
     def to_dict(self) -> dict:
         return {"path": self.path, "sha256": self.sha256, "text": self.text,
+                "drafted_from": self.drafted_from,
                 "rule": {"score": self.score, "tie_tolerance": self.tie_tolerance,
                          "tie_break": list(self.tie_break)},
                 "candidates": [c.to_dict() for c in self.candidates]}
@@ -139,7 +141,8 @@ def parse_selection(data: bytes, path: str = "") -> Selection:
     return Selection(path=path, sha256=hashlib.sha256(data).hexdigest(),
                      text=data.decode("utf-8"), candidates=tuple(candidates), score=score,
                      tie_tolerance=float(tolerance), tie_break=tuple(tie_break),
-                     description=str(spec.get("description", "")))
+                     description=str(spec.get("description", "")),
+                     drafted_from=str(spec.get("drafted_from", "")))
 
 
 def load_selection(path) -> Selection:
@@ -174,6 +177,12 @@ class InnerUnit:
     def __str__(self):
         return f"{self.variant} seed {self.seed} outer {self.outer} inner {self.fold}"
 
+    @property
+    def partner(self) -> "InnerUnit":
+        """The inner unit trained on the same folds (every fold but ``outer`` and ``fold``):
+        outer fold ``fold``, inner fold ``outer``. One training serves both."""
+        return InnerUnit(self.variant, self.seed, self.fold, self.outer)
+
 
 def models(selection: Selection) -> List[Tuple[str, int]]:
     """The distinct (variant, seed) models the candidates need, seed-major."""
@@ -200,28 +209,59 @@ def plan(selection: Selection, folds: int, outer_folds: Optional[Sequence[int]] 
     return inner, outer
 
 
-def run_inner_unit(records_dir: str, work_dir: str, unit: InnerUnit,
-                   overrides: Optional[dict] = None,
-                   commit: Optional[str] = None) -> dict:
-    """Trains and scores one inner unit; the outer fold's records are not passed on (nor
-    read: even the word dimension comes from the other folds). Runs in a worker process."""
+def run_inner_units(records_dir: str, work_dir: str, units: Sequence[InnerUnit],
+                    overrides: Optional[dict] = None, commit: Optional[str] = None) -> dict:
+    """Trains one model for inner units that share their training folds (a unit and its
+    ``partner``: every fold but o and i), scores each unit's inner fold and writes its row;
+    returns the first unit's row. A unit's choice never reads its outer fold: fold o's records
+    are read here only to score the partner unit, whose outer fold is i. Runs in a worker
+    process."""
     from pipeline.folds import files_by_fold
     from preprocessing.records import word_dim_of_files
-    from trainer.train import train_fold
+    from trainer.train import train_folds
 
-    files = {k: v for k, v in files_by_fold(records_dir).items() if k != unit.outer}
-    config = repro.unit_config(unit, word_dim_of_files(files[min(files)]), overrides)
-    path = unit.path(work_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    first = units[0]
+    if any(u not in (first, first.partner) for u in units):
+        raise ValueError(f"units {[str(u) for u in units]} do not share their training folds")
+    files = files_by_fold(records_dir)
+    train = [k for k in sorted(files) if k not in (first.outer, first.fold)]
+    config = repro.unit_config(first, word_dim_of_files(files[train[0]]), overrides)
+    for unit in units:
+        unit.path(work_dir).parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    result = train_fold(files, unit.fold, config, embeddings_path=str(path.with_suffix(".npz")))
-    row = {**dataclasses.asdict(unit), **dataclasses.asdict(result),
-           "seconds": round(time.time() - started, 1), "config": config.to_dict(),
-           **provenance(config, commit)}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(row, indent=2))
-    tmp.replace(path)
-    return row
+    results = train_folds({k: files[k] for k in train + [u.fold for u in units]},
+                          [u.fold for u in units], config,
+                          embeddings_paths={u.fold: str(u.path(work_dir).with_suffix(".npz"))
+                                            for u in units})
+    seconds = round(time.time() - started, 1)
+    rows = []
+    for unit in units:
+        row = {**dataclasses.asdict(unit), **dataclasses.asdict(results[unit.fold]),
+               "seconds": seconds, "config": config.to_dict(),
+               **provenance(config, commit)}
+        if len(units) > 1:
+            row["shared_training"] = str(first.partner if unit == first else first)
+        tmp = unit.path(work_dir).with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(row, indent=2))
+        tmp.replace(unit.path(work_dir))
+        rows.append(row)
+    return rows[0]
+
+
+def training_jobs(units: Sequence) -> List[Tuple]:
+    """``units`` as training jobs: an inner unit and its partner, when both are to run, form
+    one job (one training); every other unit is a job of its own."""
+    jobs, seen = [], set()
+    pending = set(units)
+    for unit in units:
+        if unit in seen:
+            continue
+        group = (unit,)
+        if isinstance(unit, InnerUnit) and unit.partner in pending and unit.partner != unit:
+            group = (unit, unit.partner)
+        seen.update(group)
+        jobs.append(group)
+    return jobs
 
 
 # --- Scores ----------------------------------------------------------------------------------
@@ -361,9 +401,11 @@ def archive(work_dir, path, units: Sequence) -> int:
     return len(lines)
 
 
-def restore(path, work_dir) -> int:
+def restore(path, work_dir, mark: bool = False) -> int:
     """Writes the units archived in ``path`` that ``work_dir`` lacks back into it; returns how
-    many. A restored unit counts as done only if its configuration still matches."""
+    many. A restored unit counts as done only if its configuration still matches. ``mark``:
+    each restored row records ``restored_from`` (the results then count it as restored, not
+    trained); a row restored earlier keeps the mark it has."""
     path = Path(path)
     if not path.exists():
         return 0
@@ -382,6 +424,8 @@ def restore(path, work_dir) -> int:
         if predictions:
             np.savez_compressed(target.with_suffix(".npz"), **{
                 k: np.asarray(v, dtype=repro.PREDICTION_KEYS[k]) for k, v in predictions.items()})
+        if mark:
+            row.setdefault("restored_from", path.as_posix())
         target.write_text(json.dumps(row, indent=2))
         restored += 1
     return restored
@@ -398,6 +442,8 @@ def render_markdown(summary: dict, header: dict, dataset: str) -> str:
              f"{header['date']} ({header['machine']}). Selection file `{sel['path']}`, "
              f"sha256 `{sel['sha256']}`.", ""]
     lines += tables.rerendered_lines(header)
+    if header.get("history"):
+        lines += [f"**History.** {header['history']}", ""]
     est = summary["estimate"]
     if est:
         n = len(est["folds"])
@@ -419,10 +465,14 @@ def render_markdown(summary: dict, header: dict, dataset: str) -> str:
         f"the rule picks the candidate with the highest mean inner-CV UA (ties within "
         f"{rule['tie_tolerance']:g} go to the lower cost, then to the earlier candidate); the "
         "winner's models, trained on all the outer fold's training speakers, score the outer "
-        "fold once. The outer fold is never read while choosing. A candidate averages the "
+        "fold once. The rule never reads the outer fold; the candidates are the selection "
+        "file's, drafted before the run (below, what they were drafted from). A candidate "
+        "averages the "
         "class probabilities of its seeds' models; \"prior\" divides that by their pooled "
         "training class prior (`trainer.metrics.prior_corrected`).", "",
         "## Candidates (pre-registered)", ""]
+    lines += [f"Drafted from: {sel.get('drafted_from') or 'not stated in the selection file'}"
+              ".", ""]
     lines += tables.table(
         ["candidate", "variant", "seeds", "prior correction", "cost (models per fold)",
          "outer folds won"],
@@ -458,11 +508,19 @@ def render_markdown(summary: dict, header: dict, dataset: str) -> str:
         rows.append([name] + ([f"{s['wa']:.3f}", f"{s['ua']:.3f}"] if s else ["-", "-"]))
     lines += tables.table(["candidate", "CV WA", "CV UA"], rows)
     units = summary["units"]
+    trained = units.get("trained", units["inner_done"] + units["outer_done"])
+    restored = units.get("restored", 0)
     lines += ["", "## Units", "",
               f"{units['inner_done']} of {units['inner']} inner and {units['outer_done']} of "
-              f"{units['outer']} ordinary units finished ({units['train_seconds'] / 60:.0f} "
-              f"min of training). Every one is archived with its predictions in "
-              f"`{units['archive']}`; re-render without training: `{units['rerender']}`."]
+              f"{units['outer']} ordinary units finished: {trained} trained "
+              f"({units['train_seconds'] / 60:.0f} min of training"
+              + (f"; {units['shared_trainings']} pairs of inner units shared one training"
+                 if units.get("shared_trainings") else "") + ")"
+              + (f", {restored} restored from "
+                 + ", ".join(f"`{f}`" for f in units["restored_from"])
+                 + " (trained by an earlier run, not by this one)" if restored else "")
+              + f". Every one is archived with its predictions in `{units['archive']}`; "
+              f"re-render without training: `{units['rerender']}`."]
     return "\n".join(lines) + "\n"
 
 
@@ -480,12 +538,22 @@ def write_results(work_dir, results_dir, dataset: str, folds: int, selection: Se
     done = [u for u in inner + outer if u.path(work_dir).exists()]
     name = f"{dataset}-nested-units.jsonl"
     archive(work_dir, results_dir / name, done)
+    rows = {str(u): json.loads(u.path(work_dir).read_text()) for u in done}
+    trained = {k: r for k, r in rows.items() if not r.get("restored_from")}
+    # A shared training's time is in both of its units' rows: counted once.
+    seconds = sum(r.get("seconds", 0) for k, r in trained.items()
+                  if not (r.get("shared_training") in trained and r["shared_training"] < k))
     summary["units"] = {
         "inner": len(inner), "outer": len(outer),
         "inner_done": sum(isinstance(u, InnerUnit) for u in done),
         "outer_done": sum(not isinstance(u, InnerUnit) for u in done),
-        "train_seconds": round(sum(json.loads(u.path(work_dir).read_text()).get("seconds", 0)
-                                   for u in done), 1),
+        "trained": len(trained), "restored": len(rows) - len(trained),
+        "restored_from": sorted({r["restored_from"] for r in rows.values()
+                                 if r.get("restored_from")}),
+        "shared_trainings": sum(1 for k, r in trained.items()
+                                if r.get("shared_training") in trained
+                                and r["shared_training"] < k),
+        "train_seconds": round(seconds, 1),
         "archive": name,
         "rerender": RERENDER_COMMAND.format(results_dir=results_dir.as_posix(), dataset=dataset)}
     summary["dataset"] = dataset
@@ -549,9 +617,10 @@ def run_nested(records_dir, work_dir, results_dir, *, dataset: str, selection_pa
     for archived in (results_dir / f"{dataset}-nested-units.jsonl",
                      results_dir / f"{dataset}-units.jsonl"):
         restored = (restore if archived.name.endswith("nested-units.jsonl")
-                    else repro.restore_units)(archived, work_dir)
+                    else repro.restore_units)(archived, work_dir, mark=True)
         if restored:
-            log(f"== restored {restored} finished unit(s) from {archived}")
+            log(f"== restored {restored} finished unit(s) from {archived} (named as restored "
+                "in the results; their training time is not counted)")
     inner, outer = plan(selection, folds, outer_folds)
 
     def config_of(unit):
@@ -562,21 +631,30 @@ def run_nested(records_dir, work_dir, results_dir, *, dataset: str, selection_pa
 
     todo = [u for u in inner + outer if not usable(u)]
     todo_inner = sum(isinstance(u, InnerUnit) for u in todo)
-    seconds = estimate_seconds(work_dir, todo)
+    # A missing partner of a planned inner unit (outside ``outer_folds``) comes free with it.
+    jobs_todo = training_jobs(todo + [u.partner for u in todo if isinstance(u, InnerUnit)
+                                      and u.partner not in todo and not usable(u.partner)])
+    seconds = estimate_seconds(work_dir, [job[0] for job in jobs_todo])
     log(f"== nested {dataset}: selection {selection.path} (sha256 {selection.sha256[:12]}), "
         f"{len(selection.candidates)} candidates over {len(models(selection))} (variant, seed) "
         f"models, {folds} outer folds")
     log(f"== {len(inner) + len(outer)} units: {len(inner)} inner ({len(inner) - todo_inner} "
         f"done, {todo_inner} to run) + {len(outer)} outer ({len(outer) - len(todo) + todo_inner} "
-        f"done, {len(todo) - todo_inner} to run); estimated {seconds / 3600:.1f} CPU hours, "
+        f"done, {len(todo) - todo_inner} to run) in {len(jobs_todo)} trainings (an inner unit "
+        f"and its partner share one); estimated {seconds / 3600:.1f} CPU hours, "
         f"about {seconds / 3600 / max(jobs, 1):.1f} h with {jobs} job(s)")
     Path(work_dir).mkdir(parents=True, exist_ok=True)
     header = results_header(command, results_dir)
     # Results and archive after every unit: a run stopped anywhere (or a lost work dir)
     # resumes from the committed archive.
-    run_pool(todo, lambda u: (run_inner_unit if isinstance(u, InnerUnit) else repro.run_unit,
-                              (str(records_dir), str(work_dir), u, overrides,
-                               header["commit"])),
+    def work(job):
+        if isinstance(job[0], InnerUnit):
+            return run_inner_units, (str(records_dir), str(work_dir), job, overrides,
+                                     header["commit"])
+        return repro.run_unit, (str(records_dir), str(work_dir), job[0], overrides,
+                                header["commit"])
+
+    run_pool(jobs_todo, work,
              jobs=jobs, threads=threads, log=log,
              describe=lambda row: f"WA {row['wa']:.3f} UA {row['ua']:.3f}",
              after_each=lambda row: write_results(work_dir, results_dir, dataset, folds,

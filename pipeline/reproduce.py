@@ -18,7 +18,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Callable, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
@@ -184,10 +184,11 @@ def archive_units(work_dir, path) -> int:
     return len(lines)
 
 
-def restore_units(path, work_dir) -> int:
+def restore_units(path, work_dir, mark: bool = False) -> int:
     """Writes the units archived in ``path`` that ``work_dir`` lacks back into it (JSON row and
     predictions ``.npz``); returns how many. A restored unit counts as done only if its stored
-    configuration still matches (``is_done``)."""
+    configuration still matches (``is_done``). ``mark``: each restored row records
+    ``restored_from`` (a row restored earlier keeps its mark)."""
     path = Path(path)
     if not path.exists():
         return 0
@@ -205,6 +206,8 @@ def restore_units(path, work_dir) -> int:
         if predictions:
             np.savez_compressed(target.with_suffix(".npz"), **{
                 k: np.asarray(v, dtype=PREDICTION_KEYS[k]) for k, v in predictions.items()})
+        if mark:
+            row.setdefault("restored_from", path.as_posix())
         target.write_text(json.dumps(row, indent=2))
         restored += 1
     return restored
@@ -379,6 +382,11 @@ def summarize(rows: List[dict], dataset: str, folds: int, work_dir=None) -> dict
                                        prior_correction=True) for n in sizes if n >= 2]
             test["ensembles"] = [e for e in corrected if e]
             table[-1]["prior_correction"] = test
+    if work_dir is not None:
+        same = identical_variants(work_dir, rows)
+        for row in table:
+            if row["variant"] in same:
+                row["same_models_as"] = same[row["variant"]]
     claims = []
     for claim, better, worse in CLAIMS:
         for metric in ("wa", "ua"):
@@ -395,6 +403,30 @@ def summarize(rows: List[dict], dataset: str, folds: int, work_dir=None) -> dict
         correct_family([test for test in family if test])
     return {"dataset": dataset, "folds": folds, "rows": table, "claims": claims,
             "tried": tried(rows, folds)}
+
+
+def identical_variants(work_dir, rows: List[dict]) -> Dict[str, str]:
+    """``{variant: earlier variant}`` for a variant whose every unit has the held-out
+    predictions of the earlier variant's unit of the same seed and fold (two names for one set
+    of models at these seeds: ``cme_refit_bag`` at seed 0 validates on ``cme_refit``'s
+    speakers)."""
+    units: Dict[str, Dict[tuple, Path]] = {}
+    for row in rows:
+        path = Unit(row["variant"], row["seed"], row["fold"]).path(work_dir).with_suffix(".npz")
+        units.setdefault(row["variant"], {})[(row["seed"], row["fold"])] = path
+    order = [v for v in VARIANTS if v in units]
+    same = {}
+    for i, variant in enumerate(order):
+        for earlier in order[:i]:
+            if set(units[earlier]) != set(units[variant]) or earlier in same:
+                continue
+            if all(a.exists() and b.exists() and np.array_equal(
+                    np.load(a)["probabilities"], np.load(b)["probabilities"])
+                   for a, b in ((units[earlier][k], units[variant][k])
+                                for k in units[variant])):
+                same[variant] = earlier
+                break
+    return same
 
 
 def tried(rows: List[dict], folds: int) -> List[dict]:

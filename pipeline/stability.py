@@ -60,9 +60,10 @@ def _row(unit: repro.Unit, work_dir) -> dict:
     return json.loads(unit.path(work_dir).read_text())
 
 
-def _archived(paths: Sequence) -> Dict[tuple, dict]:
-    """``{(variant, seed, fold, config sha256): row}`` of the units archived in ``paths``."""
-    rows = {}
+def _archived(paths: Sequence) -> Dict[tuple, List[dict]]:
+    """``{(variant, seed, fold, config sha256): [row per archive]}`` of the units archived in
+    ``paths``."""
+    rows: Dict[tuple, List[dict]] = {}
     for path in paths:
         path = Path(path)
         if not path.exists():
@@ -71,32 +72,33 @@ def _archived(paths: Sequence) -> Dict[tuple, dict]:
             if line.strip():
                 row = json.loads(line)
                 key = (row["variant"], row["seed"], row["fold"], config_hash(row["config"]))
-                rows.setdefault(key, {**row, "archive": path.as_posix()})
+                rows.setdefault(key, []).append({**row, "archive": path.as_posix()})
     return rows
 
 
 def compare(work_dir, units: Sequence[repro.Unit], archives: Sequence) -> List[dict]:
-    """Every finished unit that an earlier archive also holds (same configuration): whether
-    their held-out predictions are identical, and both runs' epochs and scores."""
+    """Every finished unit against each earlier archive that holds it (same configuration):
+    whether their held-out predictions are identical, and both runs' epochs and scores."""
     earlier = _archived(archives)
     out = []
     for unit in units:
         if not unit.path(work_dir).exists():
             continue
         row = _row(unit, work_dir)
-        old = earlier.get((unit.variant, unit.seed, unit.fold, config_hash(row["config"])))
-        if old is None:
-            continue
         new_p = np.load(unit.path(work_dir).with_suffix(".npz"))["probabilities"]
-        old_p = np.asarray(old["predictions"]["probabilities"], np.float32)
-        same_shape = new_p.shape == old_p.shape
-        out.append({
-            "unit": str(unit), "archive": old["archive"],
-            "archive_commit": old.get("commit", "not recorded"),
-            "identical": bool(same_shape and np.array_equal(new_p.astype(np.float32), old_p)),
-            "max_abs_difference": float(np.max(np.abs(new_p - old_p))) if same_shape else None,
-            "best_epoch": [old["best_epoch"], row["best_epoch"]],
-            "wa": [old["wa"], row["wa"]], "ua": [old["ua"], row["ua"]]})
+        for old in earlier.get((unit.variant, unit.seed, unit.fold,
+                                config_hash(row["config"])), []):
+            old_p = np.asarray(old["predictions"]["probabilities"], np.float32)
+            same_shape = new_p.shape == old_p.shape
+            out.append({
+                "unit": str(unit), "archive": old["archive"],
+                "archive_commit": old.get("commit", "not recorded"),
+                "identical": bool(same_shape and np.array_equal(new_p.astype(np.float32),
+                                                                old_p)),
+                "max_abs_difference": (float(np.max(np.abs(new_p - old_p))) if same_shape
+                                       else None),
+                "best_epoch": [old["best_epoch"], row["best_epoch"]],
+                "wa": [old["wa"], row["wa"]], "ua": [old["ua"], row["ua"]]})
     return out
 
 
@@ -216,9 +218,9 @@ def render_markdown(summary: dict, header: dict, dataset: str) -> str:
     if comparisons:
         same = sum(c["identical"] for c in comparisons)
         lines += ["", "## The same units in earlier archives", "",
-                  f"{same} of {len(comparisons)} units that an earlier archive also holds "
-                  "(same variant, seed, fold and configuration) have identical held-out "
-                  "predictions.", ""]
+                  f"{same} of {len(comparisons)} comparisons of a unit with the same unit "
+                  "(variant, seed, fold and configuration) in an earlier archive find "
+                  "identical held-out predictions.", ""]
         lines += tables.table(
             ["unit", "archive (commit)", "identical", "max |Δp|", "chosen epoch then / now",
              "WA then / now"],
@@ -271,17 +273,6 @@ def write_results(work_dir, results_dir, dataset: str, spec: dict, header: dict,
     return summary
 
 
-def _restore(path: Path, work_dir) -> int:
-    """The archive's units the work directory lacks, each marked with where it came from."""
-    before = {p for p in Path(work_dir).glob("runs/*/seed*/fold*.json")}
-    count = nested.restore(path, work_dir)
-    for p in set(Path(work_dir).glob("runs/*/seed*/fold*.json")) - before:
-        row = json.loads(p.read_text())
-        row.setdefault("restored_from", path.as_posix())
-        p.write_text(json.dumps(row, indent=2))
-    return count
-
-
 def rerender(results_dir, dataset: str = "ravdess") -> dict:
     """Rewrites the stability results from their archived units, training nothing."""
     results_dir = Path(results_dir)
@@ -320,7 +311,7 @@ def run_stability(records_dir, work_dir, results_dir, *, dataset: str, folds: in
             "compare_with": [str(a) for a in archives]}
     word_dim = word_dim_of(records_dir)
     archived = results_dir / f"{dataset}-stability-units.jsonl"
-    restored = _restore(archived, work_dir)
+    restored = nested.restore(archived, work_dir, mark=True)
     if restored:
         log(f"== restored {restored} finished unit(s) from {archived} (named as restored in "
             "the results; their training time is not counted)")

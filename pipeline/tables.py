@@ -121,8 +121,10 @@ def table1_markdown(summary: dict, header: dict) -> str:
         "with fewer folds. The paper's numbers picked the best epoch on the test fold.", ""]
     lines += table(
         ["variant", "what", "WA", "UA", "paper WA", "paper UA", "units (seeds)", "train time"],
-        [[f"`{r['variant']}`", r["description"], ci(r["wa"], folds),
-          ci(r["ua"], folds)]
+        [[f"`{r['variant']}`", r["description"] + (
+            f" (at these seeds the same models as `{r['same_models_as']}`: identical "
+            "predictions, one result under two names)" if r.get("same_models_as") else ""),
+          ci(r["wa"], folds), ci(r["ua"], folds)]
          + ([f"{r['paper']['wa']:.3f}", f"{r['paper']['ua']:.3f}"] if r["paper"] else ["-", "-"])
          + [f"{r['units']} ({len(r['seeds'])})", f"{r['train_seconds'] / 60:.1f} min"]
          for r in summary["rows"]])

@@ -130,6 +130,34 @@ def test_nested_run_chooses_on_inner_folds_only(tmp_path, synthetic_records):
     assert "Re-rendered from the archived units" in (
         tmp_path / "fresh" / "ravdess-nested.md").read_text()
 
+    # An inner unit and its partner (outer 0 / inner 1 and outer 1 / inner 0: both train on
+    # fold 2 alone) share one training, counted once; its model is the one an unshared
+    # training gives, bit for bit.
+    work = tmp_path / "work"
+    pair = [json.loads((work / "nested" / "cme" / "seed0" / f"outer{o}" / f"inner{i}.json")
+                       .read_text()) for o, i in ((0, 1), (1, 0))]
+    assert pair[0]["shared_training"] == "cme seed 0 outer 1 inner 0"
+    assert pair[1]["shared_training"] == "cme seed 0 outer 0 inner 1"
+    assert pair[0]["seconds"] == pair[1]["seconds"]
+    units = result["units"]
+    assert units["trained"] == 9 and units["restored"] == 0 and units["shared_trainings"] == 3
+    outer_rows = [json.loads(p.read_text()) for p in (work / "runs").rglob("fold*.json")]
+    inner_rows = [json.loads(p.read_text()) for p in (work / "nested").rglob("inner*.json")]
+    assert units["train_seconds"] == pytest.approx(
+        sum(r["seconds"] for r in outer_rows)
+        + sum(r["seconds"] for r in inner_rows if r["outer"] < r["fold"]), abs=0.2)
+    from pipeline.folds import files_by_fold
+    from pipeline.reproduce import unit_config
+    from preprocessing.records import word_dim_of_files
+    from trainer.train import train_fold
+    files = {k: v for k, v in files_by_fold(records).items() if k != 0}
+    config = unit_config(nested.InnerUnit("cme", 0, 0, 1), word_dim_of_files(files[1]), OVERRIDES)
+    alone = train_fold(files, 1, config, embeddings_path=str(tmp_path / "alone.npz"))
+    shared = np.load(work / "nested" / "cme" / "seed0" / "outer0" / "inner1.npz")
+    np.testing.assert_array_equal(np.load(tmp_path / "alone.npz")["probabilities"],
+                                  shared["probabilities"])
+    assert alone.best_epoch == pair[0]["best_epoch"]
+
     # Resumed: nothing is retrained.
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "work").rglob("*.json")}
     resumed, out = run(records, tmp_path / "work", tmp_path / "results", selection)

@@ -326,3 +326,18 @@ def test_the_optimizer_is_built_before_the_first_train_step(folds):
     assert len(before) > len(model.trainable_variables)  # the Adam moments are there
     model.fit(make_dataset(folds[0], TINY.word_dim, 4), epochs=1, verbose=0)
     assert [id(v) for v in model.optimizer.variables] == before
+
+
+def test_a_fixed_schedule_trains_every_speaker_for_exactly_its_epochs(folds, tmp_path):
+    config = TINY.replace(selection="fixed", epochs=3)
+    result = train_fold(folds, test_fold=2, config=config,
+                        embeddings_path=str(tmp_path / "fold2.npz"))
+    assert result.val_speakers == [] and result.num_val == 0 and result.best_val_ua is None
+    assert result.epochs_run == result.best_epoch == 3 and result.refit_epochs == 0
+    assert result.num_train == result.num_final_train == 24  # folds 0 and 1, no one held back
+    assert result.num_test == 12 and result.train_class_counts == [12, 12]
+    saved = np.load(tmp_path / "fold2.npz")
+    assert saved["probabilities"].shape == (12, 2)
+    assert not any(k.startswith("val_") for k in saved.files)
+    with pytest.raises(ValueError, match="nothing to refit"):
+        TINY.replace(selection="fixed", refit=True)

@@ -18,7 +18,9 @@ ARCHITECTURES = ("aligned", "cnn_lstm", "lstm_attn", "utt_concat", "attn_fusion"
 MODALITIES = ("both", "acoustic", "semantic")
 ALIGNMENTS = ("forced", "ctc")
 LR_SCHEDULES = ("constant", "cosine")
-SELECTIONS = ("val_ua", "val_loss")
+# The epoch-selection score: validation UA or loss; "fixed": none -- every training speaker
+# trains for exactly `epochs` epochs, the learning-rate schedule ending there.
+SELECTIONS = ("val_ua", "val_loss", "fixed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +69,7 @@ class ModelConfig:
     batch_size: int = 32
     epochs: int = 40
     patience: int = 10  # early stopping on the inner validation score
-    selection: str = "val_ua"  # the epoch-selection score: validation UA, or loss (smoother)
+    selection: str = "val_ua"  # the epoch-selection score (SELECTIONS)
     # After choosing the epoch count on the inner validation split, train a fresh model on all
     # training speakers (validation ones included) for that many epochs and keep that one.
     refit: bool = False
@@ -93,6 +95,9 @@ class ModelConfig:
                               ("selection", SELECTIONS)):
             if getattr(self, name) not in allowed:
                 problems.append(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.selection == "fixed" and (self.refit or self.rotate_validation):
+            problems.append("selection 'fixed' chooses no epoch, so there is nothing to refit "
+                            "or rotate: refit and rotate_validation must be false")
         if self.pooling not in POOLINGS:
             problems.append(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if len(self.cnn_kernels) != len(self.cnn_filters) or not self.cnn_kernels:
@@ -194,6 +199,10 @@ VARIANTS = {
     "cme_balanced": {**RECIPE, "class_balanced": True},
     "cme_speaker_norm": {**RECIPE, "speaker_norm": True},
     "cme_refit_bag": {**RECIPE, "refit": True, "rotate_validation": True},
+    # No epoch choice at all: every training speaker, a fixed number of epochs, the cosine
+    # schedule annealed to its end (a noisy pick on 4 validation speakers set the refit length).
+    "cme_fixed20": {**RECIPE, "selection": "fixed", "epochs": 20},
+    "cme_fixed30": {**RECIPE, "selection": "fixed", "epochs": 30},
 }
 
 

@@ -93,8 +93,9 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         members.append(result.model)
         summaries.append({
             "seed": member.seed, "best_epoch": result.best_epoch,
-            "epochs_run": len(result.history["val_ua"]),
-            "best_val_ua": result.history["val_ua"][result.best_epoch - 1],
+            "epochs_run": len(result.history["loss"]),
+            "best_val_ua": (result.history["val_ua"][result.best_epoch - 1]
+                            if "val_ua" in result.history else None),
             "val_speakers": result.val_speakers, "num_train": result.num_train,
             "num_val": result.num_val, "refit_epochs": result.refit_epochs,
             "num_final_train": result.num_final_train, "class_counts": result.class_counts})

@@ -32,7 +32,7 @@ class FoldResult:
     confusion: List[List[int]]
     best_epoch: int
     epochs_run: int
-    best_val_ua: float  # validation UA at the selected epoch
+    best_val_ua: Optional[float]  # validation UA at the selected epoch (None: no choice)
     num_train: int
     num_val: int
     num_test: int
@@ -125,7 +125,12 @@ def fit(train_files: Sequence[str], config: ModelConfig, *, log_dir: Optional[st
     best weights restored). With ``config.refit`` a fresh model is then trained on all of
     ``train_files`` for the selected number of epochs (on the selection run's learning-rate
     schedule), and that model is returned. ``channels`` trains (and selects the epoch) on
-    those channels' records only (``make_dataset``)."""
+    those channels' records only (``make_dataset``). With ``config.selection == "fixed"``
+    no epoch is chosen: the model trains on all of ``train_files`` for ``config.epochs``
+    epochs and has no validation split."""
+    if config.selection == "fixed":
+        return _fit_fixed(train_files, config, log_dir=log_dir,
+                          extra_callbacks=extra_callbacks, verbose=verbose, channels=channels)
     val = validation_speakers(speakers_in(train_files), config.validation_fraction,
                               offset=config.seed if config.rotate_validation else 0)
     # Same seed, same records -> same model: seeded initialisers, data order and augmentation,
@@ -175,6 +180,30 @@ def fit(train_files: Sequence[str], config: ModelConfig, *, log_dir: Optional[st
                      num_train=count(plain_train), num_val=count(val_ds),
                      refit_epochs=refit_epochs, num_final_train=int(counts.sum()),
                      class_counts=counts.tolist(), validation=validation)
+
+
+def _fit_fixed(train_files: Sequence[str], config: ModelConfig, *, log_dir: Optional[str],
+               extra_callbacks: Sequence[keras.callbacks.Callback], verbose: int,
+               channels: Optional[Sequence[str]]) -> FitResult:
+    """``fit`` without an epoch choice: all training speakers, ``config.epochs`` epochs."""
+    keras.utils.set_random_seed(config.seed)
+    tf.config.experimental.enable_op_determinism()
+
+    def make(shuffle: bool) -> tf.data.Dataset:
+        return make_dataset(train_files, config.word_dim, config.batch_size, shuffle=shuffle,
+                            seed=config.seed, time_stretch=config.time_stretch if shuffle
+                            else 0.0, speaker_norm=config.speaker_norm, channels=channels)
+
+    plain = make(False)
+    callbacks = list(extra_callbacks)
+    if log_dir:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=log_dir, write_graph=False))
+    model, history = _train(config, plain, make(True), config.epochs, callbacks=callbacks,
+                            verbose=verbose)
+    counts = class_counts(plain, config.num_classes)
+    return FitResult(model=model, history=history, best_epoch=config.epochs, val_speakers=[],
+                     num_train=int(counts.sum()), num_val=0, num_final_train=int(counts.sum()),
+                     class_counts=counts.tolist())
 
 
 def evaluate(model: keras.Model, files: Sequence[str], config: ModelConfig) -> Tuple[np.ndarray, int]:
@@ -229,22 +258,50 @@ def train_fold(files_by_fold: Dict[int, Sequence[str]], test_fold: int, config: 
     ``.npz``, with the selected model's validation predictions as ``val_*``)."""
     if test_fold not in files_by_fold or len(files_by_fold) < 2:
         raise ValueError(f"need >= 2 folds including {test_fold}; got {sorted(files_by_fold)}")
-    train_files = [f for k in sorted(files_by_fold) if k != test_fold for f in files_by_fold[k]]
+    return train_folds(files_by_fold, [test_fold], config, log_dir=log_dir,
+                       model_path=model_path, verbose=verbose,
+                       embeddings_paths={test_fold: embeddings_path} if embeddings_path
+                       else None)[test_fold]
+
+
+def train_folds(files_by_fold: Dict[int, Sequence[str]], test_folds: Sequence[int],
+                config: ModelConfig, *, log_dir: Optional[str] = None,
+                model_path: Optional[str] = None,
+                embeddings_paths: Optional[Dict[int, str]] = None,
+                verbose: int = 0) -> Dict[int, FoldResult]:
+    """Trains one model on every fold not in ``test_folds`` and scores each of those folds
+    once: ``{fold: FoldResult}``. The model is the one :func:`train_fold` would train holding
+    out any single one of them with the others absent (the same training files in the same
+    order), so the nested protocol's inner units of outer fold o / inner fold i and of outer
+    fold i / inner fold o share one training. ``embeddings_paths``: per test fold, where its
+    ``.npz`` goes (as in :func:`train_fold`)."""
+    test_folds = list(dict.fromkeys(test_folds))
+    missing = [k for k in test_folds if k not in files_by_fold]
+    train = [k for k in sorted(files_by_fold) if k not in test_folds]
+    if missing or not test_folds or not train:
+        raise ValueError(f"need the test folds {test_folds} among {sorted(files_by_fold)} and "
+                         "at least one fold to train on")
+    train_files = [f for k in train for f in files_by_fold[k]]
     result = fit(train_files, config, log_dir=log_dir, verbose=verbose)
-    confusion, num_test = evaluate(result.model, files_by_fold[test_fold], config)
     if model_path:
         Path(model_path).parent.mkdir(parents=True, exist_ok=True)
         result.model.save(model_path)
-    if embeddings_path:
-        Path(embeddings_path).parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(embeddings_path, **embed(result.model, files_by_fold[test_fold], config),
-                            **{f"val_{k}": v for k, v in result.validation.items()})
-    val_ua = result.history["val_ua"]
-    return FoldResult(fold=test_fold, wa=weighted_accuracy(confusion),
-                      ua=unweighted_accuracy(confusion), confusion=confusion.tolist(),
-                      best_epoch=result.best_epoch, epochs_run=len(val_ua),
-                      best_val_ua=float(val_ua[result.best_epoch - 1]),
-                      num_train=result.num_train, num_val=result.num_val, num_test=num_test,
-                      val_speakers=result.val_speakers, refit_epochs=result.refit_epochs,
-                      num_final_train=result.num_final_train,
-                      train_class_counts=result.class_counts)
+    val_ua = result.history.get("val_ua")  # none without an epoch choice ("fixed")
+    epochs_run = len(result.history["loss"])
+    scored = {}
+    for fold in test_folds:
+        confusion, num_test = evaluate(result.model, files_by_fold[fold], config)
+        path = (embeddings_paths or {}).get(fold)
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(path, **embed(result.model, files_by_fold[fold], config),
+                                **{f"val_{k}": v for k, v in result.validation.items()})
+        scored[fold] = FoldResult(
+            fold=fold, wa=weighted_accuracy(confusion), ua=unweighted_accuracy(confusion),
+            confusion=confusion.tolist(), best_epoch=result.best_epoch, epochs_run=epochs_run,
+            best_val_ua=float(val_ua[result.best_epoch - 1]) if val_ua else None,
+            num_train=result.num_train,
+            num_val=result.num_val, num_test=num_test, val_speakers=result.val_speakers,
+            refit_epochs=result.refit_epochs, num_final_train=result.num_final_train,
+            train_class_counts=result.class_counts)
+    return scored
