@@ -87,8 +87,10 @@ FLOAT_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "a
 def machine() -> dict:
     """The machine a unit trained on, as far as it can change its numbers: the CPU model and
     the float-relevant flags it has, TensorFlow's version, whether oneDNN is on (TF 2.16 turns
-    it on by default on x86; ``TF_ENABLE_ONEDNN_OPTS=0`` turns it off) and its thread
-    counts. Called in the worker, where TensorFlow is already loaded."""
+    it on by default on x86; ``TF_ENABLE_ONEDNN_OPTS=0`` turns it off; ``ONEDNN_MAX_CPU_ISA``
+    caps its instructions) and its thread counts: each of these changes a trained model
+    (docs/measurements.md, "Why the same unit differs"). Called in the worker, where
+    TensorFlow is already loaded."""
     import tensorflow as tf
     model, flags = "unknown", set()
     try:
@@ -104,6 +106,9 @@ def machine() -> dict:
     return {"cpu": model, "cpu_flags": [f for f in FLOAT_FLAGS if f in flags],
             "cpu_count": os.cpu_count(), "tensorflow": tf.__version__,
             "onednn": onednn != "0" if onednn is not None else True,
+            # oneDNN's instruction-set cap (unset: the CPU's best), e.g. AVX2 on an AVX-512 CPU
+            **({"onednn_max_cpu_isa": os.environ["ONEDNN_MAX_CPU_ISA"]}
+               if os.environ.get("ONEDNN_MAX_CPU_ISA") else {}),
             "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
             "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads()}
 

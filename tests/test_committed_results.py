@@ -17,6 +17,7 @@ ARCHIVED = [
     ("ensembles", "pipeline.reproduce", "ravdess.json"),
     ("", "pipeline.nested", "ravdess-nested.json"),
     ("", "pipeline.crossdomain", "ravdess-cross-domain.json"),
+    ("", "pipeline.stability", "ravdess-stability.json"),
 ]
 
 
@@ -35,3 +36,25 @@ def test_committed_results_rerender_from_their_archive(tmp_path, subdir, module,
         assert again[key] == committed[key], key
     assert again["header"]["command"] == committed["header"]["command"]
     assert again["header"]["commit"] == committed["header"]["commit"]
+
+
+def test_units_marked_restored_are_the_archived_units_they_name():
+    """A unit an archive marks ``restored_from`` is that file's unit: the same predictions
+    and the same recorded training time (it was copied, not trained again)."""
+    checked = 0
+    for archive in sorted(RESULTS.rglob("*-units.jsonl")):
+        for line in archive.read_text().splitlines():
+            row = json.loads(line)
+            source = row.get("restored_from")
+            if not source:
+                continue
+            key = (row["variant"], row["seed"], row["fold"])
+            originals = [json.loads(other) for other in
+                         (RESULTS.parents[1] / source).read_text().splitlines()]
+            [original] = [o for o in originals
+                          if (o["variant"], o["seed"], o["fold"]) == key
+                          and o.get("kind", "outer") == row.get("kind", "outer")]
+            assert original["predictions"] == row["predictions"], key
+            assert original["seconds"] == row["seconds"], key
+            checked += 1
+    assert checked >= 15  # the first nested run's cme_refit_bag outer units
