@@ -138,6 +138,9 @@ def summarize(work_dir, variant: str, seeds: Sequence[Sequence[int]], folds: int
                       for k in range(folds)],
             "cv_wa": float(np.ptp([run["cv"]["wa"]["mean"] for run in done])),
             "cv_ua": float(np.ptp([run["cv"]["ua"]["mean"] for run in done])),
+            # the runs' CV means the spreads are taken over, in run order
+            "cv_wa_of_runs": [run["cv"]["wa"]["mean"] for run in done],
+            "cv_ua_of_runs": [run["cv"]["ua"]["mean"] for run in done],
             "single_models_wa": [  # one model, one fold: the spread an ensemble averages out
                 {"fold": k, "min": float(min(m["wa"] for run in done
                                              for m in run["folds"][k]["members"])),
