@@ -57,6 +57,7 @@ def test_stability_run_reports_the_spread_of_independent_runs(tmp_path, syntheti
         assert spread["folds"][k]["wa"] == pytest.approx(max(was) - min(was))
     cv_ua = [run["cv"]["ua"]["mean"] for run in summary["runs"]]
     assert spread["cv_ua"] == pytest.approx(max(cv_ua) - min(cv_ua))
+    assert spread["cv_ua_of_runs"] == cv_ua
     target = summary["target"]
     assert target["met"] == (spread["cv_ua"] <= 0.02 and target["fold_wa_lowest"] >= 0.60)
     assert summary["units"]["trained"] == 6 and summary["units"]["restored"] == 0
