@@ -15,7 +15,7 @@ $(PY):
 	$(PY) -m pip install -q --upgrade "pip<25" >/dev/null
 
 $(VENV)/.installed: $(PY) pyproject.toml constraints.txt
-	$(PY) -m pip install -q -c constraints.txt -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -m pip install -q -c constraints.txt -e ".[test,benchmarks]" 2>&1 | grep -v "^WARNING: Location" || true
 	TF_CPP_MIN_LOG_LEVEL=3 PYTHONWARNINGS=ignore::FutureWarning $(PY) -c "import tfx, tensorflow, apache_beam, pocketsphinx, soundfile"
 	touch $@
 

@@ -37,6 +37,7 @@ for _module in _GOOGLE_NOTICES:
 # Each command's module imports the heavy libraries (TensorFlow, TFX, Beam) only when the command
 # runs: `cme-ser serve` is gunicorn's master, which never loads TensorFlow.
 from pipeline import compile_command, evaluate_command, reproduce_command, run_command  # noqa: E402
+from pipeline.vertex_training import DEFAULT_MACHINE_TYPE, DEFAULT_REGION  # noqa: E402
 from preprocessing import preprocess_command  # noqa: E402
 from preprocessing.usage_error import UsageError  # noqa: E402
 from serving import predict_command, serve_command  # noqa: E402
@@ -286,6 +287,20 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--prior-correction", action=argparse.BooleanOptionalAction,
                       default=SHIPPED["prior_correction"],
                       help="the export divides the probabilities by the training class prior")
+    # Where the Trainers run (pipeline/vertex_training.py): more than the pipeline's container
+    # makes each Trainer a Vertex AI job (TFX's Google Cloud Trainer extension).
+    comp.add_argument("--trainer-workers", type=int, default=1,
+                      help="training replicas per Trainer, chief included (> 1: multi-worker "
+                           "data-parallel training, MultiWorkerMirroredStrategy)")
+    comp.add_argument("--trainer-machine-type", default=None,
+                      help=f"Vertex AI machine type of each replica (default "
+                           f"{DEFAULT_MACHINE_TYPE} when the Trainers run as Vertex AI jobs)")
+    comp.add_argument("--trainer-accelerator", default=None, metavar="TYPE[:COUNT]",
+                      help="accelerators per replica, e.g. NVIDIA_TESLA_T4:1")
+    comp.add_argument("--project", default=None,
+                      help="Google Cloud project of the Trainers' Vertex AI jobs")
+    comp.add_argument("--region", default=DEFAULT_REGION,
+                      help="region of the Trainers' Vertex AI jobs")
     comp.set_defaults(func=compile_command.compile_pipeline)
     return parser
 

@@ -64,14 +64,18 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, metadata_path: Op
                     beam_pipeline_args: Optional[List[str]] = None,
                     enable_cache: bool = True,
                     channels: Optional[Sequence[str]] = None,
-                    bless_min_ua: float = DEFAULT_BLESS_MIN_UA) -> tfx.dsl.Pipeline:
+                    bless_min_ua: float = DEFAULT_BLESS_MIN_UA,
+                    trainer_job: Optional[dict] = None) -> tfx.dsl.Pipeline:
     """``data_dir``: a directory, or a JSON list of them (``components.encode_data_dirs``);
     ``channels``: RAVDESS channels, None or ("speech",) for the default (the preprocessing
     step then has the same parameters, hence the same cache key, as before channels existed);
     ``ensemble_size``: models (seeds) per Trainer, exported as one averaging model;
     ``prior_correction``: every Trainer's export divides that mean by its training class prior
     (``trainer.module``), so the folds' evaluations score what the final Trainer pushes;
-    ``bless_min_ua``: the cross-validated UA mean the final model needs to be pushed.
+    ``bless_min_ua``: the cross-validated UA mean the final model needs to be pushed;
+    ``trainer_job``: None, or the Trainers' cluster job as TFX's Google Cloud Trainer extension
+    takes it (``pipeline.vertex_training.TrainerResources.custom_config``): every Trainer is
+    then that extension's, and runs as a Vertex AI job of that many workers.
     ``cme-ser run``'s defaults for these are ``trainer.config.SHIPPED``."""
     if not 2 <= num_folds <= MAX_FOLDS:
         raise ValueError(f"num_folds must be in [2, {MAX_FOLDS}], got {num_folds}")
@@ -100,11 +104,13 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, metadata_path: Op
 
     def trainer(train_splits: List[str], eval_split: str, node_id: str):
         # eval_args only names the held-out split for the record; run_fn never reads it.
-        return tfx.components.Trainer(
+        component = (tfx.components.Trainer if trainer_job is None
+                     else tfx.extensions.google_cloud_ai_platform.Trainer)
+        return component(
             run_fn=RUN_FN, examples=examples, schema=schema.outputs["schema"],
             train_args=tfx.proto.TrainArgs(splits=train_splits),
             eval_args=tfx.proto.EvalArgs(splits=[eval_split]),
-            custom_config=custom_config).with_id(node_id)
+            custom_config={**custom_config, **(trainer_job or {})}).with_id(node_id)
 
     evaluations = []
     for fold, split in enumerate(splits):

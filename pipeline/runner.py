@@ -146,9 +146,11 @@ def kubeflow_pipeline(*, pipeline_root: str, data_dir: str, embeddings_path: str
                       ensemble_size: int = 1, prior_correction: bool = False,
                       vocab_size: int = DEFAULT_VOCAB_SIZE,
                       pipeline_name: str = KUBEFLOW_PIPELINE_NAME,
-                      bless_min_ua: float = DEFAULT_BLESS_MIN_UA) -> tfx.dsl.Pipeline:
+                      bless_min_ua: float = DEFAULT_BLESS_MIN_UA,
+                      trainer_job: Optional[dict] = None) -> tfx.dsl.Pipeline:
     """The same pipeline for Kubeflow Pipelines / Vertex AI: paths are the cluster's (e.g.
-    gs://...), ML Metadata is the orchestrator's, Beam runs wherever beam_pipeline_args say."""
+    gs://...), ML Metadata is the orchestrator's, Beam runs wherever beam_pipeline_args say;
+    ``trainer_job``: see ``pipeline.pipeline.create_pipeline``."""
     fingerprint = corpus_fingerprint(data_dir) if Path(data_dir).exists() else "remote"
     return create_pipeline(
         pipeline_name=pipeline_name, pipeline_root=pipeline_root, metadata_path=None,
@@ -156,7 +158,7 @@ def kubeflow_pipeline(*, pipeline_root: str, data_dir: str, embeddings_path: str
         embeddings_path=embeddings_path, serving_model_dir=serving_model_dir, config=config,
         num_folds=num_folds, ensemble_size=ensemble_size, prior_correction=prior_correction,
         vocab_size=vocab_size, bless_min_ua=bless_min_ua,
-        beam_pipeline_args=["--runner=DirectRunner"])
+        beam_pipeline_args=["--runner=DirectRunner"], trainer_job=trainer_job)
 
 
 # --- What a local run shows its user (``cme-ser run`` and ``tfx run create`` alike) -----------

@@ -14,12 +14,19 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from preprocessing.usage_error import UsageError
+
 
 def _worker_init(threads: int) -> None:
     import tensorflow as tf
+
+    from trainer.distribution import training_strategy
     if threads:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
+    # The units train under the environment's strategy (trainer.train); a multi-worker one
+    # joins its cluster before the process runs any TensorFlow operation.
+    training_strategy()
 
 
 def run_pool(todo: Sequence, work: Callable[[object], tuple], *, jobs: int, threads: int,
@@ -31,6 +38,12 @@ def run_pool(todo: Sequence, work: Callable[[object], tuple], *, jobs: int, thre
     ``after_each(row)``. A failed unit is logged and the others go on; returns how many failed."""
     if not todo:
         return 0
+    from trainer.distribution import training_tasks
+    if training_tasks() > 1 and jobs > 1:
+        # Each worker process would join the cluster of TF_CONFIG as the same task.
+        raise UsageError(f"TF_CONFIG names {training_tasks()} training tasks: every unit is "
+                         f"then trained by the whole cluster, one at a time; use --jobs 1, "
+                         f"not {jobs}")
     started, done, failed = time.time(), 0, 0
     context = multiprocessing.get_context("spawn")  # TensorFlow does not survive a fork
     with concurrent.futures.ProcessPoolExecutor(max_workers=max(jobs, 1), mp_context=context,

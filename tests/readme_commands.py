@@ -461,6 +461,10 @@ COVERAGE: Dict[str, Coverage] = {
     "cme-ser embeddings fetch": Coverage(("tests/test_readme.py::test_embeddings_fetch",)),
     "cme-ser compile ... [--image IMG]": Coverage(
         (f"{RUNS}::test_compile_writes_a_kubeflow_pipeline_spec",)),
+    "cme-ser compile ... --trainer-workers 4": Coverage(
+        ("tests/test_compile.py::"
+         "test_trainer_workers_machine_and_accelerator_reach_every_trainers_vertex_job",),
+        note="'Training on several machines': the Trainers' Vertex AI job, checked in the IR"),
     "cme-ser compile ... --image REGISTRY/cme-ser:1": Coverage(
         ("tests/test_compile.py::_compiled",),
         note="'Running at scale': the same flags, with an example image and buckets"),

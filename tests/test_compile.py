@@ -108,3 +108,81 @@ def test_the_pipeline_root_is_the_bucket_given_and_the_ir_is_kfp_v2(tmp_path, ro
     assert pusher["infra_blessing"].task_output_artifact.producer_task == "ModelLoadValidator"
     assert pusher["model_blessing"].task_output_artifact.producer_task == "CrossValidationReport"
     assert f"{root}/serving_model/cme" in json.dumps(spec)
+
+
+# --- Where the Trainers run: workers, machine type and accelerator (pipeline/vertex_training.py)
+
+VERTEX_TRAINER = "tfx.extensions.google_cloud_ai_platform.trainer.executor.GenericExecutor"
+TRAINERS = ("Trainer.fold0", "Trainer.fold1", "Trainer.final")
+
+
+def _trainer_nodes(spec):
+    """{Trainer task: (its executor class path, its custom_config as a dict)} of a job spec."""
+    pipeline = spec["pipelineSpec"]
+    nodes = {}
+    for name in TRAINERS:
+        task = pipeline["root"]["dag"]["tasks"][name]
+        label = pipeline["components"][task["componentRef"]["name"]]["executorLabel"]
+        args = pipeline["deploymentSpec"]["executors"][label]["container"]["args"]
+        custom = task["inputs"]["parameters"]["custom_config"]["runtimeValue"]["constantValue"][
+            "stringValue"]
+        nodes[name] = (args[args.index("--executor_class_path") + 1], json.loads(custom))
+    return nodes
+
+
+def test_trainer_workers_machine_and_accelerator_reach_every_trainers_vertex_job(tmp_path):
+    from google.protobuf import json_format
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    out = tmp_path / "pipeline.json"
+    assert main(["compile", "--output", str(out), "--folds", "2", "--ensemble", "2",
+                 "--image", "registry.example/cme-ser:1", "--trainer-workers", "4",
+                 "--trainer-machine-type", "n1-highmem-8",
+                 "--trainer-accelerator", "NVIDIA_TESLA_T4:2",
+                 "--project", "my-project", "--region", "europe-west4"]) == 0
+    spec = json.loads(out.read_text())
+    json_format.ParseDict(spec["pipelineSpec"], pipeline_spec_pb2.PipelineSpec())  # strict
+    machine = {"machine_type": "n1-highmem-8", "accelerator_type": "NVIDIA_TESLA_T4",
+               "accelerator_count": 2}
+    for name, (executor, custom) in _trainer_nodes(spec).items():
+        # TFX's Google Cloud Trainer extension, which launches a Vertex AI CustomJob ...
+        assert executor == VERTEX_TRAINER, name
+        assert callable(getattr(importlib.import_module(executor.rpartition(".")[0]),
+                                executor.rpartition(".")[2]))
+        assert custom["ai_platform_enable_vertex"] is True
+        assert custom["ai_platform_vertex_region"] == "europe-west4"
+        job = custom["ai_platform_training_args"]
+        assert job["project"] == "my-project"
+        # ... of a chief pool and a pool of the other 3 workers, in the pipeline's image.
+        pools = job["job_spec"]["worker_pool_specs"]
+        assert [p["replica_count"] for p in pools] == [1, 3], name
+        assert all(p["machine_spec"] == machine for p in pools)
+        assert {p["container_spec"]["image_uri"] for p in pools} == {"registry.example/cme-ser:1"}
+        # run_fn's own settings travel alongside.
+        assert custom["ensemble_size"] == 2 and "model_config" in custom
+
+
+def test_one_worker_without_machine_options_keeps_the_plain_trainer(tmp_path):
+    nodes = _trainer_nodes(_compiled(tmp_path))
+    for name, (executor, custom) in nodes.items():
+        assert executor == "tfx.components.trainer.executor.GenericExecutor", name
+        assert not [key for key in custom if key.startswith("ai_platform")]
+    out = str(tmp_path / "p.json")
+    # A machine type alone (one worker) is a Vertex AI job too: one pool, no accelerator.
+    assert main(["compile", "--output", out, "--folds", "2", "--trainer-machine-type",
+                 "n1-standard-8", "--project", "p"]) == 0
+    _, custom = _trainer_nodes(json.loads(Path(out).read_text()))["Trainer.final"]
+    (pool,) = custom["ai_platform_training_args"]["job_spec"]["worker_pool_specs"]
+    assert pool["replica_count"] == 1 and pool["machine_spec"] == {"machine_type": "n1-standard-8"}
+
+
+@pytest.mark.parametrize("options", [
+    ["--trainer-workers", "2"],  # no --project
+    ["--trainer-workers", "0", "--project", "p"],
+    ["--trainer-accelerator", "NVIDIA_TESLA_T4:0", "--project", "p"],
+    ["--trainer-accelerator", "NVIDIA_TESLA_T4:two", "--project", "p"],
+])
+def test_bad_trainer_options_are_usage_errors(tmp_path, options, capsys):
+    out = tmp_path / "pipeline.json"
+    assert main(["compile", "--output", str(out), "--folds", "2", *options]) == 2
+    assert "cme-ser: error:" in capsys.readouterr().err and not out.exists()

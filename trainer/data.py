@@ -160,4 +160,8 @@ def make_dataset(files: Sequence[str], word_dim: int, batch_size: int, *, shuffl
         outputs = (to_model_inputs(parsed), tf.cast(parsed["label"], tf.int32))
         return outputs + (parsed["utterance_id"],) if with_ids else outputs
 
-    return ds.map(split).prefetch(tf.data.AUTOTUNE)
+    # Under a multi-worker strategy each worker takes its share of every global batch: the
+    # records are in memory (sorted above), so there are no files to shard by.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.map(split).prefetch(tf.data.AUTOTUNE).with_options(options)

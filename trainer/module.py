@@ -14,7 +14,12 @@ final-training class counts, as ``pipeline.nested`` scores the candidates).
 
 ``fit.json`` in the model run directory: the first member's fit (and every member's under
 ``members``), ``ensemble_size``, ``prior_correction`` and ``prior_class_counts`` (the counts
-the export divides by; null without the correction), and the configuration.
+the export divides by; null without the correction), the configuration, and ``replicas`` (how
+many replicas trained it).
+
+Training runs under the strategy the environment asks for (``trainer.distribution``): with a
+``TF_CONFIG`` naming several workers, every worker runs ``run_fn`` and only the chief's export,
+logs and ``fit.json`` remain.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from tfx import v1 as tfx
 
 from preprocessing.records import word_dim_of_files
 from trainer.config import ModelConfig
+from trainer.distribution import chief_writes, training_strategy
 from trainer.model import average_models
 from trainer.progress import EpochProgress
 from trainer.train import fit
@@ -59,6 +65,17 @@ def pooled_class_counts(member_counts: Sequence[Sequence[int]],
 
 
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
+    # Before any TensorFlow operation: a multi-worker strategy cannot join its cluster later.
+    strategy = training_strategy()
+    with chief_writes(fn_args.serving_model_dir) as serving_model_dir, \
+            chief_writes(fn_args.model_run_dir) as model_run_dir:
+        _run(fn_args, serving_model_dir, model_run_dir, strategy.num_replicas_in_sync)
+
+
+def _run(fn_args: tfx.components.FnArgs, serving_model_dir: str, model_run_dir: str,
+         replicas: int) -> None:
+    """``run_fn`` writing into ``serving_model_dir`` and ``model_run_dir`` (``fn_args``'s own
+    on the chief, scratch directories on the other workers)."""
     from preprocessing.embeddings import DEFAULT_VOCAB_SIZE, load
     from trainer.export import export_saved_model
 
@@ -83,8 +100,8 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     node = parts[-3] if len(parts) >= 3 and parts[-2] == "model_run" else "Trainer"
     for k in range(size):
         member = config.replace(seed=config.seed + k)
-        log_dir = (os.path.join(fn_args.model_run_dir, f"member{k}") if size > 1
-                   else fn_args.model_run_dir)
+        log_dir = (os.path.join(model_run_dir, f"member{k}") if size > 1
+                   else model_run_dir)
         progress = EpochProgress(
             f"{node} model {k + 1}/{size}",
             ("selecting the epoch", "refit on all training speakers") if member.refit
@@ -98,17 +115,19 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
                             if "val_ua" in result.history else None),
             "val_speakers": result.val_speakers, "num_train": result.num_train,
             "num_val": result.num_val, "refit_epochs": result.refit_epochs,
-            "num_final_train": result.num_final_train, "class_counts": result.class_counts})
+            "num_final_train": result.num_final_train, "class_counts": result.class_counts,
+            "loss": result.history["loss"]})  # training loss per epoch of the selection fit
     prior_counts = (pooled_class_counts([s["class_counts"] for s in summaries],
                                         config.class_names) if prior_correction else None)
-    export_saved_model(average_models(members), fn_args.serving_model_dir,
+    export_saved_model(average_models(members), serving_model_dir,
                        class_names=config.class_names, vectors=load(custom["embeddings_path"]),
                        vocab_size=int(custom.get("vocab_size", DEFAULT_VOCAB_SIZE)),
                        prior_class_counts=prior_counts)
     summary = {**summaries[0], "ensemble_size": size, "prior_correction": prior_correction,
-               "prior_class_counts": prior_counts, "config": config.to_dict()}
+               "prior_class_counts": prior_counts, "config": config.to_dict(),
+               "replicas": replicas}
     if size > 1:
         summary["members"] = summaries
-    tf.io.gfile.makedirs(fn_args.model_run_dir)
-    with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "fit.json"), "w") as f:
+    tf.io.gfile.makedirs(model_run_dir)
+    with tf.io.gfile.GFile(os.path.join(model_run_dir, "fit.json"), "w") as f:
         f.write(json.dumps(summary, indent=2))

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from trainer.config import ModelConfig
 from trainer.data import make_dataset
+from trainer.distribution import in_training_strategy
 from trainer.metrics import confusion_matrix, unweighted_accuracy, weighted_accuracy
 from trainer.model import adapt_normalization, build_model, compile_model
 from trainer.splits import validation_speakers
@@ -94,6 +95,7 @@ def class_weights(dataset: tf.data.Dataset, num_classes: int) -> Dict[int, float
     return {k: float(counts.sum() / (num_classes * counts[k])) for k in range(num_classes)}
 
 
+@in_training_strategy  # build, adapt, compile and fit under the environment's strategy
 def _train(config: ModelConfig, plain: tf.data.Dataset, shuffled: tf.data.Dataset, epochs: int,
            *, schedule_epochs: Optional[int] = None, validation: Optional[tf.data.Dataset] = None,
            callbacks=(), verbose: int = 0) -> Tuple[keras.Model, Dict[str, List[float]]]:
