@@ -38,7 +38,8 @@ import numpy as np
 
 from pipeline import reproduce as repro, tables
 from pipeline.statistics import mean_ci
-from pipeline.units import git_commit, header as results_header, provenance, run_pool
+from pipeline.units import (git_commit, header as results_header, planned_time,
+                            provenance, run_pool)
 from trainer.config import VARIANTS
 
 DEFAULT_SELECTION = "docs/selection.json"
@@ -641,8 +642,7 @@ def run_nested(records_dir, work_dir, results_dir, *, dataset: str, selection_pa
     log(f"== {len(inner) + len(outer)} units: {len(inner)} inner ({len(inner) - todo_inner} "
         f"done, {todo_inner} to run) + {len(outer)} outer ({len(outer) - len(todo) + todo_inner} "
         f"done, {len(todo) - todo_inner} to run) in {len(jobs_todo)} trainings (an inner unit "
-        f"and its partner share one); estimated {seconds / 3600:.1f} CPU hours, "
-        f"about {seconds / 3600 / max(jobs, 1):.1f} h with {jobs} job(s)")
+        f"and its partner share one); {planned_time(seconds, jobs)}")
     Path(work_dir).mkdir(parents=True, exist_ok=True)
     header = results_header(command, results_dir)
     # Results and archive after every unit: a run stopped anywhere (or a lost work dir)

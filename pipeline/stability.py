@@ -28,7 +28,8 @@ import numpy as np
 
 from pipeline import nested, reproduce as repro, tables
 from pipeline.statistics import mean_ci
-from pipeline.units import config_hash, git_commit, header as results_header, run_pool
+from pipeline.units import (config_hash, git_commit, header as results_header,
+                            planned_time, run_pool)
 from trainer.config import SHIPPED
 
 DEFAULT_RUNS = 3
@@ -328,8 +329,7 @@ def run_stability(records_dir, work_dir, results_dir, *, dataset: str, folds: in
     log(f"== stability {dataset}: {variant} x{ensemble}{' +prior' if prior_correction else ''}"
         f", {runs} runs (seeds {'; '.join(', '.join(map(str, s)) for s in seeds)}), "
         f"{folds} folds: {len(units)} units, {len(units) - len(todo)} done, {len(todo)} to "
-        f"run; estimated {seconds / 3600:.1f} CPU hours, about "
-        f"{seconds / 3600 / max(jobs, 1):.1f} h with {jobs} job(s)")
+        f"run; {planned_time(seconds, jobs)}")
     Path(work_dir).mkdir(parents=True, exist_ok=True)
     header = results_header(command, results_dir)
 

@@ -68,6 +68,13 @@ def run_pool(todo: Sequence, work: Callable[[object], tuple], *, jobs: int, thre
     return failed
 
 
+def planned_time(seconds: float, jobs: int) -> str:
+    """The CPU time a plan needs, and the wall time with ``jobs`` workers, as a run prints it
+    before it starts."""
+    return (f"estimated {seconds / 3600:.1f} CPU hours, about "
+            f"{seconds / 3600 / max(jobs, 1):.1f} h with {jobs} job(s)")
+
+
 def config_hash(config) -> str:
     """sha256 of a configuration's canonical JSON, its seed left out: the units of one
     configuration share it whatever their seed."""
