@@ -430,6 +430,20 @@ def test_body_size_limit_and_chunked_bodies(server, utterance):
     assert response.status == 413 and "exceeds the limit" in json.loads(response.read())["error"]
     connection.close()
     assert_healthy(server)
+    # Headers over --max-header-kb (64 KiB by default): 431, and the connection closed.
+    status, body = call(server, "GET", "/v1/models/cme", headers={"X-Big": "x" * 70000})
+    assert (status, body) == (431, {"error": "The request line and headers exceed the limit of "
+                                             "65536 bytes"})
+    # Expect: 100-continue: the body is asked for, then answered.
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+    sock.sendall(b"POST /v1/models/cme:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                 b"Expect: 100-continue\r\n\r\n")
+    assert sock.recv(1000) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    sock.sendall(b"{}")
+    answer = sock.recv(65536)
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n") and b"error" in answer, answer
+    assert_healthy(server)
 
 
 # ----------------------------------------------------------------------------------------------
