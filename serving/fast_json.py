@@ -88,9 +88,9 @@ class FastArray:
 _parsers = threading.local()  # a simdjson parser per thread (one may not serve two at once)
 
 
-def _simdjson_array(view: memoryview, depth: int) -> Optional[np.ndarray]:
-    """The float64 array of a rank-1 or rank-2 JSON array of numbers, or None when simdjson
-    cannot give it exactly (deeper, ragged, an integer beyond 64 bits, ...)."""
+def _simdjson_array(body: bytes, start: int, end: int, depth: int) -> Optional[np.ndarray]:
+    """The float64 array of the rank-1 or rank-2 JSON array of numbers ``body[start:end]``, or
+    None when simdjson cannot give it exactly (deeper, ragged, an integer beyond 64 bits)."""
     if depth > 2:
         return None
     parser = getattr(_parsers, "parser", None)
@@ -98,7 +98,7 @@ def _simdjson_array(view: memoryview, depth: int) -> Optional[np.ndarray]:
         parser = _parsers.parser = simdjson.Parser()
     doc = None
     try:
-        doc = parser.parse(view)
+        doc = parser.parse(memoryview(body)[start:end])
         if depth == 1:
             shape: Tuple[int, ...] = (len(doc),)
             brackets = 1
@@ -109,7 +109,7 @@ def _simdjson_array(view: memoryview, depth: int) -> Optional[np.ndarray]:
             shape = (len(doc), widths.pop())
             brackets = 1 + shape[0]
         # Any "[" beyond the rows' would be a deeper array that as_buffer would flatten.
-        if bytes(view).count(b"[") != brackets:
+        if _count_opening(body, start, end, brackets + 1) != brackets:
             return None
         flat = np.frombuffer(doc.as_buffer(of_type="d"), dtype=np.float64)
         if flat.size != shape[0] * (shape[1] if depth == 2 else 1):
@@ -169,7 +169,7 @@ def parse(body: bytes) -> Optional[FastDocument]:
             continue
         if len(arrays) >= MAX_ARRAYS:
             return None
-        array = _simdjson_array(view[opening:closing], depth)
+        array = _simdjson_array(body, opening, closing, depth)
         if array is not None:
             fast = FastArray(array=array)
         else:
@@ -242,6 +242,19 @@ def _long_runs_from_samples(body: bytes, zeros: np.ndarray,
         if end - start >= MIN_BYTES:
             runs.append((start, end))
     return runs
+
+
+def _count_opening(body: bytes, start: int, end: int, limit: int) -> int:
+    """How many "[" are in ``body[start:end]``, counting no further than ``limit``
+    (``bytes.find`` is a memchr; ``bytes.count`` of one byte is slower)."""
+    count, at = 0, start
+    while count < limit:
+        at = body.find(b"[", at, end)
+        if at < 0:
+            break
+        count += 1
+        at += 1
+    return count
 
 
 def may_contain_bools(body: bytes) -> bool:
