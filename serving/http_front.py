@@ -209,6 +209,12 @@ class _Connection:
         if isinstance(event, h11.ConnectionClosed):
             return None
         assert isinstance(event, h11.Request), event
+        # h11's limit bounds a head still incomplete; one that arrived whole in one read is
+        # measured here (request line, and each header line as sent: name, ": ", value, CRLF).
+        size = len(event.method) + len(event.target) + 12 + sum(
+            len(name) + len(value) + 4 for name, value in event.headers.raw_items())
+        if size > limits.max_header_bytes:
+            raise _Refused(431, self._header_limit_message())
         headers: Dict[str, str] = {}
         for name, value in event.headers:
             key = name.decode("latin-1")
@@ -230,17 +236,20 @@ class _Connection:
                 raise _Idle() from None
             status = error.error_status_hint
             if status == 431:
-                message = (f"The request line and headers exceed the limit of "
-                           f"{self.limits.max_header_bytes} bytes")
+                message = self._header_limit_message()
             else:
                 message = f"Malformed HTTP request: {error}"
             raise _Refused(status, message) from None
 
+    def _header_limit_message(self) -> str:
+        return (f"The request line and headers exceed the limit of "
+                f"{self.limits.max_header_bytes} bytes")
+
     async def _read_body(self) -> bytes:
         limits = self.limits
         if self.h11.client_is_waiting_for_100_continue:
-            self.writer.write(self.h11.send(h11.InformationalResponse(status_code=100,
-                                                                      headers=[])))
+            self.writer.write(self.h11.send(h11.InformationalResponse(
+                status_code=100, headers=[], reason=b"Continue")))
         self._deadline(limits.body_timeout_s, _Timeout("body"))
         parts: List[bytes] = []
         size = 0
