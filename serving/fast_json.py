@@ -41,9 +41,8 @@ import dataclasses
 import os
 import re
 import struct
-from typing import List, Optional, Tuple
-
 import threading
+from typing import List, Optional, Tuple
 
 import numpy as np
 import orjson

@@ -34,7 +34,7 @@ import http
 import json
 import logging
 import socket
-from typing import Awaitable, Callable, Dict, List, Optional, Set, Tuple
+from typing import Awaitable, Callable, Dict, List, Optional, Tuple
 
 import h11
 
