@@ -43,7 +43,8 @@ connections), ratio_to_inprocess and the load conditions: CPU milliseconds per r
 clients and (when it started the server) of the server processes, the CPU cores other
 processes used meanwhile (``other_cpu_cores``, from /proc/stat); then ``ratios``, the setup,
 the 1-minute load average before and after, and this process's niceness (run it under
-``nice`` on a shared machine, and read the load beside the numbers).
+``nice`` on a shared machine, and read the load beside the numbers). A ratio compares like with
+like only when ``other_cpu_cores`` is low both in ``inprocess`` and in the protocol's run.
 """
 
 from __future__ import annotations
@@ -422,15 +423,20 @@ def inprocess_rate(version_dir: Path, utt: Utterance, seconds: float) -> dict:
              if k == "words" else tf.constant(v) for k, v in batch.items()}
     for _ in range(3):
         function(**feeds)["probabilities"].numpy()
-    calls, cpu, started = 0, time.process_time(), time.perf_counter()
+    calls, cpu, busy, started = 0, time.process_time(), _busy_ticks(), time.perf_counter()
     while time.perf_counter() - started < seconds:
         function(**feeds)["probabilities"].numpy()
         calls += 1
     wall = time.perf_counter() - started
-    return {"batch": INPROCESS_BATCH, "utterances_per_s": round(calls * INPROCESS_BATCH / wall, 1),
-            "cpu_ms_per_utterance": round(1000 * (time.process_time() - cpu)
-                                          / (calls * INPROCESS_BATCH), 2),
-            "seconds": round(wall, 2)}
+    cpu = time.process_time() - cpu
+    result = {"batch": INPROCESS_BATCH,
+              "utterances_per_s": round(calls * INPROCESS_BATCH / wall, 1),
+              "cpu_ms_per_utterance": round(1000 * cpu / (calls * INPROCESS_BATCH), 2),
+              "seconds": round(wall, 2)}
+    if busy >= 0:  # what other processes took meanwhile, in cores (as for the load runs)
+        hz = os.sysconf("SC_CLK_TCK")
+        result["other_cpu_cores"] = round(max(0.0, (_busy_ticks() - busy) / hz - cpu) / wall, 2)
+    return result
 
 
 def main(argv=None) -> int:
