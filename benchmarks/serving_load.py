@@ -1,11 +1,19 @@
-"""Load test of the REST (or gRPC) endpoint: N concurrent clients, a bounded number of requests.
+"""Load test of the REST and gRPC endpoints against the model's own speed in process.
 
     python benchmarks/serving_load.py --model-base-path output/serving_model/cme \\
         --clients 16 --requests 800 --server-arg=--workers=2 --server-arg=--enable-batching
-    python benchmarks/serving_load.py --url http://127.0.0.1:8501 --clients 16 --requests 800
     python benchmarks/serving_load.py --model-base-path output/serving_model/cme \\
-        --protocol grpc --clients 16 --requests 800 --server-arg=--enable-batching
-    python benchmarks/serving_load.py --url grpc://127.0.0.1:8500 --clients 16 --requests 800
+        --url http://127.0.0.1:8501 --clients 16 --requests 800
+    python benchmarks/serving_load.py --model-base-path output/serving_model/cme \\
+        --url grpc://127.0.0.1:8500 --clients 16 --requests 800
+
+Every run first measures the reference: the newest version under ``--model-base-path``, loaded
+in this process, its ``predict_waveform`` signature called on a batch of 8 copies of the
+utterance (``--inprocess-seconds``, after warm-up), in utterances/s. Then the load: REST and
+then gRPC (``--protocol both``, the default when it starts the server), or one of them. The
+JSON it prints has, beside each protocol's numbers, ``ratio_to_inprocess`` (its requests/s over
+the in-process batch-8 rate) and names the model measured (its path, version and parameter
+count, and ``--model-note``).
 
 Every request is ``predict_waveform`` (or, ``--signature predict_waveform_bytes``, the same with
 the samples as base64 bytes) on one RAVDESS-length utterance (default: a 3.9 s RAVDESS file,
@@ -29,10 +37,14 @@ thread has its own channel (its own HTTP/2 connection: ``grpc.use_local_subchann
 ``PredictionServiceStub``, as a TF Serving user's client would. With ``--workers`` every worker
 of a started server serves gRPC on the one port (SO_REUSEPORT).
 
-Prints one JSON line: requests_per_s, p50_ms, p90_ms, p99_ms, errors (non-200 answers and
-failed connections), the setup, and the load conditions: CPU milliseconds per request of the
+Prints one JSON line: ``model``, ``inprocess`` (the reference), and for each protocol run
+(``rest``, ``grpc``): requests_per_s, p50_ms, p90_ms, p99_ms, errors (non-200 answers and failed
+connections), ratio_to_inprocess and the load conditions: CPU milliseconds per request of the
 clients and (when it started the server) of the server processes, the CPU cores other
-processes used meanwhile (``other_cpu_cores``, from /proc/stat), and the 1-minute load average.
+processes used meanwhile (``other_cpu_cores``, from /proc/stat); then ``ratios``, the setup,
+the 1-minute load average before and after, and this process's niceness (run it under
+``nice`` on a shared machine, and read the load beside the numbers). A ratio compares like with
+like only when ``other_cpu_cores`` is low both in ``inprocess`` and in the protocol's run.
 """
 
 from __future__ import annotations
@@ -51,15 +63,21 @@ import time
 import urllib.parse
 from pathlib import Path
 
+import numpy as np
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from serving.client import (GrpcClient, RestClient, ServingRequestError,  # noqa: E402
                             Utterance, predict_waveform_body)
 
-RAVDESS = Path(os.environ.get("CME_SER_DATA", "/work/shared/data/ravdess-speech"))
-DEFAULT_AUDIO = RAVDESS / "Actor_01" / "03-01-05-01-01-01-01.flac"  # angry, "kids...", 3.7 s
+from preprocessing.corpus_options import find_data_dir  # noqa: E402
+from preprocessing.usage_error import UsageError  # noqa: E402
+
+# In the RAVDESS speech directory ($CME_SER_DATA, ./data/ravdess-speech, ...): angry, 3.9 s.
+DEFAULT_AUDIO = ("Actor_01", "03-01-05-01-01-01-01.flac")
 DEFAULT_TRANSCRIPT = "Kids are talking by the door"
+INPROCESS_BATCH = 8
 
 
 def loopback_only(url: str) -> None:
@@ -371,23 +389,81 @@ def load(url: str, model_name: str, body, clients: int, requests: int,
     return result
 
 
+def newest_version(base_path: str) -> Path:
+    versions = [p for p in Path(base_path).iterdir() if p.name.isdigit() and p.is_dir()]
+    if not versions:
+        sys.exit(f"serving_load: no numeric version directory under {base_path}")
+    return max(versions, key=lambda p: int(p.name))
+
+
+def describe_model(version_dir: Path, note: str) -> dict:
+    """Which model was measured: its path, version and parameter count (the variables of the
+    SavedModel's checkpoint), and the user's note."""
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(str(version_dir / "variables" / "variables"))
+    shapes = reader.get_variable_to_shape_map()
+    parameters = sum(int(np.prod(shape)) for name, shape in shapes.items()
+                     if "OPTIMIZER_SLOT" not in name and name != "_CHECKPOINTABLE_OBJECT_GRAPH"
+                     and reader.get_variable_to_dtype_map()[name].is_floating)
+    return {"path": str(version_dir), "version": int(version_dir.name),
+            "parameters": parameters, "note": note}
+
+
+def inprocess_rate(version_dir: Path, utt: Utterance, seconds: float) -> dict:
+    """The ``predict_waveform`` signature of the SavedModel, loaded here, called on
+    ``INPROCESS_BATCH`` copies of the utterance for ``seconds`` (after 3 warm-up calls)."""
+    import tensorflow as tf
+
+    from serving.client import waveform_batch
+
+    function = tf.saved_model.load(str(version_dir)).signatures["predict_waveform"]
+    batch = waveform_batch([utt] * INPROCESS_BATCH)
+    feeds = {k: tf.constant(np.vectorize(lambda w: w.encode("utf-8"), otypes=[object])(v))
+             if k == "words" else tf.constant(v) for k, v in batch.items()}
+    for _ in range(3):
+        function(**feeds)["probabilities"].numpy()
+    calls, cpu, busy, started = 0, time.process_time(), _busy_ticks(), time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        function(**feeds)["probabilities"].numpy()
+        calls += 1
+    wall = time.perf_counter() - started
+    cpu = time.process_time() - cpu
+    result = {"batch": INPROCESS_BATCH,
+              "utterances_per_s": round(calls * INPROCESS_BATCH / wall, 1),
+              "cpu_ms_per_utterance": round(1000 * cpu / (calls * INPROCESS_BATCH), 2),
+              "seconds": round(wall, 2)}
+    if busy >= 0:  # what other processes took meanwhile, in cores (as for the load runs)
+        hz = os.sysconf("SC_CLK_TCK")
+        result["other_cpu_cores"] = round(max(0.0, (_busy_ticks() - busy) / hz - cpu) / wall, 2)
+    return result
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    target = parser.add_mutually_exclusive_group(required=True)
-    target.add_argument("--url", help="a running server (loopback only)")
-    target.add_argument("--model-base-path", help="start `cme-ser serve` on this directory")
+    parser.add_argument("--model-base-path", required=True,
+                        help="the model's <base>/<version>/ directory: measured in process, and "
+                             "served by a started `cme-ser serve` unless --url is given")
+    parser.add_argument("--url", help="a running server of the same model (loopback only)")
     parser.add_argument("--model-name", default="cme")
+    parser.add_argument("--model-note", default="",
+                        help="what the model is (e.g. 'shipped shape, untrained'), echoed")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=800)
     parser.add_argument("--warmup", type=int, default=64,
                         help="requests before measuring, spread over the clients' connections")
     parser.add_argument("--max-seconds", type=float, default=60.0,
                         help="stop measuring by then anyway")
-    parser.add_argument("--audio", default=str(DEFAULT_AUDIO))
+    parser.add_argument("--inprocess-seconds", type=float, default=10.0,
+                        help="how long the in-process reference is measured")
+    parser.add_argument("--audio", default=None,
+                        help="default: Actor_01/03-01-05-01-01-01-01.flac of the RAVDESS speech "
+                             "directory ($CME_SER_DATA, ./data/ravdess-speech, "
+                             "../shared/data/ravdess-speech)")
     parser.add_argument("--transcript", default=DEFAULT_TRANSCRIPT)
-    parser.add_argument("--protocol", choices=["rest", "grpc"], default=None,
-                        help="REST (JSON) or gRPC (TensorProto) requests; default: the --url's "
-                             "scheme, else rest")
+    parser.add_argument("--protocol", choices=["rest", "grpc", "both"], default=None,
+                        help="REST (JSON) or gRPC (TensorProto) requests, or both one after the "
+                             "other; default: the --url's scheme, else both")
     parser.add_argument("--signature", choices=["predict_waveform", "predict_waveform_bytes"],
                         default="predict_waveform",
                         help="samples as JSON numbers, or as base64 float32 bytes")
@@ -398,32 +474,50 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.clients < 1 or args.requests < 1:
         parser.error("--clients and --requests must be >= 1")
-
-    protocol = args.protocol or ("grpc" if (args.url or "").startswith("grpc://") else "rest")
-    if args.url and (protocol == "grpc") != args.url.startswith("grpc://"):
+    protocol = args.protocol or ("grpc" if (args.url or "").startswith("grpc://")
+                                 else "rest" if args.url else "both")
+    if args.url and (protocol == "both" or (protocol == "grpc") != args.url.startswith(
+            "grpc://")):
         parser.error(f"--protocol {protocol} does not match --url {args.url}")
-    utt = utterance(Path(args.audio), args.transcript)
-    binary = args.signature == "predict_waveform_bytes"
-    process = None
-    url = args.url
-    if url is None:
-        process, url, grpc_url = start_server(args.model_base_path, args.model_name,
-                                              args.server_arg)
-        if protocol == "grpc":
-            if grpc_url is None:
-                process.kill()
-                sys.exit("serving_load: the server announced no gRPC address (--grpc-port -1?)")
-            url = grpc_url
-    loopback_only(url)
     try:
-        probe = GrpcClient(url, args.model_name) if protocol == "grpc" \
-            else RestClient(url, args.model_name)
-        wait_available(probe)
-        body = probe.waveform_request([utt], binary=binary) if protocol == "grpc" \
-            else predict_waveform_body([utt], binary=binary)
-        probe.close()
-        result = load(url, args.model_name, body, args.clients, args.requests, args.max_seconds,
-                      warmup=args.warmup, server_pid=process.pid if process else None)
+        audio = Path(args.audio) if args.audio else find_data_dir(None).joinpath(*DEFAULT_AUDIO)
+    except UsageError as error:
+        sys.exit(f"serving_load: {error}")
+    utt = utterance(audio, args.transcript)
+    binary = args.signature == "predict_waveform_bytes"
+    version_dir = newest_version(args.model_base_path)
+    load_before = round(os.getloadavg()[0], 2)
+    reference = inprocess_rate(version_dir, utt, args.inprocess_seconds)
+    gc.collect()
+    process = None
+    urls = {}
+    if args.url is None:
+        process, urls["rest"], urls["grpc"] = start_server(args.model_base_path,
+                                                           args.model_name, args.server_arg)
+        if protocol != "rest" and urls["grpc"] is None:
+            process.kill()
+            sys.exit("serving_load: the server announced no gRPC address (--grpc-port -1?)")
+    else:
+        urls[protocol] = args.url
+    runs = {}
+    try:
+        for name in (("rest", "grpc") if protocol == "both" else (protocol,)):
+            url = urls[name]
+            loopback_only(url)
+            probe = GrpcClient(url, args.model_name) if name == "grpc" \
+                else RestClient(url, args.model_name)
+            wait_available(probe)
+            body = probe.waveform_request([utt], binary=binary) if name == "grpc" \
+                else predict_waveform_body([utt], binary=binary)
+            probe.close()
+            result = load(url, args.model_name, body, args.clients, args.requests,
+                          args.max_seconds, warmup=args.warmup,
+                          server_pid=process.pid if process else None)
+            result["ratio_to_inprocess"] = round(result["requests_per_s"]
+                                                 / reference["utterances_per_s"], 3)
+            result.update({"url": url, "body_bytes": body.ByteSize() if name == "grpc"
+                           else len(body)})
+            runs[name] = result
     finally:
         if process is not None:
             process.terminate()
@@ -431,16 +525,17 @@ def main(argv=None) -> int:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
-    result.update({"protocol": protocol, "signature": args.signature, "clients": args.clients,
-                   "url": url,
-                   "server": "started" if process is not None else "external",
-                   "server_args": args.server_arg, "utterance_s": round(utt.waveform.size / 16000, 2),
-                   "words": len(utt.words),
-                   "body_bytes": body.ByteSize() if protocol == "grpc" else len(body),
-                   "cpus": os.cpu_count(),
-                   "load_avg_1m": round(os.getloadavg()[0], 2)})
-    print(json.dumps(result))
-    return 0 if result["errors"] == 0 else 1
+    report = {"model": describe_model(version_dir, args.model_note),
+              "inprocess": reference, **runs,
+              "ratios": {name: run["ratio_to_inprocess"] for name, run in runs.items()},
+              "signature": args.signature, "clients": args.clients,
+              "server": "started" if process is not None else "external",
+              "server_args": args.server_arg,
+              "utterance_s": round(utt.waveform.size / 16000, 2), "words": len(utt.words),
+              "cpus": os.cpu_count(), "load_avg_1m_before": load_before,
+              "load_avg_1m": round(os.getloadavg()[0], 2), "nice": os.nice(0)}
+    print(json.dumps(report))
+    return 0 if all(run["errors"] == 0 for run in runs.values()) else 1
 
 
 if __name__ == "__main__":

@@ -41,7 +41,11 @@ from pipeline.vertex_training import DEFAULT_MACHINE_TYPE, DEFAULT_REGION  # noq
 from preprocessing import preprocess_command  # noqa: E402
 from preprocessing.usage_error import UsageError  # noqa: E402
 from serving import predict_command, serve_command  # noqa: E402
+from serving.http_front import Limits  # noqa: E402  (asyncio and h11: no TensorFlow)
 from trainer.config import SHIPPED, VARIANTS, ModelConfig  # noqa: E402
+
+
+SERVE_LIMITS = Limits()  # `cme-ser serve`'s defaults
 
 
 def fetch_embeddings(args) -> None:
@@ -184,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="serve the newest N versions (TF Serving's default policy is 1)")
     srv.add_argument("--version-labels", default=None,
                      help='JSON file {"label": version}, re-read on every poll')
-    srv.add_argument("--max-request-mb", type=float, default=32.0,
+    srv.add_argument("--max-request-mb", type=float,
+                     default=SERVE_LIMITS.max_body_bytes / 2**20,
                      help="larger request bodies are refused with 413")
     srv.add_argument("--enable-batching", "--enable_batching", dest="enable_batching",
                      action="store_true", default=False,
@@ -211,9 +216,18 @@ def build_parser() -> argparse.ArgumentParser:
                           "among the workers)")
     srv.add_argument("--inter-op-threads", type=int, default=0,
                      help="TensorFlow ops run at once, per process (0: TensorFlow's default)")
-    srv.add_argument("--read-timeout", type=float, default=30.0,
-                     help="seconds a client may stay silent in the middle of a request before "
-                          "it is disconnected")
+    srv.add_argument("--max-header-kb", type=float, default=SERVE_LIMITS.max_header_bytes / 1024,
+                     help="request line and headers larger than this are refused with 431")
+    srv.add_argument("--header-timeout", type=float, default=SERVE_LIMITS.header_timeout_s,
+                     help="seconds a client has to send a request's line and headers (from "
+                          "connecting, or on a kept-alive connection from the request's first "
+                          "byte); then 408 and the connection is closed")
+    srv.add_argument("--body-timeout", type=float, default=SERVE_LIMITS.body_timeout_s,
+                     help="seconds a client has to send a request's whole body once its "
+                          "headers are in (and to read its answer); then 408 and the "
+                          "connection is closed")
+    srv.add_argument("--read-timeout", type=float, default=None,
+                     help="sets both --header-timeout and --body-timeout (the older flag)")
     srv.set_defaults(func=serve_command.serve)
 
     pred = sub.add_parser("predict", help="emotion of audio files, via the REST API or locally")

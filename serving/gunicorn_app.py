@@ -1,19 +1,23 @@
 """``cme-ser serve`` on gunicorn: N worker processes on one port, TF Serving's REST API in each.
 
-gunicorn (gthread workers) owns the HTTP: parsing, chunked bodies, keep-alive, graceful
-shutdown (SIGTERM: stop accepting, finish the requests in flight), the worker processes, and
-restarting a worker that dies while the others keep serving. Each worker answers with
-:class:`serving.server.WsgiApp` around :meth:`serving.server.RestApi.respond`.
+gunicorn's arbiter owns the worker processes: it forks them, restarts one that dies while the
+others keep serving, and stops them gracefully on SIGTERM. Each worker is an :class:`_Worker`:
+one asyncio event loop running :class:`serving.http_front.HttpFront` (h11) on the listening
+socket, so a connection that has not delivered a whole request costs no thread (the
+slowloris pattern cannot stall it), with ``--max-header-kb``, ``--max-request-mb``,
+``--header-timeout`` and ``--body-timeout`` as its limits. Complete requests go to
+:class:`serving.server.AsyncApp` (status and metadata on the event loop, predictions in a pool
+of request threads), all of them into the worker's one batcher when batching is on.
 
 TensorFlow is never imported in the gunicorn master (this module and gunicorn import none of
 it, and the app is not preloaded): forking a process that has started TensorFlow's threads is
 unsafe. Each worker loads the model itself (:meth:`_Application.load`, after the fork) and runs
-its own version poller, so every worker picks up a new version within ``--poll-seconds``. In
-gunicorn's ``worker_exit`` hook, still in the worker, :meth:`serving.services.Services.close`
-stops and joins the gRPC server, the batcher and the poller and releases the models, so that no
-thread is inside TensorFlow when the interpreter tears it down (what made SIGTERM end in
-SIGABRT). The request threads are done by then: the gthread worker waits for them
-(``graceful_timeout``) before it returns.
+its own version poller, so every worker picks up a new version within ``--poll-seconds``. On
+SIGTERM (or Ctrl-C) a worker stops accepting, closes idle connections, finishes the requests in
+flight (``graceful_timeout``) and joins its request threads; then, in gunicorn's
+``worker_exit`` hook, :meth:`serving.services.Services.close` stops and joins the gRPC server,
+the batcher and the poller and releases the models, so that no thread is inside TensorFlow
+when the interpreter tears it down (what made SIGTERM end in SIGABRT).
 
 gRPC: every worker runs a gRPC server on the same ``--grpc-port`` with ``SO_REUSEPORT``, and the
 kernel spreads connections over them, so gRPC uses every worker and a restarted worker brings
@@ -21,25 +25,19 @@ its share back. The master binds that port first (``SO_REUSEPORT``, not listenin
 no connections) to pick a free port for ``--grpc-port 0`` and to refuse a port another program
 holds.
 
-Slow clients: gunicorn's gthread worker has no read timeout once a request has begun (a client
-that sends half a request and stalls would hold a thread forever), so :class:`_Worker` sets
-``SO_RCVTIMEO`` / ``SO_SNDTIMEO`` (``read_timeout``) on every connection; a client idle that
-long mid-request is disconnected, logged at debug level like a client that hung up.
-
 The master prints one line once every worker has loaded the model (the REST URL its last word;
 tests, benchmarks and the README read it from there).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-import errno
 import json
 import logging
 import os
 import signal
 import socket
-import struct
 import sys
 import threading
 from pathlib import Path
@@ -47,13 +45,14 @@ from typing import Optional
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
-from gunicorn.glogging import Logger
-from gunicorn.workers.gthread import ThreadWorker
+from gunicorn.workers.base import Worker
 
 from preprocessing.filesystems import exit_process
+from serving.http_front import HttpFront, Limits
 
 READY_MARK = "REST API at "
-THREADS_PER_WORKER = 16  # requests at once per worker (the old server: one thread per client)
+HEARTBEAT_S = 1.0  # how often a worker tells the arbiter it is alive
+_LIMITS = Limits()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,9 +75,11 @@ class ServeConfig:
     cors: bool = False
     intra_op_threads: int = 0
     inter_op_threads: int = 0
-    read_timeout_s: float = 30.0
+    max_header_bytes: int = _LIMITS.max_header_bytes
+    header_timeout_s: float = _LIMITS.header_timeout_s
+    body_timeout_s: float = _LIMITS.body_timeout_s
+    keepalive_s: float = _LIMITS.keepalive_s
     graceful_timeout_s: int = 30
-    keepalive_s: int = 5
     # A worker whose main loop does not check in this long is restarted; it also bounds the
     # model's loading (TensorFlow's import included) on a busy machine.
     worker_timeout_s: int = 300
@@ -101,24 +102,6 @@ def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-_timed_out = threading.local()  # .value: this request thread's client timed out
-
-
-class _QuietLogger(Logger):
-    """A client gone or timed out mid-request (EAGAIN from SO_RCVTIMEO, a reset, a broken pipe)
-    is routine: one debug line instead of the traceback gunicorn would log."""
-
-    def exception(self, msg, *args, **kwargs):
-        error = sys.exc_info()[1]
-        if isinstance(error, (TimeoutError, BlockingIOError, ConnectionError)) or (
-                isinstance(error, OSError) and error.errno in (errno.EAGAIN, errno.EPIPE)):
-            _timed_out.value = isinstance(error, (TimeoutError, BlockingIOError)) or \
-                error.errno == errno.EAGAIN
-            self.debug("%s: %s", msg % args if args else msg, error)
-            return
-        super().exception(msg, *args, **kwargs)
-
-
 class _Arbiter(Arbiter):
     def handle_int(self):
         """Ctrl-C stops gracefully, as SIGTERM does (gunicorn's default: at once, requests in
@@ -126,34 +109,46 @@ class _Arbiter(Arbiter):
         self.handle_term()
 
 
-class _Worker(ThreadWorker):
-    """gthread with a read timeout (see the module docstring); SIGINT (a terminal's Ctrl-C
-    reaches the workers too) stops it gracefully, as SIGTERM does."""
+class _Worker(Worker):
+    """One event loop serving :class:`HttpFront` on gunicorn's listening sockets (see the
+    module docstring); it checks in with the arbiter every ``HEARTBEAT_S``. SIGTERM and SIGINT
+    (a terminal's Ctrl-C reaches the workers too) stop it gracefully."""
+
+    _loop: Optional[asyncio.AbstractEventLoop] = None
+    _stop: Optional[asyncio.Event] = None
 
     def init_signals(self):
         super().init_signals()
         signal.signal(signal.SIGINT, self.handle_exit)
 
-    def handle(self, conn):
-        timeout = self.app.config.read_timeout_s
-        if timeout > 0:
-            whole = int(timeout)
-            value = struct.pack("ll", whole, int((timeout - whole) * 1e6))
-            try:
-                conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
-                conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
-            except OSError:  # already closed by the client: the request will see it
-                pass
-        _timed_out.value = False
-        keep = super().handle(conn)
-        if _timed_out.value:
-            # Cut it now: gunicorn's graceful close, on the main loop, would wait up to 2 s
-            # for a client that has stopped talking.
-            try:
-                conn.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        return keep
+    def handle_exit(self, sig, frame):
+        self.alive = False
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+
+    def run(self):
+        asyncio.run(self._serve())
+
+    async def _serve(self):
+        c = self.app.config
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        app = self.wsgi  # serving.server.AsyncApp (_Application.load)
+        front = HttpFront(app, Limits(max_body_bytes=c.max_body_bytes,
+                                      max_header_bytes=c.max_header_bytes,
+                                      header_timeout_s=c.header_timeout_s,
+                                      body_timeout_s=c.body_timeout_s,
+                                      keepalive_s=c.keepalive_s))
+        await front.start([listener.sock for listener in self.sockets])
+        try:
+            while self.alive and self.ppid == os.getppid():
+                self.notify()
+                try:
+                    await asyncio.wait_for(self._stop.wait(), HEARTBEAT_S)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            await front.close(c.graceful_timeout_s)
+            await asyncio.get_running_loop().run_in_executor(None, app.close)
 
 
 class _Application(BaseApplication):
@@ -169,12 +164,9 @@ class _Application(BaseApplication):
         settings = {
             "workers": c.workers,
             "worker_class": _Worker,
-            "threads": THREADS_PER_WORKER,
-            "keepalive": c.keepalive_s,  # (gunicorn takes whole seconds)
             "graceful_timeout": c.graceful_timeout_s,
             "timeout": c.worker_timeout_s,
             "preload_app": False,  # never: the master must not import TensorFlow
-            "logger_class": _QuietLogger,
             "loglevel": "warning",
             "accesslog": None,
             "proc_name": "cme-ser serve",
@@ -201,7 +193,7 @@ class _Application(BaseApplication):
             import tensorflow as tf  # before anything runs: the thread pools are made once
             tf.config.threading.set_intra_op_parallelism_threads(c.intra_op_threads)
             tf.config.threading.set_inter_op_parallelism_threads(c.inter_op_threads)
-        from serving.server import WsgiApp
+        from serving.server import AsyncApp
         from serving.services import Services
         self.services = Services(
             c.base_path, c.model_name, poll_seconds=c.poll_seconds, labels_file=c.labels_file,
@@ -209,7 +201,7 @@ class _Application(BaseApplication):
             max_batch_size=c.max_batch_size, batch_timeout_ms=c.batch_timeout_ms, cors=c.cors,
             grpc_host=c.host if self.grpc_port >= 0 else None, grpc_port=self.grpc_port,
             grpc_reuse_port=True)
-        return WsgiApp(self.services.api)
+        return AsyncApp(self.services.api)
 
     # -- hooks (gunicorn calls them with the arbiter and / or the worker) -----------------------
 

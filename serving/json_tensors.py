@@ -262,7 +262,7 @@ def _pretty(value, indent: str, out: List[str], size: List[int]) -> None:
     if size[0] > _QUOTE_LIMIT:
         raise _QuoteFull
     if type(value) is FastArray:
-        value = value.values
+        value = value.values if value.array is None else value.array.tolist()
     if isinstance(value, (dict, list)) and value:
         inner = indent + "    "
         items = value.items() if isinstance(value, dict) else ((None, v) for v in value)

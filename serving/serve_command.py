@@ -41,8 +41,15 @@ def serve(args) -> None:
                         ("--inter-op-threads", args.inter_op_threads)):
         if value < 0:
             raise UsageError(f"{flag} must be >= 0, got {value}")
-    if args.read_timeout <= 0:
-        raise UsageError(f"--read-timeout must be > 0, got {args.read_timeout}")
+    if args.read_timeout is not None:  # the older flag: both read timeouts
+        if args.read_timeout <= 0:
+            raise UsageError(f"--read-timeout must be > 0, got {args.read_timeout}")
+        args.header_timeout = args.body_timeout = args.read_timeout
+    for flag, value in (("--header-timeout", args.header_timeout),
+                        ("--body-timeout", args.body_timeout),
+                        ("--max-header-kb", args.max_header_kb)):
+        if value <= 0:
+            raise UsageError(f"{flag} must be > 0, got {value}")
     # gunicorn's master: no TensorFlow in this process (the workers load it).
     from serving.gunicorn_app import PortError, ServeConfig, run
     config = ServeConfig(
@@ -54,7 +61,9 @@ def serve(args) -> None:
         cors=args.enable_cors_support,
         intra_op_threads=args.intra_op_threads or (
             _threads_per_worker(args.workers) if args.workers > 1 else 0),
-        inter_op_threads=args.inter_op_threads, read_timeout_s=args.read_timeout)
+        inter_op_threads=args.inter_op_threads,
+        max_header_bytes=int(args.max_header_kb * 1024), header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout)
     try:
         code = run(config)  # SIGTERM / Ctrl-C: finish what is in flight, exit 0
     except PortError as error:

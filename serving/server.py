@@ -28,14 +28,16 @@ Concurrent predict requests on the same signature are batched together when ``ba
 bodies with long arrays of JSON numbers take ``serving.fast_json`` (same results and errors,
 less CPU).
 
-:class:`WsgiApp` puts the API on a WSGI server; ``serving.gunicorn_app`` runs it in gunicorn's
-worker processes (``cme-ser serve``), each with its ``serving.services.Services``.
+:class:`AsyncApp` puts the API behind ``serving.http_front`` (an event loop that hands over
+only complete requests); ``serving.gunicorn_app`` runs it in gunicorn's worker processes
+(``cme-ser serve``), each with its ``serving.services.Services``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import dataclasses
-import http
 import json
 import logging
 import re
@@ -44,18 +46,16 @@ import zlib
 from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
-from gunicorn.http.errors import NoMoreData
 
 from serving import fast_json, json_tensors
 from serving.batching import Batcher
+from serving.http_front import DEFAULT_MAX_BODY_BYTES
 from serving.repository import ModelRepository, Signature, Version
 from trainer.export import SERVING_DEFAULT
 from serving.status import HTTP_STATUS, ServingError, invalid_argument, not_found
 
 log = logging.getLogger("cme_ser.serving")
 
-DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024  # a 60 s utterance is about 12 MB of JSON
-_DRAIN_LIMIT = 1 << 30  # bodies up to this size are read and discarded before a 413
 
 _PREDICT = re.compile(r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
                       r":(classify|regress|predict)", re.IGNORECASE)
@@ -316,68 +316,31 @@ def gunzip(data: bytes, limit: int) -> bytes:
 
 
 # ----------------------------------------------------------------------------------------------
-# WSGI (gunicorn runs it: serving.gunicorn_app)
+# The event-driven front end's handler (serving.http_front runs it: serving.gunicorn_app)
+
+REQUEST_THREADS = 64  # predictions at once per worker process; each is a complete request
 
 
-def _too_large(length: int, limit: int) -> ServingError:
-    return ServingError("INVALID_ARGUMENT", f"Request body of {length} bytes exceeds the limit of "
-                                            f"{limit} bytes", http_status=413)
+class AsyncApp:
+    """:meth:`RestApi.respond` for :class:`serving.http_front.HttpFront`, which hands it only
+    complete requests. Predictions (POST) run in a pool of ``threads`` request threads: JSON
+    and TensorFlow, and with batching a wait in the worker's one batcher, which so sees every
+    prediction in flight, whatever connection it came on. Everything else (status, metadata,
+    OPTIONS, errors) is answered on the event loop: it reads the repository's current snapshot
+    and never waits for TensorFlow, so a busy model does not delay a status call."""
 
-
-class WsgiApp:
-    """:meth:`RestApi.respond` as a WSGI application. The HTTP itself (parsing, chunked
-    bodies, keep-alive, timeouts) is the WSGI server's; here: the request's bytes, the body
-    size limit (413 for a Content-Length or a chunked body over ``api.max_body_bytes``)."""
-
-    def __init__(self, api: RestApi):
+    def __init__(self, api: RestApi, threads: int = REQUEST_THREADS):
         self.api = api
+        self.pool = concurrent.futures.ThreadPoolExecutor(threads,
+                                                          thread_name_prefix="rest-request")
 
-    def __call__(self, environ, start_response):
-        method = environ["REQUEST_METHOD"]
-        # The request target as sent (TF Serving matches the raw path; PATH_INFO is decoded).
-        path = environ.get("RAW_URI") or urllib.parse.quote(environ.get("PATH_INFO", "/"))
-        headers = {key[5:].replace("_", "-").lower(): value
-                   for key, value in environ.items() if key.startswith("HTTP_")}
-        for key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-            if environ.get(key):
-                headers[key.replace("_", "-").lower()] = environ[key]
-        try:
-            body = self._read_body(environ)
-        except ServingError as error:
-            response = self.api.error_response(error)
-        else:
-            response = self.api.respond(method, path, headers, body)
-        start_response(f"{response.status} {_reason(response.status)}",
-                       list(response.headers) + [("Content-Length", str(len(response.body)))])
-        return [b"" if method == "HEAD" else response.body]
+    async def __call__(self, request) -> Response:
+        if request.method == "POST":
+            return await asyncio.get_running_loop().run_in_executor(
+                self.pool, self.api.respond, request.method, request.target, request.headers,
+                request.body)
+        return self.api.respond(request.method, request.target, request.headers, request.body)
 
-    def _read_body(self, environ) -> bytes:
-        stream, limit = environ["wsgi.input"], self.api.max_body_bytes
-        length = environ.get("CONTENT_LENGTH")
-        if length:  # the server has checked it is a number
-            length = int(length)
-            if length > limit:  # the server reads the rest away (or closes) after the 413
-                raise _too_large(length, limit)
-            body = stream.read(length)
-            if len(body) < length:  # the client hung up (or timed out) mid-body: routine
-                raise NoMoreData(body)
-            return body
-        if "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
-            return b""
-        body = stream.read(limit + 1)
-        if len(body) <= limit:
-            return body
-        total = len(body)
-        while total <= _DRAIN_LIMIT:  # read on, so that the client, still sending, gets the 413
-            piece = stream.read(1 << 20)
-            if not piece:
-                break
-            total += len(piece)
-        raise _too_large(total, limit)
-
-
-def _reason(status: int) -> str:
-    try:
-        return http.HTTPStatus(status).phrase
-    except ValueError:
-        return "Unknown"
+    def close(self) -> None:
+        """Waits for the predictions in flight and joins the request threads."""
+        self.pool.shutdown(wait=True)

@@ -224,5 +224,14 @@ def test_serving_load_benchmark(small_model_base):
                               "--requests": "4"})
     assert "--server-arg=--workers=2" in argv and "--server-arg=--enable-batching" in argv
     result = last_json_line(run(argv, cwd=ROOT))
-    assert result["requests"] == 4 and result["errors"] == 0
+    reference = result["inprocess"]
+    assert reference["batch"] == 8 and reference["utterances_per_s"] > 0
+    for protocol in ("rest", "grpc"):  # both, against the in-process rate of the same run
+        measured = result[protocol]
+        assert measured["requests"] == 4 and measured["errors"] == 0
+        assert result["ratios"][protocol] == measured["ratio_to_inprocess"]
+        assert abs(measured["ratio_to_inprocess"]
+                   - measured["requests_per_s"] / reference["utterances_per_s"]) < 1e-3
+    assert result["model"]["path"].startswith(str(small_model_base))
+    assert result["model"]["parameters"] > 0
     assert result["server_args"] == ["--workers=2", "--enable-batching"]

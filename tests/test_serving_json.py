@@ -133,6 +133,27 @@ def test_fast_path_gives_bit_identical_arrays(name):
     assert_identical(fast_tensors(body), general_tensors(body))
 
 
+def test_long_arrays_go_to_simdjson_and_what_it_refuses_to_orjson():
+    """Rank-1 and rank-2 arrays of numbers are parsed by simdjson straight into a float64
+    array; one with an integer beyond 64 bits (simdjson refuses it), and ragged rows, are
+    parsed by orjson into lists, as before. The tensors (or the error) are the general path's
+    either way."""
+    body = GOOD["client body, 3 rows"]()
+    fast = fast_json.parse(body).doc["inputs"]["waveform"]
+    assert fast.array is not None and fast.array.shape == (3, N + 11) and fast.values is None
+    assert_identical(fast_tensors(body), general_tensors(body))
+    flat = ('{"inputs": {"x": ' + repr_floats(samples()) + "}}").encode()
+    assert fast_json.parse(flat).doc["inputs"]["x"].array.shape == (N,)
+    huge = columnar("[[" + ",".join(["0.5"] * N + ["123456789012345678901234567890"]) + "]]")
+    fast = fast_json.parse(huge).doc["inputs"]["waveform"]
+    assert fast.array is None and len(fast.values[0]) == N + 1
+    assert_identical(fast_tensors(huge), general_tensors(huge))
+    ragged = columnar("[[" + repr_floats(samples())[1:-1] + "],[1.0]]")
+    assert fast_json.parse(ragged).doc["inputs"]["waveform"].array is None
+    with pytest.raises(fast_json.NotFast):
+        fast_tensors(ragged)
+
+
 def test_float64_inputs_and_values_the_float_rule_sends_back():
     body = ('{"inputs": {"x": [' + repr_floats(np.random.default_rng(0).standard_normal(N))
             + "]}}").encode()

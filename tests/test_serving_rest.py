@@ -430,6 +430,20 @@ def test_body_size_limit_and_chunked_bodies(server, utterance):
     assert response.status == 413 and "exceeds the limit" in json.loads(response.read())["error"]
     connection.close()
     assert_healthy(server)
+    # Headers over --max-header-kb (64 KiB by default): 431, and the connection closed.
+    status, body = call(server, "GET", "/v1/models/cme", headers={"X-Big": "x" * 70000})
+    assert (status, body) == (431, {"error": "The request line and headers exceed the limit of "
+                                             "65536 bytes"})
+    # Expect: 100-continue: the body is asked for, then answered.
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+    sock.sendall(b"POST /v1/models/cme:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                 b"Expect: 100-continue\r\n\r\n")
+    assert sock.recv(1000) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    sock.sendall(b"{}")
+    answer = sock.recv(65536)
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n") and b"error" in answer, answer
+    assert_healthy(server)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -670,11 +684,22 @@ PARTIAL_BODY = (b"POST /v1/models/cme:predict HTTP/1.1\r\nHost: x\r\nContent-Len
                 b"\r\n{\"inputs\"")  # 10 of 100 bytes
 
 
+def _answer(sock: socket.socket) -> bytes:
+    """Everything the server sends on ``sock`` until it closes it."""
+    answer = b""
+    while True:
+        piece = sock.recv(65536)
+        if not piece:
+            return answer
+        answer += piece
+
+
 def test_cme_ser_serve_command(exported):
     """`cme-ser serve` as a process: announces its URL, answers; a client that stalls in the
-    middle of a request (headers or body) blocks no one else and is disconnected after
-    --read-timeout; a client hanging up mid-request prints nothing; on SIGTERM a request in
-    flight is answered, then the server exits with status 0 and no traceback."""
+    middle of a request (headers or body) blocks no one else and is answered 408 and
+    disconnected after --read-timeout (both --header-timeout and --body-timeout); a client
+    hanging up mid-request prints nothing; on SIGTERM a request in flight is answered, then the
+    server exits with status 0 and no traceback."""
     base, _ = exported
     process, url = start_server(serve_argv(base, "--poll-seconds", "0", "--grpc-port", "-1",
                                            "--read-timeout", "2"))
@@ -683,33 +708,31 @@ def test_cme_ser_serve_command(exported):
         assert "versions available: [1]" in line and "1 worker process, " in line, line
         assert url.startswith("http://127.0.0.1:") and int(url.rsplit(":", 1)[1]) > 0
         port = int(url.rsplit(":", 1)[1])
-        # Slow clients: as many as there are request threads, and more.
-        from serving.gunicorn_app import THREADS_PER_WORKER
+        # Slow clients: more than the 16 request threads of the gthread server this replaced.
         stalled = [_slow_request(port, PARTIAL_BODY if i % 2 else b"GET /v1/models/cme HTTP/1.1"
-                                 b"\r\nHost: x\r\n") for i in range(THREADS_PER_WORKER + 2)]
+                                 b"\r\nHost: x\r\n") for i in range(18)]
         time.sleep(0.1)  # (they are being read by now; nothing below depends on it)
         with RestClient(url, "cme", timeout=60) as client:
             assert client.status()["model_version_status"][0]["state"] == "AVAILABLE"
-        for sock in stalled:  # each is cut off: end of file, without an answer
-            assert sock.recv(1000) == b""
+        for i, sock in enumerate(stalled):  # each is answered 408, then cut off
+            answer = _answer(sock)
             sock.close()
+            assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), answer
+            part = "request body" if i % 2 else "request line and headers"
+            assert json.loads(answer.split(b"\r\n\r\n", 1)[1]) == {
+                "error": f"The {part} did not arrive within 2 s"}
         # Clients hanging up mid-request: routine, nothing on stderr.
         for sent in (PARTIAL_BODY, b"POST /v1/models/cme:predict HTTP/1.1\r\nHost: x\r\n"
                                    b"Transfer-Encoding: chunked\r\n\r\n5\r\n{\"in"):
             _slow_request(port, sent).close()
-        # SIGTERM with a request in flight: its body completes after the signal, and it is
+        # SIGTERM with a request in flight: its headers complete after the signal, and it is
         # still answered.
         in_flight = _slow_request(port, b"GET /v1/models/cme HTTP/1.1\r\nHost: x\r\n")
         time.sleep(0.1)
         process.send_signal(signal.SIGTERM)
         time.sleep(0.3)  # (well within --read-timeout)
         in_flight.sendall(b"Connection: close\r\n\r\n")
-        answer = b""
-        while True:
-            piece = in_flight.recv(65536)
-            if not piece:
-                break
-            answer += piece
+        answer = _answer(in_flight)
         in_flight.close()
         assert answer.startswith(b"HTTP/1.1 200 OK") and b"AVAILABLE" in answer, answer
         assert process.wait(timeout=60) == 0, server_stderr(process)[-5000:]
@@ -717,6 +740,85 @@ def test_cme_ser_serve_command(exported):
         assert "Traceback" not in stderr and "was sent SIG" not in stderr, stderr[-5000:]
     finally:
         stop_server(process, signal_=None)
+
+
+HALF_OPEN = (b"GET /v1/models/",  # a request line cut short
+             b"GET /v1/models/cme HTTP/1.1\r\nHost: x\r\n",  # headers without their end
+             b"POST /v1/models/cme:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n"
+             b"\r\n{\"inputs\"")  # a body shorter than its Content-Length says
+
+
+def test_half_open_connections_and_a_slow_body_stall_no_one(exported, utterance):
+    """The slowloris pattern (issue 25): 256 connections that each send part of a request
+    and wait, on one worker (more than any thread or worker count), leave a status call
+    answered within 1 s and a prediction answered; a client sending its body one byte a second
+    is answered 408 and cut off at --body-timeout, while the others are served meanwhile."""
+    base, _ = exported
+    process, url = start_server(serve_argv(base, "--poll-seconds", "0", "--grpc-port", "-1",
+                                           "--body-timeout", "2"))
+    port = int(url.rsplit(":", 1)[1])
+    held = []
+    row = json.dumps({"signature_name": "predict_waveform",
+                      "inputs": {k: [v] for k, v in instance(utterance).items()}}).encode()
+
+    def status_within_1s():
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1.0)
+        try:
+            connection.request("GET", "/v1/models/cme")
+            response = connection.getresponse()
+            body = json.loads(response.read())
+        finally:
+            connection.close()
+        return response.status, body["model_version_status"][0]["state"]
+
+    try:
+        held = [_slow_request(port, HALF_OPEN[i % 3]) for i in range(256)]
+        assert status_within_1s() == (200, "AVAILABLE")
+        status, body = _fresh_call(url, "POST", "/v1/models/cme:predict", row)
+        assert status == 200 and body["outputs"]["classes"][0] in CLASSES
+
+        # One byte a second, on a body of 100: answered and cut off after --body-timeout.
+        slow = _slow_request(port, b"POST /v1/models/cme:predict HTTP/1.1\r\nHost: x\r\n"
+                                   b"Content-Length: 100\r\n\r\n")
+        started = time.monotonic()
+        served = []
+
+        def others():  # another client, served while the slow one sends
+            while time.monotonic() - started < 1.5:
+                served.append(status_within_1s())
+                time.sleep(0.2)
+            served.append(_fresh_call(url, "POST", "/v1/models/cme:predict", row)[0])
+
+        thread = threading.Thread(target=others)
+        thread.start()
+        slow.settimeout(1.0)
+        answer, sent = b"", 0
+        while not answer and sent < 20:
+            try:
+                slow.sendall(b" ")
+                sent += 1
+                answer = slow.recv(65536)  # (waits up to a second: the pace of the sending)
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+        slow.settimeout(10.0)
+        answer += _answer(slow)
+        cut_after = time.monotonic() - started
+        slow.close()
+        thread.join()
+        assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), answer
+        assert json.loads(answer.split(b"\r\n\r\n", 1)[1]) == {
+            "error": "The request body did not arrive within 2 s"}
+        assert 1.9 <= cut_after < 10 and sent <= 10, (cut_after, sent)
+        assert len(served) >= 2 and set(served[:-1]) == {(200, "AVAILABLE")} \
+            and served[-1] == 200, served
+        # The half-open connections are still held (header timeout 30 s): still answered.
+        assert status_within_1s() == (200, "AVAILABLE")
+    finally:
+        for sock in held:
+            sock.close()
+        assert stop_server(process) == 0, server_stderr(process)[-5000:]
 
 
 # ----------------------------------------------------------------------------------------------
