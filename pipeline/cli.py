@@ -6,6 +6,7 @@
     cme-ser serve --model-base-path DIR [--model-name cme] [--port 8501] [...]
     cme-ser predict AUDIO [AUDIO ...] [--transcript TEXT] [--url URL | --model-dir DIR] [--json]
     cme-ser predict --manifest CSV [--url URL | --model-dir DIR] [--json] [--out FILE]
+    cme-ser predict RECORDING [--timeline] [--transcript-file FILE.vtt] [--csv FILE] [--plot PNG]
     cme-ser evaluate --model-dir DIR | --url URL [--dataset ravdess] [--data-dir DIR]
                      [--channels song] [--out DIR]
     cme-ser compile --target kubeflow --output pipeline.json [...]
@@ -218,10 +219,23 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--batch-size", type=int, default=8,
                       help="files per model request (their transcripts may differ)")
     pred.add_argument("--out", default=None,
-                      help="also write the per-file predictions here (JSON lines)")
+                      help="also write the per-file predictions (a timeline: its rows) here "
+                           "(JSON lines)")
     pred.add_argument("--plot", default=None, metavar="FILE.png",
                       help="one audio file: draw its filterbank, word spans and per-word "
-                           "acoustic and semantic excitation into FILE.png")
+                           "acoustic and semantic excitation into FILE.png (a timeline: its "
+                           "envelope and each segment's emotion and probabilities)")
+    pred.add_argument("--timeline", action="store_true",
+                      help="one recording of any length: split it into speech segments and "
+                           "predict each (the default for a recording over 60 s): one row per "
+                           "segment with its start, end, words, emotion, probabilities and "
+                           "per-word excitation")
+    pred.add_argument("--transcript-file", default=None, metavar="FILE",
+                      help="a recording's words with times (WebVTT .vtt, SubRip .srt or Praat "
+                           ".TextGrid words tier); without it, each segment's words are "
+                           "recognised (implies --timeline)")
+    pred.add_argument("--csv", default=None, metavar="FILE.csv",
+                      help="write the timeline as CSV too (implies --timeline)")
     pred.add_argument("--url", default="http://localhost:8501",
                       help="`cme-ser serve` or TF Serving: its REST endpoint (http://...) or "
                            "its gRPC one (grpc://host:8500)")
