@@ -340,3 +340,41 @@ def test_evaluate_scores_labelled_segments(recordings, small_model_base, tmp_pat
     assert [p["label"] for p in predictions] == [p.label for p in placed]
     [error] = [json.loads(x) for x in (out / "errors.jsonl").read_text().splitlines()]
     assert error["stage"] == "segmentation" and "no speech segment" in error["reason"]
+
+
+# --- The README's commands --------------------------------------------------------------------
+
+def test_joined_recording_command(tmp_path):
+    """`python -m preprocessing.joined_recording --out ... --actors 21,22 --count 3 --snr 20`:
+    the recording, its labels and its transcript, consistent with each other."""
+    from preprocessing import joined_recording
+    ravdess()
+    out = tmp_path / "demo" / "recording.flac"
+    assert joined_recording.main(["--out", str(out), "--actors", "21,22", "--count", "3",
+                                  "--snr", "20"]) == 0
+    labels = (tmp_path / "demo" / "recording.segments.csv").read_text().splitlines()
+    assert labels[0] == "start,end,label" and len(labels) == 4
+    words = read_timed_transcript(tmp_path / "demo" / "recording.vtt")
+    assert len(words) == 18  # two RAVDESS statements of 6 words
+    ends = [float(line.split(",")[1]) for line in labels[1:]]
+    assert sf.info(str(out)).duration > ends[-1] and ends == sorted(ends)
+
+
+def test_timeline_benchmark_prints_speed_and_memory(small_model_base, tmp_path):
+    """`python benchmarks/timeline.py --model-dir DIR --minutes ...`, at half and one minute."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    ravdess()
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / "timeline.py"),
+                           "--model-dir", str(small_model_base), "--minutes", "0.5,1"],
+                          cwd=root, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(result["lengths"]) == {"0.5min", "1min"}
+    for minutes, run in (("0.5min", 30.0), ("1min", 60.0)):
+        got = result["lengths"][minutes]
+        assert got["duration_s"] == pytest.approx(run, abs=0.1)
+        assert got["predicted"] == got["segments"] > run / 8  # an utterance every ~5.5 s
+        assert got["seconds"] > 0 and got["peak_rss_mb"] > 100
