@@ -8,8 +8,9 @@ Speed and memory: for each length, a recording of that many minutes (the actors'
 over and over, seeded silences of 0.5-3 s, pink noise at 20 dB, 16 kHz FLAC) with its WebVTT
 transcript is built, then ``cme-ser predict RECORDING --transcript-file ... --model-dir DIR``'s
 work (``serving.timeline.predict_timeline``) runs in a fresh process, which reports its wall
-time and its peak resident memory. Prints one JSON line: per length, seconds, segments and
-peak RSS in MB, and the CPU count and load average when it started.
+time, its CPU time (all threads: what it costs on a machine others share) and its peak resident
+memory. Prints one JSON line: per length, seconds, cpu_seconds, segments and peak RSS in MB,
+and the CPU count and load average when it started.
 
 Quality: one recording per SNR of every 4-class utterance of ``--actors`` (use speakers the
 model did not train on), scored like tests/test_timeline.py: onset and offset F1 (+-0.2 s),
@@ -49,15 +50,22 @@ def child(recording: str, transcript: str, model_dir: str) -> None:
     from serving.timeline import predict_timeline
 
     model, aligner = LocalModel(model_dir), PocketSphinxAligner()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu_seconds()
     timeline = predict_timeline(recording, model, aligner=aligner,
                                 transcript_words=read_timed_transcript(transcript))
-    seconds = time.perf_counter() - start
-    print(json.dumps({"seconds": round(seconds, 1), "segments": len(timeline.rows),
+    seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
+    print(json.dumps({"seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1),
+                      "segments": len(timeline.rows),
                       "predicted": sum(r.prediction is not None for r in timeline.rows),
                       "duration_s": round(timeline.duration_s, 1),
                       "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
                                            / 1024, 1)}))
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process, all its threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def speed(args) -> dict:
