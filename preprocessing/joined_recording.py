@@ -8,9 +8,9 @@ RAVDESS at run time (never stored):
 
     python -m preprocessing.joined_recording --out demo.flac --actors 01,02 --snr 20
 
-writes ``demo.flac``, its segment labels ``demo.segments.csv`` (``start,end,label``: the
-``cme-ser evaluate --dataset segments`` manifest) and its transcript ``demo.vtt`` (WebVTT, one
-cue per utterance).
+writes ``demo.flac``, its transcript ``demo.vtt`` (WebVTT, one cue per utterance) and its
+segment labels ``demo.segments.csv`` (``path,start,end,label,transcript``: the manifest of
+``cme-ser evaluate --dataset segments``).
 
 Noise is pink (power falling 3 dB per octave, like most room and street noise more than white
 noise), from a seeded generator, at ``snr_db`` below each utterance's own speech: under a file,
@@ -119,9 +119,20 @@ def join_utterances(utterances: Sequence[Tuple[Union[str, os.PathLike], str, str
     return placed
 
 
-def write_segments_csv(placed: Sequence[Placed], path: Union[str, os.PathLike]) -> None:
-    """``start,end,label`` per utterance (seconds, 3 decimals)."""
-    lines = ["start,end,label"] + [f"{p.start_s:.3f},{p.end_s:.3f},{p.label}" for p in placed]
+def write_segments_csv(placed: Sequence[Placed], path: Union[str, os.PathLike], *,
+                       audio: Optional[Union[str, os.PathLike]] = None,
+                       transcript: Optional[Union[str, os.PathLike]] = None) -> None:
+    """``start,end,label`` per utterance (seconds, 3 decimals); with ``audio`` (and
+    ``transcript``), ``path,start,end,label[,transcript]``, the names relative to the CSV: the
+    manifest ``cme-ser evaluate --dataset segments`` reads."""
+    if audio is None:
+        lines = ["start,end,label"] + [f"{p.start_s:.3f},{p.end_s:.3f},{p.label}" for p in placed]
+    else:
+        base = Path(path).parent
+        name = os.path.relpath(audio, base)
+        extra = f",{os.path.relpath(transcript, base)}" if transcript else ""
+        lines = ["path,start,end,label" + (",transcript" if transcript else "")] + [
+            f"{name},{p.start_s:.3f},{p.end_s:.3f},{p.label}{extra}" for p in placed]
     Path(path).write_text("\n".join(lines) + "\n")
 
 
@@ -168,8 +179,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     placed = join_utterances(utterances, out, snr_db=None if np.isinf(args.snr) else args.snr,
                              seed=args.seed, aligner=PocketSphinxAligner())
-    write_segments_csv(placed, out.with_suffix(".segments.csv"))
     write_vtt(placed, out.with_suffix(".vtt"))
+    write_segments_csv(placed, out.with_suffix(".segments.csv"), audio=out,
+                       transcript=out.with_suffix(".vtt"))
     print(f"{out}: {len(placed)} utterances; labels {out.with_suffix('.segments.csv')}, "
           f"transcript {out.with_suffix('.vtt')}")
     return 0

@@ -344,20 +344,30 @@ def test_evaluate_scores_labelled_segments(recordings, small_model_base, tmp_pat
 
 # --- The README's commands --------------------------------------------------------------------
 
-def test_joined_recording_command(tmp_path):
+def test_joined_recording_command(small_model_base, tmp_path, capsys):
     """`python -m preprocessing.joined_recording --out ... --actors 21,22 --count 3 --snr 20`:
-    the recording, its labels and its transcript, consistent with each other."""
+    the recording, its transcript and its labels, which `cme-ser evaluate --dataset segments`
+    reads as they are."""
     from preprocessing import joined_recording
     ravdess()
     out = tmp_path / "demo" / "recording.flac"
     assert joined_recording.main(["--out", str(out), "--actors", "21,22", "--count", "3",
                                   "--snr", "20"]) == 0
     labels = (tmp_path / "demo" / "recording.segments.csv").read_text().splitlines()
-    assert labels[0] == "start,end,label" and len(labels) == 4
+    assert labels[0] == "path,start,end,label,transcript" and len(labels) == 4
+    assert all(line.startswith("recording.flac,") and line.endswith(",recording.vtt")
+               for line in labels[1:])
     words = read_timed_transcript(tmp_path / "demo" / "recording.vtt")
     assert len(words) == 18  # two RAVDESS statements of 6 words
-    ends = [float(line.split(",")[1]) for line in labels[1:]]
+    ends = [float(line.split(",")[2]) for line in labels[1:]]
     assert sf.info(str(out)).duration > ends[-1] and ends == sorted(ends)
+    report_dir = tmp_path / "report"
+    assert main(["evaluate", "--model-dir", str(small_model_base), "--dataset", "segments",
+                 "--data-dir", str(tmp_path / "demo" / "recording.segments.csv"),
+                 "--out", str(report_dir)]) == 0
+    report = json.loads((report_dir / "report.json").read_text())
+    assert report["n"] == 3 and report["errors"] == 0
+    assert report["segments"]["onset"]["hits"] == 3
 
 
 def test_timeline_benchmark_prints_speed_and_memory(small_model_base, tmp_path):
