@@ -186,7 +186,8 @@ def predict_timeline(path: Union[str, os.PathLike], model, *, transcript_words=N
         keep = [s for s in (segmenter.open_since_s, tidier.held_since_s) if s is not None]
         keep += [s.start_s for s in waiting]
         keep_from = min(keep) if keep else audio.end / SAMPLE_RATE
-        audio.drop_before(int((keep_from - pad) * SAMPLE_RATE) - 1)
+        # a second more: a span about to open starts up to a VAD window and its onset lead back
+        audio.drop_before(int((keep_from - pad - 1.0) * SAMPLE_RATE))
     handle(tidier.add(segmenter.finish()) + tidier.finish())
     while waiting:
         start_row(waiting.pop(0), waiting[0] if waiting else None)
