@@ -6,6 +6,7 @@
     cme-ser serve --model-base-path DIR [--model-name cme] [--port 8501] [...]
     cme-ser predict AUDIO [AUDIO ...] [--transcript TEXT] [--url URL | --model-dir DIR] [--json]
     cme-ser predict --manifest CSV [--url URL | --model-dir DIR] [--json] [--out FILE]
+    cme-ser predict RECORDING [--timeline] [--transcript-file FILE.vtt] [--csv FILE] [--plot PNG]
     cme-ser evaluate --model-dir DIR | --url URL [--dataset ravdess] [--data-dir DIR]
                      [--channels song] [--out DIR]
     cme-ser compile --target kubeflow --output pipeline.json [...]
@@ -241,10 +242,23 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--batch-size", type=int, default=8,
                       help="files per model request (their transcripts may differ)")
     pred.add_argument("--out", default=None,
-                      help="also write the per-file predictions here (JSON lines)")
+                      help="also write the per-file predictions (a timeline: its rows) here "
+                           "(JSON lines)")
     pred.add_argument("--plot", default=None, metavar="FILE.png",
                       help="one audio file: draw its filterbank, word spans and per-word "
-                           "acoustic and semantic excitation into FILE.png")
+                           "acoustic and semantic excitation into FILE.png (a timeline: its "
+                           "envelope and each segment's emotion and probabilities)")
+    pred.add_argument("--timeline", action="store_true",
+                      help="one recording of any length: split it into speech segments and "
+                           "predict each (the default for a recording over 60 s): one row per "
+                           "segment with its start, end, words, emotion, probabilities and "
+                           "per-word excitation")
+    pred.add_argument("--transcript-file", default=None, metavar="FILE",
+                      help="a recording's words with times (WebVTT .vtt, SubRip .srt or Praat "
+                           ".TextGrid words tier); without it, each segment's words are "
+                           "recognised (implies --timeline)")
+    pred.add_argument("--csv", default=None, metavar="FILE.csv",
+                      help="write the timeline as CSV too (implies --timeline)")
     pred.add_argument("--url", default="http://localhost:8501",
                       help="`cme-ser serve` or TF Serving: its REST endpoint (http://...) or "
                            "its gRPC one (grpc://host:8500)")
@@ -270,10 +284,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model-version", type=int, default=None,
                     help="with --url: a specific version (default: the newest served)")
     ev.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
-    ev.add_argument("--dataset", choices=["ravdess", "iemocap", "manifest"], default="ravdess")
+    ev.add_argument("--dataset", choices=["ravdess", "iemocap", "manifest", "segments"],
+                    default="ravdess",
+                    help="segments: long recordings, a CSV of labelled segments (path, start, "
+                         "end, label, optional transcript: a .vtt/.srt/.TextGrid), each "
+                         "recording's timeline scored per labelled segment")
     ev.add_argument("--data-dir", action="append", default=None,
-                    help="corpus root (the manifest file for --dataset manifest); repeat it for "
-                         "RAVDESS speech and song directories (default: one per --channels)")
+                    help="corpus root (the manifest file for --dataset manifest or segments); "
+                         "repeat it for RAVDESS speech and song directories (default: one per "
+                         "--channels)")
     ev.add_argument("--channels", default=None,
                     help="RAVDESS vocal channels: speech, song or speech,song (default speech)")
     ev.add_argument("--out", default=None,

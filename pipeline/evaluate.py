@@ -14,7 +14,14 @@ predictions.jsonl      one line per scored file: id, path, label, prediction, pr
 errors.jsonl           one line per input that could not be scored: id, path, stage, reason
 =====================  ======================================================================
 
-Every input is in ``predictions.jsonl`` or ``errors.jsonl``. The corpus is listed with the
+Every input is in ``predictions.jsonl`` or ``errors.jsonl``.
+
+``--dataset segments`` scores long recordings instead (:func:`evaluate_segments`): a CSV of
+labelled segments (``path, start, end, label`` and optionally ``transcript``, a WebVTT/SRT/
+TextGrid of the recording), each recording turned into a timeline the way ``cme-ser predict
+RECORDING`` does (``serving.timeline``), each labelled segment scored with the row that overlaps
+it most (``pipeline.segment_evaluation``); the report adds the onset / offset F1 of the segments
+found. The corpus is listed with the
 model's own classes (it says them with every answer): RAVDESS / IEMOCAP utterances of other
 emotions are not inputs; a manifest row with another label is an error. Word alignments a
 corpus ships (IEMOCAP ``.wdseg``, manifest TextGrids) are not used: a served request carries a
@@ -30,6 +37,7 @@ from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Union
 
 from pipeline.report import confusion_table, plot_confusion
+from pipeline.segment_evaluation import DEFAULT_TOLERANCE_S
 from preprocessing import corpora
 from serving.predict import model_class_names, predict_files
 from trainer.metrics import confusion_matrix, unweighted_accuracy, weighted_accuracy
@@ -133,6 +141,82 @@ def evaluate(model, *, model_description: str, dataset: str,
     return report
 
 
+def evaluate_segments(model, *, model_description: str, manifest: Path, out_dir,
+                      aligner=None, batch_size: int = 8,
+                      log: Optional[Callable[[str], None]] = None) -> dict:
+    """Scores ``model`` on the labelled segments of long recordings listed in ``manifest``
+    (``pipeline.segment_evaluation.read_segment_manifest``). Writes the files above into
+    ``out_dir`` and returns the report. Raises ValueError for an unusable manifest, OSError
+    when a served model cannot be reached."""
+    from pipeline.segment_evaluation import match, read_segment_manifest, segment_scores
+    from preprocessing.audio import AudioError
+    from preprocessing.timed_transcripts import TranscriptError, read_timed_transcript
+    from serving.timeline import predict_timeline
+
+    started = time.time()
+    log = log or (lambda line: None)
+    class_names = model_class_names(model)
+    labelled = read_segment_manifest(manifest)
+    bad_labels = sorted({s.label for s in labelled} - set(class_names))
+    if bad_labels:
+        raise ValueError(f"{manifest}: labels {bad_labels} are not the model's classes "
+                         f"{class_names}")
+    if aligner is None and labelled:
+        from preprocessing.alignment import PocketSphinxAligner
+        aligner = PocketSphinxAligner()
+    recordings = list(dict.fromkeys((s.audio, s.transcript_file) for s in labelled))
+    log(f"== evaluate {model_description} on {len(labelled)} labelled segments of "
+        f"{len(recordings)} recordings ({manifest})")
+    rows, errors = [], []
+    hits = {"onset": [0, 0, 0], "offset": [0, 0, 0]}  # hits, reference, detected
+    for audio, transcript_file in recordings:
+        mine = [s for s in labelled if (s.audio, s.transcript_file) == (audio, transcript_file)]
+        try:
+            words = read_timed_transcript(transcript_file) if transcript_file else None
+            timeline = predict_timeline(audio, model, transcript_words=words, aligner=aligner,
+                                        batch_size=batch_size)
+        except (AudioError, TranscriptError) as error:
+            stage = "decode" if isinstance(error, AudioError) else "transcript"
+            errors += [{"utterance_id": s.where, "path": audio, "stage": stage,
+                        "reason": str(error)} for s in mine]
+            continue
+        reference = [(s.start_s, s.end_s) for s in mine]
+        for side, score in segment_scores(reference, timeline.rows).items():
+            for k, key in enumerate(("hits", "reference", "detected")):
+                hits[side][k] += score[key]
+        for s, found in zip(mine, match(reference, timeline.rows)):
+            row = timeline.rows[found] if found is not None else None
+            if row is None or row.prediction is None:
+                errors.append({"utterance_id": s.where, "path": audio,
+                               "stage": "segmentation" if row is None else row.stage,
+                               "reason": f"no speech segment found at {s.start_s:.2f}-"
+                                         f"{s.end_s:.2f} s" if row is None else row.error})
+                continue
+            rows.append({"utterance_id": s.where, "path": audio, "start_s": s.start_s,
+                         "end_s": s.end_s, "label": s.label, "prediction": row.emotion,
+                         "probabilities": row.prediction.probabilities,
+                         "segment": [row.start_s, row.end_s],
+                         "alignment_source": row.alignment_source})
+        log(f"[{time.time() - started:6.0f}s] {audio}: {len(timeline.rows)} segments, "
+            f"{len(timeline.unreadable)} unreadable spans")
+    errors.sort(key=lambda e: (e["stage"], e["utterance_id"]))
+    report = {"model": model_description, "dataset": "segments", "data": [str(manifest)],
+              "channels": None, "classes": list(class_names), "inputs": len(labelled),
+              **scores([r["label"] for r in rows], [r["prediction"] for r in rows], class_names),
+              "errors": len(errors),
+              "errors_per_stage": dict(sorted(collections.Counter(
+                  e["stage"] for e in errors).items())),
+              "alignment_sources": dict(sorted(collections.Counter(
+                  r["alignment_source"] for r in rows).items())),
+              "segments": {side: {"f1": 2 * h / (r + d) if r + d else None, "hits": h,
+                                  "reference": r, "detected": d}
+                           for side, (h, r, d) in hits.items()}}
+    report["complete"] = report["n"] + report["errors"] == report["inputs"]
+    report["seconds"] = round(time.time() - started, 1)
+    write(report, rows, errors, out_dir)
+    return report
+
+
 def write(report: dict, rows: List[dict], errors: List[dict], out_dir) -> None:
     """The files above into ``out_dir``, a local directory or object storage."""
     import tensorflow as tf
@@ -164,13 +248,20 @@ def render_markdown(report: dict) -> str:
     lines = [f"# Evaluation on {report['dataset']}{channels}", "",
              f"Model: `{report['model']}`. Data: {', '.join(f'`{d}`' for d in report['data'])}.",
              "",
-             f"WA {_num(report['wa'])}, UA {_num(report['ua'])} over {report['n']} files "
+             f"WA {_num(report['wa'])}, UA {_num(report['ua'])} over {report['n']} "
+             f"{'labelled segments' if report['dataset'] == 'segments' else 'files'} "
              f"({report['inputs']} inputs, {report['errors']} not usable: see {ERRORS_FILE}"
              + (f"; {report['errors_per_stage']}" if report["errors"] else "") + ").", "",
              "| class | files | recall |", "|---|---|---|"]
     for name in classes:
         lines.append(f"| {name} | {report['support'][name]} | "
                      f"{_num(report['per_class_recall'][name])} |")
+    if "segments" in report:
+        lines += ["", "Speech segments found (boundaries within "
+                  f"{DEFAULT_TOLERANCE_S:g} s of a labelled one):", ""]
+        for side, s in report["segments"].items():
+            lines.append(f"- {side} F1 {_num(s['f1'])} ({s['hits']} of {s['reference']} "
+                         f"labelled, {s['detected']} found)")
     lines += ["", "Confusion matrix (rows: true class, columns: predicted):", ""]
     lines += confusion_table(report["confusion"], classes)
     if "by_channel" in report:
@@ -186,7 +277,7 @@ def render_markdown(report: dict) -> str:
 def default_out_dir(dataset: str, data: Sequence[Path],
                     channels: Optional[Sequence[str]]) -> Path:
     """``output/evaluate/<dataset>-<channels>`` (a manifest: ``<its name>``)."""
-    if dataset == "manifest":
+    if dataset in ("manifest", "segments"):
         return Path("output") / "evaluate" / Path(data[0]).stem
     return Path("output") / "evaluate" / (
         f"{dataset}-{'-'.join(channels or corpora.DEFAULT_CHANNELS)}"

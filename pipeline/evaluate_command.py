@@ -18,20 +18,28 @@ def evaluate(args) -> dict:
     channels = parse_channels(args.dataset, args.channels)
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.dataset == "manifest":
+    if args.dataset in ("manifest", "segments"):
         if not args.data_dir or len(args.data_dir) != 1 or not Path(args.data_dir[0]).is_file():
-            raise UsageError("--data-dir must be the manifest file for --dataset manifest")
+            raise UsageError(f"--data-dir must be the manifest file for --dataset {args.dataset}")
         data = [Path(args.data_dir[0])]
     else:
         data = find_data_dirs(args.data_dir, args.dataset, channels)
     out = Path(args.out) if args.out else evaluating.default_out_dir(args.dataset, data, channels)
     model, where = open_model(args)
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
     with model_errors(where):
         try:
-            report = evaluating.evaluate(
-                model, model_description=where, dataset=args.dataset, data=data, out_dir=out,
-                channels=channels, batch_size=args.batch_size,
-                log=lambda line: print(line, file=sys.stderr, flush=True))
+            if args.dataset == "segments":
+                report = evaluating.evaluate_segments(
+                    model, model_description=where, manifest=data[0], out_dir=out,
+                    batch_size=args.batch_size, log=log)
+            else:
+                report = evaluating.evaluate(
+                    model, model_description=where, dataset=args.dataset, data=data,
+                    out_dir=out, channels=channels, batch_size=args.batch_size, log=log)
         except ValueError as error:
             raise UsageError(str(error)) from error
     print((out / evaluating.REPORT_MD).read_text())

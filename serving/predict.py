@@ -134,7 +134,6 @@ def assertion_message(message: str) -> str:
 def prepare(path, transcript: Optional[str], aligner) -> tuple:
     """``(Utterance, Result-so-far)`` for one audio file, or ``(None, Result with error)``."""
     from preprocessing import audio
-    from preprocessing.alignment import AlignmentError
 
     result = Result(audio=str(path))
     try:
@@ -142,8 +141,17 @@ def prepare(path, transcript: Optional[str], aligner) -> tuple:
     except audio.AudioError as error:
         result.error, result.stage = error.reason, "decode"
         return None, result
-    result.duration_s = waveform.size / audio.SAMPLE_RATE
     result.notes.extend(info.warnings)
+    return prepare_waveform(waveform, transcript, aligner, result)
+
+
+def prepare_waveform(waveform: np.ndarray, transcript: Optional[str], aligner,
+                     result: Result) -> tuple:
+    """``(Utterance, result)`` for 16 kHz mono samples: ``transcript`` force-aligned (None or
+    "": its words recognised); ``(None, result with the error)`` when no word can be placed."""
+    from preprocessing.alignment import AlignmentError
+
+    result.duration_s = waveform.size / SAMPLE_RATE
     try:
         aligned = aligner.align(waveform, transcript) if transcript else \
             aligner.recognize(waveform)
@@ -191,14 +199,14 @@ def predict_files(paths: Sequence, model, *, transcript: Optional[str] = None,
         if utterance is not None:
             pending.append((utterance, result))
         if len(pending) == batch_size:
-            _predict_batch(model, pending)
+            predict_batch(model, pending)
             pending = []
     if pending:
-        _predict_batch(model, pending)
+        predict_batch(model, pending)
     return results
 
 
-def _predict_batch(model, pending: List[tuple]) -> None:
+def predict_batch(model, pending: List[tuple]) -> None:
     """Sets each ``(utterance, result)``'s prediction, or its error (stage "model")."""
     try:
         predictions = model.predict_waveform([utterance for utterance, _ in pending])
@@ -207,7 +215,7 @@ def _predict_batch(model, pending: List[tuple]) -> None:
     except Exception as error:  # the model's answer: retry alone, or report and go on
         if len(pending) > 1:
             for one in pending:
-                _predict_batch(model, [one])
+                predict_batch(model, [one])
             return
         result = pending[0][1]
         result.error, result.stage = getattr(error, "message", None) or str(error), "model"

@@ -1,6 +1,11 @@
 """``cme-ser predict``: audio files (or a manifest of them) -> predict.py (alignment, model) ->
 the results as text or JSON, the accuracy when the manifest has labels, and optionally the
-per-file predictions (``--out``) and one utterance's excitation picture (``--plot``)."""
+per-file predictions (``--out``) and one utterance's excitation picture (``--plot``).
+
+One recording longer than ``preprocessing.audio.DEFAULT_MAX_SECONDS`` (or any recording with
+``--timeline``, ``--transcript-file`` or ``--csv``) gets a timeline instead (timeline.py): one
+row per speech segment, as text or JSON, ``--out`` JSON lines, ``--csv`` and ``--plot`` the
+timeline picture (timeline_plot.py)."""
 
 from __future__ import annotations
 
@@ -34,6 +39,8 @@ def predict(args) -> list:
         missing = [a for a in args.audio if not Path(a).is_file()]
         if missing:
             raise UsageError(f"no such audio file: {', '.join(missing)}")
+    if _wants_timeline(args, entries):
+        return predict_timeline(args)
     if args.plot and (entries is not None or len(args.audio) != 1):
         raise UsageError("--plot draws one utterance: give exactly one audio file")
     model, where = open_model(args)
@@ -79,3 +86,68 @@ def predict(args) -> list:
     if failed:
         raise UsageError(f"{len(failed)} of {len(results)} file(s) failed")
     return results
+
+
+def _wants_timeline(args, entries) -> bool:
+    """A timeline: asked for, or one recording too long to be one utterance."""
+    asked = args.timeline or args.transcript_file or args.csv
+    if asked and (entries is not None or len(args.audio) != 1):
+        raise UsageError("--timeline, --transcript-file and --csv take one recording: give "
+                         "exactly one audio file")
+    if asked:
+        return True
+    if entries is not None or len(args.audio) != 1:
+        return False
+    import soundfile as sf
+
+    from preprocessing.audio import DEFAULT_MAX_SECONDS
+    try:
+        return sf.info(args.audio[0]).duration > DEFAULT_MAX_SECONDS
+    except (sf.LibsndfileError, RuntimeError, ValueError, OSError):
+        return False  # the utterance path reports why it cannot be decoded
+
+
+def predict_timeline(args):
+    """The timeline of one recording: its speech segments, each with its words, emotion, class
+    probabilities and per-word excitation."""
+    from preprocessing.audio import AudioError
+    from preprocessing.timed_transcripts import TranscriptError, read_timed_transcript
+    from serving import timeline as timelines
+
+    if args.transcript is not None:
+        raise UsageError("a recording's words come from --transcript-file (WebVTT, SRT or "
+                         "TextGrid, with times) or are recognised; --transcript is for one "
+                         "utterance")
+    words = None
+    if args.transcript_file:
+        try:
+            words = read_timed_transcript(args.transcript_file)
+        except TranscriptError as error:
+            raise UsageError(str(error)) from error
+    model, where = open_model(args)
+    with model_errors(where):
+        try:
+            timeline = timelines.predict_timeline(args.audio[0], model, transcript_words=words,
+                                                  batch_size=args.batch_size)
+        except AudioError as error:
+            raise UsageError(str(error)) from error
+    if args.json:
+        print(json.dumps({"model": where, "timeline": timeline.to_dict(),
+                          "rows": [row.to_dict() for row in timeline.rows]}, indent=2))
+    else:
+        print(timelines.format_text(timeline))
+    notes = sys.stderr if args.json else sys.stdout
+    for option, write in ((args.out, timelines.to_jsonl), (args.csv, timelines.to_csv)):
+        if option:
+            Path(option).parent.mkdir(parents=True, exist_ok=True)
+            Path(option).write_text(write(timeline))
+    if args.plot:
+        from serving.timeline_plot import plot_timeline
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        plot_timeline(timeline, args.plot, title=Path(args.audio[0]).name)
+        print(f"plot: {args.plot}", file=notes)
+    if timeline.rows and all(row.prediction is None for row in timeline.rows):
+        raise UsageError(f"none of the {len(timeline.rows)} speech segments could be predicted")
+    if not timeline.rows:
+        raise UsageError(f"{args.audio[0]}: no speech found")
+    return timeline

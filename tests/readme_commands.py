@@ -529,6 +529,16 @@ COVERAGE: Dict[str, Coverage] = {
     "cme-ser predict ... --manifest": Coverage(
         ("tests/test_predict_manifest.py::test_manifest_rows_keep_their_own_transcripts",),
         evidence=('"--manifest"',)),
+    "cme-ser predict ... --transcript-file": Coverage(
+        ("tests/test_timeline.py::test_predict_command_writes_the_timeline",),
+        evidence=('"--transcript-file"',)),
+    "cme-ser evaluate ... --dataset segments": Coverage(
+        ("tests/test_timeline.py::test_evaluate_scores_labelled_segments",),
+        evidence=('"segments"',)),
+    "python -m preprocessing.joined_recording": Coverage(
+        ("tests/test_timeline.py::test_joined_recording_command",)),
+    "python benchmarks/timeline.py": Coverage(
+        ("tests/test_timeline.py::test_timeline_benchmark_prints_speed_and_memory",)),
     "cme-ser evaluate": Coverage(
         ("tests/test_evaluate.py::test_evaluate_local_model_on_song",
          "tests/test_evaluate.py::test_evaluate_served_model_on_speech_and_song")),

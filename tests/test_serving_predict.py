@@ -115,7 +115,7 @@ def test_local_model_reports_the_graphs_input_check_as_a_message(base):
     predict --model-dir` says which rule, without TensorFlow's node names or a traceback, and
     a batch with the bad file in it still answers the good one."""
     from serving.client import Utterance
-    from serving.predict import LocalModel, Result, _predict_batch
+    from serving.predict import LocalModel, Result, predict_batch
     from trainer.export import synthetic_utterance
 
     model = LocalModel(base)
@@ -128,7 +128,7 @@ def test_local_model_reports_the_graphs_input_check_as_a_message(base):
         "[row, slot]: [[0 1]]; word_start_s: [1.5]; audio seconds: [1]")
     fine = Utterance(waveform, ["kids"], [0.1], [0.4])
     pending = [(late, Result("late.wav")), (fine, Result("fine.wav"))]
-    _predict_batch(model, pending)
+    predict_batch(model, pending)
     assert pending[0][1].stage == "model" and pending[0][1].error == str(error.value)
     assert pending[1][1].error is None and pending[1][1].prediction.emotion in CLASSES
 
