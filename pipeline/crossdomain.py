@@ -59,14 +59,8 @@ def plan(variants: Sequence[str], seeds: int, folds: int) -> List[Unit]:
 
 def channels_of(files: Sequence[str]) -> Dict[str, str]:
     """utterance id -> channel of every record in ``files``."""
-    import tensorflow as tf
-    spec = {"utterance_id": tf.io.FixedLenFeature([], tf.string),
-            "channel": tf.io.FixedLenFeature([], tf.string, default_value="")}
-    out = {}
-    for raw in tf.data.TFRecordDataset(list(files), compression_type="GZIP"):
-        parsed = tf.io.parse_single_example(raw, spec)
-        out[parsed["utterance_id"].numpy().decode()] = parsed["channel"].numpy().decode()
-    return out
+    from trainer.data import record_channels
+    return record_channels(files)
 
 
 def run_unit(records_dir: str, work_dir: str, unit: Unit,

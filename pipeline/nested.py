@@ -40,13 +40,16 @@ from pipeline import reproduce as repro, tables
 from pipeline.statistics import mean_ci
 from pipeline.units import (git_commit, header as results_header, planned_time,
                             provenance, run_pool)
-from trainer.config import VARIANTS
+from trainer.config import VARIANTS, variant_config
 
 DEFAULT_SELECTION = "docs/selection.json"
 # CPU seconds of one unit on RAVDESS (one core, --jobs 2 --threads 1), when the work directory
 # has no finished unit of the variant to measure it from.
 SECONDS_PER_UNIT = 150.0
-RULE_SCORES = ("inner_ua",)
+# The rule's score of a candidate on one inner held-out fold: its UA on the fold's speech, or
+# the mean of its speech UA and its song UA (the same held-out speakers singing).
+RULE_SCORES = ("inner_ua", "inner_ua_speech_song")
+SCORED_CHANNELS = {"inner_ua": ("speech",), "inner_ua_speech_song": ("speech", "song")}
 RULE_TIE_BREAKS = (["cost", "order"],)
 
 
@@ -80,6 +83,15 @@ class Selection:
     tie_break: Tuple[str, ...]
     description: str = ""
     drafted_from: str = ""  # what the candidates were drafted from, in the file's own words
+
+    @property
+    def channels(self) -> Tuple[str, ...]:
+        """The RAVDESS channels the records must hold: those the rule scores and those any
+        candidate trains on."""
+        needed = set(SCORED_CHANNELS[self.score])
+        for c in self.candidates:
+            needed |= set(variant_config(c.variant).train_channels)
+        return tuple(sorted(needed, key=lambda ch: (ch != "speech", ch)))
 
     def to_dict(self) -> dict:
         return {"path": self.path, "sha256": self.sha256, "text": self.text,
@@ -275,11 +287,12 @@ def _scores(labels, probabilities) -> Tuple[float, float]:
     return weighted_accuracy(confusion), unweighted_accuracy(confusion)
 
 
-def _members_score(units: Sequence, work_dir, candidate: Candidate,
-                   usable: Callable) -> Optional[Tuple[float, float]]:
-    """(WA, UA) of ``candidate`` from its members' predictions on one held-out fold: the mean of
-    their class probabilities, divided by their pooled training class prior with the
-    correction (as ``reproduce.seed_ensemble``). None if a member is missing."""
+def members_scores(units: Sequence, work_dir, candidate: Candidate,
+                   usable: Callable) -> Optional[Dict[str, Tuple[float, float]]]:
+    """Per channel of the held-out fold, (WA, UA) of ``candidate`` from its members'
+    predictions: the mean of their class probabilities, divided by their pooled training class
+    prior with the correction (as ``reproduce.seed_ensemble``). Predictions without channels
+    (every archive before channels were kept) are speech. None if a member is missing."""
     from trainer.metrics import prior_corrected
 
     members, counts = [], []
@@ -304,16 +317,42 @@ def _members_score(units: Sequence, work_dir, candidate: Candidate,
                              "no training example of some class: the prior correction is "
                              "undefined")
         mean = prior_corrected(mean, np.sum(counts, axis=0))
-    return _scores(labels, mean)
+    channels = (members[0]["channels"] if "channels" in members[0].files
+                else np.full(len(ids), "speech"))
+    return {str(ch): _scores(labels[channels == ch], mean[channels == ch])
+            for ch in sorted(set(channels.tolist()))}
+
+
+def rule_score(scores: Dict[str, Tuple[float, float]], score: str) -> float:
+    """The rule's score of one held-out fold's per-channel (WA, UA): speech UA, or the mean of
+    speech and song UA."""
+    missing = [ch for ch in SCORED_CHANNELS[score] if ch not in scores]
+    if missing:
+        raise ValueError(f"rule score {score!r} needs held-out {' and '.join(missing)} "
+                         f"records; the fold holds {sorted(scores)}")
+    return float(np.mean([scores[ch][1] for ch in SCORED_CHANNELS[score]]))
+
+
+def _channel_means(per_fold: Sequence[Dict[str, Tuple[float, float]]]) -> dict:
+    """{"wa", "ua"} (speech) over the folds, and per other channel present in every fold."""
+    out = {"wa": float(np.mean([s["speech"][0] for s in per_fold])),
+           "ua": float(np.mean([s["speech"][1] for s in per_fold]))}
+    for ch in sorted(set.intersection(*(set(s) for s in per_fold)) - {"speech"}):
+        out[ch] = {"wa": float(np.mean([s[ch][0] for s in per_fold])),
+                   "ua": float(np.mean([s[ch][1] for s in per_fold]))}
+    return out
 
 
 def summarize(work_dir, selection: Selection, folds: int,
               usable: Optional[Callable] = None) -> dict:
     """Per outer fold every candidate's inner-CV scores, the winner and its outer score; the
     nested estimate; the shipped default. ``usable(unit)`` says whether a finished unit counts
-    (e.g. its configuration is the current one); by default every finished unit does."""
+    (e.g. its configuration is the current one); by default every finished unit does. Scores
+    ``wa`` / ``ua`` are of the held-out speech; ``score`` is the rule's; other channels held
+    out (song) are reported under their name."""
     usable = usable or (lambda unit: True)
     candidates = selection.candidates
+    two_channel = SCORED_CHANNELS[selection.score] != ("speech",)
     rows = []
     for k in range(folds):
         inner_folds = [j for j in range(folds) if j != k]
@@ -323,23 +362,30 @@ def summarize(work_dir, selection: Selection, folds: int,
             for j in inner_folds:
                 units = [InnerUnit(c.variant, s, k, j) for s in c.seeds]
                 inner_units += [str(u) for u in units if str(u) not in inner_units]
-                per_fold.append(_members_score(units, work_dir, c, usable))
-            inner[c.name] = None if None in per_fold else {
-                "ua": float(np.mean([s[1] for s in per_fold])),
-                "wa": float(np.mean([s[0] for s in per_fold])),
-                "per_fold": {"fold": inner_folds, "wa": [s[0] for s in per_fold],
-                             "ua": [s[1] for s in per_fold]}}
+                per_fold.append(members_scores(units, work_dir, c, usable))
+            if None in per_fold:
+                inner[c.name] = None
+                continue
+            fold_scores = [rule_score(s, selection.score) for s in per_fold]
+            means = _channel_means(per_fold)
+            inner[c.name] = {"ua": means.pop("ua"), "wa": means.pop("wa"), **means,
+                             "per_fold": {"fold": inner_folds,
+                                          "wa": [s["speech"][0] for s in per_fold],
+                                          "ua": [s["speech"][1] for s in per_fold]}}
+            if two_channel:
+                inner[c.name]["score"] = float(np.mean(fold_scores))
+                inner[c.name]["per_fold"]["score"] = fold_scores
         row = {"fold": k, "inner_folds": inner_folds, "inner": inner, "winner": None,
                "outer": None, "units": {"inner": inner_units, "outer": []}}
         if all(inner.values()):
-            winner = candidates[choose([inner[c.name]["ua"] for c in candidates], candidates,
-                                       selection.tie_tolerance)]
+            winner = candidates[choose([_score_of(inner[c.name]) for c in candidates],
+                                       candidates, selection.tie_tolerance)]
             units = [repro.Unit(winner.variant, s, k) for s in winner.seeds]
             row["winner"] = winner.name
             row["units"]["outer"] = [str(u) for u in units]
-            scores = _members_score(units, work_dir, winner, usable)
+            scores = members_scores(units, work_dir, winner, usable)
             if scores:
-                row["outer"] = {"wa": scores[0], "ua": scores[1]}
+                row["outer"] = _channel_means([scores])
         rows.append(row)
     scored = [r for r in rows if r["outer"]]
     estimate = None
@@ -347,18 +393,27 @@ def summarize(work_dir, selection: Selection, folds: int,
         estimate = {"wa": mean_ci([r["outer"]["wa"] for r in scored]),
                     "ua": mean_ci([r["outer"]["ua"] for r in scored]),
                     "folds": [r["fold"] for r in scored]}
+        for ch in sorted(set.intersection(*(set(r["outer"]) for r in scored)) - {"wa", "ua"}):
+            estimate[ch] = {m: mean_ci([r["outer"][ch][m] for r in scored])
+                            for m in ("wa", "ua")}
     # The shipped default: the rule on the ordinary cross-validation over all folds.
     cv = {}
     for c in candidates:
-        per_fold = [_members_score([repro.Unit(c.variant, s, k) for s in c.seeds], work_dir, c,
+        per_fold = [members_scores([repro.Unit(c.variant, s, k) for s in c.seeds], work_dir, c,
                                    usable) for k in range(folds)]
-        cv[c.name] = None if None in per_fold else {
-            "ua": float(np.mean([s[1] for s in per_fold])),
-            "wa": float(np.mean([s[0] for s in per_fold])),
-            "per_fold": {"wa": [s[0] for s in per_fold], "ua": [s[1] for s in per_fold]}}
+        if None in per_fold:
+            cv[c.name] = None
+            continue
+        means = _channel_means(per_fold)
+        cv[c.name] = {"ua": means.pop("ua"), "wa": means.pop("wa"), **means,
+                      "per_fold": {"wa": [s["speech"][0] for s in per_fold],
+                                   "ua": [s["speech"][1] for s in per_fold]}}
+        if two_channel:
+            cv[c.name]["score"] = float(np.mean([rule_score(s, selection.score)
+                                                 for s in per_fold]))
     default = None
     if all(cv.values()):
-        default = candidates[choose([cv[c.name]["ua"] for c in candidates], candidates,
+        default = candidates[choose([_score_of(cv[c.name]) for c in candidates], candidates,
                                     selection.tie_tolerance)].name
     winners = {c.name: sum(r["winner"] == c.name for r in rows) for c in candidates}
     return {"protocol": "nested", "folds": folds, "selection": selection.to_dict(),
@@ -367,6 +422,12 @@ def summarize(work_dir, selection: Selection, folds: int,
             "shipped_default": {"candidate": default, "cv": cv,
                                 "note": "development results: held-out folds seen while "
                                         "choosing; the estimate of this rule is the nested one"}}
+
+
+def _score_of(scores: dict) -> float:
+    """The rule's score in a summary entry: ``score`` when the rule scores two channels, else
+    the speech UA."""
+    return scores.get("score", scores["ua"])
 
 
 # --- Archive ---------------------------------------------------------------------------------
@@ -446,10 +507,15 @@ def render_markdown(summary: dict, header: dict, dataset: str) -> str:
     if header.get("history"):
         lines += [f"**History.** {header['history']}", ""]
     est = summary["estimate"]
+    two_channel = SCORED_CHANNELS[sel["rule"]["score"]] != ("speech",)
+    measure = "inner score" if two_channel else "inner UA"
     if est:
         n = len(est["folds"])
+        song = (f"; held-out song UA {tables.ci(est['song']['ua'])} (WA "
+                f"{tables.ci(est['song']['wa'])})" if "song" in est else "")
         lines += [f"**Nested estimate of the selection rule: WA {tables.ci(est['wa'])}, UA "
-                  f"{tables.ci(est['ua'])}**: "
+                  f"{tables.ci(est['ua'])}**" + (" on held-out speech" + song if song else "")
+                  + ": "
                   + (f"mean [95% CI] over n = {n} outer folds (Student t, df = {n - 1})"
                      if n > 1 else "one outer fold, no interval")
                   + ("." if n == folds else
@@ -462,8 +528,12 @@ def render_markdown(summary: dict, header: dict, dataset: str) -> str:
         f"Protocol: {folds}-fold speaker-independent nested cross-validation. For each outer "
         f"fold, an inner {folds - 1}-fold cross-validation over the other folds' speakers only "
         "scores every candidate (each inner unit trains on the inner-training folds, choosing "
-        "its epoch on a validation split of their speakers, and scores its inner fold once); "
-        f"the rule picks the candidate with the highest mean inner-CV UA (ties within "
+        "its epoch on a validation split of their speakers or training a fixed number of "
+        "epochs, as its variant says, and scores its inner fold once); "
+        + ("the rule picks the candidate with the highest mean inner-CV score, a fold's "
+           "score being the mean of its speech UA and its song UA (the same held-out speakers "
+           "singing)" if two_channel else "the rule picks the candidate with the highest mean "
+           "inner-CV UA") + f" (ties within "
         f"{rule['tie_tolerance']:g} go to the lower cost, then to the earlier candidate); the "
         "winner's models, trained on all the outer fold's training speakers, score the outer "
         "fold once. The rule never reads the outer fold; the candidates are the selection "
@@ -481,20 +551,24 @@ def render_markdown(summary: dict, header: dict, dataset: str) -> str:
           "yes" if c["prior_correction"] else "no", c["cost"], summary["winners"][c["name"]]]
          for c in sel["candidates"]])
     lines += ["", "## Per outer fold", "",
-              "Inner-CV UA of every candidate (mean over the inner folds; the winner's in "
-              "bold), the winner, and its score on the outer fold.", ""]
+              f"{measure[0].upper() + measure[1:]} of every candidate (mean over the inner "
+              "folds; the winner's in bold), the winner, and its scores on the outer fold.", ""]
     rows = []
     for row in summary["outer_folds"]:
         cells = []
         for name in names:
             s = row["inner"][name]
-            text = "-" if s is None else f"{s['ua']:.3f}"
+            text = "-" if s is None else f"{_score_of(s):.3f}"
             cells.append(f"**{text}**" if name == row["winner"] else text)
         outer = row["outer"]
+        song = ([f"{outer['song']['ua']:.3f}" if outer and "song" in outer else "-"]
+                if two_channel else [])
         rows.append([row["fold"], *cells, row["winner"] or "-"]
-                    + ([f"{outer['wa']:.3f}", f"{outer['ua']:.3f}"] if outer else ["-", "-"]))
-    lines += tables.table(["outer fold", *(f"inner UA: {n}" for n in names), "winner",
-                           "outer WA", "outer UA"], rows)
+                    + ([f"{outer['wa']:.3f}", f"{outer['ua']:.3f}"] if outer else ["-", "-"])
+                    + song)
+    lines += tables.table(["outer fold", *(f"{measure}: {n}" for n in names), "winner",
+                           "outer WA", "outer UA"] + (["outer song UA"] if two_channel else []),
+                          rows)
     default = summary["shipped_default"]
     lines += ["", "## The shipped default", "",
               "The same rule applied to the ordinary cross-validation over all folds (all "
@@ -506,8 +580,12 @@ def render_markdown(summary: dict, header: dict, dataset: str) -> str:
     rows = []
     for name in names:
         s = default["cv"][name]
-        rows.append([name] + ([f"{s['wa']:.3f}", f"{s['ua']:.3f}"] if s else ["-", "-"]))
-    lines += tables.table(["candidate", "CV WA", "CV UA"], rows)
+        cells = [f"{s['wa']:.3f}", f"{s['ua']:.3f}"] if s else ["-", "-"]
+        if two_channel:
+            cells += ([f"{s['song']['ua']:.3f}", f"{s['score']:.3f}"] if s else ["-", "-"])
+        rows.append([name] + cells)
+    lines += tables.table(["candidate", "CV WA", "CV UA"]
+                          + (["CV song UA", "CV score"] if two_channel else []), rows)
     units = summary["units"]
     trained = units.get("trained", units["inner_done"] + units["outer_done"])
     restored = units.get("restored", 0)
@@ -614,12 +692,28 @@ def run_nested(records_dir, work_dir, results_dir, *, dataset: str, selection_pa
     if folds != available:
         raise ValueError(f"the records in {records_dir} have {available} folds, not {folds}")
     word_dim = word_dim_of(records_dir)
+    from trainer.data import record_channels
+    held = set(record_channels([f for fs in files_by_fold(records_dir).values() for f in fs])
+               .values())
+    missing = [ch for ch in selection.channels if ch not in held]
+    if missing:
+        raise ValueError(f"the selection needs {', '.join(selection.channels)} records; those in "
+                         f"{records_dir} have no {', '.join(missing)} (preprocess with "
+                         f"--channels {','.join(selection.channels)})")
     results_dir = Path(results_dir)
+    # This run's own archive (same selection file) resumes it: its units were trained by this
+    # run. Units from any other archive are marked restored and named in the results.
+    previous = results_dir / f"{dataset}-nested.json"
+    own = previous.exists() and json.loads(previous.read_text()).get(
+        "selection", {}).get("sha256") == selection.sha256
     for archived in (results_dir / f"{dataset}-nested-units.jsonl",
                      results_dir / f"{dataset}-units.jsonl"):
-        restored = (restore if archived.name.endswith("nested-units.jsonl")
-                    else repro.restore_units)(archived, work_dir, mark=True)
-        if restored:
+        nested_archive = archived.name.endswith("nested-units.jsonl")
+        restored = (restore if nested_archive else repro.restore_units)(
+            archived, work_dir, mark=not (nested_archive and own))
+        if restored and nested_archive and own:
+            log(f"== resumed {restored} unit(s) this run trained earlier, from {archived}")
+        elif restored:
             log(f"== restored {restored} finished unit(s) from {archived} (named as restored "
                 "in the results; their training time is not counted)")
     inner, outer = plan(selection, folds, outer_folds)

@@ -34,7 +34,7 @@ def reproduce(args) -> dict:
                              "not --variants")
         from pipeline import nested
         try:
-            nested.load_selection(args.selection)  # fail before any preprocessing
+            selection = nested.load_selection(args.selection)  # fail before preprocessing
         except ValueError as error:
             raise UsageError(str(error)) from error
     if args.protocol == "stability":
@@ -43,7 +43,14 @@ def reproduce(args) -> dict:
                              "one)")
         if args.runs < 2 or args.first_seed < 0:
             raise UsageError("--runs must be >= 2 and --first-seed >= 0")
+    channels = None  # the corpus default: speech
+    if args.protocol == "cross-domain":
+        channels = "speech,song"
+    elif args.protocol == "nested" and selection.channels != ("speech",):
+        channels = ",".join(selection.channels)
     suffix = {"cross-domain": "-cross-domain", "stability": "-stability"}.get(args.protocol, "")
+    if args.protocol == "nested" and channels:
+        suffix = "-nested-" + channels.replace(",", "-")  # its records are not Table 1's
     work = Path(args.work_dir or Path("output") / "reproduce" / (args.dataset + suffix))
     records = Path(args.records) if args.records else work / "records"
     if args.records and not (records / "summary.json").exists():
@@ -63,7 +70,7 @@ def reproduce(args) -> dict:
                     dataset=args.dataset, data_dir=args.data_dir, out=str(records),
                     classes=None, embeddings=args.embeddings, folds=args.folds,
                     max_seconds=60.0, overlong="truncate", overwrite=True, beam_arg=[],
-                    channels="speech,song" if args.protocol == "cross-domain" else None))
+                    channels=channels))
             print(f"   {summary['records']} records of {summary['inputs']} utterances, "
                   f"{summary['errors']} errors, in {summary['seconds']:.0f} s "
                   f"({records / 'summary.json'})")

@@ -114,7 +114,8 @@ def summarize(work_dir, variant: str, seeds: Sequence[Sequence[int]], folds: int
         per_fold = []
         for k in range(folds):
             units = [repro.Unit(variant, s, k) for s in run_seeds]
-            score = nested._members_score(units, work_dir, candidate, usable)
+            scores = nested.members_scores(units, work_dir, candidate, usable)
+            score = scores and scores["speech"]  # held-out speech: (WA, UA)
             members = []
             for unit in units:
                 if unit.path(work_dir).exists():

@@ -226,3 +226,55 @@ def test_cli_runs_the_nested_protocol(tmp_path, monkeypatch, synthetic_records):
     assert kwargs["jobs"] == 2 and kwargs["overrides"] == {"epochs": 2}
     assert kwargs["command"].startswith("cme-ser reproduce --protocol nested")
     assert main(["reproduce", "--protocol", "nested", "--variants", "cme"]) == 2
+
+
+TINY = {"cnn_filters": (4, 8, 8), "semantic_dim": 8, "lstm_units": 4, "fcn_units": 4,
+        "epochs": 1, "patience": 1, "batch_size": 8}
+
+
+def test_a_speech_and_song_rule_scores_both_channels_of_the_held_out_speakers(
+        tmp_path, synthetic_records):
+    """Rule ``inner_ua_speech_song``: every unit scores its held-out fold's speech and song
+    (whatever it trained on), a candidate's inner score is the mean of the two UAs, and a
+    speech-only variant never trains on song."""
+    selection = {"description": "two channels", "drafted_from": "a test",
+                 "rule": {**SELECTION["rule"], "score": "inner_ua_speech_song"},
+                 "candidates": [
+                     {"name": "speech", "variant": "cme_fixed30", "seeds": [0]},
+                     {"name": "song", "variant": "cme_fixed20_song", "seeds": [0],
+                      "prior_correction": True}]}
+    path = tmp_path / "selection.json"
+    path.write_text(json.dumps(selection))
+    assert nested.load_selection(path).channels == ("speech", "song")
+    speech_only = synthetic_records(tmp_path / "speech", folds=3, per_fold=8)
+    with pytest.raises(ValueError, match="--channels speech,song"):
+        nested.run_nested(speech_only, tmp_path / "w0", tmp_path / "r0", dataset="ravdess",
+                          selection_path=path, folds=3, overrides=TINY, log=lambda _: None)
+    records = synthetic_records(tmp_path / "prep", folds=3, per_fold=8, channels=True)
+    work, results = tmp_path / "work", tmp_path / "results"
+    summary = nested.run_nested(records, work, results, dataset="ravdess",
+                                selection_path=path, folds=3, overrides=TINY,
+                                log=lambda _: None)
+    assert summary["complete"]
+    for unit_json in work.glob("runs/*/seed0/fold*.json"):
+        row = json.loads(unit_json.read_text())
+        # 2 training folds of 4 utterances per channel
+        assert sum(row["train_class_counts"]) == (8 if row["variant"] == "cme_fixed30" else 16)
+        data = np.load(unit_json.with_suffix(".npz"))
+        assert sorted(set(data["channels"].tolist())) == ["song", "speech"]
+    candidates = {c["name"]: nested.Candidate(c["name"], c["variant"], (0,),
+                                              c.get("prior_correction", False))
+                  for c in selection["candidates"]}
+    for row in summary["outer_folds"]:
+        for name, scores in row["inner"].items():
+            c = candidates[name]
+            per_fold = [nested.members_scores([nested.InnerUnit(c.variant, 0, row["fold"], j)],
+                                              work, c, lambda unit: True)
+                        for j in row["inner_folds"]]
+            assert scores["per_fold"]["score"] == [
+                pytest.approx((s["speech"][1] + s["song"][1]) / 2) for s in per_fold]
+            assert scores["per_fold"]["ua"] == [pytest.approx(s["speech"][1]) for s in per_fold]
+            assert scores["score"] == pytest.approx(np.mean(scores["per_fold"]["score"]))
+    assert "song" in summary["estimate"]
+    text = (results / "ravdess-nested.md").read_text()
+    assert "held-out song UA" in text and "outer song UA" in text

@@ -7,11 +7,12 @@ happened to leave the records in.
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
+from preprocessing.corpora import PRIMARY_CHANNEL
 from preprocessing.records import NUM_MEL_BINS, feature_spec, to_model_inputs
 
 # Utterances of similar length share a batch, so little compute goes into padding.
@@ -28,10 +29,20 @@ def sorted_records(files: Sequence[str]) -> List[bytes]:
     return [raws[i] for i in np.argsort(ids, kind="stable")]
 
 
-def _channel(record: bytes) -> bytes:
-    """A serialized record's ``channel`` feature (``b""`` if it has none)."""
+def _channel(record: bytes) -> str:
+    """A serialized record's ``channel`` feature; a record without one (a corpus with one
+    channel) is speech, ``PRIMARY_CHANNEL``."""
     feature = tf.train.Example.FromString(record).features.feature.get("channel")
-    return feature.bytes_list.value[0] if feature is not None and feature.bytes_list.value else b""
+    value = feature.bytes_list.value[0] if feature is not None and feature.bytes_list.value else b""
+    return value.decode("utf-8") or PRIMARY_CHANNEL
+
+
+def record_channels(files: Sequence[str]) -> Dict[str, str]:
+    """utterance id -> channel (as ``make_dataset(channels=...)`` reads it) of every record in
+    ``files``."""
+    spec = {"utterance_id": tf.io.FixedLenFeature([], tf.string)}
+    return {tf.io.parse_single_example(raw, spec)["utterance_id"].numpy().decode(): _channel(
+        raw.numpy()) for raw in tf.data.TFRecordDataset(list(files), compression_type="GZIP")}
 
 
 def speaker_statistics(records: Sequence[bytes]) -> dict:
@@ -97,7 +108,7 @@ def make_dataset(files: Sequence[str], word_dim: int, batch_size: int, *, shuffl
     (training only). ``speaker_norm`` standardises each utterance's filterbank with its
     speaker's statistics over all of that speaker's records in ``files`` (no labels used).
     ``channels`` keeps only records of those channels (RAVDESS ``speech`` / ``song``; records
-    without a channel feature parse as ``""``): how a model is trained on one domain only.
+    without a channel feature are ``speech``): how a model is trained on some domains only.
     """
     if not files:
         raise ValueError("no record files given")
@@ -110,7 +121,7 @@ def make_dataset(files: Sequence[str], word_dim: int, batch_size: int, *, shuffl
 
     records = sorted_records(files)
     if channels is not None:
-        wanted = {c.encode("utf-8") for c in channels}
+        wanted = set(channels)
         records = [r for r in records if _channel(r) in wanted]
     if not records:
         raise ValueError(f"no records in {list(files)[:3]}..."

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainer.config import ModelConfig
-from trainer.data import make_dataset
+from trainer.data import make_dataset, record_channels
 from trainer.distribution import in_training_strategy
 from trainer.metrics import confusion_matrix, unweighted_accuracy, weighted_accuracy
 from trainer.model import adapt_normalization, build_model, compile_model
@@ -129,7 +129,8 @@ def fit(train_files: Sequence[str], config: ModelConfig, *, log_dir: Optional[st
     schedule), and that model is returned. ``channels`` trains (and selects the epoch) on
     those channels' records only (``make_dataset``). With ``config.selection == "fixed"``
     no epoch is chosen: the model trains on all of ``train_files`` for ``config.epochs``
-    epochs and has no validation split."""
+    epochs and has no validation split. ``channels`` defaults to ``config.train_channels``."""
+    channels = config.train_channels if channels is None else channels
     if config.selection == "fixed":
         return _fit_fixed(train_files, config, log_dir=log_dir,
                           extra_callbacks=extra_callbacks, verbose=verbose, channels=channels)
@@ -276,7 +277,9 @@ def train_folds(files_by_fold: Dict[int, Sequence[str]], test_folds: Sequence[in
     out any single one of them with the others absent (the same training files in the same
     order), so the nested protocol's inner units of outer fold o / inner fold i and of outer
     fold i / inner fold o share one training. ``embeddings_paths``: per test fold, where its
-    ``.npz`` goes (as in :func:`train_fold`)."""
+    ``.npz`` goes (as in :func:`train_fold`), with each utterance's channel (``channels``).
+    The model trains on ``config.train_channels``; the test folds are scored on every channel
+    they hold."""
     test_folds = list(dict.fromkeys(test_folds))
     missing = [k for k in test_folds if k not in files_by_fold]
     train = [k for k in sorted(files_by_fold) if k not in test_folds]
@@ -296,7 +299,11 @@ def train_folds(files_by_fold: Dict[int, Sequence[str]], test_folds: Sequence[in
         path = (embeddings_paths or {}).get(fold)
         if path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            np.savez_compressed(path, **embed(result.model, files_by_fold[fold], config),
+            scored_out = embed(result.model, files_by_fold[fold], config)
+            channel = record_channels(files_by_fold[fold])
+            np.savez_compressed(path, **scored_out,
+                                channels=np.asarray([channel[i] for i in
+                                                     scored_out["utterance_ids"]]),
                                 **{f"val_{k}": v for k, v in result.validation.items()})
         scored[fold] = FoldResult(
             fold=fold, wa=weighted_accuracy(confusion), ua=unweighted_accuracy(confusion),
