@@ -103,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument("--embeddings", default=None)
     run_p.add_argument("--classes", default=None)
     run_p.add_argument("--folds", type=int, default=5)
-    run_p.add_argument("--epochs", type=int, default=ModelConfig.epochs)
+    run_p.add_argument("--epochs", type=int, default=None,
+                       help="training epochs (at most, with an epoch choice); default: the "
+                            "variant's own")
     run_p.add_argument("--batch-size", type=int, default=ModelConfig.batch_size)
     run_p.add_argument("--seed", type=int, default=ModelConfig.seed)
     # The defaults are the shipped model (trainer.config.SHIPPED): the nested CV's choice.
@@ -312,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="container image with this package installed")
     comp.add_argument("--classes", default=None)
     comp.add_argument("--folds", type=int, default=5)
-    comp.add_argument("--epochs", type=int, default=ModelConfig.epochs)
+    comp.add_argument("--epochs", type=int, default=None,
+                      help="training epochs; default: the variant's own")
     # The same model as `cme-ser run` by default: the shipped one.
     comp.add_argument("--variant", choices=list(VARIANTS), default=SHIPPED["variant"])
     comp.add_argument("--ensemble", type=int, default=SHIPPED["ensemble"],

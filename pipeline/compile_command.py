@@ -7,6 +7,7 @@ from pathlib import Path
 
 from preprocessing.corpus_options import parse_classes
 from preprocessing.usage_error import UsageError
+from pipeline.run_command import epochs_override, training_channels
 from trainer.config import DEFAULT_CLASSES, variant_config
 
 
@@ -20,7 +21,7 @@ def compile_pipeline(args) -> None:
         raise UsageError(f"--folds must be >= 2, got {args.folds}")
     if args.ensemble < 1:
         raise UsageError(f"--ensemble must be >= 1, got {args.ensemble}")
-    config = variant_config(args.variant, epochs=args.epochs, class_names=tuple(
+    config = variant_config(args.variant, **epochs_override(args.epochs), class_names=tuple(
         parse_classes(args.classes) or DEFAULT_CLASSES))
     trainer_job = _trainer_job(args)
     root = args.pipeline_root.rstrip("/")

@@ -34,7 +34,8 @@ from pipeline.runner import (PIPELINE_NAME, local_pipeline, metadata_file,  # no
                              newest_run_started, output_dir, run_log_file, run_summary,
                              stage_progress)
 from preprocessing import filesystems  # noqa: E402
-from preprocessing.corpus_options import find_data_dir  # noqa: E402
+from pipeline.run_command import training_channels  # noqa: E402
+from preprocessing.corpus_options import find_data_dirs  # noqa: E402
 from preprocessing.embeddings import default_embeddings_path  # noqa: E402
 from trainer.config import SHIPPED, variant_config  # noqa: E402
 
@@ -42,9 +43,10 @@ TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 def model_settings(environ=os.environ) -> dict:
-    """``config``, ``ensemble_size`` and ``prior_correction`` for ``local_pipeline`` from
+    """``config``, ``channels``, ``ensemble_size`` and ``prior_correction`` for
+    ``local_pipeline`` from
     CME_SER_VARIANT, CME_SER_EPOCHS, CME_SER_ENSEMBLE and CME_SER_PRIOR_CORRECTION; unset, the
-    shipped model (``SHIPPED``), as `cme-ser run`."""
+    shipped model (``SHIPPED``), as `cme-ser run`; the channels are the variant's."""
     config = variant_config(environ.get("CME_SER_VARIANT", SHIPPED["variant"]))
     if environ.get("CME_SER_EPOCHS"):
         config = config.replace(epochs=int(environ["CME_SER_EPOCHS"]))
@@ -52,7 +54,8 @@ def model_settings(environ=os.environ) -> dict:
     if prior and prior not in TRUE + FALSE:
         raise ValueError(f"CME_SER_PRIOR_CORRECTION must be one of {'/'.join(TRUE)} or "
                          f"{'/'.join(FALSE)}, got {environ['CME_SER_PRIOR_CORRECTION']!r}")
-    return {"config": config,
+    config, channels = training_channels(config, None)  # the variant's channels
+    return {"config": config, "channels": channels,
             "ensemble_size": int(environ.get("CME_SER_ENSEMBLE", SHIPPED["ensemble"])),
             "prior_correction": prior in TRUE if prior else SHIPPED["prior_correction"]}
 
@@ -67,12 +70,13 @@ if __name__ == "__main__":
     if log:
         print(f"TensorFlow, Beam and TFX messages: {log} (CME_SER_VERBOSE=1 shows them here)",
               flush=True)
+    settings = model_settings()
     started = time.time()
     with library_output_to(log), stage_progress():  # the same lines as `cme-ser run`
         tfx.orchestration.LocalDagRunner().run(local_pipeline(
-            output, data_dir=find_data_dir(None),
+            output, data_dir=find_data_dirs(None, "ravdess", settings["channels"]),
             embeddings_path=str(default_embeddings_path()),
-            num_folds=int(os.environ.get("CME_SER_FOLDS", "5")), **model_settings(),
+            num_folds=int(os.environ.get("CME_SER_FOLDS", "5")), **settings,
             bless_min_ua=bless_min_ua, pipeline_name=pipeline_name, metadata_path=metadata))
     # `tfx pipeline create` runs this file with run() bypassed: then there is no run to report.
     newest = newest_run_started(output, metadata)

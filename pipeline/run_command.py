@@ -7,20 +7,39 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from preprocessing.corpus_options import (corpus_items, find_data_dirs, parse_channels,
                                           parse_classes, resolve_embeddings)
+from preprocessing.corpora import PRIMARY_CHANNEL
 from preprocessing.usage_error import UsageError
 from trainer.config import DEFAULT_CLASSES, ModelConfig, variant_config
 from trainer.splits import fold_plan_problems
 
 
+def epochs_override(epochs: Optional[int]) -> dict:
+    """``--epochs``: given, it replaces the variant's epochs; unset, the variant keeps its own
+    (a fixed-schedule variant's length is part of what was chosen)."""
+    return {} if epochs is None else {"epochs": epochs}
+
+
+def training_channels(config: ModelConfig, channels: Optional[Sequence[str]]
+                      ) -> Tuple[ModelConfig, Optional[tuple]]:
+    """The channels to preprocess and train on: ``--channels`` when given (the model then
+    trains on exactly those), else the variant's ``train_channels``. Returns the configuration
+    that says so and the channels for preprocessing (None: the corpus default, speech, which
+    keeps the preprocessing step's cache key)."""
+    channels = tuple(channels) if channels else config.train_channels
+    config = config.replace(train_channels=channels)
+    return config, None if channels == (PRIMARY_CHANNEL,) else channels
+
+
 def check_run_config(args, config: ModelConfig) -> Tuple[List[Path], Optional[tuple]]:
     """Everything that can be wrong with a run is found here, before any training starts.
-    Returns the corpus directories and the channels."""
+    Returns the corpus directories and the channels. ``config.train_channels`` are the
+    channels read (see :func:`training_channels`)."""
     from preprocessing import corpora, embeddings
-    channels = parse_channels("ravdess", args.channels)
+    channels = config.train_channels
     data_dirs = find_data_dirs(args.data_dir, "ravdess", channels)
     if args.folds < 2:
         raise UsageError(f"--folds must be >= 2, got {args.folds}")
@@ -58,9 +77,10 @@ def run(args) -> dict:
 
     from pipeline.console import library_output_to
     from pipeline.runner import local_pipeline, run_summary, stage_progress
-    config = variant_config(args.variant, epochs=args.epochs, batch_size=args.batch_size,
-                            seed=args.seed,
+    config = variant_config(args.variant, **epochs_override(args.epochs),
+                            batch_size=args.batch_size, seed=args.seed,
                             class_names=tuple(parse_classes(args.classes) or DEFAULT_CLASSES))
+    config, channels = training_channels(config, parse_channels("ravdess", args.channels))
     if not math.isfinite(args.bless_min_ua):
         raise UsageError(f"--bless-min-ua must be a number, got {args.bless_min_ua}")
     from pipeline.runner import metadata_file, output_dir, run_log_file
@@ -68,7 +88,7 @@ def run(args) -> dict:
         metadata = metadata_file(args.output, args.metadata)
     except ValueError as error:
         raise UsageError(str(error)) from error
-    data_dirs, channels = check_run_config(args, config)
+    data_dirs, _ = check_run_config(args, config)
     output = output_dir(args.output)
     # The libraries' messages go to a local file (beside ML Metadata's when the output is a
     # bucket); the terminal gets the stage lines, the training progress and the report.

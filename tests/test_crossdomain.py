@@ -105,3 +105,14 @@ def test_cross_domain_run_scores_each_channel_and_resumes(tmp_path, synthetic_re
     before = (results / "toy-cross-domain.md").read_text()
     crossdomain.rerender(results, "toy")
     assert (results / "toy-cross-domain.md").read_text() == before
+
+
+def test_records_without_a_channel_are_speech(tmp_path, synthetic_records):
+    """A corpus with one channel writes no channel feature: its records count as speech, so
+    the default ``train_channels`` (speech) trains on all of them."""
+    from trainer.data import record_channels
+    root = synthetic_records(tmp_path / "prep", folds=2, per_fold=8)
+    files = record_files(root)
+    assert set(record_channels(files).values()) == {"speech"}
+    ds = make_dataset(files, 50, 4, with_ids=True, channels=["speech"])
+    assert sum(int(batch.shape[0]) for _, _, batch in ds) == 16

@@ -61,3 +61,28 @@ def test_prior_correction_reaches_every_trainer(tmp_path, prior_correction):
         custom = json.loads(trainer.exec_properties["custom_config"])
         assert custom["prior_correction"] is prior_correction
         assert custom["ensemble_size"] == 3
+
+
+def test_a_variants_training_channels_and_epochs_are_its_own_unless_asked():
+    """A variant trained on speech + song reads both channels by default (`cme-ser run`, the
+    TFX CLI's runner), `--channels` replaces them, and a fixed-schedule variant keeps its
+    length unless `--epochs` is given."""
+    from pipeline.run_command import epochs_override, training_channels
+    from trainer.config import variant_config
+
+    song = variant_config("cme_fixed20_song")
+    assert training_channels(song, None) == (song, ("speech", "song"))
+    config, channels = training_channels(song, ("speech",))
+    assert config.train_channels == ("speech",) and channels is None  # the default's cache key
+    config, channels = training_channels(variant_config("cme"), ("song",))
+    assert config.train_channels == channels == ("song",)
+    settings = local_runner.model_settings({"CME_SER_VARIANT": "cme_fixed20_song"})
+    assert settings["channels"] == ("speech", "song")
+    assert local_runner.model_settings({})["channels"] == training_channels(
+        variant_config(SHIPPED["variant"]), None)[1]
+    assert build_parser().parse_args(["run"]).epochs is None
+    fixed = variant_config("cme_fixed30", **epochs_override(None))
+    assert fixed.epochs == 30
+    assert variant_config("cme_fixed30", **epochs_override(5)).epochs == 5
+    with pytest.raises(ValueError, match="train_channels"):
+        ModelConfig(train_channels=())
