@@ -21,8 +21,8 @@ from trainer.export import export_saved_model
 from trainer.config import ModelConfig
 from trainer.model import adapt_normalization, build_model
 
-RAVDESS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ravdess-speech"
-needs_ravdess = pytest.mark.skipif(not RAVDESS.is_dir(), reason="RAVDESS not available")
+from data_support import RAVDESS_SPEECH as RAVDESS  # noqa: E402
+from data_support import needs_speech as needs_ravdess  # noqa: E402
 ANGRY = RAVDESS / "Actor_01" / "03-01-05-01-01-01-01.flac"  # "Kids are talking by the door"
 SAD = RAVDESS / "Actor_01" / "03-01-04-02-02-01-01.flac"  # "Dogs are sitting by the door"
 KIDS = "Kids are talking by the door"

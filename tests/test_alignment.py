@@ -11,8 +11,8 @@ from preprocessing.alignment import (Alignment, AlignmentError, PocketSphinxAlig
                                      check_within, normalize_transcript, read_textgrid,
                                      read_wdseg, voiced_region)
 
-RAVDESS = Path("/work/shared/data/ravdess-speech")
-needs_ravdess = pytest.mark.skipif(not RAVDESS.is_dir(), reason="RAVDESS not available")
+from data_support import RAVDESS_SPEECH as RAVDESS
+from data_support import needs_speech as needs_ravdess
 STATEMENTS = {"01": "Kids are talking by the door.", "02": "Dogs are sitting by the door."}
 # Both statements, four actors (male and female), four emotions, both intensities.
 FILES = [

@@ -1,6 +1,5 @@
 """load_audio: conversions checked against NumPy, and every rejected input named in its error."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,7 +7,8 @@ import soundfile as sf
 
 from preprocessing.audio import AudioError, AudioInfo, load_audio
 
-RAVDESS = Path("/work/shared/data/ravdess-speech")
+from data_support import RAVDESS_SPEECH as RAVDESS
+from data_support import needs_speech
 RAVDESS_FILE = RAVDESS / "Actor_01" / "03-01-01-01-01-01-01.flac"
 
 
@@ -68,6 +68,7 @@ def test_ogg_vorbis_decodes(tmp_path):
     assert np.argmax(np.abs(np.fft.rfft(waveform[:8000]))) == 220  # 440 Hz at 2 Hz bins
 
 
+@needs_speech
 def test_real_ravdess_flac():
     waveform, info = load_audio(RAVDESS_FILE)
     assert (info.sample_rate, info.channels, info.format) == (16000, 1, "FLAC")
@@ -131,6 +132,7 @@ def test_random_bytes(tmp_path):
     assert_audio_error(path, "cannot decode")
 
 
+@needs_speech
 def test_truncated_flac_is_an_error(tmp_path):
     # libsndfile reads the full length from the FLAC header, then loses sync at the cut.
     data = RAVDESS_FILE.read_bytes()

@@ -9,9 +9,9 @@ import pytest
 from preprocessing.corpora import (RAVDESS_EMOTIONS, Rejected, Utterance, assign_folds,
                                    fold_summary, iemocap, items, manifest, partition, ravdess)
 
-RAVDESS = Path("/work/shared/data/ravdess-speech")
-RAVDESS_SONG = Path("/work/shared/data/ravdess-song")
-needs_ravdess = pytest.mark.skipif(not RAVDESS.is_dir(), reason="RAVDESS not available")
+from data_support import RAVDESS_SONG
+from data_support import RAVDESS_SPEECH as RAVDESS
+from data_support import needs_speech as needs_ravdess
 needs_song = pytest.mark.skipif(not (RAVDESS.is_dir() and RAVDESS_SONG.is_dir()),
                                 reason=f"RAVDESS speech and song not both at {RAVDESS.parent} "
                                        "(see its README.md)")

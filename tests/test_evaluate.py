@@ -12,12 +12,12 @@ import pytest
 from pipeline.cli import main
 from serving_support import serve_argv, start_server, stop_server
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-SPEECH, SONG = DATA / "ravdess-speech", DATA / "ravdess-song"
+from data_support import RAVDESS_SONG as SONG  # noqa: E402
+from data_support import RAVDESS_SPEECH as SPEECH  # noqa: E402
 CLASSES = ["angry", "happy", "neutral", "sad"]
 KIDS = "Kids are talking by the door"
 pytestmark = pytest.mark.skipif(not (SPEECH.is_dir() and SONG.is_dir()),
-                                reason=f"RAVDESS speech and song not both in {DATA}")
+                                reason="RAVDESS speech and song not both found")
 
 SONG_FILES = ["Actor_01/03-02-01-01-01-01-01.flac",   # neutral, "Kids ..."
               "Actor_01/03-02-03-01-02-01-01.flac",   # happy, "Dogs ..."

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import RAVDESS_SPEECH, small_ravdess_corpus
+from conftest import small_ravdess_corpus
+from data_support import RAVDESS_SPEECH, require_speech
 
 pytestmark = pytest.mark.slow
 
@@ -132,8 +133,7 @@ class WorkerPool:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """The corpus (24 real files + 1 broken one), the GloVe vectors, and a running worker pool."""
-    if not RAVDESS_SPEECH.is_dir():
-        pytest.skip(f"RAVDESS not found at {RAVDESS_SPEECH} (see ../shared/data/README.md)")
+    require_speech()
     from preprocessing.embeddings import fetch_glove
     embeddings = fetch_glove()  # the default vectors `cme-ser preprocess` uses (cached)
     tmp = tmp_path_factory.mktemp("portable")

@@ -2,20 +2,20 @@
 label), batched into shared requests; per-file answers, failures and accuracy."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipeline.cli import main
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-ANGRY_KIDS = DATA / "ravdess-speech" / "Actor_01" / "03-01-05-01-01-01-01.flac"
-SAD_DOGS = DATA / "ravdess-speech" / "Actor_01" / "03-01-04-02-02-01-01.flac"
-HAPPY_DOGS_SONG = DATA / "ravdess-song" / "Actor_02" / "03-02-03-01-02-01-02.flac"
+from data_support import RAVDESS_SONG, RAVDESS_SPEECH  # noqa: E402
+
+ANGRY_KIDS = RAVDESS_SPEECH / "Actor_01" / "03-01-05-01-01-01-01.flac"
+SAD_DOGS = RAVDESS_SPEECH / "Actor_01" / "03-01-04-02-02-01-01.flac"
+HAPPY_DOGS_SONG = RAVDESS_SONG / "Actor_02" / "03-02-03-01-02-01-02.flac"
 KIDS, DOGS = "Kids are talking by the door", "Dogs are sitting by the door"
 pytestmark = pytest.mark.skipif(not (ANGRY_KIDS.is_file() and HAPPY_DOGS_SONG.is_file()),
-                                reason=f"RAVDESS speech and song not both in {DATA}")
+                                reason="RAVDESS speech and song not both found")
 
 
 def run_json(capsys, argv, code=0):

@@ -2,7 +2,6 @@
 each word's acoustic and semantic excitation, exactly as the model answered them."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,12 +12,13 @@ from preprocessing.features import log_mel_filterbank
 from serving.client import Prediction, WordExcitation
 from serving.excitation_plot import plot_excitation
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-ANGRY_KIDS = DATA / "ravdess-speech" / "Actor_01" / "03-01-05-01-01-01-01.flac"
+from data_support import RAVDESS_SPEECH  # noqa: E402
+
+ANGRY_KIDS = RAVDESS_SPEECH / "Actor_01" / "03-01-05-01-01-01-01.flac"
 KIDS = "Kids are talking by the door"
 
 
-@pytest.mark.skipif(not ANGRY_KIDS.is_file(), reason=f"RAVDESS speech not in {DATA}")
+@pytest.mark.skipif(not ANGRY_KIDS.is_file(), reason="RAVDESS speech not found")
 def test_predict_plot_draws_what_the_model_answered(small_model_base, tmp_path, capsys):
     png = tmp_path / "plots" / "kids.png"
     assert main(["predict", str(ANGRY_KIDS), "--transcript", KIDS, "--model-dir",

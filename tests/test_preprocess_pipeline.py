@@ -17,7 +17,8 @@ from preprocessing import beam_pipeline, corpora
 from preprocessing.embeddings import default_embeddings_path, fetch_glove
 from preprocessing.records import decode_example
 
-RAVDESS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ravdess-speech"
+from data_support import RAVDESS_SONG  # noqa: E402
+from data_support import RAVDESS_SPEECH as RAVDESS  # noqa: E402
 # Two actors of each gender, so both 2-fold halves hold both genders.
 GOOD = [
     "Actor_01/03-01-05-01-01-01-01.flac",  # angry, "Kids are talking by the door"
@@ -242,9 +243,9 @@ def test_cli_exits_non_zero_only_when_nothing_usable_was_produced(tmp_path, caps
 def test_cli_preprocesses_ravdess_speech_and_song_together(tmp_path, capsys, embeddings_path):
     from pipeline.cli import main
 
-    song_root = RAVDESS.parent / "ravdess-song"
+    song_root = RAVDESS_SONG
     if not song_root.is_dir():
-        pytest.skip(f"RAVDESS song not found at {song_root} (see ../shared/data/README.md)")
+        pytest.skip("RAVDESS song not found (see ../shared/data/README.md)")
     speech, song = tmp_path / "speech", tmp_path / "song"
     for root, source, names in (
             (speech, RAVDESS, ["Actor_01/03-01-05-01-01-01-01.flac",

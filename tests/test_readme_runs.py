@@ -20,9 +20,8 @@ from readme_commands import ROOT, find
 from serving_support import server_stderr, start_server, stop_server
 
 BIN = Path(sys.executable).parent
-RAVDESS_SPEECH = ROOT.parent / "shared" / "data" / "ravdess-speech"
-needs_ravdess = pytest.mark.skipif(not RAVDESS_SPEECH.is_dir(),
-                                   reason=f"RAVDESS not found at {RAVDESS_SPEECH}")
+from data_support import RAVDESS_SPEECH  # noqa: E402
+from data_support import needs_speech as needs_ravdess  # noqa: E402
 TIMEOUT = 900
 
 
@@ -137,7 +136,8 @@ def same_shape(answer, sample, where="") -> None:
 @needs_ravdess
 def test_serving_commands(served, tmp_path):
     """As written, in a directory where `../shared/data` is the corpus, 8501 -> the free port."""
-    (tmp_path / "shared").symlink_to(ROOT.parent / "shared")
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "data").symlink_to(RAVDESS_SPEECH.parent)
     work = tmp_path / "work"
     work.mkdir()
 

@@ -9,7 +9,6 @@ predicted alone is a property of the pipeline, not of the model's skill.
 """
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -21,14 +20,13 @@ from pipeline.segment_evaluation import (boundary_f1, match, read_segment_manife
 from preprocessing.audio import load_audio
 from preprocessing.audio_stream import AudioStream
 from preprocessing.corpora import DEFAULT_CLASSES
-from preprocessing.corpus_options import find_data_dir
 from preprocessing.joined_recording import (join_utterances, ravdess_utterances,
                                             write_segments_csv, write_vtt)
 from preprocessing.timed_transcripts import (TranscriptError, assign_words,
                                              read_timed_transcript)
-from preprocessing.usage_error import UsageError
 from serving.predict import LocalModel, predict_files
 from serving.timeline import predict_timeline, to_csv
+from data_support import require_speech
 from serving_support import aligner, serve_argv, start_server, stop_server
 
 ACTORS = ("21", "22", "23", "24")
@@ -38,14 +36,8 @@ SEED = 3
 
 
 def ravdess():
-    """RAVDESS speech by the project's lookup ($CME_SER_DATA, ./data, ../shared/data); a skip
-    without it, a failure under CI=true."""
-    try:
-        return find_data_dir(None)
-    except UsageError as error:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"RAVDESS is needed under CI: {error}")
-        pytest.skip(str(error))
+    """RAVDESS speech by the project's lookup (tests/data_support.py): a skip without it."""
+    return require_speech()
 
 
 @pytest.fixture(scope="module")
