@@ -14,7 +14,7 @@ from pathlib import Path
 from pipeline.console import library_output_to
 from preprocessing.preprocess_command import preprocess
 from preprocessing.usage_error import UsageError
-from trainer.config import VARIANTS
+from trainer.config import SHIPPED, VARIANTS, variant_config
 
 
 def reproduce(args) -> dict:
@@ -43,14 +43,19 @@ def reproduce(args) -> dict:
                              "one)")
         if args.runs < 2 or args.first_seed < 0:
             raise UsageError("--runs must be >= 2 and --first-seed >= 0")
-    channels = None  # the corpus default: speech
     if args.protocol == "cross-domain":
-        channels = "speech,song"
-    elif args.protocol == "nested" and selection.channels != ("speech",):
-        channels = ",".join(selection.channels)
+        needed = ("speech", "song")
+    elif args.protocol == "nested":
+        needed = selection.channels
+    else:  # what the variants train on (stability: the shipped one by default)
+        measured = (variants if args.protocol != "stability" or args.variants
+                    else [SHIPPED["variant"]])
+        needed = tuple(dict.fromkeys(c for v in measured
+                                     for c in variant_config(v).train_channels))
+    channels = None if needed == ("speech",) else ",".join(needed)  # None: the default
     suffix = {"cross-domain": "-cross-domain", "stability": "-stability"}.get(args.protocol, "")
-    if args.protocol == "nested" and channels:
-        suffix = "-nested-" + channels.replace(",", "-")  # its records are not Table 1's
+    if channels and args.protocol != "cross-domain":  # records unlike the speech-only ones
+        suffix += ("-nested-" if args.protocol == "nested" else "-") + channels.replace(",", "-")
     work = Path(args.work_dir or Path("output") / "reproduce" / (args.dataset + suffix))
     records = Path(args.records) if args.records else work / "records"
     if args.records and not (records / "summary.json").exists():

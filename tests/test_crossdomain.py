@@ -116,3 +116,11 @@ def test_records_without_a_channel_are_speech(tmp_path, synthetic_records):
     assert set(record_channels(files).values()) == {"speech"}
     ds = make_dataset(files, 50, 4, with_ids=True, channels=["speech"])
     assert sum(int(batch.shape[0]) for _, _, batch in ds) == 16
+
+
+def test_a_model_is_refused_records_without_a_channel_it_trains_on(tmp_path, synthetic_records):
+    from trainer.config import variant_config
+    from trainer.train import fit
+    root = synthetic_records(tmp_path / "prep", folds=2, per_fold=8)
+    with pytest.raises(ValueError, match="hold speech: preprocess with --channels speech,song"):
+        fit(record_files(root), variant_config("cme_fixed20_song", **TINY))

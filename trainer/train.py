@@ -131,6 +131,14 @@ def fit(train_files: Sequence[str], config: ModelConfig, *, log_dir: Optional[st
     no epoch is chosen: the model trains on all of ``train_files`` for ``config.epochs``
     epochs and has no validation split. ``channels`` defaults to ``config.train_channels``."""
     channels = config.train_channels if channels is None else channels
+    missing = set(channels) - set(record_channels(train_files).values())
+    if missing:
+        # A speech + song variant given speech-only records would train on speech alone and
+        # say otherwise.
+        held = set(record_channels(train_files).values())
+        raise ValueError(f"the model trains on channel(s) {', '.join(channels)}, but the "
+                         f"training records hold {', '.join(sorted(held))}: preprocess with "
+                         f"--channels {','.join(channels)}")
     if config.selection == "fixed":
         return _fit_fixed(train_files, config, log_dir=log_dir,
                           extra_callbacks=extra_callbacks, verbose=verbose, channels=channels)
