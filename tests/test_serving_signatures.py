@@ -259,3 +259,30 @@ def test_a_seed_ensemble_exports_the_mean_of_its_members(tmp_path):
     assert average_models(members[:1]) is members[0]
     with pytest.raises(ValueError, match="at least one member"):
         average_models([])
+
+
+def test_a_calibrated_export_serves_the_temperature_scaled_probabilities(exported, tmp_path):
+    """Prior correction, then the temperature, last: both signatures serve
+    ``temperature_scaled(prior_corrected(p), T)`` with the same argmax, and the SavedModel
+    keeps T."""
+    from trainer.calibration import temperature_scaled
+    from trainer.metrics import prior_corrected
+    model, plain = exported
+    counts = [3.0, 1.0, 2.0, 4.0]
+    info = export_saved_model(model, tmp_path / "cme" / "1", class_names=CLASSES,
+                              vectors=glove(), vocab_size=plain["vocab_size"],
+                              prior_class_counts=counts, temperature=2.5)
+    assert info["temperature"] == 2.5
+    examples = tf.constant([example_bytes(SAD, DOGS, label="sad"),
+                            example_bytes(ANGRY, KIDS, label="angry")])
+    base = tf.saved_model.load(plain["path"]).signatures[SERVING_DEFAULT](examples=examples)
+    loaded = tf.saved_model.load(info["path"])
+    out = loaded.signatures[SERVING_DEFAULT](examples=examples)
+    expected = temperature_scaled(prior_corrected(base["probabilities"].numpy(), counts), 2.5)
+    np.testing.assert_allclose(out["probabilities"].numpy(), expected, atol=1e-5)
+    assert (out["class_ids"].numpy() == expected.argmax(-1)).all()
+    assert float(loaded.calibration_temperature.numpy()) == 2.5
+    assert float(tf.saved_model.load(plain["path"]).calibration_temperature.numpy()) == 1.0
+    with pytest.raises(ValueError, match="temperature"):
+        export_saved_model(model, tmp_path / "cme" / "2", class_names=CLASSES, vectors=glove(),
+                           temperature=-1.0)

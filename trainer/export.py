@@ -57,6 +57,11 @@ ensemble's mean) probabilities, ``q_k = (p_k / pi_k) / sum_j (p_j / pi_j)``, ``p
 and ``class_ids`` / ``classes`` are its argmax: TFMA, the cross-validation report and TF Serving
 all see the corrected model. The counts are constants of the graph.
 
+Calibration: exported with a ``temperature`` ``T`` (fitted on held-out speakers,
+``trainer.calibration``), every signature serves ``trainer.layers.TemperatureScaling`` of those
+(prior-corrected) probabilities, ``softmax(log q / T)``, last; the argmax is unchanged. The
+SavedModel keeps ``T`` as ``calibration_temperature`` (1.0 when not calibrated).
+
 Portability: the serving functions are traced with every recurrent layer on its generic
 (non-cuDNN) kernel (:func:`portable_recurrent_layers`), so the exported graph never holds a
 ``Cudnn*`` op, whatever device the model was trained on. Keras 3 otherwise picks ``CudnnRNNV3``
@@ -85,7 +90,7 @@ import tensorflow as tf
 
 from preprocessing import features, records
 from preprocessing.embeddings import DEFAULT_VOCAB_SIZE, WordVectors
-from trainer.layers import PriorCorrection
+from trainer.layers import PriorCorrection, TemperatureScaling
 from trainer.model import EXCITATION_LAYER, ensemble_members, like_inputs
 from trainer.signature_names import PREDICT_WAVEFORM, PREDICT_WAVEFORM_BYTES, SERVING_DEFAULT
 
@@ -333,13 +338,17 @@ class _Exporter:
 
     def __init__(self, model: keras.Model, class_names: Sequence[str], words: List[str],
                  matrix: np.ndarray, vocab_file: str,
-                 prior_class_counts: Optional[Sequence[float]] = None):
+                 prior_class_counts: Optional[Sequence[float]] = None,
+                 temperature: Optional[float] = None):
         # A CME model is served with its excitation gates as extra outputs; a baseline as is.
         self.with_gates = has_excitation(model)
         self.gates_model = excitation_model(model) if self.with_gates else model
         # After the ensemble mean (the gates model's probabilities), before the argmax.
         self.prior = (None if prior_class_counts is None
                       else PriorCorrection(prior_class_counts, name="prior_correction"))
+        # Last: calibration rescales the answer the argmax takes (and leaves that argmax).
+        self.temperature = (None if temperature is None
+                            else TemperatureScaling(temperature, name="temperature_scaling"))
         self.word_dim = int(matrix.shape[1])
         self.class_names = tf.constant(list(class_names), tf.string)
         oov_row = len(words)
@@ -361,6 +370,8 @@ class _Exporter:
             probabilities = self.gates_model(inputs, training=False)
         if self.prior is not None:
             probabilities = self.prior(probabilities)
+        if self.temperature is not None:
+            probabilities = self.temperature(probabilities)
         return probabilities, gates
 
     def serve_examples(self, examples):
@@ -505,10 +516,11 @@ def read_warmup_requests(export_dir: PathLike) -> list:
 
 def _build_module(model: keras.Model, class_names: Sequence[str], words: List[str],
                   matrix: np.ndarray, vocab_file: str,
-                  prior_class_counts: Optional[Sequence[float]] = None
-                  ) -> Tuple[tf.Module, dict]:
+                  prior_class_counts: Optional[Sequence[float]] = None,
+                  temperature: Optional[float] = None) -> Tuple[tf.Module, dict]:
     """The module to save and its signatures (name -> concrete function)."""
-    exporter = _Exporter(model, class_names, words, matrix, vocab_file, prior_class_counts)
+    exporter = _Exporter(model, class_names, words, matrix, vocab_file, prior_class_counts,
+                         temperature)
     timed_words = [tf.TensorSpec([None], tf.int32, name="num_samples"),
                    tf.TensorSpec([None, None], tf.string, name="words"),
                    tf.TensorSpec([None, None], tf.float32, name="word_start_s"),
@@ -532,6 +544,11 @@ def _build_module(model: keras.Model, class_names: Sequence[str], words: List[st
     module.model_variables = _captured_variables(signatures.values())
     module.vocabulary = exporter.table
     module.word_vectors = exporter.word_vectors
+    # The served probabilities' temperature (1: none), readable by a loader: `evaluate` turns
+    # the answers back into the uncalibrated ones with it to report both.
+    module.calibration_temperature = tf.Variable(
+        1.0 if temperature is None else float(temperature), trainable=False, dtype=tf.float64,
+        name="calibration_temperature")
     module.serve_examples = serve_examples
     module.serve_waveform = serve_waveform
     module.serve_waveform_bytes = serve_bytes
@@ -550,13 +567,16 @@ def _captured_variables(functions) -> list:
 def export_saved_model(model: keras.Model, export_dir: PathLike, *, class_names: Sequence[str],
                        vectors: WordVectors, vocab_size: int = DEFAULT_VOCAB_SIZE,
                        prior_class_counts: Optional[Sequence[float]] = None,
+                       temperature: Optional[float] = None,
                        overwrite: bool = False) -> dict:
     """Write ``model`` as a SavedModel with the ``serving_default``, ``predict_waveform`` and
     ``predict_waveform_bytes`` signatures (see the module docstring) into ``export_dir``.
 
     ``prior_class_counts`` (one count > 0 per class, those of the data the model was trained
     on): the signatures serve the prior-corrected probabilities (``PriorCorrection``) and their
-    argmax. None (the default): the model's probabilities as they are.
+    argmax. None (the default): the model's probabilities as they are. ``temperature``: the
+    signatures serve the (prior-corrected) probabilities temperature-scaled
+    (``TemperatureScaling``), the calibration fitted on held-out speakers; None: unscaled.
 
     The serving functions are traced under :func:`portable_recurrent_layers` (no ``Cudnn*``
     op in the graph) and ``assets.extra/tf_serving_warmup_requests`` is written into the export
@@ -569,7 +589,7 @@ def export_saved_model(model: keras.Model, export_dir: PathLike, *, class_names:
     ``overwrite``.
 
     Returns ``{"path", "size_bytes", "vocab_size", "word_dim", "class_names", "signatures",
-    "prior_class_counts"}``.
+    "prior_class_counts", "temperature"}``.
     """
     class_names = [str(c) for c in class_names]
     num_classes = int(model.output.shape[-1])
@@ -581,6 +601,8 @@ def export_saved_model(model: keras.Model, export_dir: PathLike, *, class_names:
         if len(prior_class_counts) != num_classes:
             raise ValueError(f"{len(prior_class_counts)} prior class counts "
                              f"{prior_class_counts} for a model with {num_classes} outputs")
+    if temperature is not None:
+        temperature = TemperatureScaling(temperature).temperature  # validated
     word_dim = int(model.input["word_embeddings"].shape[-1])
     if vectors.dim != word_dim:
         raise ValueError(f"word vectors are {vectors.dim}-d but the model takes {word_dim}-d")
@@ -602,7 +624,7 @@ def export_saved_model(model: keras.Model, export_dir: PathLike, *, class_names:
         requests = warmup_requests(words, matrix)
         with portable_recurrent_layers(model):
             module, signatures = _build_module(model, class_names, words, matrix,
-                                               str(vocab_file), prior_class_counts)
+                                               str(vocab_file), prior_class_counts, temperature)
             saved = target if remote else staging / "saved_model"
             if remote and tf.io.gfile.exists(target):
                 tf.io.gfile.rmtree(target)
@@ -616,7 +638,8 @@ def export_saved_model(model: keras.Model, export_dir: PathLike, *, class_names:
         shutil.rmtree(staging, ignore_errors=True)
     return {"path": str(target), "size_bytes": directory_size(target),
             "vocab_size": len(words), "word_dim": word_dim, "class_names": class_names,
-            "signatures": list(signatures), "prior_class_counts": prior_class_counts}
+            "signatures": list(signatures), "prior_class_counts": prior_class_counts,
+            "temperature": temperature}
 
 
 def directory_size(path: PathLike) -> int:

@@ -329,6 +329,43 @@ class PriorCorrection(keras.layers.Layer):
         return {**super().get_config(), "class_counts": list(self.class_counts)}
 
 
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class TemperatureScaling(keras.layers.Layer):
+    """Temperature scaling of class probabilities (Guo et al., ICML 2017; the layer of
+    ``trainer.calibration.temperature_scaled``, applied by the exported model last)::
+
+        q[b, k] = exp(log p[b, k] / T) / sum_j exp(log p[b, j] / T)
+
+    ``T > 1`` softens over-confident probabilities, ``T < 1`` sharpens them; the argmax never
+    changes. ``T`` is fitted on held-out answers (``trainer.calibration.fit_temperature``); it is
+    configuration, not a weight. ``p`` is clipped at 1e-12 before the log, as in
+    ``trainer.calibration``.
+
+    Args:
+        temperature: ``T``, a finite number > 0.
+
+    Input shape: ``[..., K]`` probabilities. Output shape: the same.
+    """
+
+    def __init__(self, temperature, **kwargs):
+        super().__init__(**kwargs)
+        temperature = float(temperature)
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+        self.temperature = temperature
+
+    def call(self, probabilities):
+        probabilities = tf.convert_to_tensor(probabilities)
+        logits = tf.math.log(tf.maximum(probabilities, tf.constant(1e-12, probabilities.dtype)))
+        return tf.nn.softmax(logits / tf.constant(self.temperature, probabilities.dtype), axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "temperature": self.temperature}
+
+
 # --- Blocks of the Table-1 baselines and of the CTC-alignment ablation (trainer/model.py). ---
 
 
