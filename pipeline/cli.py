@@ -243,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "are relative to it. With labels, the accuracy is printed")
     pred.add_argument("--batch-size", type=int, default=8,
                       help="files per model request (their transcripts may differ)")
+    pred.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
+                      help="answer \"uncertain\" when the top class probability is below P "
+                           "(the probabilities are still given; default 0: always answer)")
     pred.add_argument("--out", default=None,
                       help="also write the per-file predictions (a timeline: its rows) here "
                            "(JSON lines)")
@@ -300,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", default=None,
                     help="report directory (default output/evaluate/<dataset>-<channels>)")
     ev.add_argument("--batch-size", type=int, default=8, help="files per model request")
+    ev.add_argument("--min-confidence", type=float, default=None, metavar="P",
+                    help="also report the coverage (share answered) and the accuracy of the "
+                         "answers whose top class probability is at least P")
     ev.set_defaults(func=evaluate_command.evaluate)
     comp = sub.add_parser("compile", help="compile the pipeline for another orchestrator")
     comp.add_argument("--target", choices=["kubeflow"], default="kubeflow",

@@ -10,6 +10,8 @@ report.json            WA, UA, per-class recall, confusion matrix, counts, model
                        channels (and the same per channel when there are several)
 report.md              the same, for people
 confusion.png          the cross-validation report's plot (``pipeline.report.plot_confusion``)
+reliability.png        the reliability diagram: accuracy against confidence, as served and
+                       (a calibrated model) before its temperature (:func:`calibration`)
 predictions.jsonl      one line per scored file: id, path, label, prediction, probabilities
 errors.jsonl           one line per input that could not be scored: id, path, stage, reason
 =====================  ======================================================================
@@ -36,7 +38,9 @@ import time
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Union
 
-from pipeline.report import confusion_table, plot_confusion
+import numpy as np
+
+from pipeline.report import confusion_table, plot_confusion, plot_reliability
 from pipeline.segment_evaluation import DEFAULT_TOLERANCE_S
 from preprocessing import corpora
 from serving.predict import model_class_names, predict_files
@@ -45,6 +49,7 @@ from trainer.metrics import confusion_matrix, unweighted_accuracy, weighted_accu
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 CONFUSION_PNG = "confusion.png"
+RELIABILITY_PNG = "reliability.png"
 PREDICTIONS_FILE = "predictions.jsonl"
 ERRORS_FILE = "errors.jsonl"
 CHUNK = 64  # files between progress lines
@@ -66,9 +71,37 @@ def scores(labels: Sequence[str], predicted: Sequence[str], class_names: Sequenc
             "confusion": confusion.tolist()}
 
 
+def calibration(rows: Sequence[dict], class_names: Sequence[str],
+                temperature: Optional[float] = None,
+                min_confidence: Optional[float] = None) -> Optional[dict]:
+    """How far the answers' confidence is from their accuracy: ECE, NLL and the reliability
+    bins of the probabilities as served (``served``), and, when the model says it serves them
+    at ``temperature`` T != 1, of the uncalibrated ones it started from (``uncalibrated``:
+    ``softmax(T log q)`` undoes ``softmax(log p / T)`` exactly); with ``min_confidence``, the
+    coverage and accuracy of the answers at least that confident (``selective``). None
+    without rows."""
+    from trainer.calibration import (expected_calibration_error, negative_log_likelihood,
+                                     reliability_bins, selective_scores, temperature_scaled)
+    if not rows:
+        return None
+    index = {name: k for k, name in enumerate(class_names)}
+    labels = np.array([index[r["label"]] for r in rows])
+    served = np.array([[r["probabilities"][c] for c in class_names] for r in rows])
+    curves = {"served": served}
+    if temperature is not None and temperature != 1.0:
+        curves["uncalibrated"] = temperature_scaled(served, 1.0 / temperature)
+    out = {"temperature": temperature,
+           **{name: {"ece": expected_calibration_error(p, labels),
+                     "nll": negative_log_likelihood(p, labels),
+                     "reliability": reliability_bins(p, labels)} for name, p in curves.items()}}
+    if min_confidence is not None:
+        out["selective"] = selective_scores(served, labels, min_confidence)
+    return out
+
+
 def evaluate(model, *, model_description: str, dataset: str,
              data: Union[Path, Sequence[Path]], out_dir, channels: Optional[Sequence[str]] = None,
-             aligner=None, batch_size: int = 8,
+             aligner=None, batch_size: int = 8, min_confidence: Optional[float] = None,
              log: Optional[Callable[[str], None]] = None) -> dict:
     """Scores ``model`` (anything with ``predict_waveform``: ``serving.predict.LocalModel``,
     ``serving.client.RestClient``) on ``dataset`` at ``data`` (RAVDESS: one directory or
@@ -130,19 +163,24 @@ def evaluate(model, *, model_description: str, dataset: str,
               "alignment_sources": dict(sorted(collections.Counter(
                   r["alignment_source"] for r in rows).items()))}
     report["complete"] = report["n"] + report["errors"] == report["inputs"]
+    temperature = getattr(model, "temperature", None)  # a served model does not say it
+    report["calibration"] = calibration(rows, class_names, temperature, min_confidence)
     by_channel = sorted({r["channel"] for r in rows if "channel" in r})
     if len(by_channel) > 1:
-        report["by_channel"] = {
-            channel: scores([r["label"] for r in rows if r.get("channel") == channel],
-                            [r["prediction"] for r in rows if r.get("channel") == channel],
-                            class_names) for channel in by_channel}
+        report["by_channel"] = {}
+        for channel in by_channel:
+            mine = [r for r in rows if r.get("channel") == channel]
+            report["by_channel"][channel] = {
+                **scores([r["label"] for r in mine], [r["prediction"] for r in mine],
+                         class_names),
+                "calibration": calibration(mine, class_names, temperature, min_confidence)}
     report["seconds"] = round(time.time() - started, 1)
     write(report, rows, errors, out_dir)
     return report
 
 
 def evaluate_segments(model, *, model_description: str, manifest: Path, out_dir,
-                      aligner=None, batch_size: int = 8,
+                      aligner=None, batch_size: int = 8, min_confidence: Optional[float] = None,
                       log: Optional[Callable[[str], None]] = None) -> dict:
     """Scores ``model`` on the labelled segments of long recordings listed in ``manifest``
     (``pipeline.segment_evaluation.read_segment_manifest``). Writes the files above into
@@ -212,6 +250,8 @@ def evaluate_segments(model, *, model_description: str, manifest: Path, out_dir,
                                   "reference": r, "detected": d}
                            for side, (h, r, d) in hits.items()}}
     report["complete"] = report["n"] + report["errors"] == report["inputs"]
+    report["calibration"] = calibration(rows, class_names, getattr(model, "temperature", None),
+                                        min_confidence)
     report["seconds"] = round(time.time() - started, 1)
     write(report, rows, errors, out_dir)
     return report
@@ -236,6 +276,11 @@ def write(report: dict, rows: List[dict], errors: List[dict], out_dir) -> None:
                    title=f"{report['dataset']}"
                          + (f" {'+'.join(report['channels'])}" if report["channels"] else "")
                          + f", n = {report['n']}")
+    if report.get("calibration"):
+        curves = {name: report["calibration"][name]["reliability"]
+                  for name in ("uncalibrated", "served") if name in report["calibration"]}
+        plot_reliability(curves, filesystems.join(out_dir, RELIABILITY_PNG),
+                         title=f"reliability, ECE {report['calibration']['served']['ece']:.3f}")
 
 
 def _num(value: Optional[float]) -> str:
@@ -262,14 +307,33 @@ def render_markdown(report: dict) -> str:
         for side, s in report["segments"].items():
             lines.append(f"- {side} F1 {_num(s['f1'])} ({s['hits']} of {s['reference']} "
                          f"labelled, {s['detected']} found)")
+    cal = report.get("calibration")
+    if cal:
+        if "uncalibrated" in cal:
+            note = (f"; before the model's temperature T = {cal['temperature']:.3f}: ECE "
+                    f"{cal['uncalibrated']['ece']:.3f}, NLL {cal['uncalibrated']['nll']:.3f}")
+        elif cal["temperature"] is None:
+            note = " (a served model does not say its temperature)"
+        else:
+            note = " (the model serves no calibration temperature)"
+        lines += ["", f"Calibration ({RELIABILITY_PNG}): ECE {cal['served']['ece']:.3f}, NLL "
+                  f"{cal['served']['nll']:.3f} as served{note}."]
+        if "selective" in cal:
+            sel = cal["selective"]
+            lines += ["", f"At --min-confidence {sel['min_confidence']:g}: coverage "
+                      f"{sel['coverage']:.3f} ({sel['answered']} answered), accuracy "
+                      f"{_num(sel['accuracy'])} (all answers: "
+                      f"{_num(report['wa'])})."]
     lines += ["", "Confusion matrix (rows: true class, columns: predicted):", ""]
     lines += confusion_table(report["confusion"], classes)
     if "by_channel" in report:
-        lines += ["", "By channel:", "", "| channel | files | WA | UA | "
+        lines += ["", "By channel:", "", "| channel | files | WA | UA | ECE | "
                   + " | ".join(f"recall {c}" for c in classes) + " |",
-                  "|---" * (4 + len(classes)) + "|"]
+                  "|---" * (5 + len(classes)) + "|"]
         for channel, s in report["by_channel"].items():
+            ece = s["calibration"]["served"]["ece"] if s.get("calibration") else None
             lines.append(f"| {channel} | {s['n']} | {_num(s['wa'])} | {_num(s['ua'])} | "
+                         f"{_num(ece)} | "
                          + " | ".join(_num(s["per_class_recall"][c]) for c in classes) + " |")
     return "\n".join(lines) + "\n"
 

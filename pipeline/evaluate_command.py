@@ -18,6 +18,9 @@ def evaluate(args) -> dict:
     channels = parse_channels(args.dataset, args.channels)
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.min_confidence is not None and not 0.0 <= args.min_confidence <= 1.0:
+        raise UsageError(f"--min-confidence must be a probability in [0, 1], got "
+                         f"{args.min_confidence}")
     if args.dataset in ("manifest", "segments"):
         if not args.data_dir or len(args.data_dir) != 1 or not Path(args.data_dir[0]).is_file():
             raise UsageError(f"--data-dir must be the manifest file for --dataset {args.dataset}")
@@ -35,11 +38,12 @@ def evaluate(args) -> dict:
             if args.dataset == "segments":
                 report = evaluating.evaluate_segments(
                     model, model_description=where, manifest=data[0], out_dir=out,
-                    batch_size=args.batch_size, log=log)
+                    batch_size=args.batch_size, min_confidence=args.min_confidence, log=log)
             else:
                 report = evaluating.evaluate(
                     model, model_description=where, dataset=args.dataset, data=data,
-                    out_dir=out, channels=channels, batch_size=args.batch_size, log=log)
+                    out_dir=out, channels=channels, batch_size=args.batch_size,
+                    min_confidence=args.min_confidence, log=log)
         except ValueError as error:
             raise UsageError(str(error)) from error
     print((out / evaluating.REPORT_MD).read_text())

@@ -129,6 +129,37 @@ def plot_confusion(confusion, class_names: Sequence[str], path,
     _write(path, png.getvalue(), "wb")
 
 
+def plot_reliability(curves: Mapping[str, Sequence[Mapping]], path,
+                     title: str = "reliability") -> None:
+    """The reliability diagram: per curve (e.g. "uncalibrated", "calibrated"), the accuracy of
+    each confidence bin against its mean confidence (``trainer.calibration.reliability_bins``),
+    the diagonal being a calibrated model; marker area by the bin's count. PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.plot([0, 1], [0, 1], color="gray", lw=1, ls="--", label="calibrated")
+    for name, bins in curves.items():
+        used = [b for b in bins if b["count"]]
+        total = sum(b["count"] for b in used) or 1
+        ax.plot([b["confidence"] for b in used], [b["accuracy"] for b in used], marker="o",
+                lw=1.2, label=name, markersize=3)
+        ax.scatter([b["confidence"] for b in used], [b["accuracy"] for b in used],
+                   s=[400 * b["count"] / total for b in used], alpha=0.25)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top class probability)")
+    ax.set_ylabel("accuracy")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120)
+    plt.close(fig)
+    _write(path, png.getvalue(), "wb")
+
+
 def _write(path, data, mode: str = "w") -> None:
     """Writes a local or object-storage (``s3://``, ``gs://``) file."""
     import tensorflow as tf

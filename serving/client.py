@@ -31,6 +31,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 # The signature names of trainer.export, from its TensorFlow-free module (this one needs none).
+from trainer.calibration import check_min_confidence
 from trainer.signature_names import PREDICT_WAVEFORM, PREDICT_WAVEFORM_BYTES
 
 SAMPLE_RATE = 16000
@@ -67,12 +68,29 @@ class WordExcitation:
     semantic_excitation: float
 
 
+# The emotion of an answer whose top probability is below the caller's minimum confidence
+# (``min_confidence``, `--min-confidence`): no decision; the probabilities are still given.
+UNCERTAIN = "uncertain"
+
+
 @dataclasses.dataclass(frozen=True)
 class Prediction:
-    emotion: str
+    emotion: str  # the top class, or UNCERTAIN below the caller's minimum confidence
     class_id: int
     probabilities: Dict[str, float]  # class name -> probability, in the model's class order
     words: List[WordExcitation]
+
+    @property
+    def confidence(self) -> float:
+        """The top class probability."""
+        return max(self.probabilities.values())
+
+    def abstaining(self, min_confidence: float) -> "Prediction":
+        """This answer, or ``UNCERTAIN`` (class id -1, the probabilities kept) when its
+        confidence is below ``min_confidence``."""
+        if self.confidence >= min_confidence:
+            return self
+        return dataclasses.replace(self, emotion=UNCERTAIN, class_id=-1)
 
     def to_dict(self) -> dict:
         return {"emotion": self.emotion, "class_id": self.class_id,
@@ -118,9 +136,11 @@ def waveform_batch(utterances: Sequence[Utterance]) -> Dict[str, np.ndarray]:
 
 
 def predictions_from_outputs(outputs: Mapping[str, np.ndarray],
-                             utterances: Sequence[Utterance]) -> List[Prediction]:
+                             utterances: Sequence[Utterance],
+                             min_confidence: float = 0.0) -> List[Prediction]:
     """:class:`Prediction` per utterance from ``predict_waveform`` outputs (batch-major arrays;
-    strings as ``str`` or ``bytes``)."""
+    strings as ``str`` or ``bytes``); ``UNCERTAIN`` where the top probability is below
+    ``min_confidence``."""
     probabilities = np.asarray(outputs["probabilities"], dtype=np.float64)
     names = outputs.get("class_names")
     results = []
@@ -139,7 +159,7 @@ def predictions_from_outputs(outputs: Mapping[str, np.ndarray],
             emotion=_text(np.asarray(outputs["classes"], dtype=object)[i]),
             class_id=int(np.asarray(outputs["class_ids"])[i]),
             probabilities={label: float(p) for label, p in zip(labels, probabilities[i])},
-            words=words))
+            words=words).abstaining(min_confidence))
     return results
 
 
@@ -189,7 +209,7 @@ class RestClient:
 
     def __init__(self, url: str = "http://localhost:8501", model_name: str = "cme", *,
                  version: Optional[int] = None, label: Optional[str] = None,
-                 timeout: float = 60.0):
+                 timeout: float = 60.0, min_confidence: float = 0.0):
         parsed = urllib.parse.urlsplit(url if "://" in url else "http://" + url)
         if parsed.scheme not in ("http", "https"):
             raise ValueError(f"URL must be http:// or https://, got {url!r}")
@@ -201,6 +221,7 @@ class RestClient:
         self.scheme = parsed.scheme
         self.model_name = model_name
         self.timeout = timeout
+        self.min_confidence = check_min_confidence(min_confidence)
         path = f"/v1/models/{urllib.parse.quote(model_name, safe='')}"
         if version is not None:
             path += f"/versions/{int(version)}"
@@ -286,7 +307,8 @@ class RestClient:
         answer = self.post_predict(predict_waveform_body(utterances, binary=binary))
         outputs = answer["outputs"]
         return predictions_from_outputs({k: np.asarray(v, dtype=object if k in (
-            "classes", "class_names") else None) for k, v in outputs.items()}, utterances)
+            "classes", "class_names") else None) for k, v in outputs.items()}, utterances,
+            self.min_confidence)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -329,7 +351,7 @@ class GrpcClient:
 
     def __init__(self, url: str = "grpc://localhost:8500", model_name: str = "cme", *,
                  version: Optional[int] = None, label: Optional[str] = None,
-                 timeout: float = 60.0):
+                 timeout: float = 60.0, min_confidence: float = 0.0):
         import grpc
         from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
@@ -343,6 +365,7 @@ class GrpcClient:
         self.target = f"[{self.host}]:{self.port}" if ":" in self.host else \
             f"{self.host}:{self.port}"
         self.url = f"grpc://{self.target}"
+        self.min_confidence = check_min_confidence(min_confidence)
         self.model_name = model_name
         self.version = version
         self.label = label
@@ -459,7 +482,7 @@ class GrpcClient:
         ``binary``, through ``predict_waveform_bytes``)."""
         request = self.waveform_request(utterances, binary=binary)
         response = self.call(self.prediction.Predict, request)
-        return predictions_from_outputs(self.outputs(response), utterances)
+        return predictions_from_outputs(self.outputs(response), utterances, self.min_confidence)
 
 
 def open_client(url: str, model_name: str = "cme", **options):

@@ -10,20 +10,22 @@ import contextlib
 from preprocessing.usage_error import UsageError
 
 
-def open_model(args) -> tuple:
+def open_model(args, min_confidence: float = 0.0) -> tuple:
     """``(model, where)``: the SavedModel --model-dir names, loaded in-process, or the model
-    served at --url (--model-name, --model-version, --timeout)."""
+    served at --url (--model-name, --model-version, --timeout); answers below
+    ``min_confidence`` are ``UNCERTAIN`` (``serving.client``)."""
     from serving import predict as predicting
     from serving.client import open_client
     if args.model_dir:
         try:
-            model = predicting.LocalModel(args.model_dir)
+            model = predicting.LocalModel(args.model_dir, min_confidence=min_confidence)
         except (OSError, ValueError) as error:
             raise UsageError(str(error)) from error
         return model, str(model.path)
     try:
         model = open_client(args.url, args.model_name, version=args.model_version,
-                            timeout=args.timeout)  # grpc://host:port: GrpcClient
+                            timeout=args.timeout,  # grpc://host:port: GrpcClient
+                            min_confidence=min_confidence)
     except ValueError as error:
         raise UsageError(str(error)) from error
     return model, f"{model.url}{model.model_path}"

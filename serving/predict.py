@@ -21,8 +21,8 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from serving.client import (SAMPLE_RATE, Prediction, Utterance, predictions_from_outputs,
-                            waveform_batch)
+from serving.client import (SAMPLE_RATE, UNCERTAIN, Prediction, Utterance,
+                            predictions_from_outputs, waveform_batch)
 
 FRAMES_PER_SECOND = 100
 
@@ -68,12 +68,14 @@ def resolve_model_dir(path) -> Path:
 class LocalModel:
     """The ``predict_waveform`` signature of a SavedModel loaded in this process."""
 
-    def __init__(self, path):
+    def __init__(self, path, min_confidence: float = 0.0):
         import tensorflow as tf
 
+        from trainer.calibration import check_min_confidence
         from trainer.export import PREDICT_WAVEFORM
 
         self.path = resolve_model_dir(path)
+        self.min_confidence = check_min_confidence(min_confidence)
         self._loaded = tf.saved_model.load(str(self.path))
         if PREDICT_WAVEFORM not in self._loaded.signatures:
             raise ValueError(f"{self.path}: the SavedModel has no {PREDICT_WAVEFORM!r} signature "
@@ -92,7 +94,15 @@ class LocalModel:
             outputs = self._function(**{k: tf.constant(v) for k, v in inputs.items()})
         except tf.errors.InvalidArgumentError as error:
             raise ValueError(assertion_message(error.message)) from None
-        return predictions_from_outputs({k: v.numpy() for k, v in outputs.items()}, utterances)
+        return predictions_from_outputs({k: v.numpy() for k, v in outputs.items()}, utterances,
+                                        self.min_confidence)
+
+    @property
+    def temperature(self) -> float:
+        """The calibration temperature the SavedModel serves with (1.0: none, or an export
+        from before calibration was exported)."""
+        variable = getattr(self._loaded, "calibration_temperature", None)
+        return 1.0 if variable is None else float(variable.numpy())
 
 
 def _bracketed(text: str) -> List[str]:
@@ -301,9 +311,11 @@ def manifest_accuracy(entries: Sequence[ManifestEntry], results: Sequence[Result
     scored = [(e.label, r.prediction.emotion) for e, r in zip(entries, results)
               if e.label is not None and r.error is None]
     failed = sum(e.label is not None and r.error is not None for e, r in zip(entries, results))
+    uncertain = sum(emotion == UNCERTAIN for _, emotion in scored)
+    scored = [(label, emotion) for label, emotion in scored if emotion != UNCERTAIN]
     correct = sum(label == emotion for label, emotion in scored)
     return {"correct": correct, "labelled": len(scored), "failed": failed,
-            "accuracy": correct / len(scored) if scored else None}
+            "uncertain": uncertain, "accuracy": correct / len(scored) if scored else None}
 
 
 def format_text(results: Sequence[Result],
@@ -318,7 +330,7 @@ def format_text(results: Sequence[Result],
             continue
         prediction = result.prediction
         lines.append(f"{result.audio}: {prediction.emotion} "
-                     f"(p = {prediction.probabilities.get(prediction.emotion, float('nan')):.3f}; "
+                     f"(p = {prediction.confidence:.3f}; "
                      f"{result.duration_s:.2f} s, {result.alignment_source} alignment"
                      + (f"; label {label}" if label is not None else "") + ")")
         lines.append("  probabilities: " + "  ".join(

@@ -43,7 +43,7 @@ def predict(args) -> list:
         return predict_timeline(args)
     if args.plot and (entries is not None or len(args.audio) != 1):
         raise UsageError("--plot draws one utterance: give exactly one audio file")
-    model, where = open_model(args)
+    model, where = open_model(args, min_confidence=args.min_confidence)
     with model_errors(where):
         if entries is not None:
             results = predicting.predict_manifest(entries, model, batch_size=args.batch_size)
@@ -68,6 +68,8 @@ def predict(args) -> list:
         if accuracy is not None and accuracy["labelled"]:
             note = f"; {accuracy['failed']} labelled file(s) failed" if accuracy["failed"] \
                 else ""
+            if accuracy["uncertain"]:
+                note += f"; {accuracy['uncertain']} answered uncertain, not counted"
             print(f"accuracy {accuracy['accuracy']:.3f} ({accuracy['correct']} of "
                   f"{accuracy['labelled']} labelled files{note})")
         elif accuracy is not None:
@@ -124,7 +126,7 @@ def predict_timeline(args):
             words = read_timed_transcript(args.transcript_file)
         except TranscriptError as error:
             raise UsageError(str(error)) from error
-    model, where = open_model(args)
+    model, where = open_model(args, min_confidence=args.min_confidence)
     with model_errors(where):
         try:
             timeline = timelines.predict_timeline(args.audio[0], model, transcript_words=words,

@@ -286,7 +286,7 @@ def to_csv(timeline: Timeline) -> str:
         probabilities = [f"{p.probabilities[c]:.4f}" for c in classes] if p else [""] * len(classes)
         writer.writerow(
             [row.segment, f"{row.start_s:.3f}", f"{row.end_s:.3f}", row.emotion or "",
-             f"{p.probabilities[p.emotion]:.4f}" if p else ""] + probabilities
+             f"{p.confidence:.4f}" if p else ""] + probabilities
             + [" ".join(w.word for w in row.words),
                " ".join(_number(w.acoustic_excitation) for w in row.words),
                " ".join(_number(w.semantic_excitation) for w in row.words),
@@ -313,8 +313,7 @@ def format_text(timeline: Timeline) -> str:
         if row.prediction is None:
             lines.append(f"{when}  error ({row.stage}): {row.error}")
             continue
-        p = row.prediction.probabilities
-        lines.append(f"{when}  {row.emotion:<8} p = {p[row.emotion]:.2f}  "
+        lines.append(f"{when}  {row.emotion:<9} p = {row.prediction.confidence:.2f}  "
                      + " ".join(w.word for w in row.words))
     for span in timeline.unreadable:
         lines.append(f"  unreadable {_clock(span.start_s)} - {_clock(span.end_s)}: "

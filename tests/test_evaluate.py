@@ -14,6 +14,7 @@ from serving_support import serve_argv, start_server, stop_server
 
 from data_support import RAVDESS_SONG as SONG  # noqa: E402
 from data_support import RAVDESS_SPEECH as SPEECH  # noqa: E402
+
 CLASSES = ["angry", "happy", "neutral", "sad"]
 KIDS = "Kids are talking by the door"
 pytestmark = pytest.mark.skipif(not (SPEECH.is_dir() and SONG.is_dir()),
@@ -153,3 +154,51 @@ def test_evaluate_usage_errors(small_model_base, corpora, tmp_path, capsys):
     assert main(["evaluate", "--url", "http://127.0.0.1:9", "--data-dir",
                  str(corpora["song"]), "--channels", "song", "--out", str(tmp_path / "x")]) == 2
     assert "cannot reach http://127.0.0.1:9/v1/models/cme" in capsys.readouterr().err
+
+
+def test_a_calibrated_model_reports_ece_before_and_after_and_may_abstain(corpora, tmp_path,
+                                                                          capsys):
+    """A model exported with a temperature: `evaluate` reports the ECE of its answers and of
+    the uncalibrated ones they came from (recomputed here from predictions.jsonl), draws the
+    reliability diagram, and with --min-confidence the coverage and accuracy there; `predict
+    --min-confidence` answers "uncertain" below it."""
+    from serving_support import glove, small_model
+    from trainer.calibration import (expected_calibration_error, selective_scores,
+                                     temperature_scaled)
+    from trainer.export import export_saved_model
+    base = tmp_path / "cme"
+    export_saved_model(small_model(seed=4), base / "1", class_names=CLASSES, vectors=glove(),
+                       vocab_size=20000, temperature=3.0)
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--model-dir", str(base), "--data-dir", str(corpora["song"]),
+                 "--channels", "song", "--min-confidence", "0.3", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    rows = read_jsonl(out / "predictions.jsonl")
+    labels = np.array([CLASSES.index(r["label"]) for r in rows])
+    served = np.array([[r["probabilities"][c] for c in CLASSES] for r in rows])
+    cal = report["calibration"]
+    assert cal["temperature"] == 3.0
+    assert cal["served"]["ece"] == pytest.approx(expected_calibration_error(served, labels))
+    before = temperature_scaled(served, 1 / 3.0)
+    assert cal["uncalibrated"]["ece"] == pytest.approx(expected_calibration_error(before,
+                                                                                  labels))
+    assert (before.argmax(-1) == served.argmax(-1)).all()
+    assert before.max(-1).mean() > served.max(-1).mean()  # T = 3 softened them
+    assert cal["selective"] == pytest.approx(selective_scores(served, labels, 0.3))
+    assert "ECE" in (out / "report.md").read_text()
+    assert (out / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    capsys.readouterr()
+
+    # predict: "uncertain" exactly where the top probability is below the threshold.
+    threshold = float(np.median(served.max(-1)))
+    paths = [r["path"] for r in rows]
+    assert main(["predict", *paths, "--transcript", KIDS, "--model-dir", str(base), "--json",
+                 "--min-confidence", str(threshold)]) == 0
+    answers = json.loads(capsys.readouterr().out)["results"]
+    for answer in answers:
+        top = max(answer["probabilities"].values())
+        assert (answer["emotion"] == "uncertain") == (top < threshold), answer
+    assert any(a["emotion"] == "uncertain" for a in answers)
+    assert any(a["emotion"] != "uncertain" for a in answers)
+    assert main(["predict", paths[0], "--transcript", KIDS, "--model-dir", str(base),
+                 "--min-confidence", "2"]) == 2
