@@ -91,3 +91,27 @@ def test_the_layer_is_the_numpy_map_and_round_trips_its_config():
     assert again.temperature == 1.7
     with pytest.raises(ValueError, match="finite number > 0"):
         TemperatureScaling(float("nan"))
+
+
+def test_cross_fitting_never_scores_a_fold_with_a_temperature_fitted_on_it():
+    from trainer.calibration import cross_fitted
+    held_out = {}
+    for k, sharpen in enumerate((2.0, 3.0, 4.0)):  # folds over-confident by different T
+        _, reported, labels = sampled(n=4000, sharpen=sharpen, seed=k)
+        held_out[k] = (reported, labels)
+    result = cross_fitted(held_out)
+    for k in held_out:
+        others = [j for j in held_out if j != k]
+        expected = fit_temperature(np.concatenate([held_out[j][0] for j in others]),
+                                   np.concatenate([held_out[j][1] for j in others]))
+        assert result["folds"][k]["temperature"] == pytest.approx(expected)
+        assert result["folds"][k]["after"]["ece"] == pytest.approx(expected_calibration_error(
+            temperature_scaled(held_out[k][0], expected), held_out[k][1]))
+    everything = fit_temperature(np.concatenate([p for p, _ in held_out.values()]),
+                                 np.concatenate([y for _, y in held_out.values()]))
+    assert result["temperature"] == pytest.approx(everything)
+    assert 2.0 < result["temperature"] < 4.0
+    assert result["pooled"]["after"]["ece"] < result["pooled"]["before"]["ece"]
+    assert result["pooled"]["n"] == 12000
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        cross_fitted({0: held_out[0]})

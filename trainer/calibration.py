@@ -123,3 +123,37 @@ def check_min_confidence(value: float) -> float:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"--min-confidence must be a probability in [0, 1], got {value}")
     return float(value)
+
+
+def cross_fitted(held_out: Dict[int, tuple]) -> Dict[str, object]:
+    """Temperature scaling fitted across the folds of a cross-validation, never on the fold it
+    is scored on. ``held_out``: fold -> ``(probabilities [N, K], labels [N])``, each fold's
+    answers from the model that did not train on it.
+
+    Returns ``temperature`` (fitted on every fold's answers: the one for a model trained on all
+    folds), and per fold the temperature fitted on the *other* folds with that fold's
+    ``calibration_report`` at it (so the "after" score of a fold never saw the fold), plus the
+    answers of all folds pooled, each scaled by its own fold's temperature (``pooled``)."""
+    if len(held_out) < 2:
+        raise ValueError(f"cross-fitting needs at least 2 folds, got {len(held_out)}")
+    folds, per_fold, pooled_before, pooled_after, pooled_labels = sorted(held_out), {}, [], [], []
+    for k in folds:
+        others = [j for j in folds if j != k]
+        t = fit_temperature(np.concatenate([held_out[j][0] for j in others]),
+                            np.concatenate([held_out[j][1] for j in others]))
+        probabilities, labels = held_out[k]
+        report = calibration_report(probabilities, labels, t)
+        per_fold[k] = {"temperature": t, "n": report["n"],
+                       **{side: {m: report[side][m] for m in ("ece", "nll")}
+                          for side in ("before", "after")}}
+        pooled_before.append(np.asarray(probabilities))
+        pooled_after.append(temperature_scaled(probabilities, t))
+        pooled_labels.append(np.asarray(labels))
+    labels = np.concatenate(pooled_labels)
+    before, after = np.concatenate(pooled_before), np.concatenate(pooled_after)
+    return {"temperature": fit_temperature(before, labels), "folds": per_fold,
+            "pooled": {"n": int(len(labels)),
+                       **{side: {"ece": expected_calibration_error(p, labels),
+                                 "nll": negative_log_likelihood(p, labels),
+                                 "reliability": reliability_bins(p, labels)}
+                          for side, p in (("before", before), ("after", after))}}}
