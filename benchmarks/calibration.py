@@ -28,8 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from trainer.calibration import (cross_fitted, expected_calibration_error,  # noqa: E402
-                                 negative_log_likelihood, temperature_scaled)
+from trainer.calibration import channel_calibration  # noqa: E402
 from trainer.metrics import prior_corrected  # noqa: E402
 
 
@@ -79,29 +78,14 @@ def main(argv=None) -> dict:
     if not rows:
         raise SystemExit("no archived unit matches")
     answers = held_out_answers(rows, seeds, args.prior)
-    fit = {k: (p, y) if args.fit_channel == "all" else
-           (p[c == args.fit_channel], y[c == args.fit_channel])
-           for k, (p, y, c) in answers.items()}
-    result = cross_fitted(fit)
-    channels = {}
-    for channel in sorted({ch for _, _, c in answers.values() for ch in c.tolist()}):
-        before, after, labels = [], [], []
-        for k, (p, y, c) in answers.items():
-            mine = c == channel
-            before.append(p[mine])
-            after.append(temperature_scaled(p[mine], result["folds"][k]["temperature"]))
-            labels.append(y[mine])
-        labels = np.concatenate(labels)
-        channels[channel] = {"n": int(len(labels)), **{
-            side: {"ece": expected_calibration_error(np.concatenate(p), labels),
-                   "nll": negative_log_likelihood(np.concatenate(p), labels)}
-            for side, p in (("before", before), ("after", after))}}
+    result = channel_calibration(answers, None if args.fit_channel == "all"
+                                 else args.fit_channel)
     out = {"archive": args.archive, "variant": args.variant, "seeds": seeds,
            "prior_correction": args.prior, "train": args.train,
            "fit_channel": args.fit_channel,
            "temperature_all_folds": result["temperature"],
            "fold_temperatures": {k: f["temperature"] for k, f in result["folds"].items()},
-           "channels": channels,
+           "channels": result["by_channel"],
            "note": "each fold's answers scaled by the temperature fitted on the other folds' "
                    f"{args.fit_channel} answers; ECE with 15 equal-width bins"}
     print(json.dumps(out, indent=2))

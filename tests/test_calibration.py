@@ -115,3 +115,26 @@ def test_cross_fitting_never_scores_a_fold_with_a_temperature_fitted_on_it():
     assert result["pooled"]["n"] == 12000
     with pytest.raises(ValueError, match="at least 2 folds"):
         cross_fitted({0: held_out[0]})
+
+
+def test_channel_calibration_fits_on_one_channel_and_scores_each():
+    from trainer.calibration import channel_calibration, cross_fitted
+    answers = {}
+    for k in range(3):
+        _, speech, y_speech = sampled(n=2000, sharpen=2.0, seed=k)
+        _, song, y_song = sampled(n=1000, sharpen=4.0, seed=10 + k)
+        answers[k] = (np.concatenate([speech, song]), np.concatenate([y_speech, y_song]),
+                      np.array(["speech"] * 2000 + ["song"] * 1000))
+    result = channel_calibration(answers, "speech")
+    speech_only = cross_fitted({k: (p[:2000], y[:2000]) for k, (p, y, _) in answers.items()})
+    assert result["temperature"] == pytest.approx(speech_only["temperature"])
+    song_after = np.concatenate([temperature_scaled(p[2000:], result["folds"][k]["temperature"])
+                                 for k, (p, _, _) in answers.items()])
+    song_labels = np.concatenate([y[2000:] for _, y, _ in answers.values()])
+    assert result["by_channel"]["song"]["after"]["ece"] == pytest.approx(
+        expected_calibration_error(song_after, song_labels))
+    assert result["by_channel"]["song"]["n"] == 3000
+    # A temperature fitted on speech (T ~ 2) leaves song (T = 4) over-confident, but less so.
+    assert (result["by_channel"]["song"]["after"]["ece"]
+            < result["by_channel"]["song"]["before"]["ece"])
+    assert channel_calibration(answers)["fit_channel"] is None

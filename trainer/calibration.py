@@ -14,7 +14,7 @@ the same map with ``trainer.layers.TemperatureScaling``.
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 from scipy.optimize import minimize_scalar
@@ -157,3 +157,31 @@ def cross_fitted(held_out: Dict[int, tuple]) -> Dict[str, object]:
                                  "nll": negative_log_likelihood(p, labels),
                                  "reliability": reliability_bins(p, labels)}
                           for side, p in (("before", before), ("after", after))}}}
+
+
+def channel_calibration(answers: Dict[int, tuple], fit_channel: Optional[str] = None
+                        ) -> Dict[str, object]:
+    """:func:`cross_fitted` on the folds' answers of ``fit_channel`` (None: every answer), and
+    per channel the ECE and NLL of all folds' answers pooled, before and after each fold's
+    answers are scaled by the temperature of the other folds. ``answers``: fold ->
+    ``(probabilities [N, K], labels [N], channels [N])``."""
+    answers = {k: (np.asarray(p, np.float64), np.asarray(y), np.asarray(c))
+               for k, (p, y, c) in answers.items()}
+    result = cross_fitted({k: (p, y) if fit_channel is None else
+                           (p[c == fit_channel], y[c == fit_channel])
+                           for k, (p, y, c) in answers.items()})
+    by_channel = {}
+    for channel in sorted({ch for _, _, c in answers.values() for ch in c.tolist()}):
+        sides = {"before": [], "after": []}
+        labels = []
+        for k, (p, y, c) in answers.items():
+            mine = c == channel
+            sides["before"].append(p[mine])
+            sides["after"].append(temperature_scaled(p[mine], result["folds"][k]["temperature"]))
+            labels.append(y[mine])
+        labels = np.concatenate(labels)
+        by_channel[channel] = {"n": int(len(labels)), **{
+            side: {"ece": expected_calibration_error(np.concatenate(p), labels),
+                   "nll": negative_log_likelihood(np.concatenate(p), labels)}
+            for side, p in sides.items()}}
+    return {**result, "fit_channel": fit_channel, "by_channel": by_channel}
