@@ -7,6 +7,7 @@ FROM tensorflow/tfx:1.16.0
 
 WORKDIR /opt/cme-ser
 COPY pyproject.toml constraints.txt README.md ./
+COPY infra ./infra
 COPY preprocessing ./preprocessing
 COPY trainer ./trainer
 COPY serving ./serving

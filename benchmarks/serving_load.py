@@ -72,7 +72,7 @@ from serving.client import (GrpcClient, RestClient, ServingRequestError,  # noqa
                             Utterance, predict_waveform_body)
 
 from preprocessing.corpus_options import find_data_dir  # noqa: E402
-from preprocessing.usage_error import UsageError  # noqa: E402
+from infra.usage_error import UsageError  # noqa: E402
 
 # In the RAVDESS speech directory ($CME_SER_DATA, ./data/ravdess-speech, ...): angry, 3.9 s.
 DEFAULT_AUDIO = ("Actor_01", "03-01-05-01-01-01-01.flac")

@@ -40,7 +40,7 @@ for _module in _GOOGLE_NOTICES:
 from pipeline import compile_command, evaluate_command, reproduce_command, run_command  # noqa: E402
 from pipeline.vertex_training import DEFAULT_MACHINE_TYPE, DEFAULT_REGION  # noqa: E402
 from preprocessing import preprocess_command  # noqa: E402
-from preprocessing.usage_error import UsageError  # noqa: E402
+from infra.usage_error import UsageError  # noqa: E402
 from serving import predict_command, serve_command  # noqa: E402
 from serving.http_front import Limits  # noqa: E402  (asyncio and h11: no TensorFlow)
 from trainer.config import SHIPPED, VARIANTS, ModelConfig  # noqa: E402
@@ -362,15 +362,15 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _s3_used() -> bool:
-    filesystems = sys.modules.get("preprocessing.filesystems")
+    filesystems = sys.modules.get("infra.filesystems")
     return filesystems is not None and filesystems.s3_enabled()
 
 
 def _end(code: int) -> None:
     """The end of a command (not of an in-process call) that used tensorflow-io's S3
-    filesystem, which would abort at interpreter exit (``preprocessing.filesystems``)."""
-    from preprocessing import filesystems
-    filesystems.exit_process(code)
+    filesystem, which would abort at interpreter exit (``infra.process_exit``)."""
+    from infra.process_exit import exit_process
+    exit_process(code)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from preprocessing.corpus_options import parse_classes
-from preprocessing.usage_error import UsageError
+from infra.usage_error import UsageError
 from trainer.config import DEFAULT_CLASSES, variant_config
 
 

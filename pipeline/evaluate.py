@@ -221,7 +221,7 @@ def write(report: dict, rows: List[dict], errors: List[dict], out_dir) -> None:
     """The files above into ``out_dir``, a local directory or object storage."""
     import tensorflow as tf
 
-    from preprocessing import filesystems
+    from infra import filesystems
     out_dir = str(out_dir)
     filesystems.enable(out_dir)
     tf.io.gfile.makedirs(out_dir)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from preprocessing.corpus_options import find_data_dirs, parse_channels
-from preprocessing.usage_error import UsageError
+from infra.usage_error import UsageError
 from serving.model_options import model_errors, open_model
 
 

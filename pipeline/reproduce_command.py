@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pipeline.console import library_output_to
 from preprocessing.preprocess_command import preprocess
-from preprocessing.usage_error import UsageError
+from infra.usage_error import UsageError
 from trainer.config import VARIANTS
 
 

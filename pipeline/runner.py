@@ -3,7 +3,7 @@
 Output layout under ``<output>``:
 ``tfx/root`` (pipeline root: every artifact), ``tfx/metadata.sqlite`` (ML Metadata),
 ``serving_model/<model_name>/<version>/`` (what TF Serving loads). ``<output>`` and the corpus
-may be object storage (``s3://``, ``gs://``: ``preprocessing.filesystems``); ML Metadata's
+may be object storage (``s3://``, ``gs://``: ``infra.filesystems``); ML Metadata's
 SQLite file is then a local one given apart (``metadata_path``).
 """
 
@@ -26,7 +26,7 @@ from pipeline.components import encode_data_dirs
 from pipeline.pipeline import create_pipeline
 from pipeline.report import DEFAULT_BLESS_MIN_UA
 from preprocessing.beam_pipeline import default_beam_args
-from preprocessing import filesystems
+from infra import filesystems
 from preprocessing.embeddings import DEFAULT_VOCAB_SIZE
 from trainer.config import ModelConfig, variant_config
 

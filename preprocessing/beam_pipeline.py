@@ -7,7 +7,7 @@
 Every input utterance ends up as exactly one record or one error line; the summary
 (``summary.json``) counts both. The job runs on any Beam runner: DirectRunner with
 multi-processing by default, Dataflow / Flink / Spark through ``beam_args``. Inputs and outputs
-may be object storage (``s3://``, ``gs://``; ``preprocessing.filesystems``): the driver's files
+may be object storage (``s3://``, ``gs://``; ``infra.filesystems``): the driver's files
 go through ``tf.io.gfile``, the workers read audio and write records through Beam's
 ``FileSystems``.
 """
@@ -26,7 +26,8 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from preprocessing import corpora, filesystems
+from infra import filesystems
+from preprocessing import corpora
 
 LOG = logging.getLogger("cme_ser.preprocess")
 RECORDS_DIR = "records"

@@ -275,14 +275,14 @@ def _shown(root) -> str:
 def _entries(directory) -> List[Tuple[str, str, str]]:
     """``(name, path, kind)`` of a directory's entries, kind "dir", "file" or "other" (none
     if it is not a directory). Object storage (``s3://``, ``gs://``) is listed through
-    ``tf.io.gfile`` (``preprocessing.filesystems``); local directories as they always were."""
+    ``tf.io.gfile`` (``infra.filesystems``); local directories as they always were."""
     if "://" not in str(directory):
         root = Path(directory)
         return [(p.name, str(p), "dir" if p.is_dir() else "file" if p.is_file() else "other")
                 for p in root.iterdir()] if root.is_dir() else []
     import tensorflow as tf
 
-    from preprocessing import filesystems
+    from infra import filesystems
     filesystems.enable(directory)
     if not tf.io.gfile.isdir(directory):
         return []

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from preprocessing.usage_error import UsageError
+from infra.usage_error import UsageError
 from serving.model_options import model_errors, open_model
 
 

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from preprocessing.usage_error import UsageError
+from infra.usage_error import UsageError
 
 
 def serve(args) -> None:

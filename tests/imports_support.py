@@ -10,7 +10,7 @@ from typing import Dict, Iterator, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 # Left to right: a package may import the ones to its left, never those to its right.
-LAYERS = ("preprocessing", "trainer", "serving", "pipeline")
+LAYERS = ("infra", "preprocessing", "trainer", "serving", "pipeline")
 
 
 def module_name(path: Path) -> str:
@@ -21,7 +21,7 @@ def module_name(path: Path) -> str:
 
 
 def project_modules() -> Dict[str, Path]:
-    """Module name -> file, for every .py file of the four packages."""
+    """Module name -> file, for every .py file of the project's packages."""
     modules = {}
     for package in LAYERS:
         for path in sorted((ROOT / package).rglob("*.py")):
@@ -59,7 +59,7 @@ def imported_names(tree: ast.AST, module: str, is_package: bool) -> Iterator[Tup
 
 
 def all_imports() -> Iterator[Tuple[str, Path, str, int]]:
-    """(module, its file, dotted name it imports, line) for every import of the four packages."""
+    """(module, its file, dotted name it imports, line) for every import of the project's packages."""
     for name, path in project_modules().items():
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         for imported, line in imported_names(tree, name, path.name == "__init__.py"):

@@ -1,5 +1,5 @@
 """Declared dependencies and the code's imports agree (issue 15): every distribution in
-``pyproject.toml``'s ``dependencies`` is imported somewhere in the four packages, and every
+``pyproject.toml``'s ``dependencies`` is imported somewhere in the project's packages, and every
 third-party module they import comes from a declared distribution.
 
 ``pyproject.toml`` is read when the test runs. Which modules a distribution provides is read from

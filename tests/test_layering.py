@@ -1,7 +1,8 @@
 """The shape of the code base (issue 15), read from the source with ``ast`` (nothing is imported):
 
-* packages depend one way: ``preprocessing`` <- ``trainer`` <- ``serving`` <- ``pipeline`` (a
-  package imports only those to its left);
+* packages depend one way: ``infra`` <- ``preprocessing`` <- ``trainer`` <- ``serving`` <-
+  ``pipeline`` (a package imports only those to its left; ``infra``, at the bottom, imports no
+  project package);
 * no import cycles between project modules;
 * test modules import no test module (shared helpers live in support modules such as
   ``tests/serving_support.py``, which hold no tests).
@@ -133,6 +134,7 @@ def test_the_import_graph_is_read():
     assert "serving.fast_json" in graph["serving.server"]  # `from serving import fast_json`
     assert "preprocessing.corpora" in graph["trainer.config"]
     assert "serving" not in graph["serving.server"]
+    assert "infra.process_exit" in graph["serving.gunicorn_app"]
 
 
 def test_packages_import_only_packages_to_their_left():

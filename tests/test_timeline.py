@@ -26,7 +26,7 @@ from preprocessing.joined_recording import (join_utterances, ravdess_utterances,
                                             write_segments_csv, write_vtt)
 from preprocessing.timed_transcripts import (TranscriptError, assign_words,
                                              read_timed_transcript)
-from preprocessing.usage_error import UsageError
+from infra.usage_error import UsageError
 from serving.predict import LocalModel, predict_files
 from serving.timeline import predict_timeline, to_csv
 from serving_support import aligner, serve_argv, start_server, stop_server
