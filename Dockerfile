@@ -12,6 +12,8 @@ COPY preprocessing ./preprocessing
 COPY trainer ./trainer
 COPY serving ./serving
 COPY pipeline ./pipeline
+COPY experiments ./experiments
+COPY cli ./cli
 # constraints.txt is the set the tests ran with; a non-editable install, so the code the
 # pipeline runs is the code in site-packages, whatever the working directory.
 RUN python -m pip install --no-cache-dir -c constraints.txt . \

@@ -103,7 +103,7 @@ def utterance(audio: Path, transcript: str) -> Utterance:
 
 def start_server(base_path: str, model_name: str, extra: list) -> tuple:
     """``cme-ser serve`` on free ports: (process, REST url, gRPC url or None)."""
-    command = [sys.executable, "-m", "pipeline.cli", "serve", "--model-base-path", base_path,
+    command = [sys.executable, "-m", "cli", "serve", "--model-base-path", base_path,
                "--model-name", model_name, "--port", "0", "--host", "127.0.0.1"] + extra
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                text=True, cwd=Path(__file__).resolve().parents[1])

@@ -12,7 +12,7 @@ from trainer.config import DEFAULT_CLASSES, variant_config
 
 def compile_pipeline(args) -> None:
     """Writes the pipeline as a Kubeflow Pipelines v2 / Vertex AI job spec (JSON).
-    ``args``: the parsed `cme-ser compile` options (pipeline/cli.py)."""
+    ``args``: the parsed `cme-ser compile` options (cli/main.py)."""
     from tfx import v1 as tfx
 
     from pipeline.runner import kubeflow_pipeline

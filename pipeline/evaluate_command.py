@@ -13,7 +13,7 @@ from serving.model_options import model_errors, open_model
 
 def evaluate(args) -> dict:
     """A trained (--model-dir) or served (--url) model scored on a corpus, the serving way.
-    ``args``: the parsed `cme-ser evaluate` options (pipeline/cli.py)."""
+    ``args``: the parsed `cme-ser evaluate` options (cli/main.py)."""
     from pipeline import evaluate as evaluating
     channels = parse_channels(args.dataset, args.channels)
     if args.batch_size < 1:

@@ -29,7 +29,7 @@ sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != _HERE]
 
 from tfx import v1 as tfx  # noqa: E402
 
-from pipeline.console import library_output_to  # noqa: E402
+from infra.console import library_output_to  # noqa: E402
 from pipeline.runner import (PIPELINE_NAME, local_pipeline, metadata_file,  # noqa: E402
                              newest_run_started, output_dir, run_log_file, run_summary,
                              stage_progress)

@@ -56,7 +56,7 @@ def run(args) -> dict:
     ``args``: the parsed `cme-ser run` options (pipeline/cli.py)."""
     from tfx import v1 as tfx
 
-    from pipeline.console import library_output_to
+    from infra.console import library_output_to
     from pipeline.runner import local_pipeline, run_summary, stage_progress
     config = variant_config(args.variant, epochs=args.epochs, batch_size=args.batch_size,
                             seed=args.seed,

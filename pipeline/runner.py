@@ -86,7 +86,7 @@ def metadata_file(output, metadata_path: Optional[str] = None) -> str:
 
 
 def run_log_file(output: str, metadata: str) -> str:
-    """Where a run's library messages go (``pipeline.console``): ``<output>/cme-ser-run.log``,
+    """Where a run's library messages go (``infra.console``): ``<output>/cme-ser-run.log``,
     or beside ML Metadata's local file when the output is a bucket."""
     return os.path.join(output if not filesystems.is_url(output) else os.path.dirname(metadata),
                         "cme-ser-run.log")

@@ -12,7 +12,7 @@ from infra.usage_error import UsageError
 
 
 def preprocess(args) -> dict:
-    """``args``: the parsed `cme-ser preprocess` options (pipeline/cli.py). Returns the
+    """``args``: the parsed `cme-ser preprocess` options (cli/main.py). Returns the
     summary."""
     from infra import filesystems
     from preprocessing import beam_pipeline, corpora

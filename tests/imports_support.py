@@ -9,8 +9,11 @@ from pathlib import Path
 from typing import Dict, Iterator, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
-# Left to right: a package may import the ones to its left, never those to its right.
-LAYERS = ("infra", "preprocessing", "trainer", "serving", "pipeline")
+# Bottom to top, one tuple per layer: a package may import the packages of the layers below
+# its own, never those of its layer or above (packages in one layer are independent).
+LAYERS = (("infra",), ("preprocessing",), ("trainer",), ("serving",),
+          ("pipeline", "experiments"), ("cli",))
+PACKAGES = tuple(package for packages in LAYERS for package in packages)
 
 
 def module_name(path: Path) -> str:
@@ -23,7 +26,7 @@ def module_name(path: Path) -> str:
 def project_modules() -> Dict[str, Path]:
     """Module name -> file, for every .py file of the project's packages."""
     modules = {}
-    for package in LAYERS:
+    for package in PACKAGES:
         for path in sorted((ROOT / package).rglob("*.py")):
             modules[module_name(path)] = path
     return modules

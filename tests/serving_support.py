@@ -97,7 +97,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def start_server(argv, *, env=None, timeout: float = 300.0):
-    """``argv`` (a `cme-ser serve` command, e.g. ``[sys.executable, "-m", "pipeline.cli",
+    """``argv`` (a `cme-ser serve` command, e.g. ``[sys.executable, "-m", "cli",
     "serve", ...]``) started in the repository: ``(process, REST url)`` once it has printed its
     ready line (every worker loaded), which is kept as ``process.announcement``. stderr goes
     to ``process.stderr_file`` (a temporary file: a pipe nobody reads could fill and block the
@@ -161,5 +161,5 @@ def children(pid: int):
 
 def serve_argv(base, *flags):
     """`cme-ser serve` on free loopback ports (REST and gRPC) over ``base``."""
-    return [sys.executable, "-m", "pipeline.cli", "serve", "--model-base-path", str(base),
+    return [sys.executable, "-m", "cli", "serve", "--model-base-path", str(base),
             "--port", "0", *flags]

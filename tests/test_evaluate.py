@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.cli import main
+from cli.main import main
 from serving_support import serve_argv, start_server, stop_server
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -242,7 +242,7 @@ def test_paths_keep_their_kind():
 
 
 def test_run_into_object_storage_needs_a_local_metadata_file(capsys):
-    from pipeline.cli import main
+    from cli.main import main
 
     assert main(["run", "--output", f"s3://{BUCKET}/out"]) == 2
     assert ("--output s3://cme-ser-test/out is object storage, where ML Metadata's SQLite file "

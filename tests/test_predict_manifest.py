@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.cli import main
+from cli.main import main
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ANGRY_KIDS = DATA / "ravdess-speech" / "Actor_01" / "03-01-05-01-01-01-01.flac"

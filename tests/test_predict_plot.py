@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.cli import main
+from cli.main import main
 from preprocessing.audio import load_audio
 from preprocessing.features import log_mel_filterbank
 from serving.client import Prediction, WordExcitation

@@ -218,7 +218,7 @@ def test_rerun_never_mixes_old_and_new_records(job, corpus, embeddings_path):
 
 def test_cli_exits_non_zero_only_when_nothing_usable_was_produced(tmp_path, capsys,
                                                                   embeddings_path):
-    from pipeline.cli import main
+    from cli.main import main
 
     (tmp_path / "bad.wav").write_text("not audio")
     bad = tmp_path / "bad.csv"
@@ -240,7 +240,7 @@ def test_cli_exits_non_zero_only_when_nothing_usable_was_produced(tmp_path, caps
 
 
 def test_cli_preprocesses_ravdess_speech_and_song_together(tmp_path, capsys, embeddings_path):
-    from pipeline.cli import main
+    from cli.main import main
 
     song_root = RAVDESS.parent / "ravdess-song"
     if not song_root.is_dir():

@@ -113,7 +113,7 @@ def test_marks_give_a_reason():
 
 
 def cli_parser():
-    from pipeline.cli import build_parser
+    from cli.main import build_parser
     return build_parser()
 
 

@@ -33,7 +33,7 @@ def env() -> dict:
 
 
 def cme_ser_takes_value(command: rc.Command):
-    from pipeline.cli import build_parser
+    from cli.main import build_parser
     parser = build_parser()
     for word in command.key.split()[1:]:
         parser = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from pipeline import reproduce as repro, tables
-from pipeline.cli import main
+from experiments import reproduce as repro, tables
+from cli.main import main
 
 
 def test_reproduce_writes_results_and_resumes(tmp_path, capsys, synthetic_records):

@@ -387,7 +387,7 @@ def test_grpc_client_predict_waveform(servers, utterance, expected, binary):
 
 
 def test_cme_ser_predict_with_a_grpc_url(servers, capsys):
-    from pipeline.cli import main
+    from cli.main import main
     assert main(["predict", str(ANGRY), "--transcript", KIDS, "--url",
                  f"grpc://{servers[1].address}", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
@@ -507,7 +507,7 @@ def test_grpc_port_in_use_is_an_error(exported, servers):
 
 
 def test_serve_refuses_a_bad_grpc_port(exported, capfd):
-    from pipeline.cli import main
+    from cli.main import main
     base, _ = exported
     # capfd, not capsys: `serve` enables faulthandler, which needs a real stderr descriptor.
     assert main(["serve", "--model-base-path", str(base), "--grpc-port", "-2"]) == 2

@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 from scipy.signal import resample_poly
 
-from pipeline.cli import main
+from cli.main import main
 from serving_support import (ANGRY, CLASSES, KIDS, SAD, export, needs_ravdess, serve_argv,
                              small_model, start_server, stop_server)
 

@@ -844,7 +844,7 @@ def test_cme_ser_serve_workers_share_the_port_and_each_picks_up_new_versions(
     loads a new version by itself; one killed with SIGKILL takes nothing down: requests still
     succeed and a replacement worker appears (and serves the newest version); SIGTERM to the
     master stops them all with status 0."""
-    from pipeline.cli import main
+    from cli.main import main
     _, info = exported
     base = tmp_path / "cme"
     base.mkdir()
@@ -926,7 +926,7 @@ def test_batching_is_off_by_default_as_upstream(toy_server):
     """model_servers/server.h Options: enable_batching = false and enable_cors_support =
     false (2.16.1); `cme-ser serve --enable-batching` (or upstream's spelling) turns batching
     on, `--no-batching` stays accepted."""
-    from pipeline.cli import build_parser
+    from cli.main import build_parser
     from serving.gunicorn_app import ServeConfig
     assert ServeConfig(base_path=Path("x"), max_body_bytes=1).batching is False
     assert ServeConfig(base_path=Path("x"), max_body_bytes=1).cors is False

@@ -54,8 +54,8 @@ LOADER = textwrap.dedent("""
            "waveform": {k: v.numpy().tolist() for k, v in by_waveform.items()},
            "bytes": {k: v.numpy().tolist() for k, v in by_bytes.items()},
            "modules": sorted(m for m in sys.modules if m.split(".")[0] in (
-               "tensorflow_text", "tensorflow_io", "trainer", "preprocessing", "serving",
-               "pipeline"))}
+               "tensorflow_text", "tensorflow_io", "infra", "preprocessing", "trainer",
+               "serving", "pipeline", "experiments", "cli"))}
     print(json.dumps(out, default=lambda b: b.decode()))
 """)
 

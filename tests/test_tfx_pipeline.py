@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import SMALL_RUN as SMALL
-from pipeline.cli import main
+from cli.main import main
 from pipeline.tfma_metrics import read_fold_metrics
 
 BIN = Path(sys.executable).parent

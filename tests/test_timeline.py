@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline.cli import main
+from cli.main import main
 from pipeline.segment_evaluation import (boundary_f1, match, read_segment_manifest,
                                          segment_scores)
 from preprocessing.audio import load_audio

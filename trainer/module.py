@@ -10,7 +10,7 @@ vectors for the in-graph vocabulary of the ``predict_waveform`` signature), ``vo
 and exported as one averaging model, ``trainer.model.average_models``), ``prior_correction``
 (default false: with true, the export serves the model's -- the ensemble mean's -- probabilities
 divided by the training class prior, ``trainer.layers.PriorCorrection``, with the members' pooled
-final-training class counts, as ``pipeline.nested`` scores the candidates).
+final-training class counts, as ``experiments.nested`` scores the candidates).
 
 ``fit.json`` in the model run directory: the first member's fit (and every member's under
 ``members``), ``ensemble_size``, ``prior_correction`` and ``prior_class_counts`` (the counts
@@ -50,7 +50,7 @@ def _expand(patterns):
 def pooled_class_counts(member_counts: Sequence[Sequence[int]],
                         class_names: Sequence[str]) -> List[int]:
     """The members' final-training class counts summed (their pooled prior, as
-    ``pipeline.nested`` scores an ensemble: members that trained on the same utterances, as the
+    ``experiments.nested`` scores an ensemble: members that trained on the same utterances, as the
     refit variants' do, give the same prior as one of them); an error if a class never occurs,
     for which the prior correction is undefined."""
     counts = np.sum(np.asarray(member_counts, np.int64), axis=0)

@@ -25,9 +25,9 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from pipeline import reproduce as repro, tables
-from pipeline.statistics import correct_family, fold_means, mean_ci, paired_test
-from pipeline.units import config_hash, header as results_header, provenance, run_pool
+from experiments import reproduce as repro, tables
+from experiments.statistics import correct_family, fold_means, mean_ci, paired_test
+from experiments.units import config_hash, header as results_header, provenance, run_pool
 from trainer.config import variant_config
 
 # Training conditions: name -> the channels whose records a model trains on.
@@ -67,7 +67,7 @@ def run_unit(records_dir: str, work_dir: str, unit: Unit,
              overrides: Optional[dict] = None, commit: Optional[str] = None) -> dict:
     """Trains one unit on its training channels and predicts every held-out utterance; writes
     the unit's JSON (scores per test channel, and the predictions). Runs in a worker process."""
-    from pipeline.folds import files_by_fold, word_dim_of
+    from experiments.folds import files_by_fold, word_dim_of
     from trainer.data import make_dataset
     from trainer.train import fit, predict
 
@@ -274,7 +274,7 @@ def run_cross_domain(records_dir, work_dir, results_dir, *, dataset: str,
                      log: Callable[[str], None] = print) -> dict:
     """Trains every unfinished unit (``jobs`` worker processes), rewriting the results as units
     finish; returns the summary."""
-    from pipeline.folds import files_by_fold, word_dim_of
+    from experiments.folds import files_by_fold, word_dim_of
 
     available = len(files_by_fold(records_dir))
     if folds != available:

@@ -37,7 +37,8 @@ for _module in _GOOGLE_NOTICES:
 
 # Each command's module imports the heavy libraries (TensorFlow, TFX, Beam) only when the command
 # runs: `cme-ser serve` is gunicorn's master, which never loads TensorFlow.
-from pipeline import compile_command, evaluate_command, reproduce_command, run_command  # noqa: E402
+from experiments import reproduce_command  # noqa: E402
+from pipeline import compile_command, evaluate_command, run_command  # noqa: E402
 from pipeline.vertex_training import DEFAULT_MACHINE_TYPE, DEFAULT_REGION  # noqa: E402
 from preprocessing import preprocess_command  # noqa: E402
 from infra.usage_error import UsageError  # noqa: E402
@@ -371,7 +372,3 @@ def _end(code: int) -> None:
     filesystem, which would abort at interpreter exit (``infra.process_exit``)."""
     from infra.process_exit import exit_process
     exit_process(code)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
