@@ -71,7 +71,7 @@ class LocalModel:
     def __init__(self, path):
         import tensorflow as tf
 
-        from trainer.export import PREDICT_WAVEFORM
+        from trainer.signature_names import PREDICT_WAVEFORM
 
         self.path = resolve_model_dir(path)
         self._loaded = tf.saved_model.load(str(self.path))

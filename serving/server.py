@@ -51,7 +51,7 @@ from serving import fast_json, json_tensors
 from serving.batching import Batcher
 from serving.http_front import DEFAULT_MAX_BODY_BYTES
 from serving.repository import ModelRepository, Signature, Version
-from trainer.export import SERVING_DEFAULT
+from trainer.signature_names import SERVING_DEFAULT
 from serving.status import HTTP_STATUS, ServingError, invalid_argument, not_found
 
 log = logging.getLogger("cme_ser.serving")
