@@ -68,11 +68,15 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from serving.client import (GrpcClient, RestClient, ServingRequestError,  # noqa: E402
-                            Utterance, predict_waveform_body)
-
-from preprocessing.corpus_options import find_data_dir  # noqa: E402
 from infra.usage_error import UsageError  # noqa: E402
+from preprocessing.corpus_options import find_data_dir  # noqa: E402
+from serving.client import (  # noqa: E402
+    GrpcClient,
+    RestClient,
+    ServingRequestError,
+    Utterance,
+    predict_waveform_body,
+)
 
 # In the RAVDESS speech directory ($CME_SER_DATA, ./data/ravdess-speech, ...): angry, 3.9 s.
 DEFAULT_AUDIO = ("Actor_01", "03-01-05-01-01-01-01.flac")

@@ -38,14 +38,13 @@ for _module in _GOOGLE_NOTICES:
 # Each command's module imports the heavy libraries (TensorFlow, TFX, Beam) only when the command
 # runs: `cme-ser serve` is gunicorn's master, which never loads TensorFlow.
 from experiments import reproduce_command  # noqa: E402
+from infra.usage_error import UsageError  # noqa: E402
 from pipeline import compile_command, evaluate_command, run_command  # noqa: E402
 from pipeline.vertex_training import DEFAULT_MACHINE_TYPE, DEFAULT_REGION  # noqa: E402
 from preprocessing import preprocess_command  # noqa: E402
-from infra.usage_error import UsageError  # noqa: E402
 from serving import predict_command, serve_command  # noqa: E402
 from serving.http_front import Limits  # noqa: E402  (asyncio and h11: no TensorFlow)
 from trainer.config import SHIPPED, VARIANTS, ModelConfig  # noqa: E402
-
 
 SERVE_LIMITS = Limits()  # `cme-ser serve`'s defaults
 
@@ -83,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--overlong", choices=["truncate", "reject"], default="truncate")
     pre.add_argument("--overwrite", action="store_true", help="replace a previous run in --out")
     pre.add_argument("--beam-arg", action="append", default=[],
-                     help="a Beam pipeline option, repeatable (e.g. --beam-arg=--runner=FlinkRunner)")
+                     help="a Beam pipeline option, repeatable "
+                          "(e.g. --beam-arg=--runner=FlinkRunner)")
     pre.set_defaults(func=preprocess_command.preprocess)
 
     run_p = sub.add_parser("run", help="the main job: the TFX pipeline (preprocess, k-fold "
@@ -306,8 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--output", default="pipeline.json")
     comp.add_argument("--pipeline-root", default="gs://YOUR_BUCKET/cme_ser",
                       help="where the cluster keeps artifacts")
-    comp.add_argument("--data-dir", default=None, help="the corpus, as the cluster sees it "
-                                                        "(default: <pipeline-root>/data/ravdess-speech)")
+    comp.add_argument("--data-dir", default=None,
+                      help="the corpus, as the cluster sees it "
+                           "(default: <pipeline-root>/data/ravdess-speech)")
     comp.add_argument("--embeddings", default=None)
     comp.add_argument("--image", default="cme-ser:latest",
                       help="container image with this package installed")

@@ -25,9 +25,11 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from experiments import reproduce as repro, tables
+from experiments import reproduce as repro
+from experiments import tables
 from experiments.statistics import correct_family, fold_means, mean_ci, paired_test
-from experiments.units import config_hash, header as results_header, provenance, run_pool
+from experiments.units import config_hash, provenance, run_pool
+from experiments.units import header as results_header
 from trainer.config import variant_config
 
 # Training conditions: name -> the channels whose records a model trains on.
@@ -105,8 +107,12 @@ def run_unit(records_dir: str, work_dir: str, unit: Unit,
 def unit_scores(row: dict, num_classes: int) -> dict:
     """``{correction: {test channel: {"wa", "ua", "n", "confusion"}}}`` of one unit, for the
     model's probabilities (``none``) and their prior-corrected form (``prior``)."""
-    from trainer.metrics import (confusion_matrix, prior_corrected, unweighted_accuracy,
-                                 weighted_accuracy)
+    from trainer.metrics import (
+        confusion_matrix,
+        prior_corrected,
+        unweighted_accuracy,
+        weighted_accuracy,
+    )
     pred = row["predictions"]
     probabilities = np.asarray(pred["probabilities"], dtype=np.float64)
     labels = np.asarray(pred["labels"], dtype=np.int64)

@@ -36,10 +36,11 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from experiments import reproduce as repro, tables
+from experiments import reproduce as repro
+from experiments import tables
 from experiments.statistics import mean_ci
-from experiments.units import (git_commit, header as results_header, planned_time,
-                            provenance, run_pool)
+from experiments.units import git_commit, planned_time, provenance, run_pool
+from experiments.units import header as results_header
 from trainer.config import VARIANTS, variant_config
 
 DEFAULT_SELECTION = "docs/selection.json"

@@ -23,9 +23,9 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence
 import numpy as np
 
 from experiments import figures, tables
-from experiments.statistics import (correct_family, fold_means, mean_ci,
-                                 paired_test)
-from experiments.units import config_hash, git_commit, header as results_header, provenance, run_pool
+from experiments.statistics import correct_family, fold_means, mean_ci, paired_test
+from experiments.units import config_hash, git_commit, provenance, run_pool
+from experiments.units import header as results_header
 from trainer.config import VARIANTS, variant_config
 
 # Table 1 of Li et al. (2021): (WA, UA). None where the paper reports nothing.
@@ -326,7 +326,8 @@ def prior_correction_test(work_dir, variant: str, units: Sequence[Unit]) -> Opti
             continue
         folds.append(unit.fold)
         val.append(_scores(data["val_labels"], data["val_probabilities"])
-                   + _scores(data["val_labels"], prior_corrected(data["val_probabilities"], counts)))
+                   + _scores(data["val_labels"],
+                             prior_corrected(data["val_probabilities"], counts)))
         test.append(_scores(data["labels"], data["probabilities"])
                     + _scores(data["labels"], prior_corrected(data["probabilities"], counts)))
     if not val:

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 from infra.console import library_output_to
-from preprocessing.preprocess_command import preprocess
 from infra.usage_error import UsageError
+from preprocessing.preprocess_command import preprocess
 from trainer.config import VARIANTS
 
 

@@ -26,10 +26,11 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from experiments import nested, reproduce as repro, tables
+from experiments import nested, tables
+from experiments import reproduce as repro
 from experiments.statistics import mean_ci
-from experiments.units import (config_hash, git_commit, header as results_header,
-                            planned_time, run_pool)
+from experiments.units import config_hash, git_commit, planned_time, run_pool
+from experiments.units import header as results_header
 from trainer.config import SHIPPED
 
 DEFAULT_RUNS = 3

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from preprocessing.corpus_options import parse_classes
 from infra.usage_error import UsageError
+from preprocessing.corpus_options import parse_classes
 from trainer.config import DEFAULT_CLASSES, variant_config
 
 

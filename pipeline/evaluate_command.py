@@ -6,8 +6,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from preprocessing.corpus_options import find_data_dirs, parse_channels
 from infra.usage_error import UsageError
+from preprocessing.corpus_options import find_data_dirs, parse_channels
 from serving.model_options import model_errors, open_model
 
 

@@ -29,12 +29,19 @@ sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != _HERE]
 
 from tfx import v1 as tfx  # noqa: E402
 
-from infra.console import library_output_to  # noqa: E402
-from pipeline.runner import (PIPELINE_NAME, local_pipeline, metadata_file,  # noqa: E402
-                             newest_run_started, output_dir, run_log_file, run_summary,
-                             stage_progress)
 from infra import filesystems  # noqa: E402
+from infra.console import library_output_to  # noqa: E402
 from infra.process_exit import exit_process  # noqa: E402
+from pipeline.runner import (  # noqa: E402
+    PIPELINE_NAME,
+    local_pipeline,
+    metadata_file,
+    newest_run_started,
+    output_dir,
+    run_log_file,
+    run_summary,
+    stage_progress,
+)
 from preprocessing.corpus_options import find_data_dir  # noqa: E402
 from preprocessing.embeddings import default_embeddings_path  # noqa: E402
 from trainer.config import SHIPPED, variant_config  # noqa: E402

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence
 
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 import tensorflow_model_analysis as tfma
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from tfx import v1 as tfx
 
-from pipeline.components import (MAX_FOLDS, CorpusExampleGen, CrossValidationReport,
-                                 split_names)
+from pipeline.components import MAX_FOLDS, CorpusExampleGen, CrossValidationReport, split_names
 from pipeline.infra_validation import ModelLoadValidator
 from pipeline.report import DEFAULT_BLESS_MIN_UA
 from pipeline.tfma_metrics import metric_configs

@@ -9,9 +9,14 @@ import time
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from preprocessing.corpus_options import (corpus_items, find_data_dirs, parse_channels,
-                                          parse_classes, resolve_embeddings)
 from infra.usage_error import UsageError
+from preprocessing.corpus_options import (
+    corpus_items,
+    find_data_dirs,
+    parse_channels,
+    parse_classes,
+    resolve_embeddings,
+)
 from trainer.config import DEFAULT_CLASSES, ModelConfig, variant_config
 from trainer.splits import fold_plan_problems
 

@@ -22,11 +22,11 @@ from typing import List, Optional, Sequence, Tuple, Union
 import tensorflow as tf
 from tfx import v1 as tfx
 
+from infra import filesystems
 from pipeline.components import encode_data_dirs
 from pipeline.pipeline import create_pipeline
 from pipeline.report import DEFAULT_BLESS_MIN_UA
 from preprocessing.beam_pipeline import default_beam_args
-from infra import filesystems
 from preprocessing.embeddings import DEFAULT_VOCAB_SIZE
 from trainer.config import SHIPPED, ModelConfig, variant_config
 
@@ -123,8 +123,8 @@ def local_pipeline(output, *, data_dir: Union[str, Path, Sequence[Union[str, Pat
     ``data_dir``: the corpus directory, or several (RAVDESS speech and song);
     ``channels``: RAVDESS channels (None: speech); ``config`` (None: the shipped variant's),
     ``ensemble_size``, ``prior_correction``: as ``create_pipeline``, by default the shipped
-    model (``trainer.config.SHIPPED``); ``bless_min_ua``: the cross-validated UA mean the final model
-    needs to be pushed (``pipeline.report.blessing_decision``)."""
+    model (``trainer.config.SHIPPED``); ``bless_min_ua``: the cross-validated UA mean the final
+    model needs to be pushed (``pipeline.report.blessing_decision``)."""
     metadata = metadata_file(output, metadata_path)
     output = output_dir(output)
     dirs = [data_dir] if isinstance(data_dir, (str, Path)) else list(data_dir)
@@ -138,7 +138,8 @@ def local_pipeline(output, *, data_dir: Union[str, Path, Sequence[Union[str, Pat
         channels=channels,
         embeddings_path=str(embeddings_path),
         serving_model_dir=filesystems.join(output, "serving_model", MODEL_NAME),
-        config=config or shipped_config(), num_folds=num_folds, ensemble_size=ensemble_size, prior_correction=prior_correction,
+        config=config or shipped_config(), num_folds=num_folds, ensemble_size=ensemble_size,
+        prior_correction=prior_correction,
         vocab_size=vocab_size, enable_cache=enable_cache, bless_min_ua=bless_min_ua,
         # Beam workers open s3:// artifacts with tf.io.gfile too (TFMA loads the models).
         beam_pipeline_args=filesystems.beam_args(
@@ -164,7 +165,8 @@ def kubeflow_pipeline(*, pipeline_root: str, data_dir: str, embeddings_path: str
         pipeline_name=pipeline_name, pipeline_root=pipeline_root, metadata_path=None,
         dataset=dataset, data_dir=data_dir, corpus_fingerprint=fingerprint,
         embeddings_path=embeddings_path, serving_model_dir=serving_model_dir,
-        config=config or shipped_config(), num_folds=num_folds, ensemble_size=ensemble_size, prior_correction=prior_correction,
+        config=config or shipped_config(), num_folds=num_folds, ensemble_size=ensemble_size,
+        prior_correction=prior_correction,
         vocab_size=vocab_size, bless_min_ua=bless_min_ua,
         beam_pipeline_args=["--runner=DirectRunner"], trainer_job=trainer_job)
 

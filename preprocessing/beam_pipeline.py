@@ -265,8 +265,9 @@ def run(*, dataset: str, items: Iterable[corpora.Item], out_dir, class_names: Se
 def summarize(out_dir: str, *, dataset: str, class_names: Sequence[str], num_inputs: int,
               errors: List[dict], seconds: float, layout: str = DEFAULT_LAYOUT) -> dict:
     """Counts what the job produced by reading it back (so the numbers are the files')."""
-    from preprocessing.records import decode_example
     import tensorflow as tf
+
+    from preprocessing.records import decode_example
 
     per_fold, per_source, per_label, per_channel, oov = {}, {}, {}, {}, 0
     for path in record_files(out_dir, layout=layout):
@@ -274,7 +275,8 @@ def summarize(out_dir: str, *, dataset: str, class_names: Sequence[str], num_inp
         for raw in tf.data.TFRecordDataset(path, compression_type="GZIP").as_numpy_iterator():
             record = decode_example(raw)
             per_fold[fold] = per_fold.get(fold, 0) + 1
-            per_source[record["alignment_source"]] = per_source.get(record["alignment_source"], 0) + 1
+            source = record["alignment_source"]
+            per_source[source] = per_source.get(source, 0) + 1
             per_label[record["label_name"]] = per_label.get(record["label_name"], 0) + 1
             if record["channel"]:
                 per_channel[record["channel"]] = per_channel.get(record["channel"], 0) + 1

@@ -243,7 +243,8 @@ def _iemocap_item(session: Path, label_file: Path, utterance_id: str, code: str,
     if code == IEMOCAP_NO_AGREEMENT:
         return None
     if code not in IEMOCAP_CODES:
-        return Rejected(utterance_id, str(label_file), CORPUS_STAGE, f"unknown emotion code {code!r}")
+        return Rejected(utterance_id, str(label_file), CORPUS_STAGE,
+                        f"unknown emotion code {code!r}")
     label = IEMOCAP_CODES[code]
     if merge_excited and label == "excited":
         label = "happy"

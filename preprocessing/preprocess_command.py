@@ -6,9 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from preprocessing.corpus_options import (corpus_items, find_data_dirs, parse_channels,
-                                          parse_classes, resolve_embeddings)
 from infra.usage_error import UsageError
+from preprocessing.corpus_options import (
+    corpus_items,
+    find_data_dirs,
+    parse_channels,
+    parse_classes,
+    resolve_embeddings,
+)
 
 
 def preprocess(args) -> dict:

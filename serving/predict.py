@@ -21,8 +21,13 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from serving.client import (SAMPLE_RATE, Prediction, Utterance, predictions_from_outputs,
-                            waveform_batch)
+from serving.client import (
+    SAMPLE_RATE,
+    Prediction,
+    Utterance,
+    predictions_from_outputs,
+    waveform_batch,
+)
 
 FRAMES_PER_SECOND = 100
 

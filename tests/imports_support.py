@@ -62,7 +62,8 @@ def imported_names(tree: ast.AST, module: str, is_package: bool) -> Iterator[Tup
 
 
 def all_imports() -> Iterator[Tuple[str, Path, str, int]]:
-    """(module, its file, dotted name it imports, line) for every import of the project's packages."""
+    """(module, its file, dotted name it imports, line) for every import of the project's
+    packages."""
     for name, path in project_modules().items():
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         for imported, line in imported_names(tree, name, path.name == "__init__.py"):

@@ -17,8 +17,8 @@ import pytest
 
 from preprocessing import alignment, audio, corpora, embeddings
 from preprocessing.utterance import filterbank, utterance_to_example
-from trainer.export import export_saved_model
 from trainer.config import ModelConfig
+from trainer.export import export_saved_model
 from trainer.model import adapt_normalization, build_model
 
 RAVDESS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ravdess-speech"

@@ -121,8 +121,8 @@ def test_every_import_is_declared(declared_modules):
 def test_every_declared_dependency_is_imported(declared_modules):
     used = {provider(name, declared_modules) for name, _, _ in third_party_imports()}
     unused = sorted(set(declared_modules) - used - set(NOT_IMPORTED))
-    problems = [f"{d} is declared in pyproject.toml but nothing in {', '.join(PACKAGES)} imports it:"
-                " use it or remove it" for d in unused]
+    problems = [f"{d} is declared in pyproject.toml but nothing in {', '.join(PACKAGES)} "
+                "imports it: use it or remove it" for d in unused]
     problems += [f"{d} is imported after all: remove it from NOT_IMPORTED"
                  for d in sorted(set(NOT_IMPORTED) & used)]
     problems += [f"{d} in NOT_IMPORTED is not declared any more: remove it from NOT_IMPORTED"

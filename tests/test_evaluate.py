@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from serving_support import serve_argv, start_server, stop_server
 
 from cli.main import main
-from serving_support import serve_argv, start_server, stop_server
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SPEECH, SONG = DATA / "ravdess-speech", DATA / "ravdess-song"

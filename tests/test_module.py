@@ -9,7 +9,6 @@ import tensorflow as tf
 from tfx import v1 as tfx
 
 from preprocessing import embeddings
-from preprocessing.records import to_model_inputs, parse_examples
 from trainer.config import ModelConfig
 from trainer.metrics import prior_corrected
 from trainer.module import pooled_class_counts, run_fn

@@ -11,8 +11,8 @@ import pytest
 import tensorflow as tf
 from scipy import stats
 
-from experiments import nested
 from cli.main import main
+from experiments import nested
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import RAVDESS_SPEECH, small_ravdess_corpus
+
 from infra import filesystems
 from preprocessing.records import decode_example
 
@@ -85,6 +85,7 @@ def bucket(tmp_path_factory):
     """moto's S3 server on loopback with the corpus uploaded; stopped at the end."""
     boto3 = pytest.importorskip("boto3")
     from moto.server import ThreadedMotoServer
+
     from preprocessing.embeddings import fetch_glove
 
     fetch_glove()  # the default word vectors (downloaded once, then cached)

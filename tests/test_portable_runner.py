@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import RAVDESS_SPEECH, small_ravdess_corpus
 
 pytestmark = pytest.mark.slow

@@ -14,7 +14,7 @@ import soundfile as sf
 import tensorflow as tf
 
 from preprocessing import beam_pipeline, corpora
-from preprocessing.embeddings import default_embeddings_path, fetch_glove
+from preprocessing.embeddings import fetch_glove
 from preprocessing.records import decode_example
 
 RAVDESS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ravdess-speech"
@@ -136,7 +136,7 @@ def read_records(out):
 def test_every_input_is_a_record_or_an_error(job, corpus):
     out, summary, _ = job
     _, expected_errors, num_rows = corpus
-    errors = [json.loads(l) for l in (out / "errors.jsonl").read_text().splitlines()]
+    errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
     got = {e["utterance_id"]: e["stage"] for e in errors}
     assert got == expected_errors
     assert all(e["reason"] and e["path"] for e in errors)
@@ -180,7 +180,8 @@ def test_unusual_but_valid_inputs_become_records(job):
     out, _, _ = job
     records = read_records(out)
     assert records["stereo_8k"]["alignment_source"] == "forced"
-    assert abs(records["stereo_8k"]["num_frames"] - records["03-01-05-01-01-01-01"]["num_frames"]) <= 1
+    assert abs(records["stereo_8k"]["num_frames"]
+               - records["03-01-05-01-01-01-01"]["num_frames"]) <= 1
     assert records["long"]["num_frames"] == 1 + (60 * 16000 - 400) // 160  # truncated to 60 s
     given = records["given"]
     assert given["alignment_source"] == "given"

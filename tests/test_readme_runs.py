@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 import readme_commands as rc
 from readme_commands import ROOT, find
 from serving_support import server_stderr, start_server, stop_server

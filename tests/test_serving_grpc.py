@@ -17,18 +17,36 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
-                                     model_service_pb2_grpc, predict_pb2,
-                                     prediction_service_pb2_grpc)
+from serving_support import (
+    ANGRY,
+    CLASSES,
+    KIDS,
+    aligned,
+    children,
+    example_bytes,
+    export,
+    needs_ravdess,
+    serve_argv,
+    server_stderr,
+    small_model,
+    start_server,
+    stop_server,
+    timed_words,
+    waveform_inputs,
+)
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
 from serving.client import GrpcClient, GrpcRequestError, RestClient, Utterance
 from serving.grpc_server import GrpcServer
 from serving.repository import ModelRepository
 from serving.services import Services
 from trainer.export import PREDICT_WAVEFORM
-from serving_support import (ANGRY, CLASSES, KIDS, aligned, children, example_bytes, export,
-                             needs_ravdess, serve_argv, server_stderr, small_model, start_server,
-                             stop_server, timed_words, waveform_inputs)
 
 pytestmark = needs_ravdess
 

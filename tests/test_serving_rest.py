@@ -18,6 +18,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from serving_support import (
+    ANGRY,
+    CLASSES,
+    KIDS,
+    aligned,
+    children,
+    example_bytes,
+    export,
+    needs_ravdess,
+    serve_argv,
+    server_stderr,
+    small_model,
+    start_server,
+    stop_server,
+    timed_words,
+    waveform_inputs,
+)
 
 from serving.batching import Batcher
 from serving.client import RestClient, Utterance
@@ -25,9 +42,6 @@ from serving.repository import ModelRepository
 from serving.server import RestApi
 from serving.services import Services
 from trainer.export import PREDICT_WAVEFORM, PREDICT_WAVEFORM_BYTES
-from serving_support import (ANGRY, CLASSES, KIDS, aligned, children, example_bytes, export,
-                             needs_ravdess, serve_argv, server_stderr, small_model, start_server,
-                             stop_server, timed_words, waveform_inputs)
 
 pytestmark = needs_ravdess
 LIMIT = 2 * 1024 * 1024
@@ -620,7 +634,8 @@ def test_single_output_and_bytes_formatting(toy_server):
     # Several outputs: objects per instance; strings plain, "_bytes" outputs as b64.
     status, body = post({"signature_name": "echo",
                          "instances": [{"n": [1, 2], "s": "h\u00e9"},
-                                       {"n": [-3, 4], "s": {"b64": base64.b64encode(b"x").decode()}}]})
+                                       {"n": [-3, 4],
+                                        "s": {"b64": base64.b64encode(b"x").decode()}}]})
     assert status == 200
     assert body["predictions"] == [
         {"doubled": [2, 4], "flag": True, "text": "h\u00e9",

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import local_runner
 from cli.main import build_parser
+from pipeline import local_runner
 from trainer.config import SHIPPED, VARIANTS, ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]

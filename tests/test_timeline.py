@@ -14,22 +14,24 @@ import os
 import numpy as np
 import pytest
 import soundfile as sf
+from serving_support import aligner, serve_argv, start_server, stop_server
 
 from cli.main import main
-from pipeline.segment_evaluation import (boundary_f1, match, read_segment_manifest,
-                                         segment_scores)
+from infra.usage_error import UsageError
+from pipeline.segment_evaluation import boundary_f1, match, read_segment_manifest, segment_scores
 from preprocessing.audio import load_audio
 from preprocessing.audio_stream import AudioStream
 from preprocessing.corpora import DEFAULT_CLASSES
 from preprocessing.corpus_options import find_data_dir
-from preprocessing.joined_recording import (join_utterances, ravdess_utterances,
-                                            write_segments_csv, write_vtt)
-from preprocessing.timed_transcripts import (TranscriptError, assign_words,
-                                             read_timed_transcript)
-from infra.usage_error import UsageError
+from preprocessing.joined_recording import (
+    join_utterances,
+    ravdess_utterances,
+    write_segments_csv,
+    write_vtt,
+)
+from preprocessing.timed_transcripts import TranscriptError, assign_words, read_timed_transcript
 from serving.predict import LocalModel, predict_files
-from serving.timeline import predict_timeline, to_csv
-from serving_support import aligner, serve_argv, start_server, stop_server
+from serving.timeline import predict_timeline
 
 ACTORS = ("21", "22", "23", "24")
 UTTERANCES = 32
