@@ -7,10 +7,13 @@ FROM tensorflow/tfx:1.16.0
 
 WORKDIR /opt/cme-ser
 COPY pyproject.toml constraints.txt README.md ./
+COPY infra ./infra
 COPY preprocessing ./preprocessing
 COPY trainer ./trainer
 COPY serving ./serving
 COPY pipeline ./pipeline
+COPY experiments ./experiments
+COPY cli ./cli
 # constraints.txt is the set the tests ran with; a non-editable install, so the code the
 # pipeline runs is the code in site-packages, whatever the working directory.
 RUN python -m pip install --no-cache-dir -c constraints.txt . \

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DATA_DIR ?=
 OUTPUT ?= output
 
-.PHONY: run test install embeddings preprocess benchmark reproduce clean
+.PHONY: run test lint install embeddings preprocess benchmark reproduce clean
 
 # TFX 1.16 resolves only on Python 3.10: find one (pyenv's, then any python3.10 on PATH).
 $(PY):
@@ -31,6 +31,10 @@ TEST_WORKERS ?= 2
 test: export PYTEST_ADDOPTS += --durations=15
 test: install
 	$(PY) -m pytest -q -n $(TEST_WORKERS) tests
+
+# ruff with pyproject.toml's rules (make test runs it too: tests/test_lint.py).
+lint: install
+	$(PY) -m ruff check .
 
 run: embeddings
 	$(VENV)/bin/cme-ser run $(if $(DATA_DIR),--data-dir $(DATA_DIR)) --output $(OUTPUT)

@@ -135,7 +135,7 @@ def train_stage(records: str) -> dict:
     second timed) and scored on EVAL_FOLD; with the process's peak resident memory."""
     import keras
 
-    from pipeline.folds import files_by_fold, word_dim_of
+    from experiments.folds import files_by_fold, word_dim_of
     from trainer.config import variant_config
     from trainer.data import make_dataset
     from trainer.model import adapt_normalization, build_model, compile_model
@@ -183,7 +183,7 @@ def measure(size: int, utterances, work: Path, args) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     pre = run_sampled([
-        sys.executable, "-m", "pipeline.cli", "preprocess", "--dataset", "manifest",
+        sys.executable, "-m", "cli", "preprocess", "--dataset", "manifest",
         "--data-dir", str(manifest), "--out", str(records),
         "--classes", ",".join(args.classes), "--embeddings", str(embeddings.fetch_glove()),
         "--beam-arg=--runner=DirectRunner", "--beam-arg=--direct_running_mode=multi_processing",

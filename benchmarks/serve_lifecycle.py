@@ -95,7 +95,7 @@ def _client(url: str, stop: threading.Event, counts: dict, lock: threading.Lock)
 
 
 def cycle(args, index: int) -> dict:
-    command = [sys.executable, "-m", "pipeline.cli", "serve", "--model-base-path",
+    command = [sys.executable, "-m", "cli", "serve", "--model-base-path",
                str(args.model_base_path), "--model-name", "cme", "--host", "127.0.0.1",
                "--port", "0",
                "--poll-seconds", "0.2", "--grpc-port", "0", "--workers", str(args.workers)]

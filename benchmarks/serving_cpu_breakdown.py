@@ -35,9 +35,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-
-from serving_load import (DEFAULT_AUDIO, DEFAULT_TRANSCRIPT, describe_model,  # noqa: E402
-                          http_request, newest_version, RawClient, utterance)
+from serving_load import (  # noqa: E402
+    DEFAULT_AUDIO,
+    DEFAULT_TRANSCRIPT,
+    RawClient,
+    describe_model,
+    http_request,
+    newest_version,
+    utterance,
+)
 
 
 def timed(function, calls: int) -> dict:

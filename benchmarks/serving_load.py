@@ -68,11 +68,15 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from serving.client import (GrpcClient, RestClient, ServingRequestError,  # noqa: E402
-                            Utterance, predict_waveform_body)
-
+from infra.usage_error import UsageError  # noqa: E402
 from preprocessing.corpus_options import find_data_dir  # noqa: E402
-from preprocessing.usage_error import UsageError  # noqa: E402
+from serving.client import (  # noqa: E402
+    GrpcClient,
+    RestClient,
+    ServingRequestError,
+    Utterance,
+    predict_waveform_body,
+)
 
 # In the RAVDESS speech directory ($CME_SER_DATA, ./data/ravdess-speech, ...): angry, 3.9 s.
 DEFAULT_AUDIO = ("Actor_01", "03-01-05-01-01-01-01.flac")
@@ -103,7 +107,7 @@ def utterance(audio: Path, transcript: str) -> Utterance:
 
 def start_server(base_path: str, model_name: str, extra: list) -> tuple:
     """``cme-ser serve`` on free ports: (process, REST url, gRPC url or None)."""
-    command = [sys.executable, "-m", "pipeline.cli", "serve", "--model-base-path", base_path,
+    command = [sys.executable, "-m", "cli", "serve", "--model-base-path", base_path,
                "--model-name", model_name, "--port", "0", "--host", "127.0.0.1"] + extra
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                text=True, cwd=Path(__file__).resolve().parents[1])

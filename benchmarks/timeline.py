@@ -36,8 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from preprocessing.corpora import DEFAULT_CLASSES  # noqa: E402
 from preprocessing.corpus_options import find_data_dir  # noqa: E402
-from preprocessing.joined_recording import (join_utterances, ravdess_utterances,  # noqa: E402
-                                            write_vtt)
+from preprocessing.joined_recording import join_utterances, ravdess_utterances, write_vtt  # noqa: E402
 
 SEED = 0
 

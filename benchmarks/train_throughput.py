@@ -40,7 +40,8 @@ def synthetic_batch(rng: np.random.Generator, batch: int, frames: int, words: in
     return {
         "fbank": tf.constant(rng.normal(size=(batch, frames, 40)).astype(np.float32)),
         "num_frames": tf.constant(np.full(batch, frames, np.int32)),
-        "word_embeddings": tf.constant(rng.normal(size=(batch, words, WORD_DIM)).astype(np.float32)),
+        "word_embeddings": tf.constant(
+            rng.normal(size=(batch, words, WORD_DIM)).astype(np.float32)),
         "num_words": tf.constant(np.full(batch, words, np.int32)),
         "word_spans": tf.constant(np.broadcast_to(spans, (batch, words, 2)).copy()),
     }
@@ -91,7 +92,8 @@ def main(argv=None) -> dict:
 
     result = {"impl": "cme-ser/keras-tf", "variant": args.variant or "default",
               "params": int(model.count_params()),
-              "overrides": {k: v for k, v in overrides.items() if k != "word_dim"}, "shape": args.shape, "batch": args.batch,
+              "overrides": {k: v for k, v in overrides.items() if k != "word_dim"},
+              "shape": args.shape, "batch": args.batch,
               "train_utt_per_s": round(train_rate, 1), "infer_utt_per_s": round(infer_rate, 1)}
     print(json.dumps(result))
     return result

@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from pipeline.reproduce import Unit, run_unit  # noqa: E402
-from pipeline.units import _worker_init  # noqa: E402
+from experiments.reproduce import Unit, run_unit  # noqa: E402
+from experiments.units import _worker_init  # noqa: E402
 
 
 def main() -> None:

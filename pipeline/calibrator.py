@@ -16,7 +16,7 @@ before and after, for the cross-validation report).
 
 # No `from __future__ import annotations`: TFX reads the signatures' real type objects.
 import json
-from typing import Dict, List, Tuple, TypedDict
+from typing import List, Tuple, TypedDict
 
 import numpy as np
 from tfx import v1 as tfx

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from infra.usage_error import UsageError
+from pipeline.run_command import epochs_override
 from preprocessing.corpus_options import parse_classes
-from preprocessing.usage_error import UsageError
-from pipeline.run_command import epochs_override, training_channels
 from trainer.config import DEFAULT_CLASSES, variant_config
 
 
 def compile_pipeline(args) -> None:
     """Writes the pipeline as a Kubeflow Pipelines v2 / Vertex AI job spec (JSON).
-    ``args``: the parsed `cme-ser compile` options (pipeline/cli.py)."""
+    ``args``: the parsed `cme-ser compile` options (cli/main.py)."""
     from tfx import v1 as tfx
 
     from pipeline.runner import kubeflow_pipeline

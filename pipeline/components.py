@@ -15,9 +15,9 @@ from typing import List, Sequence, TypedDict, Union
 
 import apache_beam as beam
 from tfx import v1 as tfx
-from tfx.types import artifact_utils, standard_artifacts
 from tfx.components.util import examples_utils
 from tfx.proto import example_gen_pb2
+from tfx.types import artifact_utils, standard_artifacts
 
 SPLIT_LAYOUT = "Split-fold{fold}"
 

@@ -80,8 +80,13 @@ def calibration(rows: Sequence[dict], class_names: Sequence[str],
     ``softmax(T log q)`` undoes ``softmax(log p / T)`` exactly); with ``min_confidence``, the
     coverage and accuracy of the answers at least that confident (``selective``). None
     without rows."""
-    from trainer.calibration import (expected_calibration_error, negative_log_likelihood,
-                                     reliability_bins, selective_scores, temperature_scaled)
+    from trainer.calibration import (
+        expected_calibration_error,
+        negative_log_likelihood,
+        reliability_bins,
+        selective_scores,
+        temperature_scaled,
+    )
     if not rows:
         return None
     index = {name: k for k, name in enumerate(class_names)}
@@ -261,7 +266,7 @@ def write(report: dict, rows: List[dict], errors: List[dict], out_dir) -> None:
     """The files above into ``out_dir``, a local directory or object storage."""
     import tensorflow as tf
 
-    from preprocessing import filesystems
+    from infra import filesystems
     out_dir = str(out_dir)
     filesystems.enable(out_dir)
     tf.io.gfile.makedirs(out_dir)

@@ -6,14 +6,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from infra.usage_error import UsageError
 from preprocessing.corpus_options import find_data_dirs, parse_channels
-from preprocessing.usage_error import UsageError
 from serving.model_options import model_errors, open_model
 
 
 def evaluate(args) -> dict:
     """A trained (--model-dir) or served (--url) model scored on a corpus, the serving way.
-    ``args``: the parsed `cme-ser evaluate` options (pipeline/cli.py)."""
+    ``args``: the parsed `cme-ser evaluate` options (cli/main.py)."""
     from pipeline import evaluate as evaluating
     channels = parse_channels(args.dataset, args.channels)
     if args.batch_size < 1:

@@ -101,10 +101,11 @@ def _download(remote: str, local: str) -> str:
 
 
 if __name__ == "__main__":
-    from preprocessing import filesystems
+    from infra import filesystems
+    from infra.process_exit import exit_process
     _args = sys.argv[1:]
     filesystems.enable(*_args)
     _code = main(_args)
-    if filesystems.s3_enabled():  # would abort at exit otherwise (preprocessing.filesystems)
-        filesystems.exit_process(_code)
+    if filesystems.s3_enabled():  # would abort at exit otherwise (infra.process_exit)
+        exit_process(_code)
     sys.exit(_code)

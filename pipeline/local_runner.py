@@ -29,12 +29,20 @@ sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != _HERE]
 
 from tfx import v1 as tfx  # noqa: E402
 
-from pipeline.console import library_output_to  # noqa: E402
-from pipeline.runner import (PIPELINE_NAME, local_pipeline, metadata_file,  # noqa: E402
-                             newest_run_started, output_dir, run_log_file, run_summary,
-                             stage_progress)
-from preprocessing import filesystems  # noqa: E402
+from infra import filesystems  # noqa: E402
+from infra.console import library_output_to  # noqa: E402
+from infra.process_exit import exit_process  # noqa: E402
 from pipeline.run_command import training_channels  # noqa: E402
+from pipeline.runner import (  # noqa: E402
+    PIPELINE_NAME,
+    local_pipeline,
+    metadata_file,
+    newest_run_started,
+    output_dir,
+    run_log_file,
+    run_summary,
+    stage_progress,
+)
 from preprocessing.corpus_options import find_data_dirs  # noqa: E402
 from preprocessing.embeddings import default_embeddings_path  # noqa: E402
 from trainer.config import SHIPPED, variant_config  # noqa: E402
@@ -82,5 +90,5 @@ if __name__ == "__main__":
     newest = newest_run_started(output, metadata)
     if newest is not None and newest >= started - 1:
         print(run_summary(output, bless_min_ua, pipeline_name, metadata)[1], flush=True)
-    if filesystems.s3_enabled():  # would abort at exit otherwise (preprocessing.filesystems)
-        filesystems.exit_process(0)
+    if filesystems.s3_enabled():  # would abort at exit otherwise (infra.process_exit)
+        exit_process(0)

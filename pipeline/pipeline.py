@@ -14,17 +14,16 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence
 
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 import tensorflow_model_analysis as tfma
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from tfx import v1 as tfx
 
-from pipeline.components import (MAX_FOLDS, CorpusExampleGen, CrossValidationReport,
-                                 split_names)
+from pipeline.components import MAX_FOLDS, CorpusExampleGen, CrossValidationReport, split_names
 from pipeline.infra_validation import ModelLoadValidator
 from pipeline.report import DEFAULT_BLESS_MIN_UA
 from pipeline.tfma_metrics import metric_configs
 from preprocessing.embeddings import DEFAULT_VOCAB_SIZE
-from trainer.config import ModelConfig, variant_config
+from trainer.config import ModelConfig
 from trainer.signature_names import SERVING_DEFAULT
 
 RUN_FN = "trainer.module.run_fn"
@@ -57,16 +56,17 @@ def eval_config(class_names: Sequence[str]) -> tfma.EvalConfig:
 
 def create_pipeline(*, pipeline_name: str, pipeline_root: str, metadata_path: Optional[str],
                     dataset: str, data_dir: str, corpus_fingerprint: str,
-                    embeddings_path: str, serving_model_dir: str,
-                    config: ModelConfig = variant_config("cme"), num_folds: int = 5,
-                    ensemble_size: int = 1, prior_correction: bool = False,
+                    embeddings_path: str, serving_model_dir: str, config: ModelConfig,
+                    ensemble_size: int, prior_correction: bool, num_folds: int = 5,
                     vocab_size: int = DEFAULT_VOCAB_SIZE, max_seconds: float = 60.0,
                     beam_pipeline_args: Optional[List[str]] = None,
                     enable_cache: bool = True,
                     channels: Optional[Sequence[str]] = None,
                     bless_min_ua: float = DEFAULT_BLESS_MIN_UA,
                     trainer_job: Optional[dict] = None) -> tfx.dsl.Pipeline:
-    """``data_dir``: a directory, or a JSON list of them (``components.encode_data_dirs``);
+    """``config``, ``ensemble_size``, ``prior_correction``: the model, which the caller says
+    (the runners default to ``trainer.config.SHIPPED``);
+    ``data_dir``: a directory, or a JSON list of them (``components.encode_data_dirs``);
     ``channels``: RAVDESS channels, None or ("speech",) for the default (the preprocessing
     step then has the same parameters, hence the same cache key, as before channels existed);
     ``ensemble_size``: models (seeds) per Trainer, exported as one averaging model;
@@ -75,8 +75,7 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, metadata_path: Op
     ``bless_min_ua``: the cross-validated UA mean the final model needs to be pushed;
     ``trainer_job``: None, or the Trainers' cluster job as TFX's Google Cloud Trainer extension
     takes it (``pipeline.vertex_training.TrainerResources.custom_config``): every Trainer is
-    then that extension's, and runs as a Vertex AI job of that many workers.
-    ``cme-ser run``'s defaults for these are ``trainer.config.SHIPPED``."""
+    then that extension's, and runs as a Vertex AI job of that many workers."""
     if not 2 <= num_folds <= MAX_FOLDS:
         raise ValueError(f"num_folds must be in [2, {MAX_FOLDS}], got {num_folds}")
     if ensemble_size < 1:
@@ -110,7 +109,8 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, metadata_path: Op
             run_fn=RUN_FN, examples=examples, schema=schema.outputs["schema"],
             train_args=tfx.proto.TrainArgs(splits=train_splits),
             eval_args=tfx.proto.EvalArgs(splits=[eval_split]),
-            custom_config={**custom_config, **(trainer_job or {})}).with_id(node_id)
+            custom_config={**custom_config, "node_id": node_id, **(trainer_job or {})},
+        ).with_id(node_id)
 
     evaluations = []
     for fold, split in enumerate(splits):

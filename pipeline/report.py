@@ -164,7 +164,7 @@ def _write(path, data, mode: str = "w") -> None:
     """Writes a local or object-storage (``s3://``, ``gs://``) file."""
     import tensorflow as tf
 
-    from preprocessing import filesystems
+    from infra import filesystems
     filesystems.enable(path)
     with tf.io.gfile.GFile(str(path), mode) as f:
         f.write(data)
@@ -175,7 +175,7 @@ def write_report(rows: List[dict], class_names: Sequence[str], out_dir, **extra)
     storage)."""
     import tensorflow as tf
 
-    from preprocessing import filesystems
+    from infra import filesystems
     out_dir = str(out_dir)
     filesystems.enable(out_dir)
     tf.io.gfile.makedirs(out_dir)

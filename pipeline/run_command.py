@@ -9,10 +9,15 @@ import time
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from preprocessing.corpus_options import (corpus_items, find_data_dirs, parse_channels,
-                                          parse_classes, resolve_embeddings)
+from infra.usage_error import UsageError
 from preprocessing.corpora import PRIMARY_CHANNEL
-from preprocessing.usage_error import UsageError
+from preprocessing.corpus_options import (
+    corpus_items,
+    find_data_dirs,
+    parse_channels,
+    parse_classes,
+    resolve_embeddings,
+)
 from trainer.config import DEFAULT_CLASSES, ModelConfig, variant_config
 from trainer.splits import fold_plan_problems
 
@@ -75,7 +80,7 @@ def run(args) -> dict:
     ``args``: the parsed `cme-ser run` options (pipeline/cli.py)."""
     from tfx import v1 as tfx
 
-    from pipeline.console import library_output_to
+    from infra.console import library_output_to
     from pipeline.runner import local_pipeline, run_summary, stage_progress
     config = variant_config(args.variant, **epochs_override(args.epochs),
                             batch_size=args.batch_size, seed=args.seed,

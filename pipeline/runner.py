@@ -3,7 +3,7 @@
 Output layout under ``<output>``:
 ``tfx/root`` (pipeline root: every artifact), ``tfx/metadata.sqlite`` (ML Metadata),
 ``serving_model/<model_name>/<version>/`` (what TF Serving loads). ``<output>`` and the corpus
-may be object storage (``s3://``, ``gs://``: ``preprocessing.filesystems``); ML Metadata's
+may be object storage (``s3://``, ``gs://``: ``infra.filesystems``); ML Metadata's
 SQLite file is then a local one given apart (``metadata_path``).
 """
 
@@ -22,13 +22,13 @@ from typing import List, Optional, Sequence, Tuple, Union
 import tensorflow as tf
 from tfx import v1 as tfx
 
+from infra import filesystems
 from pipeline.components import encode_data_dirs
 from pipeline.pipeline import create_pipeline
 from pipeline.report import DEFAULT_BLESS_MIN_UA
 from preprocessing.beam_pipeline import default_beam_args
-from preprocessing import filesystems
 from preprocessing.embeddings import DEFAULT_VOCAB_SIZE
-from trainer.config import ModelConfig, variant_config
+from trainer.config import SHIPPED, ModelConfig, variant_config
 
 PIPELINE_NAME = "cme_ser"
 KUBEFLOW_PIPELINE_NAME = "cme-ser"  # Kubeflow names: [a-z0-9][a-z0-9-]*
@@ -86,7 +86,7 @@ def metadata_file(output, metadata_path: Optional[str] = None) -> str:
 
 
 def run_log_file(output: str, metadata: str) -> str:
-    """Where a run's library messages go (``pipeline.console``): ``<output>/cme-ser-run.log``,
+    """Where a run's library messages go (``infra.console``): ``<output>/cme-ser-run.log``,
     or beside ML Metadata's local file when the output is a bucket."""
     return os.path.join(output if not filesystems.is_url(output) else os.path.dirname(metadata),
                         "cme-ser-run.log")
@@ -102,10 +102,16 @@ def _read(path: str) -> str:
         return f.read()
 
 
+def shipped_config() -> ModelConfig:
+    """The shipped variant's configuration (``trainer.config.SHIPPED``)."""
+    return variant_config(SHIPPED["variant"])
+
+
 def local_pipeline(output, *, data_dir: Union[str, Path, Sequence[Union[str, Path]]],
                    embeddings_path: str, dataset: str = "ravdess",
-                   config: ModelConfig = variant_config("cme"), num_folds: int = 5,
-                   ensemble_size: int = 1, prior_correction: bool = False,
+                   config: Optional[ModelConfig] = None, num_folds: int = 5,
+                   ensemble_size: int = SHIPPED["ensemble"],
+                   prior_correction: bool = SHIPPED["prior_correction"],
                    vocab_size: int = DEFAULT_VOCAB_SIZE, enable_cache: bool = True,
                    beam_pipeline_args: Optional[List[str]] = None,
                    pipeline_name: str = PIPELINE_NAME,
@@ -115,10 +121,10 @@ def local_pipeline(output, *, data_dir: Union[str, Path, Sequence[Union[str, Pat
     """``output`` (local or object storage) holds the pipeline root and the serving base path;
     ``metadata_path``: ML Metadata's local SQLite file (:func:`metadata_file`);
     ``data_dir``: the corpus directory, or several (RAVDESS speech and song);
-    ``channels``: RAVDESS channels (None: speech); ``ensemble_size``, ``prior_correction``:
-    as ``create_pipeline`` (``cme-ser run`` and ``local_runner.py`` pass the shipped ones,
-    ``trainer.config.SHIPPED``); ``bless_min_ua``: the cross-validated UA mean the final model
-    needs to be pushed (``pipeline.report.blessing_decision``)."""
+    ``channels``: RAVDESS channels (None: speech); ``config`` (None: the shipped variant's),
+    ``ensemble_size``, ``prior_correction``: as ``create_pipeline``, by default the shipped
+    model (``trainer.config.SHIPPED``); ``bless_min_ua``: the cross-validated UA mean the final
+    model needs to be pushed (``pipeline.report.blessing_decision``)."""
     metadata = metadata_file(output, metadata_path)
     output = output_dir(output)
     dirs = [data_dir] if isinstance(data_dir, (str, Path)) else list(data_dir)
@@ -131,8 +137,9 @@ def local_pipeline(output, *, data_dir: Union[str, Path, Sequence[Union[str, Pat
         corpus_fingerprint=corpus_fingerprint(dirs[0] if len(dirs) == 1 else dirs),
         channels=channels,
         embeddings_path=str(embeddings_path),
-        serving_model_dir=filesystems.join(output, "serving_model", MODEL_NAME), config=config,
-        num_folds=num_folds, ensemble_size=ensemble_size, prior_correction=prior_correction,
+        serving_model_dir=filesystems.join(output, "serving_model", MODEL_NAME),
+        config=config or shipped_config(), num_folds=num_folds, ensemble_size=ensemble_size,
+        prior_correction=prior_correction,
         vocab_size=vocab_size, enable_cache=enable_cache, bless_min_ua=bless_min_ua,
         # Beam workers open s3:// artifacts with tf.io.gfile too (TFMA loads the models).
         beam_pipeline_args=filesystems.beam_args(
@@ -142,21 +149,24 @@ def local_pipeline(output, *, data_dir: Union[str, Path, Sequence[Union[str, Pat
 
 def kubeflow_pipeline(*, pipeline_root: str, data_dir: str, embeddings_path: str,
                       serving_model_dir: str, dataset: str = "ravdess",
-                      config: ModelConfig = variant_config("cme"), num_folds: int = 5,
-                      ensemble_size: int = 1, prior_correction: bool = False,
+                      config: Optional[ModelConfig] = None, num_folds: int = 5,
+                      ensemble_size: int = SHIPPED["ensemble"],
+                      prior_correction: bool = SHIPPED["prior_correction"],
                       vocab_size: int = DEFAULT_VOCAB_SIZE,
                       pipeline_name: str = KUBEFLOW_PIPELINE_NAME,
                       bless_min_ua: float = DEFAULT_BLESS_MIN_UA,
                       trainer_job: Optional[dict] = None) -> tfx.dsl.Pipeline:
     """The same pipeline for Kubeflow Pipelines / Vertex AI: paths are the cluster's (e.g.
     gs://...), ML Metadata is the orchestrator's, Beam runs wherever beam_pipeline_args say;
-    ``trainer_job``: see ``pipeline.pipeline.create_pipeline``."""
+    the model as :func:`local_pipeline`'s; ``trainer_job``: see
+    ``pipeline.pipeline.create_pipeline``."""
     fingerprint = corpus_fingerprint(data_dir) if Path(data_dir).exists() else "remote"
     return create_pipeline(
         pipeline_name=pipeline_name, pipeline_root=pipeline_root, metadata_path=None,
         dataset=dataset, data_dir=data_dir, corpus_fingerprint=fingerprint,
-        embeddings_path=embeddings_path, serving_model_dir=serving_model_dir, config=config,
-        num_folds=num_folds, ensemble_size=ensemble_size, prior_correction=prior_correction,
+        embeddings_path=embeddings_path, serving_model_dir=serving_model_dir,
+        config=config or shipped_config(), num_folds=num_folds, ensemble_size=ensemble_size,
+        prior_correction=prior_correction,
         vocab_size=vocab_size, bless_min_ua=bless_min_ua,
         beam_pipeline_args=["--runner=DirectRunner"], trainer_job=trainer_job)
 

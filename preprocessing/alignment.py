@@ -26,8 +26,13 @@ import numpy as np
 from praatio import textgrid as praat_textgrid
 from praatio.utilities.errors import PraatioException
 
-from preprocessing.features import (FRAME_LENGTH, FRAME_STEP, FRAMES_PER_SECOND,  # noqa: F401
-                                    SAMPLE_RATE, num_frames_for)
+from preprocessing.features import (  # noqa: F401
+    FRAME_LENGTH,
+    FRAME_STEP,
+    FRAMES_PER_SECOND,
+    SAMPLE_RATE,
+    num_frames_for,
+)
 
 SOURCES = ("given", "forced", "asr", "fallback")
 
@@ -465,7 +470,8 @@ def _read_text(path: Union[str, os.PathLike]) -> str:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as error:
-        raise AlignmentError(f"{os.fspath(path)}: cannot read: {error.strerror or error}") from error
+        raise AlignmentError(
+            f"{os.fspath(path)}: cannot read: {error.strerror or error}") from error
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):  # a UTF-16 byte-order mark
         return data.decode("utf-16")
     try:

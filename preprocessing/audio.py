@@ -56,7 +56,8 @@ class AudioInfo:
 
 def load_audio(path: Union[str, os.PathLike], *, max_seconds: float = DEFAULT_MAX_SECONDS,
                overlong: str = "truncate",
-               silence_threshold: float = DEFAULT_SILENCE_THRESHOLD) -> Tuple[np.ndarray, AudioInfo]:
+               silence_threshold: float = DEFAULT_SILENCE_THRESHOLD,
+               ) -> Tuple[np.ndarray, AudioInfo]:
     """Decode ``path`` into float32 ``[S]`` mono samples at 16 kHz in [-1, 1].
 
     Multi-channel audio is averaged to mono; other sample rates are resampled with a polyphase
@@ -84,7 +85,8 @@ def load_audio(path: Union[str, os.PathLike], *, max_seconds: float = DEFAULT_MA
 
     try:
         with sf.SoundFile(str(path)) as f:
-            info = AudioInfo(path=str(path), sample_rate=int(f.samplerate), channels=int(f.channels),
+            info = AudioInfo(path=str(path), sample_rate=int(f.samplerate),
+                             channels=int(f.channels),
                              duration=f.frames / f.samplerate if f.frames > 0 else 0.0,
                              format=f.format, subtype=f.subtype)
             declared = int(f.frames)

@@ -7,7 +7,7 @@
 Every input utterance ends up as exactly one record or one error line; the summary
 (``summary.json``) counts both. The job runs on any Beam runner: DirectRunner with
 multi-processing by default, Dataflow / Flink / Spark through ``beam_args``. Inputs and outputs
-may be object storage (``s3://``, ``gs://``; ``preprocessing.filesystems``): the driver's files
+may be object storage (``s3://``, ``gs://``; ``infra.filesystems``): the driver's files
 go through ``tf.io.gfile``, the workers read audio and write records through Beam's
 ``FileSystems``.
 """
@@ -26,7 +26,8 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from preprocessing import corpora, filesystems
+from infra import filesystems
+from preprocessing import corpora
 
 LOG = logging.getLogger("cme_ser.preprocess")
 RECORDS_DIR = "records"
@@ -264,8 +265,9 @@ def run(*, dataset: str, items: Iterable[corpora.Item], out_dir, class_names: Se
 def summarize(out_dir: str, *, dataset: str, class_names: Sequence[str], num_inputs: int,
               errors: List[dict], seconds: float, layout: str = DEFAULT_LAYOUT) -> dict:
     """Counts what the job produced by reading it back (so the numbers are the files')."""
-    from preprocessing.records import decode_example
     import tensorflow as tf
+
+    from preprocessing.records import decode_example
 
     per_fold, per_source, per_label, per_channel, oov = {}, {}, {}, {}, 0
     for path in record_files(out_dir, layout=layout):
@@ -273,7 +275,8 @@ def summarize(out_dir: str, *, dataset: str, class_names: Sequence[str], num_inp
         for raw in tf.data.TFRecordDataset(path, compression_type="GZIP").as_numpy_iterator():
             record = decode_example(raw)
             per_fold[fold] = per_fold.get(fold, 0) + 1
-            per_source[record["alignment_source"]] = per_source.get(record["alignment_source"], 0) + 1
+            source = record["alignment_source"]
+            per_source[source] = per_source.get(source, 0) + 1
             per_label[record["label_name"]] = per_label.get(record["label_name"], 0) + 1
             if record["channel"]:
                 per_channel[record["channel"]] = per_channel.get(record["channel"], 0) + 1

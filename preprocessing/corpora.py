@@ -243,7 +243,8 @@ def _iemocap_item(session: Path, label_file: Path, utterance_id: str, code: str,
     if code == IEMOCAP_NO_AGREEMENT:
         return None
     if code not in IEMOCAP_CODES:
-        return Rejected(utterance_id, str(label_file), CORPUS_STAGE, f"unknown emotion code {code!r}")
+        return Rejected(utterance_id, str(label_file), CORPUS_STAGE,
+                        f"unknown emotion code {code!r}")
     label = IEMOCAP_CODES[code]
     if merge_excited and label == "excited":
         label = "happy"
@@ -275,14 +276,14 @@ def _shown(root) -> str:
 def _entries(directory) -> List[Tuple[str, str, str]]:
     """``(name, path, kind)`` of a directory's entries, kind "dir", "file" or "other" (none
     if it is not a directory). Object storage (``s3://``, ``gs://``) is listed through
-    ``tf.io.gfile`` (``preprocessing.filesystems``); local directories as they always were."""
+    ``tf.io.gfile`` (``infra.filesystems``); local directories as they always were."""
     if "://" not in str(directory):
         root = Path(directory)
         return [(p.name, str(p), "dir" if p.is_dir() else "file" if p.is_file() else "other")
                 for p in root.iterdir()] if root.is_dir() else []
     import tensorflow as tf
 
-    from preprocessing import filesystems
+    from infra import filesystems
     filesystems.enable(directory)
     if not tf.io.gfile.isdir(directory):
         return []

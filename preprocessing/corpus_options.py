@@ -1,6 +1,6 @@
 """The corpus options of the commands (``--data-dir``, ``--channels``, ``--classes``,
 ``--embeddings``): the directories found, the values read and checked, and every problem a
-:class:`~preprocessing.usage_error.UsageError` saying what to do. ``cme-ser preprocess``, ``run``,
+:class:`~infra.usage_error.UsageError` saying what to do. ``cme-ser preprocess``, ``run``,
 ``reproduce`` and ``evaluate`` share them; so do the TFX CLI's runner (pipeline/local_runner.py)
 and the preprocessing benchmark."""
 
@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from preprocessing.usage_error import UsageError
+from infra.usage_error import UsageError
 
 RAVDESS_HELP = ("RAVDESS speech is not here. Download Audio_Speech_Actors_01-24.zip from Zenodo "
                 "record 1188976 (CC BY-NC-SA 4.0), unzip it and pass --data-dir, or set "
@@ -23,7 +23,7 @@ RAVDESS_SONG_HELP = ("RAVDESS song is not here. Download Audio_Song_Actors_01-24
 def find_data_dir(explicit: Optional[str]) -> Path:
     """--data-dir, then $CME_SER_DATA, ./data/ravdess-speech, ../shared/data/ravdess-speech."""
     if explicit:
-        from preprocessing import filesystems
+        from infra import filesystems
         if filesystems.is_url(explicit):  # object storage (s3://, gs://), as the URL given
             if not _remote_dir_exists(explicit):
                 raise UsageError(f"--data-dir {explicit} is not a directory (or cannot be read)")
@@ -43,7 +43,7 @@ def find_data_dir(explicit: Optional[str]) -> Path:
 def _remote_dir_exists(url: str) -> bool:
     import tensorflow as tf
 
-    from preprocessing import filesystems
+    from infra import filesystems
     try:
         filesystems.enable(url)
         return tf.io.gfile.isdir(url)

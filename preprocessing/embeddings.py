@@ -316,7 +316,8 @@ def _read_vocab_parquet(path: Path) -> List[str]:
 
 
 def default_embeddings_path() -> Path:
-    """The default vectors' directory: ``$CME_SER_EMBEDDINGS``, else ``~/.cache/cme-ser/glove-6b-50d``."""
+    """The default vectors' directory: ``$CME_SER_EMBEDDINGS``, else
+    ``~/.cache/cme-ser/glove-6b-50d``."""
     env = os.environ.get(ENV_VAR)
     if env:
         return Path(env).expanduser()

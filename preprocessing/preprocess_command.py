@@ -6,15 +6,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from preprocessing.corpus_options import (corpus_items, find_data_dirs, parse_channels,
-                                          parse_classes, resolve_embeddings)
-from preprocessing.usage_error import UsageError
+from infra.usage_error import UsageError
+from preprocessing.corpus_options import (
+    corpus_items,
+    find_data_dirs,
+    parse_channels,
+    parse_classes,
+    resolve_embeddings,
+)
 
 
 def preprocess(args) -> dict:
-    """``args``: the parsed `cme-ser preprocess` options (pipeline/cli.py). Returns the
+    """``args``: the parsed `cme-ser preprocess` options (cli/main.py). Returns the
     summary."""
-    from preprocessing import beam_pipeline, corpora, filesystems
+    from infra import filesystems
+    from preprocessing import beam_pipeline, corpora
     channels = parse_channels(args.dataset, getattr(args, "channels", None))
     if args.dataset == "manifest":
         given = [args.data_dir] if isinstance(args.data_dir, str) else list(args.data_dir or [])

@@ -23,7 +23,7 @@ for alignment adds ``DEFAULT_PAD_S`` either side so a word's first and last soun
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable, Iterator, List, Optional, Tuple
+from typing import Iterable, List, Optional, Tuple
 
 import numpy as np
 

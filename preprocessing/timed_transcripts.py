@@ -50,7 +50,8 @@ def read_timed_transcript(path: Union[str, os.PathLike]) -> List[TimedWord]:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in TIMED_TRANSCRIPT_SUFFIXES:
-        raise TranscriptError(f"{path}: a timed transcript must be {', '.join(TIMED_TRANSCRIPT_SUFFIXES)}"
+        raise TranscriptError(f"{path}: a timed transcript must be "
+                              f"{', '.join(TIMED_TRANSCRIPT_SUFFIXES)}"
                               f" (got {path.suffix or 'no extension'!r})")
     if not path.is_file():
         raise TranscriptError(f"{path}: transcript not found")

@@ -234,7 +234,8 @@ class RestClient:
 
     def _connect(self) -> http.client.HTTPConnection:
         if self._connection is None:
-            cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
+            cls = (http.client.HTTPSConnection if self.scheme == "https"
+                   else http.client.HTTPConnection)
             self._connection = cls(self.host, self.port, timeout=self.timeout)
         return self._connection
 

@@ -3,8 +3,8 @@
 Top: the log-mel filterbank the model hears (``preprocessing.features``), with each aligned
 word's span. Below, one bar per word, as wide as the word: the mean acoustic excitation
 (E^a, how much of the word's acoustic features its meaning lets through) and the mean semantic
-excitation (E^s, how much of its word vector its sound lets through), the gates of the paper's cross modality excitation. The
-title gives the emotion and the class probabilities.
+excitation (E^s, how much of its word vector its sound lets through), the gates of the paper's
+cross modality excitation. The title gives the emotion and the class probabilities.
 """
 
 from __future__ import annotations

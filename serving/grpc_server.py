@@ -48,8 +48,8 @@ import numpy as np
 
 from serving.repository import ModelRepository, Signature, Version
 from serving.server import _check_shapes
-from trainer.export import SERVING_DEFAULT
 from serving.status import ServingError, invalid_argument, not_found
+from trainer.signature_names import SERVING_DEFAULT
 
 log = logging.getLogger("cme_ser.serving")
 

@@ -47,7 +47,7 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from gunicorn.workers.base import Worker
 
-from preprocessing.filesystems import exit_process
+from infra.process_exit import exit_process
 from serving.http_front import HttpFront, Limits
 
 READY_MARK = "REST API at "

@@ -412,7 +412,8 @@ class _Converter:
 
     # -- the two request layouts ------------------------------------------------------------------
 
-    def from_instances(self, instances: list, inputs: Mapping[str, TensorSpec]) -> Dict[str, np.ndarray]:
+    def from_instances(self, instances: list,
+                       inputs: Mapping[str, TensorSpec]) -> Dict[str, np.ndarray]:
         """Row format (FillTensorMapFromInstancesList)."""
         if not isinstance(instances[0], dict) and len(inputs) > 1:
             raise invalid_argument("instances is a plain list, but expecting list of objects as "

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 
-from preprocessing.usage_error import UsageError
+from infra.usage_error import UsageError
 
 
 def open_model(args, min_confidence: float = 0.0) -> tuple:

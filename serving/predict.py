@@ -21,8 +21,14 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from serving.client import (SAMPLE_RATE, UNCERTAIN, Prediction, Utterance,
-                            predictions_from_outputs, waveform_batch)
+from serving.client import (
+    SAMPLE_RATE,
+    UNCERTAIN,
+    Prediction,
+    Utterance,
+    predictions_from_outputs,
+    waveform_batch,
+)
 
 FRAMES_PER_SECOND = 100
 
@@ -72,7 +78,7 @@ class LocalModel:
         import tensorflow as tf
 
         from trainer.calibration import check_min_confidence
-        from trainer.export import PREDICT_WAVEFORM
+        from trainer.signature_names import PREDICT_WAVEFORM
 
         self.path = resolve_model_dir(path)
         self.min_confidence = check_min_confidence(min_confidence)

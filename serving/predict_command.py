@@ -13,14 +13,14 @@ import json
 import sys
 from pathlib import Path
 
-from preprocessing.usage_error import UsageError
+from infra.usage_error import UsageError
 from serving.model_options import model_errors, open_model
 
 
 def predict(args) -> list:
     """Emotion, probabilities and per-word excitation for audio files (or a manifest of them,
     each with its own transcript and optionally its label), via REST or locally. ``args``: the
-    parsed `cme-ser predict` options (pipeline/cli.py)."""
+    parsed `cme-ser predict` options (cli/main.py)."""
     from serving import predict as predicting
     if bool(args.audio) == bool(args.manifest):
         raise UsageError("give audio files or --manifest CSV, not both" if args.audio else

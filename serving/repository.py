@@ -10,8 +10,9 @@ directory and the labels file are re-read by :meth:`ModelRepository.refresh`, wh
 :meth:`ModelRepository.start_polling` calls every ``poll_seconds`` in a background thread. A new
 version is loaded before an old one is dropped, so requests never find nothing to serve. A
 version that fails to load is reported (state END with its error), the versions it was to replace
-keep serving, and it is tried again only when its ``saved_model.pb`` changes. Directories whose name is not a number are ignored, which is why
-exports are written into a dot-named staging directory and renamed into place.
+keep serving, and it is tried again only when its ``saved_model.pb`` changes. Directories whose
+name is not a number are ignored, which is why exports are written into a dot-named staging
+directory and renamed into place.
 
 A version's ``assets.extra/tf_serving_warmup_requests`` (TFRecord of ``PredictionLog``, written by
 ``trainer.export.export_saved_model``) is replayed right after the load, as TF Serving does
@@ -273,7 +274,7 @@ class ModelRepository:
     def available_versions(self) -> List[int]:
         return sorted(self._snapshot.versions)
 
-    # -- keeping current (the polling thread) -------------------------------------------------------
+    # -- keeping current (the polling thread) ----------------------------------------------
 
     def refresh(self) -> None:
         """Re-read the labels file and the version directories; load and unload to match."""

@@ -8,12 +8,12 @@ import os
 import sys
 from pathlib import Path
 
-from preprocessing.usage_error import UsageError
+from infra.usage_error import UsageError
 
 
 def serve(args) -> None:
     """TF Serving's REST API over <base>/<version>/ SavedModels, until interrupted.
-    ``args``: the parsed `cme-ser serve` options (pipeline/cli.py)."""
+    ``args``: the parsed `cme-ser serve` options (cli/main.py)."""
     import faulthandler
 
     try:  # should it ever abort: every thread's stack on stderr

@@ -51,8 +51,8 @@ from serving import fast_json, json_tensors
 from serving.batching import Batcher
 from serving.http_front import DEFAULT_MAX_BODY_BYTES
 from serving.repository import ModelRepository, Signature, Version
-from trainer.export import SERVING_DEFAULT
 from serving.status import HTTP_STATUS, ServingError, invalid_argument, not_found
+from trainer.signature_names import SERVING_DEFAULT
 
 log = logging.getLogger("cme_ser.serving")
 
@@ -167,7 +167,7 @@ class RestApi:
                 return self.status(name, version, label)
         raise invalid_argument(f"Malformed request: {method} {path}")
 
-    # -- GET ----------------------------------------------------------------------------------------
+    # -- GET -----------------------------------------------------------------------------
 
     def status(self, name: str, version: Optional[int], label: Optional[str]) -> bytes:
         if name != self.repository.name:
@@ -189,7 +189,7 @@ class RestApi:
                 '"signature_def": ' + json.dumps(served.signature_def_map, indent=1) + "}\n}\n")
         return text.encode("utf-8")
 
-    # -- POST ---------------------------------------------------------------------------------------
+    # -- POST ----------------------------------------------------------------------------
 
     def predict(self, name: str, version: Optional[int], label: Optional[str],
                 body: bytes) -> bytes:

@@ -117,8 +117,12 @@ def predict_timeline(path: Union[str, os.PathLike], model, *, transcript_words=N
         OSError: a served model cannot be reached.
     """
     from preprocessing.audio_stream import DEFAULT_BLOCK_SECONDS, AudioStream
-    from preprocessing.segmentation import (DEFAULT_PAD_S, SegmenterOptions, SegmentTidier,
-                                            SpeechSegmenter)
+    from preprocessing.segmentation import (
+        DEFAULT_PAD_S,
+        SegmenterOptions,
+        SegmentTidier,
+        SpeechSegmenter,
+    )
     from preprocessing.timed_transcripts import WordAssigner
 
     options = options or SegmenterOptions()

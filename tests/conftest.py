@@ -16,7 +16,6 @@ if str(ROOT) not in sys.path:
 import subprocess  # noqa: E402
 
 import pytest  # noqa: E402
-
 from data_support import RAVDESS_SPEECH, missing_under_ci, require_speech  # noqa: E402
 
 

@@ -14,8 +14,8 @@ from typing import List, Optional
 
 import pytest
 
+from infra.usage_error import UsageError
 from preprocessing.corpus_options import find_data_dirs
-from preprocessing.usage_error import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
 UNDER_CI = os.environ.get("CI", "").strip().lower() == "true"

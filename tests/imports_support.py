@@ -9,8 +9,11 @@ from pathlib import Path
 from typing import Dict, Iterator, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
-# Left to right: a package may import the ones to its left, never those to its right.
-LAYERS = ("preprocessing", "trainer", "serving", "pipeline")
+# Bottom to top, one tuple per layer: a package may import the packages of the layers below
+# its own, never those of its layer or above (packages in one layer are independent).
+LAYERS = (("infra",), ("preprocessing",), ("trainer",), ("serving",),
+          ("pipeline", "experiments"), ("cli",))
+PACKAGES = tuple(package for packages in LAYERS for package in packages)
 
 
 def module_name(path: Path) -> str:
@@ -21,9 +24,9 @@ def module_name(path: Path) -> str:
 
 
 def project_modules() -> Dict[str, Path]:
-    """Module name -> file, for every .py file of the four packages."""
+    """Module name -> file, for every .py file of the project's packages."""
     modules = {}
-    for package in LAYERS:
+    for package in PACKAGES:
         for path in sorted((ROOT / package).rglob("*.py")):
             modules[module_name(path)] = path
     return modules
@@ -59,7 +62,8 @@ def imported_names(tree: ast.AST, module: str, is_package: bool) -> Iterator[Tup
 
 
 def all_imports() -> Iterator[Tuple[str, Path, str, int]]:
-    """(module, its file, dotted name it imports, line) for every import of the four packages."""
+    """(module, its file, dotted name it imports, line) for every import of the project's
+    packages."""
     for name, path in project_modules().items():
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         for imported, line in imported_names(tree, name, path.name == "__init__.py"):

@@ -9,7 +9,8 @@ def unpadded_row(batch, b):
     n, m = batch["num_frames"][b], batch["num_words"][b]
     return {"fbank": batch["fbank"][b:b + 1, :n], "num_frames": batch["num_frames"][b:b + 1],
             "word_embeddings": batch["word_embeddings"][b:b + 1, :m],
-            "num_words": batch["num_words"][b:b + 1], "word_spans": batch["word_spans"][b:b + 1, :m]}
+            "num_words": batch["num_words"][b:b + 1],
+            "word_spans": batch["word_spans"][b:b + 1, :m]}
 
 
 def random_batch(rng, batch=4, frames=30, words=5, word_dim=8):

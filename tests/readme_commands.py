@@ -38,7 +38,7 @@ text, found with :func:`find`, through :func:`concrete_argv`.
 **Options** (:func:`options`, :func:`concrete_argv`, :func:`script_options`): what a synopsis
 shows (``[optional]`` parts, ``a|b`` and ``{a,b}`` values, ``--x X | --y Y`` choices,
 placeholders in capitals, ``...``), for ``test_readme.py`` to check every option and value
-against ``pipeline.cli.build_parser()`` or the benchmark script's ``add_argument`` calls.
+against ``cli.main.build_parser()`` or the benchmark script's ``add_argument`` calls.
 """
 
 from __future__ import annotations

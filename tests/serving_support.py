@@ -13,16 +13,16 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import pytest
+from data_support import RAVDESS_SPEECH as RAVDESS
+from data_support import needs_speech
 
 from preprocessing import alignment, audio, corpora, embeddings
 from preprocessing.utterance import filterbank, utterance_to_example
-from trainer.export import export_saved_model
 from trainer.config import ModelConfig
+from trainer.export import export_saved_model
 from trainer.model import adapt_normalization, build_model
 
-from data_support import RAVDESS_SPEECH as RAVDESS  # noqa: E402
-from data_support import needs_speech as needs_ravdess  # noqa: E402
+needs_ravdess = needs_speech  # the serving tests skip (fail under CI) without RAVDESS speech
 ANGRY = RAVDESS / "Actor_01" / "03-01-05-01-01-01-01.flac"  # "Kids are talking by the door"
 SAD = RAVDESS / "Actor_01" / "03-01-04-02-02-01-01.flac"  # "Dogs are sitting by the door"
 KIDS = "Kids are talking by the door"
@@ -97,7 +97,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def start_server(argv, *, env=None, timeout: float = 300.0):
-    """``argv`` (a `cme-ser serve` command, e.g. ``[sys.executable, "-m", "pipeline.cli",
+    """``argv`` (a `cme-ser serve` command, e.g. ``[sys.executable, "-m", "cli",
     "serve", ...]``) started in the repository: ``(process, REST url)`` once it has printed its
     ready line (every worker loaded), which is kept as ``process.announcement``. stderr goes
     to ``process.stderr_file`` (a temporary file: a pipe nobody reads could fill and block the
@@ -161,5 +161,5 @@ def children(pid: int):
 
 def serve_argv(base, *flags):
     """`cme-ser serve` on free loopback ports (REST and gRPC) over ``base``."""
-    return [sys.executable, "-m", "pipeline.cli", "serve", "--model-base-path", str(base),
+    return [sys.executable, "-m", "cli", "serve", "--model-base-path", str(base),
             "--port", "0", *flags]

@@ -6,13 +6,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
-from preprocessing.alignment import (Alignment, AlignmentError, PocketSphinxAligner, WordSpan,
-                                     check_within, normalize_transcript, read_textgrid,
-                                     read_wdseg, voiced_region)
-
 from data_support import RAVDESS_SPEECH as RAVDESS
 from data_support import needs_speech as needs_ravdess
+
+from preprocessing.alignment import (
+    Alignment,
+    AlignmentError,
+    PocketSphinxAligner,
+    WordSpan,
+    check_within,
+    normalize_transcript,
+    read_textgrid,
+    read_wdseg,
+    voiced_region,
+)
+
 STATEMENTS = {"01": "Kids are talking by the door.", "02": "Dogs are sitting by the door."}
 # Both statements, four actors (male and female), four emotions, both intensities.
 FILES = [
@@ -351,7 +359,8 @@ def test_read_textgrid_errors(tmp_path):
         read_textgrid(truncated)
     overlapping = tmp_path / "overlapping.TextGrid"
     overlapping.write_text(TEXTGRID_LONG.replace("xmin = 1.6\n", "xmin = 1.5\n"))
-    with pytest.raises(AlignmentError, match=r"overlapping.TextGrid: malformed TextGrid: .*overlap"):
+    with pytest.raises(AlignmentError,
+                       match=r"overlapping.TextGrid: malformed TextGrid: .*overlap"):
         read_textgrid(overlapping)
     backwards = tmp_path / "backwards.TextGrid"
     backwards.write_text(TEXTGRID_SHORT.replace("0.8\n1.5\n", "1.5\n0.8\n"))

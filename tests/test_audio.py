@@ -4,11 +4,11 @@
 import numpy as np
 import pytest
 import soundfile as sf
+from data_support import RAVDESS_SPEECH as RAVDESS
+from data_support import needs_speech
 
 from preprocessing.audio import AudioError, AudioInfo, load_audio
 
-from data_support import RAVDESS_SPEECH as RAVDESS
-from data_support import needs_speech
 RAVDESS_FILE = RAVDESS / "Actor_01" / "03-01-01-01-01-01-01.flac"
 
 
@@ -87,7 +87,8 @@ def test_overlong_truncated_with_warning(tmp_path):
 
 def test_overlong_rejected(tmp_path):
     path = write(tmp_path / "long.wav", tone(3.0))
-    assert_audio_error(path, r"too long: 3\.00 s > max_seconds=2", max_seconds=2.0, overlong="reject")
+    assert_audio_error(path, r"too long: 3\.00 s > max_seconds=2", max_seconds=2.0,
+                       overlong="reject")
     waveform, _ = load_audio(path, max_seconds=3.0, overlong="reject")  # exactly the limit is fine
     assert waveform.shape == (48000,)
 
@@ -138,7 +139,8 @@ def test_truncated_flac_is_an_error(tmp_path):
     data = RAVDESS_FILE.read_bytes()
     path = tmp_path / "half.flac"
     path.write_bytes(data[:len(data) // 2])
-    assert_audio_error(path, r"cannot decode \(unsupported, corrupt or truncated file\): .*lost sync")
+    assert_audio_error(
+        path, r"cannot decode \(unsupported, corrupt or truncated file\): .*lost sync")
 
 
 def test_truncated_wav_is_an_error(tmp_path):

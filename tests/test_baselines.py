@@ -13,13 +13,25 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from model_support import random_batch, unpadded_row
+
 from trainer.config import VARIANTS, variant_config
-from trainer.layers import (AttentionPooling, CTCAlignmentPooling, FrameSubsampling,
-                            IgnoreInputs, PairMask, QueryAttention)
-from trainer.model import (EMBEDDING_LAYER, EXCITATION_LAYER, INPUT_NAMES, adapt_normalization,
-                           build_model, valid_frames)
+from trainer.layers import (
+    AttentionPooling,
+    CTCAlignmentPooling,
+    FrameSubsampling,
+    IgnoreInputs,
+    PairMask,
+    QueryAttention,
+)
+from trainer.model import (
+    EMBEDDING_LAYER,
+    EXCITATION_LAYER,
+    INPUT_NAMES,
+    adapt_normalization,
+    build_model,
+    valid_frames,
+)
 
 TINY = dict(word_dim=8, cnn_filters=(8, 16, 16), semantic_dim=16, lstm_units=8, fcn_units=8,
             class_names=("a", "b", "c"))
@@ -205,7 +217,8 @@ def test_ctc_loss_is_part_of_the_training_loss():
     assert len(model.losses) == 1
     ctc = float(model.losses[0])
     assert np.isfinite(ctc) and ctc > 0
-    cross_entropy = float(keras.losses.sparse_categorical_crossentropy(labels, probs).numpy().mean())
+    cross_entropy = float(
+        keras.losses.sparse_categorical_crossentropy(labels, probs).numpy().mean())
     # The loss Keras trains on (computed before the update) is cross-entropy + the CTC term.
     trained = model.train_on_batch(batch, labels, return_dict=True)["loss"]
     np.testing.assert_allclose(trained, cross_entropy + ctc, rtol=1e-4)
@@ -418,8 +431,11 @@ def test_ctc_alignment_max_gradient_equals_the_dense_formulation(ctc_inputs):
     frames_var = tf.Variable(frames)
     logits_var = tf.Variable(np.random.default_rng(15).normal(size=(3, 9, 5)).astype(np.float32))
     word_mask = np.arange(4)[None, :] < num_words[:, None]
-    masked = lambda: tf.where(np.concatenate([np.ones((3, 1), bool), word_mask], 1)[:, None, :],
-                              logits_var, -1e9)
+
+    def masked():
+        return tf.where(np.concatenate([np.ones((3, 1), bool), word_mask], 1)[:, None, :],
+                        logits_var, -1e9)
+
     layer.alignment_logits = lambda *args: masked()
     with tf.GradientTape() as tape:
         got = layer([frames_var, words, num_frames, num_words])[..., 4:]
@@ -466,8 +482,14 @@ def test_new_layers_round_trip_through_config(layer):
 def test_variant_exports_and_reloads_for_serving(name, tmp_path):
     from preprocessing import features, records
     from preprocessing.embeddings import WordVectors
-    from trainer.export import (CLASS_OUTPUTS, EXCITATION_OUTPUTS, PREDICT_WAVEFORM,
-                                    SERVING_DEFAULT, export_saved_model, seconds_to_spans)
+    from trainer.export import (
+        CLASS_OUTPUTS,
+        EXCITATION_OUTPUTS,
+        PREDICT_WAVEFORM,
+        SERVING_DEFAULT,
+        export_saved_model,
+        seconds_to_spans,
+    )
 
     rng = np.random.default_rng(14)
     config = tiny(name, class_names=("angry", "happy", "sad"))

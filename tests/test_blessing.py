@@ -10,7 +10,7 @@ import pytest
 from tensorflow_metadata.proto.v0 import anomalies_pb2
 from tfx.types import artifact_utils, standard_artifacts
 
-from pipeline.cli import build_parser, main
+from cli.main import build_parser, main
 from pipeline.components import read_anomalies
 from pipeline.report import DEFAULT_BLESS_MIN_UA, blessing_decision, render_markdown, summarize
 

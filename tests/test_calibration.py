@@ -6,10 +6,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer.calibration import (ECE_BINS, calibration_report, check_min_confidence,
-                                 expected_calibration_error, fit_temperature,
-                                 negative_log_likelihood, reliability_bins, selective_scores,
-                                 temperature_scaled)
+from trainer.calibration import (
+    ECE_BINS,
+    calibration_report,
+    check_min_confidence,
+    expected_calibration_error,
+    fit_temperature,
+    negative_log_likelihood,
+    reliability_bins,
+    selective_scores,
+    temperature_scaled,
+)
 from trainer.layers import TemperatureScaling
 
 

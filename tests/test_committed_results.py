@@ -13,11 +13,11 @@ RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 
 # (results directory, the module that rendered it, its JSON file)
 ARCHIVED = [
-    ("", "pipeline.reproduce", "ravdess.json"),  # Table 1
-    ("ensembles", "pipeline.reproduce", "ravdess.json"),
-    ("", "pipeline.nested", "ravdess-nested.json"),
-    ("", "pipeline.crossdomain", "ravdess-cross-domain.json"),
-    ("", "pipeline.stability", "ravdess-stability.json"),
+    ("", "experiments.reproduce", "ravdess.json"),  # Table 1
+    ("ensembles", "experiments.reproduce", "ravdess.json"),
+    ("", "experiments.nested", "ravdess-nested.json"),
+    ("", "experiments.crossdomain", "ravdess-cross-domain.json"),
+    ("", "experiments.stability", "ravdess-stability.json"),
 ]
 
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 import tomli
+from imports_support import PACKAGES
 
-from pipeline.cli import main
+from cli.main import main
 
 
 def test_kubeflow_json_names_every_component(tmp_path):
@@ -66,7 +67,7 @@ def test_every_node_runs_importable_code_in_the_named_image(tmp_path):
         args = container["args"]
         module, _, attribute = args[args.index("--executor_class_path") + 1].rpartition(".")
         assert getattr(importlib.import_module(module), attribute), name
-        if module.split(".")[0] in ("pipeline", "trainer", "preprocessing", "serving"):
+        if module.split(".")[0] in PACKAGES:
             ours.add(module)
     assert ours == {"pipeline.components", "pipeline.infra_validation"}
     # The Trainers' run_fn is ours too, named in their parameters.

@@ -5,13 +5,23 @@ import json
 from pathlib import Path
 
 import pytest
-
-from preprocessing.corpora import (RAVDESS_EMOTIONS, Rejected, Utterance, assign_folds,
-                                   fold_summary, iemocap, items, manifest, partition, ravdess)
-
 from data_support import RAVDESS_SONG
 from data_support import RAVDESS_SPEECH as RAVDESS
 from data_support import needs_speech as needs_ravdess
+
+from preprocessing.corpora import (
+    RAVDESS_EMOTIONS,
+    Rejected,
+    Utterance,
+    assign_folds,
+    fold_summary,
+    iemocap,
+    items,
+    manifest,
+    partition,
+    ravdess,
+)
+
 needs_song = pytest.mark.skipif(not (RAVDESS.is_dir() and RAVDESS_SONG.is_dir()),
                                 reason=f"RAVDESS speech and song not both at {RAVDESS.parent} "
                                        "(see its README.md)")
@@ -66,8 +76,8 @@ def test_ravdess_selected_classes_only():
 
 
 def test_ravdess_unknown_class_lists_valid_ones(tmp_path):
-    with pytest.raises(ValueError, match=r"unknown class names \['joy'\] \(valid: neutral, calm, happy, "
-                                         r"sad, angry, fearful, disgust, surprised\)"):
+    with pytest.raises(ValueError, match=r"unknown class names \['joy'\] \(valid: neutral, "
+                                         r"calm, happy, sad, angry, fearful, disgust, surprised\)"):
         ravdess(tmp_path, classes=("happy", "joy"))  # raised on the call, before iterating
 
 
@@ -168,7 +178,8 @@ def iemocap_tree(tmp_path):
         transcriptions = tmp_path / session / "dialog" / "transcriptions"
         transcriptions.mkdir(parents=True)
         text = [f"{utt} [{float(span.split(' - ')[0]):08.4f}-{float(span.split(' - ')[1]):08.4f}]: "
-                f"{IEMOCAP_TRANSCRIPTS[utt]}" for span, utt, _ in turns if utt in IEMOCAP_TRANSCRIPTS]
+                f"{IEMOCAP_TRANSCRIPTS[utt]}"
+                for span, utt, _ in turns if utt in IEMOCAP_TRANSCRIPTS]
         text.append(f"{dialog}_MXX0 [020.0000-021.0000]: [LAUGHTER]")  # unlabelled turn
         (transcriptions / f"{dialog}.txt").write_text("\r\n".join(text) + "\r\n")
         wav = tmp_path / session / "sentences" / "wav" / dialog
@@ -193,17 +204,20 @@ def test_iemocap_default_classes(iemocap_tree):
     first = utterances[0]
     assert first == Utterance(
         utterance_id="Ses01F_impro01_F000",
-        audio_path=str(iemocap_tree / "Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_F000.wav"),
+        audio_path=str(iemocap_tree / "Session1" / "sentences" / "wav" / "Ses01F_impro01"
+                       / "Ses01F_impro01_F000.wav"),
         speaker="Ses01_F", label_name="neutral", transcript="Excuse me.",
         alignment_path=str(iemocap_tree / "Session1/sentences/ForcedAlignment/Ses01F_impro01/"
                                           "Ses01F_impro01_F000.wdseg"),
         alignment_format="wdseg", group="Session1", gender="F")
     assert Path(first.audio_path).is_file()
     # A male speaker in a dialog recorded in a female-led session, and vice versa.
-    assert [u.speaker for u in utterances] == ["Ses01_F", "Ses01_M", "Ses02_F", "Ses02_M", "Ses02_M"]
+    assert [u.speaker for u in utterances] == [
+        "Ses01_F", "Ses01_M", "Ses02_F", "Ses02_M", "Ses02_M"]
     assert [u.group for u in utterances] == ["Session1"] * 2 + ["Session2"] * 3
     assert utterances[1].alignment_path is None and utterances[1].alignment_format is None
-    assert [u.transcript for u in utterances[2:]] == ["What did you do that for?", "I'm sorry.", None]
+    assert [u.transcript for u in utterances[2:]] == [
+        "What did you do that for?", "I'm sorry.", None]
     assert rejected == [Rejected(
         "Ses02M_script01_1_M002",
         str(iemocap_tree / "Session2/dialog/EmoEvaluation/Ses02M_script01_1.txt"),
@@ -256,8 +270,10 @@ def test_manifest_csv(tmp_path):
     ]
     assert rejected == [
         Rejected("c", str(tmp_path / "audio/c.wav"), "corpus",
-                 f"unknown label 'surprised' (classes: angry, happy, neutral, sad) ({tmp_path / 'm.csv'}:5)"),
-        Rejected("d", str(tmp_path / "audio/d.wav"), "corpus", f"missing label ({tmp_path / 'm.csv'}:6)"),
+                 "unknown label 'surprised' (classes: angry, happy, neutral, sad) "
+                 f"({tmp_path / 'm.csv'}:5)"),
+        Rejected("d", str(tmp_path / "audio/d.wav"), "corpus",
+                 f"missing label ({tmp_path / 'm.csv'}:6)"),
     ]
     # Without classes every label is accepted.
     labels = [u.label_name for u in partition(manifest(tmp_path / "m.csv"))[0]]
@@ -328,7 +344,8 @@ def test_ravdess_folds_speaker_independent_and_gender_balanced(ravdess_4class):
     assert summary[4]["labels"] == {"angry": 32, "happy": 32, "neutral": 16, "sad": 32}
     assert assign_folds(ravdess_4class, num_folds=5) == folds  # deterministic
     shuffled = assign_folds(ravdess_4class, num_folds=5, seed=3)
-    assert shuffled != folds and sorted(collections.Counter(shuffled.values()).values()) == [4, 5, 5, 5, 5]
+    assert shuffled != folds
+    assert sorted(collections.Counter(shuffled.values()).values()) == [4, 5, 5, 5, 5]
     assert len(set(assign_folds(ravdess_4class, num_folds=24).values())) == 24
 
 

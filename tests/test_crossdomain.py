@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from pipeline import crossdomain
+from experiments import crossdomain
 from trainer.data import make_dataset
 from trainer.metrics import confusion_matrix, prior_corrected, unweighted_accuracy
 

@@ -1,5 +1,5 @@
 """Declared dependencies and the code's imports agree (issue 15): every distribution in
-``pyproject.toml``'s ``dependencies`` is imported somewhere in the four packages, and every
+``pyproject.toml``'s ``dependencies`` is imported somewhere in the project's packages, and every
 third-party module they import comes from a declared distribution.
 
 ``pyproject.toml`` is read when the test runs. Which modules a distribution provides is read from
@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Set, Tuple
 
 import pytest
 import tomli
-from imports_support import LAYERS, ROOT, all_imports
+from imports_support import PACKAGES, ROOT, all_imports
 
 # Declared but imported by none of our modules -> why it is declared. Remove an entry when the
 # reason is gone (the test fails while an entry is imported after all).
@@ -83,7 +83,7 @@ def third_party_imports() -> List[Tuple[str, str, int]]:
     found = []
     for _, path, name, line in all_imports():
         top = name.split(".")[0]
-        if top in sys.stdlib_module_names or top in LAYERS:
+        if top in sys.stdlib_module_names or top in PACKAGES:
             continue
         found.append((name, path.relative_to(ROOT).as_posix(), line))
     return found
@@ -121,8 +121,8 @@ def test_every_import_is_declared(declared_modules):
 def test_every_declared_dependency_is_imported(declared_modules):
     used = {provider(name, declared_modules) for name, _, _ in third_party_imports()}
     unused = sorted(set(declared_modules) - used - set(NOT_IMPORTED))
-    problems = [f"{d} is declared in pyproject.toml but nothing in {', '.join(LAYERS)} imports it:"
-                " use it or remove it" for d in unused]
+    problems = [f"{d} is declared in pyproject.toml but nothing in {', '.join(PACKAGES)} "
+                "imports it: use it or remove it" for d in unused]
     problems += [f"{d} is imported after all: remove it from NOT_IMPORTED"
                  for d in sorted(set(NOT_IMPORTED) & used)]
     problems += [f"{d} in NOT_IMPORTED is not declared any more: remove it from NOT_IMPORTED"

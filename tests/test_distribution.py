@@ -70,8 +70,8 @@ def test_a_non_chief_writes_into_a_scratch_directory_that_is_deleted(tmp_path, m
 
 
 def test_reproduce_trains_units_one_at_a_time_in_a_cluster(monkeypatch):
-    from pipeline.units import run_pool
-    from preprocessing.usage_error import UsageError
+    from experiments.units import run_pool
+    from infra.usage_error import UsageError
     monkeypatch.setenv("TF_CONFIG", cluster([1, 2], 0)["TF_CONFIG"])
     with pytest.raises(UsageError, match="use --jobs 1, not 2"):
         run_pool(["unit"], lambda unit: (print, (unit,)), jobs=2, threads=0, describe=str,

@@ -9,13 +9,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from preprocessing.embeddings import (EmbeddingsError, WordVectors, default_embeddings_path,
-                                      fetch_glove, load, load_glove_text, load_npy)
+from preprocessing.embeddings import (
+    EmbeddingsError,
+    WordVectors,
+    default_embeddings_path,
+    fetch_glove,
+    load,
+    load_glove_text,
+    load_npy,
+)
 
 WORDS = ["the", ",", "door", "kids", "talking"]
 MATRIX = np.array([[0.1, 0.2, 0.3], [-1.0, 0.0, 1.0], [0.5, 0.25, -0.125],
                    [1e-3, -2e3, 3.5], [7.0, 8.0, 9.0]], np.float32)
-GLOVE_TEXT = "".join(f"{w} {' '.join(repr(float(x)) for x in row)}\n" for w, row in zip(WORDS, MATRIX))
+GLOVE_TEXT = "".join(f"{w} {' '.join(repr(float(x)) for x in row)}\n"
+                     for w, row in zip(WORDS, MATRIX))
 
 
 def assert_fixture(vectors):

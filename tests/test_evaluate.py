@@ -8,12 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from pipeline.cli import main
+from data_support import RAVDESS_SONG as SONG
+from data_support import RAVDESS_SPEECH as SPEECH
 from serving_support import serve_argv, start_server, stop_server
 
-from data_support import RAVDESS_SONG as SONG  # noqa: E402
-from data_support import RAVDESS_SPEECH as SPEECH  # noqa: E402
+from cli.main import main
 
 CLASSES = ["angry", "happy", "neutral", "sad"]
 KIDS = "Kids are talking by the door"
@@ -163,8 +162,8 @@ def test_a_calibrated_model_reports_ece_before_and_after_and_may_abstain(corpora
     reliability diagram, and with --min-confidence the coverage and accuracy there; `predict
     --min-confidence` answers "uncertain" below it."""
     from serving_support import glove, small_model
-    from trainer.calibration import (expected_calibration_error, selective_scores,
-                                     temperature_scaled)
+
+    from trainer.calibration import expected_calibration_error, selective_scores, temperature_scaled
     from trainer.export import export_saved_model
     base = tmp_path / "cme"
     export_saved_model(small_model(seed=4), base / "1", class_names=CLASSES, vectors=glove(),

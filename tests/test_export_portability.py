@@ -18,14 +18,19 @@ from unittest import mock
 import numpy as np
 import pytest
 import tensorflow as tf
+from serving_support import ANGRY, KIDS, example_bytes, export, needs_ravdess, small_model
 from tensorflow.core.protobuf import saved_model_pb2
 
 from preprocessing import records
 from serving import repository
-from trainer.export import (CLASS_OUTPUTS, EXCITATION_OUTPUTS, PREDICT_WAVEFORM,
-                                SERVING_DEFAULT, portable_recurrent_layers,
-                                read_warmup_requests)
-from serving_support import ANGRY, KIDS, example_bytes, export, needs_ravdess, small_model
+from trainer.export import (
+    CLASS_OUTPUTS,
+    EXCITATION_OUTPUTS,
+    PREDICT_WAVEFORM,
+    SERVING_DEFAULT,
+    portable_recurrent_layers,
+    read_warmup_requests,
+)
 
 pytestmark = needs_ravdess
 # The module, not the function of the same name its package exports.
@@ -156,8 +161,9 @@ def test_a_failing_warmup_request_fails_the_load(gpu_export, tmp_path):
     import shutil
     from pathlib import Path
 
-    from trainer.export import write_warmup_requests
     from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    from trainer.export import write_warmup_requests
 
     _, info = gpu_export
     copy = tmp_path / "2"

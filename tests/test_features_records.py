@@ -5,15 +5,15 @@ import pytest
 import tensorflow as tf
 
 from preprocessing import features
-from preprocessing.records import (decode_example, make_example, parse_examples,
-                                   to_model_inputs)
+from preprocessing.records import decode_example, make_example, parse_examples, to_model_inputs
 
 
 def numpy_filterbank(x):
     x = np.asarray(x, np.float64)
     emphasized = x - features.PRE_EMPHASIS * np.concatenate([[0.0], x[:-1]])
     n = features.num_frames_for(len(x))
-    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(features.FRAME_LENGTH) / features.FRAME_LENGTH)
+    window = 0.5 - 0.5 * np.cos(
+        2 * np.pi * np.arange(features.FRAME_LENGTH) / features.FRAME_LENGTH)
     frames = np.stack([emphasized[t * 160:t * 160 + 400] * window for t in range(n)])
     power = np.abs(np.fft.rfft(frames, n=features.FFT_LENGTH)) ** 2
     mel = tf.signal.linear_to_mel_weight_matrix(40, 257, 16000, 20.0, 8000.0).numpy()
@@ -32,7 +32,8 @@ def test_filterbank_matches_numpy_reference():
 
 
 def test_num_frames_for_ints_and_tensors():
-    assert [features.num_frames_for(n) for n in (0, 399, 400, 559, 560, 16000)] == [0, 0, 1, 1, 2, 98]
+    assert [features.num_frames_for(n) for n in (0, 399, 400, 559, 560, 16000)] == [
+        0, 0, 1, 1, 2, 98]
     np.testing.assert_array_equal(
         features.num_frames_for(tf.constant([0, 399, 400, 560, 16000])).numpy(), [0, 0, 1, 2, 98])
 

@@ -5,8 +5,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer.layers import (CrossModalityExcitation, LengthMask, MaskedMaxPooling,
-                            PriorCorrection, SegmentMeanMaxPooling, ZeroPadded)
+from trainer.layers import (
+    CrossModalityExcitation,
+    LengthMask,
+    MaskedMaxPooling,
+    PriorCorrection,
+    SegmentMeanMaxPooling,
+    ZeroPadded,
+)
 from trainer.metrics import prior_corrected
 
 
@@ -98,7 +104,9 @@ def test_segment_pooling_gradient_reaches_only_span_frames():
 
 
 def cme_reference(acoustic, semantic, w_a, b_a, w_s, b_s):
-    sigmoid = lambda x: 1.0 / (1.0 + np.exp(-x))
+    def sigmoid(x):
+        return 1.0 / (1.0 + np.exp(-x))
+
     gate_a = sigmoid(semantic @ w_a + b_a)
     gate_s = sigmoid(acoustic @ w_s + b_s)
     return gate_a * acoustic, gate_s * semantic, gate_a, gate_s

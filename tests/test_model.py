@@ -4,8 +4,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from model_support import random_batch, unpadded_row
+
 from trainer.config import ModelConfig
 from trainer.model import EXCITATION_LAYER, adapt_normalization, build_model, valid_frames
 

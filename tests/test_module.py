@@ -9,7 +9,6 @@ import tensorflow as tf
 from tfx import v1 as tfx
 
 from preprocessing import embeddings
-from preprocessing.records import to_model_inputs, parse_examples
 from trainer.config import ModelConfig
 from trainer.metrics import prior_corrected
 from trainer.module import pooled_class_counts, run_fn
@@ -39,12 +38,16 @@ def probabilities(saved_model_dir, records):
 
 
 def test_run_fn_exports_one_model_or_the_prior_corrected_mean_of_a_seed_ensemble(
-        tmp_path, synthetic_records):
+        tmp_path, synthetic_records, capsys):
     # 14 per fold: every speaker has 2 angry, happy and neutral utterances and 1 sad one, so
     # the training prior is not uniform and the correction changes what is served.
     records = synthetic_records(tmp_path / "prep", folds=2, per_fold=14)
     run_fn(fn_args(tmp_path, records, 1))
-    run_fn(fn_args(tmp_path, records, 2, prior_correction=True))
+    run_fn(fn_args(tmp_path, records, 2, prior_correction=True, node_id="Trainer.fold7"))
+    # The progress lines name the Trainer the pipeline says (custom_config), else "Trainer".
+    shown = capsys.readouterr().out
+    assert "Trainer model 1/1, training" in shown
+    assert "Trainer.fold7 model 1/2" in shown and "Trainer.fold7 model 2/2" in shown
     one = json.loads((tmp_path / "run1" / "fit.json").read_text())
     two = json.loads((tmp_path / "run2" / "fit.json").read_text())
     assert one["ensemble_size"] == 1 and one["seed"] == 3 and "members" not in one

@@ -11,8 +11,8 @@ import pytest
 import tensorflow as tf
 from scipy import stats
 
-from pipeline import nested
-from pipeline.cli import main
+from cli.main import main
+from experiments import nested
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -146,8 +146,8 @@ def test_nested_run_chooses_on_inner_folds_only(tmp_path, synthetic_records):
     assert units["train_seconds"] == pytest.approx(
         sum(r["seconds"] for r in outer_rows)
         + sum(r["seconds"] for r in inner_rows if r["outer"] < r["fold"]), abs=0.2)
-    from pipeline.folds import files_by_fold
-    from pipeline.reproduce import unit_config
+    from experiments.folds import files_by_fold
+    from experiments.reproduce import unit_config
     from preprocessing.records import word_dim_of_files
     from trainer.train import train_fold
     files = {k: v for k, v in files_by_fold(records).items() if k != 0}

@@ -7,7 +7,7 @@ A local S3-compatible server (moto's, from PyPI) listens on loopback; the module
 in the bucket, as subprocesses configured only with the standard AWS variables (dummy keys,
 the loopback endpoint). What lands in the bucket is downloaded with boto3 and checked here:
 this process never loads tensorflow-io's S3 filesystem. Every command must exit 0: a process
-that used that filesystem aborted at exit before ``preprocessing.filesystems.exit_process``.
+that used that filesystem aborted at exit before ``infra.process_exit.exit_process``.
 """
 
 import json
@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import RAVDESS_SPEECH, small_ravdess_corpus
-from preprocessing import filesystems
+
+from infra import filesystems
 from preprocessing.records import decode_example
 
 pytestmark = pytest.mark.slow
@@ -85,6 +85,7 @@ def bucket(tmp_path_factory):
     """moto's S3 server on loopback with the corpus uploaded; stopped at the end."""
     boto3 = pytest.importorskip("boto3")
     from moto.server import ThreadedMotoServer
+
     from preprocessing.embeddings import fetch_glove
 
     fetch_glove()  # the default word vectors (downloaded once, then cached)
@@ -236,13 +237,13 @@ def test_paths_keep_their_kind():
     assert filesystems.basename("s3://b/records/fold-0/") == "fold-0"
     assert filesystems.dirname("gs://b/a/part.gz") == "gs://b/a"
     assert filesystems.beam_args(["s3://b/x", "/local"], ["--runner=DirectRunner"]) == [
-        "--runner=DirectRunner", "--beam_plugin=preprocessing.s3_worker"]
+        "--runner=DirectRunner", "--beam_plugin=infra.s3_worker"]
     assert filesystems.beam_args(["gs://b/x", "/local"], ["--runner=DirectRunner"]) == [
         "--runner=DirectRunner"]
 
 
 def test_run_into_object_storage_needs_a_local_metadata_file(capsys):
-    from pipeline.cli import main
+    from cli.main import main
 
     assert main(["run", "--output", f"s3://{BUCKET}/out"]) == 2
     assert ("--output s3://cme-ser-test/out is object storage, where ML Metadata's SQLite file "
@@ -258,11 +259,11 @@ def test_exit_process_ends_like_the_interpreter_with_the_given_code(tmp_path):
     script = tmp_path / "end.py"
     script.write_text(
         "import atexit, sys, threading, time\n"
-        "from preprocessing import filesystems\n"
+        "from infra.process_exit import exit_process\n"
         "atexit.register(lambda: print('exit handler', flush=True))\n"
         "threading.Thread(target=lambda: (time.sleep(0.2), print('thread', flush=True))).start()\n"
         "print('buffered', end='')\n"
-        "filesystems.exit_process(int(sys.argv[1]))\n")
+        "exit_process(int(sys.argv[1]))\n")
     for code in (0, 3):
         done = subprocess.run([sys.executable, str(script), str(code)], capture_output=True,
                               text=True, timeout=120,

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import small_ravdess_corpus
 from data_support import RAVDESS_SPEECH, require_speech
 

@@ -5,10 +5,9 @@ import json
 
 import numpy as np
 import pytest
-
-from pipeline.cli import main
-
 from data_support import RAVDESS_SONG, RAVDESS_SPEECH  # noqa: E402
+
+from cli.main import main
 
 ANGRY_KIDS = RAVDESS_SPEECH / "Actor_01" / "03-01-05-01-01-01-01.flac"
 SAD_DOGS = RAVDESS_SPEECH / "Actor_01" / "03-01-04-02-02-01-01.flac"

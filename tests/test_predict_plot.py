@@ -5,14 +5,13 @@ import json
 
 import numpy as np
 import pytest
+from data_support import RAVDESS_SPEECH  # noqa: E402
 
-from pipeline.cli import main
+from cli.main import main
 from preprocessing.audio import load_audio
 from preprocessing.features import log_mel_filterbank
 from serving.client import Prediction, WordExcitation
 from serving.excitation_plot import plot_excitation
-
-from data_support import RAVDESS_SPEECH  # noqa: E402
 
 ANGRY_KIDS = RAVDESS_SPEECH / "Actor_01" / "03-01-05-01-01-01-01.flac"
 KIDS = "Kids are talking by the door"

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import tensorflow as tf
-
-from preprocessing import beam_pipeline, corpora
-from preprocessing.embeddings import default_embeddings_path, fetch_glove
-from preprocessing.records import decode_example
-
 from data_support import RAVDESS_SONG  # noqa: E402
 from data_support import RAVDESS_SPEECH as RAVDESS  # noqa: E402
+
+from preprocessing import beam_pipeline, corpora
+from preprocessing.embeddings import fetch_glove
+from preprocessing.records import decode_example
+
 # Two actors of each gender, so both 2-fold halves hold both genders.
 GOOD = [
     "Actor_01/03-01-05-01-01-01-01.flac",  # angry, "Kids are talking by the door"
@@ -137,7 +137,7 @@ def read_records(out):
 def test_every_input_is_a_record_or_an_error(job, corpus):
     out, summary, _ = job
     _, expected_errors, num_rows = corpus
-    errors = [json.loads(l) for l in (out / "errors.jsonl").read_text().splitlines()]
+    errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
     got = {e["utterance_id"]: e["stage"] for e in errors}
     assert got == expected_errors
     assert all(e["reason"] and e["path"] for e in errors)
@@ -181,7 +181,8 @@ def test_unusual_but_valid_inputs_become_records(job):
     out, _, _ = job
     records = read_records(out)
     assert records["stereo_8k"]["alignment_source"] == "forced"
-    assert abs(records["stereo_8k"]["num_frames"] - records["03-01-05-01-01-01-01"]["num_frames"]) <= 1
+    assert abs(records["stereo_8k"]["num_frames"]
+               - records["03-01-05-01-01-01-01"]["num_frames"]) <= 1
     assert records["long"]["num_frames"] == 1 + (60 * 16000 - 400) // 160  # truncated to 60 s
     given = records["given"]
     assert given["alignment_source"] == "given"
@@ -219,7 +220,7 @@ def test_rerun_never_mixes_old_and_new_records(job, corpus, embeddings_path):
 
 def test_cli_exits_non_zero_only_when_nothing_usable_was_produced(tmp_path, capsys,
                                                                   embeddings_path):
-    from pipeline.cli import main
+    from cli.main import main
 
     (tmp_path / "bad.wav").write_text("not audio")
     bad = tmp_path / "bad.csv"
@@ -241,7 +242,7 @@ def test_cli_exits_non_zero_only_when_nothing_usable_was_produced(tmp_path, caps
 
 
 def test_cli_preprocesses_ravdess_speech_and_song_together(tmp_path, capsys, embeddings_path):
-    from pipeline.cli import main
+    from cli.main import main
 
     song_root = RAVDESS_SONG
     if not song_root.is_dir():

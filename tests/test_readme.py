@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 import readme_commands as rc
 from readme_commands import ROOT, find
 
@@ -113,7 +112,7 @@ def test_marks_give_a_reason():
 
 
 def cli_parser():
-    from pipeline.cli import build_parser
+    from cli.main import build_parser
     return build_parser()
 
 

@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 import readme_commands as rc
 from readme_commands import ROOT, find
 from serving_support import server_stderr, start_server, stop_server
@@ -22,6 +21,7 @@ from serving_support import server_stderr, start_server, stop_server
 BIN = Path(sys.executable).parent
 from data_support import RAVDESS_SPEECH  # noqa: E402
 from data_support import needs_speech as needs_ravdess  # noqa: E402
+
 TIMEOUT = 900
 
 
@@ -32,7 +32,7 @@ def env() -> dict:
 
 
 def cme_ser_takes_value(command: rc.Command):
-    from pipeline.cli import build_parser
+    from cli.main import build_parser
     parser = build_parser()
     for word in command.key.split()[1:]:
         parser = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"

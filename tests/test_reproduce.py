@@ -5,8 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from pipeline import reproduce as repro, tables
-from pipeline.cli import main
+from cli.main import main
+from experiments import reproduce as repro
+from experiments import tables
 
 
 def test_reproduce_writes_results_and_resumes(tmp_path, capsys, synthetic_records):
@@ -21,7 +22,8 @@ def test_reproduce_writes_results_and_resumes(tmp_path, capsys, synthetic_record
     assert set(rows) == {"cme", "no_excite"}
     assert rows["cme"]["units"] == 2 and rows["cme"]["seeds"] == [0]
     assert rows["cme"]["paper"] == {"wa": 0.720, "ua": 0.708}
-    units = [json.loads(p.read_text()) for p in (tmp_path / "work" / "runs" / "cme").glob("seed0/fold*.json")]
+    units = [json.loads(p.read_text())
+             for p in (tmp_path / "work" / "runs" / "cme").glob("seed0/fold*.json")]
     assert rows["cme"]["wa"]["mean"] == pytest.approx(np.mean([u["wa"] for u in units]))
     assert all(u["config"]["epochs"] == 1 and u["num_test"] == 12 for u in units)
     # Every unit carries the command's commit, taken before any results were written.
@@ -267,7 +269,8 @@ def test_prior_correction_is_decided_on_validation_predictions(tmp_path):
              unit(1, [[0.6, 0.4], [0.8, 0.2]], [1, 0], [[0.8, 0.2], [0.3, 0.7]], [0, 1])]
     test = repro.prior_correction_test(tmp_path, "cme", units)
     assert test["adopted"] and test["units"] == 2 and test["n_folds"] == 1
-    assert test["validation"]["ua"]["mean"] == 0.5 and test["validation"]["corrected_ua"]["mean"] == 1.0
+    assert test["validation"]["ua"]["mean"] == 0.5
+    assert test["validation"]["corrected_ua"]["mean"] == 1.0
     assert test["validation"]["ua_gain"] is None  # two seeds of one fold: one observation
     # Held-out: the correction flips both of unit 0's decisions, both wrong (reported, not used).
     assert test["test"]["ua"]["mean"] == 0.75 and test["test"]["corrected_ua"]["mean"] == 0.5
@@ -329,6 +332,7 @@ def test_reproduce_preprocesses_a_corpus_quietly(tmp_path):
     from pathlib import Path
 
     from conftest import small_ravdess_corpus
+
     from preprocessing.embeddings import fetch_glove
 
     corpus = small_ravdess_corpus(tmp_path / "corpus")  # skips without the data

@@ -17,18 +17,36 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
-                                     model_service_pb2_grpc, predict_pb2,
-                                     prediction_service_pb2_grpc)
+from serving_support import (
+    ANGRY,
+    CLASSES,
+    KIDS,
+    aligned,
+    children,
+    example_bytes,
+    export,
+    needs_ravdess,
+    serve_argv,
+    server_stderr,
+    small_model,
+    start_server,
+    stop_server,
+    timed_words,
+    waveform_inputs,
+)
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
 from serving.client import GrpcClient, GrpcRequestError, RestClient, Utterance
 from serving.grpc_server import GrpcServer
 from serving.repository import ModelRepository
 from serving.services import Services
 from trainer.export import PREDICT_WAVEFORM
-from serving_support import (ANGRY, CLASSES, KIDS, aligned, children, example_bytes, export,
-                             needs_ravdess, serve_argv, server_stderr, small_model, start_server,
-                             stop_server, timed_words, waveform_inputs)
 
 pytestmark = needs_ravdess
 
@@ -387,7 +405,7 @@ def test_grpc_client_predict_waveform(servers, utterance, expected, binary):
 
 
 def test_cme_ser_predict_with_a_grpc_url(servers, capsys):
-    from pipeline.cli import main
+    from cli.main import main
     assert main(["predict", str(ANGRY), "--transcript", KIDS, "--url",
                  f"grpc://{servers[1].address}", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
@@ -507,7 +525,7 @@ def test_grpc_port_in_use_is_an_error(exported, servers):
 
 
 def test_serve_refuses_a_bad_grpc_port(exported, capfd):
-    from pipeline.cli import main
+    from cli.main import main
     base, _ = exported
     # capfd, not capsys: `serve` enables faulthandler, which needs a real stderr descriptor.
     assert main(["serve", "--model-base-path", str(base), "--grpc-port", "-2"]) == 2

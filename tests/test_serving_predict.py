@@ -7,10 +7,20 @@ import numpy as np
 import pytest
 import soundfile as sf
 from scipy.signal import resample_poly
+from serving_support import (
+    ANGRY,
+    CLASSES,
+    KIDS,
+    SAD,
+    export,
+    needs_ravdess,
+    serve_argv,
+    small_model,
+    start_server,
+    stop_server,
+)
 
-from pipeline.cli import main
-from serving_support import (ANGRY, CLASSES, KIDS, SAD, export, needs_ravdess, serve_argv,
-                             small_model, start_server, stop_server)
+from cli.main import main
 
 pytestmark = needs_ravdess
 

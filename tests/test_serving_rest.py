@@ -18,6 +18,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from serving_support import (
+    ANGRY,
+    CLASSES,
+    KIDS,
+    aligned,
+    children,
+    example_bytes,
+    export,
+    needs_ravdess,
+    serve_argv,
+    server_stderr,
+    small_model,
+    start_server,
+    stop_server,
+    timed_words,
+    waveform_inputs,
+)
 
 from serving.batching import Batcher
 from serving.client import RestClient, Utterance
@@ -25,9 +42,6 @@ from serving.repository import ModelRepository
 from serving.server import RestApi
 from serving.services import Services
 from trainer.export import PREDICT_WAVEFORM, PREDICT_WAVEFORM_BYTES
-from serving_support import (ANGRY, CLASSES, KIDS, aligned, children, example_bytes, export,
-                             needs_ravdess, serve_argv, server_stderr, small_model, start_server,
-                             stop_server, timed_words, waveform_inputs)
 
 pytestmark = needs_ravdess
 LIMIT = 2 * 1024 * 1024
@@ -620,7 +634,8 @@ def test_single_output_and_bytes_formatting(toy_server):
     # Several outputs: objects per instance; strings plain, "_bytes" outputs as b64.
     status, body = post({"signature_name": "echo",
                          "instances": [{"n": [1, 2], "s": "h\u00e9"},
-                                       {"n": [-3, 4], "s": {"b64": base64.b64encode(b"x").decode()}}]})
+                                       {"n": [-3, 4],
+                                        "s": {"b64": base64.b64encode(b"x").decode()}}]})
     assert status == 200
     assert body["predictions"] == [
         {"doubled": [2, 4], "flag": True, "text": "h\u00e9",
@@ -844,7 +859,7 @@ def test_cme_ser_serve_workers_share_the_port_and_each_picks_up_new_versions(
     loads a new version by itself; one killed with SIGKILL takes nothing down: requests still
     succeed and a replacement worker appears (and serves the newest version); SIGTERM to the
     master stops them all with status 0."""
-    from pipeline.cli import main
+    from cli.main import main
     _, info = exported
     base = tmp_path / "cme"
     base.mkdir()
@@ -926,7 +941,7 @@ def test_batching_is_off_by_default_as_upstream(toy_server):
     """model_servers/server.h Options: enable_batching = false and enable_cors_support =
     false (2.16.1); `cme-ser serve --enable-batching` (or upstream's spelling) turns batching
     on, `--no-batching` stays accepted."""
-    from pipeline.cli import build_parser
+    from cli.main import build_parser
     from serving.gunicorn_app import ServeConfig
     assert ServeConfig(base_path=Path("x"), max_body_bytes=1).batching is False
     assert ServeConfig(base_path=Path("x"), max_body_bytes=1).cors is False

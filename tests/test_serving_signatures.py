@@ -11,16 +11,33 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from serving_support import (
+    ANGRY,
+    CLASSES,
+    DOGS,
+    KIDS,
+    SAD,
+    aligned,
+    example_bytes,
+    export,
+    glove,
+    needs_ravdess,
+    small_model,
+    timed_words,
+    waveform_inputs,
+)
 
 from preprocessing import records
 from preprocessing.alignment import _seconds_to_frame
 from preprocessing.embeddings import WordVectors
-from trainer.export import (PREDICT_WAVEFORM, PREDICT_WAVEFORM_BYTES, SERVING_DEFAULT,
-                                export_saved_model,
-                                seconds_to_spans, serving_vocabulary)
-from serving_support import (ANGRY, CLASSES, DOGS, KIDS, SAD, aligned, example_bytes,
-                             export, glove, needs_ravdess, small_model, timed_words,
-                             waveform_inputs)
+from trainer.export import (
+    PREDICT_WAVEFORM,
+    PREDICT_WAVEFORM_BYTES,
+    SERVING_DEFAULT,
+    export_saved_model,
+    seconds_to_spans,
+    serving_vocabulary,
+)
 
 pytestmark = needs_ravdess
 
@@ -54,8 +71,8 @@ LOADER = textwrap.dedent("""
            "waveform": {k: v.numpy().tolist() for k, v in by_waveform.items()},
            "bytes": {k: v.numpy().tolist() for k, v in by_bytes.items()},
            "modules": sorted(m for m in sys.modules if m.split(".")[0] in (
-               "tensorflow_text", "tensorflow_io", "trainer", "preprocessing", "serving",
-               "pipeline"))}
+               "tensorflow_text", "tensorflow_io", "infra", "preprocessing", "trainer",
+               "serving", "pipeline", "experiments", "cli"))}
     print(json.dumps(out, default=lambda b: b.decode()))
 """)
 
@@ -225,7 +242,8 @@ def test_export_to_a_tensorflow_filesystem_url(exported):
     remote = export(model, url)
     assert remote["path"] == url and abs(remote["size_bytes"] - info["size_bytes"]) < 4096
     waveform, result = aligned(ANGRY, KIDS)
-    feeds = {k: tf.constant(v) for k, v in waveform_inputs([(waveform, *timed_words(result))]).items()}
+    feeds = {k: tf.constant(v)
+             for k, v in waveform_inputs([(waveform, *timed_words(result))]).items()}
     here = tf.saved_model.load(info["path"]).signatures[PREDICT_WAVEFORM](**feeds)
     there = tf.saved_model.load(url).signatures[PREDICT_WAVEFORM](**feeds)
     np.testing.assert_array_equal(there["probabilities"].numpy(), here["probabilities"].numpy())
@@ -234,8 +252,8 @@ def test_export_to_a_tensorflow_filesystem_url(exported):
 
 
 def test_a_seed_ensemble_exports_the_mean_of_its_members(tmp_path):
-    from trainer.model import average_models, ensemble_members
     from trainer.export import excitation_model, has_excitation
+    from trainer.model import average_models, ensemble_members
     members = [small_model(seed) for seed in (0, 1)]
     parsed = records.parse_examples(tf.constant([example_bytes(SAD, DOGS, label="sad")]), 50)
     inputs = records.to_model_inputs(parsed)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from cli.main import build_parser
 from pipeline import local_runner
-from pipeline.cli import build_parser
 from trainer.config import SHIPPED, VARIANTS, ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +48,22 @@ def test_the_local_runner_defaults_to_the_shipped_model():
     assert local_runner.model_settings({"CME_SER_PRIOR_CORRECTION": "1"})["prior_correction"]
     with pytest.raises(ValueError, match="CME_SER_PRIOR_CORRECTION must be one of"):
         local_runner.model_settings({"CME_SER_PRIOR_CORRECTION": "maybe"})
+
+
+def test_the_pipeline_builds_the_shipped_model_unless_told_otherwise(tmp_path):
+    """``trainer.config.SHIPPED`` is the pipeline's only default: every Trainer's run_fn gets
+    the shipped variant, ensemble and correction, and its own node id (its progress line)."""
+    from pipeline.runner import local_pipeline
+    pipeline = local_pipeline(tmp_path / "out", data_dir=tmp_path, embeddings_path="glove",
+                              num_folds=2)
+    trainers = [c for c in pipeline.components if c.id.startswith("Trainer.")]
+    assert len(trainers) == 3
+    for trainer in trainers:
+        custom = json.loads(trainer.exec_properties["custom_config"])
+        assert ModelConfig.from_json(custom["model_config"]).variant == SHIPPED["variant"]
+        assert custom["ensemble_size"] == SHIPPED["ensemble"]
+        assert custom["prior_correction"] is SHIPPED["prior_correction"]
+        assert custom["node_id"] == trainer.id
 
 
 @pytest.mark.parametrize("prior_correction", [True, False])

@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from pipeline import stability
-from pipeline.cli import main
+from cli.main import main
+from experiments import stability
 
 # The synthetic records' classes are learnable a little in a few epochs (as in test_nested).
 OVERRIDES = {"epochs": 3, "batch_size": 4, "learning_rate": 0.005}

@@ -1,4 +1,4 @@
-"""pipeline.statistics against independent implementations (scipy.stats, a brute-force Holm)."""
+"""experiments.statistics against independent implementations (scipy.stats, a brute-force Holm)."""
 
 import itertools
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from pipeline import statistics as st
+from experiments import statistics as st
 
 # Five folds' scores of two variants (the shape of `cme-ser reproduce`'s results).
 BETTER = np.array([0.712, 0.655, 0.741, 0.688, 0.603])

@@ -1,7 +1,7 @@
-"""The number formats and Markdown rows every results table shares (``pipeline.tables``)."""
+"""The number formats and Markdown rows every results table shares (``experiments.tables``)."""
 
-from pipeline import statistics as st
-from pipeline import tables
+from experiments import statistics as st
+from experiments import tables
 
 
 def test_ci_gives_the_interval_and_a_fold_count_that_differs():

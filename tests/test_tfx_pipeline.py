@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import SMALL_RUN as SMALL
-from pipeline.cli import main
+
+from cli.main import main
 from pipeline.tfma_metrics import read_fold_metrics
 
 BIN = Path(sys.executable).parent

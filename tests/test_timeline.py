@@ -13,21 +13,23 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
+from data_support import require_speech
+from serving_support import aligner, serve_argv, start_server, stop_server
 
-from pipeline.cli import main
-from pipeline.segment_evaluation import (boundary_f1, match, read_segment_manifest,
-                                         segment_scores)
+from cli.main import main
+from pipeline.segment_evaluation import boundary_f1, match, read_segment_manifest, segment_scores
 from preprocessing.audio import load_audio
 from preprocessing.audio_stream import AudioStream
 from preprocessing.corpora import DEFAULT_CLASSES
-from preprocessing.joined_recording import (join_utterances, ravdess_utterances,
-                                            write_segments_csv, write_vtt)
-from preprocessing.timed_transcripts import (TranscriptError, assign_words,
-                                             read_timed_transcript)
+from preprocessing.joined_recording import (
+    join_utterances,
+    ravdess_utterances,
+    write_segments_csv,
+    write_vtt,
+)
+from preprocessing.timed_transcripts import TranscriptError, assign_words, read_timed_transcript
 from serving.predict import LocalModel, predict_files
-from serving.timeline import predict_timeline, to_csv
-from data_support import require_speech
-from serving_support import aligner, serve_argv, start_server, stop_server
+from serving.timeline import predict_timeline
 
 ACTORS = ("21", "22", "23", "24")
 UTTERANCES = 32

@@ -11,8 +11,14 @@ from pipeline.report import render_markdown, write_report
 from preprocessing.records import make_example
 from trainer.config import ModelConfig
 from trainer.data import make_dataset, sorted_records, speaker_statistics, stretch_time
-from trainer.metrics import (SmoothedSparseCrossentropy, UnweightedAccuracy, confusion_matrix,
-                             prior_corrected, unweighted_accuracy, weighted_accuracy)
+from trainer.metrics import (
+    SmoothedSparseCrossentropy,
+    UnweightedAccuracy,
+    confusion_matrix,
+    prior_corrected,
+    unweighted_accuracy,
+    weighted_accuracy,
+)
 from trainer.splits import fold_plan_problems, validation_speakers
 from trainer.train import class_weights, train_fold
 
@@ -67,14 +73,15 @@ def test_dataset_pads_batches_and_filters_speakers(folds):
     seen = []
     for inputs, labels, ids in ds:
         n = int(labels.shape[0])
-        assert inputs["fbank"].shape[0] == n and inputs["fbank"].shape[1] == max(inputs["num_frames"])
+        assert inputs["fbank"].shape[0] == n
+        assert inputs["fbank"].shape[1] == max(inputs["num_frames"])
         assert inputs["word_spans"].shape == (n, 2, 2)
         seen += [i.decode() for i in ids.numpy()]
     assert sorted(seen) == sorted(f"f0-{i}" for i in range(12))
     only_a = make_dataset(folds[0], 4, 5, speakers=["s0a"], with_ids=True)
-    assert sum(int(l.shape[0]) for _, l, _ in only_a) == 6
+    assert sum(int(labels.shape[0]) for _, labels, _ in only_a) == 6
     without_a = make_dataset(folds[0], 4, 5, speakers=["s0a"], exclude_speakers=True)
-    assert sum(int(l.shape[0]) for _, l in without_a) == 6
+    assert sum(int(labels.shape[0]) for _, labels in without_a) == 6
 
 
 def test_speaker_norm_standardises_each_speakers_frames(folds):
@@ -199,7 +206,8 @@ def test_train_fold_holds_out_the_test_fold_and_validates_on_training_speakers(f
     assert report["wa_mean"] == pytest.approx(result.wa) and report["wa_std"] == 0.0
     assert report["confusion"] == result.confusion
     assert f"| 2 | 12 | {result.wa:.3f} |" in render_markdown(report)
-    assert json.loads((tmp_path / "report" / "report.json").read_text())["ua_mean"] == report["ua_mean"]
+    written = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert written["ua_mean"] == report["ua_mean"]
     assert (tmp_path / "report" / "confusion.png").stat().st_size > 1000
 
 

@@ -13,16 +13,32 @@ import threading
 import numpy as np
 import pytest
 import tensorflow as tf
+from serving_support import (
+    CLASSES,
+    VOCAB_SIZE,
+    export,
+    glove,
+    needs_ravdess,
+    serve_argv,
+    server_stderr,
+    small_model,
+    start_server,
+    stop_server,
+    waveform_inputs,
+)
 
 from preprocessing import features
 from serving.batching import Batcher, merge, policy_for
 from serving.repository import load_version
 from serving.status import ServingError
-from trainer.export import (PREDICT_WAVEFORM, PREDICT_WAVEFORM_BYTES, WARMUP_WORDS,
-                            seconds_to_spans, serving_vocabulary, synthetic_utterance)
-from serving_support import (CLASSES, VOCAB_SIZE, export, glove, needs_ravdess, serve_argv,
-                             server_stderr, small_model, start_server, stop_server,
-                             waveform_inputs)
+from trainer.export import (
+    PREDICT_WAVEFORM,
+    PREDICT_WAVEFORM_BYTES,
+    WARMUP_WORDS,
+    seconds_to_spans,
+    serving_vocabulary,
+    synthetic_utterance,
+)
 
 pytestmark = needs_ravdess
 

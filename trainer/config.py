@@ -10,7 +10,9 @@ import json
 from typing import Any, Mapping, Tuple
 
 from preprocessing.corpora import (  # defined with the corpora; DEFAULT_CLASSES re-exported
-    DEFAULT_CLASSES, PRIMARY_CHANNEL)
+    DEFAULT_CLASSES,
+    PRIMARY_CHANNEL,
+)
 
 POOLINGS = ("mean_max", "mean")
 # "aligned": the paper's word-level model (alignment pooling + CME). The others are Table 1's

@@ -115,7 +115,6 @@ def _keras_multi_worker_fit():
     MEAN-reduces each scalar log along ``axis=0``. Here the first reads the shapes from the
     dataset's element spec, and the logs are MEAN-reduced as the scalars they are. Restored on
     exit."""
-    import tensorflow as tf
     from keras.src import tree
     from keras.src.backend.tensorflow import trainer as tf_trainer
 

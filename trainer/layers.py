@@ -148,8 +148,10 @@ class CrossModalityExcitation(keras.layers.Layer):
 
     def call(self, inputs):
         acoustic, semantic = inputs
-        gate_a = self.acoustic_gate(semantic) if self.acoustic_gate is not None else tf.ones_like(acoustic)
-        gate_s = self.semantic_gate(acoustic) if self.semantic_gate is not None else tf.ones_like(semantic)
+        gate_a = (self.acoustic_gate(semantic) if self.acoustic_gate is not None
+                  else tf.ones_like(acoustic))
+        gate_s = (self.semantic_gate(acoustic) if self.semantic_gate is not None
+                  else tf.ones_like(semantic))
         outputs = (gate_a * acoustic, gate_s * semantic)
         if self.return_gates:
             outputs = outputs + (gate_a, gate_s)
@@ -721,7 +723,8 @@ class UtteranceMeanNormalization(keras.layers.Layer):
 
     def call(self, inputs):
         x, lengths = inputs
-        mask = tf.sequence_mask(tf.cast(lengths, tf.int32), tf.shape(x)[1], dtype=x.dtype)[..., None]
+        mask = tf.sequence_mask(tf.cast(lengths, tf.int32), tf.shape(x)[1],
+                                dtype=x.dtype)[..., None]
         count = tf.maximum(tf.reduce_sum(mask, axis=1, keepdims=True), 1.0)
         mean = tf.reduce_sum(x * mask, axis=1, keepdims=True) / count
         return (x - mean) * mask

@@ -87,7 +87,8 @@ def acoustic_frontend(inputs: dict, config: ModelConfig):
 
 
 def semantic_projection(inputs: dict, config: ModelConfig):
-    """Pretrained word vectors ``[B, M, d]`` fine-tuned by a linear map -> ``[B, M, semantic_dim]``."""
+    """Pretrained word vectors ``[B, M, d]`` fine-tuned by a linear map ->
+    ``[B, M, semantic_dim]``."""
     return keras.layers.Dense(config.semantic_dim, name="semantic_projection")(
         inputs["word_embeddings"])
 

@@ -10,7 +10,8 @@ vectors for the in-graph vocabulary of the ``predict_waveform`` signature), ``vo
 and exported as one averaging model, ``trainer.model.average_models``), ``prior_correction``
 (default false: with true, the export serves the model's -- the ensemble mean's -- probabilities
 divided by the training class prior, ``trainer.layers.PriorCorrection``, with the members' pooled
-final-training class counts, as ``pipeline.nested`` scores the candidates).
+final-training class counts, as ``experiments.nested`` scores the candidates), ``node_id``
+(the Trainer's, e.g. ``Trainer.fold0``, which names its progress line; default ``Trainer``).
 
 ``fit.json`` in the model run directory: the first member's fit (and every member's under
 ``members``), ``ensemble_size``, ``prior_correction`` and ``prior_class_counts`` (the counts
@@ -50,7 +51,7 @@ def _expand(patterns):
 def pooled_class_counts(member_counts: Sequence[Sequence[int]],
                         class_names: Sequence[str]) -> List[int]:
     """The members' final-training class counts summed (their pooled prior, as
-    ``pipeline.nested`` scores an ensemble: members that trained on the same utterances, as the
+    ``experiments.nested`` scores an ensemble: members that trained on the same utterances, as the
     refit variants' do, give the same prior as one of them); an error if a class never occurs,
     for which the prior correction is undefined."""
     counts = np.sum(np.asarray(member_counts, np.int64), axis=0)
@@ -95,9 +96,7 @@ def _run(fn_args: tfx.components.FnArgs, serving_model_dir: str, model_run_dir: 
     if not isinstance(prior_correction, bool):
         raise ValueError(f"prior_correction must be true or false, got {prior_correction!r}")
     summaries, members = [], []
-    # The Trainer's node id (".../Trainer.fold0/model_run/<execution>") names its progress line.
-    parts = fn_args.model_run_dir.rstrip("/").split("/")
-    node = parts[-3] if len(parts) >= 3 and parts[-2] == "model_run" else "Trainer"
+    node = custom.get("node_id", "Trainer")  # names its progress line
     for k in range(size):
         member = config.replace(seed=config.seed + k)
         log_dir = (os.path.join(model_run_dir, f"member{k}") if size > 1

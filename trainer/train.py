@@ -217,7 +217,8 @@ def _fit_fixed(train_files: Sequence[str], config: ModelConfig, *, log_dir: Opti
                      class_counts=counts.tolist())
 
 
-def evaluate(model: keras.Model, files: Sequence[str], config: ModelConfig) -> Tuple[np.ndarray, int]:
+def evaluate(model: keras.Model, files: Sequence[str],
+             config: ModelConfig) -> Tuple[np.ndarray, int]:
     """Confusion matrix ``[K, K]`` of ``model`` on ``files`` and the number of utterances."""
     labels, predicted = [], []
     for inputs, label in make_dataset(files, config.word_dim, config.batch_size,

@@ -26,10 +26,11 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from pipeline import nested, reproduce as repro, tables
-from pipeline.statistics import mean_ci
-from pipeline.units import (config_hash, git_commit, header as results_header,
-                            planned_time, run_pool)
+from experiments import nested, tables
+from experiments import reproduce as repro
+from experiments.statistics import mean_ci
+from experiments.units import config_hash, git_commit, planned_time, run_pool
+from experiments.units import header as results_header
 from trainer.config import SHIPPED
 
 DEFAULT_RUNS = 3
@@ -39,7 +40,7 @@ TARGET = {"cv_ua_spread_max": 0.02, "fold_wa_min": 0.60}
 # Earlier archives of the same units under the results directory, compared unit by unit
 # (Table 1; the 5-seed ensembles).
 COMPARE_WITH = ("{dataset}-units.jsonl", "ensembles/{dataset}-units.jsonl")
-RERENDER_COMMAND = ("python -c \"from pipeline.stability import rerender; "
+RERENDER_COMMAND = ("python -c \"from experiments.stability import rerender; "
                     "rerender('{results_dir}', '{dataset}')\"")
 
 
@@ -301,7 +302,7 @@ def run_stability(records_dir, work_dir, results_dir, *, dataset: str, folds: in
     """Trains every unfinished unit of the plan, then writes the results; returns the
     summary. ``archives``: earlier unit archives to compare with (default ``COMPARE_WITH``
     under ``results_dir``)."""
-    from pipeline.folds import files_by_fold, word_dim_of
+    from experiments.folds import files_by_fold, word_dim_of
 
     available = len(files_by_fold(records_dir))
     if folds != available:

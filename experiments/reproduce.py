@@ -9,7 +9,7 @@ After every unit the results (``<results>/<dataset>.md`` / ``.json``) are rewrit
 finished units, and every finished unit with its predictions is archived beside them
 (``<dataset>-units.jsonl``): a run in a fresh checkout restores those units instead of training
 them again. The t-SNE figure (the paper's Figure 2) is drawn at the end. Every mean and gain
-is summarised over folds, a fold's seeds averaged first (``pipeline.statistics``).
+is summarised over folds, a fold's seeds averaged first (``experiments.statistics``).
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from pipeline import figures, tables
-from pipeline.statistics import (correct_family, fold_means, mean_ci,
-                                 paired_test)
-from pipeline.units import config_hash, git_commit, header as results_header, provenance, run_pool
+from experiments import figures, tables
+from experiments.statistics import correct_family, fold_means, mean_ci, paired_test
+from experiments.units import config_hash, git_commit, provenance, run_pool
+from experiments.units import header as results_header
 from trainer.config import VARIANTS, variant_config
 
 # Table 1 of Li et al. (2021): (WA, UA). None where the paper reports nothing.
@@ -123,7 +123,7 @@ def is_done(unit: Unit, work_dir, config) -> bool:
 def run_unit(records_dir: str, work_dir: str, unit: Unit, overrides: Optional[dict] = None,
              commit: Optional[str] = None) -> dict:
     """Trains and scores one unit; writes its JSON and embeddings. Runs in a worker process."""
-    from pipeline.folds import files_by_fold, word_dim_of
+    from experiments.folds import files_by_fold, word_dim_of
     from trainer.train import train_fold
 
     files = files_by_fold(records_dir)
@@ -326,7 +326,8 @@ def prior_correction_test(work_dir, variant: str, units: Sequence[Unit]) -> Opti
             continue
         folds.append(unit.fold)
         val.append(_scores(data["val_labels"], data["val_probabilities"])
-                   + _scores(data["val_labels"], prior_corrected(data["val_probabilities"], counts)))
+                   + _scores(data["val_labels"],
+                             prior_corrected(data["val_probabilities"], counts)))
         test.append(_scores(data["labels"], data["probabilities"])
                     + _scores(data["labels"], prior_corrected(data["probabilities"], counts)))
     if not val:
@@ -450,7 +451,7 @@ def tried(rows: List[dict], folds: int) -> List[dict]:
 
 
 def draw_tsne(work_dir, out_path, seed: int = 0, fold: int = 0) -> Optional[dict]:
-    """Figure 2 (``pipeline.figures.tsne``) from the held-out embeddings of ``seed`` on ``fold``,
+    """Figure 2 (``experiments.figures.tsne``) from the held-out embeddings of ``seed`` on ``fold``,
     one panel per excitation setting; None if none of those units kept its embeddings."""
     panels = []
     for variant, title in TSNE_PANELS:
@@ -482,7 +483,7 @@ def write_results(work_dir, results_dir, dataset: str, folds: int, header: dict,
     return summary
 
 
-RERENDER_COMMAND = ("python -c \"from pipeline.reproduce import rerender; "
+RERENDER_COMMAND = ("python -c \"from experiments.reproduce import rerender; "
                     "rerender('{results_dir}', '{dataset}')\"")
 
 
@@ -512,7 +513,7 @@ def reproduce(records_dir, work_dir, results_dir, *, dataset: str, variants: Seq
               overrides: Optional[dict] = None, log: Callable[[str], None] = print) -> dict:
     """Runs every unfinished unit (``jobs`` worker processes), rewriting the results as units
     finish; returns the summary."""
-    from pipeline.folds import files_by_fold, word_dim_of
+    from experiments.folds import files_by_fold, word_dim_of
 
     available = len(files_by_fold(records_dir))
     if folds != available:

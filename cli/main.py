@@ -37,14 +37,14 @@ for _module in _GOOGLE_NOTICES:
 
 # Each command's module imports the heavy libraries (TensorFlow, TFX, Beam) only when the command
 # runs: `cme-ser serve` is gunicorn's master, which never loads TensorFlow.
-from pipeline import compile_command, evaluate_command, reproduce_command, run_command  # noqa: E402
+from experiments import reproduce_command  # noqa: E402
+from infra.usage_error import UsageError  # noqa: E402
+from pipeline import compile_command, evaluate_command, run_command  # noqa: E402
 from pipeline.vertex_training import DEFAULT_MACHINE_TYPE, DEFAULT_REGION  # noqa: E402
 from preprocessing import preprocess_command  # noqa: E402
-from preprocessing.usage_error import UsageError  # noqa: E402
 from serving import predict_command, serve_command  # noqa: E402
 from serving.http_front import Limits  # noqa: E402  (asyncio and h11: no TensorFlow)
 from trainer.config import SHIPPED, VARIANTS, ModelConfig  # noqa: E402
-
 
 SERVE_LIMITS = Limits()  # `cme-ser serve`'s defaults
 
@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--overlong", choices=["truncate", "reject"], default="truncate")
     pre.add_argument("--overwrite", action="store_true", help="replace a previous run in --out")
     pre.add_argument("--beam-arg", action="append", default=[],
-                     help="a Beam pipeline option, repeatable (e.g. --beam-arg=--runner=FlinkRunner)")
+                     help="a Beam pipeline option, repeatable "
+                          "(e.g. --beam-arg=--runner=FlinkRunner)")
     pre.set_defaults(func=preprocess_command.preprocess)
 
     run_p = sub.add_parser("run", help="the main job: the TFX pipeline (preprocess, k-fold "
@@ -313,8 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--output", default="pipeline.json")
     comp.add_argument("--pipeline-root", default="gs://YOUR_BUCKET/cme_ser",
                       help="where the cluster keeps artifacts")
-    comp.add_argument("--data-dir", default=None, help="the corpus, as the cluster sees it "
-                                                        "(default: <pipeline-root>/data/ravdess-speech)")
+    comp.add_argument("--data-dir", default=None,
+                      help="the corpus, as the cluster sees it "
+                           "(default: <pipeline-root>/data/ravdess-speech)")
     comp.add_argument("--embeddings", default=None)
     comp.add_argument("--image", default="cme-ser:latest",
                       help="container image with this package installed")
@@ -371,16 +373,12 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _s3_used() -> bool:
-    filesystems = sys.modules.get("preprocessing.filesystems")
+    filesystems = sys.modules.get("infra.filesystems")
     return filesystems is not None and filesystems.s3_enabled()
 
 
 def _end(code: int) -> None:
     """The end of a command (not of an in-process call) that used tensorflow-io's S3
-    filesystem, which would abort at interpreter exit (``preprocessing.filesystems``)."""
-    from preprocessing import filesystems
-    filesystems.exit_process(code)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    filesystem, which would abort at interpreter exit (``infra.process_exit``)."""
+    from infra.process_exit import exit_process
+    exit_process(code)

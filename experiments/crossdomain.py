@@ -25,9 +25,11 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from pipeline import reproduce as repro, tables
-from pipeline.statistics import correct_family, fold_means, mean_ci, paired_test
-from pipeline.units import config_hash, header as results_header, provenance, run_pool
+from experiments import reproduce as repro
+from experiments import tables
+from experiments.statistics import correct_family, fold_means, mean_ci, paired_test
+from experiments.units import config_hash, provenance, run_pool
+from experiments.units import header as results_header
 from trainer.config import variant_config
 
 # Training conditions: name -> the channels whose records a model trains on.
@@ -67,7 +69,7 @@ def run_unit(records_dir: str, work_dir: str, unit: Unit,
              overrides: Optional[dict] = None, commit: Optional[str] = None) -> dict:
     """Trains one unit on its training channels and predicts every held-out utterance; writes
     the unit's JSON (scores per test channel, and the predictions). Runs in a worker process."""
-    from pipeline.folds import files_by_fold, word_dim_of
+    from experiments.folds import files_by_fold, word_dim_of
     from trainer.data import make_dataset
     from trainer.train import fit, predict
 
@@ -105,8 +107,12 @@ def run_unit(records_dir: str, work_dir: str, unit: Unit,
 def unit_scores(row: dict, num_classes: int) -> dict:
     """``{correction: {test channel: {"wa", "ua", "n", "confusion"}}}`` of one unit, for the
     model's probabilities (``none``) and their prior-corrected form (``prior``)."""
-    from trainer.metrics import (confusion_matrix, prior_corrected, unweighted_accuracy,
-                                 weighted_accuracy)
+    from trainer.metrics import (
+        confusion_matrix,
+        prior_corrected,
+        unweighted_accuracy,
+        weighted_accuracy,
+    )
     pred = row["predictions"]
     probabilities = np.asarray(pred["probabilities"], dtype=np.float64)
     labels = np.asarray(pred["labels"], dtype=np.int64)
@@ -274,7 +280,7 @@ def run_cross_domain(records_dir, work_dir, results_dir, *, dataset: str,
                      log: Callable[[str], None] = print) -> dict:
     """Trains every unfinished unit (``jobs`` worker processes), rewriting the results as units
     finish; returns the summary."""
-    from pipeline.folds import files_by_fold, word_dim_of
+    from experiments.folds import files_by_fold, word_dim_of
 
     available = len(files_by_fold(records_dir))
     if folds != available:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from preprocessing.usage_error import UsageError
+from infra.usage_error import UsageError
 
 
 def _worker_init(threads: int) -> None:

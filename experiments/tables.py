@@ -1,6 +1,6 @@
 """The text of the results tables: how every table writes its numbers and Markdown rows (one
-definition for the tables of ``pipeline.reproduce``, ``pipeline.nested`` and
-``pipeline.crossdomain``), and Table 1 itself (``<dataset>.md`` of ``pipeline.reproduce``).
+definition for the tables of ``experiments.reproduce``, ``experiments.nested`` and
+``experiments.crossdomain``), and Table 1 itself (``<dataset>.md`` of ``experiments.reproduce``).
 
 Scores have 3 decimals, gains a sign as well; a p-value below 0.001 is written ``<0.001``.
 """
@@ -48,7 +48,7 @@ def table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> List[str]:
     return [row(header), "|" + "---|" * len(header)] + [row(cells) for cells in rows]
 
 
-# --- Table 1 (pipeline.reproduce) ------------------------------------------------------------
+# --- Table 1 (experiments.reproduce) ------------------------------------------------------------
 
 DEVELOPMENT_LABEL = (
     "**Development results: held-out folds seen while choosing.** Each unit is honest (its epoch "
@@ -85,7 +85,7 @@ def rerendered_lines(header: dict) -> List[str]:
 
 
 def table1_markdown(summary: dict, header: dict) -> str:
-    """``<dataset>.md``: a ``pipeline.reproduce.summarize`` summary (with its t-SNE figure, if
+    """``<dataset>.md``: a ``experiments.reproduce.summarize`` summary (with its t-SNE figure, if
     drawn) under the run's ``header``."""
     folds = summary["folds"]
     lines = [f"# Table 1 reproduced on {summary['dataset'].upper()}", "",

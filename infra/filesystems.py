@@ -15,23 +15,20 @@ tensorflow-io 0.37.1 (the last release for TF 2.16) aborts a process that used i
 filesystem at exit ("pure virtual method called"): the AWS SDK's global EC2-metadata client is
 destroyed by a C++ static destructor after the SDK's log system it logs to (the plugin never
 calls ``Aws::ShutdownAPI``; fixed upstream in tensorflow/io#2120, not released). A command
-that used it ends through :func:`exit_process`: Python's own exit work, then no C++ static
-destructors. Beam workers import :mod:`preprocessing.s3_worker` (``--beam_plugin``,
+that used it ends through :func:`infra.process_exit.exit_process`: Python's own exit work, then
+no C++ static destructors. Beam workers import :mod:`infra.s3_worker` (``--beam_plugin``,
 :func:`beam_args`), which does the same for them.
 """
 
 from __future__ import annotations
 
-import atexit
 import os
 import posixpath
-import sys
-import threading
 from typing import Iterable, List, Optional
 from urllib.parse import urlparse
 
 S3 = "s3://"
-WORKER_PLUGIN = "preprocessing.s3_worker"
+WORKER_PLUGIN = "infra.s3_worker"
 _S3_ENABLED = False
 
 
@@ -107,21 +104,3 @@ def beam_args(paths: Iterable, args: Optional[List[str]] = None) -> List[str]:
     if any(str(p).startswith(S3) for p in paths if p is not None) and plugin not in args:
         args.append(plugin)
     return args
-
-
-def exit_process(code: int, run_exit_handlers: bool = True) -> None:
-    """Ends this process with ``code`` as the interpreter would (non-daemon threads joined,
-    exit handlers run, unless called from one, output flushed), then ``os._exit``, which skips
-    the C++ static destructors that abort after tensorflow-io's S3 filesystem was used (see the
-    module docstring)."""
-    try:
-        if run_exit_handlers:
-            threading._shutdown()  # what Py_FinalizeEx does first
-            atexit._run_exitfuncs()
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
-        os._exit(code)

@@ -1,5 +1,5 @@
 """``cme-ser reproduce``: the options checked, the corpus preprocessed into the work directory
-when no records are given, then the protocol asked for: Table 1 (pipeline/reproduce.py), the
+when no records are given, then the protocol asked for: Table 1 (experiments/reproduce.py), the
 nested estimate (nested.py) or the cross-domain one (crossdomain.py)."""
 
 from __future__ import annotations
@@ -11,16 +11,16 @@ import shlex
 import sys
 from pathlib import Path
 
-from pipeline.console import library_output_to
+from infra.console import library_output_to
+from infra.usage_error import UsageError
 from preprocessing.preprocess_command import preprocess
-from preprocessing.usage_error import UsageError
 from trainer.config import SHIPPED, VARIANTS, variant_config
 
 
 def reproduce(args) -> dict:
     """Table 1: every variant through the same k-fold protocol, several seeds, resumable (or
     the nested or cross-domain protocol). ``args``: the parsed `cme-ser reproduce` options
-    (pipeline/cli.py); ``args.argv`` the command line, for the results' provenance."""
+    (cli/main.py); ``args.argv`` the command line, for the results' provenance."""
     variants = ([v.strip() for v in args.variants.split(",")] if args.variants
                 else ["cme"] if args.protocol == "cross-domain" else list(VARIANTS))
     unknown = [v for v in variants if v not in VARIANTS]
@@ -32,7 +32,7 @@ def reproduce(args) -> dict:
         if args.variants:
             raise UsageError("--protocol nested takes its variants and seeds from --selection, "
                              "not --variants")
-        from pipeline import nested
+        from experiments import nested
         try:
             selection = nested.load_selection(args.selection)  # fail before preprocessing
         except ValueError as error:
@@ -83,19 +83,19 @@ def reproduce(args) -> dict:
 
 
 def _run_protocol(args, variants, records: Path, work: Path) -> dict:
-    from pipeline import reproduce as repro
+    from experiments import reproduce as repro
     command = "cme-ser reproduce " + " ".join(
         shlex.quote(a) for a in (args.argv if args.argv is not None else sys.argv[1:])[1:])
     try:
         if args.protocol == "nested":
-            from pipeline import nested
+            from experiments import nested
             return nested.run_nested(records, work, args.results_dir, dataset=args.dataset,
                                      selection_path=args.selection, folds=args.folds,
                                      jobs=args.jobs, threads=args.threads,
                                      command=command.strip(),
                                      overrides={"epochs": args.epochs} if args.epochs else None)
         if args.protocol == "stability":
-            from pipeline import stability
+            from experiments import stability
             from trainer.config import SHIPPED
             return stability.run_stability(
                 records, work, args.results_dir, dataset=args.dataset, folds=args.folds,
@@ -104,7 +104,7 @@ def _run_protocol(args, variants, records: Path, work: Path) -> dict:
                 jobs=args.jobs, threads=args.threads, command=command.strip(),
                 overrides={"epochs": args.epochs} if args.epochs else None)
         if args.protocol == "cross-domain":
-            from pipeline import crossdomain
+            from experiments import crossdomain
             return crossdomain.run_cross_domain(
                 records, work, args.results_dir, dataset=args.dataset, variants=variants,
                 seeds=args.seeds, folds=args.folds, jobs=args.jobs, threads=args.threads,

@@ -9,7 +9,7 @@ its sha256 goes into the results. For each outer fold ``k``:
   holding out inner fold ``j`` (fold ``k``'s records are never even passed in);
 - the rule picks the winner on those inner scores alone;
 - the winner's models trained on all of fold ``k``'s training speakers -- the ordinary units
-  ``(variant, seed, fold=k)`` of ``pipeline.reproduce`` -- score fold ``k`` once.
+  ``(variant, seed, fold=k)`` of ``experiments.reproduce`` -- score fold ``k`` once.
 
 The nested estimate is the mean of the outer scores over the outer folds with a Student-t 95% CI
 (n = folds): an estimate of what the *rule* delivers, the choice included. The shipped default
@@ -36,10 +36,11 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from pipeline import reproduce as repro, tables
-from pipeline.statistics import mean_ci
-from pipeline.units import (git_commit, header as results_header, planned_time,
-                            provenance, run_pool)
+from experiments import reproduce as repro
+from experiments import tables
+from experiments.statistics import mean_ci
+from experiments.units import git_commit, planned_time, provenance, run_pool
+from experiments.units import header as results_header
 from trainer.config import VARIANTS, variant_config
 
 DEFAULT_SELECTION = "docs/selection.json"
@@ -229,7 +230,7 @@ def run_inner_units(records_dir: str, work_dir: str, units: Sequence[InnerUnit],
     returns the first unit's row. A unit's choice never reads its outer fold: fold o's records
     are read here only to score the partner unit, whose outer fold is i. Runs in a worker
     process."""
-    from pipeline.folds import files_by_fold
+    from experiments.folds import files_by_fold
     from preprocessing.records import word_dim_of_files
     from trainer.train import train_folds
 
@@ -603,7 +604,7 @@ def render_markdown(summary: dict, header: dict, dataset: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-RERENDER_COMMAND = ("python -c \"from pipeline.nested import rerender; "
+RERENDER_COMMAND = ("python -c \"from experiments.nested import rerender; "
                     "rerender('{results_dir}', '{dataset}')\"")
 
 
@@ -685,7 +686,7 @@ def run_nested(records_dir, work_dir, results_dir, *, dataset: str, selection_pa
                log: Callable[[str], None] = print) -> dict:
     """Trains every unfinished unit of the plan (``jobs`` worker processes; only the units of
     ``outer_folds`` if given), then writes the results; returns the summary."""
-    from pipeline.folds import files_by_fold, word_dim_of
+    from experiments.folds import files_by_fold, word_dim_of
 
     selection = load_selection(selection_path)
     available = len(files_by_fold(records_dir))
