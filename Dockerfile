@@ -17,7 +17,7 @@ COPY cli ./cli
 # constraints.txt is the set the tests ran with; a non-editable install, so the code the
 # pipeline runs is the code in site-packages, whatever the working directory.
 RUN python -m pip install --no-cache-dir -c constraints.txt . \
- && python -c "import pipeline.components, trainer.module, pipeline.infra_validation"
+ && python -c "import pipeline.components, pipeline.calibrator, trainer.module, pipeline.infra_validation"
 
 # The TFX image's ENTRYPOINT runs a TFX executor script; Kubeflow gives each node its own
 # command anyway, and `docker run IMG cme-ser ...` should run exactly that.

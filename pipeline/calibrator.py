@@ -55,6 +55,13 @@ def held_out_answers(saved_model_dir: str, files: List[str]
     return np.concatenate(probabilities), np.concatenate(labels), np.asarray(channels)
 
 
+def read_calibration(uri: str) -> dict:
+    """What :func:`Calibrator` wrote into its artifact at ``uri``: the ``calibration``."""
+    import tensorflow as tf
+    with tf.io.gfile.GFile(tf.io.gfile.join(uri, CALIBRATION_FILE)) as f:
+        return json.load(f)["calibration"]
+
+
 def split_files(examples, split: str) -> List[str]:
     import tensorflow as tf
     uri = artifact_utils.get_split_uri([examples], split)

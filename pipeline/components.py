@@ -138,6 +138,7 @@ def CrossValidationReport(
     class_names: tfx.dsl.components.Parameter[str],
     bless_min_ua: tfx.dsl.components.Parameter[float] = 0.0,
     anomalies: tfx.dsl.components.InputArtifact[standard_artifacts.ExampleAnomalies] = None,
+    calibration: tfx.dsl.components.InputArtifact[standard_artifacts.HyperParameters] = None,
     evaluation_0: _Evaluation = None, evaluation_1: _Evaluation = None,
     evaluation_2: _Evaluation = None, evaluation_3: _Evaluation = None,
     evaluation_4: _Evaluation = None, evaluation_5: _Evaluation = None,
@@ -163,7 +164,11 @@ def CrossValidationReport(
             for fold, evaluation in enumerate(evaluations) if evaluation is not None]
     decision = blessing_decision(summarize(rows, names)["ua_mean"] if rows else None,
                                  bless_min_ua, read_anomalies(anomalies) if anomalies else None)
-    summary = write_report(rows, names, report.uri, blessing=decision)
+    extra = {"blessing": decision}
+    if calibration is not None:  # pipeline.calibrator.Calibrator's
+        from pipeline.calibrator import read_calibration
+        extra["calibration"] = read_calibration(calibration.uri)
+    summary = write_report(rows, names, report.uri, **extra)
     blessed = int(decision["blessed"])
     blessing.set_int_custom_property(BLESSED_PROPERTY, blessed)
     blessing.set_string_custom_property("reasons", " | ".join(decision["reasons"]))

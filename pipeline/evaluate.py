@@ -40,7 +40,7 @@ from typing import Callable, List, Optional, Sequence, Union
 
 import numpy as np
 
-from pipeline.report import confusion_table, plot_confusion, plot_reliability
+from pipeline.report import RELIABILITY_PNG, confusion_table, plot_confusion, plot_reliability
 from pipeline.segment_evaluation import DEFAULT_TOLERANCE_S
 from preprocessing import corpora
 from serving.predict import model_class_names, predict_files
@@ -49,7 +49,6 @@ from trainer.metrics import confusion_matrix, unweighted_accuracy, weighted_accu
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 CONFUSION_PNG = "confusion.png"
-RELIABILITY_PNG = "reliability.png"
 PREDICTIONS_FILE = "predictions.jsonl"
 ERRORS_FILE = "errors.jsonl"
 CHUNK = 64  # files between progress lines

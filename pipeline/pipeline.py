@@ -18,6 +18,7 @@ import tensorflow_model_analysis as tfma
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from tfx import v1 as tfx
 
+from pipeline.calibrator import Calibrator
 from pipeline.components import MAX_FOLDS, CorpusExampleGen, CrossValidationReport, split_names
 from pipeline.infra_validation import ModelLoadValidator
 from pipeline.report import DEFAULT_BLESS_MIN_UA
@@ -72,6 +73,9 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, metadata_path: Op
     ``ensemble_size``: models (seeds) per Trainer, exported as one averaging model;
     ``prior_correction``: every Trainer's export divides that mean by its training class prior
     (``trainer.module``), so the folds' evaluations score what the final Trainer pushes;
+    the final Trainer's export is also temperature-scaled, with the temperature
+    ``pipeline.calibrator.Calibrator`` fitted on the fold models' held-out answers (the fold
+    models stay uncalibrated: the report scores each fold with the other folds' temperature);
     ``bless_min_ua``: the cross-validated UA mean the final model needs to be pushed;
     ``trainer_job``: None, or the Trainers' cluster job as TFX's Google Cloud Trainer extension
     takes it (``pipeline.vertex_training.TrainerResources.custom_config``): every Trainer is
@@ -101,18 +105,19 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, metadata_path: Op
                                                 schema=schema.outputs["schema"])
     components = [example_gen, statistics, schema, validator]
 
-    def trainer(train_splits: List[str], eval_split: str, node_id: str):
+    def trainer(train_splits: List[str], eval_split: str, node_id: str, hyperparameters=None):
         # eval_args only names the held-out split for the record; run_fn never reads it.
         component = (tfx.components.Trainer if trainer_job is None
                      else tfx.extensions.google_cloud_ai_platform.Trainer)
         return component(
             run_fn=RUN_FN, examples=examples, schema=schema.outputs["schema"],
+            hyperparameters=hyperparameters,
             train_args=tfx.proto.TrainArgs(splits=train_splits),
             eval_args=tfx.proto.EvalArgs(splits=[eval_split]),
             custom_config={**custom_config, "node_id": node_id, **(trainer_job or {})},
         ).with_id(node_id)
 
-    evaluations = []
+    evaluations, fold_models = [], {}
     for fold, split in enumerate(splits):
         fold_trainer = trainer([s for s in splits if s != split], split, f"Trainer.fold{fold}")
         evaluator = tfx.components.Evaluator(
@@ -120,13 +125,18 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, metadata_path: Op
             eval_config=eval_config(config.class_names),
             example_splits=[split]).with_id(f"Evaluator.fold{fold}").with_beam_pipeline_args(small)
         evaluations.append(evaluator.outputs["evaluation"])
+        fold_models[f"model_{fold}"] = fold_trainer.outputs["model"]
         components += [fold_trainer, evaluator]
+    # The final model's temperature: fitted on the fold models' held-out answers.
+    calibrator = Calibrator(examples=examples, **fold_models)
+    components.append(calibrator)
 
     report = CrossValidationReport(
         class_names=classes, bless_min_ua=float(bless_min_ua),
-        anomalies=validator.outputs["anomalies"], **{
-            f"evaluation_{fold}": evaluation for fold, evaluation in enumerate(evaluations)})
-    final_trainer = trainer(splits, splits[0], "Trainer.final")
+        anomalies=validator.outputs["anomalies"], calibration=calibrator.outputs["calibration"],
+        **{f"evaluation_{fold}": evaluation for fold, evaluation in enumerate(evaluations)})
+    final_trainer = trainer(splits, splits[0], "Trainer.final",
+                            hyperparameters=calibrator.outputs["calibration"])
     # The blessing is the recipe's (the folds' models); the final model is that recipe on
     # every fold, so it inherits it, as TFX pushes what its Evaluator blessed.
     final_model = final_trainer.outputs["model"]

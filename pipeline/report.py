@@ -22,6 +22,7 @@ from trainer.metrics import unweighted_accuracy, weighted_accuracy
 PAPER_RAVDESS = {"wa": 0.720, "ua": 0.708}
 DEFAULT_BLESS_MIN_UA = 0.0
 
+RELIABILITY_PNG = "reliability.png"
 
 def blessing_decision(ua_mean: Optional[float], min_ua: float = DEFAULT_BLESS_MIN_UA,
                       anomalies: Optional[Mapping[str, Sequence[str]]] = None) -> dict:
@@ -89,9 +90,34 @@ def render_markdown(report: dict) -> str:
                      f"{row['ua']:.3f} | " + " | ".join(f"{r:.3f}" for r in recalls) + " |")
     lines += ["", "Summed confusion matrix (rows: true class, columns: predicted):", ""]
     lines += confusion_table(report["confusion"], classes)
+    if report.get("calibration"):
+        lines += [""] + render_calibration(report["calibration"])
     if report.get("blessing"):
         lines += [""] + render_blessing(report["blessing"])
     return "\n".join(lines) + "\n"
+
+
+def render_calibration(cal: dict) -> List[str]:
+    """The Calibrator's section: the final model's temperature, and per fold the ECE of its
+    held-out answers before and after the temperature fitted on the *other* folds."""
+    pooled = cal["pooled"]
+    lines = ["## Calibration", "",
+             f"The pushed model serves its probabilities at temperature T = "
+             f"{cal['temperature']:.3f}, fitted on every fold model's answers on its held-out "
+             "speakers. Each fold below is scored with the temperature fitted on the other "
+             f"folds only ({RELIABILITY_PNG}: all folds' answers so scaled). Held-out ECE "
+             f"{pooled['before']['ece']:.3f} before, {pooled['after']['ece']:.3f} after "
+             f"(NLL {pooled['before']['nll']:.3f} -> {pooled['after']['nll']:.3f}).", "",
+             "| fold | examples | T (other folds) | ECE before | ECE after |",
+             "|---|---|---|---|---|"]
+    for fold, f in sorted(cal["folds"].items(), key=lambda kv: int(kv[0])):
+        lines.append(f"| {fold} | {f['n']} | {f['temperature']:.3f} | "
+                     f"{f['before']['ece']:.3f} | {f['after']['ece']:.3f} |")
+    if len(cal.get("by_channel", {})) > 1:
+        lines += ["", "By channel (pooled): "
+                  + "; ".join(f"{ch} ECE {c['before']['ece']:.3f} -> {c['after']['ece']:.3f}"
+                              for ch, c in cal["by_channel"].items()) + "."]
+    return lines
 
 
 def confusion_table(confusion, class_names: Sequence[str]) -> List[str]:
@@ -183,4 +209,10 @@ def write_report(rows: List[dict], class_names: Sequence[str], out_dir, **extra)
     _write(filesystems.join(out_dir, "report.json"), json.dumps(report, indent=2))
     _write(filesystems.join(out_dir, "report.md"), render_markdown(report))
     plot_confusion(report["confusion"], class_names, filesystems.join(out_dir, "confusion.png"))
+    if report.get("calibration"):
+        pooled = report["calibration"]["pooled"]
+        plot_reliability({"uncalibrated": pooled["before"]["reliability"],
+                          "calibrated (other folds' T)": pooled["after"]["reliability"]},
+                         filesystems.join(out_dir, RELIABILITY_PNG),
+                         title=f"held-out answers, T = {report['calibration']['temperature']:.2f}")
     return report

@@ -20,8 +20,8 @@ def test_kubeflow_json_names_every_component(tmp_path):
     tasks = set(spec["pipelineSpec"]["root"]["dag"]["tasks"])
     assert tasks == {"CorpusExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator",
                      "Trainer.fold0", "Trainer.fold1", "Trainer.fold2", "Evaluator.fold0",
-                     "Evaluator.fold1", "Evaluator.fold2", "CrossValidationReport",
-                     "Trainer.final", "ModelLoadValidator", "Pusher"}
+                     "Evaluator.fold1", "Evaluator.fold2", "Calibrator",
+                     "CrossValidationReport", "Trainer.final", "ModelLoadValidator", "Pusher"}
     assert spec["runtimeConfig"]["gcsOutputDirectory"] == "gs://bucket/cme"
     images = {e["container"]["image"]
               for e in spec["pipelineSpec"]["deploymentSpec"]["executors"].values()
@@ -29,8 +29,15 @@ def test_kubeflow_json_names_every_component(tmp_path):
     assert images == {"example/cme-ser:1"}
     report_inputs = spec["pipelineSpec"]["root"]["dag"]["tasks"]["CrossValidationReport"][
         "inputs"]["artifacts"]
-    # The folds' evaluations and ExampleValidator's anomalies (both gate the push).
-    assert set(report_inputs) == {"evaluation_0", "evaluation_1", "evaluation_2", "anomalies"}
+    # The folds' evaluations and ExampleValidator's anomalies (both gate the push), and the
+    # Calibrator's temperature, which the final Trainer takes as its hyperparameters.
+    assert set(report_inputs) == {"evaluation_0", "evaluation_1", "evaluation_2", "anomalies",
+                                  "calibration"}
+    tasks = spec["pipelineSpec"]["root"]["dag"]["tasks"]
+    assert set(tasks["Calibrator"]["inputs"]["artifacts"]) == {
+        "examples", "model_0", "model_1", "model_2"}
+    assert "hyperparameters" in tasks["Trainer.final"]["inputs"]["artifacts"]
+    assert "hyperparameters" not in tasks["Trainer.fold0"]["inputs"].get("artifacts", {})
 
 
 def test_ensemble_size_reaches_every_trainer(tmp_path):
@@ -69,7 +76,7 @@ def test_every_node_runs_importable_code_in_the_named_image(tmp_path):
         assert getattr(importlib.import_module(module), attribute), name
         if module.split(".")[0] in PACKAGES:
             ours.add(module)
-    assert ours == {"pipeline.components", "pipeline.infra_validation"}
+    assert ours == {"pipeline.calibrator", "pipeline.components", "pipeline.infra_validation"}
     # The Trainers' run_fn is ours too, named in their parameters.
     assert "trainer.module.run_fn" in json.dumps(spec)
     module, _, attribute = "trainer.module.run_fn".rpartition(".")

@@ -266,3 +266,50 @@ def test_a_run_below_the_bar_is_not_pushed_and_says_why(pipeline_run):
     assert len(list((root / "Pusher" / "pushed_model").iterdir())) == 2
     assert not any(latest(root, "Pusher", "pushed_model").iterdir())
     assert len(list((root / "Trainer.final" / "model").iterdir())) == 1  # from the cache
+
+
+def test_the_pushed_model_is_calibrated_on_the_folds_held_out_answers(pipeline_run):
+    """The Calibrator ran every fold model on its held-out split; the final Trainer exported
+    the temperature fitted on all of those answers; each fold's reported score used the other
+    fold's temperature only; the report shows it."""
+    from pipeline.calibrator import CALIBRATION_FILE, held_out_answers
+    from trainer.calibration import fit_temperature, temperature_scaled
+    tmp = pipeline_run[0]
+    root = tmp / "out" / "tfx" / "root"
+    saved = json.loads((latest(root, "Calibrator", "calibration") / CALIBRATION_FILE)
+                       .read_text())
+    examples = latest(root, "CorpusExampleGen", "examples")
+    answers = {}
+    for fold in (0, 1):
+        model_dir = latest(root, f"Trainer.fold{fold}", "model") / "Format-Serving"
+        files = sorted(str(f) for f in (examples / f"Split-fold{fold}").glob("*.gz"))
+        answers[fold] = held_out_answers(str(model_dir), files)
+        assert len(answers[fold][1]) == 12
+    everything = fit_temperature(np.concatenate([answers[k][0] for k in (0, 1)]),
+                                 np.concatenate([answers[k][1] for k in (0, 1)]))
+    assert saved["temperature"] == pytest.approx(everything, rel=1e-4)
+    for fold, other in ((0, 1), (1, 0)):
+        t = fit_temperature(*answers[other][:2])
+        assert saved["calibration"]["folds"][str(fold)]["temperature"] == pytest.approx(
+            t, rel=1e-4)
+    fit = json.loads((latest(root, "Trainer.final", "model_run") / "fit.json").read_text())
+    assert fit["temperature"] == pytest.approx(saved["temperature"])
+    for fold in (0, 1):
+        assert json.loads((latest(root, f"Trainer.fold{fold}", "model_run") / "fit.json")
+                          .read_text())["temperature"] is None
+    [version] = list((tmp / "out" / "serving_model" / "cme").iterdir())
+    pushed = tf.saved_model.load(str(version))
+    assert float(pushed.calibration_temperature.numpy()) == pytest.approx(saved["temperature"])
+    # The pushed probabilities are the final model's uncalibrated ones at that temperature:
+    # undoing it gives back a distribution whose argmax is the same.
+    files = sorted(str(f) for f in (examples / "Split-fold0").glob("*.gz"))
+    out = pushed.signatures["serving_default"](examples=next(iter(
+        tf.data.TFRecordDataset(files, compression_type="GZIP").batch(4))))
+    served = out["probabilities"].numpy()
+    undone = temperature_scaled(served, 1 / saved["temperature"])
+    assert (undone.argmax(-1) == out["class_ids"].numpy()).all()
+    report_dir = latest(root, "CrossValidationReport", "report")
+    report = json.loads((report_dir / "report.json").read_text())
+    assert report["calibration"]["temperature"] == pytest.approx(saved["temperature"])
+    assert "## Calibration" in (report_dir / "report.md").read_text()
+    assert (report_dir / "reliability.png").stat().st_size > 1000

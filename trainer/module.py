@@ -13,10 +13,14 @@ divided by the training class prior, ``trainer.layers.PriorCorrection``, with th
 final-training class counts, as ``experiments.nested`` scores the candidates), ``node_id``
 (the Trainer's, e.g. ``Trainer.fold0``, which names its progress line; default ``Trainer``).
 
+``fn_args.hyperparameters``: the final Trainer's come from ``pipeline.calibrator.Calibrator``;
+their ``temperature`` is exported (``trainer.layers.TemperatureScaling``, after the prior
+correction). Without hyperparameters the export is uncalibrated.
+
 ``fit.json`` in the model run directory: the first member's fit (and every member's under
 ``members``), ``ensemble_size``, ``prior_correction`` and ``prior_class_counts`` (the counts
-the export divides by; null without the correction), the configuration, and ``replicas`` (how
-many replicas trained it).
+the export divides by; null without the correction), ``temperature`` (null: uncalibrated), the
+configuration, and ``replicas`` (how many replicas trained it).
 
 Training runs under the strategy the environment asks for (``trainer.distribution``): with a
 ``TF_CONFIG`` naming several workers, every worker runs ``run_fn`` and only the chief's export,
@@ -118,12 +122,16 @@ def _run(fn_args: tfx.components.FnArgs, serving_model_dir: str, model_run_dir: 
             "loss": result.history["loss"]})  # training loss per epoch of the selection fit
     prior_counts = (pooled_class_counts([s["class_counts"] for s in summaries],
                                         config.class_names) if prior_correction else None)
+    # The Calibrator's temperature (the final Trainer's hyperparameters); the fold Trainers
+    # have none and export uncalibrated models.
+    temperature = (fn_args.hyperparameters or {}).get("temperature")
     export_saved_model(average_models(members), serving_model_dir,
                        class_names=config.class_names, vectors=load(custom["embeddings_path"]),
                        vocab_size=int(custom.get("vocab_size", DEFAULT_VOCAB_SIZE)),
-                       prior_class_counts=prior_counts)
+                       prior_class_counts=prior_counts, temperature=temperature)
     summary = {**summaries[0], "ensemble_size": size, "prior_correction": prior_correction,
-               "prior_class_counts": prior_counts, "config": config.to_dict(),
+               "prior_class_counts": prior_counts, "temperature": temperature,
+               "config": config.to_dict(),
                "replicas": replicas}
     if size > 1:
         summary["members"] = summaries
