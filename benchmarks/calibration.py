@@ -88,7 +88,7 @@ def main(argv=None) -> dict:
            "channels": result["by_channel"],
            "note": "each fold's answers scaled by the temperature fitted on the other folds' "
                    f"{args.fit_channel} answers; ECE with 15 equal-width bins"}
-    print(json.dumps(out, indent=2))
+    print(json.dumps(out))
     return out
 
 

@@ -77,7 +77,7 @@ def check_run_config(args, config: ModelConfig) -> Tuple[List[Path], Optional[tu
 
 def run(args) -> dict:
     """The main job: the TFX pipeline on RAVDESS with LocalDagRunner, then the report.
-    ``args``: the parsed `cme-ser run` options (pipeline/cli.py)."""
+    ``args``: the parsed `cme-ser run` options (cli/main.py)."""
     from tfx import v1 as tfx
 
     from infra.console import library_output_to

@@ -488,6 +488,7 @@ COVERAGE: Dict[str, Coverage] = {
     "python benchmarks/serve_lifecycle.py": Coverage(
         (f"{RUNS}::test_serve_lifecycle_benchmark",)),
     "python benchmarks/serving_load.py": Coverage((f"{RUNS}::test_serving_load_benchmark",)),
+    "python benchmarks/calibration.py": Coverage((f"{RUNS}::test_calibration_benchmark",)),
     # Run by the tests that exercise them (with small corpora and models).
     "cme-ser preprocess": Coverage(
         ("tests/test_preprocess_pipeline.py::"

@@ -235,3 +235,14 @@ def test_serving_load_benchmark(small_model_base):
     assert result["model"]["path"].startswith(str(small_model_base))
     assert result["model"]["parameters"] > 0
     assert result["server_args"] == ["--workers=2", "--enable-batching"]
+
+
+def test_calibration_benchmark():
+    """As written, on the committed stability archive: it recomputes the archived output
+    (docs/results/calibration/stability-run0.json) exactly."""
+    argv = argv_for(find("python benchmarks/calibration.py"), {})
+    result = last_json_line(run(argv, cwd=ROOT))
+    archived = json.loads((ROOT / "docs" / "results" / "calibration" / "stability-run0.json")
+                          .read_text())
+    assert json.loads(json.dumps(result)) == archived
+    assert result["seeds"] == [0, 1, 2] and result["channels"]["speech"]["n"] == 672
