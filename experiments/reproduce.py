@@ -153,9 +153,9 @@ def finished_rows(work_dir, variants: Optional[Iterable[str]] = None) -> List[di
 
 # What a unit's ``.npz`` holds besides embeddings, archived with the results: its predictions
 # on the held-out fold and (``val_``) on the inner validation speakers, with their dtypes.
-PREDICTION_KEYS = {f"{prefix}{name}": dtype for prefix in ("", "val_") for name, dtype in (
-    ("probabilities", np.float32), ("labels", np.int64), ("utterance_ids", str),
-    ("channels", str))}
+PREDICTION_KEYS = {**{f"{prefix}{name}": dtype for prefix in ("", "val_") for name, dtype in (
+    ("probabilities", np.float32), ("labels", np.int64), ("utterance_ids", str))},
+    "channels": str}  # the held-out utterances' channels (speech, song)
 
 
 def archive_units(work_dir, path) -> int:

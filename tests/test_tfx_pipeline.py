@@ -70,8 +70,8 @@ def test_tfx_run_create_says_what_ran_what_came_from_the_cache_and_where_things_
     assert not set(ran) & set(cached)
     assert set(ran) | set(cached) == {
         "CorpusExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "Trainer.fold0",
-        "Trainer.fold1", "Evaluator.fold0", "Evaluator.fold1", "CrossValidationReport",
-        "Trainer.final", "ModelLoadValidator", "Pusher"}
+        "Trainer.fold1", "Evaluator.fold0", "Evaluator.fold1", "Calibrator",
+        "CrossValidationReport", "Trainer.final", "ModelLoadValidator", "Pusher"}
     root = tmp / "out" / "tfx" / "root"
     assert f"report: {latest(root, 'CrossValidationReport', 'report')}" in lines
     versions = sorted((tmp / "out" / "serving_model" / "cme").iterdir())
