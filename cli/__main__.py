@@ -4,4 +4,7 @@ import sys
 
 from cli.main import main
 
-sys.exit(main())
+# Guarded: worker processes started by "spawn" (experiments.units' pool) import this module
+# again as __mp_main__, and must not run the command a second time.
+if __name__ == "__main__":
+    sys.exit(main())

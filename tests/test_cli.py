@@ -30,3 +30,13 @@ def test_python_m_cli_is_the_cme_ser_command():
     wrong = subprocess.run([sys.executable, "-m", "cli", "no-such-command"], capture_output=True,
                            text=True, timeout=120)
     assert wrong.returncode == 2 and "invalid choice: 'no-such-command'" in wrong.stderr
+
+
+def test_a_spawned_worker_re_importing_python_m_cli_runs_no_command():
+    """``multiprocessing``'s spawn start method imports the parent's main module again as
+    ``__mp_main__`` in every worker (``cme-ser reproduce`` starts such a pool): the command
+    must run only in the parent. Unguarded, this would parse pytest's argv and exit."""
+    import runpy
+
+    namespace = runpy.run_module("cli", run_name="__mp_main__")
+    assert callable(namespace["main"])
