@@ -1,6 +1,6 @@
 """Exports an untrained model of the shipped shape, for serving benchmarks.
 
-    python benchmarks/shipped_shape_model.py /tmp/shipped/cme/1
+    python benchmarks/shipped_shape_model.py output/shipped/cme/1
 
 What `make run` pushes is ``trainer.config.SHIPPED``: the ``cme_refit_bag`` variant at the
 paper's size, a 3-model seed ensemble whose probabilities are averaged, and prior correction,

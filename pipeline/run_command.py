@@ -59,7 +59,8 @@ def check_run_config(args, config: ModelConfig) -> Tuple[List[Path], Optional[tu
         folds = corpora.assign_folds(utterances, args.folds)
     except ValueError as error:
         raise UsageError(str(error)) from error
-    empty = [row["fold"] for row in corpora.fold_summary(utterances, folds) if not row["utterances"]]
+    empty = [row["fold"] for row in corpora.fold_summary(utterances, folds)
+             if not row["utterances"]]
     if empty:
         raise UsageError(f"fold(s) {empty} would have no examples")
     problems = fold_plan_problems(corpora.labels_by_speaker(utterances), folds, config,

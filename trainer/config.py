@@ -121,7 +121,8 @@ class ModelConfig:
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 < self.validation_fraction < 1.0:
-            problems.append(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
+            problems.append(f"validation_fraction must be in (0, 1), got "
+                            f"{self.validation_fraction}")
         for name in ("spec_freq_masks", "spec_freq_width", "spec_time_masks", "spec_time_width",
                      "weight_decay", "ctc_weight"):
             if getattr(self, name) < 0:
