@@ -202,6 +202,10 @@ def _add_reproduce(sub) -> None:
     rep.add_argument("--first-seed", type=int, default=0,
                      help="--protocol stability: run r trains seeds first-seed + r*E .. "
                           "+E-1 (E: the shipped ensemble size)")
+    rep.add_argument("--reuse-units", action="append", default=[], metavar="ARCHIVE",
+                     help="--protocol stability: restore this archive's units of the plan "
+                          "instead of training them (e.g. a nested run's, whose ordinary units "
+                          "are one run of its winner); named as restored in the results")
     rep.add_argument("--selection", default="docs/selection.json",
                      help="pre-registered candidates and selection rule (--protocol nested; "
                           "its variants and seeds replace --variants / --seeds)")

@@ -99,7 +99,7 @@ def _run_protocol(args, variants, records: Path, work: Path) -> dict:
             from trainer.config import SHIPPED
             return stability.run_stability(
                 records, work, args.results_dir, dataset=args.dataset, folds=args.folds,
-                runs=args.runs, first_seed=args.first_seed,
+                runs=args.runs, first_seed=args.first_seed, reuse=args.reuse_units,
                 variant=variants[0] if args.variants else SHIPPED["variant"],
                 jobs=args.jobs, threads=args.threads, command=command.strip(),
                 overrides={"epochs": args.epochs} if args.epochs else None)

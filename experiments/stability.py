@@ -117,6 +117,7 @@ def summarize(work_dir, variant: str, seeds: Sequence[Sequence[int]], folds: int
             units = [repro.Unit(variant, s, k) for s in run_seeds]
             scores = nested.members_scores(units, work_dir, candidate, usable)
             score = scores and scores["speech"]  # held-out speech: (WA, UA)
+            song = scores and scores.get("song")  # the same speakers singing, if recorded
             members = []
             for unit in units:
                 if unit.path(work_dir).exists():
@@ -125,12 +126,17 @@ def summarize(work_dir, variant: str, seeds: Sequence[Sequence[int]], folds: int
                         "seed", "best_epoch", "epochs_run", "refit_epochs", "best_val_ua",
                         "wa", "ua", "val_speakers")})
             per_fold.append({"fold": k, "wa": score and score[0], "ua": score and score[1],
-                             "members": members})
+                             "members": members,
+                             **({"song": {"wa": song[0], "ua": song[1]}} if song else {})})
         complete = all(f["wa"] is not None for f in per_fold)
+        cv = None
+        if complete:
+            cv = {"wa": mean_ci([f["wa"] for f in per_fold]),
+                  "ua": mean_ci([f["ua"] for f in per_fold])}
+            if all("song" in f for f in per_fold):
+                cv["song"] = {m: mean_ci([f["song"][m] for f in per_fold]) for m in ("wa", "ua")}
         runs.append({"run": r, "seeds": list(run_seeds), "folds": per_fold,
-                     "complete": complete,
-                     "cv": {"wa": mean_ci([f["wa"] for f in per_fold]),
-                            "ua": mean_ci([f["ua"] for f in per_fold])} if complete else None})
+                     "complete": complete, "cv": cv})
     done = [run for run in runs if run["complete"]]
     spread = None
     if len(done) >= 2:
@@ -144,6 +150,9 @@ def summarize(work_dir, variant: str, seeds: Sequence[Sequence[int]], folds: int
             # the runs' CV means the spreads are taken over, in run order
             "cv_wa_of_runs": [run["cv"]["wa"]["mean"] for run in done],
             "cv_ua_of_runs": [run["cv"]["ua"]["mean"] for run in done],
+            **({"cv_song_ua": float(np.ptp([run["cv"]["song"]["ua"]["mean"] for run in done])),
+                "cv_song_ua_of_runs": [run["cv"]["song"]["ua"]["mean"] for run in done]}
+               if all("song" in run["cv"] for run in done) else {}),
             "single_models_wa": [  # one model, one fold: the spread an ensemble averages out
                 {"fold": k, "min": float(min(m["wa"] for run in done
                                              for m in run["folds"][k]["members"])),
@@ -198,6 +207,11 @@ def render_markdown(summary: dict, header: dict, dataset: str) -> str:
                     + [f"{f['wa']:.3f} / {f['ua']:.3f}" for f in spread["folds"]]
                     + [f"{spread['cv_wa']:.3f}", f"{spread['cv_ua']:.3f}"])
     lines += tables.table(header_cells, rows)
+    if spread and "cv_song_ua" in spread:
+        lines += ["", "Held-out song (the same speakers singing): CV UA "
+                  + ", ".join(f"run {run['run']} {tables.ci(run['cv']['song']['ua'])}"
+                              for run in summary["runs"] if run["cv"])
+                  + f"; spread {spread['cv_song_ua']:.3f}."]
     lines += ["", "## Each model's epochs", "",
               "Chosen epoch (best validation UA on the model's inner validation speakers) / "
               "epochs run / refit epochs, and the model's own held-out WA.", ""]
@@ -297,11 +311,13 @@ def run_stability(records_dir, work_dir, results_dir, *, dataset: str, folds: in
                   variant: str = SHIPPED["variant"], ensemble: int = SHIPPED["ensemble"],
                   prior_correction: bool = SHIPPED["prior_correction"], jobs: int = 1,
                   threads: int = 0, command: str = "", overrides: Optional[dict] = None,
-                  archives: Optional[Sequence] = None,
+                  archives: Optional[Sequence] = None, reuse: Sequence = (),
                   log: Callable[[str], None] = print) -> dict:
     """Trains every unfinished unit of the plan, then writes the results; returns the
     summary. ``archives``: earlier unit archives to compare with (default ``COMPARE_WITH``
-    under ``results_dir``)."""
+    under ``results_dir``). ``reuse``: other archives (e.g. a nested run's, whose ordinary
+    units are a run of its winner) whose units of this plan are restored instead of trained,
+    marked and named as restored in the results."""
     from experiments.folds import files_by_fold, word_dim_of
 
     available = len(files_by_fold(records_dir))
@@ -317,10 +333,20 @@ def run_stability(records_dir, work_dir, results_dir, *, dataset: str, folds: in
             "compare_with": [str(a) for a in archives]}
     word_dim = word_dim_of(records_dir)
     archived = results_dir / f"{dataset}-stability-units.jsonl"
-    restored = nested.restore(archived, work_dir, mark=True)
-    if restored:
-        log(f"== restored {restored} finished unit(s) from {archived} (named as restored in "
-            "the results; their training time is not counted)")
+    # This run's own archive (the same plan) resumes it; any other archive's units are marked
+    # restored and named.
+    previous = results_dir / f"{dataset}-stability.json"
+    own = previous.exists() and json.loads(previous.read_text()).get("spec", {}).get(
+        "seeds") == seeds and json.loads(previous.read_text())["spec"]["variant"] == variant
+    sources = []
+    for source in [archived, *map(Path, reuse)]:
+        restored = nested.restore(source, work_dir, mark=not (source == archived and own))
+        if restored and source == archived and own:
+            log(f"== resumed {restored} unit(s) this run trained earlier, from {source}")
+        elif restored:
+            sources.append(source.as_posix())
+            log(f"== restored {restored} finished unit(s) from {source} (named as restored "
+                "in the results; their training time is not counted)")
     units = plan(variant, seeds, folds)
 
     def usable(unit):
@@ -337,7 +363,7 @@ def run_stability(records_dir, work_dir, results_dir, *, dataset: str, folds: in
 
     def write():
         return write_results(work_dir, results_dir, dataset, spec, header,
-                             restored_from=archived.as_posix() if restored else "",
+                             restored_from=", ".join(sources),
                              usable=usable)
 
     run_pool(todo, lambda u: (repro.run_unit, (str(records_dir), str(work_dir), u, overrides,

@@ -72,18 +72,29 @@ def test_stability_run_reports_the_spread_of_independent_runs(tmp_path, syntheti
     again = stability.rerender(tmp_path / "fresh", "ravdess")
     assert again["runs"] == summary["runs"] and again["spread"] == spread
 
-    # A fresh work directory restores from the archive: counted, named, not retrained, and the
-    # re-run of the same seeds compares identical with the archived units.
+    # A fresh work directory resumes the same run from its own archive: nothing retrained,
+    # the units still this run's own.
     log.clear()
     resumed = stability.run_stability(
         records, tmp_path / "work2", results, dataset="ravdess", folds=3, runs=2,
         variant="cme_refit_bag", ensemble=1, prior_correction=True, overrides=OVERRIDES,
         archives=(), log=log.append)
-    assert "restored 6 finished unit(s)" in "\n".join(log)
-    assert resumed["units"]["restored"] == 6 and resumed["units"]["trained"] == 0
-    assert resumed["units"]["train_seconds"] == 0
-    assert "6 restored from" in (results / "ravdess-stability.md").read_text()
+    assert "resumed 6 unit(s) this run trained earlier" in "\n".join(log)
+    assert resumed["units"]["restored"] == 0 and resumed["units"]["trained"] == 6
     assert resumed["runs"] == summary["runs"]
+
+    # Another run reusing those units (e.g. a nested run's winner as one of its runs) restores
+    # them: counted, named, not retrained, their time not counted.
+    log.clear()
+    reused = stability.run_stability(
+        records, tmp_path / "work3", tmp_path / "results3", dataset="ravdess", folds=3, runs=2,
+        variant="cme_refit_bag", ensemble=1, prior_correction=True, overrides=OVERRIDES,
+        archives=(), reuse=[results / "ravdess-stability-units.jsonl"], log=log.append)
+    assert "restored 6 finished unit(s)" in "\n".join(log)
+    assert reused["units"]["restored"] == 6 and reused["units"]["trained"] == 0
+    assert reused["units"]["train_seconds"] == 0
+    assert "6 restored from" in (tmp_path / "results3" / "ravdess-stability.md").read_text()
+    assert reused["runs"] == summary["runs"]
 
     # Units that an earlier archive also holds are compared: the same predictions are
     # identical, a changed one is reported with its epochs.
