@@ -35,6 +35,7 @@ test: install
 # ruff with pyproject.toml's rules (make test runs it too: tests/test_lint.py).
 lint: install
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 run: embeddings
 	$(VENV)/bin/cme-ser run $(if $(DATA_DIR),--data-dir $(DATA_DIR)) --output $(OUTPUT)

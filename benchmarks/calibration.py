@@ -46,11 +46,18 @@ def held_out_answers(rows, seeds, prior: bool):
         for seed in seeds:
             if members[seed]["predictions"]["utterance_ids"] != ids:
                 raise SystemExit(f"fold {fold}: the members scored different utterances")
-        mean = np.mean([np.asarray(members[s]["predictions"]["probabilities"], np.float64)
-                        for s in seeds], axis=0)
+        mean = np.mean(
+            [np.asarray(members[s]["predictions"]["probabilities"], np.float64) for s in seeds],
+            axis=0,
+        )
         if prior:
-            counts = np.sum([members[s].get("train_class_counts") or
-                             members[s]["num_train_class_counts"] for s in seeds], axis=0)
+            counts = np.sum(
+                [
+                    members[s].get("train_class_counts") or members[s]["num_train_class_counts"]
+                    for s in seeds
+                ],
+                axis=0,
+            )
             mean = prior_corrected(mean, counts)
         channels = first.get("channels") or ["speech"] * len(ids)
         answers[fold] = (mean, np.asarray(first["labels"]), np.asarray(channels))
@@ -63,31 +70,45 @@ def main(argv=None) -> dict:
     parser.add_argument("--variant", required=True)
     parser.add_argument("--seeds", required=True, help="comma-separated, e.g. 0,1,2")
     parser.add_argument("--prior", action="store_true", help="the prior-corrected mean")
-    parser.add_argument("--train", default=None,
-                        help="cross-domain archives: the training condition (speech, "
-                             "speech+song)")
-    parser.add_argument("--fit-channel", default="speech",
-                        help="the channel whose answers the temperature is fitted on, or "
-                             "'all' (every channel the folds hold)")
+    parser.add_argument(
+        "--train",
+        default=None,
+        help="cross-domain archives: the training condition (speech, speech+song)",
+    )
+    parser.add_argument(
+        "--fit-channel",
+        default="speech",
+        help="the channel whose answers the temperature is fitted on, or "
+        "'all' (every channel the folds hold)",
+    )
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = [json.loads(line) for line in Path(args.archive).read_text().splitlines() if line]
-    rows = [r for r in rows if r["variant"] == args.variant and r["seed"] in seeds
-            and r.get("kind", "outer") == "outer"
-            and (args.train is None or r.get("train") == args.train)]
+    rows = [
+        r
+        for r in rows
+        if r["variant"] == args.variant
+        and r["seed"] in seeds
+        and r.get("kind", "outer") == "outer"
+        and (args.train is None or r.get("train") == args.train)
+    ]
     if not rows:
         raise SystemExit("no archived unit matches")
     answers = held_out_answers(rows, seeds, args.prior)
-    result = channel_calibration(answers, None if args.fit_channel == "all"
-                                 else args.fit_channel)
-    out = {"archive": args.archive, "variant": args.variant, "seeds": seeds,
-           "prior_correction": args.prior, "train": args.train,
-           "fit_channel": args.fit_channel,
-           "temperature_all_folds": result["temperature"],
-           "fold_temperatures": {k: f["temperature"] for k, f in result["folds"].items()},
-           "channels": result["by_channel"],
-           "note": "each fold's answers scaled by the temperature fitted on the other folds' "
-                   f"{args.fit_channel} answers; ECE with 15 equal-width bins"}
+    result = channel_calibration(answers, None if args.fit_channel == "all" else args.fit_channel)
+    out = {
+        "archive": args.archive,
+        "variant": args.variant,
+        "seeds": seeds,
+        "prior_correction": args.prior,
+        "train": args.train,
+        "fit_channel": args.fit_channel,
+        "temperature_all_folds": result["temperature"],
+        "fold_temperatures": {k: f["temperature"] for k, f in result["folds"].items()},
+        "channels": result["by_channel"],
+        "note": "each fold's answers scaled by the temperature fitted on the other folds' "
+        f"{args.fit_channel} answers; ECE with 15 equal-width bins",
+    }
     print(json.dumps(out))
     return out
 

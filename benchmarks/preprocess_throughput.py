@@ -37,15 +37,28 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
         summary = beam_pipeline.run(
-            dataset="ravdess", items=items, out_dir=out, class_names=DEFAULT_CLASSES,
+            dataset="ravdess",
+            items=items,
+            out_dir=out,
+            class_names=DEFAULT_CLASSES,
             embeddings_path=str(vectors),
-            beam_args=["--runner=DirectRunner", "--direct_running_mode=multi_processing",
-                       f"--direct_num_workers={args.workers}"])
+            beam_args=[
+                "--runner=DirectRunner",
+                "--direct_running_mode=multi_processing",
+                f"--direct_num_workers={args.workers}",
+            ],
+        )
         seconds = time.perf_counter() - start
-    result = {"benchmark": "preprocess", "dataset": "ravdess-4class", "workers": args.workers,
-              "utterances": len(items), "records": summary["records"],
-              "errors": summary["errors"], "seconds": round(seconds, 1),
-              "utterances_per_second": round(len(items) / seconds, 1)}
+    result = {
+        "benchmark": "preprocess",
+        "dataset": "ravdess-4class",
+        "workers": args.workers,
+        "utterances": len(items),
+        "records": summary["records"],
+        "errors": summary["errors"],
+        "seconds": round(seconds, 1),
+        "utterances_per_second": round(len(items) / seconds, 1),
+    }
     print(json.dumps(result))
     return result
 

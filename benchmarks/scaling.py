@@ -66,10 +66,9 @@ def perturbed_copy(source: str, dest: Path, copy: int) -> None:
     # Fewer samples at the same rate: faster speech (and higher pitch), as speed perturbation.
     audio = scipy.signal.resample_poly(audio, ratio.denominator, ratio.numerator, axis=0)
     rng = np.random.default_rng(copy)
-    power = float(np.mean(audio ** 2)) or 1e-12
+    power = float(np.mean(audio**2)) or 1e-12
     audio = audio + rng.normal(scale=np.sqrt(power / 10 ** (SNR_DB / 10)), size=audio.shape)
-    soundfile.write(str(dest), np.clip(audio, -1.0, 1.0).astype(np.float32), rate,
-                    format="FLAC")
+    soundfile.write(str(dest), np.clip(audio, -1.0, 1.0).astype(np.float32), rate, format="FLAC")
 
 
 def build_manifest(utterances, size: int, copies_dir: Path, out: Path) -> int:
@@ -85,8 +84,15 @@ def build_manifest(utterances, size: int, copies_dir: Path, out: Path) -> int:
                 if not path.exists():
                     perturbed_copy(u.audio_path, path, copy)
                 speaker = f"{u.speaker}-copy{copy}"
-            rows.append({"path": str(path), "label": u.label_name, "speaker": speaker,
-                         "transcript": u.transcript, "gender": u.gender})
+            rows.append(
+                {
+                    "path": str(path),
+                    "label": u.label_name,
+                    "speaker": speaker,
+                    "transcript": u.transcript,
+                    "gender": u.gender,
+                }
+            )
     out.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return len(rows)
 
@@ -97,8 +103,9 @@ def run_sampled(command, env=None) -> dict:
     import psutil
 
     started = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     peaks = {"driver": 0, "workers": 0}
     watched = psutil.Process(process.pid)
 
@@ -124,10 +131,15 @@ def run_sampled(command, env=None) -> dict:
     seconds = time.perf_counter() - started
     sampler.join()
     if process.returncode != 0:
-        raise RuntimeError(f"{' '.join(map(str, command[:4]))} ... failed "
-                           f"({process.returncode}): {stderr[-3000:]}")
-    return {"seconds": seconds, "stdout": stdout,
-            "driver_mb": peaks["driver"] / 2 ** 20, "workers_mb": peaks["workers"] / 2 ** 20}
+        raise RuntimeError(
+            f"{' '.join(map(str, command[:4]))} ... failed ({process.returncode}): {stderr[-3000:]}"
+        )
+    return {
+        "seconds": seconds,
+        "stdout": stdout,
+        "driver_mb": peaks["driver"] / 2**20,
+        "workers_mb": peaks["workers"] / 2**20,
+    }
 
 
 def train_stage(records: str) -> dict:
@@ -146,8 +158,9 @@ def train_stage(records: str) -> dict:
     config = variant_config("cme", word_dim=word_dim_of(records), epochs=2)
     keras.utils.set_random_seed(config.seed)
     plain = make_dataset(train, config.word_dim, config.batch_size)
-    shuffled = make_dataset(train, config.word_dim, config.batch_size, shuffle=True,
-                            seed=config.seed)
+    shuffled = make_dataset(
+        train, config.word_dim, config.batch_size, shuffle=True, seed=config.seed
+    )
     model = build_model(config)
     adapt_normalization(model, training_frames(plain))
     compile_model(model, config, steps_per_epoch=sum(1 for _ in plain), epochs=config.epochs)
@@ -168,10 +181,14 @@ def train_stage(records: str) -> dict:
     started = time.perf_counter()
     _, scored = evaluate(model, files[EVAL_FOLD], config)
     evaluate_seconds = time.perf_counter() - started
-    return {"train_utterances": count(plain), "epoch_seconds": times.seconds[-1],
-            "first_epoch_seconds": times.seconds[0],
-            "evaluate_seconds": evaluate_seconds, "evaluated_utterances": scored,
-            "train_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "train_utterances": count(plain),
+        "epoch_seconds": times.seconds[-1],
+        "first_epoch_seconds": times.seconds[0],
+        "evaluate_seconds": evaluate_seconds,
+        "evaluated_utterances": scored,
+        "train_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def measure(size: int, utterances, work: Path, args) -> dict:
@@ -180,40 +197,69 @@ def measure(size: int, utterances, work: Path, args) -> dict:
     manifest = work / f"manifest-{size}x.jsonl"
     count = build_manifest(utterances, size, work / "copies", manifest)
     records = work / f"records-{size}x"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-    pre = run_sampled([
-        sys.executable, "-m", "cli", "preprocess", "--dataset", "manifest",
-        "--data-dir", str(manifest), "--out", str(records),
-        "--classes", ",".join(args.classes), "--embeddings", str(embeddings.fetch_glove()),
-        "--beam-arg=--runner=DirectRunner", "--beam-arg=--direct_running_mode=multi_processing",
-        f"--beam-arg=--direct_num_workers={args.workers}"], env=env)
-    summary = json.loads(pre["stdout"][pre["stdout"].index("{"):])
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(
+            os.pathsep
+        ),
+    }
+    pre = run_sampled(
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "preprocess",
+            "--dataset",
+            "manifest",
+            "--data-dir",
+            str(manifest),
+            "--out",
+            str(records),
+            "--classes",
+            ",".join(args.classes),
+            "--embeddings",
+            str(embeddings.fetch_glove()),
+            "--beam-arg=--runner=DirectRunner",
+            "--beam-arg=--direct_running_mode=multi_processing",
+            f"--beam-arg=--direct_num_workers={args.workers}",
+        ],
+        env=env,
+    )
+    summary = json.loads(pre["stdout"][pre["stdout"].index("{") :])
     on_disk = sum(p.stat().st_size for p in (records / "records").rglob("*") if p.is_file())
-    train = run_sampled([sys.executable, str(Path(__file__).resolve()), "--train-stage",
-                         str(records)], env=env)
+    train = run_sampled(
+        [sys.executable, str(Path(__file__).resolve()), "--train-stage", str(records)], env=env
+    )
     trained = json.loads(train["stdout"].strip().splitlines()[-1])
-    return {"benchmark": "scaling", "size": size, "utterances": count,
-            "records": summary["records"], "errors": summary["errors"],
-            "preprocess_seconds": round(pre["seconds"], 1),
-            "utterances_per_second": round(count / pre["seconds"], 1),
-            "preprocess_driver_peak_mb": round(pre["driver_mb"]),
-            "preprocess_workers_peak_mb": round(pre["workers_mb"]),
-            "records_mb": round(on_disk / 2 ** 20, 1),
-            "epoch_seconds": round(trained["epoch_seconds"], 2),
-            "first_epoch_seconds": round(trained["first_epoch_seconds"], 2),
-            "evaluate_seconds": round(trained["evaluate_seconds"], 2),
-            "train_utterances": trained["train_utterances"],
-            "evaluated_utterances": trained["evaluated_utterances"],
-            "train_peak_mb": round(trained["train_peak_mb"])}
+    return {
+        "benchmark": "scaling",
+        "size": size,
+        "utterances": count,
+        "records": summary["records"],
+        "errors": summary["errors"],
+        "preprocess_seconds": round(pre["seconds"], 1),
+        "utterances_per_second": round(count / pre["seconds"], 1),
+        "preprocess_driver_peak_mb": round(pre["driver_mb"]),
+        "preprocess_workers_peak_mb": round(pre["workers_mb"]),
+        "records_mb": round(on_disk / 2**20, 1),
+        "epoch_seconds": round(trained["epoch_seconds"], 2),
+        "first_epoch_seconds": round(trained["first_epoch_seconds"], 2),
+        "evaluate_seconds": round(trained["evaluate_seconds"], 2),
+        "train_utterances": trained["train_utterances"],
+        "evaluated_utterances": trained["evaluated_utterances"],
+        "train_peak_mb": round(trained["train_peak_mb"]),
+    }
 
 
 def exponents(rows) -> dict:
     """Least-squares slope of log(figure) against log(size), per figure (needs >= 2 sizes)."""
     import numpy as np
+
     sizes = np.log([r["size"] for r in rows])
-    return {name: round(float(np.polyfit(sizes, np.log([r[name] for r in rows]), 1)[0]), 3)
-            for name in TIME_FIGURES + MEMORY_FIGURES + SIZE_FIGURES}
+    return {
+        name: round(float(np.polyfit(sizes, np.log([r[name] for r in rows]), 1)[0]), 3)
+        for name in TIME_FIGURES + MEMORY_FIGURES + SIZE_FIGURES
+    }
 
 
 def targets(rows, slopes) -> dict:
@@ -221,13 +267,17 @@ def targets(rows, slopes) -> dict:
     return {
         "time_exponents_at_most_1.05": {n: slopes[n] <= TARGET_EXPONENT for n in TIME_FIGURES},
         "peak_memory_within_20_percent": {
-            n: last[n] <= TARGET_MEMORY_GROWTH * first[n] for n in MEMORY_FIGURES},
+            n: last[n] <= TARGET_MEMORY_GROWTH * first[n] for n in MEMORY_FIGURES
+        },
         "preprocess_at_least_25_utterances_per_second": all(
-            r["utterances_per_second"] >= TARGET_UTTERANCES_PER_SECOND for r in rows)}
+            r["utterances_per_second"] >= TARGET_UTTERANCES_PER_SECOND for r in rows
+        ),
+    }
 
 
 def plot(rows, path: str) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -252,15 +302,27 @@ def main(argv=None) -> list:
     from trainer.config import DEFAULT_CLASSES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="1,2,4,8",
-                        help="corpus sizes, in copies of RAVDESS speech (comma-separated)")
+    parser.add_argument(
+        "--sizes",
+        default="1,2,4,8",
+        help="corpus sizes, in copies of RAVDESS speech (comma-separated)",
+    )
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="Beam worker processes of the preprocessing")
-    parser.add_argument("--every", type=int, default=1,
-                        help="1x is every N-th utterance of the corpus (a quick check: 16)")
-    parser.add_argument("--plot", default=None,
-                        help="draw the figures here (e.g. docs/scaling.png)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="Beam worker processes of the preprocessing",
+    )
+    parser.add_argument(
+        "--every",
+        type=int,
+        default=1,
+        help="1x is every N-th utterance of the corpus (a quick check: 16)",
+    )
+    parser.add_argument(
+        "--plot", default=None, help="draw the figures here (e.g. docs/scaling.png)"
+    )
     parser.add_argument("--train-stage", default=None, help=argparse.SUPPRESS)  # the child
     args = parser.parse_args(argv)
     if args.train_stage:
@@ -274,8 +336,9 @@ def main(argv=None) -> list:
     if not sizes or sizes[0] < 1:
         parser.error(f"--sizes must be positive integers, got {args.sizes!r}")
     utterances, _ = corpora.partition(
-        corpora.ravdess(find_data_dir(args.data_dir), DEFAULT_CLASSES))
-    utterances = utterances[::max(1, args.every)]
+        corpora.ravdess(find_data_dir(args.data_dir), DEFAULT_CLASSES)
+    )
+    utterances = utterances[:: max(1, args.every)]
     rows = []
     with tempfile.TemporaryDirectory(prefix="cme-ser-scaling-") as tmp:
         (Path(tmp) / "copies").mkdir()
@@ -284,8 +347,17 @@ def main(argv=None) -> list:
             print(json.dumps(rows[-1]), flush=True)
     if len(rows) >= 2:
         slopes = exponents(rows)
-        print(json.dumps({"benchmark": "scaling", "sizes": sizes, "exponents": slopes,
-                          "targets": targets(rows, slopes)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "benchmark": "scaling",
+                    "sizes": sizes,
+                    "exponents": slopes,
+                    "targets": targets(rows, slopes),
+                }
+            ),
+            flush=True,
+        )
         if args.plot:
             plot(rows, args.plot)
     return rows

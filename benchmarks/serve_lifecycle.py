@@ -47,7 +47,9 @@ from serving.client import RestClient, ServingRequestError, Utterance  # noqa: E
 UTTERANCE = Utterance(
     waveform=(0.1 * np.random.default_rng(0).standard_normal(56000)).astype(np.float32),
     words=["kids", "are", "talking", "by", "the", "door"],
-    start_s=[0.50, 0.85, 1.05, 1.55, 1.75, 1.95], end_s=[0.85, 1.05, 1.55, 1.75, 1.95, 2.45])
+    start_s=[0.50, 0.85, 1.05, 1.55, 1.75, 1.95],
+    end_s=[0.85, 1.05, 1.55, 1.75, 1.95, 2.45],
+)
 
 
 def _announced_url(process: subprocess.Popen, timeout: float) -> str:
@@ -63,8 +65,7 @@ def _announced_url(process: subprocess.Popen, timeout: float) -> str:
     reader.start()
     reader.join(timeout)
     if "url" not in found:
-        raise RuntimeError(f"no announcement within {timeout:.0f} s "
-                           f"(status {process.poll()})")
+        raise RuntimeError(f"no announcement within {timeout:.0f} s (status {process.poll()})")
     return found["url"]
 
 
@@ -95,12 +96,34 @@ def _client(url: str, stop: threading.Event, counts: dict, lock: threading.Lock)
 
 
 def cycle(args, index: int) -> dict:
-    command = [sys.executable, "-m", "cli", "serve", "--model-base-path",
-               str(args.model_base_path), "--model-name", "cme", "--host", "127.0.0.1",
-               "--port", "0",
-               "--poll-seconds", "0.2", "--grpc-port", "0", "--workers", str(args.workers)]
-    process = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.DEVNULL,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = [
+        sys.executable,
+        "-m",
+        "cli",
+        "serve",
+        "--model-base-path",
+        str(args.model_base_path),
+        "--model-name",
+        "cme",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--poll-seconds",
+        "0.2",
+        "--grpc-port",
+        "0",
+        "--workers",
+        str(args.workers),
+    ]
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     stderr: list = []
     drain = threading.Thread(target=lambda: stderr.append(process.stderr.read()), daemon=True)
     drain.start()
@@ -118,14 +141,22 @@ def cycle(args, index: int) -> dict:
                     pass
             process.wait(timeout=30)
             drain.join(timeout=10)
-            return {"cycle": index, "status": f"did not start: {error}", "seconds": 0.0,
-                    "stderr": "".join(stderr), "traceback": True, **counts}
+            return {
+                "cycle": index,
+                "status": f"did not start: {error}",
+                "seconds": 0.0,
+                "stderr": "".join(stderr),
+                "traceback": True,
+                **counts,
+            }
         with RestClient(url, "cme", timeout=60) as client:
             first = client.predict_waveform([UTTERANCE])[0]
         if first.emotion not in first.probabilities:
             raise RuntimeError(f"unexpected answer {first}")
-        clients = [threading.Thread(target=_client, args=(url, stop, counts, lock), daemon=True)
-                   for _ in range(args.clients)]
+        clients = [
+            threading.Thread(target=_client, args=(url, stop, counts, lock), daemon=True)
+            for _ in range(args.clients)
+        ]
         for c in clients:
             c.start()
         time.sleep(0.05 + 0.05 * (index % 7))  # SIGTERM at different points of the requests
@@ -148,18 +179,30 @@ def cycle(args, index: int) -> dict:
     drain.join(timeout=10)
     text = "".join(stderr)
     workers = re.findall(r"Worker \(pid:\d+\) (?:was sent \w+|exited with code -?\d+)", text)
-    return {"cycle": index, "status": status, "seconds": stopped, "stderr": text,
-            "traceback": "Traceback" in text, "worker_ends": workers, **counts}
+    return {
+        "cycle": index,
+        "status": status,
+        "seconds": stopped,
+        "stderr": text,
+        "traceback": "Traceback" in text,
+        "worker_ends": workers,
+        **counts,
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model-base-path", required=True, type=Path,
-                        help="<base>/<version>/ SavedModels, as `cme-ser serve` takes")
+    parser.add_argument(
+        "--model-base-path",
+        required=True,
+        type=Path,
+        help="<base>/<version>/ SavedModels, as `cme-ser serve` takes",
+    )
     parser.add_argument("--cycles", type=int, default=50)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--clients", type=int, default=4,
-                        help="clients sending requests while SIGTERM arrives")
+    parser.add_argument(
+        "--clients", type=int, default=4, help="clients sending requests while SIGTERM arrives"
+    )
     parser.add_argument("--start-timeout", type=float, default=300.0)
     parser.add_argument("--stop-timeout", type=float, default=60.0)
     args = parser.parse_args()
@@ -167,20 +210,41 @@ def main() -> int:
     for index in range(args.cycles):
         results.append(cycle(args, index))
         r = results[-1]
-        print(f"cycle {index + 1}/{args.cycles}: status {r['status']}, worker ends "
-              f"{r['worker_ends']}, traceback {r['traceback']}, stopped in {r['seconds']:.2f} s",
-              file=sys.stderr, flush=True)
-    bad = [{"cycle": r["cycle"], "status": r["status"], "worker_ends": r["worker_ends"],
-            "stderr_tail": r["stderr"][-6000:]}
-           for r in results if r["status"] != 0 or r["worker_ends"] or r["traceback"]]
+        print(
+            f"cycle {index + 1}/{args.cycles}: status {r['status']}, worker ends "
+            f"{r['worker_ends']}, traceback {r['traceback']}, stopped in {r['seconds']:.2f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+    bad = [
+        {
+            "cycle": r["cycle"],
+            "status": r["status"],
+            "worker_ends": r["worker_ends"],
+            "stderr_tail": r["stderr"][-6000:],
+        }
+        for r in results
+        if r["status"] != 0 or r["worker_ends"] or r["traceback"]
+    ]
     seconds = [r["seconds"] for r in results]
-    print(json.dumps({
-        "cycles": args.cycles, "workers": args.workers, "clients": args.clients,
-        "bad_exits": bad, "tracebacks": sum(r["traceback"] for r in results),
-        "requests_while_stopping": {k: sum(r[k] for r in results)
-                                    for k in ("ok", "refused", "other")},
-        "stop_seconds": {"median": round(statistics.median(seconds), 3),
-                         "max": round(max(seconds), 3)}}))
+    print(
+        json.dumps(
+            {
+                "cycles": args.cycles,
+                "workers": args.workers,
+                "clients": args.clients,
+                "bad_exits": bad,
+                "tracebacks": sum(r["traceback"] for r in results),
+                "requests_while_stopping": {
+                    k: sum(r[k] for r in results) for k in ("ok", "refused", "other")
+                },
+                "stop_seconds": {
+                    "median": round(statistics.median(seconds), 3),
+                    "max": round(max(seconds), 3),
+                },
+            }
+        )
+    )
     return 1 if bad else 0
 
 

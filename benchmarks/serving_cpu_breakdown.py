@@ -51,8 +51,10 @@ def timed(function, calls: int) -> dict:
     cpu, wall = time.process_time(), time.perf_counter()
     for _ in range(calls):
         function()
-    return {"cpu_ms": round(1000 * (time.process_time() - cpu) / calls, 3),
-            "wall_ms": round(1000 * (time.perf_counter() - wall) / calls, 3)}
+    return {
+        "cpu_ms": round(1000 * (time.process_time() - cpu) / calls, 3),
+        "wall_ms": round(1000 * (time.perf_counter() - wall) / calls, 3),
+    }
 
 
 def http_cost(request: bytes, calls: int) -> dict:
@@ -105,8 +107,9 @@ def main(argv=None) -> int:
     signature = repository.resolve().signatures["predict_waveform"]
     n = args.calls
     fast = fast_json.parse(body)
-    request = json_tensors.request_tensors(fast.doc, signature.inputs, "predict_waveform",
-                                           fast.bools_possible)
+    request = json_tensors.request_tensors(
+        fast.doc, signature.inputs, "predict_waveform", fast.bools_possible
+    )
     outputs = signature.run(request.tensors)
     dtypes = {k: spec.dtype for k, spec in signature.outputs.items()}
     batch = waveform_batch([utt] * 8)
@@ -114,20 +117,32 @@ def main(argv=None) -> int:
     stages = {
         "http": http_cost(http_request("http://127.0.0.1", "cme", body), n),
         "json_decode": timed(lambda: fast_json.parse(body), n),
-        "tensor_building": timed(lambda: json_tensors.request_tensors(
-            fast.doc, signature.inputs, "predict_waveform", fast.bools_possible), n),
+        "tensor_building": timed(
+            lambda: json_tensors.request_tensors(
+                fast.doc, signature.inputs, "predict_waveform", fast.bools_possible
+            ),
+            n,
+        ),
         "signature_call_batch1": timed(lambda: signature.run(request.tensors), n),
-        "response_encode": timed(lambda: json_tensors.predict_response(
-            outputs, dtypes, request.format), n),
-        "respond_total": timed(lambda: api.respond("POST", "/v1/models/cme:predict", {}, body),
-                               n),
+        "response_encode": timed(
+            lambda: json_tensors.predict_response(outputs, dtypes, request.format), n
+        ),
+        "respond_total": timed(lambda: api.respond("POST", "/v1/models/cme:predict", {}, body), n),
     }
     per_batch = timed(lambda: signature.run(batch), max(10, n // 8))
     stages["inprocess_batch8_per_utterance"] = {k: round(v / 8, 3) for k, v in per_batch.items()}
     repository.stop()
-    print(json.dumps({"model": describe_model(version_dir, args.model_note),
-                      "body_bytes": len(body), "stages": stages,
-                      "load_avg_1m": round(os.getloadavg()[0], 2), "nice": os.nice(0)}))
+    print(
+        json.dumps(
+            {
+                "model": describe_model(version_dir, args.model_note),
+                "body_bytes": len(body),
+                "stages": stages,
+                "load_avg_1m": round(os.getloadavg()[0], 2),
+                "nice": os.nice(0),
+            }
+        )
+    )
     return 0
 
 

@@ -91,8 +91,10 @@ def loopback_only(url: str) -> None:
     except (OSError, ValueError):
         ok = False
     if not ok:
-        sys.exit(f"serving_load: {url} is not a loopback address; this benchmark only loads "
-                 f"servers on this machine")
+        sys.exit(
+            f"serving_load: {url} is not a loopback address; this benchmark only loads "
+            f"servers on this machine"
+        )
 
 
 def utterance(audio: Path, transcript: str) -> Utterance:
@@ -101,16 +103,37 @@ def utterance(audio: Path, transcript: str) -> Utterance:
 
     waveform, _ = load_audio(audio)
     aligned = PocketSphinxAligner().align(waveform, transcript)
-    return Utterance(waveform, [w.word for w in aligned.words],
-                     [w.start / 100 for w in aligned.words], [w.end / 100 for w in aligned.words])
+    return Utterance(
+        waveform,
+        [w.word for w in aligned.words],
+        [w.start / 100 for w in aligned.words],
+        [w.end / 100 for w in aligned.words],
+    )
 
 
 def start_server(base_path: str, model_name: str, extra: list) -> tuple:
     """``cme-ser serve`` on free ports: (process, REST url, gRPC url or None)."""
-    command = [sys.executable, "-m", "cli", "serve", "--model-base-path", base_path,
-               "--model-name", model_name, "--port", "0", "--host", "127.0.0.1"] + extra
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                               text=True, cwd=Path(__file__).resolve().parents[1])
+    command = [
+        sys.executable,
+        "-m",
+        "cli",
+        "serve",
+        "--model-base-path",
+        base_path,
+        "--model-name",
+        model_name,
+        "--port",
+        "0",
+        "--host",
+        "127.0.0.1",
+    ] + extra
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     # "... N worker processes, gRPC at 127.0.0.1:PORT, REST API at http://127.0.0.1:PORT",
     # printed once every worker has loaded the model
     line = ""
@@ -156,9 +179,14 @@ class GrpcCaller:
         from tensorflow_serving.apis import prediction_service_pb2_grpc
 
         self._grpc = grpc
-        self.channel = grpc.insecure_channel(target, options=[
-            ("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1),
-            ("grpc.use_local_subchannel_pool", 1)])  # a connection of its own
+        self.channel = grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_receive_message_length", -1),
+                ("grpc.max_send_message_length", -1),
+                ("grpc.use_local_subchannel_pool", 1),
+            ],
+        )  # a connection of its own
         self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
         self.request = request
         self.timeout = timeout
@@ -242,8 +270,8 @@ class RawClient:
         at = head.find(b"\r\ncontent-length:")
         if at >= 0:
             stop = head.find(b"\r\n", at + 2)
-            length = int(head[at + 17:stop if stop >= 0 else len(head)])
-        body = data[end + 4:]
+            length = int(head[at + 17 : stop if stop >= 0 else len(head)])
+        body = data[end + 4 :]
         while len(body) < length:
             chunk = self.sock.recv(max(65536, length - len(body)))
             if not chunk:
@@ -264,9 +292,10 @@ def http_request(url: str, model_name: str, body: bytes) -> bytes:
     """The whole POST :predict request, headers and body, as bytes."""
     parts = urllib.parse.urlsplit(url)
     path = f"/v1/models/{urllib.parse.quote(model_name, safe='')}:predict"
-    return (f"POST {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-            ).encode("ascii") + body
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode("ascii") + body
 
 
 def _error_text(status: int, payload: bytes) -> str:
@@ -305,12 +334,21 @@ def _tree_ticks(pid: int) -> int:
     return total
 
 
-def load(url: str, model_name: str, body, clients: int, requests: int,
-         max_seconds: float, warmup: int = 0, server_pid: int = None) -> dict:
+def load(
+    url: str,
+    model_name: str,
+    body,
+    clients: int,
+    requests: int,
+    max_seconds: float,
+    warmup: int = 0,
+    server_pid: int = None,
+) -> dict:
     """``body``: the JSON request body for an http:// ``url``, the PredictRequest for a
     grpc:// one."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme == "grpc":
+
         def connect():
             return GrpcCaller(parts.netloc, body)
     else:
@@ -318,6 +356,7 @@ def load(url: str, model_name: str, body, clients: int, requests: int,
 
         def connect():
             return RestCaller(parts.hostname, parts.port or 80, request)
+
     latencies, errors, messages = [], [0], []
     lock = threading.Lock()
     remaining = [requests]
@@ -370,25 +409,31 @@ def load(url: str, model_name: str, body, clients: int, requests: int,
     wall = time.perf_counter() - started
     client_cpu = time.process_time() - client_cpu
     hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    server_cpu = (_tree_ticks(server_pid) - server_ticks) / hz \
-        if server_pid and server_ticks >= 0 else None
+    server_cpu = (
+        (_tree_ticks(server_pid) - server_ticks) / hz if server_pid and server_ticks >= 0 else None
+    )
     busy_cpu = (_busy_ticks() - busy) / hz if busy >= 0 else None
     latencies.sort()
     done = len(latencies) + errors[0]
-    result = {"requests": done, "errors": errors[0], "seconds": round(wall, 2),
-              "requests_per_s": round(len(latencies) / wall, 1) if wall else 0.0,
-              "p50_ms": round(1000 * percentile(latencies, 0.50), 1),
-              "p90_ms": round(1000 * percentile(latencies, 0.90), 1),
-              "p99_ms": round(1000 * percentile(latencies, 0.99), 1),
-              "error_samples": messages,
-              "client_cpu_ms_per_request": round(1000 * client_cpu / max(done, 1), 2)}
+    result = {
+        "requests": done,
+        "errors": errors[0],
+        "seconds": round(wall, 2),
+        "requests_per_s": round(len(latencies) / wall, 1) if wall else 0.0,
+        "p50_ms": round(1000 * percentile(latencies, 0.50), 1),
+        "p90_ms": round(1000 * percentile(latencies, 0.90), 1),
+        "p99_ms": round(1000 * percentile(latencies, 0.99), 1),
+        "error_samples": messages,
+        "client_cpu_ms_per_request": round(1000 * client_cpu / max(done, 1), 2),
+    }
     if server_cpu is not None:
         result["server_cpu_ms_per_request"] = round(1000 * server_cpu / max(done, 1), 2)
     if busy_cpu is not None and wall:
         # Everything else that ran on the machine meanwhile (another user's jobs), in cores.
         ours = client_cpu + (server_cpu or 0.0)
-        result["other_cpu_cores"] = round(max(0.0, busy_cpu - ours) / wall, 2) \
-            if server_cpu is not None else None
+        result["other_cpu_cores"] = (
+            round(max(0.0, busy_cpu - ours) / wall, 2) if server_cpu is not None else None
+        )
         result["machine_busy_cores"] = round(busy_cpu / wall, 2)
     return result
 
@@ -407,11 +452,19 @@ def describe_model(version_dir: Path, note: str) -> dict:
 
     reader = tf.train.load_checkpoint(str(version_dir / "variables" / "variables"))
     shapes = reader.get_variable_to_shape_map()
-    parameters = sum(int(np.prod(shape)) for name, shape in shapes.items()
-                     if "OPTIMIZER_SLOT" not in name and name != "_CHECKPOINTABLE_OBJECT_GRAPH"
-                     and reader.get_variable_to_dtype_map()[name].is_floating)
-    return {"path": str(version_dir), "version": int(version_dir.name),
-            "parameters": parameters, "note": note}
+    parameters = sum(
+        int(np.prod(shape))
+        for name, shape in shapes.items()
+        if "OPTIMIZER_SLOT" not in name
+        and name != "_CHECKPOINTABLE_OBJECT_GRAPH"
+        and reader.get_variable_to_dtype_map()[name].is_floating
+    )
+    return {
+        "path": str(version_dir),
+        "version": int(version_dir.name),
+        "parameters": parameters,
+        "note": note,
+    }
 
 
 def inprocess_rate(version_dir: Path, utt: Utterance, seconds: float) -> dict:
@@ -423,8 +476,12 @@ def inprocess_rate(version_dir: Path, utt: Utterance, seconds: float) -> dict:
 
     function = tf.saved_model.load(str(version_dir)).signatures["predict_waveform"]
     batch = waveform_batch([utt] * INPROCESS_BATCH)
-    feeds = {k: tf.constant(np.vectorize(lambda w: w.encode("utf-8"), otypes=[object])(v))
-             if k == "words" else tf.constant(v) for k, v in batch.items()}
+    feeds = {
+        k: tf.constant(np.vectorize(lambda w: w.encode("utf-8"), otypes=[object])(v))
+        if k == "words"
+        else tf.constant(v)
+        for k, v in batch.items()
+    }
     for _ in range(3):
         function(**feeds)["probabilities"].numpy()
     calls, cpu, busy, started = 0, time.process_time(), _busy_ticks(), time.perf_counter()
@@ -433,10 +490,12 @@ def inprocess_rate(version_dir: Path, utt: Utterance, seconds: float) -> dict:
         calls += 1
     wall = time.perf_counter() - started
     cpu = time.process_time() - cpu
-    result = {"batch": INPROCESS_BATCH,
-              "utterances_per_s": round(calls * INPROCESS_BATCH / wall, 1),
-              "cpu_ms_per_utterance": round(1000 * cpu / (calls * INPROCESS_BATCH), 2),
-              "seconds": round(wall, 2)}
+    result = {
+        "batch": INPROCESS_BATCH,
+        "utterances_per_s": round(calls * INPROCESS_BATCH / wall, 1),
+        "cpu_ms_per_utterance": round(1000 * cpu / (calls * INPROCESS_BATCH), 2),
+        "seconds": round(wall, 2),
+    }
     if busy >= 0:  # what other processes took meanwhile, in cores (as for the load runs)
         hz = os.sysconf("SC_CLK_TCK")
         result["other_cpu_cores"] = round(max(0.0, (_busy_ticks() - busy) / hz - cpu) / wall, 2)
@@ -445,43 +504,72 @@ def inprocess_rate(version_dir: Path, utt: Utterance, seconds: float) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-base-path", required=True,
-                        help="the model's <base>/<version>/ directory: measured in process, and "
-                             "served by a started `cme-ser serve` unless --url is given")
+    parser.add_argument(
+        "--model-base-path",
+        required=True,
+        help="the model's <base>/<version>/ directory: measured in process, and "
+        "served by a started `cme-ser serve` unless --url is given",
+    )
     parser.add_argument("--url", help="a running server of the same model (loopback only)")
     parser.add_argument("--model-name", default="cme")
-    parser.add_argument("--model-note", default="",
-                        help="what the model is (e.g. 'shipped shape, untrained'), echoed")
+    parser.add_argument(
+        "--model-note",
+        default="",
+        help="what the model is (e.g. 'shipped shape, untrained'), echoed",
+    )
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=800)
-    parser.add_argument("--warmup", type=int, default=64,
-                        help="requests before measuring, spread over the clients' connections")
-    parser.add_argument("--max-seconds", type=float, default=60.0,
-                        help="stop measuring by then anyway")
-    parser.add_argument("--inprocess-seconds", type=float, default=10.0,
-                        help="how long the in-process reference is measured")
-    parser.add_argument("--audio", default=None,
-                        help="default: Actor_01/03-01-05-01-01-01-01.flac of the RAVDESS speech "
-                             "directory ($CME_SER_DATA, ./data/ravdess-speech, "
-                             "../shared/data/ravdess-speech)")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=64,
+        help="requests before measuring, spread over the clients' connections",
+    )
+    parser.add_argument(
+        "--max-seconds", type=float, default=60.0, help="stop measuring by then anyway"
+    )
+    parser.add_argument(
+        "--inprocess-seconds",
+        type=float,
+        default=10.0,
+        help="how long the in-process reference is measured",
+    )
+    parser.add_argument(
+        "--audio",
+        default=None,
+        help="default: Actor_01/03-01-05-01-01-01-01.flac of the RAVDESS speech "
+        "directory ($CME_SER_DATA, ./data/ravdess-speech, "
+        "../shared/data/ravdess-speech)",
+    )
     parser.add_argument("--transcript", default=DEFAULT_TRANSCRIPT)
-    parser.add_argument("--protocol", choices=["rest", "grpc", "both"], default=None,
-                        help="REST (JSON) or gRPC (TensorProto) requests, or both one after the "
-                             "other; default: the --url's scheme, else both")
-    parser.add_argument("--signature", choices=["predict_waveform", "predict_waveform_bytes"],
-                        default="predict_waveform",
-                        help="samples as JSON numbers, or as base64 float32 bytes")
-    parser.add_argument("--server-arg", action="append", default=[],
-                        help="extra `cme-ser serve` argument, repeatable (e.g. "
-                             "--server-arg=--workers=2, --server-arg=--enable-batching; "
-                             "batching is off by default, as in TF Serving)")
+    parser.add_argument(
+        "--protocol",
+        choices=["rest", "grpc", "both"],
+        default=None,
+        help="REST (JSON) or gRPC (TensorProto) requests, or both one after the "
+        "other; default: the --url's scheme, else both",
+    )
+    parser.add_argument(
+        "--signature",
+        choices=["predict_waveform", "predict_waveform_bytes"],
+        default="predict_waveform",
+        help="samples as JSON numbers, or as base64 float32 bytes",
+    )
+    parser.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        help="extra `cme-ser serve` argument, repeatable (e.g. "
+        "--server-arg=--workers=2, --server-arg=--enable-batching; "
+        "batching is off by default, as in TF Serving)",
+    )
     args = parser.parse_args(argv)
     if args.clients < 1 or args.requests < 1:
         parser.error("--clients and --requests must be >= 1")
-    protocol = args.protocol or ("grpc" if (args.url or "").startswith("grpc://")
-                                 else "rest" if args.url else "both")
-    if args.url and (protocol == "both" or (protocol == "grpc") != args.url.startswith(
-            "grpc://")):
+    protocol = args.protocol or (
+        "grpc" if (args.url or "").startswith("grpc://") else "rest" if args.url else "both"
+    )
+    if args.url and (protocol == "both" or (protocol == "grpc") != args.url.startswith("grpc://")):
         parser.error(f"--protocol {protocol} does not match --url {args.url}")
     try:
         audio = Path(args.audio) if args.audio else find_data_dir(None).joinpath(*DEFAULT_AUDIO)
@@ -496,8 +584,9 @@ def main(argv=None) -> int:
     process = None
     urls = {}
     if args.url is None:
-        process, urls["rest"], urls["grpc"] = start_server(args.model_base_path,
-                                                           args.model_name, args.server_arg)
+        process, urls["rest"], urls["grpc"] = start_server(
+            args.model_base_path, args.model_name, args.server_arg
+        )
         if protocol != "rest" and urls["grpc"] is None:
             process.kill()
             sys.exit("serving_load: the server announced no gRPC address (--grpc-port -1?)")
@@ -505,22 +594,37 @@ def main(argv=None) -> int:
         urls[protocol] = args.url
     runs = {}
     try:
-        for name in (("rest", "grpc") if protocol == "both" else (protocol,)):
+        for name in ("rest", "grpc") if protocol == "both" else (protocol,):
             url = urls[name]
             loopback_only(url)
-            probe = GrpcClient(url, args.model_name) if name == "grpc" \
+            probe = (
+                GrpcClient(url, args.model_name)
+                if name == "grpc"
                 else RestClient(url, args.model_name)
+            )
             wait_available(probe)
-            body = probe.waveform_request([utt], binary=binary) if name == "grpc" \
+            body = (
+                probe.waveform_request([utt], binary=binary)
+                if name == "grpc"
                 else predict_waveform_body([utt], binary=binary)
+            )
             probe.close()
-            result = load(url, args.model_name, body, args.clients, args.requests,
-                          args.max_seconds, warmup=args.warmup,
-                          server_pid=process.pid if process else None)
-            result["ratio_to_inprocess"] = round(result["requests_per_s"]
-                                                 / reference["utterances_per_s"], 3)
-            result.update({"url": url, "body_bytes": body.ByteSize() if name == "grpc"
-                           else len(body)})
+            result = load(
+                url,
+                args.model_name,
+                body,
+                args.clients,
+                args.requests,
+                args.max_seconds,
+                warmup=args.warmup,
+                server_pid=process.pid if process else None,
+            )
+            result["ratio_to_inprocess"] = round(
+                result["requests_per_s"] / reference["utterances_per_s"], 3
+            )
+            result.update(
+                {"url": url, "body_bytes": body.ByteSize() if name == "grpc" else len(body)}
+            )
             runs[name] = result
     finally:
         if process is not None:
@@ -529,15 +633,22 @@ def main(argv=None) -> int:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
-    report = {"model": describe_model(version_dir, args.model_note),
-              "inprocess": reference, **runs,
-              "ratios": {name: run["ratio_to_inprocess"] for name, run in runs.items()},
-              "signature": args.signature, "clients": args.clients,
-              "server": "started" if process is not None else "external",
-              "server_args": args.server_arg,
-              "utterance_s": round(utt.waveform.size / 16000, 2), "words": len(utt.words),
-              "cpus": os.cpu_count(), "load_avg_1m_before": load_before,
-              "load_avg_1m": round(os.getloadavg()[0], 2), "nice": os.nice(0)}
+    report = {
+        "model": describe_model(version_dir, args.model_note),
+        "inprocess": reference,
+        **runs,
+        "ratios": {name: run["ratio_to_inprocess"] for name, run in runs.items()},
+        "signature": args.signature,
+        "clients": args.clients,
+        "server": "started" if process is not None else "external",
+        "server_args": args.server_arg,
+        "utterance_s": round(utt.waveform.size / 16000, 2),
+        "words": len(utt.words),
+        "cpus": os.cpu_count(),
+        "load_avg_1m_before": load_before,
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "nice": os.nice(0),
+    }
     print(json.dumps(report))
     return 0 if all(run["errors"] == 0 for run in runs.values()) else 1
 

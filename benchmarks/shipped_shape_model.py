@@ -34,9 +34,12 @@ NORMALISATION_AUDIO = ("Actor_01", "03-01-05-01-01-01-01.flac")
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("export_dir", help="the version directory to write (<base>/<version>)")
-    parser.add_argument("--data-dir", default=None,
-                        help="RAVDESS speech (default: $CME_SER_DATA, ./data/ravdess-speech, "
-                             "../shared/data/ravdess-speech)")
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="RAVDESS speech (default: $CME_SER_DATA, ./data/ravdess-speech, "
+        "../shared/data/ravdess-speech)",
+    )
     args = parser.parse_args(argv)
 
     from preprocessing import audio, embeddings
@@ -54,13 +57,24 @@ def main(argv=None) -> int:
         members.append(model)
     config = variant_config(SHIPPED["variant"])
     prior = [1.0] * len(config.class_names) if SHIPPED["prior_correction"] else None
-    info = export_saved_model(average_models(members), args.export_dir,
-                              class_names=config.class_names,
-                              vectors=embeddings.load(embeddings.fetch_glove()),
-                              prior_class_counts=prior, overwrite=True)
-    print(json.dumps({"path": str(info["path"]), "size_bytes": info["size_bytes"],
-                      "model": f"untrained {SHIPPED['variant']} x{SHIPPED['ensemble']}"
-                               f"{'+prior' if prior else ''} (the shipped shape)"}))
+    info = export_saved_model(
+        average_models(members),
+        args.export_dir,
+        class_names=config.class_names,
+        vectors=embeddings.load(embeddings.fetch_glove()),
+        prior_class_counts=prior,
+        overwrite=True,
+    )
+    print(
+        json.dumps(
+            {
+                "path": str(info["path"]),
+                "size_bytes": info["size_bytes"],
+                "model": f"untrained {SHIPPED['variant']} x{SHIPPED['ensemble']}"
+                f"{'+prior' if prior else ''} (the shipped shape)",
+            }
+        )
+    )
     return 0
 
 

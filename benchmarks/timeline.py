@@ -50,15 +50,22 @@ def child(recording: str, transcript: str, model_dir: str) -> None:
 
     model, aligner = LocalModel(model_dir), PocketSphinxAligner()
     start, cpu = time.perf_counter(), _cpu_seconds()
-    timeline = predict_timeline(recording, model, aligner=aligner,
-                                transcript_words=read_timed_transcript(transcript))
+    timeline = predict_timeline(
+        recording, model, aligner=aligner, transcript_words=read_timed_transcript(transcript)
+    )
     seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
-    print(json.dumps({"seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1),
-                      "segments": len(timeline.rows),
-                      "predicted": sum(r.prediction is not None for r in timeline.rows),
-                      "duration_s": round(timeline.duration_s, 1),
-                      "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                                           / 1024, 1)}))
+    print(
+        json.dumps(
+            {
+                "seconds": round(seconds, 1),
+                "cpu_seconds": round(cpu, 1),
+                "segments": len(timeline.rows),
+                "predicted": sum(r.prediction is not None for r in timeline.rows),
+                "duration_s": round(timeline.duration_s, 1),
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            }
+        )
+    )
 
 
 def _cpu_seconds() -> float:
@@ -70,8 +77,13 @@ def _cpu_seconds() -> float:
 def speed(args) -> dict:
     data = find_data_dir(args.data_dir)
     pool = ravdess_utterances(data, args.actors.split(","), DEFAULT_CLASSES, seed=SEED)
-    result = {"benchmark": "timeline", "model": args.model_dir, "cpus": os.cpu_count(),
-              "load_average": [round(x, 2) for x in os.getloadavg()], "lengths": {}}
+    result = {
+        "benchmark": "timeline",
+        "model": args.model_dir,
+        "cpus": os.cpu_count(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "lengths": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for minutes in [float(m) for m in args.minutes.split(",")]:
             # about 5.5 s per utterance with its silence: enough of them, cycled
@@ -82,18 +94,32 @@ def speed(args) -> dict:
             keep = [p for p in placed if p.end_s <= minutes * 60]
             write_vtt(keep, recording.with_suffix(".vtt"))
             import soundfile as sf
+
             samples = sf.info(str(recording)).frames
             cut = Path(tmp) / f"{minutes:g}min-cut.flac"  # exactly `minutes` long
-            with sf.SoundFile(str(recording)) as src, sf.SoundFile(
-                    str(cut), "w", samplerate=16000, channels=1) as dst:
+            with (
+                sf.SoundFile(str(recording)) as src,
+                sf.SoundFile(str(cut), "w", samplerate=16000, channels=1) as dst,
+            ):
                 left = min(samples, int(minutes * 60 * 16000))
                 while left > 0:
                     block = src.read(min(left, 16000 * 60), dtype="float32")
                     dst.write(block)
                     left -= block.shape[0]
             done = subprocess.run(
-                [sys.executable, __file__, "--child", str(cut), str(recording.with_suffix(".vtt")),
-                 "--model-dir", args.model_dir], capture_output=True, text=True, check=True)
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    str(cut),
+                    str(recording.with_suffix(".vtt")),
+                    "--model-dir",
+                    args.model_dir,
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             result["lengths"][f"{minutes:g}min"] = json.loads(done.stdout.strip().splitlines()[-1])
     print(json.dumps(result))
     return result
@@ -112,19 +138,31 @@ def quality(args) -> dict:
     data = find_data_dir(args.data_dir)
     utterances = ravdess_utterances(data, args.actors.split(","), DEFAULT_CLASSES, seed=SEED)
     model, aligner = LocalModel(args.model_dir), PocketSphinxAligner()
-    clean = predict_files([u[0] for u in utterances], model,
-                          transcripts=[u[2] for u in utterances], aligner=aligner, batch_size=8)
-    result = {"benchmark": "timeline-quality", "model": args.model_dir,
-              "actors": args.actors.split(","), "utterances": len(utterances), "snr_db": {}}
+    clean = predict_files(
+        [u[0] for u in utterances],
+        model,
+        transcripts=[u[2] for u in utterances],
+        aligner=aligner,
+        batch_size=8,
+    )
+    result = {
+        "benchmark": "timeline-quality",
+        "model": args.model_dir,
+        "actors": args.actors.split(","),
+        "utterances": len(utterances),
+        "snr_db": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for snr in [float(s) for s in args.snrs.split(",")]:
             recording = Path(tmp) / f"{snr:g}dB.flac"
-            placed = join_utterances(utterances, recording, snr_db=snr, seed=SEED,
-                                     aligner=aligner)
+            placed = join_utterances(utterances, recording, snr_db=snr, seed=SEED, aligner=aligner)
             write_vtt(placed, recording.with_suffix(".vtt"))
             timeline = predict_timeline(
-                recording, model, aligner=aligner,
-                transcript_words=read_timed_transcript(recording.with_suffix(".vtt")))
+                recording,
+                model,
+                aligner=aligner,
+                transcript_words=read_timed_transcript(recording.with_suffix(".vtt")),
+            )
             reference = [(p.start_s, p.end_s) for p in placed]
             scores = segment_scores(reference, timeline.rows)
             samples, _ = sf.read(str(recording), dtype="float32")
@@ -132,40 +170,57 @@ def quality(args) -> dict:
             for i, p in enumerate(placed):  # each utterance as it lies in the recording
                 first = int(round(p.file_start_s * 16000))
                 cuts.append(str(Path(tmp) / f"alone-{i}.flac"))
-                sf.write(cuts[-1], samples[first:first + sf.info(p.source).frames], 16000)
-            alone = predict_files(cuts, model, transcripts=[p.transcript for p in placed],
-                                  aligner=aligner, batch_size=8)
+                sf.write(cuts[-1], samples[first : first + sf.info(p.source).frames], 16000)
+            alone = predict_files(
+                cuts,
+                model,
+                transcripts=[p.transcript for p in placed],
+                aligner=aligner,
+                batch_size=8,
+            )
             found = match(reference, timeline.rows)
             labels = [timeline.rows[i].emotion if i is not None else None for i in found]
 
             def share(values):
                 return round(float(np.mean(values)), 3)
+
             result["snr_db"][f"{snr:g}"] = {
                 "onset_f1": round(scores["onset"]["f1"], 3),
                 "offset_f1": round(scores["offset"]["f1"], 3),
-                "segments": len(timeline.rows), "found": sum(i is not None for i in found),
+                "segments": len(timeline.rows),
+                "found": sum(i is not None for i in found),
                 "agreement_with_noisy_utterance_alone": share(
-                    [s == a.prediction.emotion for s, a in zip(labels, alone)]),
+                    [s == a.prediction.emotion for s, a in zip(labels, alone)]
+                ),
                 "agreement_with_clean_file_alone": share(
-                    [s == c.prediction.emotion for s, c in zip(labels, clean)]),
+                    [s == c.prediction.emotion for s, c in zip(labels, clean)]
+                ),
                 "accuracy_segments": share([s == p.label for s, p in zip(labels, placed)]),
                 "accuracy_clean_files_alone": share(
-                    [c.prediction.emotion == p.label for c, p in zip(clean, placed)])}
+                    [c.prediction.emotion == p.label for c, p in zip(clean, placed)]
+                ),
+            }
     print(json.dumps(result))
     return result
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-dir", required=True,
-                        help="a SavedModel (version directory or base directory)")
+    parser.add_argument(
+        "--model-dir", required=True, help="a SavedModel (version directory or base directory)"
+    )
     parser.add_argument("--data-dir", default=None, help="RAVDESS speech (default: the lookup)")
     parser.add_argument("--actors", default="21,22")
     parser.add_argument("--minutes", default="10,60")
     parser.add_argument("--quality", action="store_true")
     parser.add_argument("--snrs", default="20,10,5")
-    parser.add_argument("--child", nargs=2, default=None, metavar=("RECORDING", "TRANSCRIPT"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--child",
+        nargs=2,
+        default=None,
+        metavar=("RECORDING", "TRANSCRIPT"),
+        help=argparse.SUPPRESS,
+    )
     args = parser.parse_args(argv)
     if args.child:
         return child(*args.child, args.model_dir)

@@ -41,7 +41,8 @@ def synthetic_batch(rng: np.random.Generator, batch: int, frames: int, words: in
         "fbank": tf.constant(rng.normal(size=(batch, frames, 40)).astype(np.float32)),
         "num_frames": tf.constant(np.full(batch, frames, np.int32)),
         "word_embeddings": tf.constant(
-            rng.normal(size=(batch, words, WORD_DIM)).astype(np.float32)),
+            rng.normal(size=(batch, words, WORD_DIM)).astype(np.float32)
+        ),
         "num_words": tf.constant(np.full(batch, words, np.int32)),
         "word_spans": tf.constant(np.broadcast_to(spans, (batch, words, 2)).copy()),
     }
@@ -61,18 +62,26 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--variant", choices=list(VARIANTS), default=None,
-                        help="benchmark this variant's model (default: ModelConfig())")
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override a ModelConfig field (VALUE parsed as JSON if it can be)")
+    parser.add_argument(
+        "--variant",
+        choices=list(VARIANTS),
+        default=None,
+        help="benchmark this variant's model (default: ModelConfig())",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a ModelConfig field (VALUE parsed as JSON if it can be)",
+    )
     args = parser.parse_args(argv)
 
     frames, words = SHAPES[args.shape]
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     overrides = {"word_dim": WORD_DIM, **dict(parse_override(item) for item in args.set)}
-    config = (variant_config(args.variant, **overrides) if args.variant
-              else ModelConfig(**overrides))
+    config = variant_config(args.variant, **overrides) if args.variant else ModelConfig(**overrides)
     model = build_model(config)
     batch = synthetic_batch(rng, args.batch, frames, words)
     labels = tf.constant(rng.integers(0, 4, size=args.batch).astype(np.int32))
@@ -90,11 +99,16 @@ def main(argv=None) -> dict:
     infer = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
     infer_rate = timed(lambda: infer(batch).numpy(), args.steps)
 
-    result = {"impl": "cme-ser/keras-tf", "variant": args.variant or "default",
-              "params": int(model.count_params()),
-              "overrides": {k: v for k, v in overrides.items() if k != "word_dim"},
-              "shape": args.shape, "batch": args.batch,
-              "train_utt_per_s": round(train_rate, 1), "infer_utt_per_s": round(infer_rate, 1)}
+    result = {
+        "impl": "cme-ser/keras-tf",
+        "variant": args.variant or "default",
+        "params": int(model.count_params()),
+        "overrides": {k: v for k, v in overrides.items() if k != "word_dim"},
+        "shape": args.shape,
+        "batch": args.batch,
+        "train_utt_per_s": round(train_rate, 1),
+        "infer_utt_per_s": round(infer_rate, 1),
+    }
     print(json.dumps(result))
     return result
 

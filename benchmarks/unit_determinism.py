@@ -32,20 +32,36 @@ def main() -> None:
     parser.add_argument("--variant", default="cme_refit_bag")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fold", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="TensorFlow intra/inter-op threads (0: its default, the cores)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="TensorFlow intra/inter-op threads (0: its default, the cores)",
+    )
     args = parser.parse_args()
     _worker_init(args.threads)  # what a `reproduce --threads N` worker does first
     unit = Unit(args.variant, args.seed, args.fold)
     with tempfile.TemporaryDirectory() as work:
         row = run_unit(args.records, work, unit)
         probabilities = np.load(unit.path(work).with_suffix(".npz"))["probabilities"]
-    print(json.dumps({
-        "unit": str(unit), "threads": args.threads, "machine": row["machine"],
-        "commit": row["commit"], "best_epoch": row["best_epoch"], "wa": row["wa"],
-        "ua": row["ua"], "seconds": row["seconds"],
-        "probabilities_sha256": hashlib.sha256(
-            probabilities.astype(np.float32).tobytes()).hexdigest()}, indent=2))
+    print(
+        json.dumps(
+            {
+                "unit": str(unit),
+                "threads": args.threads,
+                "machine": row["machine"],
+                "commit": row["commit"],
+                "best_epoch": row["best_epoch"],
+                "wa": row["wa"],
+                "ua": row["ua"],
+                "seconds": row["seconds"],
+                "probabilities_sha256": hashlib.sha256(
+                    probabilities.astype(np.float32).tobytes()
+                ).hexdigest(),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

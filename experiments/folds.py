@@ -16,8 +16,10 @@ def files_by_fold(records_dir) -> Dict[int, List[str]]:
     files = {k: record_files(records_dir, k) for k in range(plan["num_folds"])}
     empty = [k for k, v in files.items() if not v]
     if empty:
-        raise ValueError(f"fold(s) {empty} have no records in {records_dir}: every fold needs "
-                         "examples (fewer folds, or more speakers)")
+        raise ValueError(
+            f"fold(s) {empty} have no records in {records_dir}: every fold needs "
+            "examples (fewer folds, or more speakers)"
+        )
     return files
 
 

@@ -56,6 +56,7 @@ RULE_TIE_BREAKS = (["cost", "order"],)
 
 # --- The selection file ----------------------------------------------------------------------
 
+
 @dataclasses.dataclass(frozen=True)
 class Candidate:
     name: str
@@ -69,8 +70,13 @@ class Candidate:
         return len(self.seeds) * (2 if VARIANTS[self.variant].get("refit") else 1)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "variant": self.variant, "seeds": list(self.seeds),
-                "prior_correction": self.prior_correction, "cost": self.cost}
+        return {
+            "name": self.name,
+            "variant": self.variant,
+            "seeds": list(self.seeds),
+            "prior_correction": self.prior_correction,
+            "cost": self.cost,
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,11 +101,18 @@ class Selection:
         return tuple(sorted(needed, key=lambda ch: (ch != "speech", ch)))
 
     def to_dict(self) -> dict:
-        return {"path": self.path, "sha256": self.sha256, "text": self.text,
-                "drafted_from": self.drafted_from,
-                "rule": {"score": self.score, "tie_tolerance": self.tie_tolerance,
-                         "tie_break": list(self.tie_break)},
-                "candidates": [c.to_dict() for c in self.candidates]}
+        return {
+            "path": self.path,
+            "sha256": self.sha256,
+            "text": self.text,
+            "drafted_from": self.drafted_from,
+            "rule": {
+                "score": self.score,
+                "tie_tolerance": self.tie_tolerance,
+                "tie_break": list(self.tie_break),
+            },
+            "candidates": [c.to_dict() for c in self.candidates],
+        }
 
 
 def parse_selection(data: bytes, path: str = "") -> Selection:
@@ -119,10 +132,10 @@ def parse_selection(data: bytes, path: str = "") -> Selection:
     if score not in RULE_SCORES:
         raise ValueError(f"{where}: rule.score must be one of {RULE_SCORES}, got {score!r}")
     if tie_break not in RULE_TIE_BREAKS:
-        raise ValueError(f"{where}: rule.tie_break must be one of {RULE_TIE_BREAKS}, "
-                         f"got {tie_break!r}")
-    if (not isinstance(tolerance, (int, float)) or isinstance(tolerance, bool)
-            or tolerance < 0):
+        raise ValueError(
+            f"{where}: rule.tie_break must be one of {RULE_TIE_BREAKS}, got {tie_break!r}"
+        )
+    if not isinstance(tolerance, (int, float)) or isinstance(tolerance, bool) or tolerance < 0:
         raise ValueError(f"{where}: rule.tie_tolerance must be a number >= 0")
     raw = spec.get("candidates")
     if not isinstance(raw, list) or not raw:
@@ -139,24 +152,37 @@ def parse_selection(data: bytes, path: str = "") -> Selection:
         if not isinstance(name, str) or not name:
             raise ValueError(f"{where}: candidate {i} needs a name")
         if variant not in VARIANTS:
-            raise ValueError(f"{where}: candidate {name!r}: unknown variant {variant!r}; "
-                             f"known: {', '.join(VARIANTS)}")
-        if (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds)
-                or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
-                           for s in seeds)):
-            raise ValueError(f"{where}: candidate {name!r}: seeds must be a non-empty list of "
-                             "distinct integers >= 0")
+            raise ValueError(
+                f"{where}: candidate {name!r}: unknown variant {variant!r}; "
+                f"known: {', '.join(VARIANTS)}"
+            )
+        if (
+            not isinstance(seeds, list)
+            or not seeds
+            or len(set(seeds)) != len(seeds)
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+        ):
+            raise ValueError(
+                f"{where}: candidate {name!r}: seeds must be a non-empty list of "
+                "distinct integers >= 0"
+            )
         if not isinstance(prior, bool):
             raise ValueError(f"{where}: candidate {name!r}: prior_correction must be true/false")
         candidates.append(Candidate(name, variant, tuple(seeds), prior))
     names = [c.name for c in candidates]
     if len(set(names)) != len(names):
         raise ValueError(f"{where}: candidate names repeat: {names}")
-    return Selection(path=path, sha256=hashlib.sha256(data).hexdigest(),
-                     text=data.decode("utf-8"), candidates=tuple(candidates), score=score,
-                     tie_tolerance=float(tolerance), tie_break=tuple(tie_break),
-                     description=str(spec.get("description", "")),
-                     drafted_from=str(spec.get("drafted_from", "")))
+    return Selection(
+        path=path,
+        sha256=hashlib.sha256(data).hexdigest(),
+        text=data.decode("utf-8"),
+        candidates=tuple(candidates),
+        score=score,
+        tie_tolerance=float(tolerance),
+        tie_break=tuple(tie_break),
+        description=str(spec.get("description", "")),
+        drafted_from=str(spec.get("drafted_from", "")),
+    )
 
 
 def load_selection(path) -> Selection:
@@ -176,17 +202,25 @@ def choose(scores: Sequence[float], candidates: Sequence[Candidate], tolerance: 
 
 # --- Units -----------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass(frozen=True)
 class InnerUnit:
     """Inner fold ``fold`` held out, trained on every fold but it and the outer fold ``outer``."""
+
     variant: str
     seed: int
     outer: int
     fold: int
 
     def path(self, work_dir) -> Path:
-        return (Path(work_dir) / "nested" / self.variant / f"seed{self.seed}"
-                / f"outer{self.outer}" / f"inner{self.fold}.json")
+        return (
+            Path(work_dir)
+            / "nested"
+            / self.variant
+            / f"seed{self.seed}"
+            / f"outer{self.outer}"
+            / f"inner{self.fold}.json"
+        )
 
     def __str__(self):
         return f"{self.variant} seed {self.seed} outer {self.outer} inner {self.fold}"
@@ -206,8 +240,9 @@ def models(selection: Selection) -> List[Tuple[str, int]]:
     return sorted(pairs, key=lambda p: (p[1], pairs.index(p)))
 
 
-def plan(selection: Selection, folds: int, outer_folds: Optional[Sequence[int]] = None
-         ) -> Tuple[List[InnerUnit], List[repro.Unit]]:
+def plan(
+    selection: Selection, folds: int, outer_folds: Optional[Sequence[int]] = None
+) -> Tuple[List[InnerUnit], List[repro.Unit]]:
     """Inner units (every model, outer fold k, inner fold j != k) and the ordinary units
     (every model, fold k): folds**2 units per (variant, seed). ``outer_folds`` restricts the
     plan to those outer folds (the shipped default then stays undecided)."""
@@ -217,14 +252,20 @@ def plan(selection: Selection, folds: int, outer_folds: Optional[Sequence[int]] 
     if not chosen or not set(chosen) <= set(range(folds)):
         raise ValueError(f"outer folds must be among 0..{folds - 1}, got {outer_folds}")
     pairs = models(selection)
-    inner = [InnerUnit(v, s, k, j) for v, s in pairs for k in chosen
-             for j in range(folds) if j != k]
+    inner = [
+        InnerUnit(v, s, k, j) for v, s in pairs for k in chosen for j in range(folds) if j != k
+    ]
     outer = [repro.Unit(v, s, k) for v, s in pairs for k in chosen]
     return inner, outer
 
 
-def run_inner_units(records_dir: str, work_dir: str, units: Sequence[InnerUnit],
-                    overrides: Optional[dict] = None, commit: Optional[str] = None) -> dict:
+def run_inner_units(
+    records_dir: str,
+    work_dir: str,
+    units: Sequence[InnerUnit],
+    overrides: Optional[dict] = None,
+    commit: Optional[str] = None,
+) -> dict:
     """Trains one model for inner units that share their training folds (a unit and its
     ``partner``: every fold but o and i), scores each unit's inner fold and writes its row;
     returns the first unit's row. A unit's choice never reads its outer fold: fold o's records
@@ -243,16 +284,22 @@ def run_inner_units(records_dir: str, work_dir: str, units: Sequence[InnerUnit],
     for unit in units:
         unit.path(work_dir).parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    results = train_folds({k: files[k] for k in train + [u.fold for u in units]},
-                          [u.fold for u in units], config,
-                          embeddings_paths={u.fold: str(u.path(work_dir).with_suffix(".npz"))
-                                            for u in units})
+    results = train_folds(
+        {k: files[k] for k in train + [u.fold for u in units]},
+        [u.fold for u in units],
+        config,
+        embeddings_paths={u.fold: str(u.path(work_dir).with_suffix(".npz")) for u in units},
+    )
     seconds = round(time.time() - started, 1)
     rows = []
     for unit in units:
-        row = {**dataclasses.asdict(unit), **dataclasses.asdict(results[unit.fold]),
-               "seconds": seconds, "config": config.to_dict(),
-               **provenance(config, commit)}
+        row = {
+            **dataclasses.asdict(unit),
+            **dataclasses.asdict(results[unit.fold]),
+            "seconds": seconds,
+            "config": config.to_dict(),
+            **provenance(config, commit),
+        }
         if len(units) > 1:
             row["shared_training"] = str(first.partner if unit == first else first)
         tmp = unit.path(work_dir).with_suffix(".json.tmp")
@@ -280,16 +327,19 @@ def training_jobs(units: Sequence) -> List[Tuple]:
 
 # --- Scores ----------------------------------------------------------------------------------
 
+
 def _scores(labels, probabilities) -> Tuple[float, float]:
     """(WA, UA) of the argmax decisions."""
     from trainer.metrics import confusion_matrix, unweighted_accuracy, weighted_accuracy
+
     probabilities = np.asarray(probabilities)
     confusion = confusion_matrix(labels, probabilities.argmax(-1), probabilities.shape[-1])
     return weighted_accuracy(confusion), unweighted_accuracy(confusion)
 
 
-def members_scores(units: Sequence, work_dir, candidate: Candidate,
-                   usable: Callable) -> Optional[Dict[str, Tuple[float, float]]]:
+def members_scores(
+    units: Sequence, work_dir, candidate: Candidate, usable: Callable
+) -> Optional[Dict[str, Tuple[float, float]]]:
     """Per channel of the held-out fold, (WA, UA) of ``candidate`` from its members'
     predictions: the mean of their class probabilities, divided by their pooled training class
     prior with the correction (as ``reproduce.seed_ensemble``). Predictions without channels
@@ -309,19 +359,26 @@ def members_scores(units: Sequence, work_dir, candidate: Candidate,
         counts.append(json.loads(path.read_text()).get("train_class_counts"))
     ids, labels = members[0]["utterance_ids"], members[0]["labels"]
     if any(not np.array_equal(m["utterance_ids"], ids) for m in members):
-        raise ValueError(f"{candidate.name}: the members {', '.join(map(str, units))} scored "
-                         "different utterances")
+        raise ValueError(
+            f"{candidate.name}: the members {', '.join(map(str, units))} scored "
+            "different utterances"
+        )
     mean = np.mean([m["probabilities"] for m in members], axis=0)
     if candidate.prior_correction:
         if any(not c or min(c) <= 0 for c in counts):
-            raise ValueError(f"{candidate.name}: a member of {', '.join(map(str, units))} has "
-                             "no training example of some class: the prior correction is "
-                             "undefined")
+            raise ValueError(
+                f"{candidate.name}: a member of {', '.join(map(str, units))} has "
+                "no training example of some class: the prior correction is "
+                "undefined"
+            )
         mean = prior_corrected(mean, np.sum(counts, axis=0))
-    channels = (members[0]["channels"] if "channels" in members[0].files
-                else np.full(len(ids), "speech"))
-    return {str(ch): _scores(labels[channels == ch], mean[channels == ch])
-            for ch in sorted(set(channels.tolist()))}
+    channels = (
+        members[0]["channels"] if "channels" in members[0].files else np.full(len(ids), "speech")
+    )
+    return {
+        str(ch): _scores(labels[channels == ch], mean[channels == ch])
+        for ch in sorted(set(channels.tolist()))
+    }
 
 
 def rule_score(scores: Dict[str, Tuple[float, float]], score: str) -> float:
@@ -329,23 +386,30 @@ def rule_score(scores: Dict[str, Tuple[float, float]], score: str) -> float:
     speech and song UA."""
     missing = [ch for ch in SCORED_CHANNELS[score] if ch not in scores]
     if missing:
-        raise ValueError(f"rule score {score!r} needs held-out {' and '.join(missing)} "
-                         f"records; the fold holds {sorted(scores)}")
+        raise ValueError(
+            f"rule score {score!r} needs held-out {' and '.join(missing)} "
+            f"records; the fold holds {sorted(scores)}"
+        )
     return float(np.mean([scores[ch][1] for ch in SCORED_CHANNELS[score]]))
 
 
 def _channel_means(per_fold: Sequence[Dict[str, Tuple[float, float]]]) -> dict:
     """{"wa", "ua"} (speech) over the folds, and per other channel present in every fold."""
-    out = {"wa": float(np.mean([s["speech"][0] for s in per_fold])),
-           "ua": float(np.mean([s["speech"][1] for s in per_fold]))}
+    out = {
+        "wa": float(np.mean([s["speech"][0] for s in per_fold])),
+        "ua": float(np.mean([s["speech"][1] for s in per_fold])),
+    }
     for ch in sorted(set.intersection(*(set(s) for s in per_fold)) - {"speech"}):
-        out[ch] = {"wa": float(np.mean([s[ch][0] for s in per_fold])),
-                   "ua": float(np.mean([s[ch][1] for s in per_fold]))}
+        out[ch] = {
+            "wa": float(np.mean([s[ch][0] for s in per_fold])),
+            "ua": float(np.mean([s[ch][1] for s in per_fold])),
+        }
     return out
 
 
-def summarize(work_dir, selection: Selection, folds: int,
-              usable: Optional[Callable] = None) -> dict:
+def summarize(
+    work_dir, selection: Selection, folds: int, usable: Optional[Callable] = None
+) -> dict:
     """Per outer fold every candidate's inner-CV scores, the winner and its outer score; the
     nested estimate; the shipped default. ``usable(unit)`` says whether a finished unit counts
     (e.g. its configuration is the current one); by default every finished unit does. Scores
@@ -369,18 +433,35 @@ def summarize(work_dir, selection: Selection, folds: int,
                 continue
             fold_scores = [rule_score(s, selection.score) for s in per_fold]
             means = _channel_means(per_fold)
-            inner[c.name] = {"ua": means.pop("ua"), "wa": means.pop("wa"), **means,
-                             "per_fold": {"fold": inner_folds,
-                                          "wa": [s["speech"][0] for s in per_fold],
-                                          "ua": [s["speech"][1] for s in per_fold]}}
+            inner[c.name] = {
+                "ua": means.pop("ua"),
+                "wa": means.pop("wa"),
+                **means,
+                "per_fold": {
+                    "fold": inner_folds,
+                    "wa": [s["speech"][0] for s in per_fold],
+                    "ua": [s["speech"][1] for s in per_fold],
+                },
+            }
             if two_channel:
                 inner[c.name]["score"] = float(np.mean(fold_scores))
                 inner[c.name]["per_fold"]["score"] = fold_scores
-        row = {"fold": k, "inner_folds": inner_folds, "inner": inner, "winner": None,
-               "outer": None, "units": {"inner": inner_units, "outer": []}}
+        row = {
+            "fold": k,
+            "inner_folds": inner_folds,
+            "inner": inner,
+            "winner": None,
+            "outer": None,
+            "units": {"inner": inner_units, "outer": []},
+        }
         if all(inner.values()):
-            winner = candidates[choose([_score_of(inner[c.name]) for c in candidates],
-                                       candidates, selection.tie_tolerance)]
+            winner = candidates[
+                choose(
+                    [_score_of(inner[c.name]) for c in candidates],
+                    candidates,
+                    selection.tie_tolerance,
+                )
+            ]
             units = [repro.Unit(winner.variant, s, k) for s in winner.seeds]
             row["winner"] = winner.name
             row["units"]["outer"] = [str(u) for u in units]
@@ -391,38 +472,56 @@ def summarize(work_dir, selection: Selection, folds: int,
     scored = [r for r in rows if r["outer"]]
     estimate = None
     if scored:
-        estimate = {"wa": mean_ci([r["outer"]["wa"] for r in scored]),
-                    "ua": mean_ci([r["outer"]["ua"] for r in scored]),
-                    "folds": [r["fold"] for r in scored]}
+        estimate = {
+            "wa": mean_ci([r["outer"]["wa"] for r in scored]),
+            "ua": mean_ci([r["outer"]["ua"] for r in scored]),
+            "folds": [r["fold"] for r in scored],
+        }
         for ch in sorted(set.intersection(*(set(r["outer"]) for r in scored)) - {"wa", "ua"}):
-            estimate[ch] = {m: mean_ci([r["outer"][ch][m] for r in scored])
-                            for m in ("wa", "ua")}
+            estimate[ch] = {m: mean_ci([r["outer"][ch][m] for r in scored]) for m in ("wa", "ua")}
     # The shipped default: the rule on the ordinary cross-validation over all folds.
     cv = {}
     for c in candidates:
-        per_fold = [members_scores([repro.Unit(c.variant, s, k) for s in c.seeds], work_dir, c,
-                                   usable) for k in range(folds)]
+        per_fold = [
+            members_scores([repro.Unit(c.variant, s, k) for s in c.seeds], work_dir, c, usable)
+            for k in range(folds)
+        ]
         if None in per_fold:
             cv[c.name] = None
             continue
         means = _channel_means(per_fold)
-        cv[c.name] = {"ua": means.pop("ua"), "wa": means.pop("wa"), **means,
-                      "per_fold": {"wa": [s["speech"][0] for s in per_fold],
-                                   "ua": [s["speech"][1] for s in per_fold]}}
+        cv[c.name] = {
+            "ua": means.pop("ua"),
+            "wa": means.pop("wa"),
+            **means,
+            "per_fold": {
+                "wa": [s["speech"][0] for s in per_fold],
+                "ua": [s["speech"][1] for s in per_fold],
+            },
+        }
         if two_channel:
-            cv[c.name]["score"] = float(np.mean([rule_score(s, selection.score)
-                                                 for s in per_fold]))
+            cv[c.name]["score"] = float(np.mean([rule_score(s, selection.score) for s in per_fold]))
     default = None
     if all(cv.values()):
-        default = candidates[choose([_score_of(cv[c.name]) for c in candidates], candidates,
-                                    selection.tie_tolerance)].name
+        default = candidates[
+            choose([_score_of(cv[c.name]) for c in candidates], candidates, selection.tie_tolerance)
+        ].name
     winners = {c.name: sum(r["winner"] == c.name for r in rows) for c in candidates}
-    return {"protocol": "nested", "folds": folds, "selection": selection.to_dict(),
-            "outer_folds": rows, "winners": winners, "estimate": estimate,
-            "complete": len(scored) == folds and default is not None,
-            "shipped_default": {"candidate": default, "cv": cv,
-                                "note": "development results: held-out folds seen while "
-                                        "choosing; the estimate of this rule is the nested one"}}
+    return {
+        "protocol": "nested",
+        "folds": folds,
+        "selection": selection.to_dict(),
+        "outer_folds": rows,
+        "winners": winners,
+        "estimate": estimate,
+        "complete": len(scored) == folds and default is not None,
+        "shipped_default": {
+            "candidate": default,
+            "cv": cv,
+            "note": "development results: held-out folds seen while "
+            "choosing; the estimate of this rule is the nested one",
+        },
+    }
 
 
 def _score_of(scores: dict) -> float:
@@ -433,6 +532,7 @@ def _score_of(scores: dict) -> float:
 
 # --- Archive ---------------------------------------------------------------------------------
 
+
 def _predictions(npz: Path) -> dict:
     out = {}
     if npz.exists():
@@ -440,8 +540,11 @@ def _predictions(npz: Path) -> dict:
         for key in repro.PREDICTION_KEYS:
             if key in data.files:
                 value = data[key]
-                out[key] = ([[float(str(x)) for x in r] for r in value.astype(np.float32)]
-                            if value.dtype.kind == "f" else value.tolist())
+                out[key] = (
+                    [[float(str(x)) for x in r] for r in value.astype(np.float32)]
+                    if value.dtype.kind == "f"
+                    else value.tolist()
+                )
     return out
 
 
@@ -454,8 +557,16 @@ def archive(work_dir, path, units: Sequence) -> int:
             continue
         row = json.loads(unit.path(work_dir).read_text())
         kind = "inner" if isinstance(unit, InnerUnit) else "outer"
-        lines.append(json.dumps({"kind": kind, **row, "predictions": _predictions(
-            unit.path(work_dir).with_suffix(".npz"))}, separators=(",", ":")))
+        lines.append(
+            json.dumps(
+                {
+                    "kind": kind,
+                    **row,
+                    "predictions": _predictions(unit.path(work_dir).with_suffix(".npz")),
+                },
+                separators=(",", ":"),
+            )
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -478,15 +589,22 @@ def restore(path, work_dir, mark: bool = False) -> int:
             continue
         row = json.loads(line)
         predictions, kind = row.pop("predictions", {}), row.pop("kind")
-        unit = (InnerUnit(row["variant"], row["seed"], row["outer"], row["fold"])
-                if kind == "inner" else repro.Unit(row["variant"], row["seed"], row["fold"]))
+        unit = (
+            InnerUnit(row["variant"], row["seed"], row["outer"], row["fold"])
+            if kind == "inner"
+            else repro.Unit(row["variant"], row["seed"], row["fold"])
+        )
         target = unit.path(work_dir)
         if target.exists():
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         if predictions:
-            np.savez_compressed(target.with_suffix(".npz"), **{
-                k: np.asarray(v, dtype=repro.PREDICTION_KEYS[k]) for k, v in predictions.items()})
+            np.savez_compressed(
+                target.with_suffix(".npz"),
+                **{
+                    k: np.asarray(v, dtype=repro.PREDICTION_KEYS[k]) for k, v in predictions.items()
+                },
+            )
         if mark:
             row.setdefault("restored_from", path.as_posix())
         target.write_text(json.dumps(row, indent=2))
@@ -496,14 +614,18 @@ def restore(path, work_dir, mark: bool = False) -> int:
 
 # --- Results ---------------------------------------------------------------------------------
 
+
 def render_markdown(summary: dict, header: dict, dataset: str) -> str:
     folds, sel = summary["folds"], summary["selection"]
     names = [c["name"] for c in sel["candidates"]]
-    lines = [f"# Nested cross-validation on {dataset.upper()}: the estimate of the selection "
-             "rule", "",
-             f"Produced by `{header['command']}` at commit `{header['commit']}` on "
-             f"{header['date']} ({header['machine']}). Selection file `{sel['path']}`, "
-             f"sha256 `{sel['sha256']}`.", ""]
+    lines = [
+        f"# Nested cross-validation on {dataset.upper()}: the estimate of the selection rule",
+        "",
+        f"Produced by `{header['command']}` at commit `{header['commit']}` on "
+        f"{header['date']} ({header['machine']}). Selection file `{sel['path']}`, "
+        f"sha256 `{sel['sha256']}`.",
+        "",
+    ]
     lines += tables.rerendered_lines(header)
     if header.get("history"):
         lines += [f"**History.** {header['history']}", ""]
@@ -512,16 +634,29 @@ def render_markdown(summary: dict, header: dict, dataset: str) -> str:
     measure = "inner score" if two_channel else "inner UA"
     if est:
         n = len(est["folds"])
-        song = (f"; held-out song UA {tables.ci(est['song']['ua'])} (WA "
-                f"{tables.ci(est['song']['wa'])})" if "song" in est else "")
-        lines += [f"**Nested estimate of the selection rule: WA {tables.ci(est['wa'])}, UA "
-                  f"{tables.ci(est['ua'])}**" + (" on held-out speech" + song if song else "")
-                  + ": "
-                  + (f"mean [95% CI] over n = {n} outer folds (Student t, df = {n - 1})"
-                     if n > 1 else "one outer fold, no interval")
-                  + ("." if n == folds else
-                     f"; only {n} of the {folds} outer folds are finished (re-run the "
-                     "command to finish the rest)."), ""]
+        song = (
+            f"; held-out song UA {tables.ci(est['song']['ua'])} (WA {tables.ci(est['song']['wa'])})"
+            if "song" in est
+            else ""
+        )
+        lines += [
+            f"**Nested estimate of the selection rule: WA {tables.ci(est['wa'])}, UA "
+            f"{tables.ci(est['ua'])}**"
+            + (" on held-out speech" + song if song else "")
+            + ": "
+            + (
+                f"mean [95% CI] over n = {n} outer folds (Student t, df = {n - 1})"
+                if n > 1
+                else "one outer fold, no interval"
+            )
+            + (
+                "."
+                if n == folds
+                else f"; only {n} of the {folds} outer folds are finished (re-run the "
+                "command to finish the rest)."
+            ),
+            "",
+        ]
     else:
         lines += ["No outer fold is finished yet (re-run the same command).", ""]
     rule = sel["rule"]
@@ -531,29 +666,55 @@ def render_markdown(summary: dict, header: dict, dataset: str) -> str:
         "scores every candidate (each inner unit trains on the inner-training folds, choosing "
         "its epoch on a validation split of their speakers or training a fixed number of "
         "epochs, as its variant says, and scores its inner fold once); "
-        + ("the rule picks the candidate with the highest mean inner-CV score, a fold's "
-           "score being the mean of its speech UA and its song UA (the same held-out speakers "
-           "singing)" if two_channel else "the rule picks the candidate with the highest mean "
-           "inner-CV UA") + f" (ties within "
+        + (
+            "the rule picks the candidate with the highest mean inner-CV score, a fold's "
+            "score being the mean of its speech UA and its song UA (the same held-out speakers "
+            "singing)"
+            if two_channel
+            else "the rule picks the candidate with the highest mean inner-CV UA"
+        )
+        + f" (ties within "
         f"{rule['tie_tolerance']:g} go to the lower cost, then to the earlier candidate); the "
         "winner's models, trained on all the outer fold's training speakers, score the outer "
         "fold once. The rule never reads the outer fold; the candidates are the selection "
         "file's, drafted before the run (below, what they were drafted from). A candidate "
         "averages the "
         "class probabilities of its seeds' models; \"prior\" divides that by their pooled "
-        "training class prior (`trainer.metrics.prior_corrected`).", "",
-        "## Candidates (pre-registered)", ""]
-    lines += [f"Drafted from: {sel.get('drafted_from') or 'not stated in the selection file'}"
-              ".", ""]
+        "training class prior (`trainer.metrics.prior_corrected`).",
+        "",
+        "## Candidates (pre-registered)",
+        "",
+    ]
+    lines += [f"Drafted from: {sel.get('drafted_from') or 'not stated in the selection file'}.", ""]
     lines += tables.table(
-        ["candidate", "variant", "seeds", "prior correction", "cost (models per fold)",
-         "outer folds won"],
-        [[c["name"], f"`{c['variant']}`", ", ".join(map(str, c["seeds"])),
-          "yes" if c["prior_correction"] else "no", c["cost"], summary["winners"][c["name"]]]
-         for c in sel["candidates"]])
-    lines += ["", "## Per outer fold", "",
-              f"{measure[0].upper() + measure[1:]} of every candidate (mean over the inner "
-              "folds; the winner's in bold), the winner, and its scores on the outer fold.", ""]
+        [
+            "candidate",
+            "variant",
+            "seeds",
+            "prior correction",
+            "cost (models per fold)",
+            "outer folds won",
+        ],
+        [
+            [
+                c["name"],
+                f"`{c['variant']}`",
+                ", ".join(map(str, c["seeds"])),
+                "yes" if c["prior_correction"] else "no",
+                c["cost"],
+                summary["winners"][c["name"]],
+            ]
+            for c in sel["candidates"]
+        ],
+    )
+    lines += [
+        "",
+        "## Per outer fold",
+        "",
+        f"{measure[0].upper() + measure[1:]} of every candidate (mean over the inner "
+        "folds; the winner's in bold), the winner, and its scores on the outer fold.",
+        "",
+    ]
     rows = []
     for row in summary["outer_folds"]:
         cells = []
@@ -562,54 +723,90 @@ def render_markdown(summary: dict, header: dict, dataset: str) -> str:
             text = "-" if s is None else f"{_score_of(s):.3f}"
             cells.append(f"**{text}**" if name == row["winner"] else text)
         outer = row["outer"]
-        song = ([f"{outer['song']['ua']:.3f}" if outer and "song" in outer else "-"]
-                if two_channel else [])
-        rows.append([row["fold"], *cells, row["winner"] or "-"]
-                    + ([f"{outer['wa']:.3f}", f"{outer['ua']:.3f}"] if outer else ["-", "-"])
-                    + song)
-    lines += tables.table(["outer fold", *(f"{measure}: {n}" for n in names), "winner",
-                           "outer WA", "outer UA"] + (["outer song UA"] if two_channel else []),
-                          rows)
+        song = (
+            [f"{outer['song']['ua']:.3f}" if outer and "song" in outer else "-"]
+            if two_channel
+            else []
+        )
+        rows.append(
+            [row["fold"], *cells, row["winner"] or "-"]
+            + ([f"{outer['wa']:.3f}", f"{outer['ua']:.3f}"] if outer else ["-", "-"])
+            + song
+        )
+    lines += tables.table(
+        ["outer fold", *(f"{measure}: {n}" for n in names), "winner", "outer WA", "outer UA"]
+        + (["outer song UA"] if two_channel else []),
+        rows,
+    )
     default = summary["shipped_default"]
-    lines += ["", "## The shipped default", "",
-              "The same rule applied to the ordinary cross-validation over all folds (all "
-              "speakers) chooses what `cme-ser run` should train and push: "
-              + (f"**{default['candidate']}**." if default["candidate"] else
-                 "not decided yet (units missing).")
-              + " Its estimate is the nested one above. The scores below are *development "
-              "results: held-out folds seen while choosing*; they are not estimates.", ""]
+    lines += [
+        "",
+        "## The shipped default",
+        "",
+        "The same rule applied to the ordinary cross-validation over all folds (all "
+        "speakers) chooses what `cme-ser run` should train and push: "
+        + (
+            f"**{default['candidate']}**."
+            if default["candidate"]
+            else "not decided yet (units missing)."
+        )
+        + " Its estimate is the nested one above. The scores below are *development "
+        "results: held-out folds seen while choosing*; they are not estimates.",
+        "",
+    ]
     rows = []
     for name in names:
         s = default["cv"][name]
         cells = [f"{s['wa']:.3f}", f"{s['ua']:.3f}"] if s else ["-", "-"]
         if two_channel:
-            cells += ([f"{s['song']['ua']:.3f}", f"{s['score']:.3f}"] if s else ["-", "-"])
+            cells += [f"{s['song']['ua']:.3f}", f"{s['score']:.3f}"] if s else ["-", "-"]
         rows.append([name] + cells)
-    lines += tables.table(["candidate", "CV WA", "CV UA"]
-                          + (["CV song UA", "CV score"] if two_channel else []), rows)
+    lines += tables.table(
+        ["candidate", "CV WA", "CV UA"] + (["CV song UA", "CV score"] if two_channel else []), rows
+    )
     units = summary["units"]
     trained = units.get("trained", units["inner_done"] + units["outer_done"])
     restored = units.get("restored", 0)
-    lines += ["", "## Units", "",
-              f"{units['inner_done']} of {units['inner']} inner and {units['outer_done']} of "
-              f"{units['outer']} ordinary units finished: {trained} trained "
-              f"({units['train_seconds'] / 60:.0f} min of training"
-              + (f"; {units['shared_trainings']} pairs of inner units shared one training"
-                 if units.get("shared_trainings") else "") + ")"
-              + (f", {restored} restored from "
-                 + ", ".join(f"`{f}`" for f in units["restored_from"])
-                 + " (trained by an earlier run, not by this one)" if restored else "")
-              + f". Every one is archived with its predictions in `{units['archive']}`; "
-              f"re-render without training: `{units['rerender']}`."]
+    lines += [
+        "",
+        "## Units",
+        "",
+        f"{units['inner_done']} of {units['inner']} inner and {units['outer_done']} of "
+        f"{units['outer']} ordinary units finished: {trained} trained "
+        f"({units['train_seconds'] / 60:.0f} min of training"
+        + (
+            f"; {units['shared_trainings']} pairs of inner units shared one training"
+            if units.get("shared_trainings")
+            else ""
+        )
+        + ")"
+        + (
+            f", {restored} restored from "
+            + ", ".join(f"`{f}`" for f in units["restored_from"])
+            + " (trained by an earlier run, not by this one)"
+            if restored
+            else ""
+        )
+        + f". Every one is archived with its predictions in `{units['archive']}`; "
+        f"re-render without training: `{units['rerender']}`.",
+    ]
     return "\n".join(lines) + "\n"
 
 
-RERENDER_COMMAND = ("python -c \"from experiments.nested import rerender; "
-                    "rerender('{results_dir}', '{dataset}')\"")
+RERENDER_COMMAND = (
+    "python -c \"from experiments.nested import rerender; rerender('{results_dir}', '{dataset}')\""
+)
 
 
-def write_results(work_dir, results_dir, dataset: str, folds: int, selection: Selection,
-                  header: dict, usable: Optional[Callable] = None) -> dict:
+def write_results(
+    work_dir,
+    results_dir,
+    dataset: str,
+    folds: int,
+    selection: Selection,
+    header: dict,
+    usable: Optional[Callable] = None,
+) -> dict:
     """Writes ``<dataset>-nested.json`` / ``.md`` and archives every unit of the full plan that
     finished (``<dataset>-nested-units.jsonl``); returns the summary."""
     results_dir = Path(results_dir)
@@ -621,21 +818,30 @@ def write_results(work_dir, results_dir, dataset: str, folds: int, selection: Se
     rows = {str(u): json.loads(u.path(work_dir).read_text()) for u in done}
     trained = {k: r for k, r in rows.items() if not r.get("restored_from")}
     # A shared training's time is in both of its units' rows: counted once.
-    seconds = sum(r.get("seconds", 0) for k, r in trained.items()
-                  if not (r.get("shared_training") in trained and r["shared_training"] < k))
+    seconds = sum(
+        r.get("seconds", 0)
+        for k, r in trained.items()
+        if not (r.get("shared_training") in trained and r["shared_training"] < k)
+    )
     summary["units"] = {
-        "inner": len(inner), "outer": len(outer),
+        "inner": len(inner),
+        "outer": len(outer),
         "inner_done": sum(isinstance(u, InnerUnit) for u in done),
         "outer_done": sum(not isinstance(u, InnerUnit) for u in done),
-        "trained": len(trained), "restored": len(rows) - len(trained),
-        "restored_from": sorted({r["restored_from"] for r in rows.values()
-                                 if r.get("restored_from")}),
-        "shared_trainings": sum(1 for k, r in trained.items()
-                                if r.get("shared_training") in trained
-                                and r["shared_training"] < k),
+        "trained": len(trained),
+        "restored": len(rows) - len(trained),
+        "restored_from": sorted(
+            {r["restored_from"] for r in rows.values() if r.get("restored_from")}
+        ),
+        "shared_trainings": sum(
+            1
+            for k, r in trained.items()
+            if r.get("shared_training") in trained and r["shared_training"] < k
+        ),
         "train_seconds": round(seconds, 1),
         "archive": name,
-        "rerender": RERENDER_COMMAND.format(results_dir=results_dir.as_posix(), dataset=dataset)}
+        "rerender": RERENDER_COMMAND.format(results_dir=results_dir.as_posix(), dataset=dataset),
+    }
     summary["dataset"] = dataset
     summary["header"] = header
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -650,22 +856,30 @@ def rerender(results_dir, dataset: str = "ravdess") -> dict:
     results_dir = Path(results_dir)
     units = results_dir / f"{dataset}-nested-units.jsonl"
     if not units.exists():
-        raise FileNotFoundError(f"{units} does not exist: these results cannot be re-rendered "
-                                "without training their units again")
+        raise FileNotFoundError(
+            f"{units} does not exist: these results cannot be re-rendered "
+            "without training their units again"
+        )
     previous = json.loads((results_dir / f"{dataset}-nested.json").read_text())
     stored = previous["selection"]
     selection = parse_selection(stored["text"].encode("utf-8"), stored["path"])
     if selection.sha256 != stored["sha256"]:
         raise ValueError("the stored selection text does not match its recorded sha256")
-    header = {**previous["header"], "rerendered": {
-        "command": RERENDER_COMMAND.format(results_dir=results_dir.as_posix(), dataset=dataset),
-        "commit": git_commit(results_dir), "date": time.strftime("%Y-%m-%d")}}
+    header = {
+        **previous["header"],
+        "rerendered": {
+            "command": RERENDER_COMMAND.format(results_dir=results_dir.as_posix(), dataset=dataset),
+            "commit": git_commit(results_dir),
+            "date": time.strftime("%Y-%m-%d"),
+        },
+    }
     with tempfile.TemporaryDirectory() as work:
         restore(units, work)
         return write_results(work, results_dir, dataset, previous["folds"], selection, header)
 
 
 # --- The run ---------------------------------------------------------------------------------
+
 
 def estimate_seconds(work_dir, units: Sequence, default: float = SECONDS_PER_UNIT) -> float:
     """CPU seconds to train ``units``: per variant, the mean of its finished units' times in the
@@ -676,14 +890,26 @@ def estimate_seconds(work_dir, units: Sequence, default: float = SECONDS_PER_UNI
             row = json.loads(path.read_text())
             if row.get("seconds"):
                 measured.setdefault(row["variant"], []).append(float(row["seconds"]))
-    return float(sum(np.mean(measured[u.variant]) if u.variant in measured else default
-                     for u in units))
+    return float(
+        sum(np.mean(measured[u.variant]) if u.variant in measured else default for u in units)
+    )
 
 
-def run_nested(records_dir, work_dir, results_dir, *, dataset: str, selection_path,
-               folds: int, jobs: int = 1, threads: int = 0, command: str = "",
-               overrides: Optional[dict] = None, outer_folds: Optional[Sequence[int]] = None,
-               log: Callable[[str], None] = print) -> dict:
+def run_nested(
+    records_dir,
+    work_dir,
+    results_dir,
+    *,
+    dataset: str,
+    selection_path,
+    folds: int,
+    jobs: int = 1,
+    threads: int = 0,
+    command: str = "",
+    overrides: Optional[dict] = None,
+    outer_folds: Optional[Sequence[int]] = None,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Trains every unfinished unit of the plan (``jobs`` worker processes; only the units of
     ``outer_folds`` if given), then writes the results; returns the summary."""
     from experiments.folds import files_by_fold, word_dim_of
@@ -694,29 +920,40 @@ def run_nested(records_dir, work_dir, results_dir, *, dataset: str, selection_pa
         raise ValueError(f"the records in {records_dir} have {available} folds, not {folds}")
     word_dim = word_dim_of(records_dir)
     from trainer.data import record_channels
-    held = set(record_channels([f for fs in files_by_fold(records_dir).values() for f in fs])
-               .values())
+
+    held = set(
+        record_channels([f for fs in files_by_fold(records_dir).values() for f in fs]).values()
+    )
     missing = [ch for ch in selection.channels if ch not in held]
     if missing:
-        raise ValueError(f"the selection needs {', '.join(selection.channels)} records; those in "
-                         f"{records_dir} have no {', '.join(missing)} (preprocess with "
-                         f"--channels {','.join(selection.channels)})")
+        raise ValueError(
+            f"the selection needs {', '.join(selection.channels)} records; those in "
+            f"{records_dir} have no {', '.join(missing)} (preprocess with "
+            f"--channels {','.join(selection.channels)})"
+        )
     results_dir = Path(results_dir)
     # This run's own archive (same selection file) resumes it: its units were trained by this
     # run. Units from any other archive are marked restored and named in the results.
     previous = results_dir / f"{dataset}-nested.json"
-    own = previous.exists() and json.loads(previous.read_text()).get(
-        "selection", {}).get("sha256") == selection.sha256
-    for archived in (results_dir / f"{dataset}-nested-units.jsonl",
-                     results_dir / f"{dataset}-units.jsonl"):
+    own = (
+        previous.exists()
+        and json.loads(previous.read_text()).get("selection", {}).get("sha256") == selection.sha256
+    )
+    for archived in (
+        results_dir / f"{dataset}-nested-units.jsonl",
+        results_dir / f"{dataset}-units.jsonl",
+    ):
         nested_archive = archived.name.endswith("nested-units.jsonl")
         restored = (restore if nested_archive else repro.restore_units)(
-            archived, work_dir, mark=not (nested_archive and own))
+            archived, work_dir, mark=not (nested_archive and own)
+        )
         if restored and nested_archive and own:
             log(f"== resumed {restored} unit(s) this run trained earlier, from {archived}")
         elif restored:
-            log(f"== restored {restored} finished unit(s) from {archived} (named as restored "
-                "in the results; their training time is not counted)")
+            log(
+                f"== restored {restored} finished unit(s) from {archived} (named as restored "
+                "in the results; their training time is not counted)"
+            )
     inner, outer = plan(selection, folds, outer_folds)
 
     def config_of(unit):
@@ -728,45 +965,76 @@ def run_nested(records_dir, work_dir, results_dir, *, dataset: str, selection_pa
     todo = [u for u in inner + outer if not usable(u)]
     todo_inner = sum(isinstance(u, InnerUnit) for u in todo)
     # A missing partner of a planned inner unit (outside ``outer_folds``) comes free with it.
-    jobs_todo = training_jobs(todo + [u.partner for u in todo if isinstance(u, InnerUnit)
-                                      and u.partner not in todo and not usable(u.partner)])
+    jobs_todo = training_jobs(
+        todo
+        + [
+            u.partner
+            for u in todo
+            if isinstance(u, InnerUnit) and u.partner not in todo and not usable(u.partner)
+        ]
+    )
     seconds = estimate_seconds(work_dir, [job[0] for job in jobs_todo])
-    log(f"== nested {dataset}: selection {selection.path} (sha256 {selection.sha256[:12]}), "
+    log(
+        f"== nested {dataset}: selection {selection.path} (sha256 {selection.sha256[:12]}), "
         f"{len(selection.candidates)} candidates over {len(models(selection))} (variant, seed) "
-        f"models, {folds} outer folds")
-    log(f"== {len(inner) + len(outer)} units: {len(inner)} inner ({len(inner) - todo_inner} "
+        f"models, {folds} outer folds"
+    )
+    log(
+        f"== {len(inner) + len(outer)} units: {len(inner)} inner ({len(inner) - todo_inner} "
         f"done, {todo_inner} to run) + {len(outer)} outer ({len(outer) - len(todo) + todo_inner} "
         f"done, {len(todo) - todo_inner} to run) in {len(jobs_todo)} trainings (an inner unit "
-        f"and its partner share one); {planned_time(seconds, jobs)}")
+        f"and its partner share one); {planned_time(seconds, jobs)}"
+    )
     Path(work_dir).mkdir(parents=True, exist_ok=True)
     header = results_header(command, results_dir)
+
     # Results and archive after every unit: a run stopped anywhere (or a lost work dir)
     # resumes from the committed archive.
     def work(job):
         if isinstance(job[0], InnerUnit):
-            return run_inner_units, (str(records_dir), str(work_dir), job, overrides,
-                                     header["commit"])
-        return repro.run_unit, (str(records_dir), str(work_dir), job[0], overrides,
-                                header["commit"])
+            return run_inner_units, (
+                str(records_dir),
+                str(work_dir),
+                job,
+                overrides,
+                header["commit"],
+            )
+        return repro.run_unit, (
+            str(records_dir),
+            str(work_dir),
+            job[0],
+            overrides,
+            header["commit"],
+        )
 
-    run_pool(jobs_todo, work,
-             jobs=jobs, threads=threads, log=log,
-             describe=lambda row: f"WA {row['wa']:.3f} UA {row['ua']:.3f}",
-             after_each=lambda row: write_results(work_dir, results_dir, dataset, folds,
-                                                  selection, header, usable))
+    run_pool(
+        jobs_todo,
+        work,
+        jobs=jobs,
+        threads=threads,
+        log=log,
+        describe=lambda row: f"WA {row['wa']:.3f} UA {row['ua']:.3f}",
+        after_each=lambda row: write_results(
+            work_dir, results_dir, dataset, folds, selection, header, usable
+        ),
+    )
     summary = write_results(work_dir, results_dir, dataset, folds, selection, header, usable)
     missing = [u for u in inner + outer if not usable(u)]
     if missing:
         log(f"== {len(missing)} unit(s) failed; re-run the same command to retry them")
     for row in summary["outer_folds"]:
         if row["outer"]:
-            log(f"outer fold {row['fold']}: winner {row['winner']} (inner UA "
+            log(
+                f"outer fold {row['fold']}: winner {row['winner']} (inner UA "
                 f"{row['inner'][row['winner']]['ua']:.3f}), outer WA {row['outer']['wa']:.3f} "
-                f"UA {row['outer']['ua']:.3f}")
+                f"UA {row['outer']['ua']:.3f}"
+            )
     if summary["estimate"]:
         est = summary["estimate"]
-        log(f"== nested estimate: WA {tables.ci(est['wa'])} UA {tables.ci(est['ua'])} "
+        log(
+            f"== nested estimate: WA {tables.ci(est['wa'])} UA {tables.ci(est['ua'])} "
             f"(n = {len(est['folds'])} outer folds); shipped default: "
-            f"{summary['shipped_default']['candidate']}")
+            f"{summary['shipped_default']['candidate']}"
+        )
     log(f"== results: {results_dir / (dataset + '-nested.md')}")
     return summary

@@ -31,18 +31,32 @@ from trainer.config import VARIANTS, variant_config
 # Table 1 of Li et al. (2021): (WA, UA). None where the paper reports nothing.
 PAPER_TABLE1 = {
     "ravdess": {
-        "cnn_lstm_a": (0.640, 0.611), "lstm_attn_a": (0.665, 0.627), "lstm_attn_s": None,
-        "utt_concat": (0.629, 0.615), "attn_fusion": (0.634, 0.593), "mha": (0.615, 0.572),
-        "no_excite_a": (0.703, 0.683), "no_excite_s": (0.720, 0.696),
-        "no_excite": (0.718, 0.700), "ctc_align": (0.582, 0.566),
-        "cme": (0.720, 0.708), "cme_paper": (0.720, 0.708),
+        "cnn_lstm_a": (0.640, 0.611),
+        "lstm_attn_a": (0.665, 0.627),
+        "lstm_attn_s": None,
+        "utt_concat": (0.629, 0.615),
+        "attn_fusion": (0.634, 0.593),
+        "mha": (0.615, 0.572),
+        "no_excite_a": (0.703, 0.683),
+        "no_excite_s": (0.720, 0.696),
+        "no_excite": (0.718, 0.700),
+        "ctc_align": (0.582, 0.566),
+        "cme": (0.720, 0.708),
+        "cme_paper": (0.720, 0.708),
     },
     "iemocap": {
-        "cnn_lstm_a": (0.635, 0.588), "lstm_attn_a": (0.573, 0.574), "lstm_attn_s": (0.640, 0.647),
-        "utt_concat": (0.700, 0.677), "attn_fusion": (0.712, 0.725), "mha": (0.678, 0.688),
-        "no_excite_a": (0.713, 0.722), "no_excite_s": (0.721, 0.732),
-        "no_excite": (0.712, 0.720), "ctc_align": (0.657, 0.688),
-        "cme": (0.727, 0.735), "cme_paper": (0.727, 0.735),
+        "cnn_lstm_a": (0.635, 0.588),
+        "lstm_attn_a": (0.573, 0.574),
+        "lstm_attn_s": (0.640, 0.647),
+        "utt_concat": (0.700, 0.677),
+        "attn_fusion": (0.712, 0.725),
+        "mha": (0.678, 0.688),
+        "no_excite_a": (0.713, 0.722),
+        "no_excite_s": (0.721, 0.732),
+        "no_excite": (0.712, 0.720),
+        "ctc_align": (0.657, 0.688),
+        "cme": (0.727, 0.735),
+        "cme_paper": (0.727, 0.735),
     },
 }
 
@@ -74,8 +88,12 @@ DESCRIPTIONS = {
 }
 
 # The paper's Figure 2: embeddings without / with the excitation gates.
-TSNE_PANELS = (("no_excite", "w/o both excitations"), ("no_excite_s", "w/o semantic excitation"),
-               ("no_excite_a", "w/o acoustic excitation"), ("cme", "with both excitations"))
+TSNE_PANELS = (
+    ("no_excite", "w/o both excitations"),
+    ("no_excite_s", "w/o semantic excitation"),
+    ("no_excite_a", "w/o acoustic excitation"),
+    ("cme", "with both excitations"),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,8 +138,13 @@ def is_done(unit: Unit, work_dir, config) -> bool:
     return stored == current
 
 
-def run_unit(records_dir: str, work_dir: str, unit: Unit, overrides: Optional[dict] = None,
-             commit: Optional[str] = None) -> dict:
+def run_unit(
+    records_dir: str,
+    work_dir: str,
+    unit: Unit,
+    overrides: Optional[dict] = None,
+    commit: Optional[str] = None,
+) -> dict:
     """Trains and scores one unit; writes its JSON and embeddings. Runs in a worker process."""
     from experiments.folds import files_by_fold, word_dim_of
     from trainer.train import train_fold
@@ -131,11 +154,14 @@ def run_unit(records_dir: str, work_dir: str, unit: Unit, overrides: Optional[di
     path = unit.path(work_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    result = train_fold(files, unit.fold, config,
-                        embeddings_path=str(path.with_suffix(".npz")))
-    row = {**dataclasses.asdict(unit), **dataclasses.asdict(result),
-           "seconds": round(time.time() - started, 1), "config": config.to_dict(),
-           **provenance(config, commit)}
+    result = train_fold(files, unit.fold, config, embeddings_path=str(path.with_suffix(".npz")))
+    row = {
+        **dataclasses.asdict(unit),
+        **dataclasses.asdict(result),
+        "seconds": round(time.time() - started, 1),
+        "config": config.to_dict(),
+        **provenance(config, commit),
+    }
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(row, indent=2))
     tmp.replace(path)  # a unit is done only once its file is complete
@@ -153,9 +179,18 @@ def finished_rows(work_dir, variants: Optional[Iterable[str]] = None) -> List[di
 
 # What a unit's ``.npz`` holds besides embeddings, archived with the results: its predictions
 # on the held-out fold and (``val_``) on the inner validation speakers, with their dtypes.
-PREDICTION_KEYS = {**{f"{prefix}{name}": dtype for prefix in ("", "val_") for name, dtype in (
-    ("probabilities", np.float32), ("labels", np.int64), ("utterance_ids", str))},
-    "channels": str}  # the held-out utterances' channels (speech, song)
+PREDICTION_KEYS = {
+    **{
+        f"{prefix}{name}": dtype
+        for prefix in ("", "val_")
+        for name, dtype in (
+            ("probabilities", np.float32),
+            ("labels", np.int64),
+            ("utterance_ids", str),
+        )
+    },
+    "channels": str,
+}  # the held-out utterances' channels (speech, song)
 
 
 def archive_units(work_dir, path) -> int:
@@ -174,8 +209,11 @@ def archive_units(work_dir, path) -> int:
                 if key not in data.files:
                     continue
                 value = data[key]
-                predictions[key] = ([[float(str(x)) for x in r] for r in value.astype(np.float32)]
-                                    if value.dtype.kind == "f" else value.tolist())
+                predictions[key] = (
+                    [[float(str(x)) for x in r] for r in value.astype(np.float32)]
+                    if value.dtype.kind == "f"
+                    else value.tolist()
+                )
         lines.append(json.dumps({**row, "predictions": predictions}, separators=(",", ":")))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -205,8 +243,10 @@ def restore_units(path, work_dir, mark: bool = False) -> int:
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         if predictions:
-            np.savez_compressed(target.with_suffix(".npz"), **{
-                k: np.asarray(v, dtype=PREDICTION_KEYS[k]) for k, v in predictions.items()})
+            np.savez_compressed(
+                target.with_suffix(".npz"),
+                **{k: np.asarray(v, dtype=PREDICTION_KEYS[k]) for k, v in predictions.items()},
+            )
         if mark:
             row.setdefault("restored_from", path.as_posix())
         target.write_text(json.dumps(row, indent=2))
@@ -225,8 +265,7 @@ def _paired(rows: List[dict], better: str, worse: str, metric: str) -> Optional[
     a = {(r["seed"], r["fold"]): r[metric] for r in rows if r["variant"] == better}
     b = {(r["seed"], r["fold"]): r[metric] for r in rows if r["variant"] == worse}
     keys = sorted(set(a) & set(b))
-    test = paired_test(fold_means((fold, a[seed, fold] - b[seed, fold])
-                                  for seed, fold in keys)[1])
+    test = paired_test(fold_means((fold, a[seed, fold] - b[seed, fold]) for seed, fold in keys)[1])
     if test is None:
         return None
     return {"better": better, "worse": worse, "metric": metric, "units": len(keys), **test}
@@ -247,8 +286,10 @@ CLAIMS = (
 def _scores(labels, probabilities) -> tuple:
     """(WA, UA) of the argmax decisions."""
     from trainer.metrics import confusion_matrix, unweighted_accuracy, weighted_accuracy
-    confusion = confusion_matrix(labels, np.asarray(probabilities).argmax(-1),
-                                 np.shape(probabilities)[-1])
+
+    confusion = confusion_matrix(
+        labels, np.asarray(probabilities).argmax(-1), np.shape(probabilities)[-1]
+    )
     return weighted_accuracy(confusion), unweighted_accuracy(confusion)
 
 
@@ -259,8 +300,9 @@ def _class_counts(work_dir, unit: Unit) -> Optional[np.ndarray]:
     return np.asarray(counts, dtype=float) if counts and min(counts) > 0 else None
 
 
-def seed_ensemble(work_dir, variant: str, seeds: Sequence[int], folds: int,
-                  prior_correction: bool = False) -> Optional[dict]:
+def seed_ensemble(
+    work_dir, variant: str, seeds: Sequence[int], folds: int, prior_correction: bool = False
+) -> Optional[dict]:
     """WA/UA of averaging the class probabilities of ``variant``'s models of ``seeds``, fold by
     fold (each model trained and selected on its own; the held-out fold is still scored once);
     with ``prior_correction`` the mean is divided by the members' pooled training class prior
@@ -294,17 +336,26 @@ def seed_ensemble(work_dir, variant: str, seeds: Sequence[int], folds: int,
             baselines.append(_scores(labels, mean))
             mean = prior_corrected(mean, np.sum(counts, axis=0))
         else:
-            baselines.append(tuple(np.mean([_scores(labels, m["probabilities"])
-                                            for m in members], axis=0)))
+            baselines.append(
+                tuple(np.mean([_scores(labels, m["probabilities"]) for m in members], axis=0))
+            )
         scores.append(_scores(labels, mean))
     scores, baselines = np.asarray(scores, dtype=float), np.asarray(baselines, dtype=float)
-    return {"seeds": list(seeds),
-            "wa": mean_ci(scores[:, 0]), "ua": mean_ci(scores[:, 1]),
-            "per_fold": {"wa": scores[:, 0].tolist(), "ua": scores[:, 1].tolist()},
-            "gain_over": ("the same ensemble without the correction" if prior_correction
-                          else "the mean of the same seeds' single models"),
-            "gain": {"wa": paired_test(scores[:, 0] - baselines[:, 0]),
-                     "ua": paired_test(scores[:, 1] - baselines[:, 1])}}
+    return {
+        "seeds": list(seeds),
+        "wa": mean_ci(scores[:, 0]),
+        "ua": mean_ci(scores[:, 1]),
+        "per_fold": {"wa": scores[:, 0].tolist(), "ua": scores[:, 1].tolist()},
+        "gain_over": (
+            "the same ensemble without the correction"
+            if prior_correction
+            else "the mean of the same seeds' single models"
+        ),
+        "gain": {
+            "wa": paired_test(scores[:, 0] - baselines[:, 0]),
+            "ua": paired_test(scores[:, 1] - baselines[:, 1]),
+        },
+    }
 
 
 def prior_correction_test(work_dir, variant: str, units: Sequence[Unit]) -> Optional[dict]:
@@ -325,21 +376,30 @@ def prior_correction_test(work_dir, variant: str, units: Sequence[Unit]) -> Opti
         if "val_probabilities" not in data.files or counts is None:
             continue
         folds.append(unit.fold)
-        val.append(_scores(data["val_labels"], data["val_probabilities"])
-                   + _scores(data["val_labels"],
-                             prior_corrected(data["val_probabilities"], counts)))
-        test.append(_scores(data["labels"], data["probabilities"])
-                    + _scores(data["labels"], prior_corrected(data["probabilities"], counts)))
+        val.append(
+            _scores(data["val_labels"], data["val_probabilities"])
+            + _scores(data["val_labels"], prior_corrected(data["val_probabilities"], counts))
+        )
+        test.append(
+            _scores(data["labels"], data["probabilities"])
+            + _scores(data["labels"], prior_corrected(data["probabilities"], counts))
+        )
     if not val:
         return None
     names = ("wa", "ua", "corrected_wa", "corrected_ua")
     val, test = (fold_means(zip(folds, np.asarray(x)))[1] for x in (val, test))
     gain = val[:, 3] - val[:, 1]
-    return {"variant": variant, "units": len(folds), "n_folds": len(gain),
-            "validation": {**{name: mean_ci(val[:, i]) for i, name in enumerate(names)},
-                           "ua_gain": paired_test(gain)},
-            "adopted": bool(gain.mean() > 0),
-            "test": {name: mean_ci(test[:, i]) for i, name in enumerate(names)}}
+    return {
+        "variant": variant,
+        "units": len(folds),
+        "n_folds": len(gain),
+        "validation": {
+            **{name: mean_ci(val[:, i]) for i, name in enumerate(names)},
+            "ua_gain": paired_test(gain),
+        },
+        "adopted": bool(gain.mean() > 0),
+        "test": {name: mean_ci(test[:, i]) for i, name in enumerate(names)},
+    }
 
 
 def summarize(rows: List[dict], dataset: str, folds: int, work_dir=None) -> dict:
@@ -355,18 +415,21 @@ def summarize(rows: List[dict], dataset: str, folds: int, work_dir=None) -> dict
         if not mine:
             continue
         seeds = sorted({r["seed"] for r in mine})
-        table.append({
-            "variant": variant, "description": DESCRIPTIONS.get(variant, ""),
-            "wa": _fold_summary((r["fold"], r["wa"]) for r in mine),
-            "ua": _fold_summary((r["fold"], r["ua"]) for r in mine),
-            "paper": dict(zip(("wa", "ua"), paper[variant])) if paper.get(variant) else None,
-            "units": len(mine), "seeds": seeds,
-            "units_per_seed": {str(s): sum(r["seed"] == s for r in mine) for s in seeds},
-            "complete_seeds": [s for s in seeds
-                               if sum(r["seed"] == s for r in mine) == folds],
-            "train_seconds": round(sum(r["seconds"] for r in mine), 1),
-            "config": mine[0]["config"],
-        })
+        table.append(
+            {
+                "variant": variant,
+                "description": DESCRIPTIONS.get(variant, ""),
+                "wa": _fold_summary((r["fold"], r["wa"]) for r in mine),
+                "ua": _fold_summary((r["fold"], r["ua"]) for r in mine),
+                "paper": dict(zip(("wa", "ua"), paper[variant])) if paper.get(variant) else None,
+                "units": len(mine),
+                "seeds": seeds,
+                "units_per_seed": {str(s): sum(r["seed"] == s for r in mine) for s in seeds},
+                "complete_seeds": [s for s in seeds if sum(r["seed"] == s for r in mine) == folds],
+                "train_seconds": round(sum(r["seconds"] for r in mine), 1),
+                "config": mine[0]["config"],
+            }
+        )
         complete = table[-1]["complete_seeds"]
         if work_dir is None:
             continue
@@ -377,11 +440,15 @@ def summarize(rows: List[dict], dataset: str, folds: int, work_dir=None) -> dict
             if all(ensembles):
                 table[-1]["ensemble"] = ensembles[-1]
                 table[-1]["ensembles"] = ensembles
-        test = prior_correction_test(work_dir, variant,
-                                     [Unit(variant, r["seed"], r["fold"]) for r in mine])
+        test = prior_correction_test(
+            work_dir, variant, [Unit(variant, r["seed"], r["fold"]) for r in mine]
+        )
         if test:
-            corrected = [seed_ensemble(work_dir, variant, complete[:n], folds,
-                                       prior_correction=True) for n in sizes if n >= 2]
+            corrected = [
+                seed_ensemble(work_dir, variant, complete[:n], folds, prior_correction=True)
+                for n in sizes
+                if n >= 2
+            ]
             test["ensembles"] = [e for e in corrected if e]
             table[-1]["prior_correction"] = test
     if work_dir is not None:
@@ -396,15 +463,20 @@ def summarize(rows: List[dict], dataset: str, folds: int, work_dir=None) -> dict
             if test:
                 claims.append({"claim": claim, **test})
     corrections = [r["prior_correction"] for r in table if r.get("prior_correction")]
-    for family in (claims,
-                   [e["gain"][m] for r in table for e in r.get("ensembles", [])
-                    for m in ("wa", "ua")],
-                   [c["validation"]["ua_gain"] for c in corrections],
-                   [e["gain"][m] for c in corrections for e in c["ensembles"]
-                    for m in ("wa", "ua")]):
+    for family in (
+        claims,
+        [e["gain"][m] for r in table for e in r.get("ensembles", []) for m in ("wa", "ua")],
+        [c["validation"]["ua_gain"] for c in corrections],
+        [e["gain"][m] for c in corrections for e in c["ensembles"] for m in ("wa", "ua")],
+    ):
         correct_family([test for test in family if test])
-    return {"dataset": dataset, "folds": folds, "rows": table, "claims": claims,
-            "tried": tried(rows, folds)}
+    return {
+        "dataset": dataset,
+        "folds": folds,
+        "rows": table,
+        "claims": claims,
+        "tried": tried(rows, folds),
+    }
 
 
 def identical_variants(work_dir, rows: List[dict]) -> Dict[str, str]:
@@ -422,10 +494,12 @@ def identical_variants(work_dir, rows: List[dict]) -> Dict[str, str]:
         for earlier in order[:i]:
             if set(units[earlier]) != set(units[variant]) or earlier in same:
                 continue
-            if all(a.exists() and b.exists() and np.array_equal(
-                    np.load(a)["probabilities"], np.load(b)["probabilities"])
-                   for a, b in ((units[earlier][k], units[variant][k])
-                                for k in units[variant])):
+            if all(
+                a.exists()
+                and b.exists()
+                and np.array_equal(np.load(a)["probabilities"], np.load(b)["probabilities"])
+                for a, b in ((units[earlier][k], units[variant][k]) for k in units[variant])
+            ):
                 same[variant] = earlier
                 break
     return same
@@ -441,12 +515,18 @@ def tried(rows: List[dict], folds: int) -> List[dict]:
         groups.setdefault((row["variant"], digest), []).append(row)
     out = []
     for (variant, digest), mine in sorted(groups.items()):
-        out.append({"variant": variant, "config_sha256": digest, "units": len(mine),
-                    "seeds": sorted({r["seed"] for r in mine}),
-                    "in_variants": variant in VARIANTS,
-                    "commits": sorted({r.get("commit", "unrecorded") for r in mine}),
-                    "wa": _fold_summary((r["fold"], r["wa"]) for r in mine),
-                    "ua": _fold_summary((r["fold"], r["ua"]) for r in mine)})
+        out.append(
+            {
+                "variant": variant,
+                "config_sha256": digest,
+                "units": len(mine),
+                "seeds": sorted({r["seed"] for r in mine}),
+                "in_variants": variant in VARIANTS,
+                "commits": sorted({r.get("commit", "unrecorded") for r in mine}),
+                "wa": _fold_summary((r["fold"], r["wa"]) for r in mine),
+                "ua": _fold_summary((r["fold"], r["ua"]) for r in mine),
+            }
+        )
     return out
 
 
@@ -461,14 +541,16 @@ def draw_tsne(work_dir, out_path, seed: int = 0, fold: int = 0) -> Optional[dict
             panels.append((variant, title, data))
     if not panels:
         return None
-    classes = json.loads(Unit(panels[0][0], seed, fold).path(work_dir).read_text())[
-        "config"]["class_names"]
+    classes = json.loads(Unit(panels[0][0], seed, fold).path(work_dir).read_text())["config"][
+        "class_names"
+    ]
     info = figures.tsne(panels, classes, out_path)
     return {"figure": Path(out_path).name, "seed": seed, "fold": fold, "panels": info}
 
 
-def write_results(work_dir, results_dir, dataset: str, folds: int, header: dict,
-                  tsne: Optional[dict] = None) -> dict:
+def write_results(
+    work_dir, results_dir, dataset: str, folds: int, header: dict, tsne: Optional[dict] = None
+) -> dict:
     summary = summarize(finished_rows(work_dir), dataset, folds, work_dir=work_dir)
     previous = Path(results_dir) / f"{dataset}.json"
     if tsne is None and previous.exists():
@@ -483,8 +565,10 @@ def write_results(work_dir, results_dir, dataset: str, folds: int, header: dict,
     return summary
 
 
-RERENDER_COMMAND = ("python -c \"from experiments.reproduce import rerender; "
-                    "rerender('{results_dir}', '{dataset}')\"")
+RERENDER_COMMAND = (
+    "python -c \"from experiments.reproduce import rerender; "
+    "rerender('{results_dir}', '{dataset}')\""
+)
 
 
 def rerender(results_dir, dataset: str = "ravdess") -> dict:
@@ -497,20 +581,39 @@ def rerender(results_dir, dataset: str = "ravdess") -> dict:
     results_dir = Path(results_dir)
     archive = results_dir / f"{dataset}-units.jsonl"
     if not archive.exists():
-        raise FileNotFoundError(f"{archive} does not exist: these results cannot be re-rendered "
-                                "without training their units again")
+        raise FileNotFoundError(
+            f"{archive} does not exist: these results cannot be re-rendered "
+            "without training their units again"
+        )
     previous = json.loads((results_dir / f"{dataset}.json").read_text())
-    header = {**previous["header"], "rerendered": {
-        "command": RERENDER_COMMAND.format(results_dir=results_dir.as_posix(), dataset=dataset),
-        "commit": git_commit(results_dir), "date": time.strftime("%Y-%m-%d")}}
+    header = {
+        **previous["header"],
+        "rerendered": {
+            "command": RERENDER_COMMAND.format(results_dir=results_dir.as_posix(), dataset=dataset),
+            "commit": git_commit(results_dir),
+            "date": time.strftime("%Y-%m-%d"),
+        },
+    }
     with tempfile.TemporaryDirectory() as work:
         restore_units(archive, work)
         return write_results(work, results_dir, dataset, previous["folds"], header)
 
 
-def reproduce(records_dir, work_dir, results_dir, *, dataset: str, variants: Sequence[str],
-              seeds: int, folds: int, jobs: int = 1, threads: int = 0, command: str = "",
-              overrides: Optional[dict] = None, log: Callable[[str], None] = print) -> dict:
+def reproduce(
+    records_dir,
+    work_dir,
+    results_dir,
+    *,
+    dataset: str,
+    variants: Sequence[str],
+    seeds: int,
+    folds: int,
+    jobs: int = 1,
+    threads: int = 0,
+    command: str = "",
+    overrides: Optional[dict] = None,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Runs every unfinished unit (``jobs`` worker processes), rewriting the results as units
     finish; returns the summary."""
     from experiments.folds import files_by_fold, word_dim_of
@@ -524,23 +627,31 @@ def reproduce(records_dir, work_dir, results_dir, *, dataset: str, variants: Seq
         log(f"== restored {restored} finished unit(s) from {results_dir}/{dataset}-units.jsonl")
     units = plan(variants, seeds, folds)
     todo = [u for u in units if not is_done(u, work_dir, unit_config(u, word_dim, overrides))]
-    log(f"== reproduce {dataset}: {len(units)} units ({len(variants)} variants x {seeds} seeds "
+    log(
+        f"== reproduce {dataset}: {len(units)} units ({len(variants)} variants x {seeds} seeds "
         f"x {folds} folds), {len(units) - len(todo)} already done, {len(todo)} to run, "
-        f"{jobs} job(s)")
+        f"{jobs} job(s)"
+    )
     commands_file = Path(work_dir) / "commands.json"
     commands = json.loads(commands_file.read_text()) if commands_file.exists() else []
     if command and command not in commands:
         commands.append(command)
     Path(work_dir).mkdir(parents=True, exist_ok=True)
     commands_file.write_text(json.dumps(commands, indent=2))
-    header = results_header(command, results_dir, commands=commands,
-                            plan={"variants": list(variants), "seeds": seeds})
-    run_pool(todo, lambda u: (run_unit, (str(records_dir), str(work_dir), u, overrides,
-                                         header["commit"])),
-             jobs=jobs, threads=threads, log=log,
-             describe=lambda row: (f"WA {row['wa']:.3f} UA {row['ua']:.3f} "
-                                   f"(epoch {row['best_epoch']}/{row['epochs_run']})"),
-             after_each=lambda row: write_results(work_dir, results_dir, dataset, folds, header))
+    header = results_header(
+        command, results_dir, commands=commands, plan={"variants": list(variants), "seeds": seeds}
+    )
+    run_pool(
+        todo,
+        lambda u: (run_unit, (str(records_dir), str(work_dir), u, overrides, header["commit"])),
+        jobs=jobs,
+        threads=threads,
+        log=log,
+        describe=lambda row: (
+            f"WA {row['wa']:.3f} UA {row['ua']:.3f} (epoch {row['best_epoch']}/{row['epochs_run']})"
+        ),
+        after_each=lambda row: write_results(work_dir, results_dir, dataset, folds, header),
+    )
     tsne = draw_tsne(work_dir, Path(results_dir) / f"{dataset}-tsne.png")
     summary = write_results(work_dir, results_dir, dataset, folds, header, tsne=tsne)
     missing = [u for u in units if not u.path(work_dir).exists()]

@@ -46,8 +46,12 @@ def mean_ci(values: Sequence[float], level: float = LEVEL) -> Dict[str, object]:
     if n < 2:
         return {"mean": mean, "sd": None, "ci95": None, "n_folds": n}
     sd = float(values.std(ddof=1))
-    return {"mean": mean, "sd": sd, "ci95": _interval(mean, sd / np.sqrt(n), n, level),
-            "n_folds": n}
+    return {
+        "mean": mean,
+        "sd": sd,
+        "ci95": _interval(mean, sd / np.sqrt(n), n, level),
+        "n_folds": n,
+    }
 
 
 def paired_test(differences: Sequence[float], level: float = LEVEL) -> Optional[Dict[str, object]]:
@@ -67,9 +71,17 @@ def paired_test(differences: Sequence[float], level: float = LEVEL) -> Optional[
         t = float(t)
     else:
         t, p = None, (1.0 if mean == 0 else 0.0)
-    return {"mean": mean, "sd": sd, "ci95": _interval(mean, se, n, level), "t": t, "df": n - 1,
-            "p": p, "n_folds": n, "wins": int((diff > 0).sum()),
-            "losses": int((diff < 0).sum())}
+    return {
+        "mean": mean,
+        "sd": sd,
+        "ci95": _interval(mean, se, n, level),
+        "t": t,
+        "df": n - 1,
+        "p": p,
+        "n_folds": n,
+        "wins": int((diff > 0).sum()),
+        "losses": int((diff < 0).sum()),
+    }
 
 
 def holm(p_values: Sequence[float]) -> List[float]:
@@ -91,5 +103,4 @@ def correct_family(tests: Sequence[dict], alpha: float = ALPHA) -> None:
         test["p_holm"] = p
         significant = p < alpha
         test["holds"] = bool(significant and test["mean"] > 0)
-        test["verdict"] = ("holds" if test["holds"] else "reversed" if significant
-                           else "not shown")
+        test["verdict"] = "holds" if test["holds"] else "reversed" if significant else "not shown"

@@ -21,6 +21,7 @@ def _worker_init(threads: int) -> None:
     import tensorflow as tf
 
     from trainer.distribution import training_strategy
+
     if threads:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
@@ -29,9 +30,16 @@ def _worker_init(threads: int) -> None:
     training_strategy()
 
 
-def run_pool(todo: Sequence, work: Callable[[object], tuple], *, jobs: int, threads: int,
-             describe: Callable[[dict], str], after_each: Callable[[dict], None],
-             log: Callable[[str], None] = print) -> int:
+def run_pool(
+    todo: Sequence,
+    work: Callable[[object], tuple],
+    *,
+    jobs: int,
+    threads: int,
+    describe: Callable[[dict], str],
+    after_each: Callable[[dict], None],
+    log: Callable[[str], None] = print,
+) -> int:
     """Runs ``work(unit) -> (function, args)`` for every unit of ``todo`` in ``jobs`` spawned
     worker processes (``threads`` TensorFlow threads each; 0: TensorFlow's default). After each
     finished unit, logs ``describe(row)`` with the time it took and an ETA, then calls
@@ -39,16 +47,19 @@ def run_pool(todo: Sequence, work: Callable[[object], tuple], *, jobs: int, thre
     if not todo:
         return 0
     from trainer.distribution import training_tasks
+
     if training_tasks() > 1 and jobs > 1:
         # Each worker process would join the cluster of TF_CONFIG as the same task.
-        raise UsageError(f"TF_CONFIG names {training_tasks()} training tasks: every unit is "
-                         f"then trained by the whole cluster, one at a time; use --jobs 1, "
-                         f"not {jobs}")
+        raise UsageError(
+            f"TF_CONFIG names {training_tasks()} training tasks: every unit is "
+            f"then trained by the whole cluster, one at a time; use --jobs 1, "
+            f"not {jobs}"
+        )
     started, done, failed = time.time(), 0, 0
     context = multiprocessing.get_context("spawn")  # TensorFlow does not survive a fork
-    with concurrent.futures.ProcessPoolExecutor(max_workers=max(jobs, 1), mp_context=context,
-                                                initializer=_worker_init,
-                                                initargs=(threads,)) as pool:
+    with concurrent.futures.ProcessPoolExecutor(
+        max_workers=max(jobs, 1), mp_context=context, initializer=_worker_init, initargs=(threads,)
+    ) as pool:
         futures = {}
         for unit in todo:
             function, args = work(unit)
@@ -62,8 +73,10 @@ def run_pool(todo: Sequence, work: Callable[[object], tuple], *, jobs: int, thre
                 log(f"[{done}/{len(todo)}] {unit}: FAILED: {type(error).__name__}: {error}")
                 continue
             elapsed = time.time() - started
-            log(f"[{done}/{len(todo)}] {unit}: {describe(row)} ({row['seconds']:.0f} s; ETA "
-                f"{elapsed / done * (len(todo) - done) / 60:.0f} min)")
+            log(
+                f"[{done}/{len(todo)}] {unit}: {describe(row)} ({row['seconds']:.0f} s; ETA "
+                f"{elapsed / done * (len(todo) - done) / 60:.0f} min)"
+            )
             after_each(row)
     return failed
 
@@ -71,8 +84,10 @@ def run_pool(todo: Sequence, work: Callable[[object], tuple], *, jobs: int, thre
 def planned_time(seconds: float, jobs: int) -> str:
     """The CPU time a plan needs, and the wall time with ``jobs`` workers, as a run prints it
     before it starts."""
-    return (f"estimated {seconds / 3600:.1f} CPU hours, about "
-            f"{seconds / 3600 / max(jobs, 1):.1f} h with {jobs} job(s)")
+    return (
+        f"estimated {seconds / 3600:.1f} CPU hours, about "
+        f"{seconds / 3600 / max(jobs, 1):.1f} h with {jobs} job(s)"
+    )
 
 
 def config_hash(config) -> str:
@@ -87,10 +102,15 @@ def git_commit(ignore=None) -> str:
     """Short HEAD commit, marked if tracked files (other than under ``ignore``, the results
     this command rewrites) have uncommitted changes."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, check=True).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, check=True).stdout.splitlines()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.splitlines()
         prefix = Path(os.path.relpath(ignore)).as_posix() + "/" if ignore else None
         dirty = [line for line in status if not (prefix and line[3:].startswith(prefix))]
         return commit + ("+uncommitted changes" if dirty else "")
@@ -100,8 +120,22 @@ def git_commit(ignore=None) -> str:
 
 # CPU features whose presence changes which kernels oneDNN and Eigen pick, hence the float
 # results of the same training: vector widths and the matrix/bfloat16/int8 extensions.
-FLOAT_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl",
-               "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
+FLOAT_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+)
 
 
 def machine() -> dict:
@@ -112,6 +146,7 @@ def machine() -> dict:
     (docs/measurements.md, "Why the same unit differs"). Called in the worker, where
     TensorFlow is already loaded."""
     import tensorflow as tf
+
     model, flags = "unknown", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -123,14 +158,21 @@ def machine() -> dict:
     except OSError:
         pass
     onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
-    return {"cpu": model, "cpu_flags": [f for f in FLOAT_FLAGS if f in flags],
-            "cpu_count": os.cpu_count(), "tensorflow": tf.__version__,
-            "onednn": onednn != "0" if onednn is not None else True,
-            # oneDNN's instruction-set cap (unset: the CPU's best), e.g. AVX2 on an AVX-512 CPU
-            **({"onednn_max_cpu_isa": os.environ["ONEDNN_MAX_CPU_ISA"]}
-               if os.environ.get("ONEDNN_MAX_CPU_ISA") else {}),
-            "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
-            "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads()}
+    return {
+        "cpu": model,
+        "cpu_flags": [f for f in FLOAT_FLAGS if f in flags],
+        "cpu_count": os.cpu_count(),
+        "tensorflow": tf.__version__,
+        "onednn": onednn != "0" if onednn is not None else True,
+        # oneDNN's instruction-set cap (unset: the CPU's best), e.g. AVX2 on an AVX-512 CPU
+        **(
+            {"onednn_max_cpu_isa": os.environ["ONEDNN_MAX_CPU_ISA"]}
+            if os.environ.get("ONEDNN_MAX_CPU_ISA")
+            else {}
+        ),
+        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+    }
 
 
 def provenance(config, commit: Optional[str] = None) -> dict:
@@ -138,13 +180,19 @@ def provenance(config, commit: Optional[str] = None) -> dict:
     the machine. ``commit`` is the command's, taken before it wrote any results (``header``):
     asked again from a worker, git would count the results rewritten since as uncommitted
     changes."""
-    return {"commit": commit or git_commit(), "config_sha256": config_hash(config),
-            "machine": machine()}
+    return {
+        "commit": commit or git_commit(),
+        "config_sha256": config_hash(config),
+        "machine": machine(),
+    }
 
 
 def header(command: str, results_dir, **extra) -> dict:
     """The results' header: the command, the commit, the date and the machine."""
-    return {"command": command, "commit": git_commit(results_dir),
-            "date": time.strftime("%Y-%m-%d"),
-            "machine": f"{os.cpu_count()} CPU cores, no GPU", **extra}
-
+    return {
+        "command": command,
+        "commit": git_commit(results_dir),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{os.cpu_count()} CPU cores, no GPU",
+        **extra,
+    }

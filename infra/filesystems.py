@@ -65,8 +65,9 @@ def s3_settings(environ=os.environ) -> dict:
     if endpoint and not environ.get("S3_ENDPOINT"):
         scheme = urlparse(endpoint).scheme
         if scheme not in ("http", "https"):
-            raise ValueError(f"AWS_ENDPOINT_URL must be an http:// or https:// URL, got "
-                             f"{endpoint!r}")
+            raise ValueError(
+                f"AWS_ENDPOINT_URL must be an http:// or https:// URL, got {endpoint!r}"
+            )
         settings["S3_ENDPOINT"] = endpoint
         if "S3_USE_HTTPS" not in environ:
             settings["S3_USE_HTTPS"] = "1" if scheme == "https" else "0"
@@ -82,6 +83,7 @@ def enable_s3() -> None:
         return
     os.environ.update(s3_settings())  # before the plugin first reads them
     import tensorflow_io  # noqa: F401 - importing it registers the s3:// filesystem plugin
+
     _S3_ENABLED = True
 
 

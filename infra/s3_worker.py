@@ -13,8 +13,7 @@ from infra.process_exit import exit_process
 
 def _exit_cleanly():
     logging.shutdown()  # registered before this handler, so it would run after it
-    exit_process(1 if getattr(sys, "last_value", None) is not None else 0,
-                 run_exit_handlers=False)
+    exit_process(1 if getattr(sys, "last_value", None) is not None else 0, run_exit_handlers=False)
 
 
 filesystems.enable_s3()

@@ -32,17 +32,21 @@ class CalibrationSummary(TypedDict):
     ece_after: float
 
 
-def held_out_answers(saved_model_dir: str, files: List[str]
-                     ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def held_out_answers(
+    saved_model_dir: str, files: List[str]
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(probabilities [N, K], labels [N], channels [N])`` of the SavedModel's
     ``serving_default`` signature on every record of ``files`` (channel "speech" for a record
     without one, as ``trainer.data`` reads it)."""
     import tensorflow as tf
 
     from trainer.export import SERVING_DEFAULT
+
     serve = tf.saved_model.load(saved_model_dir).signatures[SERVING_DEFAULT]
-    spec = {"label": tf.io.FixedLenFeature([], tf.int64),
-            "channel": tf.io.FixedLenFeature([], tf.string, default_value="")}
+    spec = {
+        "label": tf.io.FixedLenFeature([], tf.int64),
+        "channel": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    }
     probabilities, labels, channels = [], [], []
     dataset = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(BATCH)
     for raw in dataset:
@@ -58,12 +62,14 @@ def held_out_answers(saved_model_dir: str, files: List[str]
 def read_calibration(uri: str) -> dict:
     """What :func:`Calibrator` wrote into its artifact at ``uri``: the ``calibration``."""
     import tensorflow as tf
+
     with tf.io.gfile.GFile(tf.io.gfile.join(uri, CALIBRATION_FILE)) as f:
         return json.load(f)["calibration"]
 
 
 def split_files(examples, split: str) -> List[str]:
     import tensorflow as tf
+
     uri = artifact_utils.get_split_uri([examples], split)
     return sorted(tf.io.gfile.glob(tf.io.gfile.join(uri, "*")))
 
@@ -76,9 +82,15 @@ _Model = tfx.dsl.components.InputArtifact[standard_artifacts.Model]
 def Calibrator(
     calibration: tfx.dsl.components.OutputArtifact[standard_artifacts.HyperParameters],
     examples: tfx.dsl.components.InputArtifact[standard_artifacts.Examples],
-    model_0: _Model = None, model_1: _Model = None, model_2: _Model = None,
-    model_3: _Model = None, model_4: _Model = None, model_5: _Model = None,
-    model_6: _Model = None, model_7: _Model = None, model_8: _Model = None,
+    model_0: _Model = None,
+    model_1: _Model = None,
+    model_2: _Model = None,
+    model_3: _Model = None,
+    model_4: _Model = None,
+    model_5: _Model = None,
+    model_6: _Model = None,
+    model_7: _Model = None,
+    model_8: _Model = None,
     model_9: _Model = None,
 ) -> CalibrationSummary:
     """Fits the final model's temperature on fold ``k``'s model's answers on split
@@ -87,17 +99,33 @@ def Calibrator(
     from tfx.utils import path_utils
 
     from trainer.calibration import channel_calibration
-    models = [model_0, model_1, model_2, model_3, model_4, model_5, model_6, model_7,
-              model_8, model_9]
-    answers = {k: held_out_answers(path_utils.serving_model_path(model.uri),
-                                   split_files(examples, f"fold{k}"))
-               for k, model in enumerate(models) if model is not None}
+
+    models = [
+        model_0,
+        model_1,
+        model_2,
+        model_3,
+        model_4,
+        model_5,
+        model_6,
+        model_7,
+        model_8,
+        model_9,
+    ]
+    answers = {
+        k: held_out_answers(
+            path_utils.serving_model_path(model.uri), split_files(examples, f"fold{k}")
+        )
+        for k, model in enumerate(models)
+        if model is not None
+    }
     result = channel_calibration(answers)
     result["folds"] = {str(k): v for k, v in result["folds"].items()}  # JSON keys
     tf.io.gfile.makedirs(calibration.uri)
     with tf.io.gfile.GFile(tf.io.gfile.join(calibration.uri, CALIBRATION_FILE), "w") as f:
-        f.write(json.dumps({"temperature": result["temperature"], "calibration": result},
-                           indent=2))
-    return {"temperature": result["temperature"],
-            "ece_before": result["pooled"]["before"]["ece"],
-            "ece_after": result["pooled"]["after"]["ece"]}
+        f.write(json.dumps({"temperature": result["temperature"], "calibration": result}, indent=2))
+    return {
+        "temperature": result["temperature"],
+        "ece_before": result["pooled"]["before"]["ece"],
+        "ece_after": result["pooled"]["after"]["ece"],
+    }

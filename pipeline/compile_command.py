@@ -17,24 +17,35 @@ def compile_pipeline(args) -> None:
     from tfx import v1 as tfx
 
     from pipeline.runner import kubeflow_pipeline
+
     if args.folds < 2:
         raise UsageError(f"--folds must be >= 2, got {args.folds}")
     if args.ensemble < 1:
         raise UsageError(f"--ensemble must be >= 1, got {args.ensemble}")
-    config = variant_config(args.variant, **epochs_override(args.epochs), class_names=tuple(
-        parse_classes(args.classes) or DEFAULT_CLASSES))
+    config = variant_config(
+        args.variant,
+        **epochs_override(args.epochs),
+        class_names=tuple(parse_classes(args.classes) or DEFAULT_CLASSES),
+    )
     trainer_job = _trainer_job(args)
     root = args.pipeline_root.rstrip("/")
     pipeline = kubeflow_pipeline(
-        pipeline_root=root, data_dir=args.data_dir or f"{root}/data/ravdess-speech",
+        pipeline_root=root,
+        data_dir=args.data_dir or f"{root}/data/ravdess-speech",
         embeddings_path=args.embeddings or f"{root}/embeddings/glove-6b-50d",
-        serving_model_dir=f"{root}/serving_model/cme", config=config, num_folds=args.folds,
-        ensemble_size=args.ensemble, prior_correction=args.prior_correction,
-        trainer_job=trainer_job)
+        serving_model_dir=f"{root}/serving_model/cme",
+        config=config,
+        num_folds=args.folds,
+        ensemble_size=args.ensemble,
+        prior_correction=args.prior_correction,
+        trainer_job=trainer_job,
+    )
     output = Path(args.output)
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=args.image),
-        output_dir=str(output.parent.resolve()), output_filename=output.name)
+        output_dir=str(output.parent.resolve()),
+        output_filename=output.name,
+    )
     runner.run(pipeline, write_out=True)
     print(output)
 
@@ -44,20 +55,26 @@ def _trainer_job(args):
     than the pipeline's own container (several workers, a machine type or an accelerator);
     None otherwise."""
     from pipeline.vertex_training import DEFAULT_MACHINE_TYPE, TrainerResources, parse_accelerator
+
     if args.trainer_workers < 1:
         raise UsageError(f"--trainer-workers must be >= 1, got {args.trainer_workers}")
-    if (args.trainer_workers == 1 and not args.trainer_machine_type
-            and not args.trainer_accelerator):
+    if args.trainer_workers == 1 and not args.trainer_machine_type and not args.trainer_accelerator:
         return None
     if not args.project:
-        raise UsageError("--trainer-workers/--trainer-machine-type/--trainer-accelerator run "
-                         "each Trainer as a Vertex AI job, which needs --project")
+        raise UsageError(
+            "--trainer-workers/--trainer-machine-type/--trainer-accelerator run "
+            "each Trainer as a Vertex AI job, which needs --project"
+        )
     try:
         kind, count = parse_accelerator(args.trainer_accelerator)
         resources = TrainerResources(
-            project=args.project, region=args.region, workers=args.trainer_workers,
+            project=args.project,
+            region=args.region,
+            workers=args.trainer_workers,
             machine_type=args.trainer_machine_type or DEFAULT_MACHINE_TYPE,
-            accelerator_type=kind, accelerator_count=count)
+            accelerator_type=kind,
+            accelerator_count=count,
+        )
     except ValueError as error:
         raise UsageError(str(error)) from None
     return resources.custom_config(args.image)

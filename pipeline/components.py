@@ -83,21 +83,36 @@ def CorpusExampleGen(
 
     class_names = [c for c in classes.split(",") if c]
     dirs = decode_data_dirs(data_dir)  # local paths or object storage (s3://, gs://)
-    items = corpora.items(dataset, dirs[0] if len(dirs) == 1 else dirs, class_names,
-                          channels=channels or None)
-    summary = job.run(dataset=dataset, items=items, out_dir=examples.uri,
-                      class_names=class_names, embeddings_path=embeddings_path,
-                      num_folds=num_folds, fold_by="group" if dataset == "iemocap" else "speaker",
-                      max_seconds=max_seconds, overlong=overlong, overwrite=True,
-                      pipeline=beam_pipeline, layout=SPLIT_LAYOUT)
+    items = corpora.items(
+        dataset, dirs[0] if len(dirs) == 1 else dirs, class_names, channels=channels or None
+    )
+    summary = job.run(
+        dataset=dataset,
+        items=items,
+        out_dir=examples.uri,
+        class_names=class_names,
+        embeddings_path=embeddings_path,
+        num_folds=num_folds,
+        fold_by="group" if dataset == "iemocap" else "speaker",
+        max_seconds=max_seconds,
+        overlong=overlong,
+        overwrite=True,
+        pipeline=beam_pipeline,
+        layout=SPLIT_LAYOUT,
+    )
     examples.split_names = artifact_utils.encode_split_names(split_names(num_folds))
     examples_utils.set_payload_format(examples, example_gen_pb2.PayloadFormat.FORMAT_TF_EXAMPLE)
     examples_utils.set_file_format(examples, "tfrecords_gzip")
-    empty = [k for k in range(num_folds)
-             if summary["records_per_fold"].get(SPLIT_LAYOUT.format(fold=k), 0) == 0]
+    empty = [
+        k
+        for k in range(num_folds)
+        if summary["records_per_fold"].get(SPLIT_LAYOUT.format(fold=k), 0) == 0
+    ]
     if empty:
-        raise ValueError(f"fold(s) {empty} got no examples ({summary['records']} records, "
-                         f"{summary['errors']} errors): see {examples.uri}/errors.jsonl")
+        raise ValueError(
+            f"fold(s) {empty} got no examples ({summary['records']} records, "
+            f"{summary['errors']} errors): see {examples.uri}/errors.jsonl"
+        )
     return {"records": summary["records"], "errors": summary["errors"]}
 
 
@@ -115,13 +130,14 @@ def read_anomalies(anomalies) -> dict:
 
     found = {}
     for split in artifact_utils.decode_split_names(anomalies.split_names):
-        path = tf.io.gfile.join(artifact_utils.get_split_uri([anomalies], split),
-                                "SchemaDiff.pb")
+        path = tf.io.gfile.join(artifact_utils.get_split_uri([anomalies], split), "SchemaDiff.pb")
         diff = anomalies_pb2.Anomalies()
         if tf.io.gfile.exists(path):
             diff.ParseFromString(tf.io.gfile.GFile(path, "rb").read())
-        lines = [f"{name}: {info.short_description or info.description}"
-                 for name, info in sorted(diff.anomaly_info.items())]
+        lines = [
+            f"{name}: {info.short_description or info.description}"
+            for name, info in sorted(diff.anomaly_info.items())
+        ]
         if diff.HasField("dataset_anomaly_info"):
             info = diff.dataset_anomaly_info
             lines.append(f"(dataset): {info.short_description or info.description}")
@@ -139,11 +155,16 @@ def CrossValidationReport(
     bless_min_ua: tfx.dsl.components.Parameter[float] = 0.0,
     anomalies: tfx.dsl.components.InputArtifact[standard_artifacts.ExampleAnomalies] = None,
     calibration: tfx.dsl.components.InputArtifact[standard_artifacts.HyperParameters] = None,
-    evaluation_0: _Evaluation = None, evaluation_1: _Evaluation = None,
-    evaluation_2: _Evaluation = None, evaluation_3: _Evaluation = None,
-    evaluation_4: _Evaluation = None, evaluation_5: _Evaluation = None,
-    evaluation_6: _Evaluation = None, evaluation_7: _Evaluation = None,
-    evaluation_8: _Evaluation = None, evaluation_9: _Evaluation = None,
+    evaluation_0: _Evaluation = None,
+    evaluation_1: _Evaluation = None,
+    evaluation_2: _Evaluation = None,
+    evaluation_3: _Evaluation = None,
+    evaluation_4: _Evaluation = None,
+    evaluation_5: _Evaluation = None,
+    evaluation_6: _Evaluation = None,
+    evaluation_7: _Evaluation = None,
+    evaluation_8: _Evaluation = None,
+    evaluation_9: _Evaluation = None,
 ) -> CrossValidationMeans:
     """Writes ``report.json``, ``report.md`` and ``confusion.png`` into ``report.uri`` from
     the TFMA evaluations of folds 0, 1, ... (``evaluation_<fold>``), and the push decision
@@ -157,24 +178,46 @@ def CrossValidationReport(
     from pipeline.tfma_metrics import read_fold_metrics
 
     names = [c for c in class_names.split(",") if c]
-    evaluations = [evaluation_0, evaluation_1, evaluation_2, evaluation_3, evaluation_4,
-                   evaluation_5, evaluation_6, evaluation_7, evaluation_8, evaluation_9]
-    rows = [{"fold": fold, "evaluation": evaluation.uri,
-             **read_fold_metrics(evaluation.uri, len(names))}
-            for fold, evaluation in enumerate(evaluations) if evaluation is not None]
-    decision = blessing_decision(summarize(rows, names)["ua_mean"] if rows else None,
-                                 bless_min_ua, read_anomalies(anomalies) if anomalies else None)
+    evaluations = [
+        evaluation_0,
+        evaluation_1,
+        evaluation_2,
+        evaluation_3,
+        evaluation_4,
+        evaluation_5,
+        evaluation_6,
+        evaluation_7,
+        evaluation_8,
+        evaluation_9,
+    ]
+    rows = [
+        {
+            "fold": fold,
+            "evaluation": evaluation.uri,
+            **read_fold_metrics(evaluation.uri, len(names)),
+        }
+        for fold, evaluation in enumerate(evaluations)
+        if evaluation is not None
+    ]
+    decision = blessing_decision(
+        summarize(rows, names)["ua_mean"] if rows else None,
+        bless_min_ua,
+        read_anomalies(anomalies) if anomalies else None,
+    )
     extra = {"blessing": decision}
     if calibration is not None:  # pipeline.calibrator.Calibrator's
         from pipeline.calibrator import read_calibration
+
         extra["calibration"] = read_calibration(calibration.uri)
     summary = write_report(rows, names, report.uri, **extra)
     blessed = int(decision["blessed"])
     blessing.set_int_custom_property(BLESSED_PROPERTY, blessed)
     blessing.set_string_custom_property("reasons", " | ".join(decision["reasons"]))
     tf.io.gfile.makedirs(blessing.uri)
-    for name, text in ((BLESSING_FILE, json.dumps(decision, indent=2)),
-                       ("BLESSED" if blessed else "NOT_BLESSED", "")):
+    for name, text in (
+        (BLESSING_FILE, json.dumps(decision, indent=2)),
+        ("BLESSED" if blessed else "NOT_BLESSED", ""),
+    ):
         with tf.io.gfile.GFile(tf.io.gfile.join(blessing.uri, name), "w") as f:
             f.write(text)
     return {"wa_mean": summary["wa_mean"], "ua_mean": summary["ua_mean"], "blessed": blessed}

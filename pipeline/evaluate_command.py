@@ -15,12 +15,14 @@ def evaluate(args) -> dict:
     """A trained (--model-dir) or served (--url) model scored on a corpus, the serving way.
     ``args``: the parsed `cme-ser evaluate` options (cli/main.py)."""
     from pipeline import evaluate as evaluating
+
     channels = parse_channels(args.dataset, args.channels)
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.min_confidence is not None and not 0.0 <= args.min_confidence <= 1.0:
-        raise UsageError(f"--min-confidence must be a probability in [0, 1], got "
-                         f"{args.min_confidence}")
+        raise UsageError(
+            f"--min-confidence must be a probability in [0, 1], got {args.min_confidence}"
+        )
     if args.dataset in ("manifest", "segments"):
         if not args.data_dir or len(args.data_dir) != 1 or not Path(args.data_dir[0]).is_file():
             raise UsageError(f"--data-dir must be the manifest file for --dataset {args.dataset}")
@@ -37,20 +39,36 @@ def evaluate(args) -> dict:
         try:
             if args.dataset == "segments":
                 report = evaluating.evaluate_segments(
-                    model, model_description=where, manifest=data[0], out_dir=out,
-                    batch_size=args.batch_size, min_confidence=args.min_confidence, log=log)
+                    model,
+                    model_description=where,
+                    manifest=data[0],
+                    out_dir=out,
+                    batch_size=args.batch_size,
+                    min_confidence=args.min_confidence,
+                    log=log,
+                )
             else:
                 report = evaluating.evaluate(
-                    model, model_description=where, dataset=args.dataset, data=data,
-                    out_dir=out, channels=channels, batch_size=args.batch_size,
-                    min_confidence=args.min_confidence, log=log)
+                    model,
+                    model_description=where,
+                    dataset=args.dataset,
+                    data=data,
+                    out_dir=out,
+                    channels=channels,
+                    batch_size=args.batch_size,
+                    min_confidence=args.min_confidence,
+                    log=log,
+                )
         except ValueError as error:
             raise UsageError(str(error)) from error
     print((out / evaluating.REPORT_MD).read_text())
     print(f"report: {out}")
     if report["n"] == 0:
         listed = report["inputs"] - report["errors_per_stage"].get("corpus", 0)
-        hint = " (RAVDESS speech files are named 03-01-..., song 03-02-...; see --channels)" \
-            if args.dataset == "ravdess" and not listed else ""
+        hint = (
+            " (RAVDESS speech files are named 03-01-..., song 03-02-...; see --channels)"
+            if args.dataset == "ravdess" and not listed
+            else ""
+        )
         raise UsageError(f"no file could be scored: see {out / evaluating.ERRORS_FILE}{hint}")
     return report

@@ -35,8 +35,13 @@ def check_in_fresh_process(model_dir: str, timeout: float = 900.0) -> str:
     and returns "" when it loaded and answered its warm-up requests, else why not."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     try:
-        done = subprocess.run([sys.executable, "-m", "pipeline.infra_validation", model_dir],
-                              capture_output=True, text=True, timeout=timeout, env=env)
+        done = subprocess.run(
+            [sys.executable, "-m", "pipeline.infra_validation", model_dir],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
     except subprocess.TimeoutExpired:
         return f"loading {model_dir} took more than {timeout:g} s"
     if done.returncode == 0 and _READY in done.stdout:
@@ -61,8 +66,9 @@ def ModelLoadValidator(
     if reason:
         blessing.set_string_custom_property("reason", reason)
     tf.io.gfile.makedirs(blessing.uri)
-    with tf.io.gfile.GFile(tf.io.gfile.join(
-            blessing.uri, REASON_FILE if reason else "INFRA_BLESSED"), "w") as f:
+    with tf.io.gfile.GFile(
+        tf.io.gfile.join(blessing.uri, REASON_FILE if reason else "INFRA_BLESSED"), "w"
+    ) as f:
         f.write(reason)
 
 
@@ -76,8 +82,10 @@ def main(argv=None) -> int:
     (model_dir,) = argv if argv is not None else sys.argv[1:]
     requests = len(read_warmup_requests(model_dir))
     if not requests:  # then loading proves nothing about answering
-        print(f"{model_dir}: no warm-up requests (assets.extra/tf_serving_warmup_requests)",
-              file=sys.stderr)
+        print(
+            f"{model_dir}: no warm-up requests (assets.extra/tf_serving_warmup_requests)",
+            file=sys.stderr,
+        )
         return 1
     with tempfile.TemporaryDirectory() as scratch:
         # The server's loader reads local directories; a cluster's artifacts are in a bucket.
@@ -103,6 +111,7 @@ def _download(remote: str, local: str) -> str:
 if __name__ == "__main__":
     from infra import filesystems
     from infra.process_exit import exit_process
+
     _args = sys.argv[1:]
     filesystems.enable(*_args)
     _code = main(_args)

@@ -60,12 +60,17 @@ def model_settings(environ=os.environ) -> dict:
         config = config.replace(epochs=int(environ["CME_SER_EPOCHS"]))
     prior = environ.get("CME_SER_PRIOR_CORRECTION", "").strip().lower()
     if prior and prior not in TRUE + FALSE:
-        raise ValueError(f"CME_SER_PRIOR_CORRECTION must be one of {'/'.join(TRUE)} or "
-                         f"{'/'.join(FALSE)}, got {environ['CME_SER_PRIOR_CORRECTION']!r}")
+        raise ValueError(
+            f"CME_SER_PRIOR_CORRECTION must be one of {'/'.join(TRUE)} or "
+            f"{'/'.join(FALSE)}, got {environ['CME_SER_PRIOR_CORRECTION']!r}"
+        )
     config, channels = training_channels(config, None)  # the variant's channels
-    return {"config": config, "channels": channels,
-            "ensemble_size": int(environ.get("CME_SER_ENSEMBLE", SHIPPED["ensemble"])),
-            "prior_correction": prior in TRUE if prior else SHIPPED["prior_correction"]}
+    return {
+        "config": config,
+        "channels": channels,
+        "ensemble_size": int(environ.get("CME_SER_ENSEMBLE", SHIPPED["ensemble"])),
+        "prior_correction": prior in TRUE if prior else SHIPPED["prior_correction"],
+    }
 
 
 if __name__ == "__main__":
@@ -76,16 +81,25 @@ if __name__ == "__main__":
     verbose = os.environ.get("CME_SER_VERBOSE", "").strip().lower() in TRUE
     log = None if verbose else run_log_file(output_dir(output), metadata_file(output, metadata))
     if log:
-        print(f"TensorFlow, Beam and TFX messages: {log} (CME_SER_VERBOSE=1 shows them here)",
-              flush=True)
+        print(
+            f"TensorFlow, Beam and TFX messages: {log} (CME_SER_VERBOSE=1 shows them here)",
+            flush=True,
+        )
     settings = model_settings()
     started = time.time()
     with library_output_to(log), stage_progress():  # the same lines as `cme-ser run`
-        tfx.orchestration.LocalDagRunner().run(local_pipeline(
-            output, data_dir=find_data_dirs(None, "ravdess", settings["channels"]),
-            embeddings_path=str(default_embeddings_path()),
-            num_folds=int(os.environ.get("CME_SER_FOLDS", "5")), **settings,
-            bless_min_ua=bless_min_ua, pipeline_name=pipeline_name, metadata_path=metadata))
+        tfx.orchestration.LocalDagRunner().run(
+            local_pipeline(
+                output,
+                data_dir=find_data_dirs(None, "ravdess", settings["channels"]),
+                embeddings_path=str(default_embeddings_path()),
+                num_folds=int(os.environ.get("CME_SER_FOLDS", "5")),
+                **settings,
+                bless_min_ua=bless_min_ua,
+                pipeline_name=pipeline_name,
+                metadata_path=metadata,
+            )
+        )
     # `tfx pipeline create` runs this file with run() bypassed: then there is no run to report.
     newest = newest_run_started(output, metadata)
     if newest is not None and newest >= started - 1:

@@ -46,25 +46,46 @@ def eval_config(class_names: Sequence[str]) -> tfma.EvalConfig:
     """WA, UA, per-class recall and the confusion matrix, computed by TFMA with our metrics
     (``pipeline.tfma_metrics``) on the arg-max of ``probabilities``."""
     return tfma.EvalConfig(
-        model_specs=[tfma.ModelSpec(signature_name=SERVING_DEFAULT, label_key="label",
-                                    prediction_key="probabilities")],
+        model_specs=[
+            tfma.ModelSpec(
+                signature_name=SERVING_DEFAULT, label_key="label", prediction_key="probabilities"
+            )
+        ],
         slicing_specs=[tfma.SlicingSpec()],
-        metrics_specs=[tfma.MetricsSpec(metrics=[
-            tfma.MetricConfig(class_name="ExampleCount"),
-            tfma.MetricConfig(class_name="MultiClassConfusionMatrixPlot"),
-            *metric_configs(len(class_names))])])
+        metrics_specs=[
+            tfma.MetricsSpec(
+                metrics=[
+                    tfma.MetricConfig(class_name="ExampleCount"),
+                    tfma.MetricConfig(class_name="MultiClassConfusionMatrixPlot"),
+                    *metric_configs(len(class_names)),
+                ]
+            )
+        ],
+    )
 
 
-def create_pipeline(*, pipeline_name: str, pipeline_root: str, metadata_path: Optional[str],
-                    dataset: str, data_dir: str, corpus_fingerprint: str,
-                    embeddings_path: str, serving_model_dir: str, config: ModelConfig,
-                    ensemble_size: int, prior_correction: bool, num_folds: int = 5,
-                    vocab_size: int = DEFAULT_VOCAB_SIZE, max_seconds: float = 60.0,
-                    beam_pipeline_args: Optional[List[str]] = None,
-                    enable_cache: bool = True,
-                    channels: Optional[Sequence[str]] = None,
-                    bless_min_ua: float = DEFAULT_BLESS_MIN_UA,
-                    trainer_job: Optional[dict] = None) -> tfx.dsl.Pipeline:
+def create_pipeline(
+    *,
+    pipeline_name: str,
+    pipeline_root: str,
+    metadata_path: Optional[str],
+    dataset: str,
+    data_dir: str,
+    corpus_fingerprint: str,
+    embeddings_path: str,
+    serving_model_dir: str,
+    config: ModelConfig,
+    ensemble_size: int,
+    prior_correction: bool,
+    num_folds: int = 5,
+    vocab_size: int = DEFAULT_VOCAB_SIZE,
+    max_seconds: float = 60.0,
+    beam_pipeline_args: Optional[List[str]] = None,
+    enable_cache: bool = True,
+    channels: Optional[Sequence[str]] = None,
+    bless_min_ua: float = DEFAULT_BLESS_MIN_UA,
+    trainer_job: Optional[dict] = None,
+) -> tfx.dsl.Pipeline:
     """``config``, ``ensemble_size``, ``prior_correction``: the model, which the caller says
     (the runners default to ``trainer.config.SHIPPED``);
     ``data_dir``: a directory, or a JSON list of them (``components.encode_data_dirs``);
@@ -86,31 +107,49 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, metadata_path: Op
         raise ValueError(f"ensemble_size must be >= 1, got {ensemble_size}")
     splits = split_names(num_folds)
     classes = ",".join(config.class_names)
-    custom_config = {"model_config": config.to_json(), "embeddings_path": embeddings_path,
-                     "vocab_size": vocab_size, "ensemble_size": ensemble_size,
-                     "prior_correction": bool(prior_correction)}
+    custom_config = {
+        "model_config": config.to_json(),
+        "embeddings_path": embeddings_path,
+        "vocab_size": vocab_size,
+        "ensemble_size": ensemble_size,
+        "prior_correction": bool(prior_correction),
+    }
 
-    channel_arg = {} if not channels or tuple(channels) == ("speech",) else {
-        "channels": ",".join(channels)}
+    channel_arg = (
+        {} if not channels or tuple(channels) == ("speech",) else {"channels": ",".join(channels)}
+    )
     example_gen = CorpusExampleGen(
-        dataset=dataset, data_dir=data_dir, classes=classes, embeddings_path=embeddings_path,
-        num_folds=num_folds, corpus_fingerprint=corpus_fingerprint, max_seconds=max_seconds,
-        **channel_arg)
+        dataset=dataset,
+        data_dir=data_dir,
+        classes=classes,
+        embeddings_path=embeddings_path,
+        num_folds=num_folds,
+        corpus_fingerprint=corpus_fingerprint,
+        max_seconds=max_seconds,
+        **channel_arg,
+    )
     examples = example_gen.outputs["examples"]
     small = IN_PROCESS_BEAM_ARGS if runs_direct(beam_pipeline_args) else []
     statistics = tfx.components.StatisticsGen(examples=examples).with_beam_pipeline_args(small)
-    schema = tfx.components.SchemaGen(statistics=statistics.outputs["statistics"],
-                                      infer_feature_shape=False)
-    validator = tfx.components.ExampleValidator(statistics=statistics.outputs["statistics"],
-                                                schema=schema.outputs["schema"])
+    schema = tfx.components.SchemaGen(
+        statistics=statistics.outputs["statistics"], infer_feature_shape=False
+    )
+    validator = tfx.components.ExampleValidator(
+        statistics=statistics.outputs["statistics"], schema=schema.outputs["schema"]
+    )
     components = [example_gen, statistics, schema, validator]
 
     def trainer(train_splits: List[str], eval_split: str, node_id: str, hyperparameters=None):
         # eval_args only names the held-out split for the record; run_fn never reads it.
-        component = (tfx.components.Trainer if trainer_job is None
-                     else tfx.extensions.google_cloud_ai_platform.Trainer)
+        component = (
+            tfx.components.Trainer
+            if trainer_job is None
+            else tfx.extensions.google_cloud_ai_platform.Trainer
+        )
         return component(
-            run_fn=RUN_FN, examples=examples, schema=schema.outputs["schema"],
+            run_fn=RUN_FN,
+            examples=examples,
+            schema=schema.outputs["schema"],
             hyperparameters=hyperparameters,
             train_args=tfx.proto.TrainArgs(splits=train_splits),
             eval_args=tfx.proto.EvalArgs(splits=[eval_split]),
@@ -120,10 +159,16 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, metadata_path: Op
     evaluations, fold_models = [], {}
     for fold, split in enumerate(splits):
         fold_trainer = trainer([s for s in splits if s != split], split, f"Trainer.fold{fold}")
-        evaluator = tfx.components.Evaluator(
-            examples=examples, model=fold_trainer.outputs["model"],
-            eval_config=eval_config(config.class_names),
-            example_splits=[split]).with_id(f"Evaluator.fold{fold}").with_beam_pipeline_args(small)
+        evaluator = (
+            tfx.components.Evaluator(
+                examples=examples,
+                model=fold_trainer.outputs["model"],
+                eval_config=eval_config(config.class_names),
+                example_splits=[split],
+            )
+            .with_id(f"Evaluator.fold{fold}")
+            .with_beam_pipeline_args(small)
+        )
         evaluations.append(evaluator.outputs["evaluation"])
         fold_models[f"model_{fold}"] = fold_trainer.outputs["model"]
         components += [fold_trainer, evaluator]
@@ -132,27 +177,39 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, metadata_path: Op
     components.append(calibrator)
 
     report = CrossValidationReport(
-        class_names=classes, bless_min_ua=float(bless_min_ua),
-        anomalies=validator.outputs["anomalies"], calibration=calibrator.outputs["calibration"],
-        **{f"evaluation_{fold}": evaluation for fold, evaluation in enumerate(evaluations)})
-    final_trainer = trainer(splits, splits[0], "Trainer.final",
-                            hyperparameters=calibrator.outputs["calibration"])
+        class_names=classes,
+        bless_min_ua=float(bless_min_ua),
+        anomalies=validator.outputs["anomalies"],
+        calibration=calibrator.outputs["calibration"],
+        **{f"evaluation_{fold}": evaluation for fold, evaluation in enumerate(evaluations)},
+    )
+    final_trainer = trainer(
+        splits, splits[0], "Trainer.final", hyperparameters=calibrator.outputs["calibration"]
+    )
     # The blessing is the recipe's (the folds' models); the final model is that recipe on
     # every fold, so it inherits it, as TFX pushes what its Evaluator blessed.
     final_model = final_trainer.outputs["model"]
     infra = ModelLoadValidator(model=final_model)
     pusher = tfx.components.Pusher(
-        model=final_model, model_blessing=report.outputs["blessing"],
+        model=final_model,
+        model_blessing=report.outputs["blessing"],
         infra_blessing=infra.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
-            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_model_dir)))
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_model_dir)
+        ),
+    )
     components += [report, final_trainer, infra, pusher]
 
     return tfx.dsl.Pipeline(
-        pipeline_name=pipeline_name, pipeline_root=pipeline_root, components=components,
+        pipeline_name=pipeline_name,
+        pipeline_root=pipeline_root,
+        components=components,
         enable_cache=enable_cache,
         # None on Kubeflow / Vertex AI, whose orchestrator brings its own ML Metadata.
         metadata_connection_config=(
             tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path)
-            if metadata_path else None),
-        beam_pipeline_args=beam_pipeline_args or [])
+            if metadata_path
+            else None
+        ),
+        beam_pipeline_args=beam_pipeline_args or [],
+    )

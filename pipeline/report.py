@@ -24,8 +24,12 @@ DEFAULT_BLESS_MIN_UA = 0.0
 
 RELIABILITY_PNG = "reliability.png"
 
-def blessing_decision(ua_mean: Optional[float], min_ua: float = DEFAULT_BLESS_MIN_UA,
-                      anomalies: Optional[Mapping[str, Sequence[str]]] = None) -> dict:
+
+def blessing_decision(
+    ua_mean: Optional[float],
+    min_ua: float = DEFAULT_BLESS_MIN_UA,
+    anomalies: Optional[Mapping[str, Sequence[str]]] = None,
+) -> dict:
     """Whether the final model may be pushed: the cross-validated UA mean is at least
     ``min_ua`` and ExampleValidator found no anomaly (``anomalies``: split -> descriptions).
 
@@ -36,28 +40,41 @@ def blessing_decision(ua_mean: Optional[float], min_ua: float = DEFAULT_BLESS_MI
     if ua_mean is None or not math.isfinite(ua_mean):
         reasons.append(f"the cross-validated UA is not a number ({ua_mean})")
     elif ua_mean < min_ua:
-        reasons.append(f"cross-validated UA mean {ua_mean:.3f} is below the bar "
-                       f"--bless-min-ua {min_ua:g}")
+        reasons.append(
+            f"cross-validated UA mean {ua_mean:.3f} is below the bar --bless-min-ua {min_ua:g}"
+        )
     for split, found in sorted(anomalies.items()):
-        reasons.append(f"ExampleValidator found {len(found)} anomal"
-                       f"{'y' if len(found) == 1 else 'ies'} in split {split}: "
-                       + "; ".join(found))
-    return {"blessed": not reasons, "min_ua": float(min_ua), "ua_mean": ua_mean,
-            "anomalies": anomalies, "reasons": reasons}
+        reasons.append(
+            f"ExampleValidator found {len(found)} anomal"
+            f"{'y' if len(found) == 1 else 'ies'} in split {split}: " + "; ".join(found)
+        )
+    return {
+        "blessed": not reasons,
+        "min_ua": float(min_ua),
+        "ua_mean": ua_mean,
+        "anomalies": anomalies,
+        "reasons": reasons,
+    }
 
 
 def render_blessing(blessing: dict) -> List[str]:
     """The markdown lines of a push decision."""
     if blessing["blessed"]:
-        return ["## Push: blessed", "",
-                f"Cross-validated UA mean {blessing['ua_mean']:.3f} >= --bless-min-ua "
-                f"{blessing['min_ua']:g} and no data anomalies. The Pusher pushes the final "
-                "model once it has also loaded in a fresh process and answered its warm-up "
-                "requests (ModelLoadValidator, which runs after this report); the run's last "
-                "lines say whether it did."]
-    return ["## Push: NOT blessed", "",
-            "The final model is not pushed; the serving directory is left untouched:", ""] + [
-        f"- {reason}" for reason in blessing["reasons"]]
+        return [
+            "## Push: blessed",
+            "",
+            f"Cross-validated UA mean {blessing['ua_mean']:.3f} >= --bless-min-ua "
+            f"{blessing['min_ua']:g} and no data anomalies. The Pusher pushes the final "
+            "model once it has also loaded in a fresh process and answered its warm-up "
+            "requests (ModelLoadValidator, which runs after this report); the run's last "
+            "lines say whether it did.",
+        ]
+    return [
+        "## Push: NOT blessed",
+        "",
+        "The final model is not pushed; the serving directory is left untouched:",
+        "",
+    ] + [f"- {reason}" for reason in blessing["reasons"]]
 
 
 def summarize(rows: List[dict], class_names: Sequence[str]) -> dict:
@@ -66,28 +83,39 @@ def summarize(rows: List[dict], class_names: Sequence[str]) -> dict:
     ua = np.array([r["ua"] for r in rows], dtype=float)
     confusion = np.sum([np.asarray(r["confusion"], dtype=np.int64) for r in rows], axis=0)
     return {
-        "classes": list(class_names), "folds": rows,
-        "wa_mean": float(wa.mean()), "wa_std": float(wa.std()),
-        "ua_mean": float(ua.mean()), "ua_std": float(ua.std()),
-        "pooled_wa": weighted_accuracy(confusion), "pooled_ua": unweighted_accuracy(confusion),
-        "confusion": confusion.tolist(), "paper_ravdess": PAPER_RAVDESS,
+        "classes": list(class_names),
+        "folds": rows,
+        "wa_mean": float(wa.mean()),
+        "wa_std": float(wa.std()),
+        "ua_mean": float(ua.mean()),
+        "ua_std": float(ua.std()),
+        "pooled_wa": weighted_accuracy(confusion),
+        "pooled_ua": unweighted_accuracy(confusion),
+        "confusion": confusion.tolist(),
+        "paper_ravdess": PAPER_RAVDESS,
     }
 
 
 def render_markdown(report: dict) -> str:
     classes = report["classes"]
-    lines = ["# Cross-validation report", "",
-             f"WA {report['wa_mean']:.3f} +- {report['wa_std']:.3f}, "
-             f"UA {report['ua_mean']:.3f} +- {report['ua_std']:.3f} over "
-             f"{len(report['folds'])} speaker-independent folds "
-             f"(paper, RAVDESS: WA {PAPER_RAVDESS['wa']:.3f}, UA {PAPER_RAVDESS['ua']:.3f}).", "",
-             "| fold | examples | WA | UA | " + " | ".join(f"recall {c}" for c in classes) + " |",
-             "|---" * (4 + len(classes)) + "|"]
+    lines = [
+        "# Cross-validation report",
+        "",
+        f"WA {report['wa_mean']:.3f} +- {report['wa_std']:.3f}, "
+        f"UA {report['ua_mean']:.3f} +- {report['ua_std']:.3f} over "
+        f"{len(report['folds'])} speaker-independent folds "
+        f"(paper, RAVDESS: WA {PAPER_RAVDESS['wa']:.3f}, UA {PAPER_RAVDESS['ua']:.3f}).",
+        "",
+        "| fold | examples | WA | UA | " + " | ".join(f"recall {c}" for c in classes) + " |",
+        "|---" * (4 + len(classes)) + "|",
+    ]
     for row in report["folds"]:
         confusion = np.asarray(row["confusion"])
         recalls = np.diag(confusion) / np.maximum(confusion.sum(axis=1), 1)
-        lines.append(f"| {row['fold']} | {int(confusion.sum())} | {row['wa']:.3f} | "
-                     f"{row['ua']:.3f} | " + " | ".join(f"{r:.3f}" for r in recalls) + " |")
+        lines.append(
+            f"| {row['fold']} | {int(confusion.sum())} | {row['wa']:.3f} | "
+            f"{row['ua']:.3f} | " + " | ".join(f"{r:.3f}" for r in recalls) + " |"
+        )
     lines += ["", "Summed confusion matrix (rows: true class, columns: predicted):", ""]
     lines += confusion_table(report["confusion"], classes)
     if report.get("calibration"):
@@ -101,22 +129,34 @@ def render_calibration(cal: dict) -> List[str]:
     """The Calibrator's section: the final model's temperature, and per fold the ECE of its
     held-out answers before and after the temperature fitted on the *other* folds."""
     pooled = cal["pooled"]
-    lines = ["## Calibration", "",
-             f"The pushed model serves its probabilities at temperature T = "
-             f"{cal['temperature']:.3f}, fitted on every fold model's answers on its held-out "
-             "speakers. Each fold below is scored with the temperature fitted on the other "
-             f"folds only ({RELIABILITY_PNG}: all folds' answers so scaled). Held-out ECE "
-             f"{pooled['before']['ece']:.3f} before, {pooled['after']['ece']:.3f} after "
-             f"(NLL {pooled['before']['nll']:.3f} -> {pooled['after']['nll']:.3f}).", "",
-             "| fold | examples | T (other folds) | ECE before | ECE after |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "## Calibration",
+        "",
+        f"The pushed model serves its probabilities at temperature T = "
+        f"{cal['temperature']:.3f}, fitted on every fold model's answers on its held-out "
+        "speakers. Each fold below is scored with the temperature fitted on the other "
+        f"folds only ({RELIABILITY_PNG}: all folds' answers so scaled). Held-out ECE "
+        f"{pooled['before']['ece']:.3f} before, {pooled['after']['ece']:.3f} after "
+        f"(NLL {pooled['before']['nll']:.3f} -> {pooled['after']['nll']:.3f}).",
+        "",
+        "| fold | examples | T (other folds) | ECE before | ECE after |",
+        "|---|---|---|---|---|",
+    ]
     for fold, f in sorted(cal["folds"].items(), key=lambda kv: int(kv[0])):
-        lines.append(f"| {fold} | {f['n']} | {f['temperature']:.3f} | "
-                     f"{f['before']['ece']:.3f} | {f['after']['ece']:.3f} |")
+        lines.append(
+            f"| {fold} | {f['n']} | {f['temperature']:.3f} | "
+            f"{f['before']['ece']:.3f} | {f['after']['ece']:.3f} |"
+        )
     if len(cal.get("by_channel", {})) > 1:
-        lines += ["", "By channel (pooled): "
-                  + "; ".join(f"{ch} ECE {c['before']['ece']:.3f} -> {c['after']['ece']:.3f}"
-                              for ch, c in cal["by_channel"].items()) + "."]
+        lines += [
+            "",
+            "By channel (pooled): "
+            + "; ".join(
+                f"{ch} ECE {c['before']['ece']:.3f} -> {c['after']['ece']:.3f}"
+                for ch, c in cal["by_channel"].items()
+            )
+            + ".",
+        ]
     return lines
 
 
@@ -128,10 +168,12 @@ def confusion_table(confusion, class_names: Sequence[str]) -> List[str]:
     return lines
 
 
-def plot_confusion(confusion, class_names: Sequence[str], path,
-                   title: str = "summed over folds") -> None:
+def plot_confusion(
+    confusion, class_names: Sequence[str], path, title: str = "summed over folds"
+) -> None:
     """Counts and row-normalised rates (recall on the diagonal), blue by rate, as a PNG."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -145,8 +187,15 @@ def plot_confusion(confusion, class_names: Sequence[str], path,
     ax.set_ylabel("true")
     for i in range(len(class_names)):
         for j in range(len(class_names)):
-            ax.text(j, i, f"{confusion[i, j]}\n{rates[i, j]:.2f}", ha="center", va="center",
-                    fontsize=8, color="white" if rates[i, j] > 0.5 else "black")
+            ax.text(
+                j,
+                i,
+                f"{confusion[i, j]}\n{rates[i, j]:.2f}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if rates[i, j] > 0.5 else "black",
+            )
     ax.set_title(title)
     fig.tight_layout()
     png = io.BytesIO()
@@ -155,12 +204,14 @@ def plot_confusion(confusion, class_names: Sequence[str], path,
     _write(path, png.getvalue(), "wb")
 
 
-def plot_reliability(curves: Mapping[str, Sequence[Mapping]], path,
-                     title: str = "reliability") -> None:
+def plot_reliability(
+    curves: Mapping[str, Sequence[Mapping]], path, title: str = "reliability"
+) -> None:
     """The reliability diagram: per curve (e.g. "uncalibrated", "calibrated"), the accuracy of
     each confidence bin against its mean confidence (``trainer.calibration.reliability_bins``),
     the diagonal being a calibrated model; marker area by the bin's count. PNG."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -169,10 +220,20 @@ def plot_reliability(curves: Mapping[str, Sequence[Mapping]], path,
     for name, bins in curves.items():
         used = [b for b in bins if b["count"]]
         total = sum(b["count"] for b in used) or 1
-        ax.plot([b["confidence"] for b in used], [b["accuracy"] for b in used], marker="o",
-                lw=1.2, label=name, markersize=3)
-        ax.scatter([b["confidence"] for b in used], [b["accuracy"] for b in used],
-                   s=[400 * b["count"] / total for b in used], alpha=0.25)
+        ax.plot(
+            [b["confidence"] for b in used],
+            [b["accuracy"] for b in used],
+            marker="o",
+            lw=1.2,
+            label=name,
+            markersize=3,
+        )
+        ax.scatter(
+            [b["confidence"] for b in used],
+            [b["accuracy"] for b in used],
+            s=[400 * b["count"] / total for b in used],
+            alpha=0.25,
+        )
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("confidence (top class probability)")
@@ -191,6 +252,7 @@ def _write(path, data, mode: str = "w") -> None:
     import tensorflow as tf
 
     from infra import filesystems
+
     filesystems.enable(path)
     with tf.io.gfile.GFile(str(path), mode) as f:
         f.write(data)
@@ -202,6 +264,7 @@ def write_report(rows: List[dict], class_names: Sequence[str], out_dir, **extra)
     import tensorflow as tf
 
     from infra import filesystems
+
     out_dir = str(out_dir)
     filesystems.enable(out_dir)
     tf.io.gfile.makedirs(out_dir)
@@ -211,8 +274,12 @@ def write_report(rows: List[dict], class_names: Sequence[str], out_dir, **extra)
     plot_confusion(report["confusion"], class_names, filesystems.join(out_dir, "confusion.png"))
     if report.get("calibration"):
         pooled = report["calibration"]["pooled"]
-        plot_reliability({"uncalibrated": pooled["before"]["reliability"],
-                          "calibrated (other folds' T)": pooled["after"]["reliability"]},
-                         filesystems.join(out_dir, RELIABILITY_PNG),
-                         title=f"held-out answers, T = {report['calibration']['temperature']:.2f}")
+        plot_reliability(
+            {
+                "uncalibrated": pooled["before"]["reliability"],
+                "calibrated (other folds' T)": pooled["after"]["reliability"],
+            },
+            filesystems.join(out_dir, RELIABILITY_PNG),
+            title=f"held-out answers, T = {report['calibration']['temperature']:.2f}",
+        )
     return report

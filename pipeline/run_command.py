@@ -28,8 +28,9 @@ def epochs_override(epochs: Optional[int]) -> dict:
     return {} if epochs is None else {"epochs": epochs}
 
 
-def training_channels(config: ModelConfig, channels: Optional[Sequence[str]]
-                      ) -> Tuple[ModelConfig, Optional[tuple]]:
+def training_channels(
+    config: ModelConfig, channels: Optional[Sequence[str]]
+) -> Tuple[ModelConfig, Optional[tuple]]:
     """The channels to preprocess and train on: ``--channels`` when given (the model then
     trains on exactly those), else the variant's ``train_channels``. Returns the configuration
     that says so and the channels for preprocessing (None: the corpus default, speech, which
@@ -44,6 +45,7 @@ def check_run_config(args, config: ModelConfig) -> Tuple[List[Path], Optional[tu
     Returns the corpus directories and the channels. ``config.train_channels`` are the
     channels read (see :func:`training_channels`)."""
     from preprocessing import corpora, embeddings
+
     channels = config.train_channels
     data_dirs = find_data_dirs(args.data_dir, "ravdess", channels)
     if args.folds < 2:
@@ -51,24 +53,34 @@ def check_run_config(args, config: ModelConfig) -> Tuple[List[Path], Optional[tu
     if args.ensemble < 1:
         raise UsageError(f"--ensemble must be >= 1, got {args.ensemble}")
     if config.speaker_norm:
-        raise UsageError(f"--variant {args.variant} standardises features per speaker, which "
-                         "a served model cannot do; use `cme-ser reproduce` for it")
+        raise UsageError(
+            f"--variant {args.variant} standardises features per speaker, which "
+            "a served model cannot do; use `cme-ser reproduce` for it"
+        )
     utterances, _ = corpora.partition(
-        corpus_items("ravdess", data_dirs, list(config.class_names), channels))
+        corpus_items("ravdess", data_dirs, list(config.class_names), channels)
+    )
     try:
         folds = corpora.assign_folds(utterances, args.folds)
     except ValueError as error:
         raise UsageError(str(error)) from error
-    empty = [row["fold"] for row in corpora.fold_summary(utterances, folds)
-             if not row["utterances"]]
+    empty = [
+        row["fold"] for row in corpora.fold_summary(utterances, folds) if not row["utterances"]
+    ]
     if empty:
         raise UsageError(f"fold(s) {empty} would have no examples")
-    problems = fold_plan_problems(corpora.labels_by_speaker(utterances), folds, config,
-                                  ensemble_size=args.ensemble,
-                                  prior_correction=args.prior_correction)
+    problems = fold_plan_problems(
+        corpora.labels_by_speaker(utterances),
+        folds,
+        config,
+        ensemble_size=args.ensemble,
+        prior_correction=args.prior_correction,
+    )
     if problems:
-        raise UsageError(f"this corpus is too small for {args.folds} folds with --ensemble "
-                         f"{args.ensemble}:\n  " + "\n  ".join(problems))
+        raise UsageError(
+            f"this corpus is too small for {args.folds} folds with --ensemble "
+            f"{args.ensemble}:\n  " + "\n  ".join(problems)
+        )
     try:
         embeddings.load(resolve_embeddings(args.embeddings))
     except embeddings.EmbeddingsError as error:
@@ -83,13 +95,19 @@ def run(args) -> dict:
 
     from infra.console import library_output_to
     from pipeline.runner import local_pipeline, run_summary, stage_progress
-    config = variant_config(args.variant, **epochs_override(args.epochs),
-                            batch_size=args.batch_size, seed=args.seed,
-                            class_names=tuple(parse_classes(args.classes) or DEFAULT_CLASSES))
+
+    config = variant_config(
+        args.variant,
+        **epochs_override(args.epochs),
+        batch_size=args.batch_size,
+        seed=args.seed,
+        class_names=tuple(parse_classes(args.classes) or DEFAULT_CLASSES),
+    )
     config, channels = training_channels(config, parse_channels("ravdess", args.channels))
     if not math.isfinite(args.bless_min_ua):
         raise UsageError(f"--bless-min-ua must be a number, got {args.bless_min_ua}")
     from pipeline.runner import metadata_file, output_dir, run_log_file
+
     try:
         metadata = metadata_file(args.output, args.metadata)
     except ValueError as error:
@@ -99,21 +117,34 @@ def run(args) -> dict:
     # The libraries' messages go to a local file (beside ML Metadata's when the output is a
     # bucket); the terminal gets the stage lines, the training progress and the report.
     log = None if args.verbose else run_log_file(output, metadata)
-    model = (f"{args.variant}" + (f" x{args.ensemble}" if args.ensemble > 1 else "")
-             + (" +prior" if args.prior_correction else ""))
-    print(f"== cme-ser run: {', '.join(map(str, data_dirs))} -> {output} ({model}, "
-          f"{args.folds} folds, up to {config.epochs} epochs per model"
-          + (f", channels {','.join(channels)})" if channels else ")"))
+    model = (
+        f"{args.variant}"
+        + (f" x{args.ensemble}" if args.ensemble > 1 else "")
+        + (" +prior" if args.prior_correction else "")
+    )
+    print(
+        f"== cme-ser run: {', '.join(map(str, data_dirs))} -> {output} ({model}, "
+        f"{args.folds} folds, up to {config.epochs} epochs per model"
+        + (f", channels {','.join(channels)})" if channels else ")")
+    )
     if log:
         print(f"   TensorFlow, Beam and TFX messages: {log} (--verbose shows them here)")
     t0 = time.time()
     with library_output_to(log), stage_progress():
-        tfx.orchestration.LocalDagRunner().run(local_pipeline(
-            output, data_dir=data_dirs[0] if len(data_dirs) == 1 else data_dirs,
-            embeddings_path=resolve_embeddings(args.embeddings), config=config,
-            num_folds=args.folds, ensemble_size=args.ensemble,
-            prior_correction=args.prior_correction, channels=channels,
-            bless_min_ua=args.bless_min_ua, metadata_path=args.metadata))
+        tfx.orchestration.LocalDagRunner().run(
+            local_pipeline(
+                output,
+                data_dir=data_dirs[0] if len(data_dirs) == 1 else data_dirs,
+                embeddings_path=resolve_embeddings(args.embeddings),
+                config=config,
+                num_folds=args.folds,
+                ensemble_size=args.ensemble,
+                prior_correction=args.prior_correction,
+                channels=channels,
+                bless_min_ua=args.bless_min_ua,
+                metadata_path=args.metadata,
+            )
+        )
     report, text = run_summary(output, args.bless_min_ua, metadata_path=args.metadata)
     print(f"{text}\n== done in {time.time() - t0:.0f} s")
     return report

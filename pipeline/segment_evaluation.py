@@ -33,8 +33,9 @@ class LabelledSegment:
     where: str
 
 
-def boundary_f1(reference: Sequence[float], detected: Sequence[float],
-                tolerance_s: float = DEFAULT_TOLERANCE_S) -> dict:
+def boundary_f1(
+    reference: Sequence[float], detected: Sequence[float], tolerance_s: float = DEFAULT_TOLERANCE_S
+) -> dict:
     """``{"f1", "hits", "reference", "detected"}`` for two lists of times in seconds."""
     reference, detected = sorted(reference), sorted(detected)
     used = [False] * len(detected)
@@ -42,15 +43,22 @@ def boundary_f1(reference: Sequence[float], detected: Sequence[float],
     for time in reference:
         best = None
         for j, other in enumerate(detected):
-            if not used[j] and abs(other - time) <= tolerance_s and (
-                    best is None or abs(other - time) < abs(detected[best] - time)):
+            if (
+                not used[j]
+                and abs(other - time) <= tolerance_s
+                and (best is None or abs(other - time) < abs(detected[best] - time))
+            ):
                 best = j
         if best is not None:
             used[best] = True
             hits += 1
     total = len(reference) + len(detected)
-    return {"f1": 2 * hits / total if total else 1.0, "hits": hits,
-            "reference": len(reference), "detected": len(detected)}
+    return {
+        "f1": 2 * hits / total if total else 1.0,
+        "hits": hits,
+        "reference": len(reference),
+        "detected": len(detected),
+    }
 
 
 def overlap(a: Tuple[float, float], b: Tuple[float, float]) -> float:
@@ -72,13 +80,16 @@ def match(reference: Sequence[Tuple[float, float]], rows: Sequence) -> List[Opti
     return out
 
 
-def segment_scores(reference: Sequence[Tuple[float, float]], rows: Sequence,
-                   tolerance_s: float = DEFAULT_TOLERANCE_S) -> Dict[str, dict]:
+def segment_scores(
+    reference: Sequence[Tuple[float, float]],
+    rows: Sequence,
+    tolerance_s: float = DEFAULT_TOLERANCE_S,
+) -> Dict[str, dict]:
     """Onset and offset F1 of a timeline's rows against reference segments."""
-    return {"onset": boundary_f1([s for s, _ in reference], [r.start_s for r in rows],
-                                 tolerance_s),
-            "offset": boundary_f1([e for _, e in reference], [r.end_s for r in rows],
-                                  tolerance_s)}
+    return {
+        "onset": boundary_f1([s for s, _ in reference], [r.start_s for r in rows], tolerance_s),
+        "offset": boundary_f1([e for _, e in reference], [r.end_s for r in rows], tolerance_s),
+    }
 
 
 def read_segment_manifest(path) -> List[LabelledSegment]:
@@ -100,8 +111,10 @@ def read_segment_manifest(path) -> List[LabelledSegment]:
         header = [h.strip() for h in reader.fieldnames or []]
         missing = [c for c in ("path", "start", "end", "label") if c not in header]
         if missing:
-            raise ValueError(f"{path}: a segment manifest needs columns path, start, end, label "
-                             f"(missing {', '.join(missing)}; has {header})")
+            raise ValueError(
+                f"{path}: a segment manifest needs columns path, start, end, label "
+                f"(missing {', '.join(missing)}; has {header})"
+            )
         rows = []
         for line, raw in enumerate(reader, start=2):
             row = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
@@ -109,14 +122,22 @@ def read_segment_manifest(path) -> List[LabelledSegment]:
             try:
                 start, end = float(row["start"]), float(row["end"])
             except ValueError:
-                raise ValueError(f"{where}: start and end must be seconds, got "
-                                 f"{row['start']!r}, {row['end']!r}") from None
+                raise ValueError(
+                    f"{where}: start and end must be seconds, got {row['start']!r}, {row['end']!r}"
+                ) from None
             if not 0 <= start < end:
                 raise ValueError(f"{where}: need 0 <= start < end, got {start}, {end}")
             if not row["label"] or not row["path"]:
                 raise ValueError(f"{where}: empty path or label")
             transcript = row.get("transcript") or None
-            rows.append(LabelledSegment(
-                resolve_path(path.parent, row["path"]), start, end, row["label"].lower(),
-                resolve_path(path.parent, transcript) if transcript else None, where))
+            rows.append(
+                LabelledSegment(
+                    resolve_path(path.parent, row["path"]),
+                    start,
+                    end,
+                    row["label"].lower(),
+                    resolve_path(path.parent, transcript) if transcript else None,
+                    where,
+                )
+            )
     return rows

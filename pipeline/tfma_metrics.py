@@ -25,9 +25,15 @@ from trainer.metrics import unweighted_accuracy, weighted_accuracy
 class _ConfusionCombiner(beam.CombineFn):
     """Accumulates a ``[K, K]`` confusion matrix; ``reduce`` turns it into metric values."""
 
-    def __init__(self, eval_config: config_pb2.EvalConfig, model_name: str, output_name: str,
-                 example_weighted: bool, num_classes: int,
-                 reduce: Callable[[np.ndarray], Dict[metric_types.MetricKey, float]]):
+    def __init__(
+        self,
+        eval_config: config_pb2.EvalConfig,
+        model_name: str,
+        output_name: str,
+        example_weighted: bool,
+        num_classes: int,
+        reduce: Callable[[np.ndarray], Dict[metric_types.MetricKey, float]],
+    ):
         self._eval_config = eval_config
         self._model_name, self._output_name = model_name, output_name
         self._example_weighted = example_weighted
@@ -39,9 +45,14 @@ class _ConfusionCombiner(beam.CombineFn):
 
     def add_input(self, accumulator: np.ndarray, element) -> np.ndarray:
         for label, prediction, weight in metric_util.to_label_prediction_example_weight(
-                element, eval_config=self._eval_config, model_name=self._model_name,
-                output_name=self._output_name, example_weighted=self._example_weighted,
-                flatten=False, require_single_example_weight=True):
+            element,
+            eval_config=self._eval_config,
+            model_name=self._model_name,
+            output_name=self._output_name,
+            example_weighted=self._example_weighted,
+            flatten=False,
+            require_single_example_weight=True,
+        ):
             true = int(np.asarray(label).reshape(-1)[0])
             predicted = int(np.argmax(np.asarray(prediction).reshape(-1)))
             accumulator[true, predicted] += float(metric_util.safe_to_scalar(weight))
@@ -58,58 +69,99 @@ class _ConfusionCombiner(beam.CombineFn):
         return self._reduce(accumulator)
 
 
-def _computations_factory(keys_for: Callable[..., List[metric_types.MetricKey]],
-                          values: Callable[[np.ndarray, List[metric_types.MetricKey]], dict]):
-    def computations(name: str, num_classes: int, eval_config=None, model_names=None,
-                     output_names=None, example_weighted: bool = False,
-                     **unused) -> metric_types.MetricComputations:
+def _computations_factory(
+    keys_for: Callable[..., List[metric_types.MetricKey]],
+    values: Callable[[np.ndarray, List[metric_types.MetricKey]], dict],
+):
+    def computations(
+        name: str,
+        num_classes: int,
+        eval_config=None,
+        model_names=None,
+        output_names=None,
+        example_weighted: bool = False,
+        **unused,
+    ) -> metric_types.MetricComputations:
         result = []
         for model_name in model_names or [""]:
             for output_name in output_names or [""]:
                 keys = keys_for(name, num_classes, model_name, output_name, example_weighted)
-                result.append(metric_types.MetricComputation(
-                    keys=keys, preprocessors=None,
-                    combiner=_ConfusionCombiner(
-                        eval_config, model_name, output_name, example_weighted, num_classes,
-                        lambda matrix, keys=keys: values(matrix, keys))))
+                result.append(
+                    metric_types.MetricComputation(
+                        keys=keys,
+                        preprocessors=None,
+                        combiner=_ConfusionCombiner(
+                            eval_config,
+                            model_name,
+                            output_name,
+                            example_weighted,
+                            num_classes,
+                            lambda matrix, keys=keys: values(matrix, keys),
+                        ),
+                    )
+                )
         return result
+
     return computations
 
 
 def _single_key(name, num_classes, model_name, output_name, example_weighted):
-    return [metric_types.MetricKey(name=name, model_name=model_name, output_name=output_name,
-                                   example_weighted=example_weighted)]
+    return [
+        metric_types.MetricKey(
+            name=name,
+            model_name=model_name,
+            output_name=output_name,
+            example_weighted=example_weighted,
+        )
+    ]
 
 
 def _class_keys(name, num_classes, model_name, output_name, example_weighted):
-    return [metric_types.MetricKey(name=name, model_name=model_name, output_name=output_name,
-                                   sub_key=metric_types.SubKey(class_id=k),
-                                   example_weighted=example_weighted)
-            for k in range(num_classes)]
+    return [
+        metric_types.MetricKey(
+            name=name,
+            model_name=model_name,
+            output_name=output_name,
+            sub_key=metric_types.SubKey(class_id=k),
+            example_weighted=example_weighted,
+        )
+        for k in range(num_classes)
+    ]
 
 
 def _cell_keys(name, num_classes, model_name, output_name, example_weighted):
-    return [metric_types.MetricKey(name=f"{name}_{t}_{p}", model_name=model_name,
-                                   output_name=output_name, example_weighted=example_weighted)
-            for t in range(num_classes) for p in range(num_classes)]
+    return [
+        metric_types.MetricKey(
+            name=f"{name}_{t}_{p}",
+            model_name=model_name,
+            output_name=output_name,
+            example_weighted=example_weighted,
+        )
+        for t in range(num_classes)
+        for p in range(num_classes)
+    ]
 
 
 class WeightedAccuracy(metric_types.Metric):
     """WA: overall accuracy of the arg-max prediction."""
 
     def __init__(self, num_classes: int, name: str = "wa"):
-        super().__init__(_computations_factory(
-            _single_key, lambda m, keys: {keys[0]: weighted_accuracy(m)}),
-            name=name, num_classes=num_classes)
+        super().__init__(
+            _computations_factory(_single_key, lambda m, keys: {keys[0]: weighted_accuracy(m)}),
+            name=name,
+            num_classes=num_classes,
+        )
 
 
 class UnweightedAccuracy(metric_types.Metric):
     """UA: mean over the classes present in the labels of their recall."""
 
     def __init__(self, num_classes: int, name: str = "ua"):
-        super().__init__(_computations_factory(
-            _single_key, lambda m, keys: {keys[0]: unweighted_accuracy(m)}),
-            name=name, num_classes=num_classes)
+        super().__init__(
+            _computations_factory(_single_key, lambda m, keys: {keys[0]: unweighted_accuracy(m)}),
+            name=name,
+            num_classes=num_classes,
+        )
 
 
 class ClassRecall(metric_types.Metric):
@@ -118,19 +170,27 @@ class ClassRecall(metric_types.Metric):
     def __init__(self, num_classes: int, name: str = "class_recall"):
         def recalls(matrix, keys):
             support = matrix.sum(axis=1)
-            return {key: (float(matrix[k, k] / support[k]) if support[k] else float("nan"))
-                    for k, key in enumerate(keys)}
-        super().__init__(_computations_factory(_class_keys, recalls), name=name,
-                         num_classes=num_classes)
+            return {
+                key: (float(matrix[k, k] / support[k]) if support[k] else float("nan"))
+                for k, key in enumerate(keys)
+            }
+
+        super().__init__(
+            _computations_factory(_class_keys, recalls), name=name, num_classes=num_classes
+        )
 
 
 class EmotionConfusionMatrix(metric_types.Metric):
     """The confusion matrix as ``<name>_<true>_<predicted>`` (weighted) counts."""
 
     def __init__(self, num_classes: int, name: str = "confusion"):
-        super().__init__(_computations_factory(
-            _cell_keys, lambda m, keys: {key: float(v) for key, v in zip(keys, m.reshape(-1))}),
-            name=name, num_classes=num_classes)
+        super().__init__(
+            _computations_factory(
+                _cell_keys, lambda m, keys: {key: float(v) for key, v in zip(keys, m.reshape(-1))}
+            ),
+            name=name,
+            num_classes=num_classes,
+        )
 
 
 for _metric in (WeightedAccuracy, UnweightedAccuracy, ClassRecall, EmotionConfusionMatrix):
@@ -139,9 +199,10 @@ for _metric in (WeightedAccuracy, UnweightedAccuracy, ClassRecall, EmotionConfus
 
 def metric_configs(num_classes: int) -> List[config_pb2.MetricConfig]:
     config = f'"num_classes": {int(num_classes)}'
-    return [config_pb2.MetricConfig(class_name=cls.__name__, module=__name__, config=config)
-            for cls in (WeightedAccuracy, UnweightedAccuracy, ClassRecall,
-                        EmotionConfusionMatrix)]
+    return [
+        config_pb2.MetricConfig(class_name=cls.__name__, module=__name__, config=config)
+        for cls in (WeightedAccuracy, UnweightedAccuracy, ClassRecall, EmotionConfusionMatrix)
+    ]
 
 
 def read_fold_metrics(uri: str, num_classes: int) -> Dict[str, object]:
@@ -162,7 +223,14 @@ def read_fold_metrics(uri: str, num_classes: int) -> Dict[str, object]:
     missing = [k for k in ("wa", "ua") if k not in values]
     if missing:
         raise ValueError(f"TFMA evaluation at {uri} lacks {missing}")
-    confusion = [[int(round(values.get(f"confusion_{t}_{p}", 0.0))) for p in range(num_classes)]
-                 for t in range(num_classes)]
-    return {"wa": values["wa"], "ua": values["ua"], "class_recall": recall,
-            "confusion": confusion, "examples": int(values.get("example_count", 0))}
+    confusion = [
+        [int(round(values.get(f"confusion_{t}_{p}", 0.0))) for p in range(num_classes)]
+        for t in range(num_classes)
+    ]
+    return {
+        "wa": values["wa"],
+        "ua": values["ua"],
+        "class_recall": recall,
+        "confusion": confusion,
+        "examples": int(values.get("example_count", 0)),
+    }

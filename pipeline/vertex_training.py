@@ -38,28 +38,34 @@ class TrainerResources:
         if not self.project:
             raise ValueError("a Vertex AI training job needs a project")
         if bool(self.accelerator_type) != (self.accelerator_count > 0):
-            raise ValueError(f"an accelerator needs a type and a count >= 1, got "
-                             f"{self.accelerator_type!r} x {self.accelerator_count}")
+            raise ValueError(
+                f"an accelerator needs a type and a count >= 1, got "
+                f"{self.accelerator_type!r} x {self.accelerator_count}"
+            )
 
     def worker_pool_specs(self, image: str) -> list:
         """Vertex AI ``workerPoolSpecs``: the chief's pool, then the other workers' pool."""
         machine = {"machine_type": self.machine_type}
         if self.accelerator_type:
-            machine.update(accelerator_type=self.accelerator_type,
-                           accelerator_count=self.accelerator_count)
-        pool = {"machine_spec": machine, "replica_count": 1,
-                "container_spec": {"image_uri": image}}
-        return [pool] + ([{**pool, "replica_count": self.workers - 1}]
-                         if self.workers > 1 else [])
+            machine.update(
+                accelerator_type=self.accelerator_type, accelerator_count=self.accelerator_count
+            )
+        pool = {"machine_spec": machine, "replica_count": 1, "container_spec": {"image_uri": image}}
+        return [pool] + ([{**pool, "replica_count": self.workers - 1}] if self.workers > 1 else [])
 
     def custom_config(self, image: str) -> dict:
         """The Trainer ``custom_config`` keys the extension reads (merged with run_fn's own)."""
         from tfx import v1 as tfx
+
         cloud = tfx.extensions.google_cloud_ai_platform
-        return {cloud.ENABLE_VERTEX_KEY: True, cloud.VERTEX_REGION_KEY: self.region,
-                cloud.TRAINING_ARGS_KEY: {
-                    "project": self.project,
-                    "job_spec": {"worker_pool_specs": self.worker_pool_specs(image)}}}
+        return {
+            cloud.ENABLE_VERTEX_KEY: True,
+            cloud.VERTEX_REGION_KEY: self.region,
+            cloud.TRAINING_ARGS_KEY: {
+                "project": self.project,
+                "job_spec": {"worker_pool_specs": self.worker_pool_specs(image)},
+            },
+        }
 
 
 def parse_accelerator(text: Optional[str]) -> tuple:

@@ -113,8 +113,10 @@ class Alignment:
             raise AlignmentError(f"source must be one of {SOURCES}, got {self.source!r}")
         for before, after in zip(self.words, self.words[1:]):
             if after.start < before.start:
-                raise AlignmentError(f"words out of order: {before.word!r} at frame "
-                                     f"{before.start} before {after.word!r} at {after.start}")
+                raise AlignmentError(
+                    f"words out of order: {before.word!r} at frame "
+                    f"{before.start} before {after.word!r} at {after.start}"
+                )
 
     @property
     def tokens(self) -> Tuple[str, ...]:
@@ -147,8 +149,14 @@ class PocketSphinxAligner:
     process-wide setting in PocketSphinx: every Decoder constructed sets it again.
     """
 
-    def __init__(self, *, hmm: Optional[str] = None, dictionary: Optional[str] = None,
-                 lm: Optional[str] = None, loglevel: str = "FATAL"):
+    def __init__(
+        self,
+        *,
+        hmm: Optional[str] = None,
+        dictionary: Optional[str] = None,
+        lm: Optional[str] = None,
+        loglevel: str = "FATAL",
+    ):
         import pocketsphinx  # here, so importing this module stays cheap
 
         self._pocketsphinx = pocketsphinx
@@ -188,8 +196,10 @@ class PocketSphinxAligner:
         samples = _as_samples(waveform)
         num_frames = num_frames_for(samples.size)
         if num_frames < len(words):
-            raise AlignmentError(f"{len(words)} words do not fit in {num_frames} frames "
-                                 f"({samples.size / SAMPLE_RATE:.3f} s of audio)")
+            raise AlignmentError(
+                f"{len(words)} words do not fit in {num_frames} frames "
+                f"({samples.size / SAMPLE_RATE:.3f} s of audio)"
+            )
         # Checked first: the aligner happily spreads words over digital silence.
         voiced_start, voiced_end = voiced_region(samples)
         oov_at = [i for i, w in enumerate(words) if not self.in_dictionary(w)]
@@ -214,24 +224,37 @@ class PocketSphinxAligner:
             total = sum(e - s for s, e in spans)
             inside = sum(max(0, min(e, voiced_end) - max(s, voiced_start)) for s, e in spans)
             if total - inside > MAX_UNVOICED_SHARE * total:
-                failure = (f"implausible: {100 * (total - inside) / total:.0f}% of the word "
-                           f"frames lie outside the voiced frames")
+                failure = (
+                    f"implausible: {100 * (total - inside) / total:.0f}% of the word "
+                    f"frames lie outside the voiced frames"
+                )
             else:
-                return Alignment(tuple(WordSpan(w, s, e) for w, (s, e) in zip(words, spans)),
-                                 "forced", tuple(notes), oov)
+                return Alignment(
+                    tuple(WordSpan(w, s, e) for w, (s, e) in zip(words, spans)),
+                    "forced",
+                    tuple(notes),
+                    oov,
+                )
 
         start, end = voiced_start, voiced_end
         if end - start < len(words):  # widen a too-short voiced region to fit the words
             start = max(0, min(start, num_frames - len(words)))
             end = max(end, start + len(words))
         spans = _split(start, end, [1] * len(words))
-        notes.append(f"forced alignment failed ({failure}); words split evenly over the "
-                     f"voiced frames [{start}, {end})")
-        return Alignment(tuple(WordSpan(w, s, e) for w, (s, e) in zip(words, spans)),
-                         "fallback", tuple(notes), oov)
+        notes.append(
+            f"forced alignment failed ({failure}); words split evenly over the "
+            f"voiced frames [{start}, {end})"
+        )
+        return Alignment(
+            tuple(WordSpan(w, s, e) for w, (s, e) in zip(words, spans)),
+            "fallback",
+            tuple(notes),
+            oov,
+        )
 
-    def _force_align(self, samples: np.ndarray,
-                     text: Sequence[str]) -> Tuple[List[Tuple[int, int]], Optional[str]]:
+    def _force_align(
+        self, samples: np.ndarray, text: Sequence[str]
+    ) -> Tuple[List[Tuple[int, int]], Optional[str]]:
         """Spans (end exclusive, unclipped) of ``text`` or ``([], reason)``."""
         decoder = self._aligner
         try:
@@ -241,8 +264,11 @@ class PocketSphinxAligner:
             return [], f"decoder error: {' '.join(str(error).split())}"
         if segments is None:
             return [], "no alignment path"
-        found = [(_strip_variant(s.word), s.start_frame, s.end_frame + 1)
-                 for s in segments if not _is_silence(s.word)]
+        found = [
+            (_strip_variant(s.word), s.start_frame, s.end_frame + 1)
+            for s in segments
+            if not _is_silence(s.word)
+        ]
         if [w for w, _, _ in found] != list(text):
             return [], f"aligner returned {' '.join(w for w, _, _ in found)!r}"
         return [(s, e) for _, s, e in found], None
@@ -269,8 +295,11 @@ class PocketSphinxAligner:
             segments = _decode(self._recognizer, _pcm16(samples))
         except RuntimeError as error:
             raise AlignmentError(f"recognition failed: {' '.join(str(error).split())}") from error
-        found = [(_strip_variant(s.word).lower(), s.start_frame, s.end_frame + 1)
-                 for s in (segments or []) if not _FILLER.match(s.word)]
+        found = [
+            (_strip_variant(s.word).lower(), s.start_frame, s.end_frame + 1)
+            for s in (segments or [])
+            if not _FILLER.match(s.word)
+        ]
         # A word recognised in the last partial window lies past the filterbank's last frame.
         kept = [f for f in found if f[1] < num_frames]
         notes = [] if kept else ["nothing recognised"]
@@ -278,8 +307,9 @@ class PocketSphinxAligner:
             notes.append(f"dropped {len(found) - len(kept)} word(s) after the last frame")
         kept = kept[:num_frames]
         spans = _make_valid([(s, e) for _, s, e in kept], num_frames) if kept else []
-        return Alignment(tuple(WordSpan(w, s, e) for (w, _, _), (s, e) in zip(kept, spans)),
-                         "asr", tuple(notes))
+        return Alignment(
+            tuple(WordSpan(w, s, e) for (w, _, _), (s, e) in zip(kept, spans)), "asr", tuple(notes)
+        )
 
 
 def _decode(decoder, pcm: bytes):
@@ -361,8 +391,9 @@ def _runs(indices: Sequence[int]) -> List[Tuple[int, int]]:
     return runs
 
 
-def _share_with_neighbours(spans: List[Tuple[int, int]], words: Sequence[str],
-                           run: Tuple[int, int], voiced_start: int) -> List[Tuple[int, int]]:
+def _share_with_neighbours(
+    spans: List[Tuple[int, int]], words: Sequence[str], run: Tuple[int, int], voiced_start: int
+) -> List[Tuple[int, int]]:
     """Re-split the frames from the word before an OOV run to the word after it by word length.
 
     The spoken-noise model that stands in for an OOV word tends to take only its minimum of
@@ -378,8 +409,8 @@ def _share_with_neighbours(spans: List[Tuple[int, int]], words: Sequence[str],
     # made trailing OOV words worse on RAVDESS: the voicing there often runs on in a breath.)
     if run[0] == 0:
         start = min(start, voiced_start)
-    pieces = _split(start, end, [len(w) for w in words[first:last + 1]])
-    return list(spans[:first]) + pieces + list(spans[last + 1:])
+    pieces = _split(start, end, [len(w) for w in words[first : last + 1]])
+    return list(spans[:first]) + pieces + list(spans[last + 1 :])
 
 
 def voiced_region(waveform: np.ndarray) -> Tuple[int, int]:
@@ -397,8 +428,10 @@ def voiced_region(waveform: np.ndarray) -> Tuple[int, int]:
     threshold = max(float(energy_db.max()) - VAD_RANGE_DB, VAD_FLOOR_DB)
     voiced = np.flatnonzero(energy_db > threshold)
     if voiced.size == 0:
-        raise AlignmentError(f"no speech to align: the audio is silent (loudest 10 ms frame "
-                             f"{energy_db.max():.1f} dBFS)")
+        raise AlignmentError(
+            f"no speech to align: the audio is silent (loudest 10 ms frame "
+            f"{energy_db.max():.1f} dBFS)"
+        )
     return int(voiced[0]), int(voiced[-1]) + 1
 
 
@@ -422,8 +455,9 @@ def read_textgrid(path: Union[str, os.PathLike], tier: str = "words") -> List[Wo
     """
     where = os.fspath(path)
     try:
-        grid = praat_textgrid.openTextgrid(where, includeEmptyIntervals=False,
-                                           reportingMode="error", duplicateNamesMode="rename")
+        grid = praat_textgrid.openTextgrid(
+            where, includeEmptyIntervals=False, reportingMode="error", duplicateNamesMode="rename"
+        )
     except OSError as error:
         raise AlignmentError(f"{where}: cannot read: {error.strerror or error}") from error
     # praatio's parsers fail with these on files that are not well-formed TextGrids.
@@ -437,8 +471,10 @@ def read_textgrid(path: Union[str, os.PathLike], tier: str = "words") -> List[Wo
         if not isinstance(found, praat_textgrid.IntervalTier):
             raise AlignmentError(f"{where}: tier {name!r} is a point tier, not an interval tier")
         return _interval_words(found.entries, where)
-    raise AlignmentError(f"{where}: no tier named {tier!r} (tiers: "
-                         f"{', '.join(repr(n) for n in grid.tierNames) or 'none'})")
+    raise AlignmentError(
+        f"{where}: no tier named {tier!r} (tiers: "
+        f"{', '.join(repr(n) for n in grid.tierNames) or 'none'})"
+    )
 
 
 def _interval_words(intervals, where: str) -> List[WordSpan]:
@@ -471,7 +507,8 @@ def _read_text(path: Union[str, os.PathLike]) -> str:
             data = f.read()
     except OSError as error:
         raise AlignmentError(
-            f"{os.fspath(path)}: cannot read: {error.strerror or error}") from error
+            f"{os.fspath(path)}: cannot read: {error.strerror or error}"
+        ) from error
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):  # a UTF-16 byte-order mark
         return data.decode("utf-16")
     try:
@@ -505,8 +542,10 @@ def read_wdseg(path: Union[str, os.PathLike]) -> List[WordSpan]:
             start, last = int(fields[0]), int(fields[1])
             int(fields[2])
         except ValueError:
-            raise AlignmentError(f"{where}:{number}: malformed wdseg row {line.strip()!r} "
-                                 f"(expected 'SFrm EFrm SegAScr Word')") from None
+            raise AlignmentError(
+                f"{where}:{number}: malformed wdseg row {line.strip()!r} "
+                f"(expected 'SFrm EFrm SegAScr Word')"
+            ) from None
         if start < 0 or last < start:
             raise AlignmentError(f"{where}:{number}: bad frames {start}-{last}")
         word = fields[3]
@@ -517,8 +556,9 @@ def read_wdseg(path: Union[str, os.PathLike]) -> List[WordSpan]:
     return words
 
 
-def check_within(words: Iterable[WordSpan], num_frames: int,
-                 tolerance_frames: int = DEFAULT_TOLERANCE_FRAMES) -> List[WordSpan]:
+def check_within(
+    words: Iterable[WordSpan], num_frames: int, tolerance_frames: int = DEFAULT_TOLERANCE_FRAMES
+) -> List[WordSpan]:
     """``words`` checked against an utterance of ``num_frames`` frames.
 
     Spans running past the end by at most ``tolerance_frames`` are clipped (a word left with
@@ -537,11 +577,14 @@ def check_within(words: Iterable[WordSpan], num_frames: int,
             raise AlignmentError(
                 f"word {w.word!r} at {w.start / FRAMES_PER_SECOND:.2f}-"
                 f"{w.end / FRAMES_PER_SECOND:.2f} s (frames {w.start}-{w.end}) runs past the "
-                f"end of the audio ({num_frames / FRAMES_PER_SECOND:.2f} s, {num_frames} frames)")
+                f"end of the audio ({num_frames / FRAMES_PER_SECOND:.2f} s, {num_frames} frames)"
+            )
         if w.end > num_frames:
             w = WordSpan(w.word, min(w.start, num_frames - 1), num_frames)
         if out and w.start < out[-1].start:
-            raise AlignmentError(f"words out of order: {out[-1].word!r} at frame {out[-1].start} "
-                                 f"before {w.word!r} at frame {w.start}")
+            raise AlignmentError(
+                f"words out of order: {out[-1].word!r} at frame {out[-1].start} "
+                f"before {w.word!r} at frame {w.start}"
+            )
         out.append(w)
     return out

@@ -26,8 +26,9 @@ DEFAULT_SILENCE_THRESHOLD = 1e-4  # peak below this (about -80 dBFS) counts as d
 
 
 # libsndfile's log line for a WAV/AIFF data chunk whose header length disagrees with the file.
-_DATA_CHUNK_MISMATCH = re.compile(r"^\s*(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)",
-                                  re.MULTILINE)
+_DATA_CHUNK_MISMATCH = re.compile(
+    r"^\s*(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE
+)
 _PLACEHOLDER_BYTES = 0x7FFFFFF0  # 0x7FFFFFFF / 0xFFFFFFFF (and close) mean "length unknown"
 
 
@@ -54,10 +55,13 @@ class AudioInfo:
     warnings: List[str] = dataclasses.field(default_factory=list)
 
 
-def load_audio(path: Union[str, os.PathLike], *, max_seconds: float = DEFAULT_MAX_SECONDS,
-               overlong: str = "truncate",
-               silence_threshold: float = DEFAULT_SILENCE_THRESHOLD,
-               ) -> Tuple[np.ndarray, AudioInfo]:
+def load_audio(
+    path: Union[str, os.PathLike],
+    *,
+    max_seconds: float = DEFAULT_MAX_SECONDS,
+    overlong: str = "truncate",
+    silence_threshold: float = DEFAULT_SILENCE_THRESHOLD,
+) -> Tuple[np.ndarray, AudioInfo]:
     """Decode ``path`` into float32 ``[S]`` mono samples at 16 kHz in [-1, 1].
 
     Multi-channel audio is averaged to mono; other sample rates are resampled with a polyphase
@@ -85,10 +89,14 @@ def load_audio(path: Union[str, os.PathLike], *, max_seconds: float = DEFAULT_MA
 
     try:
         with sf.SoundFile(str(path)) as f:
-            info = AudioInfo(path=str(path), sample_rate=int(f.samplerate),
-                             channels=int(f.channels),
-                             duration=f.frames / f.samplerate if f.frames > 0 else 0.0,
-                             format=f.format, subtype=f.subtype)
+            info = AudioInfo(
+                path=str(path),
+                sample_rate=int(f.samplerate),
+                channels=int(f.channels),
+                duration=f.frames / f.samplerate if f.frames > 0 else 0.0,
+                format=f.format,
+                subtype=f.subtype,
+            )
             declared = int(f.frames)
             if declared <= 0:
                 raise AudioError(path, f"no audio frames ({f.format}/{f.subtype}, 0 samples)")
@@ -97,8 +105,9 @@ def load_audio(path: Union[str, os.PathLike], *, max_seconds: float = DEFAULT_MA
             max_frames = int(math.floor(max_seconds * f.samplerate))
             too_long = declared > max_frames
             if too_long and overlong == "reject":
-                raise AudioError(path, f"too long: {info.duration:.2f} s > "
-                                       f"max_seconds={max_seconds:g}")
+                raise AudioError(
+                    path, f"too long: {info.duration:.2f} s > max_seconds={max_seconds:g}"
+                )
             wanted = min(declared, max_frames)
             log = f.extra_info
             samples = f.read(frames=wanted, dtype="float32", always_2d=True)
@@ -106,8 +115,9 @@ def load_audio(path: Union[str, os.PathLike], *, max_seconds: float = DEFAULT_MA
         raise
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError) as error:
         # A truncated FLAC lands here too ("flac decoder lost sync").
-        raise AudioError(path, f"cannot decode (unsupported, corrupt or truncated file): "
-                               f"{_one_line(error)}") from error
+        raise AudioError(
+            path, f"cannot decode (unsupported, corrupt or truncated file): {_one_line(error)}"
+        ) from error
 
     # A WAV cut short does not raise: libsndfile quietly clamps the frame count to the bytes
     # present and notes "data : <header> (should be <actual>)" in its log. A partial recording
@@ -117,16 +127,23 @@ def load_audio(path: Union[str, os.PathLike], *, max_seconds: float = DEFAULT_MA
     if chunk:
         header_bytes, actual_bytes = int(chunk.group(1)), int(chunk.group(2))
         if header_bytes == 0 or header_bytes >= _PLACEHOLDER_BYTES:
-            info.warnings.append(f"data length in header is a placeholder ({header_bytes}); "
-                                 f"read {actual_bytes} bytes")
+            info.warnings.append(
+                f"data length in header is a placeholder ({header_bytes}); "
+                f"read {actual_bytes} bytes"
+            )
         elif header_bytes - actual_bytes >= 8 * info.channels:  # more than a frame's padding
-            raise AudioError(path, f"truncated: header declares {header_bytes} data bytes, file "
-                                   f"holds {actual_bytes}")
+            raise AudioError(
+                path,
+                f"truncated: header declares {header_bytes} data bytes, file holds {actual_bytes}",
+            )
 
     # Backstop for other formats: fewer frames decoded than the header declared.
     if samples.shape[0] < wanted:
-        raise AudioError(path, f"truncated or corrupt: header declares {declared} frames, "
-                               f"only {samples.shape[0]} decoded")
+        raise AudioError(
+            path,
+            f"truncated or corrupt: header declares {declared} frames, "
+            f"only {samples.shape[0]} decoded",
+        )
     if not np.all(np.isfinite(samples)):
         raise AudioError(path, "contains NaN or infinite samples")
     if too_long:
@@ -136,7 +153,7 @@ def load_audio(path: Union[str, os.PathLike], *, max_seconds: float = DEFAULT_MA
     if info.sample_rate != SAMPLE_RATE:
         waveform = _resample(waveform, info.sample_rate)
         if too_long:  # the polyphase output may be a sample longer than the exact limit
-            waveform = waveform[:int(math.floor(max_seconds * SAMPLE_RATE))]
+            waveform = waveform[: int(math.floor(max_seconds * SAMPLE_RATE))]
     peak = float(np.max(np.abs(waveform))) if waveform.size else 0.0
     if peak > 1.0:
         # Float files may exceed full scale; resampling may overshoot a little. Clip, and say so
@@ -145,8 +162,11 @@ def load_audio(path: Union[str, os.PathLike], *, max_seconds: float = DEFAULT_MA
             info.warnings.append(f"clipped to [-1, 1] (peak {peak:.3f})")
         waveform = np.clip(waveform, -1.0, 1.0)
     if waveform.shape[0] < FRAME_LENGTH:
-        raise AudioError(path, f"too short: {waveform.shape[0] / SAMPLE_RATE * 1000:.1f} ms, "
-                               f"less than one {FRAME_LENGTH / SAMPLE_RATE * 1000:.0f} ms frame")
+        raise AudioError(
+            path,
+            f"too short: {waveform.shape[0] / SAMPLE_RATE * 1000:.1f} ms, "
+            f"less than one {FRAME_LENGTH / SAMPLE_RATE * 1000:.0f} ms frame",
+        )
     if peak < silence_threshold:
         raise AudioError(path, f"silence only (peak {peak:.2e} < {silence_threshold:g})")
     return np.ascontiguousarray(waveform, dtype=np.float32), info

@@ -49,8 +49,11 @@ class Unreadable:
     reason: str
 
     def to_dict(self) -> dict:
-        return {"start_s": round(self.start_s, 3), "end_s": round(self.end_s, 3),
-                "reason": self.reason}
+        return {
+            "start_s": round(self.start_s, 3),
+            "end_s": round(self.end_s, 3),
+            "reason": self.reason,
+        }
 
 
 class AudioStream:
@@ -68,26 +71,34 @@ class AudioStream:
         AudioError: on opening: a missing, empty or undecodable file, or one without frames.
     """
 
-    def __init__(self, path: Union[str, os.PathLike], *,
-                 block_seconds: float = DEFAULT_BLOCK_SECONDS):
+    def __init__(
+        self, path: Union[str, os.PathLike], *, block_seconds: float = DEFAULT_BLOCK_SECONDS
+    ):
         if not block_seconds > 0:
             raise ValueError(f"block_seconds must be > 0, got {block_seconds}")
         self.path = Path(path)
         if not self.path.is_file():
-            raise AudioError(self.path, "file not found" if not self.path.exists()
-                             else "not a regular file")
+            raise AudioError(
+                self.path, "file not found" if not self.path.exists() else "not a regular file"
+            )
         if self.path.stat().st_size == 0:
             raise AudioError(self.path, "empty file (0 bytes)")
         try:
             with sf.SoundFile(str(self.path)) as f:
-                self.info = AudioInfo(path=str(self.path), sample_rate=int(f.samplerate),
-                                      channels=int(f.channels),
-                                      duration=max(f.frames, 0) / f.samplerate,
-                                      format=f.format, subtype=f.subtype)
+                self.info = AudioInfo(
+                    path=str(self.path),
+                    sample_rate=int(f.samplerate),
+                    channels=int(f.channels),
+                    duration=max(f.frames, 0) / f.samplerate,
+                    format=f.format,
+                    subtype=f.subtype,
+                )
                 self._frames = int(f.frames)
         except _READ_ERRORS as error:
-            raise AudioError(self.path, f"cannot decode (unsupported, corrupt or truncated "
-                                        f"file): {_one_line(error)}") from error
+            raise AudioError(
+                self.path,
+                f"cannot decode (unsupported, corrupt or truncated file): {_one_line(error)}",
+            ) from error
         if self._frames <= 0:
             raise AudioError(self.path, "no audio frames")
         rate = self.info.sample_rate
@@ -96,8 +107,7 @@ class AudioStream:
         # Blocks and context are whole multiples of `down` input samples: such a position maps
         # to a whole output sample (times `up / down`), so blocks join without a seam.
         self._block = max(1, int(block_seconds * rate) // self._down) * self._down
-        self._context = max(1, math.ceil(RESAMPLE_CONTEXT_SECONDS * rate / self._down)) \
-            * self._down
+        self._context = max(1, math.ceil(RESAMPLE_CONTEXT_SECONDS * rate / self._down)) * self._down
         self.unreadable: List[Unreadable] = []
 
     @property
@@ -111,8 +121,11 @@ class AudioStream:
 
     def _note(self, start: int, end: int, reason: str) -> None:
         rate = self.info.sample_rate
-        if self.unreadable and self.unreadable[-1].reason == reason \
-                and abs(self.unreadable[-1].end_s - start / rate) < 1e-9:
+        if (
+            self.unreadable
+            and self.unreadable[-1].reason == reason
+            and abs(self.unreadable[-1].end_s - start / rate) < 1e-9
+        ):
             start = round(self.unreadable.pop().start_s * rate)  # one span, not one per block
         self.unreadable.append(Unreadable(start / rate, end / rate, reason))
 
@@ -168,8 +181,7 @@ class AudioStream:
                 bad = ~np.isfinite(mono)
                 if bad.any():
                     for first, last in _runs_of(bad):
-                        self._note(position + first, position + last,
-                                   "NaN or infinite samples")
+                        self._note(position + first, position + last, "NaN or infinite samples")
                     mono[bad] = 0.0
                 yield mono
                 position += data.shape[0]
@@ -202,14 +214,14 @@ class AudioStream:
                 continue
             left = max(0, done - context)
             right = end if finished else limit + context
-            resampled = resample_poly(buffer[left - buffer_start:right - buffer_start], up, down)
+            resampled = resample_poly(buffer[left - buffer_start : right - buffer_start], up, down)
             first = (done - left) * up // down
             count = (-(-limit * up // down)) - done * up // down
-            out = resampled[first:first + count]
+            out = resampled[first : first + count]
             yield done * up // down, np.clip(out, -1.0, 1.0).astype(np.float32)
             done = limit
             keep_from = max(0, done - context)
-            buffer = buffer[keep_from - buffer_start:]
+            buffer = buffer[keep_from - buffer_start :]
             buffer_start = keep_from
 
 

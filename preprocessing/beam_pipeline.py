@@ -53,8 +53,10 @@ class ProcessingOptions:
 
 
 def error_line(utterance_id: str, path: str, stage: str, reason: str) -> str:
-    return json.dumps({"utterance_id": utterance_id, "path": path, "stage": stage,
-                       "reason": reason}, sort_keys=True)
+    return json.dumps(
+        {"utterance_id": utterance_id, "path": path, "stage": stage, "reason": reason},
+        sort_keys=True,
+    )
 
 
 class ProcessUtterance(beam.DoFn):
@@ -72,6 +74,7 @@ class ProcessUtterance(beam.DoFn):
     def setup(self):
         # Imported here so that the driver never pays for TensorFlow/PocketSphinx start-up.
         from preprocessing import alignment, embeddings, utterance
+
         self._utterance = utterance
         self._vectors = embeddings.load(self.options.embeddings_path)
         self._aligner = alignment.PocketSphinxAligner()
@@ -81,27 +84,40 @@ class ProcessUtterance(beam.DoFn):
         try:
             with local_copy(utterance) as local:
                 example, source = self._utterance.utterance_to_example(
-                    local, aligner=self._aligner, vectors=self._vectors,
+                    local,
+                    aligner=self._aligner,
+                    vectors=self._vectors,
                     class_names=self.options.class_names,
                     fold=self.options.folds[utterance.speaker],
-                    max_seconds=self.options.max_seconds, overlong=self.options.overlong)
+                    max_seconds=self.options.max_seconds,
+                    overlong=self.options.overlong,
+                )
         except self._utterance.UtteranceError as error:
             beam.metrics.Metrics.counter("cme_ser", f"error_{error.stage}").inc()
-            yield beam.pvalue.TaggedOutput(self.ERRORS, error_line(
-                utterance.utterance_id, utterance.audio_path, error.stage, error.reason))
+            yield beam.pvalue.TaggedOutput(
+                self.ERRORS,
+                error_line(utterance.utterance_id, utterance.audio_path, error.stage, error.reason),
+            )
             return
         except Exception as error:  # noqa: BLE001 - one bad file must never stop the job
             LOG.exception("unexpected failure on %s", utterance.audio_path)
-            yield beam.pvalue.TaggedOutput(self.ERRORS, error_line(
-                utterance.utterance_id, utterance.audio_path, "internal",
-                f"{type(error).__name__}: {error}"))
+            yield beam.pvalue.TaggedOutput(
+                self.ERRORS,
+                error_line(
+                    utterance.utterance_id,
+                    utterance.audio_path,
+                    "internal",
+                    f"{type(error).__name__}: {error}",
+                ),
+            )
             return
         beam.metrics.Metrics.counter("cme_ser", f"records_{source}").inc()
         self.count += 1
         if self.count % 50 == 0:
             rate = self.count / max(time.time() - self._started, 1e-9)
-            LOG.warning("worker %d: %d utterances processed (%.1f/s)", os.getpid(), self.count,
-                        rate)
+            LOG.warning(
+                "worker %d: %d utterances processed (%.1f/s)", os.getpid(), self.count, rate
+            )
         # deterministic: the features map in one order, so a record's bytes do not depend on
         # the process that wrote it (same bytes on every runner and run).
         yield self.options.folds[utterance.speaker], example.SerializeToString(deterministic=True)
@@ -113,8 +129,11 @@ def local_copy(utterance: corpora.Utterance):
     directory through Beam's ``FileSystems`` (the decoder and the alignment readers read local
     files); local paths are used as they are. A missing remote file becomes a missing local
     path, so it fails in the same stage with the same reason as a missing local file."""
-    remote = {field: getattr(utterance, field) for field in ("audio_path", "alignment_path")
-              if getattr(utterance, field) and filesystems.is_url(getattr(utterance, field))}
+    remote = {
+        field: getattr(utterance, field)
+        for field in ("audio_path", "alignment_path")
+        if getattr(utterance, field) and filesystems.is_url(getattr(utterance, field))
+    }
     if not remote:
         yield utterance
         return
@@ -127,44 +146,67 @@ def local_copy(utterance: corpora.Utterance):
             local[field] = os.path.join(tmp, field, filesystems.basename(url))
             os.makedirs(os.path.dirname(local[field]))
             if FileSystems.exists(url):
-                with FileSystems.open(url, compression_type=CompressionTypes.UNCOMPRESSED) as src, \
-                        open(local[field], "wb") as dst:
+                with (
+                    FileSystems.open(url, compression_type=CompressionTypes.UNCOMPRESSED) as src,
+                    open(local[field], "wb") as dst,
+                ):
                     dst.write(src.read())
         yield dataclasses.replace(utterance, **local)
 
 
-def build(p: beam.Pipeline, utterances: Sequence[corpora.Utterance],
-          options: ProcessingOptions, out_dir: str, num_folds: int,
-          layout: str = DEFAULT_LAYOUT):
+def build(
+    p: beam.Pipeline,
+    utterances: Sequence[corpora.Utterance],
+    options: ProcessingOptions,
+    out_dir: str,
+    num_folds: int,
+    layout: str = DEFAULT_LAYOUT,
+):
     """Adds the job to ``p``; returns the (records, errors) PCollections."""
     results = (
         p
         | "Utterances" >> beam.Create(list(utterances), reshuffle=False)
         | "Spread" >> beam.Reshuffle()
-        | "Process" >> beam.ParDo(ProcessUtterance(options)).with_outputs(
-            ProcessUtterance.ERRORS, main="records"))
+        | "Process"
+        >> beam.ParDo(ProcessUtterance(options)).with_outputs(
+            ProcessUtterance.ERRORS, main="records"
+        )
+    )
     records, errors = results.records, results[ProcessUtterance.ERRORS]
     by_fold = records | "ByFold" >> beam.Partition(lambda kv, n: kv[0], num_folds)
     for fold, pcoll in enumerate(by_fold):
-        (pcoll
-         | f"Serialized{fold}" >> beam.Values()
-         | f"Write{fold}" >> beam.io.WriteToTFRecord(
-             filesystems.join(out_dir, layout.format(fold=fold), "part"),
-             file_name_suffix=RECORD_SUFFIX,
-             compression_type=beam.io.filesystem.CompressionTypes.GZIP))
-    (errors
-     | "ErrorsOneFile" >> beam.combiners.ToList()
-     | "SortErrors" >> beam.FlatMap(sorted)
-     # No file for no errors: S3 refuses the empty multipart upload Beam would make for one.
-     | "WriteErrors" >> beam.io.WriteToText(filesystems.join(out_dir, ERRORS_FILE),
-                                            shard_name_template="", append_trailing_newlines=True,
-                                            skip_if_empty=True))
+        (
+            pcoll
+            | f"Serialized{fold}" >> beam.Values()
+            | f"Write{fold}"
+            >> beam.io.WriteToTFRecord(
+                filesystems.join(out_dir, layout.format(fold=fold), "part"),
+                file_name_suffix=RECORD_SUFFIX,
+                compression_type=beam.io.filesystem.CompressionTypes.GZIP,
+            )
+        )
+    (
+        errors
+        | "ErrorsOneFile" >> beam.combiners.ToList()
+        | "SortErrors" >> beam.FlatMap(sorted)
+        # No file for no errors: S3 refuses the empty multipart upload Beam would make for one.
+        | "WriteErrors"
+        >> beam.io.WriteToText(
+            filesystems.join(out_dir, ERRORS_FILE),
+            shard_name_template="",
+            append_trailing_newlines=True,
+            skip_if_empty=True,
+        )
+    )
     return records, errors
 
 
 def default_beam_args() -> List[str]:
-    return ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
-            f"--direct_num_workers={max(1, os.cpu_count() or 1)}"]
+    return [
+        "--runner=DirectRunner",
+        "--direct_running_mode=multi_processing",
+        f"--direct_num_workers={max(1, os.cpu_count() or 1)}",
+    ]
 
 
 def prepare_output_dir(out_dir: str, overwrite: bool, layout: str = DEFAULT_LAYOUT) -> None:
@@ -173,14 +215,15 @@ def prepare_output_dir(out_dir: str, overwrite: bool, layout: str = DEFAULT_LAYO
 
     filesystems.enable(out_dir)
     top = layout.split("/")[0].replace("{fold}", "*")
-    previous = sorted({filesystems.basename(p)
-                       for p in tf.io.gfile.glob(filesystems.join(out_dir, top))} |
-                      {name for name in OUTPUTS
-                       if tf.io.gfile.exists(filesystems.join(out_dir, name))})
+    previous = sorted(
+        {filesystems.basename(p) for p in tf.io.gfile.glob(filesystems.join(out_dir, top))}
+        | {name for name in OUTPUTS if tf.io.gfile.exists(filesystems.join(out_dir, name))}
+    )
     if previous and not overwrite:
         raise FileExistsError(
             f"{out_dir} already holds preprocessed output ({', '.join(previous)}); "
-            "pass --overwrite to replace it or choose another --out")
+            "pass --overwrite to replace it or choose another --out"
+        )
     for name in previous:
         target = filesystems.join(out_dir, name)
         tf.io.gfile.rmtree(target) if tf.io.gfile.isdir(target) else tf.io.gfile.remove(target)
@@ -197,21 +240,34 @@ def record_files(out_dir, fold: Optional[int] = None, layout: str = DEFAULT_LAYO
 
 def _read_text(path: str) -> str:
     import tensorflow as tf
+
     with tf.io.gfile.GFile(path, "r") as f:
         return f.read()
 
 
 def _write_text(path: str, text: str) -> None:
     import tensorflow as tf
+
     with tf.io.gfile.GFile(path, "w") as f:
         f.write(text)
 
 
-def run(*, dataset: str, items: Iterable[corpora.Item], out_dir, class_names: Sequence[str],
-        embeddings_path: str, num_folds: int = 5, fold_by: str = "speaker",
-        max_seconds: float = 60.0, overlong: str = "truncate", overwrite: bool = False,
-        beam_args: Optional[Sequence[str]] = None, pipeline: Optional[beam.Pipeline] = None,
-        layout: str = DEFAULT_LAYOUT) -> dict:
+def run(
+    *,
+    dataset: str,
+    items: Iterable[corpora.Item],
+    out_dir,
+    class_names: Sequence[str],
+    embeddings_path: str,
+    num_folds: int = 5,
+    fold_by: str = "speaker",
+    max_seconds: float = 60.0,
+    overlong: str = "truncate",
+    overwrite: bool = False,
+    beam_args: Optional[Sequence[str]] = None,
+    pipeline: Optional[beam.Pipeline] = None,
+    layout: str = DEFAULT_LAYOUT,
+) -> dict:
     """Runs the whole job and returns the summary (also written to ``summary.json``).
 
     ``pipeline``: an unstarted Beam pipeline to run in (TFX hands one over, configured with
@@ -221,26 +277,45 @@ def run(*, dataset: str, items: Iterable[corpora.Item], out_dir, class_names: Se
     out_dir = filesystems.absolute(out_dir)
     embeddings_path = filesystems.absolute(embeddings_path)
     utterances, rejected = corpora.partition(items)
-    utterances = [dataclasses.replace(
-        u, audio_path=filesystems.absolute(u.audio_path),
-        alignment_path=u.alignment_path and filesystems.absolute(u.alignment_path))
-        for u in utterances]
+    utterances = [
+        dataclasses.replace(
+            u,
+            audio_path=filesystems.absolute(u.audio_path),
+            alignment_path=u.alignment_path and filesystems.absolute(u.alignment_path),
+        )
+        for u in utterances
+    ]
     if not utterances:
-        raise ValueError(f"no usable utterances found for dataset {dataset!r} "
-                         f"({len(rejected)} rejected)")
+        raise ValueError(
+            f"no usable utterances found for dataset {dataset!r} ({len(rejected)} rejected)"
+        )
     folds = corpora.assign_folds(utterances, num_folds, by=fold_by)
     prepare_output_dir(out_dir, overwrite, layout)
-    plan = {"dataset": dataset, "num_folds": num_folds, "by": fold_by, "folds": folds,
-            "summary": corpora.fold_summary(utterances, folds)}
-    _write_text(filesystems.join(out_dir, FOLD_PLAN_FILE), json.dumps(plan, indent=2,
-                                                                     sort_keys=True))
+    plan = {
+        "dataset": dataset,
+        "num_folds": num_folds,
+        "by": fold_by,
+        "folds": folds,
+        "summary": corpora.fold_summary(utterances, folds),
+    }
+    _write_text(
+        filesystems.join(out_dir, FOLD_PLAN_FILE), json.dumps(plan, indent=2, sort_keys=True)
+    )
 
-    options = ProcessingOptions(class_names=tuple(class_names),
-                                embeddings_path=str(embeddings_path), folds=folds,
-                                max_seconds=max_seconds, overlong=overlong)
+    options = ProcessingOptions(
+        class_names=tuple(class_names),
+        embeddings_path=str(embeddings_path),
+        folds=folds,
+        max_seconds=max_seconds,
+        overlong=overlong,
+    )
     started = time.time()
-    LOG.warning("preprocessing %d utterances (%d rejected while listing) into %s",
-                len(utterances), len(rejected), out_dir)
+    LOG.warning(
+        "preprocessing %d utterances (%d rejected while listing) into %s",
+        len(utterances),
+        len(rejected),
+        out_dir,
+    )
     if pipeline is None:
         pipeline = beam.Pipeline(options=PipelineOptions(list(beam_args or default_beam_args())))
     with pipeline as p:
@@ -249,21 +324,40 @@ def run(*, dataset: str, items: Iterable[corpora.Item], out_dir, class_names: Se
 
     errors_path = filesystems.join(out_dir, ERRORS_FILE)
     import tensorflow as tf
-    errors = [json.loads(line) for line in _read_text(errors_path).splitlines()
-              if line.strip()] if tf.io.gfile.exists(errors_path) else []
+
+    errors = (
+        [json.loads(line) for line in _read_text(errors_path).splitlines() if line.strip()]
+        if tf.io.gfile.exists(errors_path)
+        else []
+    )
     errors += [dataclasses.asdict(r) for r in rejected]
     errors.sort(key=lambda e: (e["stage"], e["utterance_id"]))
     _write_text(errors_path, "".join(json.dumps(e, sort_keys=True) + "\n" for e in errors))
-    summary = summarize(out_dir, dataset=dataset, class_names=class_names,
-                        num_inputs=len(utterances) + len(rejected), errors=errors,
-                        seconds=elapsed, layout=layout)
-    _write_text(filesystems.join(out_dir, SUMMARY_FILE),
-                json.dumps(summary, indent=2, sort_keys=True))
+    summary = summarize(
+        out_dir,
+        dataset=dataset,
+        class_names=class_names,
+        num_inputs=len(utterances) + len(rejected),
+        errors=errors,
+        seconds=elapsed,
+        layout=layout,
+    )
+    _write_text(
+        filesystems.join(out_dir, SUMMARY_FILE), json.dumps(summary, indent=2, sort_keys=True)
+    )
     return summary
 
 
-def summarize(out_dir: str, *, dataset: str, class_names: Sequence[str], num_inputs: int,
-              errors: List[dict], seconds: float, layout: str = DEFAULT_LAYOUT) -> dict:
+def summarize(
+    out_dir: str,
+    *,
+    dataset: str,
+    class_names: Sequence[str],
+    num_inputs: int,
+    errors: List[dict],
+    seconds: float,
+    layout: str = DEFAULT_LAYOUT,
+) -> dict:
     """Counts what the job produced by reading it back (so the numbers are the files')."""
     import tensorflow as tf
 
@@ -288,10 +382,17 @@ def summarize(out_dir: str, *, dataset: str, class_names: Sequence[str], num_inp
     channels = {"records_per_channel": per_channel} if per_channel else {}
     return {
         **channels,
-        "dataset": dataset, "classes": list(class_names), "inputs": num_inputs,
-        "records": num_records, "errors": len(errors), "records_per_fold": per_fold,
-        "records_per_alignment_source": per_source, "records_per_label": per_label,
-        "errors_per_stage": per_stage, "oov_words": oov, "seconds": round(seconds, 2),
+        "dataset": dataset,
+        "classes": list(class_names),
+        "inputs": num_inputs,
+        "records": num_records,
+        "errors": len(errors),
+        "records_per_fold": per_fold,
+        "records_per_alignment_source": per_source,
+        "records_per_label": per_label,
+        "errors_per_stage": per_stage,
+        "oov_words": oov,
+        "seconds": round(seconds, 2),
         "utterances_per_second": round(num_records / seconds, 2) if seconds else None,
         "complete": num_records + len(errors) == num_inputs,
     }

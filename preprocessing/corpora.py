@@ -78,16 +78,27 @@ def _check_classes(classes: Sequence[str], valid: Sequence[str], corpus: str) ->
     classes = tuple(classes)
     unknown = [c for c in classes if c not in valid]
     if unknown or not classes:
-        raise ValueError(f"{corpus}: unknown class names {unknown} (valid: {', '.join(valid)})"
-                         if unknown else f"{corpus}: no classes given (valid: {', '.join(valid)})")
+        raise ValueError(
+            f"{corpus}: unknown class names {unknown} (valid: {', '.join(valid)})"
+            if unknown
+            else f"{corpus}: no classes given (valid: {', '.join(valid)})"
+        )
     return classes
 
 
 # ---------------------------------------------------------------------------------------------
 # RAVDESS
 
-RAVDESS_EMOTIONS = {"01": "neutral", "02": "calm", "03": "happy", "04": "sad", "05": "angry",
-                    "06": "fearful", "07": "disgust", "08": "surprised"}
+RAVDESS_EMOTIONS = {
+    "01": "neutral",
+    "02": "calm",
+    "03": "happy",
+    "04": "sad",
+    "05": "angry",
+    "06": "fearful",
+    "07": "disgust",
+    "08": "surprised",
+}
 RAVDESS_STATEMENTS = {"01": "Kids are talking by the door", "02": "Dogs are sitting by the door"}
 # Vocal channel code -> name. Song has emotions 01-06 only (no disgust, no surprise).
 RAVDESS_CHANNELS = {"01": "speech", "02": "song"}
@@ -96,8 +107,9 @@ DEFAULT_CHANNELS = ("speech",)
 PRIMARY_CHANNEL = "speech"
 # modality 03 = audio-only; vocal channel 01 = speech, 02 = song; then emotion, intensity,
 # statement, repetition, actor.
-_RAVDESS_NAME = re.compile(r"^03-(0[12])-(0[1-8])-(0[12])-(0[12])-(0[12])-(\d\d)\.(wav|flac)$",
-                           re.IGNORECASE)
+_RAVDESS_NAME = re.compile(
+    r"^03-(0[12])-(0[1-8])-(0[12])-(0[12])-(0[12])-(\d\d)\.(wav|flac)$", re.IGNORECASE
+)
 _RAVDESS_ACTOR_DIR = re.compile(r"^Actor_(\d\d)$")
 
 
@@ -111,14 +123,19 @@ def parse_channels(channels: Union[str, Sequence[str], None]) -> Tuple[str, ...]
     valid = tuple(RAVDESS_CHANNELS.values())
     unknown = [n for n in names if n not in valid]
     if unknown or not names:
-        raise ValueError(f"ravdess: unknown channel(s) {unknown} (valid: {', '.join(valid)})"
-                         if unknown else f"ravdess: no channels given (valid: {', '.join(valid)})")
+        raise ValueError(
+            f"ravdess: unknown channel(s) {unknown} (valid: {', '.join(valid)})"
+            if unknown
+            else f"ravdess: no channels given (valid: {', '.join(valid)})"
+        )
     return names
 
 
-def ravdess(data_dir: Union[PathLike, Sequence[PathLike]],
-            classes: Sequence[str] = DEFAULT_CLASSES,
-            channels: Union[str, Sequence[str], None] = DEFAULT_CHANNELS) -> Iterator[Item]:
+def ravdess(
+    data_dir: Union[PathLike, Sequence[PathLike]],
+    classes: Sequence[str] = DEFAULT_CLASSES,
+    channels: Union[str, Sequence[str], None] = DEFAULT_CHANNELS,
+) -> Iterator[Item]:
     """RAVDESS speech and/or song: ``Actor_XX/03-CC-EE-II-SS-RR-AA.(wav|flac)``.
 
     ``data_dir`` is one directory or several (e.g. ``ravdess-speech`` and ``ravdess-song``),
@@ -142,16 +159,20 @@ def ravdess(data_dir: Union[PathLike, Sequence[PathLike]],
         raise ValueError("ravdess: no data directory given")
     actor_dirs = []
     for root in roots:
-        found = sorted((name, path) for name, path, kind in _entries(root)
-                       if kind == "dir" and _RAVDESS_ACTOR_DIR.match(name))
+        found = sorted(
+            (name, path)
+            for name, path, kind in _entries(root)
+            if kind == "dir" and _RAVDESS_ACTOR_DIR.match(name)
+        )
         if not found:
             raise ValueError(f"ravdess: no Actor_XX directories in {_shown(root)}")
         actor_dirs += found
     return _ravdess_items(actor_dirs, classes, channels)  # arguments checked now, files lazily
 
 
-def _ravdess_items(actor_dirs: List[Tuple[str, str]], classes: Tuple[str, ...],
-                   channels: Tuple[str, ...]) -> Iterator[Item]:
+def _ravdess_items(
+    actor_dirs: List[Tuple[str, str]], classes: Tuple[str, ...], channels: Tuple[str, ...]
+) -> Iterator[Item]:
     seen: Dict[str, str] = {}
     for actor_name, actor_dir in actor_dirs:
         actor = _RAVDESS_ACTOR_DIR.match(actor_name).group(1)
@@ -161,36 +182,62 @@ def _ravdess_items(actor_dirs: List[Tuple[str, str]], classes: Tuple[str, ...],
             utterance_id = name.rsplit(".", 1)[0]
             match = _RAVDESS_NAME.match(name)
             if kind != "file" or not match:
-                yield Rejected(utterance_id, path, CORPUS_STAGE,
-                               "name does not match 03-CC-EE-II-SS-RR-AA.(wav|flac) "
-                               "(audio-only speech 01 or song 02, valid codes)")
+                yield Rejected(
+                    utterance_id,
+                    path,
+                    CORPUS_STAGE,
+                    "name does not match 03-CC-EE-II-SS-RR-AA.(wav|flac) "
+                    "(audio-only speech 01 or song 02, valid codes)",
+                )
                 continue
             channel_code, emotion, _, statement, _, file_actor, _ = match.groups()
             if file_actor != actor:
-                yield Rejected(utterance_id, path, CORPUS_STAGE,
-                               f"actor {file_actor} in the name but in directory {actor_name}")
+                yield Rejected(
+                    utterance_id,
+                    path,
+                    CORPUS_STAGE,
+                    f"actor {file_actor} in the name but in directory {actor_name}",
+                )
                 continue
             channel = RAVDESS_CHANNELS[channel_code]
             label = RAVDESS_EMOTIONS[emotion]
             if channel not in channels or label not in classes:
                 continue
             if utterance_id in seen:
-                yield Rejected(utterance_id, path, CORPUS_STAGE,
-                               f"the same recording was already read from {seen[utterance_id]}")
+                yield Rejected(
+                    utterance_id,
+                    path,
+                    CORPUS_STAGE,
+                    f"the same recording was already read from {seen[utterance_id]}",
+                )
                 continue
             seen[utterance_id] = path
-            yield Utterance(utterance_id=utterance_id, audio_path=path,
-                            speaker=actor_name, label_name=label,
-                            transcript=RAVDESS_STATEMENTS[statement],
-                            gender="M" if int(actor) % 2 else "F", channel=channel)
+            yield Utterance(
+                utterance_id=utterance_id,
+                audio_path=path,
+                speaker=actor_name,
+                label_name=label,
+                transcript=RAVDESS_STATEMENTS[statement],
+                gender="M" if int(actor) % 2 else "F",
+                channel=channel,
+            )
 
 
 # ---------------------------------------------------------------------------------------------
 # IEMOCAP
 
-IEMOCAP_CODES = {"neu": "neutral", "hap": "happy", "exc": "excited", "ang": "angry", "sad": "sad",
-                 "fru": "frustrated", "sur": "surprised", "fea": "fearful", "dis": "disgust",
-                 "oth": "other"}
+IEMOCAP_CODES = {
+    "neu": "neutral",
+    "hap": "happy",
+    "exc": "excited",
+    "ang": "angry",
+    "sad": "sad",
+    "fru": "frustrated",
+    "sur": "surprised",
+    "fea": "fearful",
+    "dis": "disgust",
+    "oth": "other",
+}
 IEMOCAP_NO_AGREEMENT = "xxx"  # annotators did not agree: never a training label
 # "[6.2901 - 8.2357]\tSes01F_impro01_F000\tneu\t[2.5000, 2.5000, 2.5000]"
 _IEMOCAP_LABEL = re.compile(r"^\[\s*[\d.]+\s*-\s*[\d.]+\s*\]\s+(Ses\w+)\s+(\w+)\s+\[")
@@ -200,8 +247,9 @@ _IEMOCAP_UTTERANCE = re.compile(r"^(Ses\d\d)[FM]_.+_([FM])[^_]*$")
 _IEMOCAP_SESSION_DIR = re.compile(r"^Session\d+$")
 
 
-def iemocap(data_dir: PathLike, classes: Sequence[str] = DEFAULT_CLASSES,
-            merge_excited: bool = True) -> Iterator[Item]:
+def iemocap(
+    data_dir: PathLike, classes: Sequence[str] = DEFAULT_CLASSES, merge_excited: bool = True
+) -> Iterator[Item]:
     """IEMOCAP release layout under ``data_dir/SessionN/``.
 
     Labels: ``dialog/EmoEvaluation/*.txt``; transcripts: ``dialog/transcriptions/*.txt``; audio:
@@ -211,40 +259,54 @@ def iemocap(data_dir: PathLike, classes: Sequence[str] = DEFAULT_CLASSES,
     is always left out; ``exc`` becomes happy when ``merge_excited``. An utterance without a
     transcript line gets ``transcript=None``.
     """
-    valid = tuple(name for name in IEMOCAP_CODES.values()
-                  if not (merge_excited and name == "excited"))
+    valid = tuple(
+        name for name in IEMOCAP_CODES.values() if not (merge_excited and name == "excited")
+    )
     if merge_excited and "excited" in tuple(classes):
-        raise ValueError("iemocap: 'excited' is merged into 'happy'; pass merge_excited=False "
-                         "to use it as a class")
+        raise ValueError(
+            "iemocap: 'excited' is merged into 'happy'; pass merge_excited=False "
+            "to use it as a class"
+        )
     classes = _check_classes(classes, valid, "iemocap")
     root = Path(data_dir)
-    sessions = sorted((p for p in _subdirectories(root) if _IEMOCAP_SESSION_DIR.match(p.name)),
-                      key=lambda p: int(p.name[len("Session"):]))
+    sessions = sorted(
+        (p for p in _subdirectories(root) if _IEMOCAP_SESSION_DIR.match(p.name)),
+        key=lambda p: int(p.name[len("Session") :]),
+    )
     if not sessions:
         raise ValueError(f"iemocap: no SessionN directories in {root}")
     return _iemocap_items(sessions, classes, merge_excited)
 
 
-def _iemocap_items(sessions: List[Path], classes: Tuple[str, ...],
-                   merge_excited: bool) -> Iterator[Item]:
+def _iemocap_items(
+    sessions: List[Path], classes: Tuple[str, ...], merge_excited: bool
+) -> Iterator[Item]:
     for session in sessions:
         transcripts = _iemocap_transcripts(session / "dialog" / "transcriptions")
         for label_file in _visible_txt(session / "dialog" / "EmoEvaluation"):
             for utterance_id, code in _iemocap_labels(label_file):
-                item = _iemocap_item(session, label_file, utterance_id, code, transcripts,
-                                     classes, merge_excited)
+                item = _iemocap_item(
+                    session, label_file, utterance_id, code, transcripts, classes, merge_excited
+                )
                 if item is not None:
                     yield item
 
 
-def _iemocap_item(session: Path, label_file: Path, utterance_id: str, code: str,
-                  transcripts: Dict[str, str], classes: Tuple[str, ...],
-                  merge_excited: bool) -> Optional[Item]:
+def _iemocap_item(
+    session: Path,
+    label_file: Path,
+    utterance_id: str,
+    code: str,
+    transcripts: Dict[str, str],
+    classes: Tuple[str, ...],
+    merge_excited: bool,
+) -> Optional[Item]:
     if code == IEMOCAP_NO_AGREEMENT:
         return None
     if code not in IEMOCAP_CODES:
-        return Rejected(utterance_id, str(label_file), CORPUS_STAGE,
-                        f"unknown emotion code {code!r}")
+        return Rejected(
+            utterance_id, str(label_file), CORPUS_STAGE, f"unknown emotion code {code!r}"
+        )
     label = IEMOCAP_CODES[code]
     if merge_excited and label == "excited":
         label = "happy"
@@ -252,20 +314,28 @@ def _iemocap_item(session: Path, label_file: Path, utterance_id: str, code: str,
         return None
     match = _IEMOCAP_UTTERANCE.match(utterance_id)
     if not match:
-        return Rejected(utterance_id, str(label_file), CORPUS_STAGE,
-                        "utterance id does not look like SesNN[FM]_<dialog>_[FM]NNN")
+        return Rejected(
+            utterance_id,
+            str(label_file),
+            CORPUS_STAGE,
+            "utterance id does not look like SesNN[FM]_<dialog>_[FM]NNN",
+        )
     session_code, speaker_gender = match.groups()
     dialog = utterance_id.rsplit("_", 1)[0]
     sentences = session / "sentences"
     alignment = sentences / "ForcedAlignment" / dialog / f"{utterance_id}.wdseg"
     has_alignment = alignment.is_file()
-    return Utterance(utterance_id=utterance_id,
-                     audio_path=str(sentences / "wav" / dialog / f"{utterance_id}.wav"),
-                     speaker=f"{session_code}_{speaker_gender}", label_name=label,
-                     transcript=transcripts.get(utterance_id),
-                     alignment_path=str(alignment) if has_alignment else None,
-                     alignment_format="wdseg" if has_alignment else None,
-                     group=session.name, gender=speaker_gender)
+    return Utterance(
+        utterance_id=utterance_id,
+        audio_path=str(sentences / "wav" / dialog / f"{utterance_id}.wav"),
+        speaker=f"{session_code}_{speaker_gender}",
+        label_name=label,
+        transcript=transcripts.get(utterance_id),
+        alignment_path=str(alignment) if has_alignment else None,
+        alignment_format="wdseg" if has_alignment else None,
+        group=session.name,
+        gender=speaker_gender,
+    )
 
 
 def _shown(root) -> str:
@@ -279,11 +349,18 @@ def _entries(directory) -> List[Tuple[str, str, str]]:
     ``tf.io.gfile`` (``infra.filesystems``); local directories as they always were."""
     if "://" not in str(directory):
         root = Path(directory)
-        return [(p.name, str(p), "dir" if p.is_dir() else "file" if p.is_file() else "other")
-                for p in root.iterdir()] if root.is_dir() else []
+        return (
+            [
+                (p.name, str(p), "dir" if p.is_dir() else "file" if p.is_file() else "other")
+                for p in root.iterdir()
+            ]
+            if root.is_dir()
+            else []
+        )
     import tensorflow as tf
 
     from infra import filesystems
+
     filesystems.enable(directory)
     if not tf.io.gfile.isdir(directory):
         return []
@@ -378,8 +455,12 @@ def manifest_rows(path: PathLike) -> Iterator[Tuple[str, object]]:
     """(``"<manifest>:<line>"``, row) pairs of a ``.csv`` or ``.jsonl``/``.ndjson`` file; a row
     is a dict with stripped keys and (string) values, or an error string for bad JSON."""
     for where, row in _raw_manifest_rows(Path(path)):
-        yield where, row if isinstance(row, str) else {
-            k.strip(): (v.strip() if isinstance(v, str) else v) for k, v in row.items() if k}
+        yield (
+            where,
+            row
+            if isinstance(row, str)
+            else {k.strip(): (v.strip() if isinstance(v, str) else v) for k, v in row.items() if k},
+        )
 
 
 def _raw_manifest_rows(path: Path) -> Iterator[Tuple[str, object]]:
@@ -405,8 +486,9 @@ def _raw_manifest_rows(path: Path) -> Iterator[Tuple[str, object]]:
                 yield f"{path}:{number}", row
 
 
-def _manifest_item(base: Path, where: str, row, classes: Optional[Tuple[str, ...]],
-                   seen: collections.Counter) -> Item:
+def _manifest_item(
+    base: Path, where: str, row, classes: Optional[Tuple[str, ...]], seen: collections.Counter
+) -> Item:
     if isinstance(row, str):
         return Rejected(where, where, CORPUS_STAGE, row)
     value = row
@@ -414,24 +496,36 @@ def _manifest_item(base: Path, where: str, row, classes: Optional[Tuple[str, ...
     audio = value.get("path")
     audio_path = resolve_path(base, str(audio)) if audio not in (None, "") else None
     if missing:
-        return Rejected(Path(audio_path).stem if audio_path else where, audio_path or where,
-                        CORPUS_STAGE, f"missing {', '.join(missing)} ({where})")
+        return Rejected(
+            Path(audio_path).stem if audio_path else where,
+            audio_path or where,
+            CORPUS_STAGE,
+            f"missing {', '.join(missing)} ({where})",
+        )
     stem = Path(audio_path).stem
     seen[stem] += 1
     utterance_id = stem if seen[stem] == 1 else f"{stem}-{seen[stem]}"
     label = str(value["label"]).lower()
     if classes is not None and label not in classes:
-        return Rejected(utterance_id, audio_path, CORPUS_STAGE,
-                        f"unknown label {label!r} (classes: {', '.join(classes)}) ({where})")
+        return Rejected(
+            utterance_id,
+            audio_path,
+            CORPUS_STAGE,
+            f"unknown label {label!r} (classes: {', '.join(classes)}) ({where})",
+        )
     textgrid = value.get("textgrid")
     transcript = value.get("transcript")
-    return Utterance(utterance_id=utterance_id, audio_path=audio_path,
-                     speaker=str(value.get("speaker") or utterance_id), label_name=label,
-                     transcript=str(transcript) if transcript else None,
-                     alignment_path=resolve_path(base, str(textgrid)) if textgrid else None,
-                     alignment_format="textgrid" if textgrid else None,
-                     group=str(value["group"]) if value.get("group") else None,
-                     gender=str(value["gender"]) if value.get("gender") else None)
+    return Utterance(
+        utterance_id=utterance_id,
+        audio_path=audio_path,
+        speaker=str(value.get("speaker") or utterance_id),
+        label_name=label,
+        transcript=str(transcript) if transcript else None,
+        alignment_path=resolve_path(base, str(textgrid)) if textgrid else None,
+        alignment_format="textgrid" if textgrid else None,
+        group=str(value["group"]) if value.get("group") else None,
+        gender=str(value["gender"]) if value.get("gender") else None,
+    )
 
 
 def resolve_path(base: Path, path: str) -> str:
@@ -440,9 +534,12 @@ def resolve_path(base: Path, path: str) -> str:
     return str(p if p.is_absolute() else base / p)
 
 
-def items(dataset: str, path: Union[PathLike, Sequence[PathLike]],
-          classes: Optional[Sequence[str]] = None,
-          channels: Union[str, Sequence[str], None] = None) -> List[Item]:
+def items(
+    dataset: str,
+    path: Union[PathLike, Sequence[PathLike]],
+    classes: Optional[Sequence[str]] = None,
+    channels: Union[str, Sequence[str], None] = None,
+) -> List[Item]:
     """All items of ``dataset`` ("ravdess", "iemocap" or "manifest") at ``path`` (RAVDESS: one
     directory or several); ``classes`` None means the corpus default (the 4 classes; every
     label for a manifest); ``channels`` None means the default (RAVDESS: speech only), and only
@@ -462,8 +559,9 @@ def items(dataset: str, path: Union[PathLike, Sequence[PathLike]],
 # Folds
 
 
-def assign_folds(utterances: Iterable[Item], num_folds: int = 5, by: str = "speaker",
-                 seed: int = 0) -> Dict[str, int]:
+def assign_folds(
+    utterances: Iterable[Item], num_folds: int = 5, by: str = "speaker", seed: int = 0
+) -> Dict[str, int]:
     """Speaker-independent folds: ``{speaker: fold}`` with folds ``0 .. num_folds - 1``.
 
     ``by="speaker"``: speakers are dealt greedily, each to the fold with the fewest utterances;
@@ -502,8 +600,10 @@ def assign_folds(utterances: Iterable[Item], num_folds: int = 5, by: str = "spea
         if unit is None:
             raise ValueError(f"assign_folds(by='group'): utterance {u.utterance_id} has no group")
         if by == "group" and speaker_group.setdefault(u.speaker, u.group) != u.group:
-            raise ValueError(f"assign_folds(by='group'): speaker {u.speaker} is in groups "
-                             f"{speaker_group[u.speaker]} and {u.group}")
+            raise ValueError(
+                f"assign_folds(by='group'): speaker {u.speaker} is in groups "
+                f"{speaker_group[u.speaker]} and {u.group}"
+            )
         counts[unit] += 1 if counted else 0
         genders.setdefault(unit, u.gender)
     if num_folds > len(counts):
@@ -526,8 +626,9 @@ def assign_folds(utterances: Iterable[Item], num_folds: int = 5, by: str = "spea
         in_stratum = [0] * num_folds
         for unit in units:
             # Fewest speakers of this gender first (so every fold gets both), then lightest.
-            fold = min(range(num_folds),
-                       key=lambda f: (in_stratum[f] if stratified else 0, load[f], f))
+            fold = min(
+                range(num_folds), key=lambda f: (in_stratum[f] if stratified else 0, load[f], f)
+            )
             members[fold].append(unit)
             in_stratum[fold] += 1
             load[fold] += counts[unit]
@@ -553,8 +654,10 @@ def fold_summary(utterances: Iterable[Item], folds: Dict[str, int]) -> List[Dict
     channel counts when the utterances have channels (RAVDESS)."""
     utterances = [u for u in utterances if isinstance(u, Utterance)]
     with_channels = any(u.channel is not None for u in utterances)
-    summary = [{"fold": f, "speakers": [], "utterances": 0, "labels": collections.Counter()}
-               for f in range(max(folds.values()) + 1)]
+    summary = [
+        {"fold": f, "speakers": [], "utterances": 0, "labels": collections.Counter()}
+        for f in range(max(folds.values()) + 1)
+    ]
     for entry in summary:
         if with_channels:
             entry["channels"] = collections.Counter()

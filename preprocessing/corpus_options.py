@@ -12,18 +12,23 @@ from typing import List, Optional, Sequence
 
 from infra.usage_error import UsageError
 
-RAVDESS_HELP = ("RAVDESS speech is not here. Download Audio_Speech_Actors_01-24.zip from Zenodo "
-                "record 1188976 (CC BY-NC-SA 4.0), unzip it and pass --data-dir, or set "
-                "$CME_SER_DATA.")
-RAVDESS_SONG_HELP = ("RAVDESS song is not here. Download Audio_Song_Actors_01-24.zip from Zenodo "
-                     "record 1188976 (CC BY-NC-SA 4.0), unzip it and pass --data-dir, or set "
-                     "$CME_SER_SONG_DATA.")
+RAVDESS_HELP = (
+    "RAVDESS speech is not here. Download Audio_Speech_Actors_01-24.zip from Zenodo "
+    "record 1188976 (CC BY-NC-SA 4.0), unzip it and pass --data-dir, or set "
+    "$CME_SER_DATA."
+)
+RAVDESS_SONG_HELP = (
+    "RAVDESS song is not here. Download Audio_Song_Actors_01-24.zip from Zenodo "
+    "record 1188976 (CC BY-NC-SA 4.0), unzip it and pass --data-dir, or set "
+    "$CME_SER_SONG_DATA."
+)
 
 
 def find_data_dir(explicit: Optional[str]) -> Path:
     """--data-dir, then $CME_SER_DATA, ./data/ravdess-speech, ../shared/data/ravdess-speech."""
     if explicit:
         from infra import filesystems
+
         if filesystems.is_url(explicit):  # object storage (s3://, gs://), as the URL given
             if not _remote_dir_exists(explicit):
                 raise UsageError(f"--data-dir {explicit} is not a directory (or cannot be read)")
@@ -31,19 +36,25 @@ def find_data_dir(explicit: Optional[str]) -> Path:
         if not Path(explicit).is_dir():
             raise UsageError(f"--data-dir {explicit} is not a directory")
         return Path(explicit)
-    candidates = [os.environ.get("CME_SER_DATA"), "data/ravdess-speech",
-                  "../shared/data/ravdess-speech"]
+    candidates = [
+        os.environ.get("CME_SER_DATA"),
+        "data/ravdess-speech",
+        "../shared/data/ravdess-speech",
+    ]
     for candidate in filter(None, candidates):
         if Path(candidate).is_dir():
             return Path(candidate)
-    raise UsageError(f"no data directory found (tried $CME_SER_DATA, ./data/ravdess-speech, "
-                     f"../shared/data/ravdess-speech). {RAVDESS_HELP}")
+    raise UsageError(
+        f"no data directory found (tried $CME_SER_DATA, ./data/ravdess-speech, "
+        f"../shared/data/ravdess-speech). {RAVDESS_HELP}"
+    )
 
 
 def _remote_dir_exists(url: str) -> bool:
     import tensorflow as tf
 
     from infra import filesystems
+
     try:
         filesystems.enable(url)
         return tf.io.gfile.isdir(url)
@@ -51,8 +62,9 @@ def _remote_dir_exists(url: str) -> bool:
         raise UsageError(f"cannot read {url}: {error}") from error
 
 
-def find_data_dirs(explicit, dataset: str = "ravdess",
-                   channels: Optional[Sequence[str]] = None) -> List[Path]:
+def find_data_dirs(
+    explicit, dataset: str = "ravdess", channels: Optional[Sequence[str]] = None
+) -> List[Path]:
     """The corpus directories: every --data-dir given (a string or a list of them; RAVDESS
     reads the Actor_XX directories of each, keeping the files of the asked-for channels), else
     one default per RAVDESS channel: speech as :func:`find_data_dir`, song from
@@ -67,13 +79,18 @@ def find_data_dirs(explicit, dataset: str = "ravdess",
         if channel == "speech":
             dirs.append(find_data_dir(None))
             continue
-        candidates = [os.environ.get("CME_SER_SONG_DATA"), "data/ravdess-song",
-                      "../shared/data/ravdess-song"]
+        candidates = [
+            os.environ.get("CME_SER_SONG_DATA"),
+            "data/ravdess-song",
+            "../shared/data/ravdess-song",
+        ]
         found = next((Path(c) for c in filter(None, candidates) if Path(c).is_dir()), None)
         if found is None:
-            raise UsageError("no song directory found (tried $CME_SER_SONG_DATA, "
-                             f"./data/ravdess-song, ../shared/data/ravdess-song). "
-                             f"{RAVDESS_SONG_HELP}")
+            raise UsageError(
+                "no song directory found (tried $CME_SER_SONG_DATA, "
+                f"./data/ravdess-song, ../shared/data/ravdess-song). "
+                f"{RAVDESS_SONG_HELP}"
+            )
         dirs.append(found)
     return dirs
 
@@ -81,6 +98,7 @@ def find_data_dirs(explicit, dataset: str = "ravdess",
 def parse_channels(dataset: str, text: Optional[str]) -> Optional[tuple]:
     """--channels: None (the corpus default) or RAVDESS channel names."""
     from preprocessing import corpora
+
     if text is None:
         return None
     if dataset != "ravdess":
@@ -94,15 +112,19 @@ def parse_channels(dataset: str, text: Optional[str]) -> Optional[tuple]:
 def corpus_items(dataset: str, dirs: List[Path], classes, channels) -> list:
     """The adapter's items, or a UsageError saying why there are none usable."""
     from preprocessing import corpora
+
     try:
-        items = corpora.items(dataset, dirs[0] if len(dirs) == 1 else dirs, classes,
-                              channels=channels)
+        items = corpora.items(
+            dataset, dirs[0] if len(dirs) == 1 else dirs, classes, channels=channels
+        )
     except ValueError as error:
         raise UsageError(str(error)) from error
     if dataset == "ravdess" and not corpora.partition(items)[0]:
-        raise UsageError(f"no RAVDESS {','.join(channels or corpora.DEFAULT_CHANNELS)} files of "
-                         f"the classes asked for in {', '.join(map(str, dirs))} (speech files "
-                         "are named 03-01-..., song 03-02-...; see --channels)")
+        raise UsageError(
+            f"no RAVDESS {','.join(channels or corpora.DEFAULT_CHANNELS)} files of "
+            f"the classes asked for in {', '.join(map(str, dirs))} (speech files "
+            "are named 03-01-..., song 03-02-...; see --channels)"
+        )
     return items
 
 
@@ -112,11 +134,14 @@ def parse_classes(text: Optional[str]) -> Optional[List[str]]:
 
 def resolve_embeddings(path: Optional[str]) -> str:
     from preprocessing import embeddings
+
     if path:
         embeddings.load(path)  # fail now, before any Beam worker starts, if it is unusable
         return path
     default = embeddings.default_embeddings_path()
     if not default.exists():
-        raise UsageError(f"no word vectors at {default}: run `cme-ser embeddings fetch` "
-                         "(or pass --embeddings PATH)")
+        raise UsageError(
+            f"no word vectors at {default}: run `cme-ser embeddings fetch` "
+            "(or pass --embeddings PATH)"
+        )
     return str(default)

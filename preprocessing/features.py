@@ -47,11 +47,21 @@ def log_mel_filterbank(waveform: tf.Tensor) -> tf.Tensor:
     # Pre-emphasis y[n] = x[n] - 0.97 x[n-1] (x[-1] = 0): flattens the spectral tilt of speech.
     previous = tf.pad(waveform[..., :-1], [[0, 0]] * (waveform.shape.rank - 1) + [[1, 0]])
     emphasized = waveform - PRE_EMPHASIS * previous
-    stft = tf.signal.stft(emphasized, frame_length=FRAME_LENGTH, frame_step=FRAME_STEP,
-                          fft_length=FFT_LENGTH, window_fn=tf.signal.hann_window, pad_end=False)
+    stft = tf.signal.stft(
+        emphasized,
+        frame_length=FRAME_LENGTH,
+        frame_step=FRAME_STEP,
+        fft_length=FFT_LENGTH,
+        window_fn=tf.signal.hann_window,
+        pad_end=False,
+    )
     power = tf.math.square(tf.abs(stft))
     mel_matrix = tf.signal.linear_to_mel_weight_matrix(
-        num_mel_bins=NUM_MEL_BINS, num_spectrogram_bins=FFT_LENGTH // 2 + 1,
-        sample_rate=SAMPLE_RATE, lower_edge_hertz=LOWER_EDGE_HZ, upper_edge_hertz=UPPER_EDGE_HZ)
+        num_mel_bins=NUM_MEL_BINS,
+        num_spectrogram_bins=FFT_LENGTH // 2 + 1,
+        sample_rate=SAMPLE_RATE,
+        lower_edge_hertz=LOWER_EDGE_HZ,
+        upper_edge_hertz=UPPER_EDGE_HZ,
+    )
     mel = tf.tensordot(power, mel_matrix, axes=1)
     return tf.math.log(mel + LOG_FLOOR)

@@ -61,6 +61,7 @@ def speech_span(waveform: np.ndarray, transcript: Optional[str], aligner=None) -
     word to its last (``aligner`` given), else its voiced frames
     (``preprocessing.alignment.voiced_region``)."""
     from preprocessing.alignment import voiced_region
+
     step = SAMPLE_RATE // FRAMES_PER_SECOND
     if aligner is not None and transcript:
         words = aligner.align(waveform, transcript).words
@@ -78,10 +79,16 @@ def pink_noise(rng: np.random.Generator, samples: int, state=None) -> Tuple[np.n
     return out / max(float(np.std(out)), 1e-12), state
 
 
-def join_utterances(utterances: Sequence[Tuple[Union[str, os.PathLike], str, str]],
-                    out_path: Union[str, os.PathLike], *, snr_db: Optional[float], seed: int = 0,
-                    silence_seconds: Tuple[float, float] = DEFAULT_SILENCE_SECONDS,
-                    aligner=None, subtype: Optional[str] = None) -> List[Placed]:
+def join_utterances(
+    utterances: Sequence[Tuple[Union[str, os.PathLike], str, str]],
+    out_path: Union[str, os.PathLike],
+    *,
+    snr_db: Optional[float],
+    seed: int = 0,
+    silence_seconds: Tuple[float, float] = DEFAULT_SILENCE_SECONDS,
+    aligner=None,
+    subtype: Optional[str] = None,
+) -> List[Placed]:
     """Writes the files of ``utterances`` (``(path, label, transcript)``) one after the other,
     each followed by a silence of uniform random length in ``silence_seconds``, with pink noise
     at ``snr_db`` over the whole recording (None: no noise), to ``out_path`` (16 kHz mono; the
@@ -99,29 +106,48 @@ def join_utterances(utterances: Sequence[Tuple[Union[str, os.PathLike], str, str
     levels = [0.0 if snr_db is None else np.sqrt(p / 10 ** (snr_db / 10)) for p in powers]
     noise_rng, state = np.random.default_rng(seed + 1), None
     placed, position = [], 0
-    with sf.SoundFile(str(out_path), "w", samplerate=SAMPLE_RATE, channels=1,
-                      **({"subtype": subtype} if subtype else {})) as out:
+    with sf.SoundFile(
+        str(out_path),
+        "w",
+        samplerate=SAMPLE_RATE,
+        channels=1,
+        **({"subtype": subtype} if subtype else {}),
+    ) as out:
         for i, ((path, label, transcript), (first, end, size), gap) in enumerate(
-                zip(utterances, spans, gaps)):
+            zip(utterances, spans, gaps)
+        ):
             waveform, _ = load_audio(path)
             silence = int(round(gap * SAMPLE_RATE))
             piece = np.concatenate([waveform, np.zeros(silence, np.float32)]).astype(np.float64)
             if snr_db is not None:
                 after = levels[i + 1] if i + 1 < len(levels) else levels[i]
-                gain = np.concatenate([np.full(size, levels[i]),
-                                       np.linspace(levels[i], after, silence)])
+                gain = np.concatenate(
+                    [np.full(size, levels[i]), np.linspace(levels[i], after, silence)]
+                )
                 noise, state = pink_noise(noise_rng, piece.size, state)
                 piece += gain * noise
             out.write(np.clip(piece, -1.0, 1.0).astype(np.float32))
-            placed.append(Placed((position + first) / SAMPLE_RATE, (position + end) / SAMPLE_RATE,
-                                 label, transcript, str(path), position / SAMPLE_RATE))
+            placed.append(
+                Placed(
+                    (position + first) / SAMPLE_RATE,
+                    (position + end) / SAMPLE_RATE,
+                    label,
+                    transcript,
+                    str(path),
+                    position / SAMPLE_RATE,
+                )
+            )
             position += piece.size
     return placed
 
 
-def write_segments_csv(placed: Sequence[Placed], path: Union[str, os.PathLike], *,
-                       audio: Optional[Union[str, os.PathLike]] = None,
-                       transcript: Optional[Union[str, os.PathLike]] = None) -> None:
+def write_segments_csv(
+    placed: Sequence[Placed],
+    path: Union[str, os.PathLike],
+    *,
+    audio: Optional[Union[str, os.PathLike]] = None,
+    transcript: Optional[Union[str, os.PathLike]] = None,
+) -> None:
     """``start,end,label`` per utterance (seconds, 3 decimals); with ``audio`` (and
     ``transcript``), ``path,start,end,label[,transcript]``, the names relative to the CSV: the
     manifest ``cme-ser evaluate --dataset segments`` reads."""
@@ -132,24 +158,34 @@ def write_segments_csv(placed: Sequence[Placed], path: Union[str, os.PathLike], 
         name = os.path.relpath(audio, base)
         extra = f",{os.path.relpath(transcript, base)}" if transcript else ""
         lines = ["path,start,end,label" + (",transcript" if transcript else "")] + [
-            f"{name},{p.start_s:.3f},{p.end_s:.3f},{p.label}{extra}" for p in placed]
+            f"{name},{p.start_s:.3f},{p.end_s:.3f},{p.label}{extra}" for p in placed
+        ]
     Path(path).write_text("\n".join(lines) + "\n")
 
 
 def write_vtt(placed: Sequence[Placed], path: Union[str, os.PathLike]) -> None:
     """A WebVTT transcript: one cue per utterance over its speech span."""
+
     def stamp(seconds: float) -> str:
         ms = int(round(seconds * 1000))
         return f"{ms // 3600000:02d}:{ms // 60000 % 60:02d}:{ms // 1000 % 60:02d}.{ms % 1000:03d}"
+
     cues = [f"{stamp(p.start_s)} --> {stamp(p.end_s)}\n{p.transcript}" for p in placed]
     Path(path).write_text("WEBVTT\n\n" + "\n\n".join(cues) + "\n")
 
 
-def ravdess_utterances(data_dir, actors: Sequence[str], classes: Sequence[str], *,
-                       seed: int = 0, count: Optional[int] = None) -> List[Tuple[str, str, str]]:
+def ravdess_utterances(
+    data_dir,
+    actors: Sequence[str],
+    classes: Sequence[str],
+    *,
+    seed: int = 0,
+    count: Optional[int] = None,
+) -> List[Tuple[str, str, str]]:
     """``(path, label, transcript)`` of the RAVDESS speech files of ``actors`` with a label in
     ``classes``, shuffled (seeded), the first ``count`` (None: all)."""
     from preprocessing import corpora
+
     items, _ = corpora.partition(corpora.items("ravdess", data_dir, list(classes)))
     chosen = [u for u in items if u.speaker.split("_")[-1] in {a.zfill(2) for a in actors}]
     chosen.sort(key=lambda u: u.utterance_id)
@@ -164,26 +200,39 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="the recording (.flac, .wav, .ogg, .mp3)")
-    parser.add_argument("--data-dir", default=None, help="RAVDESS speech (default: the usual "
-                                                         "lookup, $CME_SER_DATA, ...)")
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="RAVDESS speech (default: the usual lookup, $CME_SER_DATA, ...)",
+    )
     parser.add_argument("--actors", default="01", help="comma-separated actor numbers")
     parser.add_argument("--count", type=int, default=None, help="utterances (default: all)")
     parser.add_argument("--snr", type=float, default=20.0, help="dB; 'inf' for no noise")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     data = find_data_dir(args.data_dir)
-    utterances = ravdess_utterances(data, args.actors.split(","), DEFAULT_CLASSES,
-                                    seed=args.seed, count=args.count)
+    utterances = ravdess_utterances(
+        data, args.actors.split(","), DEFAULT_CLASSES, seed=args.seed, count=args.count
+    )
     from preprocessing.alignment import PocketSphinxAligner
+
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    placed = join_utterances(utterances, out, snr_db=None if np.isinf(args.snr) else args.snr,
-                             seed=args.seed, aligner=PocketSphinxAligner())
+    placed = join_utterances(
+        utterances,
+        out,
+        snr_db=None if np.isinf(args.snr) else args.snr,
+        seed=args.seed,
+        aligner=PocketSphinxAligner(),
+    )
     write_vtt(placed, out.with_suffix(".vtt"))
-    write_segments_csv(placed, out.with_suffix(".segments.csv"), audio=out,
-                       transcript=out.with_suffix(".vtt"))
-    print(f"{out}: {len(placed)} utterances; labels {out.with_suffix('.segments.csv')}, "
-          f"transcript {out.with_suffix('.vtt')}")
+    write_segments_csv(
+        placed, out.with_suffix(".segments.csv"), audio=out, transcript=out.with_suffix(".vtt")
+    )
+    print(
+        f"{out}: {len(placed)} utterances; labels {out.with_suffix('.segments.csv')}, "
+        f"transcript {out.with_suffix('.vtt')}"
+    )
     return 0
 
 

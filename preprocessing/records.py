@@ -38,10 +38,22 @@ from preprocessing.features import NUM_MEL_BINS
 NO_LABEL = -1
 
 
-def make_example(*, utterance_id: str, speaker: str, label: int, label_name: str, fold: int,
-                 fbank: np.ndarray, words: Sequence[str], word_embeddings: np.ndarray,
-                 word_start: Sequence[int], word_end: Sequence[int], transcript: str,
-                 alignment_source: str, channel: Optional[str] = None) -> tf.train.Example:
+def make_example(
+    *,
+    utterance_id: str,
+    speaker: str,
+    label: int,
+    label_name: str,
+    fold: int,
+    fbank: np.ndarray,
+    words: Sequence[str],
+    word_embeddings: np.ndarray,
+    word_start: Sequence[int],
+    word_end: Sequence[int],
+    transcript: str,
+    alignment_source: str,
+    channel: Optional[str] = None,
+) -> tf.train.Example:
     """Builds one record, checking the shapes agree with each other. ``channel`` None writes
     no ``channel`` feature."""
     fbank = np.asarray(fbank, dtype=np.float32)
@@ -57,8 +69,9 @@ def make_example(*, utterance_id: str, speaker: str, label: int, label_name: str
         raise ValueError(f"alignment_source must be one of {ALIGNMENT_SOURCES}")
 
     def b(values):
-        return tf.train.Feature(bytes_list=tf.train.BytesList(
-            value=[v.encode("utf-8") for v in values]))
+        return tf.train.Feature(
+            bytes_list=tf.train.BytesList(value=[v.encode("utf-8") for v in values])
+        )
 
     def i(values):
         return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in values]))
@@ -95,12 +108,18 @@ def feature_spec(word_dim: int) -> dict:
         "label": tf.io.FixedLenFeature([], tf.int64, default_value=NO_LABEL),
         "label_name": tf.io.FixedLenFeature([], tf.string, default_value=""),
         "fold": tf.io.FixedLenFeature([], tf.int64, default_value=-1),
-        "fbank": tf.io.RaggedFeature(tf.float32, value_key="fbank", partitions=[
-            tf.io.RaggedFeature.UniformRowLength(NUM_MEL_BINS)]),
+        "fbank": tf.io.RaggedFeature(
+            tf.float32,
+            value_key="fbank",
+            partitions=[tf.io.RaggedFeature.UniformRowLength(NUM_MEL_BINS)],
+        ),
         "num_frames": tf.io.FixedLenFeature([], tf.int64),
         "words": tf.io.RaggedFeature(tf.string, value_key="words"),
-        "word_embeddings": tf.io.RaggedFeature(tf.float32, value_key="word_embeddings", partitions=[
-            tf.io.RaggedFeature.UniformRowLength(word_dim)]),
+        "word_embeddings": tf.io.RaggedFeature(
+            tf.float32,
+            value_key="word_embeddings",
+            partitions=[tf.io.RaggedFeature.UniformRowLength(word_dim)],
+        ),
         "num_words": tf.io.FixedLenFeature([], tf.int64),
         "word_start": tf.io.RaggedFeature(tf.int64, value_key="word_start"),
         "word_end": tf.io.RaggedFeature(tf.int64, value_key="word_end"),

@@ -98,7 +98,7 @@ class SpeechSegmenter:
         ended = []
         on, off = self.options.threshold, self.options.threshold - HYSTERESIS
         for i in range(0, whole, WINDOW):
-            probability = self._vad.process(np.ascontiguousarray(samples[i:i + WINDOW]))
+            probability = self._vad.process(np.ascontiguousarray(samples[i : i + WINDOW]))
             if self._start is None and probability >= on:
                 self._start, self._scores = self._windows, []
                 self._lead = True
@@ -159,8 +159,12 @@ class SegmentTidier:
             if end <= start:
                 continue
             held = self._held
-            if held is not None and not held[2] and start - held[1] < self.options.min_gap_s \
-                    and end - held[0] <= self.options.max_segment_s:
+            if (
+                held is not None
+                and not held[2]
+                and start - held[1] < self.options.min_gap_s
+                and end - held[0] <= self.options.max_segment_s
+            ):
                 held[1], held[2] = max(held[1], end), cut
                 continue
             out += self._release()
@@ -177,8 +181,9 @@ class SegmentTidier:
         return [Segment(round(held[0], 3), round(held[1], 3))]
 
 
-def segment_waveform(waveform: np.ndarray,
-                     options: SegmenterOptions = SegmenterOptions()) -> List[Segment]:
+def segment_waveform(
+    waveform: np.ndarray, options: SegmenterOptions = SegmenterOptions()
+) -> List[Segment]:
     """The speech segments of 16 kHz samples in memory (a recording streams through
     :class:`SpeechSegmenter` and :class:`SegmentTidier` instead)."""
     segmenter, tidier = SpeechSegmenter(options), SegmentTidier(options)

@@ -50,9 +50,11 @@ def read_timed_transcript(path: Union[str, os.PathLike]) -> List[TimedWord]:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in TIMED_TRANSCRIPT_SUFFIXES:
-        raise TranscriptError(f"{path}: a timed transcript must be "
-                              f"{', '.join(TIMED_TRANSCRIPT_SUFFIXES)}"
-                              f" (got {path.suffix or 'no extension'!r})")
+        raise TranscriptError(
+            f"{path}: a timed transcript must be "
+            f"{', '.join(TIMED_TRANSCRIPT_SUFFIXES)}"
+            f" (got {path.suffix or 'no extension'!r})"
+        )
     if not path.is_file():
         raise TranscriptError(f"{path}: transcript not found")
     if suffix == ".textgrid":
@@ -60,15 +62,20 @@ def read_timed_transcript(path: Union[str, os.PathLike]) -> List[TimedWord]:
             spans = read_textgrid(path)
         except AlignmentError as error:
             raise TranscriptError(str(error)) from error
-        return [TimedWord(w.word, w.start / FRAMES_PER_SECOND, w.end / FRAMES_PER_SECOND)
-                for w in spans]
+        return [
+            TimedWord(w.word, w.start / FRAMES_PER_SECOND, w.end / FRAMES_PER_SECOND) for w in spans
+        ]
     import pysubs2
+
     try:
-        subtitles = pysubs2.load(str(path), encoding="utf-8",
-                                 format_=None if suffix != ".vtt" else "vtt")
+        subtitles = pysubs2.load(
+            str(path), encoding="utf-8", format_=None if suffix != ".vtt" else "vtt"
+        )
     except (pysubs2.exceptions.Pysubs2Error, UnicodeDecodeError, ValueError) as error:
-        raise TranscriptError(f"{path}: malformed {suffix[1:].upper()} file: "
-                              f"{' '.join(str(error).split()) or type(error).__name__}") from error
+        raise TranscriptError(
+            f"{path}: malformed {suffix[1:].upper()} file: "
+            f"{' '.join(str(error).split()) or type(error).__name__}"
+        ) from error
     words = []
     for event in sorted(subtitles, key=lambda e: e.start):
         if event.is_comment:
@@ -76,8 +83,9 @@ def read_timed_transcript(path: Union[str, os.PathLike]) -> List[TimedWord]:
         tokens = normalize_transcript(event.plaintext)
         start, end = event.start / 1000.0, max(event.end, event.start) / 1000.0
         step = (end - start) / max(len(tokens), 1)
-        words.extend(TimedWord(t, start + i * step, start + (i + 1) * step)
-                     for i, t in enumerate(tokens))
+        words.extend(
+            TimedWord(t, start + i * step, start + (i + 1) * step) for i, t in enumerate(tokens)
+        )
     return words
 
 
@@ -93,8 +101,9 @@ class WordAssigner:
         self.max_distance_s = max_distance_s
         self.unplaced: List[TimedWord] = []
 
-    def take(self, segment: Tuple[float, float],
-             following: Optional[Tuple[float, float]]) -> List[TimedWord]:
+    def take(
+        self, segment: Tuple[float, float], following: Optional[Tuple[float, float]]
+    ) -> List[TimedWord]:
         start, end = segment
         right = end + self.max_distance_s
         if following is not None:  # nearer to the next segment: left for it
@@ -111,17 +120,22 @@ class WordAssigner:
 
     def finish(self) -> List[TimedWord]:
         """Every word still unplaced (after the last segment)."""
-        self.unplaced.extend(self._words[self._next:])
+        self.unplaced.extend(self._words[self._next :])
         self._next = len(self._words)
         return self.unplaced
 
 
-def assign_words(words: Sequence[TimedWord], segments: Sequence[Tuple[float, float]], *,
-                 max_distance_s: float = MAX_WORD_DISTANCE_S
-                 ) -> Tuple[List[List[TimedWord]], List[TimedWord]]:
+def assign_words(
+    words: Sequence[TimedWord],
+    segments: Sequence[Tuple[float, float]],
+    *,
+    max_distance_s: float = MAX_WORD_DISTANCE_S,
+) -> Tuple[List[List[TimedWord]], List[TimedWord]]:
     """``(words of each segment, words of none)`` for segments in order (:class:`WordAssigner`
     over all of them)."""
     assigner = WordAssigner(words, max_distance_s)
-    per_segment = [assigner.take(segment, segments[i + 1] if i + 1 < len(segments) else None)
-                   for i, segment in enumerate(segments)]
+    per_segment = [
+        assigner.take(segment, segments[i + 1] if i + 1 < len(segments) else None)
+        for i, segment in enumerate(segments)
+    ]
     return per_segment, assigner.finish()

@@ -27,8 +27,9 @@ class UtteranceError(ValueError):
 
 
 # Traced once for any length: the eager op-by-op path costs several times more per utterance.
-_filterbank_graph = tf.function(log_mel_filterbank,
-                                input_signature=[tf.TensorSpec([None], tf.float32)])
+_filterbank_graph = tf.function(
+    log_mel_filterbank, input_signature=[tf.TensorSpec([None], tf.float32)]
+)
 
 
 def filterbank(waveform: np.ndarray) -> np.ndarray:
@@ -36,13 +37,18 @@ def filterbank(waveform: np.ndarray) -> np.ndarray:
     return _filterbank_graph(tf.constant(waveform, tf.float32)).numpy()
 
 
-def words_and_spans(utterance: Utterance, waveform: np.ndarray, num_frames: int,
-                    aligner: "alignment.PocketSphinxAligner") -> alignment.Alignment:
+def words_and_spans(
+    utterance: Utterance,
+    waveform: np.ndarray,
+    num_frames: int,
+    aligner: "alignment.PocketSphinxAligner",
+) -> alignment.Alignment:
     """Given alignment if the corpus ships one, else forced alignment of the transcript, else
     ASR. Raises ``AlignmentError`` when no usable word comes out."""
     if utterance.alignment_path:
         reader = {"textgrid": alignment.read_textgrid, "wdseg": alignment.read_wdseg}[
-            utterance.alignment_format]
+            utterance.alignment_format
+        ]
         words = alignment.check_within(reader(utterance.alignment_path), num_frames)
         result = alignment.Alignment(words=tuple(words), source="given")
     elif utterance.transcript is not None:
@@ -54,16 +60,25 @@ def words_and_spans(utterance: Utterance, waveform: np.ndarray, num_frames: int,
     return result
 
 
-def utterance_to_example(utterance: Utterance, *, aligner, vectors: WordVectors,
-                         class_names: Sequence[str], fold: int, max_seconds: float = 60.0,
-                         overlong: str = "truncate") -> Tuple[tf.train.Example, str]:
+def utterance_to_example(
+    utterance: Utterance,
+    *,
+    aligner,
+    vectors: WordVectors,
+    class_names: Sequence[str],
+    fold: int,
+    max_seconds: float = 60.0,
+    overlong: str = "truncate",
+) -> Tuple[tf.train.Example, str]:
     """Returns (record, alignment source) or raises ``UtteranceError``."""
     if utterance.label_name not in class_names:
-        raise UtteranceError("label", f"unknown label {utterance.label_name!r} "
-                                      f"(classes: {', '.join(class_names)})")
+        raise UtteranceError(
+            "label", f"unknown label {utterance.label_name!r} (classes: {', '.join(class_names)})"
+        )
     try:
-        waveform, _ = audio.load_audio(utterance.audio_path, max_seconds=max_seconds,
-                                       overlong=overlong)
+        waveform, _ = audio.load_audio(
+            utterance.audio_path, max_seconds=max_seconds, overlong=overlong
+        )
     except audio.AudioError as error:
         raise UtteranceError("decode", error.reason) from error
     fbank = filterbank(waveform)
@@ -77,9 +92,18 @@ def utterance_to_example(utterance: Utterance, *, aligner, vectors: WordVectors,
     embeddings, _ = vectors.lookup(words)
     transcript = utterance.transcript if utterance.transcript is not None else " ".join(words)
     example = make_example(
-        utterance_id=utterance.utterance_id, speaker=utterance.speaker,
-        label=list(class_names).index(utterance.label_name), label_name=utterance.label_name,
-        fold=fold, fbank=fbank, words=words, word_embeddings=embeddings,
-        word_start=[w.start for w in aligned.words], word_end=[w.end for w in aligned.words],
-        transcript=transcript, alignment_source=aligned.source, channel=utterance.channel)
+        utterance_id=utterance.utterance_id,
+        speaker=utterance.speaker,
+        label=list(class_names).index(utterance.label_name),
+        label_name=utterance.label_name,
+        fold=fold,
+        fbank=fbank,
+        words=words,
+        word_embeddings=embeddings,
+        word_start=[w.start for w in aligned.words],
+        word_end=[w.end for w in aligned.words],
+        transcript=transcript,
+        alignment_source=aligned.source,
+        channel=utterance.channel,
+    )
     return example, aligned.source

@@ -54,16 +54,20 @@ class Policy:
 _WORDS = {"num_samples": 0, "words": b"", "word_start_s": 0.0, "word_end_s": 0.0}
 _WORD_SLOTS = ("words", "word_start_s", "word_end_s")
 POLICIES = {
-    PREDICT_WAVEFORM: Policy({"waveform": 0.0, **_WORDS}, EXCITATION_OUTPUTS, _WORD_SLOTS,
-                             ("num_samples", "waveform")),
+    PREDICT_WAVEFORM: Policy(
+        {"waveform": 0.0, **_WORDS}, EXCITATION_OUTPUTS, _WORD_SLOTS, ("num_samples", "waveform")
+    ),
     # [B] strings: concatenated; the graph pads the decoded samples itself.
-    PREDICT_WAVEFORM_BYTES: Policy({"waveform_bytes": b"", **_WORDS}, EXCITATION_OUTPUTS,
-                                   _WORD_SLOTS),
+    PREDICT_WAVEFORM_BYTES: Policy(
+        {"waveform_bytes": b"", **_WORDS}, EXCITATION_OUTPUTS, _WORD_SLOTS
+    ),
     SERVING_DEFAULT: Policy({"examples": b""}),
 }
-_EXPECTED_INPUTS = {PREDICT_WAVEFORM: set(WAVEFORM_INPUTS),
-                    PREDICT_WAVEFORM_BYTES: set(WAVEFORM_BYTES_INPUTS),
-                    SERVING_DEFAULT: {"examples"}}
+_EXPECTED_INPUTS = {
+    PREDICT_WAVEFORM: set(WAVEFORM_INPUTS),
+    PREDICT_WAVEFORM_BYTES: set(WAVEFORM_BYTES_INPUTS),
+    SERVING_DEFAULT: {"examples"},
+}
 
 
 def policy_for(signature) -> Optional[Policy]:
@@ -113,8 +117,14 @@ class Batcher:
     (while one runs in TensorFlow, the next one fills). Idle workers exit after ``idle_s``.
     """
 
-    def __init__(self, *, max_batch_size: int = 32, timeout_s: float = 0.002,
-                 num_threads: int = 2, idle_s: float = 30.0):
+    def __init__(
+        self,
+        *,
+        max_batch_size: int = 32,
+        timeout_s: float = 0.002,
+        num_threads: int = 2,
+        idle_s: float = 30.0,
+    ):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.max_batch_size = max_batch_size
@@ -132,8 +142,12 @@ class Batcher:
         """The signature's outputs for ``tensors`` (one request), possibly computed in a batch."""
         policy = policy_for(signature)
         rows = next(iter(tensors.values())).shape[0] if tensors else 0
-        if (policy is None or rows == 0 or rows >= self.max_batch_size
-                or not mergeable(tensors, policy)):
+        if (
+            policy is None
+            or rows == 0
+            or rows >= self.max_batch_size
+            or not mergeable(tensors, policy)
+        ):
             return signature.run(tensors)
         key = (id(version), signature.name)
         with self._lock:
@@ -284,14 +298,15 @@ def _pad(array: np.ndarray, target, value) -> np.ndarray:
     return np.pad(array, widths, constant_values=value)
 
 
-def split(outputs: Mapping[str, np.ndarray], item: _Item, offset: int,
-          policy: Policy) -> Dict[str, np.ndarray]:
+def split(
+    outputs: Mapping[str, np.ndarray], item: _Item, offset: int, policy: Policy
+) -> Dict[str, np.ndarray]:
     """One request's rows of a merged batch's outputs, per-word outputs cut to its words."""
     rows = slice(offset, offset + item.rows)
     result = {}
     for name, value in outputs.items():
         part = value[rows]
         if name in policy.per_word_outputs:
-            part = part[:, :item.tensors["words"].shape[1]]
+            part = part[:, : item.tensors["words"].shape[1]]
         result[name] = part
     return result

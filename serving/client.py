@@ -93,10 +93,18 @@ class Prediction:
         return dataclasses.replace(self, emotion=UNCERTAIN, class_id=-1)
 
     def to_dict(self) -> dict:
-        return {"emotion": self.emotion, "class_id": self.class_id,
-                "probabilities": dict(self.probabilities),
-                "words": [{k: None if isinstance(v, float) and v != v else v
-                           for k, v in dataclasses.asdict(w).items()} for w in self.words]}
+        return {
+            "emotion": self.emotion,
+            "class_id": self.class_id,
+            "probabilities": dict(self.probabilities),
+            "words": [
+                {
+                    k: None if isinstance(v, float) and v != v else v
+                    for k, v in dataclasses.asdict(w).items()
+                }
+                for w in self.words
+            ],
+        }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -112,13 +120,16 @@ def waveform_batch(utterances: Sequence[Utterance]) -> Dict[str, np.ndarray]:
     samples = [np.asarray(u.waveform, dtype=np.float32) for u in utterances]
     for i, (u, s) in enumerate(zip(utterances, samples)):
         if s.ndim != 1:
-            raise ValueError(f"utterance {i}: waveform must be 1-D mono samples, got shape "
-                             f"{s.shape}")
+            raise ValueError(
+                f"utterance {i}: waveform must be 1-D mono samples, got shape {s.shape}"
+            )
         if not np.all(np.isfinite(s)):
             raise ValueError(f"utterance {i}: waveform has NaN or infinite samples")
         if not len(u.words) == len(u.start_s) == len(u.end_s):
-            raise ValueError(f"utterance {i}: {len(u.words)} words but {len(u.start_s)} start "
-                             f"and {len(u.end_s)} end times")
+            raise ValueError(
+                f"utterance {i}: {len(u.words)} words but {len(u.start_s)} start "
+                f"and {len(u.end_s)} end times"
+            )
     width = max(s.size for s in samples)
     words = max(len(u.words) for u in utterances)
     waveform = np.zeros((batch, width), np.float32)
@@ -126,18 +137,22 @@ def waveform_batch(utterances: Sequence[Utterance]) -> Dict[str, np.ndarray]:
     starts = np.zeros((batch, words), np.float32)
     ends = np.zeros((batch, words), np.float32)
     for i, (u, s) in enumerate(zip(utterances, samples)):
-        waveform[i, :s.size] = s
-        word_array[i, :len(u.words)] = list(u.words)
-        starts[i, :len(u.words)] = u.start_s
-        ends[i, :len(u.words)] = u.end_s
-    return {"waveform": waveform,
-            "num_samples": np.asarray([s.size for s in samples], np.int32),
-            "words": word_array, "word_start_s": starts, "word_end_s": ends}
+        waveform[i, : s.size] = s
+        word_array[i, : len(u.words)] = list(u.words)
+        starts[i, : len(u.words)] = u.start_s
+        ends[i, : len(u.words)] = u.end_s
+    return {
+        "waveform": waveform,
+        "num_samples": np.asarray([s.size for s in samples], np.int32),
+        "words": word_array,
+        "word_start_s": starts,
+        "word_end_s": ends,
+    }
 
 
-def predictions_from_outputs(outputs: Mapping[str, np.ndarray],
-                             utterances: Sequence[Utterance],
-                             min_confidence: float = 0.0) -> List[Prediction]:
+def predictions_from_outputs(
+    outputs: Mapping[str, np.ndarray], utterances: Sequence[Utterance], min_confidence: float = 0.0
+) -> List[Prediction]:
     """:class:`Prediction` per utterance from ``predict_waveform`` outputs (batch-major arrays;
     strings as ``str`` or ``bytes``); ``UNCERTAIN`` where the top probability is below
     ``min_confidence``."""
@@ -152,14 +167,20 @@ def predictions_from_outputs(outputs: Mapping[str, np.ndarray],
         # A baseline model (no cross modality excitation) exports no gates: NaN per word.
         acoustic, semantic = (
             np.asarray(outputs[key])[i] if key in outputs else np.full(len(u.words), np.nan)
-            for key in ("acoustic_excitation", "semantic_excitation"))
-        words = [WordExcitation(str(w), float(s), float(e), float(a), float(x))
-                 for w, s, e, a, x in zip(u.words, u.start_s, u.end_s, acoustic, semantic)]
-        results.append(Prediction(
-            emotion=_text(np.asarray(outputs["classes"], dtype=object)[i]),
-            class_id=int(np.asarray(outputs["class_ids"])[i]),
-            probabilities={label: float(p) for label, p in zip(labels, probabilities[i])},
-            words=words).abstaining(min_confidence))
+            for key in ("acoustic_excitation", "semantic_excitation")
+        )
+        words = [
+            WordExcitation(str(w), float(s), float(e), float(a), float(x))
+            for w, s, e, a, x in zip(u.words, u.start_s, u.end_s, acoustic, semantic)
+        ]
+        results.append(
+            Prediction(
+                emotion=_text(np.asarray(outputs["classes"], dtype=object)[i]),
+                class_id=int(np.asarray(outputs["class_ids"])[i]),
+                probabilities={label: float(p) for label, p in zip(labels, probabilities[i])},
+                words=words,
+            ).abstaining(min_confidence)
+        )
     return results
 
 
@@ -184,20 +205,25 @@ def predict_waveform_body(utterances: Sequence[Utterance], *, binary: bool = Fal
     little-endian float32: under 60% of the size, and far cheaper for a server to decode."""
     inputs = waveform_batch(utterances)
     if binary:
-        rows = [{"b64": base64.b64encode(np.asarray(u.waveform, dtype="<f4").tobytes()).decode(
-            "ascii")} for u in utterances]
+        rows = [
+            {"b64": base64.b64encode(np.asarray(u.waveform, dtype="<f4").tobytes()).decode("ascii")}
+            for u in utterances
+        ]
         parts = ['"waveform_bytes":' + json.dumps(rows)]
         signature = PREDICT_WAVEFORM_BYTES
     else:
         parts = ['"waveform":' + encode_floats(inputs["waveform"])]
         signature = PREDICT_WAVEFORM
     parts.append('"num_samples":' + json.dumps(inputs["num_samples"].tolist()))
-    parts.append('"words":' + json.dumps([[_text(w) for w in row] for row in inputs["words"]],
-                                         ensure_ascii=False))
+    parts.append(
+        '"words":'
+        + json.dumps([[_text(w) for w in row] for row in inputs["words"]], ensure_ascii=False)
+    )
     for name in ("word_start_s", "word_end_s"):
         parts.append(f'"{name}":' + encode_floats(inputs[name]))
-    return ('{"signature_name":"' + signature + '","inputs":{' + ",".join(parts)
-            + "}}").encode("utf-8")
+    return ('{"signature_name":"' + signature + '","inputs":{' + ",".join(parts) + "}}").encode(
+        "utf-8"
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -207,9 +233,16 @@ def predict_waveform_body(utterances: Sequence[Utterance], *, binary: bool = Fal
 class RestClient:
     """TF Serving REST API client for one model (optionally one version or version label)."""
 
-    def __init__(self, url: str = "http://localhost:8501", model_name: str = "cme", *,
-                 version: Optional[int] = None, label: Optional[str] = None,
-                 timeout: float = 60.0, min_confidence: float = 0.0):
+    def __init__(
+        self,
+        url: str = "http://localhost:8501",
+        model_name: str = "cme",
+        *,
+        version: Optional[int] = None,
+        label: Optional[str] = None,
+        timeout: float = 60.0,
+        min_confidence: float = 0.0,
+    ):
         parsed = urllib.parse.urlsplit(url if "://" in url else "http://" + url)
         if parsed.scheme not in ("http", "https"):
             raise ValueError(f"URL must be http:// or https://, got {url!r}")
@@ -234,8 +267,11 @@ class RestClient:
 
     def _connect(self) -> http.client.HTTPConnection:
         if self._connection is None:
-            cls = (http.client.HTTPSConnection if self.scheme == "https"
-                   else http.client.HTTPConnection)
+            cls = (
+                http.client.HTTPSConnection
+                if self.scheme == "https"
+                else http.client.HTTPConnection
+            )
             self._connection = cls(self.host, self.port, timeout=self.timeout)
         return self._connection
 
@@ -287,8 +323,9 @@ class RestClient:
         """``GET .../metadata``: ``{"model_spec": ..., "metadata": {"signature_def": ...}}``."""
         return self.request("GET", self.model_path + "/metadata")
 
-    def predict(self, *, instances: Optional[list] = None, inputs=None,
-                signature_name: Optional[str] = None) -> dict:
+    def predict(
+        self, *, instances: Optional[list] = None, inputs=None, signature_name: Optional[str] = None
+    ) -> dict:
         """``POST ...:predict`` with the row (``instances``) or columnar (``inputs``) format."""
         if (instances is None) == (inputs is None):
             raise ValueError("give exactly one of instances= or inputs=")
@@ -301,15 +338,21 @@ class RestClient:
         """``POST ...:predict`` with a ready JSON body."""
         return self.request("POST", self.model_path + ":predict", body)
 
-    def predict_waveform(self, utterances: Sequence[Utterance], *,
-                         binary: bool = False) -> List[Prediction]:
+    def predict_waveform(
+        self, utterances: Sequence[Utterance], *, binary: bool = False
+    ) -> List[Prediction]:
         """Emotion, class probabilities and per-word excitation for each utterance, through
         ``predict_waveform`` (or ``predict_waveform_bytes`` with ``binary``)."""
         answer = self.post_predict(predict_waveform_body(utterances, binary=binary))
         outputs = answer["outputs"]
-        return predictions_from_outputs({k: np.asarray(v, dtype=object if k in (
-            "classes", "class_names") else None) for k, v in outputs.items()}, utterances,
-            self.min_confidence)
+        return predictions_from_outputs(
+            {
+                k: np.asarray(v, dtype=object if k in ("classes", "class_names") else None)
+                for k, v in outputs.items()
+            },
+            utterances,
+            self.min_confidence,
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -322,6 +365,7 @@ class GrpcRequestError(ServingRequestError):
 
     def __init__(self, code: str, message: str):
         from serving.status import HTTP_STATUS
+
         super().__init__(HTTP_STATUS.get(code, 500), message)
         self.code = code
         self.args = (f"gRPC {code}: {message}",)
@@ -333,12 +377,15 @@ class GrpcRequestError(ServingRequestError):
 def _message_dict(message) -> dict:
     """A proto message as TF Serving's REST API prints it (field names kept, defaults printed)."""
     from google.protobuf import json_format
+
     try:
-        return json_format.MessageToDict(message, preserving_proto_field_name=True,
-                                         including_default_value_fields=True)
+        return json_format.MessageToDict(
+            message, preserving_proto_field_name=True, including_default_value_fields=True
+        )
     except TypeError:  # protobuf >= 5 renamed the option
-        return json_format.MessageToDict(message, preserving_proto_field_name=True,
-                                         always_print_fields_with_no_presence=True)
+        return json_format.MessageToDict(
+            message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
 
 
 class GrpcClient:
@@ -350,9 +397,16 @@ class GrpcClient:
     ``ConnectionError``, a call over ``timeout`` seconds ``TimeoutError`` (both OSError, as for
     the REST client)."""
 
-    def __init__(self, url: str = "grpc://localhost:8500", model_name: str = "cme", *,
-                 version: Optional[int] = None, label: Optional[str] = None,
-                 timeout: float = 60.0, min_confidence: float = 0.0):
+    def __init__(
+        self,
+        url: str = "grpc://localhost:8500",
+        model_name: str = "cme",
+        *,
+        version: Optional[int] = None,
+        label: Optional[str] = None,
+        timeout: float = 60.0,
+        min_confidence: float = 0.0,
+    ):
         import grpc
         from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
@@ -363,8 +417,9 @@ class GrpcClient:
             raise ValueError("give a version or a label, not both")
         self.host = parsed.hostname or "localhost"
         self.port = parsed.port or 8500
-        self.target = f"[{self.host}]:{self.port}" if ":" in self.host else \
-            f"{self.host}:{self.port}"
+        self.target = (
+            f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        )
         self.url = f"grpc://{self.target}"
         self.min_confidence = check_min_confidence(min_confidence)
         self.model_name = model_name
@@ -377,8 +432,10 @@ class GrpcClient:
         elif label is not None:
             where += f"/labels/{label}"
         self.model_path = where  # for messages only: gRPC has no paths
-        self._channel = grpc.insecure_channel(self.target, options=[
-            ("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)])
+        self._channel = grpc.insecure_channel(
+            self.target,
+            options=[("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)],
+        )
         self.prediction = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self.models = model_service_pb2_grpc.ModelServiceStub(self._channel)
 
@@ -395,6 +452,7 @@ class GrpcClient:
     def call(self, method, request):
         """One RPC; gRPC errors as :class:`GrpcRequestError` / ConnectionError / TimeoutError."""
         import grpc
+
         try:
             return method(request, timeout=self.timeout)
         except grpc.RpcError as error:
@@ -403,8 +461,7 @@ class GrpcClient:
             if code == "UNAVAILABLE":
                 raise ConnectionError(f"{self.target}: {details}") from None
             if code == "DEADLINE_EXCEEDED":
-                raise TimeoutError(f"{self.target}: no answer within {self.timeout:g} s") \
-                    from None
+                raise TimeoutError(f"{self.target}: no answer within {self.timeout:g} s") from None
             raise GrpcRequestError(code, details) from None
 
     def close(self) -> None:
@@ -421,6 +478,7 @@ class GrpcClient:
     def status(self) -> dict:
         """``ModelService.GetModelStatus``: ``{"model_version_status": [...]}``."""
         from tensorflow_serving.apis import get_model_status_pb2
+
         request = get_model_status_pb2.GetModelStatusRequest()
         self.model_spec(request.model_spec)
         return _message_dict(self.call(self.models.GetModelStatus, request))
@@ -429,6 +487,7 @@ class GrpcClient:
         """``PredictionService.GetModelMetadata`` for "signature_def":
         ``{"model_spec": ..., "metadata": {"signature_def": ...}}``."""
         from tensorflow_serving.apis import get_model_metadata_pb2
+
         request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
         self.model_spec(request.model_spec)
         response = self.call(self.prediction.GetModelMetadata, request)
@@ -439,29 +498,42 @@ class GrpcClient:
                 metadata[key] = _message_dict(signature_map)
         return {"model_spec": _message_dict(response.model_spec), "metadata": metadata}
 
-    def predict_request(self, inputs: Mapping[str, np.ndarray], *, signature_name: str = "",
-                        output_filter: Sequence[str] = ()):
+    def predict_request(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        *,
+        signature_name: str = "",
+        output_filter: Sequence[str] = (),
+    ):
         """The ``PredictRequest`` for numpy inputs (strings as str or bytes), each input a
         ``tf.make_tensor_proto``."""
         import tensorflow as tf
         from tensorflow_serving.apis import predict_pb2
+
         request = predict_pb2.PredictRequest(output_filter=list(output_filter))
         self.model_spec(request.model_spec, signature_name)
         for name, value in inputs.items():
             request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
         return request
 
-    def predict(self, inputs: Mapping[str, np.ndarray], *, signature_name: str = "",
-                output_filter: Sequence[str] = ()) -> Dict[str, np.ndarray]:
+    def predict(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        *,
+        signature_name: str = "",
+        output_filter: Sequence[str] = (),
+    ) -> Dict[str, np.ndarray]:
         """``PredictionService.Predict`` on numpy inputs: the numpy outputs."""
-        request = self.predict_request(inputs, signature_name=signature_name,
-                                       output_filter=output_filter)
+        request = self.predict_request(
+            inputs, signature_name=signature_name, output_filter=output_filter
+        )
         return self.outputs(self.call(self.prediction.Predict, request))
 
     @staticmethod
     def outputs(response) -> Dict[str, np.ndarray]:
         """A ``PredictResponse``'s outputs as numpy arrays (strings as bytes)."""
         import tensorflow as tf
+
         return {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
 
     def waveform_request(self, utterances: Sequence[Utterance], *, binary: bool = False):
@@ -473,12 +545,14 @@ class GrpcClient:
         if binary:
             del inputs["waveform"]
             inputs["waveform_bytes"] = np.array(
-                [np.asarray(u.waveform, dtype="<f4").tobytes() for u in utterances], dtype=object)
+                [np.asarray(u.waveform, dtype="<f4").tobytes() for u in utterances], dtype=object
+            )
             signature = PREDICT_WAVEFORM_BYTES
         return self.predict_request(inputs, signature_name=signature)
 
-    def predict_waveform(self, utterances: Sequence[Utterance], *,
-                         binary: bool = False) -> List[Prediction]:
+    def predict_waveform(
+        self, utterances: Sequence[Utterance], *, binary: bool = False
+    ) -> List[Prediction]:
         """As :meth:`RestClient.predict_waveform`, the samples as a float32 TensorProto (or,
         ``binary``, through ``predict_waveform_bytes``)."""
         request = self.waveform_request(utterances, binary=binary)

@@ -151,8 +151,11 @@ def parse(body: bytes) -> Optional[FastDocument]:
     marker_json = b'"\\u0000' + marker[1:].encode("ascii") + b'%d"'
     for start, end in runs:
         opening = body.find(b"[", start, end)
-        if opening < 0 or body[max(position, opening - 32):opening].rstrip()[-1:] not in (
-                b":", b"[", b","):
+        if opening < 0 or body[max(position, opening - 32) : opening].rstrip()[-1:] not in (
+            b":",
+            b"[",
+            b",",
+        ):
             continue  # not where a value starts (e.g. inside a string): leave it to orjson
         depth = 1
         while opening + depth < end and body[opening + depth] == 0x5B:  # "["
@@ -212,8 +215,9 @@ def _long_runs(body: bytes) -> List[Tuple[int, int]]:
     return list(zip(starts[long_runs].tolist(), ends[long_runs].tolist()))
 
 
-def _long_runs_from_samples(body: bytes, zeros: np.ndarray,
-                            gaps: np.ndarray) -> Optional[List[Tuple[int, int]]]:
+def _long_runs_from_samples(
+    body: bytes, zeros: np.ndarray, gaps: np.ndarray
+) -> Optional[List[Tuple[int, int]]]:
     """:func:`_long_runs` from the sampled bytes, or None when they cannot tell (then
     :func:`_long_runs` decides). Every run of MIN_BYTES numeric bytes covers at least
     MIN_BYTES // _STRIDE consecutive samples; when the bytes between the first and the last of
@@ -228,14 +232,14 @@ def _long_runs_from_samples(body: bytes, zeros: np.ndarray,
     for index in np.flatnonzero(gaps > MIN_BYTES // _STRIDE).tolist():
         first = int(zeros[index]) * _STRIDE  # (padded index zeros[index] + 1)
         last = (int(zeros[index + 1]) - 2) * _STRIDE
-        if body[first:last + 1].translate(None, _NUMERIC_BYTES):
+        if body[first : last + 1].translate(None, _NUMERIC_BYTES):
             return None  # more than one run in the stretch: the exact scan sorts it out
         if first:  # the sample before is not numeric: the run starts after its last such byte
-            window = body[first - _STRIDE:first].translate(_NUMERIC)
+            window = body[first - _STRIDE : first].translate(_NUMERIC)
             start = first - _STRIDE + window.rfind(b"\x00") + 1
         else:
             start = 0
-        window = body[last + 1:last + 1 + _STRIDE].translate(_NUMERIC)
+        window = body[last + 1 : last + 1 + _STRIDE].translate(_NUMERIC)
         stop = window.find(b"\x00")
         end = last + 1 + stop if stop >= 0 else size
         if end - start >= MIN_BYTES:
@@ -266,8 +270,7 @@ def may_contain_bools(body: bytes) -> bool:
     return _BOOL_TOKEN.search(body) is not None
 
 
-def _substitute(value, marker: str, arrays: List[FastArray], found: List[int],
-                depth: int) -> None:
+def _substitute(value, marker: str, arrays: List[FastArray], found: List[int], depth: int) -> None:
     """Replaces marker strings (values only, never keys) by FastArray, counting each."""
     if depth > _MAX_DEPTH:
         raise NotFast
@@ -280,7 +283,7 @@ def _substitute(value, marker: str, arrays: List[FastArray], found: List[int],
     for key, item in items:
         if isinstance(item, str):
             if item.startswith(marker):
-                index = _marker_index(item[len(marker):], len(arrays))
+                index = _marker_index(item[len(marker) :], len(arrays))
                 found[index] += 1
                 value[key] = arrays[index]
         elif isinstance(item, (dict, list)):
@@ -288,8 +291,12 @@ def _substitute(value, marker: str, arrays: List[FastArray], found: List[int],
 
 
 def _marker_index(suffix: str, count: int) -> int:
-    if not suffix.isdigit() or not suffix.isascii() or int(suffix) >= count \
-            or suffix != str(int(suffix)):
+    if (
+        not suffix.isdigit()
+        or not suffix.isascii()
+        or int(suffix) >= count
+        or suffix != str(int(suffix))
+    ):
         raise NotFast
     return int(suffix)
 
@@ -328,7 +335,7 @@ def to_array(fast: FastArray, float64: bool) -> np.ndarray:
             out = np.empty(len(values), dtype=dtype)
             struct.pack_into(f"={len(values)}{code}", out, 0, *values)
     except (struct.error, TypeError, OverflowError):  # a list where a number should be, or a
-        raise NotFast from None                        # number beyond float32's range
+        raise NotFast from None  # number beyond float32's range
     if not out.size:
         raise NotFast
     return out

@@ -61,14 +61,24 @@ SIGNATURE_DEF = "signature_def"
 # DataTypeString() of the dtypes whose Python name differs (FunctionCallFrame::SetArgs' text).
 _DTYPE_STRINGS = {"float32": "float", "float64": "double", "float16": "half"}
 # Tensor::AsProtoField: the repeated field each dtype's values go to.
-_VALUE_FIELDS = {"float32": "float_val", "float64": "double_val", "int32": "int_val",
-                 "int16": "int_val", "int8": "int_val", "uint8": "int_val", "uint16": "int_val",
-                 "int64": "int64_val", "bool": "bool_val", "uint32": "uint32_val",
-                 "uint64": "uint64_val"}
+_VALUE_FIELDS = {
+    "float32": "float_val",
+    "float64": "double_val",
+    "int32": "int_val",
+    "int16": "int_val",
+    "int8": "int_val",
+    "uint8": "int_val",
+    "uint16": "int_val",
+    "int64": "int64_val",
+    "bool": "bool_val",
+    "uint32": "uint32_val",
+    "uint64": "uint64_val",
+}
 
 
 def _dtype_string(enum: int) -> str:
     import tensorflow as tf
+
     try:
         name = tf.dtypes.as_dtype(enum).name
     except TypeError:
@@ -80,6 +90,7 @@ def tensor_proto(array: np.ndarray, dtype: Optional[int] = None):
     """``array`` as a TensorProto the way TF Serving writes outputs: ``tf.make_tensor_proto``,
     then the values moved from ``tensor_content`` to the typed repeated field."""
     import tensorflow as tf
+
     proto = tf.make_tensor_proto(array, dtype=tf.dtypes.as_dtype(dtype) if dtype else None)
     field = _VALUE_FIELDS.get(tf.dtypes.as_dtype(proto.dtype).name)
     if field is not None and proto.tensor_content:
@@ -157,8 +168,9 @@ class GrpcApi:
         if not request.HasField("model_spec"):
             raise invalid_argument("Missing ModelSpec")
         if not request.metadata_field:
-            raise invalid_argument("GetModelMetadataRequest must specify at least one "
-                                   "metadata_field")
+            raise invalid_argument(
+                "GetModelMetadataRequest must specify at least one metadata_field"
+            )
         for field in request.metadata_field:
             if field != SIGNATURE_DEF:
                 # (sic) errors::InvalidArgument concatenates its arguments: the "%s" stays.
@@ -179,13 +191,15 @@ class GrpcApi:
         from google.protobuf import any_pb2, json_format
         from tensorflow_serving.apis import get_model_metadata_pb2
 
-        signature_map = json_format.ParseDict(served.signature_def_map,
-                                              get_model_metadata_pb2.SignatureDefMap())
+        signature_map = json_format.ParseDict(
+            served.signature_def_map, get_model_metadata_pb2.SignatureDefMap()
+        )
         packed = any_pb2.Any()
         packed.Pack(signature_map)
         with self._metadata_lock:
-            self._metadata = {n: c for n, c in self._metadata.items()
-                              if n in self.repository.available_versions}
+            self._metadata = {
+                n: c for n, c in self._metadata.items() if n in self.repository.available_versions
+            }
             self._metadata[served.number] = (served, packed)
         return packed
 
@@ -206,8 +220,10 @@ class GrpcApi:
         for index, alias in enumerate(sorted(signature.inputs)):
             wanted, sent = signature.inputs[alias].dtype, request.inputs[alias].dtype
             if wanted != sent:
-                raise invalid_argument(f"Expects arg[{index}] to be {_dtype_string(wanted)} but "
-                                       f"{_dtype_string(sent)} is provided")
+                raise invalid_argument(
+                    f"Expects arg[{index}] to be {_dtype_string(wanted)} but "
+                    f"{_dtype_string(sent)} is provided"
+                )
         check_inputs(signature, tensors)
         if self.batcher is not None:
             outputs = self.batcher.run(served, signature, tensors)
@@ -219,7 +235,8 @@ class GrpcApi:
         response.model_spec.version.value = served.number
         for name in names:
             response.outputs[name].CopyFrom(
-                tensor_proto(outputs[name], signature.outputs[name].dtype))
+                tensor_proto(outputs[name], signature.outputs[name].dtype)
+            )
         return response
 
     def _inputs(self, served: Version, signature: Signature, sent) -> Dict[str, np.ndarray]:
@@ -234,7 +251,8 @@ class GrpcApi:
                 f"input size does not match signature: {len(given)}!={len(expected)} "
                 f"len({{{','.join(sorted(given))}}}) != len({{{','.join(sorted(expected))}}}). "
                 f"Sent extra: {{{','.join(sorted(given - expected))}}}. Missing but required: "
-                f"{{{','.join(sorted(expected - given))}}}.")
+                f"{{{','.join(sorted(expected - given))}}}."
+            )
         definition = served.signature_def_map.get("signature_def", {}).get(signature.name, {})
         tensors = {}
         for alias in sorted(expected):
@@ -243,7 +261,8 @@ class GrpcApi:
                 raise invalid_argument(
                     f"Signature input alias: {alias}(feed name: {feed}) not found in request and "
                     f"no default value provided. Inputs expected to be in the request "
-                    f"{{{','.join(sorted(given))}}}, or default input alias set: ")
+                    f"{{{','.join(sorted(given))}}}, or default input alias set: "
+                )
             try:
                 tensors[alias] = tf.make_ndarray(sent[alias])
             except Exception:  # any proto Tensor::FromProto would refuse
@@ -257,7 +276,8 @@ class GrpcApi:
             if alias not in signature.outputs:
                 raise invalid_argument(
                     f"output tensor alias not found in signature: {alias} Outputs expected to "
-                    f"be in the set {{{','.join(sorted(signature.outputs))}}}.")
+                    f"be in the set {{{','.join(sorted(signature.outputs))}}}."
+                )
             if alias in seen:
                 raise invalid_argument(f"duplicate output tensor alias: {alias}")
             seen.append(alias)
@@ -296,9 +316,12 @@ def _servicers(api: GrpcApi):
         def GetModelStatus(self, request, context):  # noqa: N802
             return call(api.get_model_status, request, context)
 
-    return (PredictionService(),
-            prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server,
-            ModelService(), model_service_pb2_grpc.add_ModelServiceServicer_to_server)
+    return (
+        PredictionService(),
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server,
+        ModelService(),
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server,
+    )
 
 
 class GrpcServer:
@@ -310,19 +333,32 @@ class GrpcServer:
     already in use is an error here rather than two servers silently sharing it; ``cme-ser
     serve`` turns it on so that its worker processes share the port (serving.gunicorn_app)."""
 
-    def __init__(self, repository: ModelRepository, *, batcher=None, host: str = "127.0.0.1",
-                 port: int = DEFAULT_PORT, max_threads: Optional[int] = None,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, grace_s: float = 10.0,
-                 reuse_port: bool = False):
+    def __init__(
+        self,
+        repository: ModelRepository,
+        *,
+        batcher=None,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        max_threads: Optional[int] = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        grace_s: float = 10.0,
+        reuse_port: bool = False,
+    ):
         self.api = GrpcApi(repository, batcher=batcher)
         self.grace_s = grace_s
         threads = max_threads or max(16, 4 * (os.cpu_count() or 1))
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            threads, thread_name_prefix="grpc-request")
-        self._server = grpc.server(self._executor, options=[
-            ("grpc.so_reuseport", int(reuse_port)),
-            ("grpc.max_receive_message_length", int(max_message_bytes)),
-            ("grpc.max_send_message_length", -1)])
+            threads, thread_name_prefix="grpc-request"
+        )
+        self._server = grpc.server(
+            self._executor,
+            options=[
+                ("grpc.so_reuseport", int(reuse_port)),
+                ("grpc.max_receive_message_length", int(max_message_bytes)),
+                ("grpc.max_send_message_length", -1),
+            ],
+        )
         prediction, add_prediction, model, add_model = _servicers(self.api)
         add_prediction(prediction, self._server)
         add_model(model, self._server)
@@ -356,8 +392,9 @@ class GrpcServer:
             before = set(threading.enumerate())
             self._server.start()
             # gRPC's polling thread (named after its target, grpc._server._serve).
-            self._threads += [t for t in set(threading.enumerate()) - before
-                              if t.name.endswith("(_serve)")]
+            self._threads += [
+                t for t in set(threading.enumerate()) - before if t.name.endswith("(_serve)")
+            ]
         return self
 
     def close(self, grace: Optional[float] = None) -> None:
@@ -372,8 +409,9 @@ class GrpcServer:
         before = set(threading.enumerate())
         self._server.stop(grace).wait()
         # The thread that would cancel calls after the grace period: done once stop() is.
-        self._threads += [t for t in set(threading.enumerate()) - before
-                          if "cancel_all_calls" in t.name]
+        self._threads += [
+            t for t in set(threading.enumerate()) - before if "cancel_all_calls" in t.name
+        ]
         self._executor.shutdown(wait=True)
         for thread in self._threads:
             thread.join(timeout=max(5.0, grace))

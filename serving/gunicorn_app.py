@@ -133,11 +133,16 @@ class _Worker(Worker):
         c = self.app.config
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
         app = self.wsgi  # serving.server.AsyncApp (_Application.load)
-        front = HttpFront(app, Limits(max_body_bytes=c.max_body_bytes,
-                                      max_header_bytes=c.max_header_bytes,
-                                      header_timeout_s=c.header_timeout_s,
-                                      body_timeout_s=c.body_timeout_s,
-                                      keepalive_s=c.keepalive_s))
+        front = HttpFront(
+            app,
+            Limits(
+                max_body_bytes=c.max_body_bytes,
+                max_header_bytes=c.max_header_bytes,
+                header_timeout_s=c.header_timeout_s,
+                body_timeout_s=c.body_timeout_s,
+                keepalive_s=c.keepalive_s,
+            ),
+        )
         await front.start([listener.sock for listener in self.sockets])
         try:
             while self.alive and self.ppid == os.getppid():
@@ -191,16 +196,27 @@ class _Application(BaseApplication):
         c = self.config
         if c.intra_op_threads or c.inter_op_threads:
             import tensorflow as tf  # before anything runs: the thread pools are made once
+
             tf.config.threading.set_intra_op_parallelism_threads(c.intra_op_threads)
             tf.config.threading.set_inter_op_parallelism_threads(c.inter_op_threads)
         from serving.server import AsyncApp
         from serving.services import Services
+
         self.services = Services(
-            c.base_path, c.model_name, poll_seconds=c.poll_seconds, labels_file=c.labels_file,
-            num_latest=c.num_latest, max_body_bytes=c.max_body_bytes, batching=c.batching,
-            max_batch_size=c.max_batch_size, batch_timeout_ms=c.batch_timeout_ms, cors=c.cors,
-            grpc_host=c.host if self.grpc_port >= 0 else None, grpc_port=self.grpc_port,
-            grpc_reuse_port=True)
+            c.base_path,
+            c.model_name,
+            poll_seconds=c.poll_seconds,
+            labels_file=c.labels_file,
+            num_latest=c.num_latest,
+            max_body_bytes=c.max_body_bytes,
+            batching=c.batching,
+            max_batch_size=c.max_batch_size,
+            batch_timeout_ms=c.batch_timeout_ms,
+            cors=c.cors,
+            grpc_host=c.host if self.grpc_port >= 0 else None,
+            grpc_port=self.grpc_port,
+            grpc_reuse_port=True,
+        )
         return AsyncApp(self.services.api)
 
     # -- hooks (gunicorn calls them with the arbiter and / or the worker) -----------------------
@@ -233,8 +249,9 @@ def _announce(read_fd: int, address, config: ServeConfig, grpc: Optional[str]) -
             if first is None:
                 first = report
             if len(reported) >= config.workers:
-                os.write(2, f"cme-ser serve: worker {report['pid']} ready (a replacement)\n"
-                         .encode())
+                os.write(
+                    2, f"cme-ser serve: worker {report['pid']} ready (a replacement)\n".encode()
+                )
                 continue
             reported.add(report["pid"])
             if len(reported) == config.workers:
@@ -242,9 +259,11 @@ def _announce(read_fd: int, address, config: ServeConfig, grpc: Optional[str]) -
                 versions = first["versions"]
                 count = f"{config.workers} worker process" + ("es" if config.workers > 1 else "")
                 grpc_note = f"gRPC at {grpc}, " if grpc else ""
-                text = (f"cme-ser serve: model {config.model_name!r} from {config.base_path} "
-                        f"(versions available: {versions or 'none yet'}), {count}, {grpc_note}"
-                        f"{READY_MARK}http://{_address(host, port)}\n")
+                text = (
+                    f"cme-ser serve: model {config.model_name!r} from {config.base_path} "
+                    f"(versions available: {versions or 'none yet'}), {count}, {grpc_note}"
+                    f"{READY_MARK}http://{_address(host, port)}\n"
+                )
                 os.write(1, text.encode())
 
 
@@ -256,20 +275,25 @@ def run(config: ServeConfig) -> int:
     """Serves until SIGTERM / SIGINT, then stops gracefully and returns gunicorn's exit status
     (0). :class:`PortError` if a port cannot be had."""
     try:  # bound here, not by gunicorn: a clear error now, and the real port of --port 0
-        listener = socket.create_server((config.host, config.port), backlog=128,
-                                        family=socket.AF_INET6 if ":" in config.host
-                                        else socket.AF_INET)
+        listener = socket.create_server(
+            (config.host, config.port),
+            backlog=128,
+            family=socket.AF_INET6 if ":" in config.host else socket.AF_INET,
+        )
     except OSError as error:
-        raise PortError(f"cannot listen on {_address(config.host, config.port)}: "
-                        f"{error.strerror or error}") from None
+        raise PortError(
+            f"cannot listen on {_address(config.host, config.port)}: {error.strerror or error}"
+        ) from None
     reservation, grpc_port, grpc = None, -1, None
     if config.grpc_port >= 0:
         try:
             reservation = reserve_port(config.host, config.grpc_port)
         except OSError as error:
             listener.close()
-            raise PortError(f"cannot listen on {_address(config.host, config.grpc_port)} "
-                            f"(--grpc-port): {error.strerror or error}") from None
+            raise PortError(
+                f"cannot listen on {_address(config.host, config.grpc_port)} "
+                f"(--grpc-port): {error.strerror or error}"
+            ) from None
         grpc_port = reservation.getsockname()[1]
         grpc = _address(config.host, grpc_port)
     read_fd, write_fd = os.pipe()
@@ -282,8 +306,9 @@ def run(config: ServeConfig) -> int:
             reservation.close()
 
     def when_ready(arbiter):
-        threading.Thread(target=_announce, args=(read_fd, address, config, grpc),
-                         name="announce", daemon=True).start()
+        threading.Thread(
+            target=_announce, args=(read_fd, address, config, grpc), name="announce", daemon=True
+        ).start()
 
     app.cfg.set("bind", [f"fd://{listener.fileno()}"])
     app.cfg.set("post_fork", post_fork)

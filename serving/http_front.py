@@ -116,14 +116,16 @@ def _reason(status: int) -> bytes:
 class _Connection:
     """One client connection: reads requests with h11 under the limits, answers them in order."""
 
-    def __init__(self, front: "HttpFront", reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter):
+    def __init__(
+        self, front: "HttpFront", reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ):
         self.front = front
         self.reader = reader
         self.writer = writer
         self.limits = front.limits
-        self.h11 = h11.Connection(h11.SERVER,
-                                  max_incomplete_event_size=self.limits.max_header_bytes)
+        self.h11 = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes
+        )
         self.idle = False  # no byte of the next request yet (closed at once on shutdown)
         self.expired = False  # a deadline fired: the stream holds its exception, so close
         self._timer: Optional[asyncio.TimerHandle] = None
@@ -198,8 +200,11 @@ class _Connection:
             try:
                 data = await self._receive()
             except _Timeout:
-                raise _Refused(408, f"The request line and headers did not arrive within "
-                                    f"{limits.header_timeout_s:g} s") from None
+                raise _Refused(
+                    408,
+                    f"The request line and headers did not arrive within "
+                    f"{limits.header_timeout_s:g} s",
+                ) from None
             if self.idle and data:
                 self.idle = False
                 if not first:  # a request begins on a kept-alive connection: its headers
@@ -211,8 +216,12 @@ class _Connection:
         assert isinstance(event, h11.Request), event
         # h11's limit bounds a head still incomplete; one that arrived whole in one read is
         # measured here (request line, and each header line as sent: name, ": ", value, CRLF).
-        size = len(event.method) + len(event.target) + 12 + sum(
-            len(name) + len(value) + 4 for name, value in event.headers.raw_items())
+        size = (
+            len(event.method)
+            + len(event.target)
+            + 12
+            + sum(len(name) + len(value) + 4 for name, value in event.headers.raw_items())
+        )
         if size > limits.max_header_bytes:
             raise _Refused(431, self._header_limit_message())
         headers: Dict[str, str] = {}
@@ -222,11 +231,14 @@ class _Connection:
             headers[key] = f"{headers[key]}, {text}" if key in headers else text
         length = headers.get("content-length")
         if length is not None and int(length) > limits.max_body_bytes:
-            raise _Refused(413, f"Request body of {int(length)} bytes exceeds the limit of "
-                                f"{limits.max_body_bytes} bytes", drain=True)
+            raise _Refused(
+                413,
+                f"Request body of {int(length)} bytes exceeds the limit of "
+                f"{limits.max_body_bytes} bytes",
+                drain=True,
+            )
         body = await self._read_body()
-        return Request(event.method.decode("ascii"), event.target.decode("latin-1"), headers,
-                       body)
+        return Request(event.method.decode("ascii"), event.target.decode("latin-1"), headers, body)
 
     def _next_event(self):
         try:
@@ -242,14 +254,18 @@ class _Connection:
             raise _Refused(status, message) from None
 
     def _header_limit_message(self) -> str:
-        return (f"The request line and headers exceed the limit of "
-                f"{self.limits.max_header_bytes} bytes")
+        return (
+            f"The request line and headers exceed the limit of {self.limits.max_header_bytes} bytes"
+        )
 
     async def _read_body(self) -> bytes:
         limits = self.limits
         if self.h11.client_is_waiting_for_100_continue:
-            self.writer.write(self.h11.send(h11.InformationalResponse(
-                status_code=100, headers=[], reason=b"Continue")))
+            self.writer.write(
+                self.h11.send(
+                    h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
+                )
+            )
         self._deadline(limits.body_timeout_s, _Timeout("body"))
         parts: List[bytes] = []
         size = 0
@@ -259,15 +275,20 @@ class _Connection:
                 try:
                     await self._receive()
                 except _Timeout:
-                    raise _Refused(408, f"The request body did not arrive within "
-                                        f"{limits.body_timeout_s:g} s") from None
+                    raise _Refused(
+                        408, f"The request body did not arrive within {limits.body_timeout_s:g} s"
+                    ) from None
                 continue
             if isinstance(event, h11.Data):
                 size += len(event.data)
                 if size > limits.max_body_bytes:
-                    raise _Refused(413, f"Request body of more than {limits.max_body_bytes} "
-                                        f"bytes exceeds the limit of {limits.max_body_bytes} "
-                                        f"bytes", drain=True)
+                    raise _Refused(
+                        413,
+                        f"Request body of more than {limits.max_body_bytes} "
+                        f"bytes exceeds the limit of {limits.max_body_bytes} "
+                        f"bytes",
+                        drain=True,
+                    )
                 parts.append(event.data)
             elif isinstance(event, h11.EndOfMessage):
                 self._cancel_deadline()
@@ -281,8 +302,9 @@ class _Connection:
         if close:
             headers.append(("Connection", "close"))
         conn = self.h11
-        data = conn.send(h11.Response(status_code=answer.status, headers=headers,
-                                      reason=_reason(answer.status)))
+        data = conn.send(
+            h11.Response(status_code=answer.status, headers=headers, reason=_reason(answer.status))
+        )
         if method != "HEAD" and answer.body:
             data += conn.send(h11.Data(data=answer.body))
         data += conn.send(h11.EndOfMessage())
@@ -299,13 +321,22 @@ class _Connection:
         self._cancel_deadline()
         if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             answer = error_answer(refused.status, refused.message)
-            headers = list(answer.headers) + [("Content-Length", str(len(answer.body))),
-                                              ("Connection", "close")]
+            headers = list(answer.headers) + [
+                ("Content-Length", str(len(answer.body))),
+                ("Connection", "close"),
+            ]
             try:
-                data = (self.h11.send(h11.Response(status_code=refused.status, headers=headers,
-                                                   reason=_reason(refused.status)))
-                        + self.h11.send(h11.Data(data=answer.body))
-                        + self.h11.send(h11.EndOfMessage()))
+                data = (
+                    self.h11.send(
+                        h11.Response(
+                            status_code=refused.status,
+                            headers=headers,
+                            reason=_reason(refused.status),
+                        )
+                    )
+                    + self.h11.send(h11.Data(data=answer.body))
+                    + self.h11.send(h11.EndOfMessage())
+                )
             except h11.LocalProtocolError:
                 return
             self.writer.write(data)
@@ -349,8 +380,9 @@ class HttpFront:
         """Starts accepting on each listening socket (``socket.socket`` objects)."""
         for sock in sockets:
             sock.setblocking(False)
-            self._servers.append(await asyncio.start_server(self._serve, sock=sock,
-                                                            limit=_READ_SIZE))
+            self._servers.append(
+                await asyncio.start_server(self._serve, sock=sock, limit=_READ_SIZE)
+            )
 
     @property
     def connections(self) -> int:

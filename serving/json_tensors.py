@@ -74,15 +74,32 @@ DTYPES = {
     23: ("uint64", np.uint64),
 }
 # DataTypeString of the types JSON cannot carry (for TF Serving's error texts).
-_OTHER_TYPE_NAMES = {8: "complex64", 11: "qint8", 12: "quint8", 13: "qint32", 14: "bfloat16",
-                     15: "qint16", 16: "quint16", 17: "uint16", 18: "complex128", 19: "half",
-                     20: "resource", 21: "variant"}
+_OTHER_TYPE_NAMES = {
+    8: "complex64",
+    11: "qint8",
+    12: "quint8",
+    13: "qint32",
+    14: "bfloat16",
+    15: "qint16",
+    16: "quint16",
+    17: "uint16",
+    18: "complex128",
+    19: "half",
+    20: "resource",
+    21: "variant",
+}
 DT_FLOAT, DT_DOUBLE, DT_STRING, DT_BOOL = 1, 2, 7, 10
 # The integers each integer type takes: rapidjson's IsInt (int32) for DT_INT32/16/8/UINT8,
 # IsInt64, IsUint, IsUint64.
-_INT_RANGES = {3: (-2**31, 2**31 - 1), 5: (-2**31, 2**31 - 1), 6: (-2**31, 2**31 - 1),
-               4: (-2**31, 2**31 - 1), 9: (-2**63, 2**63 - 1), 22: (0, 2**32 - 1),
-               23: (0, 2**64 - 1)}
+_INT_RANGES = {
+    3: (-(2**31), 2**31 - 1),
+    5: (-(2**31), 2**31 - 1),
+    6: (-(2**31), 2**31 - 1),
+    4: (-(2**31), 2**31 - 1),
+    9: (-(2**63), 2**63 - 1),
+    22: (0, 2**32 - 1),
+    23: (0, 2**64 - 1),
+}
 _NARROW_INTS = (4, 5, 6)  # uint8, int16, int8: int_val, narrowed by Tensor::FromProto
 
 
@@ -136,8 +153,9 @@ def parse_body(body: bytes) -> dict:
     except _NumberTooBig as error:
         raise _number_too_big(max(0, body.find(error.literal.encode("ascii")))) from None
     except UnicodeDecodeError as error:
-        raise invalid_argument(f"JSON Parse error: Invalid encoding in string. at offset: "
-                               f"{error.start}") from None
+        raise invalid_argument(
+            f"JSON Parse error: Invalid encoding in string. at offset: {error.start}"
+        ) from None
     except json.JSONDecodeError as error:
         raise invalid_argument(f"JSON Parse error: {error.msg} at offset: {error.pos}") from None
     except RecursionError:
@@ -155,14 +173,15 @@ class _NumberTooBig(Exception):
 
 def _number_too_big(offset: int) -> ServingError:
     # rapidjson's kParseErrorNumberTooBig (GetParseError_En), at the number's first character.
-    return invalid_argument(f"JSON Parse error: Number too big to be stored in double. at "
-                            f"offset: {offset}")
+    return invalid_argument(
+        f"JSON Parse error: Number too big to be stored in double. at offset: {offset}"
+    )
 
 
 def _parse_int(literal: str):
     """rapidjson's integers: int64 / uint64 when they fit, else a double."""
     value = int(literal)
-    if -2**63 <= value <= 2**64 - 1:
+    if -(2**63) <= value <= 2**64 - 1:
         return value
     return _parse_float(literal)
 
@@ -178,13 +197,16 @@ def signature_name(doc: dict) -> str:
     """``doc["signature_name"]`` or "" (meaning serving_default)."""
     name = doc.get("signature_name", "")
     if not isinstance(name, str):
-        raise invalid_argument(f"JSON Value: {quote(doc)} not formatted correctly. "
-                               f"'signature_name' key must be a string value.")
+        raise invalid_argument(
+            f"JSON Value: {quote(doc)} not formatted correctly. "
+            f"'signature_name' key must be a string value."
+        )
     return name
 
 
-def request_tensors(doc: dict, inputs: Mapping[str, TensorSpec], signature: str,
-                    bools_possible: bool = True) -> PredictInputs:
+def request_tensors(
+    doc: dict, inputs: Mapping[str, TensorSpec], signature: str, bools_possible: bool = True
+) -> PredictInputs:
     """Arrays for the signature's ``inputs`` from a parsed request ``doc``.
 
     Returns numpy arrays (strings as object arrays of bytes) in the inputs' dtypes.
@@ -196,13 +218,16 @@ def request_tensors(doc: dict, inputs: Mapping[str, TensorSpec], signature: str,
     converter = _Converter(bools_possible)
     has_instances, has_inputs = "instances" in doc, "inputs" in doc
     if has_instances and has_inputs:
-        raise invalid_argument(f"JSON Value: {quote(doc)} Not formatted correctly expecting only "
-                               f"one of 'inputs' or 'instances' keys to exist ")
+        raise invalid_argument(
+            f"JSON Value: {quote(doc)} Not formatted correctly expecting only "
+            f"one of 'inputs' or 'instances' keys to exist "
+        )
     if has_instances:
         instances = doc["instances"]
         if not isinstance(instances, list):
-            raise invalid_argument(f"JSON Value: {quote(doc)} Expecting 'instances' to be an "
-                                   f"list/array")
+            raise invalid_argument(
+                f"JSON Value: {quote(doc)} Expecting 'instances' to be an list/array"
+            )
         if not instances:
             raise invalid_argument(f"JSON Value: {quote(doc)} No values in 'instances' array")
         return PredictInputs(ROW, converter.from_instances(instances, inputs))
@@ -212,8 +237,12 @@ def request_tensors(doc: dict, inputs: Mapping[str, TensorSpec], signature: str,
 
 
 def _is_b64(value) -> bool:
-    return (isinstance(value, dict) and len(value) == 1 and "b64" in value
-            and isinstance(value["b64"], str))
+    return (
+        isinstance(value, dict)
+        and len(value) == 1
+        and "b64" in value
+        and isinstance(value["b64"], str)
+    )
 
 
 def _is_element_object(value) -> bool:
@@ -348,8 +377,10 @@ class _Converter:
         flat: list = []
         self._fill(value, 0, shape, dtype, flat)
         if dtype not in DTYPES:  # (no scalar to name: an empty list)
-            raise ServingError("UNIMPLEMENTED", f"Conversion of JSON Value: {quote(value)} to "
-                                                f"type: {type_name(dtype)}")
+            raise ServingError(
+                "UNIMPLEMENTED",
+                f"Conversion of JSON Value: {quote(value)} to type: {type_name(dtype)}",
+            )
         np_dtype = DTYPES[dtype][1]
         if dtype == DT_STRING:
             array = np.empty(len(flat), dtype=object)
@@ -364,8 +395,12 @@ class _Converter:
 
     def _fast(self, value, dtype: int) -> Optional[np.ndarray]:
         """One ``np.asarray`` for well-formed numeric lists; None when unsure."""
-        if not isinstance(value, list) or not value or self.bools_possible \
-                or dtype in (DT_STRING, DT_BOOL):
+        if (
+            not isinstance(value, list)
+            or not value
+            or self.bools_possible
+            or dtype in (DT_STRING, DT_BOOL)
+        ):
             return None
         try:
             array = np.asarray(value)
@@ -393,7 +428,8 @@ class _Converter:
             if level != rank:
                 raise invalid_argument(
                     f"JSON Value: {quote(value)} found at incorrect level: {level + 1} in the "
-                    f"JSON DOM. Expected at level: {rank}")
+                    f"JSON DOM. Expected at level: {rank}"
+                )
             if isinstance(value, dict):
                 if dtype != DT_STRING:
                     raise _type_error(value, dtype)
@@ -402,22 +438,28 @@ class _Converter:
                 out.append(_scalar(value, dtype))
             return
         if level >= rank:
-            raise invalid_argument(f"Encountered list at unexpected level: {level} expected < "
-                                   f"{rank}")
+            raise invalid_argument(
+                f"Encountered list at unexpected level: {level} expected < {rank}"
+            )
         if len(value) != shape[level]:
-            raise invalid_argument(f"Encountered list at unexpected size: {len(value)} at level: "
-                                   f"{level} expected size: {shape[level]}")
+            raise invalid_argument(
+                f"Encountered list at unexpected size: {len(value)} at level: "
+                f"{level} expected size: {shape[level]}"
+            )
         for item in value:
             self._fill(item, level + 1, shape, dtype, out)
 
     # -- the two request layouts ------------------------------------------------------------------
 
-    def from_instances(self, instances: list,
-                       inputs: Mapping[str, TensorSpec]) -> Dict[str, np.ndarray]:
+    def from_instances(
+        self, instances: list, inputs: Mapping[str, TensorSpec]
+    ) -> Dict[str, np.ndarray]:
         """Row format (FillTensorMapFromInstancesList)."""
         if not isinstance(instances[0], dict) and len(inputs) > 1:
-            raise invalid_argument("instances is a plain list, but expecting list of objects as "
-                                   "multiple input tensors required as per tensorinfo_map")
+            raise invalid_argument(
+                "instances is a plain list, but expecting list of objects as "
+                "multiple input tensors required as per tensorinfo_map"
+            )
         objects = _is_element_object(instances[0])
         names = sorted(inputs)
         rows: Dict[str, List[np.ndarray]] = {}
@@ -429,11 +471,14 @@ class _Converter:
             if name in rows:
                 first = rows[name][0]
                 if first.size != array.size:
-                    raise invalid_argument(f"Expecting tensor size: {first.size} but got: "
-                                           f"{array.size}")
+                    raise invalid_argument(
+                        f"Expecting tensor size: {first.size} but got: {array.size}"
+                    )
                 if first.shape != array.shape:
-                    raise invalid_argument(f"Expecting shape {_shape_string(first.shape)} but "
-                                           f"got: {_shape_string(array.shape)}")
+                    raise invalid_argument(
+                        f"Expecting shape {_shape_string(first.shape)} but "
+                        f"got: {_shape_string(array.shape)}"
+                    )
                 rows[name].append(array)
             else:
                 rows[name] = [array]
@@ -441,28 +486,34 @@ class _Converter:
         for index, element in enumerate(instances):
             if objects:
                 if not _is_element_object(element):
-                    raise invalid_argument(f"Expecting object but got list at item {index} of "
-                                           f"input list")
+                    raise invalid_argument(
+                        f"Expecting object but got list at item {index} of input list"
+                    )
                 for name, item in element.items():
                     try:
                         add(item, name)
                     except ServingError as error:
                         raise invalid_argument(
                             f"Failed to process element: {index} key: {name} of 'instances' "
-                            f"list. Error: {error.status_string()}") from None
+                            f"list. Error: {error.status_string()}"
+                        ) from None
                 if set(element) != set(names):
                     raise invalid_argument(
                         f"Failed to process element: {index} of 'instances' list. JSON object: "
-                        f"{quote(element)} keys must be equal to: {','.join(names)}")
+                        f"{quote(element)} keys must be equal to: {','.join(names)}"
+                    )
             else:
                 if _is_element_object(element):
-                    raise invalid_argument(f"Expecting value/list but got object at item {index} "
-                                           f"of input list")
+                    raise invalid_argument(
+                        f"Expecting value/list but got object at item {index} of input list"
+                    )
                 try:
                     add(element, names[0])
                 except ServingError as error:
-                    raise invalid_argument(f"Failed to process element: {index} of 'instances' "
-                                           f"list. Error: {error.status_string()}") from None
+                    raise invalid_argument(
+                        f"Failed to process element: {index} of 'instances' "
+                        f"list. Error: {error.status_string()}"
+                    ) from None
         return {name: _stack(arrays) for name, arrays in rows.items()}
 
     def from_inputs(self, value, inputs: Mapping[str, TensorSpec]) -> Dict[str, np.ndarray]:
@@ -470,8 +521,10 @@ class _Converter:
         as TF Serving ignores them."""
         if not isinstance(value, dict) or _is_b64(value):
             if len(inputs) > 1:
-                raise invalid_argument("inputs is a plain value/list, but expecting an object as "
-                                       "multiple input tensors required as per tensorinfo_map")
+                raise invalid_argument(
+                    "inputs is a plain value/list, but expecting an object as "
+                    "multiple input tensors required as per tensorinfo_map"
+                )
             name, spec = next(iter(inputs.items()))
             return {name: self.tensor(value, spec.dtype)}
         tensors = {}
@@ -492,14 +545,17 @@ def _stack(arrays: List[np.ndarray]) -> np.ndarray:
 
 
 def _type_error(value, dtype: int) -> ServingError:
-    return invalid_argument(f"JSON Value: {quote(value)} Type: {_json_type(value)} is not of "
-                            f"expected type: {type_name(dtype)}")
+    return invalid_argument(
+        f"JSON Value: {quote(value)} Type: {_json_type(value)} is not of "
+        f"expected type: {type_name(dtype)}"
+    )
 
 
 def _decode_b64(value) -> bytes:
     if not _is_b64(value):
-        raise invalid_argument(f"JSON Value: {quote(value)} not formatted correctly for base64 "
-                               f"data")
+        raise invalid_argument(
+            f"JSON Value: {quote(value)} not formatted correctly for base64 data"
+        )
     text = value["b64"].strip()
     try:
         # absl::Base64Unescape accepts standard and URL-safe alphabets, padding optional.
@@ -525,8 +581,9 @@ def _scalar(value, dtype: int):
             raise _type_error(value, dtype)
         return value
     if dtype not in _INT_RANGES:
-        raise ServingError("UNIMPLEMENTED", f"Conversion of JSON Value: {quote(value)} to "
-                                            f"type: {type_name(dtype)}")
+        raise ServingError(
+            "UNIMPLEMENTED", f"Conversion of JSON Value: {quote(value)} to type: {type_name(dtype)}"
+        )
     low, high = _INT_RANGES[dtype]
     if not (is_number and isinstance(value, int) and low <= value <= high):
         raise _type_error(value, dtype)
@@ -537,8 +594,9 @@ def _scalar(value, dtype: int):
 # Responses
 
 
-def predict_response(outputs: Mapping[str, np.ndarray], output_dtypes: Mapping[str, int],
-                     fmt: str) -> bytes:
+def predict_response(
+    outputs: Mapping[str, np.ndarray], output_dtypes: Mapping[str, int], fmt: str
+) -> bytes:
     """The JSON answer (MakeJsonFromTensors) for ``outputs`` (numpy arrays, strings as bytes).
 
     ``output_dtypes`` gives each output's DataType enum (for float formatting and ``_bytes``).
@@ -554,31 +612,42 @@ def predict_response(outputs: Mapping[str, np.ndarray], output_dtypes: Mapping[s
             if array.ndim == 0:
                 raise invalid_argument(f"Tensor name: {name} has no shape information ")
             if batch is not None and array.shape[0] != batch:
-                raise invalid_argument(f"Tensor name: {name} has inconsistent batch size: "
-                                       f"{array.shape[0]} expecting: {batch}")
+                raise invalid_argument(
+                    f"Tensor name: {name} has inconsistent batch size: "
+                    f"{array.shape[0]} expecting: {batch}"
+                )
             batch = array.shape[0]
         writers = {name: _writer(name, output_dtypes[name]) for name in names}
         items = []
         for row in range(batch):
             if several:
-                fields = ",\n".join(f'            {json.dumps(name)}: '
-                                    f'{_value(outputs[name][row], writers[name])}'
-                                    for name in names)
+                fields = ",\n".join(
+                    f'            {json.dumps(name)}: {_value(outputs[name][row], writers[name])}'
+                    for name in names
+                )
                 items.append("        {\n" + fields + "\n        }")
             else:
                 items.append("        " + _value(outputs[names[0]][row], writers[names[0]]))
-        text = ('{\n    "predictions": [\n' + ",\n".join(items) + "\n    ]\n}" if items
-                else '{\n    "predictions": []\n}')
+        text = (
+            '{\n    "predictions": [\n' + ",\n".join(items) + "\n    ]\n}"
+            if items
+            else '{\n    "predictions": []\n}'
+        )
     elif fmt == COLUMNAR:
         if several:
             fields = ",\n".join(
                 f'        {json.dumps(name)}: '
-                f'{_value(outputs[name], _writer(name, output_dtypes[name]))}' for name in names)
+                f'{_value(outputs[name], _writer(name, output_dtypes[name]))}'
+                for name in names
+            )
             text = '{\n    "outputs": {\n' + fields + "\n    }\n}"
         else:
             name = names[0]
-            text = ('{\n    "outputs": '
-                    + _value(outputs[name], _writer(name, output_dtypes[name])) + "\n}")
+            text = (
+                '{\n    "outputs": '
+                + _value(outputs[name], _writer(name, output_dtypes[name]))
+                + "\n}"
+            )
     else:
         raise invalid_argument("Invalid request format")
     return text.encode("utf-8")
@@ -586,8 +655,7 @@ def predict_response(outputs: Mapping[str, np.ndarray], output_dtypes: Mapping[s
 
 def _writer(name: str, dtype: int) -> Callable[[object], str]:
     if dtype not in DTYPES:  # e.g. half, bfloat16, complex: TF Serving cannot write them either
-        raise invalid_argument(f"Failed to write JSON value for tensor type: "
-                               f"{type_name(dtype)}")
+        raise invalid_argument(f"Failed to write JSON value for tensor type: {type_name(dtype)}")
     if dtype in (DT_FLOAT, DT_DOUBLE):
         np_type = np.float32 if dtype == DT_FLOAT else np.float64
         digits = 9 if dtype == DT_FLOAT else 17

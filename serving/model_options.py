@@ -16,6 +16,7 @@ def open_model(args, min_confidence: float = 0.0) -> tuple:
     ``min_confidence`` are ``UNCERTAIN`` (``serving.client``)."""
     from serving import predict as predicting
     from serving.client import open_client
+
     if args.model_dir:
         try:
             model = predicting.LocalModel(args.model_dir, min_confidence=min_confidence)
@@ -23,9 +24,13 @@ def open_model(args, min_confidence: float = 0.0) -> tuple:
             raise UsageError(str(error)) from error
         return model, str(model.path)
     try:
-        model = open_client(args.url, args.model_name, version=args.model_version,
-                            timeout=args.timeout,  # grpc://host:port: GrpcClient
-                            min_confidence=min_confidence)
+        model = open_client(
+            args.url,
+            args.model_name,
+            version=args.model_version,
+            timeout=args.timeout,  # grpc://host:port: GrpcClient
+            min_confidence=min_confidence,
+        )
     except ValueError as error:
         raise UsageError(str(error)) from error
     return model, f"{model.url}{model.model_path}"
@@ -35,10 +40,13 @@ def open_model(args, min_confidence: float = 0.0) -> tuple:
 def model_errors(where: str):
     """A served model that cannot be reached, or refuses, as a one-line usage error."""
     from serving.client import ServingRequestError
+
     try:
         yield
     except OSError as error:
-        raise UsageError(f"cannot reach {where}: {error.strerror or error} (is `cme-ser serve` "
-                         f"or TF Serving running there?)") from error
+        raise UsageError(
+            f"cannot reach {where}: {error.strerror or error} (is `cme-ser serve` "
+            f"or TF Serving running there?)"
+        ) from error
     except ServingRequestError as error:
         raise UsageError(f"{where}: {error.message}") from error

@@ -66,8 +66,10 @@ def resolve_model_dir(path) -> Path:
         return path
     versions = list_versions(path)
     if not versions:
-        raise FileNotFoundError(f"{path}: neither a SavedModel (no saved_model.pb) nor a base "
-                                f"directory with numeric version subdirectories")
+        raise FileNotFoundError(
+            f"{path}: neither a SavedModel (no saved_model.pb) nor a base "
+            f"directory with numeric version subdirectories"
+        )
     return versions[max(versions)]
 
 
@@ -84,8 +86,10 @@ class LocalModel:
         self.min_confidence = check_min_confidence(min_confidence)
         self._loaded = tf.saved_model.load(str(self.path))
         if PREDICT_WAVEFORM not in self._loaded.signatures:
-            raise ValueError(f"{self.path}: the SavedModel has no {PREDICT_WAVEFORM!r} signature "
-                             f"(signatures: {sorted(self._loaded.signatures)})")
+            raise ValueError(
+                f"{self.path}: the SavedModel has no {PREDICT_WAVEFORM!r} signature "
+                f"(signatures: {sorted(self._loaded.signatures)})"
+            )
         self._function = self._loaded.signatures[PREDICT_WAVEFORM]
 
     def predict_waveform(self, utterances: Sequence[Utterance]) -> List[Prediction]:
@@ -95,13 +99,15 @@ class LocalModel:
 
         inputs = waveform_batch(utterances)
         inputs["words"] = np.vectorize(lambda w: w.encode("utf-8"), otypes=[object])(
-            inputs["words"])
+            inputs["words"]
+        )
         try:
             outputs = self._function(**{k: tf.constant(v) for k, v in inputs.items()})
         except tf.errors.InvalidArgumentError as error:
             raise ValueError(assertion_message(error.message)) from None
-        return predictions_from_outputs({k: v.numpy() for k, v in outputs.items()}, utterances,
-                                        self.min_confidence)
+        return predictions_from_outputs(
+            {k: v.numpy() for k, v in outputs.items()}, utterances, self.min_confidence
+        )
 
     @property
     def temperature(self) -> float:
@@ -161,16 +167,16 @@ def prepare(path, transcript: Optional[str], aligner) -> tuple:
     return prepare_waveform(waveform, transcript, aligner, result)
 
 
-def prepare_waveform(waveform: np.ndarray, transcript: Optional[str], aligner,
-                     result: Result) -> tuple:
+def prepare_waveform(
+    waveform: np.ndarray, transcript: Optional[str], aligner, result: Result
+) -> tuple:
     """``(Utterance, result)`` for 16 kHz mono samples: ``transcript`` force-aligned (None or
     "": its words recognised); ``(None, result with the error)`` when no word can be placed."""
     from preprocessing.alignment import AlignmentError
 
     result.duration_s = waveform.size / SAMPLE_RATE
     try:
-        aligned = aligner.align(waveform, transcript) if transcript else \
-            aligner.recognize(waveform)
+        aligned = aligner.align(waveform, transcript) if transcript else aligner.recognize(waveform)
     except AlignmentError as error:
         result.error, result.stage = str(error), "alignment"
         return None, result
@@ -180,15 +186,23 @@ def prepare_waveform(waveform: np.ndarray, transcript: Optional[str], aligner,
         result.error, result.stage = "no words were recognised (pass --transcript)", "alignment"
         return None, result
     utterance = Utterance(
-        waveform=waveform, words=[w.word for w in aligned.words],
+        waveform=waveform,
+        words=[w.word for w in aligned.words],
         start_s=[w.start / FRAMES_PER_SECOND for w in aligned.words],
-        end_s=[w.end / FRAMES_PER_SECOND for w in aligned.words])
+        end_s=[w.end / FRAMES_PER_SECOND for w in aligned.words],
+    )
     return utterance, result
 
 
-def predict_files(paths: Sequence, model, *, transcript: Optional[str] = None,
-                  transcripts: Optional[Sequence[Optional[str]]] = None, aligner=None,
-                  batch_size: int = 1) -> List[Result]:
+def predict_files(
+    paths: Sequence,
+    model,
+    *,
+    transcript: Optional[str] = None,
+    transcripts: Optional[Sequence[Optional[str]]] = None,
+    aligner=None,
+    batch_size: int = 1,
+) -> List[Result]:
     """Runs every file through ``model`` (anything with ``predict_waveform``, e.g.
     ``RestClient`` or :class:`LocalModel`); one :class:`Result` per file, in order.
 
@@ -207,6 +221,7 @@ def predict_files(paths: Sequence, model, *, transcript: Optional[str] = None,
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if aligner is None:
         from preprocessing.alignment import PocketSphinxAligner
+
         aligner = PocketSphinxAligner()
     results, pending = [], []
     for path, text in zip(paths, transcripts):
@@ -290,42 +305,64 @@ def read_manifest(path) -> List[ManifestEntry]:
         transcript = str(transcript) if transcript else None
         label = str(label).lower() if label not in (None, "") else None
         if audio in (None, ""):
-            entries.append(ManifestEntry(where, transcript, label, where,
-                                         error=f"no path ({where})"))
+            entries.append(
+                ManifestEntry(where, transcript, label, where, error=f"no path ({where})")
+            )
             continue
-        entries.append(ManifestEntry(resolve_path(path.parent, str(audio)), transcript, label,
-                                     where))
+        entries.append(
+            ManifestEntry(resolve_path(path.parent, str(audio)), transcript, label, where)
+        )
     return entries
 
 
-def predict_manifest(entries: Sequence[ManifestEntry], model, *, aligner=None,
-                     batch_size: int = 8) -> List[Result]:
+def predict_manifest(
+    entries: Sequence[ManifestEntry], model, *, aligner=None, batch_size: int = 8
+) -> List[Result]:
     """:func:`predict_files` on the usable entries, each with its own transcript; one
     :class:`Result` per entry, in order (an unusable row's has stage "manifest")."""
     usable = [e for e in entries if e.error is None]
-    predicted = iter(predict_files([e.audio for e in usable], model,
-                                   transcripts=[e.transcript for e in usable], aligner=aligner,
-                                   batch_size=batch_size) if usable else [])
-    return [next(predicted) if e.error is None else
-            Result(audio=e.audio, error=e.error, stage="manifest") for e in entries]
+    predicted = iter(
+        predict_files(
+            [e.audio for e in usable],
+            model,
+            transcripts=[e.transcript for e in usable],
+            aligner=aligner,
+            batch_size=batch_size,
+        )
+        if usable
+        else []
+    )
+    return [
+        next(predicted)
+        if e.error is None
+        else Result(audio=e.audio, error=e.error, stage="manifest")
+        for e in entries
+    ]
 
 
 def manifest_accuracy(entries: Sequence[ManifestEntry], results: Sequence[Result]) -> dict:
     """Accuracy over the labelled files that got a prediction: ``{"correct", "labelled",
     "accuracy"}`` (accuracy None when no labelled file was predicted); ``failed`` counts
     labelled files without a prediction."""
-    scored = [(e.label, r.prediction.emotion) for e, r in zip(entries, results)
-              if e.label is not None and r.error is None]
+    scored = [
+        (e.label, r.prediction.emotion)
+        for e, r in zip(entries, results)
+        if e.label is not None and r.error is None
+    ]
     failed = sum(e.label is not None and r.error is not None for e, r in zip(entries, results))
     uncertain = sum(emotion == UNCERTAIN for _, emotion in scored)
     scored = [(label, emotion) for label, emotion in scored if emotion != UNCERTAIN]
     correct = sum(label == emotion for label, emotion in scored)
-    return {"correct": correct, "labelled": len(scored), "failed": failed,
-            "uncertain": uncertain, "accuracy": correct / len(scored) if scored else None}
+    return {
+        "correct": correct,
+        "labelled": len(scored),
+        "failed": failed,
+        "uncertain": uncertain,
+        "accuracy": correct / len(scored) if scored else None,
+    }
 
 
-def format_text(results: Sequence[Result],
-                labels: Optional[Sequence[Optional[str]]] = None) -> str:
+def format_text(results: Sequence[Result], labels: Optional[Sequence[Optional[str]]] = None) -> str:
     """The human-readable report: emotion, probabilities, and each word's excitation; with
     ``labels`` (one per result, None: unknown), each file's true label too."""
     lines = []
@@ -335,18 +372,26 @@ def format_text(results: Sequence[Result],
             lines.append(f"{result.audio}: error ({result.stage}): {result.error}")
             continue
         prediction = result.prediction
-        lines.append(f"{result.audio}: {prediction.emotion} "
-                     f"(p = {prediction.confidence:.3f}; "
-                     f"{result.duration_s:.2f} s, {result.alignment_source} alignment"
-                     + (f"; label {label}" if label is not None else "") + ")")
-        lines.append("  probabilities: " + "  ".join(
-            f"{name} {p:.3f}" for name, p in prediction.probabilities.items()))
+        lines.append(
+            f"{result.audio}: {prediction.emotion} "
+            f"(p = {prediction.confidence:.3f}; "
+            f"{result.duration_s:.2f} s, {result.alignment_source} alignment"
+            + (f"; label {label}" if label is not None else "")
+            + ")"
+        )
+        lines.append(
+            "  probabilities: "
+            + "  ".join(f"{name} {p:.3f}" for name, p in prediction.probabilities.items())
+        )
         width = max([4] + [len(w.word) for w in prediction.words])
-        lines.append(f"  {'word':<{width}}  start_s  end_s  acoustic_excitation  "
-                     f"semantic_excitation")
+        lines.append(
+            f"  {'word':<{width}}  start_s  end_s  acoustic_excitation  semantic_excitation"
+        )
         for w in prediction.words:
-            lines.append(f"  {w.word:<{width}}  {w.start_s:7.2f}  {w.end_s:5.2f}  "
-                         f"{w.acoustic_excitation:19.3f}  {w.semantic_excitation:19.3f}")
+            lines.append(
+                f"  {w.word:<{width}}  {w.start_s:7.2f}  {w.end_s:5.2f}  "
+                f"{w.acoustic_excitation:19.3f}  {w.semantic_excitation:19.3f}"
+            )
         for note in result.notes:
             lines.append(f"  note: {note}")
     return "\n".join(lines)

@@ -22,9 +22,13 @@ def predict(args) -> list:
     each with its own transcript and optionally its label), via REST or locally. ``args``: the
     parsed `cme-ser predict` options (cli/main.py)."""
     from serving import predict as predicting
+
     if bool(args.audio) == bool(args.manifest):
-        raise UsageError("give audio files or --manifest CSV, not both" if args.audio else
-                         "give audio files or --manifest CSV")
+        raise UsageError(
+            "give audio files or --manifest CSV, not both"
+            if args.audio
+            else "give audio files or --manifest CSV"
+        )
     if args.manifest and args.transcript is not None:
         raise UsageError("--transcript is for audio files; a manifest has a transcript column")
     if args.batch_size < 1:
@@ -48,16 +52,20 @@ def predict(args) -> list:
         if entries is not None:
             results = predicting.predict_manifest(entries, model, batch_size=args.batch_size)
         else:
-            results = predicting.predict_files(args.audio, model, transcript=args.transcript,
-                                               batch_size=args.batch_size)
+            results = predicting.predict_files(
+                args.audio, model, transcript=args.transcript, batch_size=args.batch_size
+            )
     labels = [e.label for e in entries] if entries is not None else None
     rows = [r.to_dict() for r in results]
     if labels is not None:
         for row, label in zip(rows, labels):
             if label is not None:
                 row["label"] = label
-    accuracy = predicting.manifest_accuracy(entries, results) \
-        if labels is not None and any(x is not None for x in labels) else None
+    accuracy = (
+        predicting.manifest_accuracy(entries, results)
+        if labels is not None and any(x is not None for x in labels)
+        else None
+    )
     if args.json:
         doc = {"model": where, "results": rows}
         if accuracy is not None:
@@ -66,12 +74,13 @@ def predict(args) -> list:
     else:
         print(predicting.format_text(results, labels))
         if accuracy is not None and accuracy["labelled"]:
-            note = f"; {accuracy['failed']} labelled file(s) failed" if accuracy["failed"] \
-                else ""
+            note = f"; {accuracy['failed']} labelled file(s) failed" if accuracy["failed"] else ""
             if accuracy["uncertain"]:
                 note += f"; {accuracy['uncertain']} answered uncertain, not counted"
-            print(f"accuracy {accuracy['accuracy']:.3f} ({accuracy['correct']} of "
-                  f"{accuracy['labelled']} labelled files{note})")
+            print(
+                f"accuracy {accuracy['accuracy']:.3f} ({accuracy['correct']} of "
+                f"{accuracy['labelled']} labelled files{note})"
+            )
         elif accuracy is not None:
             print("accuracy: no labelled file got a prediction")
     if args.out:
@@ -80,9 +89,14 @@ def predict(args) -> list:
     if args.plot and results[0].prediction is not None:
         from preprocessing.audio import load_audio
         from serving.excitation_plot import plot_excitation
+
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
-        plot_excitation(load_audio(args.audio[0])[0], results[0].prediction, args.plot,
-                        title=Path(args.audio[0]).name)
+        plot_excitation(
+            load_audio(args.audio[0])[0],
+            results[0].prediction,
+            args.plot,
+            title=Path(args.audio[0]).name,
+        )
         print(f"plot: {args.plot}", file=sys.stderr if args.json else sys.stdout)
     failed = [r for r in results if r.error is not None]
     if failed:
@@ -94,8 +108,10 @@ def _wants_timeline(args, entries) -> bool:
     """A timeline: asked for, or one recording too long to be one utterance."""
     asked = args.timeline or args.transcript_file or args.csv
     if asked and (entries is not None or len(args.audio) != 1):
-        raise UsageError("--timeline, --transcript-file and --csv take one recording: give "
-                         "exactly one audio file")
+        raise UsageError(
+            "--timeline, --transcript-file and --csv take one recording: give "
+            "exactly one audio file"
+        )
     if asked:
         return True
     if entries is not None or len(args.audio) != 1:
@@ -103,6 +119,7 @@ def _wants_timeline(args, entries) -> bool:
     import soundfile as sf
 
     from preprocessing.audio import DEFAULT_MAX_SECONDS
+
     try:
         return sf.info(args.audio[0]).duration > DEFAULT_MAX_SECONDS
     except (sf.LibsndfileError, RuntimeError, ValueError, OSError):
@@ -117,9 +134,11 @@ def predict_timeline(args):
     from serving import timeline as timelines
 
     if args.transcript is not None:
-        raise UsageError("a recording's words come from --transcript-file (WebVTT, SRT or "
-                         "TextGrid, with times) or are recognised; --transcript is for one "
-                         "utterance")
+        raise UsageError(
+            "a recording's words come from --transcript-file (WebVTT, SRT or "
+            "TextGrid, with times) or are recognised; --transcript is for one "
+            "utterance"
+        )
     words = None
     if args.transcript_file:
         try:
@@ -129,13 +148,22 @@ def predict_timeline(args):
     model, where = open_model(args, min_confidence=args.min_confidence)
     with model_errors(where):
         try:
-            timeline = timelines.predict_timeline(args.audio[0], model, transcript_words=words,
-                                                  batch_size=args.batch_size)
+            timeline = timelines.predict_timeline(
+                args.audio[0], model, transcript_words=words, batch_size=args.batch_size
+            )
         except AudioError as error:
             raise UsageError(str(error)) from error
     if args.json:
-        print(json.dumps({"model": where, "timeline": timeline.to_dict(),
-                          "rows": [row.to_dict() for row in timeline.rows]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "model": where,
+                    "timeline": timeline.to_dict(),
+                    "rows": [row.to_dict() for row in timeline.rows],
+                },
+                indent=2,
+            )
+        )
     else:
         print(timelines.format_text(timeline))
     notes = sys.stderr if args.json else sys.stdout
@@ -145,6 +173,7 @@ def predict_timeline(args):
             Path(option).write_text(write(timeline))
     if args.plot:
         from serving.timeline_plot import plot_timeline
+
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
         plot_timeline(timeline, args.plot, title=Path(args.audio[0]).name)
         print(f"plot: {args.plot}", file=notes)

@@ -45,6 +45,7 @@ log = logging.getLogger("cme_ser.serving")
 WARMUP_PATH = ("assets.extra", "tf_serving_warmup_requests")  # TF Serving's location
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
 
+
 @dataclasses.dataclass(frozen=True)
 class Signature:
     """One signature of a loaded version: specs from the SavedModel's SignatureDef and the
@@ -62,8 +63,10 @@ class Signature:
 
         if self.function is None:
             raise ServingError("INTERNAL", f"signature {self.name!r} cannot be run")
-        feeds = {name: tf.constant(value, dtype=_tf_dtype(self.inputs[name].dtype))
-                 for name, value in tensors.items()}
+        feeds = {
+            name: tf.constant(value, dtype=_tf_dtype(self.inputs[name].dtype))
+            for name, value in tensors.items()
+        }
         try:
             outputs = self.function(**feeds)
         except tf.errors.OpError as error:  # e.g. a record that does not parse: its own code
@@ -100,6 +103,7 @@ class _Snapshot:
 
 def _tf_dtype(enum: int):
     import tensorflow as tf
+
     return tf.dtypes.as_dtype(enum)
 
 
@@ -131,8 +135,7 @@ def load_version(number: int, path: Path) -> Version:
     from tensorflow_serving.apis import get_model_metadata_pb2
 
     saved_model = saved_model_pb2.SavedModel.FromString((path / "saved_model.pb").read_bytes())
-    meta_graph = next((g for g in saved_model.meta_graphs if "serve" in g.meta_info_def.tags),
-                      None)
+    meta_graph = next((g for g in saved_model.meta_graphs if "serve" in g.meta_info_def.tags), None)
     if meta_graph is None:
         raise ValueError(f"{path}: no MetaGraph tagged 'serve'")
     loaded = tf.saved_model.load(str(path), tags=["serve"])
@@ -140,20 +143,26 @@ def load_version(number: int, path: Path) -> Version:
     signatures = {}
     for name, definition in meta_graph.signature_def.items():
         signatures[name] = Signature(
-            name=name, method_name=definition.method_name,
+            name=name,
+            method_name=definition.method_name,
             inputs={k: _spec(v) for k, v in definition.inputs.items()},
             outputs={k: _spec(v) for k, v in definition.outputs.items()},
-            function=functions.get(name))
+            function=functions.get(name),
+        )
     signature_map = get_model_metadata_pb2.SignatureDefMap()
     for name, definition in meta_graph.signature_def.items():
         signature_map.signature_def[name].CopyFrom(definition)
     # TF Serving prints it with always_print_primitive_fields and preserve_proto_field_names.
     try:
-        as_json = json_format.MessageToDict(signature_map, preserving_proto_field_name=True,
-                                            including_default_value_fields=True)
+        as_json = json_format.MessageToDict(
+            signature_map, preserving_proto_field_name=True, including_default_value_fields=True
+        )
     except TypeError:  # protobuf >= 5 renamed the option
-        as_json = json_format.MessageToDict(signature_map, preserving_proto_field_name=True,
-                                            always_print_fields_with_no_presence=True)
+        as_json = json_format.MessageToDict(
+            signature_map,
+            preserving_proto_field_name=True,
+            always_print_fields_with_no_presence=True,
+        )
     run_warmup(path, signatures)
     return Version(number, path, signatures, as_json, loaded)
 
@@ -175,23 +184,29 @@ def run_warmup(path: Path, signatures: Mapping[str, Signature]) -> int:
             raise ValueError(f"{warmup}: more than {MAX_WARMUP_RECORDS} warm-up records")
         entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
         if entry.WhichOneof("log_type") != "predict_log":
-            log.warning("%s: record %d is a %s, skipped", warmup, index,
-                        entry.WhichOneof("log_type"))
+            log.warning(
+                "%s: record %d is a %s, skipped", warmup, index, entry.WhichOneof("log_type")
+            )
             continue
         request = entry.predict_log.request
         name = request.model_spec.signature_name or SERVING_DEFAULT
         if name not in signatures:
-            raise ValueError(f"{warmup}: record {index} asks for signature {name!r}, which "
-                             f"the model does not have")
+            raise ValueError(
+                f"{warmup}: record {index} asks for signature {name!r}, which "
+                f"the model does not have"
+            )
         unknown = set(request.inputs) - set(signatures[name].inputs)
         if unknown:
-            raise ValueError(f"{warmup}: warm-up request {index} ({name}) has inputs "
-                             f"{sorted(unknown)} the signature does not take")
+            raise ValueError(
+                f"{warmup}: warm-up request {index} ({name}) has inputs "
+                f"{sorted(unknown)} the signature does not take"
+            )
         try:
             signatures[name].run({k: tf.make_ndarray(v) for k, v in request.inputs.items()})
         except (ServingError, ValueError, TypeError) as error:
-            raise ValueError(f"{warmup}: warm-up request {index} ({name}) failed: "
-                             f"{error}") from None
+            raise ValueError(
+                f"{warmup}: warm-up request {index} ({name}) failed: {error}"
+            ) from None
         ran += 1
     return ran
 
@@ -205,18 +220,28 @@ def read_labels(path: Optional[Path]) -> Dict[str, int]:
     except (OSError, json.JSONDecodeError) as error:
         raise ValueError(f"{path}: cannot read version labels: {error}") from None
     if not isinstance(data, dict) or not all(
-            isinstance(k, str) and k and isinstance(v, int) and not isinstance(v, bool) and v >= 0
-            for k, v in data.items()):
-        raise ValueError(f"{path}: version labels must be a JSON object of label -> version "
-                         f"number, e.g. {{\"stable\": 2}}")
+        isinstance(k, str) and k and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+        for k, v in data.items()
+    ):
+        raise ValueError(
+            f"{path}: version labels must be a JSON object of label -> version "
+            f"number, e.g. {{\"stable\": 2}}"
+        )
     return dict(data)
 
 
 class ModelRepository:
     """Loads and serves the versions of the model ``name`` found under ``base_path``."""
 
-    def __init__(self, base_path, name: str, *, num_latest: int = 1,
-                 labels_file=None, loader: Callable[[int, Path], Version] = load_version):
+    def __init__(
+        self,
+        base_path,
+        name: str,
+        *,
+        num_latest: int = 1,
+        labels_file=None,
+        loader: Callable[[int, Path], Version] = load_version,
+    ):
         self.base_path = Path(base_path)
         self.name = name
         if num_latest < 1:
@@ -236,8 +261,10 @@ class ModelRepository:
     def _requested_version(snapshot, version: Optional[int], label: Optional[str]) -> Optional[int]:
         """The version number a request names (a label is translated), or None for "newest"."""
         if version is not None and label is not None:
-            raise invalid_argument(f"Both model version ({version}) and model version label "
-                                   f"({label}) cannot be supplied.")
+            raise invalid_argument(
+                f"Both model version ({version}) and model version label "
+                f"({label}) cannot be supplied."
+            )
         if label is not None:
             if label not in snapshot.labels:
                 raise invalid_argument(f"Unrecognized servable version label: {label}")
@@ -289,7 +316,7 @@ class ModelRepository:
             log.error("%s; keeping the previous labels", error)
             labels = dict(current.labels)
         on_disk = list_versions(self.base_path)
-        wanted = set(sorted(on_disk)[-self.num_latest:])
+        wanted = set(sorted(on_disk)[-self.num_latest :])
         wanted |= {v for v in labels.values() if v in on_disk}
 
         versions = dict(current.versions)
@@ -306,15 +333,21 @@ class ModelRepository:
                 versions[number] = self._loader(number, path)
             except Exception as error:  # any load failure is reported, never fatal
                 message = " ".join(str(error).split()) or type(error).__name__
-                log.error("model %s version %d at %s failed to load: %s", self.name, number,
-                          path, message)
+                log.error(
+                    "model %s version %d at %s failed to load: %s", self.name, number, path, message
+                )
                 self._failed[number] = stamp
                 states[number] = VersionState("END", "UNKNOWN", message)
                 continue
             self._failed.pop(number, None)
             states[number] = VersionState("AVAILABLE")
-            log.warning("model %s version %d loaded from %s in %.1f s", self.name, number, path,
-                        time.monotonic() - started)
+            log.warning(
+                "model %s version %d loaded from %s in %.1f s",
+                self.name,
+                number,
+                path,
+                time.monotonic() - started,
+            )
         # Unload what is no longer wanted, but only once a wanted version is in: if the new
         # version failed to load, the old one keeps serving (TF Serving's
         # availability-preserving policy).
@@ -327,8 +360,9 @@ class ModelRepository:
         served_labels = {k: v for k, v in labels.items() if v in versions}
         for label, number in sorted(labels.items()):
             if number not in versions:
-                log.error("version label %r -> %d: version %d is not available", label, number,
-                          number)
+                log.error(
+                    "version label %r -> %d: version %d is not available", label, number, number
+                )
         self._publish(versions, states, served_labels)
 
     def _publish(self, versions, states, labels) -> None:

@@ -31,39 +31,58 @@ def serve(args) -> None:
     if args.grpc_port is None:  # TF Serving's 8500; a free one when --port 0 asks for that
         args.grpc_port = 0 if args.port == 0 else 8500
     if args.grpc_port < -1:
-        raise UsageError(f"--grpc-port must be a port, 0 (a free one) or -1 (off), got "
-                         f"{args.grpc_port}")
-    for flag, value in (("--num-versions", args.num_versions),
-                        ("--max-batch-size", args.max_batch_size), ("--workers", args.workers)):
+        raise UsageError(
+            f"--grpc-port must be a port, 0 (a free one) or -1 (off), got {args.grpc_port}"
+        )
+    for flag, value in (
+        ("--num-versions", args.num_versions),
+        ("--max-batch-size", args.max_batch_size),
+        ("--workers", args.workers),
+    ):
         if value < 1:
             raise UsageError(f"{flag} must be >= 1, got {value}")
-    for flag, value in (("--intra-op-threads", args.intra_op_threads),
-                        ("--inter-op-threads", args.inter_op_threads)):
+    for flag, value in (
+        ("--intra-op-threads", args.intra_op_threads),
+        ("--inter-op-threads", args.inter_op_threads),
+    ):
         if value < 0:
             raise UsageError(f"{flag} must be >= 0, got {value}")
     if args.read_timeout is not None:  # the older flag: both read timeouts
         if args.read_timeout <= 0:
             raise UsageError(f"--read-timeout must be > 0, got {args.read_timeout}")
         args.header_timeout = args.body_timeout = args.read_timeout
-    for flag, value in (("--header-timeout", args.header_timeout),
-                        ("--body-timeout", args.body_timeout),
-                        ("--max-header-kb", args.max_header_kb)):
+    for flag, value in (
+        ("--header-timeout", args.header_timeout),
+        ("--body-timeout", args.body_timeout),
+        ("--max-header-kb", args.max_header_kb),
+    ):
         if value <= 0:
             raise UsageError(f"{flag} must be > 0, got {value}")
     # gunicorn's master: no TensorFlow in this process (the workers load it).
     from serving.gunicorn_app import PortError, ServeConfig, run
+
     config = ServeConfig(
-        base_path=base, model_name=args.model_name, host=args.host, port=args.port,
-        grpc_port=args.grpc_port, workers=args.workers, poll_seconds=args.poll_seconds,
-        labels_file=args.version_labels, num_latest=args.num_versions,
-        max_body_bytes=int(args.max_request_mb * 1024 * 1024), batching=args.enable_batching,
-        max_batch_size=args.max_batch_size, batch_timeout_ms=args.batch_timeout_ms,
+        base_path=base,
+        model_name=args.model_name,
+        host=args.host,
+        port=args.port,
+        grpc_port=args.grpc_port,
+        workers=args.workers,
+        poll_seconds=args.poll_seconds,
+        labels_file=args.version_labels,
+        num_latest=args.num_versions,
+        max_body_bytes=int(args.max_request_mb * 1024 * 1024),
+        batching=args.enable_batching,
+        max_batch_size=args.max_batch_size,
+        batch_timeout_ms=args.batch_timeout_ms,
         cors=args.enable_cors_support,
-        intra_op_threads=args.intra_op_threads or (
-            _threads_per_worker(args.workers) if args.workers > 1 else 0),
+        intra_op_threads=args.intra_op_threads
+        or (_threads_per_worker(args.workers) if args.workers > 1 else 0),
         inter_op_threads=args.inter_op_threads,
-        max_header_bytes=int(args.max_header_kb * 1024), header_timeout_s=args.header_timeout,
-        body_timeout_s=args.body_timeout)
+        max_header_bytes=int(args.max_header_kb * 1024),
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
+    )
     try:
         code = run(config)  # SIGTERM / Ctrl-C: finish what is in flight, exit 0
     except PortError as error:

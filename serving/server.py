@@ -57,17 +57,28 @@ from trainer.signature_names import SERVING_DEFAULT
 log = logging.getLogger("cme_ser.serving")
 
 
-_PREDICT = re.compile(r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
-                      r":(classify|regress|predict)", re.IGNORECASE)
-_STATUS = re.compile(r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
-                     r"(?:/(metadata))?", re.IGNORECASE)
+_PREDICT = re.compile(
+    r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
+    r":(classify|regress|predict)",
+    re.IGNORECASE,
+)
+_STATUS = re.compile(
+    r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
+    r"(?:/(metadata))?",
+    re.IGNORECASE,
+)
 _API = re.compile(r"/v1/.*", re.IGNORECASE)
-_METHODS = {"tensorflow/serving/predict", "tensorflow/serving/classify",
-            "tensorflow/serving/regress"}
+_METHODS = {
+    "tensorflow/serving/predict",
+    "tensorflow/serving/classify",
+    "tensorflow/serving/regress",
+}
 # http_rest_api_util.cc AddCORSHeaders (--enable_cors_support).
-CORS_HEADERS = (("Access-Control-Allow-Origin", "*"),
-                ("Access-Control-Allow-Methods", "POST, GET"),
-                ("Access-Control-Allow-Headers", "Content-Type"))
+CORS_HEADERS = (
+    ("Access-Control-Allow-Origin", "*"),
+    ("Access-Control-Allow-Methods", "POST, GET"),
+    ("Access-Control-Allow-Headers", "Content-Type"),
+)
 _ORIGIN = re.compile(r"https?://")  # http_server.cc: RE2::PartialMatch(origin, "https?://")
 _JSON = (("Content-Type", "application/json"),)  # HttpRestApiHandler::AddHeaders
 
@@ -91,17 +102,22 @@ class RestApi:
     body (the HTTP layer limits the bytes on the wire).
     """
 
-    def __init__(self, repository: ModelRepository, *, batcher: Optional[Batcher] = None,
-                 use_fast_json: bool = True, cors: bool = False,
-                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
+    def __init__(
+        self,
+        repository: ModelRepository,
+        *,
+        batcher: Optional[Batcher] = None,
+        use_fast_json: bool = True,
+        cors: bool = False,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    ):
         self.repository = repository
         self.batcher = batcher
         self.use_fast_json = use_fast_json  # serving.fast_json for long number arrays
         self.cors = cors  # --enable_cors_support
         self.max_body_bytes = max_body_bytes
 
-    def respond(self, method: str, path: str, headers: Mapping[str, str],
-                body: bytes) -> Response:
+    def respond(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> Response:
         """One request: ``headers`` any mapping (names in any case)."""
         lowered = {k.lower(): v for k, v in headers.items()}
         if not _API.fullmatch(path.split("?", 1)[0]):
@@ -113,8 +129,9 @@ class RestApi:
             # answered with or without --enable_cors_support (the flag adds the headers).
             if _ORIGIN.search(lowered.get("origin", "")):
                 return self._finish(200, (), b"")
-            return self.error_response(ServingError(
-                "FAILED_PRECONDITION", "Origin header is missing in CORS preflight"))
+            return self.error_response(
+                ServingError("FAILED_PRECONDITION", "Origin header is missing in CORS preflight")
+            )
         if "gzip" in lowered.get("content-encoding", "").lower():
             # evhttp_request.cc NeedUncompressGzipContent / ReadRequestGzipBytes.
             try:
@@ -128,8 +145,7 @@ class RestApi:
         """The answer to a request refused before the API (413, bad gzip, bad preflight)."""
         return self._finish(error.http_status, _JSON, _error_body(error.message))
 
-    def _finish(self, status: int, headers: Tuple[Tuple[str, str], ...],
-                body: bytes) -> Response:
+    def _finish(self, status: int, headers: Tuple[Tuple[str, str], ...], body: bytes) -> Response:
         if self.cors:
             headers = headers + CORS_HEADERS
         return Response(status, headers, body)
@@ -175,39 +191,55 @@ class RestApi:
                 raise not_found(f"Could not find version {version} of model {name}")
             raise not_found(f"Could not find any versions of model {name}")
         states = self.repository.status(version)  # a label is ignored, as upstream
-        response = {"model_version_status": [
-            {"version": str(number), "state": state.state,
-             "status": {"error_code": state.error_code, "error_message": state.error_message}}
-            for number, state in states]}
+        response = {
+            "model_version_status": [
+                {
+                    "version": str(number),
+                    "state": state.state,
+                    "status": {
+                        "error_code": state.error_code,
+                        "error_message": state.error_message,
+                    },
+                }
+                for number, state in states
+            ]
+        }
         return (json.dumps(response, indent=1) + "\n").encode("utf-8")
 
     def metadata(self, name: str, version: Optional[int], label: Optional[str]) -> bytes:
         served = self._resolve(name, version, label)
         spec = {"name": name, "signature_name": "", "version": str(served.number)}
         # The same concatenation as TF Serving's ToJsonString(GetModelMetadataResponse).
-        text = ('{\n"model_spec":' + json.dumps(spec, indent=1) + ',\n"metadata": {'
-                '"signature_def": ' + json.dumps(served.signature_def_map, indent=1) + "}\n}\n")
+        text = (
+            '{\n"model_spec":' + json.dumps(spec, indent=1) + ',\n"metadata": {'
+            '"signature_def": ' + json.dumps(served.signature_def_map, indent=1) + "}\n}\n"
+        )
         return text.encode("utf-8")
 
     # -- POST ----------------------------------------------------------------------------
 
-    def predict(self, name: str, version: Optional[int], label: Optional[str],
-                body: bytes) -> bytes:
+    def predict(
+        self, name: str, version: Optional[int], label: Optional[str], body: bytes
+    ) -> bytes:
         fast = fast_json.parse(body) if self.use_fast_json else None
         if fast is not None:
             try:
-                served, signature, request = self._request(name, version, label, fast.doc,
-                                                           fast.bools_possible)
+                served, signature, request = self._request(
+                    name, version, label, fast.doc, fast.bools_possible
+                )
             except (ServingError, fast_json.NotFast):
                 fast = None  # the general path gives the answer, or the exact error
         if fast is None:
             doc = json_tensors.parse_body(body)
-            served, signature, request = self._request(name, version, label, doc,
-                                                       json_tensors.may_contain_bools(body))
+            served, signature, request = self._request(
+                name, version, label, doc, json_tensors.may_contain_bools(body)
+            )
         if signature.method_name not in _METHODS:
-            raise ServingError("INTERNAL", "Expected prediction signature method_name to be one "
-                                           "of {" + ", ".join(sorted(_METHODS)) + "}. Was: "
-                               + signature.method_name)
+            raise ServingError(
+                "INTERNAL",
+                "Expected prediction signature method_name to be one "
+                "of {" + ", ".join(sorted(_METHODS)) + "}. Was: " + signature.method_name,
+            )
         _check_shapes(signature, request.tensors)
         if self.batcher is not None:
             outputs = self.batcher.run(served, signature, request.tensors)
@@ -216,26 +248,36 @@ class RestApi:
         dtypes = {k: spec.dtype for k, spec in signature.outputs.items()}
         return json_tensors.predict_response(outputs, dtypes, request.format)
 
-    def _request(self, name: str, version: Optional[int], label: Optional[str], doc: dict,
-                 bools_possible: bool) -> Tuple[Version, Signature, json_tensors.PredictInputs]:
+    def _request(
+        self,
+        name: str,
+        version: Optional[int],
+        label: Optional[str],
+        doc: dict,
+        bools_possible: bool,
+    ) -> Tuple[Version, Signature, json_tensors.PredictInputs]:
         requested = json_tensors.signature_name(doc)
         served = self._resolve(name, version, label)
         signature = _signature(served, requested)
         request = json_tensors.request_tensors(doc, signature.inputs, requested, bools_possible)
         return served, signature, request
 
-    def classify_or_regress(self, name: str, version: Optional[int], label: Optional[str],
-                            verb: str, body: bytes) -> bytes:
+    def classify_or_regress(
+        self, name: str, version: Optional[int], label: Optional[str], verb: str, body: bytes
+    ) -> bytes:
         doc = json_tensors.parse_body(body)
         requested = json_tensors.signature_name(doc)
         signature = _signature(self._resolve(name, version, label), requested)
         wanted = f"tensorflow/serving/{'classify' if verb == 'classify' else 'regress'}"
         kind = "classification" if verb == "classify" else "regression"
         if signature.method_name != wanted:
-            raise invalid_argument(f"Expected {kind} signature method_name to be {wanted}. Was: "
-                                   f"{signature.method_name}")
-        raise ServingError("UNIMPLEMENTED", f"{verb} is not implemented by this server: use "
-                                            f":predict")
+            raise invalid_argument(
+                f"Expected {kind} signature method_name to be {wanted}. Was: "
+                f"{signature.method_name}"
+            )
+        raise ServingError(
+            "UNIMPLEMENTED", f"{verb} is not implemented by this server: use :predict"
+        )
 
     def _resolve(self, name: str, version: Optional[int], label: Optional[str]) -> Version:
         if name != self.repository.name:
@@ -272,11 +314,13 @@ def _check_shapes(signature: Signature, tensors: Dict[str, np.ndarray]) -> None:
         if expected is None:
             continue
         if len(expected) != array.ndim or any(
-                e != -1 and e != a for e, a in zip(expected, array.shape)):
+            e != -1 and e != a for e, a in zip(expected, array.shape)
+        ):
             raise invalid_argument(
                 f"input '{name}' of signature '{signature.name}' must have shape "
                 f"[{','.join(str(d) for d in expected)}] (-1: any size), got "
-                f"[{','.join(str(d) for d in array.shape)}]")
+                f"[{','.join(str(d) for d in array.shape)}]"
+            )
 
 
 def _error_body(message: str) -> bytes:
@@ -297,10 +341,13 @@ def gunzip(data: bytes, limit: int) -> bytes:
             piece = decompressor.decompress(pending, limit + 1 - len(out))
             out += piece
             if len(out) > limit:
-                raise ServingError("INVALID_ARGUMENT", f"Request body exceeds the limit of "
-                                                       f"{limit} bytes once uncompressed "
-                                                       f"(gzip, {len(data)} bytes compressed)",
-                                   http_status=413)
+                raise ServingError(
+                    "INVALID_ARGUMENT",
+                    f"Request body exceeds the limit of "
+                    f"{limit} bytes once uncompressed "
+                    f"(gzip, {len(data)} bytes compressed)",
+                    http_status=413,
+                )
             if decompressor.eof:
                 pending = decompressor.unused_data
                 if not pending:
@@ -311,8 +358,9 @@ def gunzip(data: bytes, limit: int) -> bytes:
             if not pending and not piece:
                 raise zlib.error("incomplete gzip stream")
     except zlib.error as error:
-        raise invalid_argument(f"Failed to uncompress the gzipped body "
-                               f"(Content-Encoding: gzip): {error}") from None
+        raise invalid_argument(
+            f"Failed to uncompress the gzipped body (Content-Encoding: gzip): {error}"
+        ) from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -331,14 +379,20 @@ class AsyncApp:
 
     def __init__(self, api: RestApi, threads: int = REQUEST_THREADS):
         self.api = api
-        self.pool = concurrent.futures.ThreadPoolExecutor(threads,
-                                                          thread_name_prefix="rest-request")
+        self.pool = concurrent.futures.ThreadPoolExecutor(
+            threads, thread_name_prefix="rest-request"
+        )
 
     async def __call__(self, request) -> Response:
         if request.method == "POST":
             return await asyncio.get_running_loop().run_in_executor(
-                self.pool, self.api.respond, request.method, request.target, request.headers,
-                request.body)
+                self.pool,
+                self.api.respond,
+                request.method,
+                request.target,
+                request.headers,
+                request.body,
+            )
         return self.api.respond(request.method, request.target, request.headers, request.body)
 
     def close(self) -> None:

@@ -17,25 +17,46 @@ class Services:
     :class:`RestApi` and, with ``grpc_host``, a started :class:`serving.grpc_server.GrpcServer`
     on the same repository and batcher. :meth:`close` stops and joins all their threads."""
 
-    def __init__(self, base_path, model_name: str, *, poll_seconds: float = 1.0,
-                 labels_file=None, num_latest: int = 1,
-                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, batching: bool = False,
-                 max_batch_size: int = 32, batch_timeout_ms: float = 2.0, cors: bool = False,
-                 grpc_host: Optional[str] = None, grpc_port: int = 0,
-                 grpc_reuse_port: bool = False):
-        self.repository = ModelRepository(base_path, model_name, num_latest=num_latest,
-                                          labels_file=labels_file)
+    def __init__(
+        self,
+        base_path,
+        model_name: str,
+        *,
+        poll_seconds: float = 1.0,
+        labels_file=None,
+        num_latest: int = 1,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        batching: bool = False,
+        max_batch_size: int = 32,
+        batch_timeout_ms: float = 2.0,
+        cors: bool = False,
+        grpc_host: Optional[str] = None,
+        grpc_port: int = 0,
+        grpc_reuse_port: bool = False,
+    ):
+        self.repository = ModelRepository(
+            base_path, model_name, num_latest=num_latest, labels_file=labels_file
+        )
         self.repository.start_polling(poll_seconds)
-        self.batcher = Batcher(max_batch_size=max_batch_size,
-                               timeout_s=batch_timeout_ms / 1000.0) if batching else None
-        self.api = RestApi(self.repository, batcher=self.batcher, cors=cors,
-                           max_body_bytes=max_body_bytes)
+        self.batcher = (
+            Batcher(max_batch_size=max_batch_size, timeout_s=batch_timeout_ms / 1000.0)
+            if batching
+            else None
+        )
+        self.api = RestApi(
+            self.repository, batcher=self.batcher, cors=cors, max_body_bytes=max_body_bytes
+        )
         self.grpc = None
         if grpc_host is not None:
             try:
-                self.grpc = GrpcServer(self.repository, batcher=self.batcher, host=grpc_host,
-                                       port=grpc_port, max_message_bytes=max_body_bytes,
-                                       reuse_port=grpc_reuse_port).start()
+                self.grpc = GrpcServer(
+                    self.repository,
+                    batcher=self.batcher,
+                    host=grpc_host,
+                    port=grpc_port,
+                    max_message_bytes=max_body_bytes,
+                    reuse_port=grpc_reuse_port,
+                ).start()
             except BaseException:
                 self.close()
                 raise

@@ -56,8 +56,11 @@ class Row:
         return self.prediction.emotion if self.prediction is not None else None
 
     def to_dict(self) -> dict:
-        out = {"segment": self.segment, "start_s": round(self.start_s, 3),
-               "end_s": round(self.end_s, 3)}
+        out = {
+            "segment": self.segment,
+            "start_s": round(self.start_s, 3),
+            "end_s": round(self.end_s, 3),
+        }
         if self.prediction is None:
             out.update(error=self.error, stage=self.stage)
         else:
@@ -86,19 +89,32 @@ class Timeline:
 
     def to_dict(self) -> dict:
         """The summary (no rows): the file, and what was unreadable or unplaced."""
-        return {"audio": self.audio, "duration_s": round(self.duration_s, 3),
-                "sample_rate": self.sample_rate, "channels": self.channels,
-                "segments": len(self.rows),
-                "failed_segments": sum(r.prediction is None for r in self.rows),
-                "unreadable": [u.to_dict() for u in self.unreadable],
-                "unplaced_words": [{"word": w.word, "start_s": round(w.start_s, 3),
-                                    "end_s": round(w.end_s, 3)} for w in self.unplaced_words]}
+        return {
+            "audio": self.audio,
+            "duration_s": round(self.duration_s, 3),
+            "sample_rate": self.sample_rate,
+            "channels": self.channels,
+            "segments": len(self.rows),
+            "failed_segments": sum(r.prediction is None for r in self.rows),
+            "unreadable": [u.to_dict() for u in self.unreadable],
+            "unplaced_words": [
+                {"word": w.word, "start_s": round(w.start_s, 3), "end_s": round(w.end_s, 3)}
+                for w in self.unplaced_words
+            ],
+        }
 
 
-def predict_timeline(path: Union[str, os.PathLike], model, *, transcript_words=None,
-                     aligner=None, batch_size: int = 8, options=None,
-                     pad_s: Optional[float] = None,
-                     block_seconds: Optional[float] = None) -> Timeline:
+def predict_timeline(
+    path: Union[str, os.PathLike],
+    model,
+    *,
+    transcript_words=None,
+    aligner=None,
+    batch_size: int = 8,
+    options=None,
+    pad_s: Optional[float] = None,
+    block_seconds: Optional[float] = None,
+) -> Timeline:
     """The timeline of ``path`` (any length) from ``model`` (anything with
     ``predict_waveform``: ``serving.predict.LocalModel``, ``serving.client.RestClient``, ...).
 
@@ -131,6 +147,7 @@ def predict_timeline(path: Union[str, os.PathLike], model, *, transcript_words=N
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if aligner is None:
         from preprocessing.alignment import PocketSphinxAligner
+
         aligner = PocketSphinxAligner()
     stream = AudioStream(path, block_seconds=block_seconds or DEFAULT_BLOCK_SECONDS)
     segmenter, tidier = SpeechSegmenter(options), SegmentTidier(options)
@@ -157,18 +174,22 @@ def predict_timeline(path: Union[str, os.PathLike], model, *, transcript_words=N
         waveform = audio.cut(first, last)
         text = None
         if assigner is not None:
-            words = assigner.take((segment.start_s, segment.end_s),
-                                  None if following is None else
-                                  (following.start_s, following.end_s))
+            words = assigner.take(
+                (segment.start_s, segment.end_s),
+                None if following is None else (following.start_s, following.end_s),
+            )
             text = " ".join(w.word for w in words)
             if not words:
                 row.notes.append("no transcript words here: recognised")
         for span in stream.unreadable:
             if span.start_s < segment.end_s and span.end_s > segment.start_s:
-                row.notes.append(f"overlaps an unreadable span {span.start_s:.2f}-"
-                                 f"{span.end_s:.2f} s (silence there)")
-        utterance, result = prepare_waveform(waveform, text or None, aligner,
-                                             Result(audio=str(path)))
+                row.notes.append(
+                    f"overlaps an unreadable span {span.start_s:.2f}-"
+                    f"{span.end_s:.2f} s (silence there)"
+                )
+        utterance, result = prepare_waveform(
+            waveform, text or None, aligner, Result(audio=str(path))
+        )
         if utterance is None:
             _fill(row, result, offset=offset)
             return
@@ -196,11 +217,16 @@ def predict_timeline(path: Union[str, os.PathLike], model, *, transcript_words=N
     while waiting:
         start_row(waiting.pop(0), waiting[0] if waiting else None)
     flush()
-    return Timeline(audio=str(path), duration_s=stream.duration,
-                    sample_rate=stream.info.sample_rate, channels=stream.info.channels,
-                    rows=rows, unreadable=list(stream.unreadable),
-                    unplaced_words=assigner.finish() if assigner is not None else [],
-                    envelope=envelope.values())
+    return Timeline(
+        audio=str(path),
+        duration_s=stream.duration,
+        sample_rate=stream.info.sample_rate,
+        channels=stream.info.channels,
+        rows=rows,
+        unreadable=list(stream.unreadable),
+        unplaced_words=assigner.finish() if assigner is not None else [],
+        envelope=envelope.values(),
+    )
 
 
 def _fill(row: Row, result: Result, *, offset: float) -> None:
@@ -210,9 +236,13 @@ def _fill(row: Row, result: Result, *, offset: float) -> None:
     if result.prediction is None:
         row.error, row.stage = result.error, result.stage
         return
-    row.prediction = dataclasses.replace(result.prediction, words=[
-        dataclasses.replace(w, start_s=w.start_s + offset, end_s=w.end_s + offset)
-        for w in result.prediction.words])
+    row.prediction = dataclasses.replace(
+        result.prediction,
+        words=[
+            dataclasses.replace(w, start_s=w.start_s + offset, end_s=w.end_s + offset)
+            for w in result.prediction.words
+        ],
+    )
 
 
 class _Window:
@@ -231,9 +261,11 @@ class _Window:
             self._blocks.pop(0)
 
     def cut(self, first: int, last: int) -> np.ndarray:
-        parts = [block[max(first - start, 0):max(last - start, 0)]
-                 for start, block in self._blocks
-                 if start < last and start + block.size > first]
+        parts = [
+            block[max(first - start, 0) : max(last - start, 0)]
+            for start, block in self._blocks
+            if start < last and start + block.size > first
+        ]
         return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
 
@@ -249,7 +281,7 @@ class _Envelope:
         whole = samples.size // FRAME * FRAME
         self._carry = samples[whole:]
         frames = samples[:whole].astype(np.float64).reshape(-1, FRAME)
-        self._values.append(np.sqrt(np.mean(frames ** 2, axis=1)).astype(np.float32))
+        self._values.append(np.sqrt(np.mean(frames**2, axis=1)).astype(np.float32))
 
     def values(self) -> np.ndarray:
         return np.concatenate(self._values) if self._values else np.zeros(0, np.float32)
@@ -282,19 +314,31 @@ def to_csv(timeline: Timeline) -> str:
     classes = class_names_of(timeline.rows)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(list(CSV_FIXED) + [f"p_{c}" for c in classes]
-                    + ["text", "acoustic_excitation", "semantic_excitation", "alignment_source",
-                       "error"])
+    writer.writerow(
+        list(CSV_FIXED)
+        + [f"p_{c}" for c in classes]
+        + ["text", "acoustic_excitation", "semantic_excitation", "alignment_source", "error"]
+    )
     for row in timeline.rows:
         p = row.prediction
         probabilities = [f"{p.probabilities[c]:.4f}" for c in classes] if p else [""] * len(classes)
         writer.writerow(
-            [row.segment, f"{row.start_s:.3f}", f"{row.end_s:.3f}", row.emotion or "",
-             f"{p.confidence:.4f}" if p else ""] + probabilities
-            + [" ".join(w.word for w in row.words),
-               " ".join(_number(w.acoustic_excitation) for w in row.words),
-               " ".join(_number(w.semantic_excitation) for w in row.words),
-               row.alignment_source, row.error or ""])
+            [
+                row.segment,
+                f"{row.start_s:.3f}",
+                f"{row.end_s:.3f}",
+                row.emotion or "",
+                f"{p.confidence:.4f}" if p else "",
+            ]
+            + probabilities
+            + [
+                " ".join(w.word for w in row.words),
+                " ".join(_number(w.acoustic_excitation) for w in row.words),
+                " ".join(_number(w.semantic_excitation) for w in row.words),
+                row.alignment_source,
+                row.error or "",
+            ]
+        )
     return out.getvalue()
 
 
@@ -309,21 +353,26 @@ def _clock(seconds: float) -> str:
 
 def format_text(timeline: Timeline) -> str:
     """The human-readable timeline: one line per segment, then what could not be used."""
-    lines = [f"{timeline.audio}: {len(timeline.rows)} speech segments in "
-             f"{_clock(timeline.duration_s)} ({timeline.sample_rate} Hz, "
-             f"{timeline.channels} channel{'s' if timeline.channels != 1 else ''})"]
+    lines = [
+        f"{timeline.audio}: {len(timeline.rows)} speech segments in "
+        f"{_clock(timeline.duration_s)} ({timeline.sample_rate} Hz, "
+        f"{timeline.channels} channel{'s' if timeline.channels != 1 else ''})"
+    ]
     for row in timeline.rows:
         when = f"  {_clock(row.start_s):>8} - {_clock(row.end_s):>8}"
         if row.prediction is None:
             lines.append(f"{when}  error ({row.stage}): {row.error}")
             continue
-        lines.append(f"{when}  {row.emotion:<9} p = {row.prediction.confidence:.2f}  "
-                     + " ".join(w.word for w in row.words))
+        lines.append(
+            f"{when}  {row.emotion:<9} p = {row.prediction.confidence:.2f}  "
+            + " ".join(w.word for w in row.words)
+        )
     for span in timeline.unreadable:
-        lines.append(f"  unreadable {_clock(span.start_s)} - {_clock(span.end_s)}: "
-                     f"{span.reason}")
+        lines.append(f"  unreadable {_clock(span.start_s)} - {_clock(span.end_s)}: {span.reason}")
     if timeline.unplaced_words:
         shown = " ".join(f"{w.word}@{w.start_s:.1f}" for w in timeline.unplaced_words[:20])
-        lines.append(f"  {len(timeline.unplaced_words)} transcript word(s) near no speech "
-                     f"segment: {shown}" + (" ..." if len(timeline.unplaced_words) > 20 else ""))
+        lines.append(
+            f"  {len(timeline.unplaced_words)} transcript word(s) near no speech "
+            f"segment: {shown}" + (" ..." if len(timeline.unplaced_words) > 20 else "")
+        )
     return "\n".join(lines)

@@ -16,8 +16,18 @@ from serving.timeline import Timeline, class_names_of
 
 FRAMES_PER_SECOND = 100
 MAX_POINTS = 4000  # envelope points drawn: the loudest of each stretch, for any length
-_COLOURS = ("tab:red", "tab:orange", "tab:gray", "tab:blue", "tab:green", "tab:purple",
-            "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+_COLOURS = (
+    "tab:red",
+    "tab:orange",
+    "tab:gray",
+    "tab:blue",
+    "tab:green",
+    "tab:purple",
+    "tab:brown",
+    "tab:pink",
+    "tab:olive",
+    "tab:cyan",
+)
 
 
 def emotion_colours(classes: Sequence[str]) -> Dict[str, str]:
@@ -28,6 +38,7 @@ def emotion_colours(classes: Sequence[str]) -> Dict[str, str]:
 def plot_timeline(timeline: Timeline, path: str, *, title: str = ""):
     """Draws ``timeline`` into ``path`` (PNG); returns the (closed) matplotlib figure."""
     import matplotlib
+
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
@@ -44,7 +55,8 @@ def plot_timeline(timeline: Timeline, path: str, *, title: str = ""):
     times = np.arange(envelope.size) * step / FRAMES_PER_SECOND / scale
 
     figure, (wave, probabilities) = plt.subplots(
-        2, 1, figsize=(12, 4.8), sharex=True, gridspec_kw={"height_ratios": [1.3, 1]})
+        2, 1, figsize=(12, 4.8), sharex=True, gridspec_kw={"height_ratios": [1.3, 1]}
+    )
     floor = float(np.percentile(envelope, 2)) - 3.0 if envelope.size else -100.0
     wave.fill_between(times, floor, envelope, color="black", lw=0, alpha=0.75)
     wave.set_ylim(floor, max(float(envelope.max()) + 3.0, floor + 10.0) if envelope.size else 0)
@@ -58,17 +70,37 @@ def plot_timeline(timeline: Timeline, path: str, *, title: str = ""):
         bottom = 0.0
         for name in classes:
             p = row.prediction.probabilities[name] if row.prediction is not None else 0.0
-            probabilities.bar(start, p, width=max(end - start, 1e-3), bottom=bottom,
-                              align="edge", color=colours[name], lw=0)
+            probabilities.bar(
+                start,
+                p,
+                width=max(end - start, 1e-3),
+                bottom=bottom,
+                align="edge",
+                color=colours[name],
+                lw=0,
+            )
             bottom += p
     if len(timeline.rows) <= 40:  # names fit
         for row in timeline.rows:
             if row.emotion is not None:
-                wave.text((row.start_s + row.end_s) / 2 / scale, wave.get_ylim()[1], row.emotion,
-                          ha="center", va="top", fontsize=8, rotation=90)
+                wave.text(
+                    (row.start_s + row.end_s) / 2 / scale,
+                    wave.get_ylim()[1],
+                    row.emotion,
+                    ha="center",
+                    va="top",
+                    fontsize=8,
+                    rotation=90,
+                )
     for span in timeline.unreadable:
-        wave.axvspan(span.start_s / scale, span.end_s / scale, fill=False, hatch="//",
-                     edgecolor="darkred", lw=0)
+        wave.axvspan(
+            span.start_s / scale,
+            span.end_s / scale,
+            fill=False,
+            hatch="//",
+            edgecolor="darkred",
+            lw=0,
+        )
     probabilities.set_ylim(0, 1)
     probabilities.set_ylabel("probability")
     probabilities.set_xlabel("minutes" if minutes else "seconds")
@@ -77,11 +109,19 @@ def plot_timeline(timeline: Timeline, path: str, *, title: str = ""):
     if timeline.unreadable:
         handles.append(Patch(fill=False, hatch="//", edgecolor="darkred", label="unreadable"))
     if handles:
-        probabilities.legend(handles=handles, loc="upper center", ncol=len(handles),
-                             bbox_to_anchor=(0.5, -0.35), frameon=False, fontsize=9)
+        probabilities.legend(
+            handles=handles,
+            loc="upper center",
+            ncol=len(handles),
+            bbox_to_anchor=(0.5, -0.35),
+            frameon=False,
+            fontsize=9,
+        )
     predicted = sum(r.emotion is not None for r in timeline.rows)
-    figure.suptitle(f"{title + ': ' if title else ''}{len(timeline.rows)} speech segments, "
-                    f"{predicted} predicted")
+    figure.suptitle(
+        f"{title + ': ' if title else ''}{len(timeline.rows)} speech segments, "
+        f"{predicted} predicted"
+    )
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

@@ -22,8 +22,10 @@ from data_support import RAVDESS_SPEECH, missing_under_ci, require_speech  # noq
 def pytest_sessionstart(session):
     missing = missing_under_ci()
     if missing:  # under CI=true a skipped data test would still report "passed"
-        raise pytest.UsageError(f"CI=true, but {' and '.join(missing)} not found by the "
-                                "project's lookup ($CME_SER_DATA, ./data, ../shared/data)")
+        raise pytest.UsageError(
+            f"CI=true, but {' and '.join(missing)} not found by the "
+            "project's lookup ($CME_SER_DATA, ./data, ../shared/data)"
+        )
 
 
 def small_ravdess_corpus(dest: Path) -> Path:
@@ -32,8 +34,14 @@ def small_ravdess_corpus(dest: Path) -> Path:
     require_speech()
     for actor in ("01", "02", "03", "04"):
         (dest / f"Actor_{actor}").mkdir(parents=True)
-        for emotion, intensity in (("01", "01"), ("03", "01"), ("04", "01"), ("05", "01"),
-                                   ("04", "02"), ("05", "02")):
+        for emotion, intensity in (
+            ("01", "01"),
+            ("03", "01"),
+            ("04", "01"),
+            ("05", "01"),
+            ("04", "02"),
+            ("05", "02"),
+        ):
             name = f"03-01-{emotion}-{intensity}-01-01-{actor}.flac"
             (dest / f"Actor_{actor}" / name).symlink_to(RAVDESS_SPEECH / f"Actor_{actor}" / name)
     return dest
@@ -52,15 +60,26 @@ def run_until_training_then_kill(corpus: Path, out: Path, env: dict) -> list:
     stderr = out.parent / "killed_run.err"
     with open(stderr, "w") as err:
         process = subprocess.Popen(
-            [str(BIN / "cme-ser"), "run", "--data-dir", str(corpus), "--output", str(out),
-             *SMALL_RUN], env=env, stdout=subprocess.PIPE, stderr=err, text=True,
-            start_new_session=True)
+            [
+                str(BIN / "cme-ser"),
+                "run",
+                "--data-dir",
+                str(corpus),
+                "--output",
+                str(out),
+                *SMALL_RUN,
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            start_new_session=True,
+        )
         lines = []
         try:
             for line in process.stdout:
                 lines.append(line.strip())
-                if line.startswith("[") and "Trainer." in line and line.strip().endswith(
-                        "running"):
+                if line.startswith("[") and "Trainer." in line and line.strip().endswith("running"):
                     break
         finally:
             os.killpg(process.pid, signal.SIGKILL)
@@ -78,33 +97,69 @@ def small_tfx_run(tmp_path_factory):
     Returns {"tmp", "corpus", "env", "killed": the killed run's stage lines, "output": its
     --output, "root": the TFX pipeline root}."""
     from preprocessing.embeddings import fetch_glove
+
     fetch_glove()  # the default word vectors `cme-ser run` uses (downloaded once, then cached)
     tmp = tmp_path_factory.mktemp("small_tfx_run")
     corpus = small_ravdess_corpus(tmp / "corpus")  # skips without the data
     out = tmp / "out"
     # SMALL_RUN as the TFX CLI's run takes it: --folds 2 -> CME_SER_FOLDS=2, ...
-    small = {"CME_SER_" + flag[2:].upper(): value
-             for flag, value in zip(SMALL_RUN[::2], SMALL_RUN[1::2])}
-    env = {**os.environ, **small, "LOCAL_HOME": str(tmp / "tfx_home"),
-           "CME_SER_DATA": str(corpus), "CME_SER_OUTPUT": str(out),
-           "TF_CPP_MIN_LOG_LEVEL": "2", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    small = {
+        "CME_SER_" + flag[2:].upper(): value for flag, value in zip(SMALL_RUN[::2], SMALL_RUN[1::2])
+    }
+    env = {
+        **os.environ,
+        **small,
+        "LOCAL_HOME": str(tmp / "tfx_home"),
+        "CME_SER_DATA": str(corpus),
+        "CME_SER_OUTPUT": str(out),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+    }
     killed = run_until_training_then_kill(corpus, out, env)
-    for command in (["tfx", "pipeline", "create", "--engine", "local", "--pipeline_path",
-                     str(ROOT / "pipeline" / "local_runner.py")],
-                    ["tfx", "run", "create", "--engine", "local", "--pipeline_name", "cme_ser"]):
-        done = subprocess.run([str(BIN / command[0]), *command[1:]], env=env, cwd=tmp,
-                              capture_output=True, text=True, timeout=1200)
+    for command in (
+        [
+            "tfx",
+            "pipeline",
+            "create",
+            "--engine",
+            "local",
+            "--pipeline_path",
+            str(ROOT / "pipeline" / "local_runner.py"),
+        ],
+        ["tfx", "run", "create", "--engine", "local", "--pipeline_name", "cme_ser"],
+    ):
+        done = subprocess.run(
+            [str(BIN / command[0]), *command[1:]],
+            env=env,
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+            timeout=1200,
+        )
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
         (tmp / f"tfx_{command[1]}_create.out").write_text(done.stdout)
         (tmp / f"tfx_{command[1]}_create.err").write_text(done.stderr)
-    return {"tmp": tmp, "corpus": corpus, "env": env, "killed": killed, "output": out,
-            "root": out / "tfx" / "root"}
+    return {
+        "tmp": tmp,
+        "corpus": corpus,
+        "env": env,
+        "killed": killed,
+        "output": out,
+        "root": out / "tfx" / "root",
+    }
 
 
 # --- Synthetic preprocessed records (no audio), for tests that train tiny models. ---
 
-def write_synthetic_records(root: Path, folds: int = 2, per_fold: int = 12, word_dim: int = 50,
-                            seed: int = 0, channels: bool = False) -> Path:
+
+def write_synthetic_records(
+    root: Path,
+    folds: int = 2,
+    per_fold: int = 12,
+    word_dim: int = 50,
+    seed: int = 0,
+    channels: bool = False,
+) -> Path:
     """A preprocessed-records directory in the Beam job's layout (records/fold-K/*.tfrecord.gz):
     two speakers per fold, each with every class; the filterbank is shifted by the label.
     With ``channels`` every record has a RAVDESS channel: the first half of each fold's records
@@ -126,15 +181,23 @@ def write_synthetic_records(root: Path, folds: int = 2, per_fold: int = 12, word
                 label = (i // 2) % 4
                 frames = int(rng.integers(30, 60))
                 fbank = rng.normal(size=(frames, 40)).astype(np.float32) + label
-                writer.write(make_example(
-                    utterance_id=f"f{fold}-{i:02d}", speaker=f"s{fold}{i % 2}", label=label,
-                    label_name=("angry", "happy", "neutral", "sad")[label], fold=fold,
-                    fbank=fbank, words=["kids", "talk"],
-                    word_embeddings=rng.normal(size=(2, word_dim)), word_start=[0, frames // 2],
-                    word_end=[frames // 2, frames], transcript="kids talk",
-                    alignment_source="forced",
-                    channel=("speech" if i < per_fold // 2 else "song") if channels else None,
-                ).SerializeToString())
+                writer.write(
+                    make_example(
+                        utterance_id=f"f{fold}-{i:02d}",
+                        speaker=f"s{fold}{i % 2}",
+                        label=label,
+                        label_name=("angry", "happy", "neutral", "sad")[label],
+                        fold=fold,
+                        fbank=fbank,
+                        words=["kids", "talk"],
+                        word_embeddings=rng.normal(size=(2, word_dim)),
+                        word_start=[0, frames // 2],
+                        word_end=[frames // 2, frames],
+                        transcript="kids talk",
+                        alignment_source="forced",
+                        channel=("speech" if i < per_fold // 2 else "song") if channels else None,
+                    ).SerializeToString()
+                )
     (root / "fold_plan.json").write_text(json.dumps({"num_folds": folds}))
     (root / "summary.json").write_text(json.dumps({"records": folds * per_fold}))
     return root
@@ -148,6 +211,7 @@ def synthetic_records():
 
 # --- A small exported CME model (the serving tests' helpers), for evaluate / predict tests. ---
 
+
 @pytest.fixture(scope="session")
 def small_model_base(tmp_path_factory):
     """``tests/serving_support.py``'s ``small_model(seed=4)`` (random weights) exported
@@ -156,6 +220,7 @@ def small_model_base(tmp_path_factory):
     song file tried), so scores computed from its answers are not a constant predictor's."""
     require_speech()  # small_model() adapts on a RAVDESS utterance
     from serving_support import export, small_model
+
     base = tmp_path_factory.mktemp("small_model") / "cme"
     export(small_model(seed=4), base / "1")
     return base
@@ -167,10 +232,23 @@ def small_model_base(tmp_path_factory):
 SHARED_FILES = {"tests/test_tensorboard.py": "tests/test_tfx_pipeline.py"}  # small_tfx_run
 # The slowest files first (about 10 to 300 s each on 2 cores; `make test` prints the 15 slowest
 # tests), so that the two workers finish at about the same time.
-SLOW_FIRST = ("test_tfx_pipeline", "test_tensorboard", "test_object_storage", "test_nested",
-              "test_serving_rest", "test_baselines", "test_training", "test_reproduce",
-              "test_module", "test_readme_runs", "test_portable_runner", "test_infra_validation",
-              "test_crossdomain", "test_serving_signatures", "test_serving_grpc")
+SLOW_FIRST = (
+    "test_tfx_pipeline",
+    "test_tensorboard",
+    "test_object_storage",
+    "test_nested",
+    "test_serving_rest",
+    "test_baselines",
+    "test_training",
+    "test_reproduce",
+    "test_module",
+    "test_readme_runs",
+    "test_portable_runner",
+    "test_infra_validation",
+    "test_crossdomain",
+    "test_serving_signatures",
+    "test_serving_grpc",
+)
 
 
 def pytest_xdist_make_scheduler(config, log):
@@ -190,5 +268,6 @@ def pytest_xdist_make_scheduler(config, log):
 def pytest_collection_modifyitems(config, items):
     """The slowest files are handed out first (xdist schedules in collection order)."""
     rank = {name: n for n, name in enumerate(SLOW_FIRST)}
-    items.sort(key=lambda item: rank.get(item.module.__name__.rsplit(".", 1)[-1],
-                                         len(SLOW_FIRST)))  # stable
+    items.sort(
+        key=lambda item: rank.get(item.module.__name__.rsplit(".", 1)[-1], len(SLOW_FIRST))
+    )  # stable

@@ -40,10 +40,16 @@ _SPEECH, _SONG = _lookup("speech"), _lookup("song")
 RAVDESS_SPEECH: Path = _SPEECH or NOT_FOUND / "ravdess-speech"
 RAVDESS_SONG: Path = _SONG or NOT_FOUND / "ravdess-song"
 
-needs_speech = pytest.mark.skipif(_SPEECH is None, reason="RAVDESS speech not found by the "
-                                  "project's lookup ($CME_SER_DATA, ./data, ../shared/data)")
-needs_song = pytest.mark.skipif(_SONG is None, reason="RAVDESS song not found by the project's "
-                                "lookup ($CME_SER_SONG_DATA, ./data, ../shared/data)")
+needs_speech = pytest.mark.skipif(
+    _SPEECH is None,
+    reason="RAVDESS speech not found by the "
+    "project's lookup ($CME_SER_DATA, ./data, ../shared/data)",
+)
+needs_song = pytest.mark.skipif(
+    _SONG is None,
+    reason="RAVDESS song not found by the project's "
+    "lookup ($CME_SER_SONG_DATA, ./data, ../shared/data)",
+)
 
 
 def require_speech() -> Path:
@@ -57,5 +63,8 @@ def missing_under_ci() -> List[str]:
     """The corpora this machine lacks, if ``CI=true`` (else none)."""
     if not UNDER_CI:
         return []
-    return [name for name, found in (("RAVDESS speech", _SPEECH), ("RAVDESS song", _SONG))
-            if found is None]
+    return [
+        name
+        for name, found in (("RAVDESS speech", _SPEECH), ("RAVDESS song", _SONG))
+        if found is None
+    ]

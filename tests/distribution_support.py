@@ -17,13 +17,23 @@ def main(argv) -> None:
     from tfx import v1 as tfx
 
     from trainer.module import run_fn
-    run_fn(tfx.components.FnArgs(
-        train_files=[os.path.join(records, "records", f"fold-{k}", "*.tfrecord.gz")
-                     for k in (0, 1)],
-        serving_model_dir=serving_dir, model_run_dir=run_dir,
-        custom_config={"model_config": config_json, "embeddings_path": embeddings,
-                       "vocab_size": 1000, "ensemble_size": int(ensemble),
-                       "prior_correction": True}))
+
+    run_fn(
+        tfx.components.FnArgs(
+            train_files=[
+                os.path.join(records, "records", f"fold-{k}", "*.tfrecord.gz") for k in (0, 1)
+            ],
+            serving_model_dir=serving_dir,
+            model_run_dir=run_dir,
+            custom_config={
+                "model_config": config_json,
+                "embeddings_path": embeddings,
+                "vocab_size": 1000,
+                "ensemble_size": int(ensemble),
+                "prior_correction": True,
+            },
+        )
+    )
 
 
 if __name__ == "__main__":

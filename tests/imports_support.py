@@ -11,8 +11,14 @@ from typing import Dict, Iterator, Tuple
 ROOT = Path(__file__).resolve().parents[1]
 # Bottom to top, one tuple per layer: a package may import the packages of the layers below
 # its own, never those of its layer or above (packages in one layer are independent).
-LAYERS = (("infra",), ("preprocessing",), ("trainer",), ("serving",),
-          ("pipeline", "experiments"), ("cli",))
+LAYERS = (
+    ("infra",),
+    ("preprocessing",),
+    ("trainer",),
+    ("serving",),
+    ("pipeline", "experiments"),
+    ("cli",),
+)
 PACKAGES = tuple(package for packages in LAYERS for package in packages)
 
 
@@ -47,17 +53,23 @@ def imported_names(tree: ast.AST, module: str, is_package: bool) -> Iterator[Tup
             if node.level:
                 anchor = package.split(".") if package else []
                 if node.level > 1:
-                    anchor = anchor[:len(anchor) - (node.level - 1)]
+                    anchor = anchor[: len(anchor) - (node.level - 1)]
                 base = ".".join(anchor + ([base] if base else []))
             for alias in node.names:
                 if alias.name == "*":
                     yield base, node.lineno
                 else:
                     yield f"{base}.{alias.name}" if base else alias.name, node.lineno
-        elif (isinstance(node, ast.Call) and node.args
-              and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)
-              and (getattr(node.func, "attr", None) == "import_module"
-                   or getattr(node.func, "id", None) in ("import_module", "__import__"))):
+        elif (
+            isinstance(node, ast.Call)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+            and (
+                getattr(node.func, "attr", None) == "import_module"
+                or getattr(node.func, "id", None) in ("import_module", "__import__")
+            )
+        ):
             yield node.args[0].value, node.lineno
 
 

@@ -7,10 +7,13 @@ import numpy as np
 def unpadded_row(batch, b):
     """Utterance ``b`` of a padded batch, alone and without padding (a batch of one)."""
     n, m = batch["num_frames"][b], batch["num_words"][b]
-    return {"fbank": batch["fbank"][b:b + 1, :n], "num_frames": batch["num_frames"][b:b + 1],
-            "word_embeddings": batch["word_embeddings"][b:b + 1, :m],
-            "num_words": batch["num_words"][b:b + 1],
-            "word_spans": batch["word_spans"][b:b + 1, :m]}
+    return {
+        "fbank": batch["fbank"][b : b + 1, :n],
+        "num_frames": batch["num_frames"][b : b + 1],
+        "word_embeddings": batch["word_embeddings"][b : b + 1, :m],
+        "num_words": batch["num_words"][b : b + 1],
+        "word_spans": batch["word_spans"][b : b + 1, :m],
+    }
 
 
 def random_batch(rng, batch=4, frames=30, words=5, word_dim=8):
@@ -19,8 +22,8 @@ def random_batch(rng, batch=4, frames=30, words=5, word_dim=8):
     spans = np.zeros((batch, words, 2), np.int32)
     for b in range(batch):
         edges = np.sort(rng.choice(np.arange(num_frames[b] + 1), num_words[b] + 1, replace=False))
-        spans[b, :num_words[b], 0] = edges[:-1]
-        spans[b, :num_words[b], 1] = edges[1:]
+        spans[b, : num_words[b], 0] = edges[:-1]
+        spans[b, : num_words[b], 1] = edges[1:]
     return {
         "fbank": rng.normal(size=(batch, frames, 40)).astype(np.float32),
         "num_frames": num_frames,

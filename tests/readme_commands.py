@@ -130,7 +130,7 @@ def split_comment(line: str, quote: Optional[str]) -> Tuple[str, Optional[str], 
         elif char in "'\"":
             quote = char
         elif char == "#" and (i == 0 or line[i - 1].isspace()):
-            return line[:i], line[i + 1:].strip(), None
+            return line[:i], line[i + 1 :].strip(), None
     return line, None, quote
 
 
@@ -167,8 +167,9 @@ def commands_in_block(lines: Sequence[str], first_line: int) -> List[Command]:
             if stripped.strip():
                 if not parts:
                     start = first_line + offset
-                parts.append((" " if parts else "") + (stripped.strip() if quote is None
-                                                      else code.strip()))
+                parts.append(
+                    (" " if parts else "") + (stripped.strip() if quote is None else code.strip())
+                )
     flush()
     return out
 
@@ -200,7 +201,7 @@ def command_key(words: Sequence[str]) -> str:
     if program == "curl":
         for i, word in enumerate(rest):
             if "localhost" in word or "://" in word:
-                return " ".join([program] + rest[:i + 1])
+                return " ".join([program] + rest[: i + 1])
         return program
     key = [program]
     for word in rest:
@@ -224,7 +225,8 @@ def find(selector: str, text: Optional[str] = None) -> Command:
     """The one README command that ``selector`` matches (see the module docstring)."""
     found = [c for c in commands(text) if matches(c, selector)]
     assert len(found) == 1, f"{len(found)} README commands match {selector!r}: " + "; ".join(
-        map(str, found))
+        map(str, found)
+    )
     return found[0]
 
 
@@ -264,8 +266,9 @@ class Option:
         else:
             values = value.split("|")
         values = [re.sub(r",\.\.\.$", "", v) for v in values]  # "cme,no_excite,..."
-        return [v for v in values if v and "..." not in v and not PLACEHOLDER.match(v)
-                and "<" not in v]
+        return [
+            v for v in values if v and "..." not in v and not PLACEHOLDER.match(v) and "<" not in v
+        ]
 
 
 def strip_brackets(word: str) -> Tuple[str, int, int]:
@@ -273,7 +276,7 @@ def strip_brackets(word: str) -> Tuple[str, int, int]:
     opened = len(word) - len(word.lstrip("["))
     word = word[opened:]
     closed = len(word) - len(word.rstrip("]"))
-    return word[:len(word) - closed] if closed else word, opened, closed
+    return word[: len(word) - closed] if closed else word, opened, closed
 
 
 def options(words: Sequence[str], takes_value) -> List[Option]:
@@ -303,9 +306,14 @@ def options(words: Sequence[str], takes_value) -> List[Option]:
     return out
 
 
-def concrete_argv(words: Sequence[str], takes_value, values: Dict[str, str] = None,
-                  include_optional: bool = True, placeholder="x",
-                  drop: Sequence[str] = ()) -> List[str]:
+def concrete_argv(
+    words: Sequence[str],
+    takes_value,
+    values: Dict[str, str] = None,
+    include_optional: bool = True,
+    placeholder="x",
+    drop: Sequence[str] = (),
+) -> List[str]:
     """One concrete argv for a synopsis: optional parts kept (or dropped), the first of each
     ``a|b`` / ``{a,b}`` alternative, the first option of a ``--x X | --y Y`` choice, ``...``
     repetitions dropped, placeholders replaced by ``placeholder`` (a string, or a function of
@@ -332,8 +340,13 @@ def concrete_argv(words: Sequence[str], takes_value, values: Dict[str, str] = No
             skip_next = 0
             depth -= closed
             flag = word.partition("=")[0]
-            if word.startswith("--") and "=" not in word and not closed \
-                    and takes_value(flag) is not False and i + 1 < len(words):
+            if (
+                word.startswith("--")
+                and "=" not in word
+                and not closed
+                and takes_value(flag) is not False
+                and i + 1 < len(words)
+            ):
                 _, _, c2 = strip_brackets(words[i + 1])
                 depth -= c2
                 i += 1
@@ -406,33 +419,48 @@ def script_options(path: Path) -> Dict[str, dict]:
     tree = ast.parse(path.read_text())
     literals = {}
     for node in tree.body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 \
-                and isinstance(node.targets[0], ast.Name):
+        if (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+        ):
             try:
                 literals[node.targets[0].id] = ast.literal_eval(node.value)
             except ValueError:
                 pass
     found = {}
     for node in ast.walk(tree):
-        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                and node.func.attr == "add_argument"):
+        if not (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "add_argument"
+        ):
             continue
-        flags = [a.value for a in node.args if isinstance(a, ast.Constant)
-                 and isinstance(a.value, str) and a.value.startswith("-")]
+        flags = [
+            a.value
+            for a in node.args
+            if isinstance(a, ast.Constant) and isinstance(a.value, str) and a.value.startswith("-")
+        ]
         kwargs = {k.arg: k.value for k in node.keywords}
         action = kwargs.get("action")
-        takes_value = not (isinstance(action, ast.Constant)
-                           and action.value in ("store_true", "store_false", "count"))
+        takes_value = not (
+            isinstance(action, ast.Constant)
+            and action.value in ("store_true", "store_false", "count")
+        )
         choices = None
         if "choices" in kwargs:
             node_c = kwargs["choices"]
             try:
                 choices = list(ast.literal_eval(node_c))
             except ValueError:
-                if isinstance(node_c, ast.Call) and isinstance(node_c.func, ast.Name) \
-                        and node_c.func.id in ("sorted", "list") and node_c.args \
-                        and isinstance(node_c.args[0], ast.Name) \
-                        and node_c.args[0].id in literals:
+                if (
+                    isinstance(node_c, ast.Call)
+                    and isinstance(node_c.func, ast.Name)
+                    and node_c.func.id in ("sorted", "list")
+                    and node_c.args
+                    and isinstance(node_c.args[0], ast.Name)
+                    and node_c.args[0].id in literals
+                ):
                     choices = list(literals[node_c.args[0].id])
         type_name = kwargs["type"].id if isinstance(kwargs.get("type"), ast.Name) else None
         for flag in flags:
@@ -454,95 +482,134 @@ class Coverage:
 RUNS = "tests/test_readme_runs.py"
 COVERAGE: Dict[str, Coverage] = {
     # Run here, as written: tests/test_readme.py (cheap) and tests/test_readme_runs.py.
-    "make test": Coverage(("tests/test_readme.py::test_make_targets_run_the_readme_commands",),
-                          note="`make -n`: the recipe; the suite itself is what it runs"),
-    "make run": Coverage(("tests/test_readme.py::test_make_targets_run_the_readme_commands",),
-                         note="`make -n`: the recipe runs `cme-ser run` (covered below)"),
+    "make test": Coverage(
+        ("tests/test_readme.py::test_make_targets_run_the_readme_commands",),
+        note="`make -n`: the recipe; the suite itself is what it runs",
+    ),
+    "make run": Coverage(
+        ("tests/test_readme.py::test_make_targets_run_the_readme_commands",),
+        note="`make -n`: the recipe runs `cme-ser run` (covered below)",
+    ),
     "cme-ser embeddings fetch": Coverage(("tests/test_readme.py::test_embeddings_fetch",)),
     "cme-ser compile ... [--image IMG]": Coverage(
-        (f"{RUNS}::test_compile_writes_a_kubeflow_pipeline_spec",)),
+        (f"{RUNS}::test_compile_writes_a_kubeflow_pipeline_spec",)
+    ),
     "cme-ser compile ... --trainer-workers 4": Coverage(
-        ("tests/test_compile.py::"
-         "test_trainer_workers_machine_and_accelerator_reach_every_trainers_vertex_job",),
-        note="'Training on several machines': the Trainers' Vertex AI job, checked in the IR"),
+        (
+            "tests/test_compile.py::"
+            "test_trainer_workers_machine_and_accelerator_reach_every_trainers_vertex_job",
+        ),
+        note="'Training on several machines': the Trainers' Vertex AI job, checked in the IR",
+    ),
     "cme-ser compile ... --image REGISTRY/cme-ser:1": Coverage(
         ("tests/test_compile.py::_compiled",),
-        note="'Running at scale': the same flags, with an example image and buckets"),
+        note="'Running at scale': the same flags, with an example image and buckets",
+    ),
     "cme-ser serve ... --model-name cme --port 8501 --workers 2": Coverage(
         (f"{RUNS}::served",),
-        note="the 'Running it' block: serve, both curls, the python -c body, the POST"),
+        note="the 'Running it' block: serve, both curls, the python -c body, the POST",
+    ),
     "curl -s localhost:8501/v1/models/cme": Coverage((f"{RUNS}::test_serving_commands",)),
-    "curl -s localhost:8501/v1/models/cme/metadata": Coverage(
-        (f"{RUNS}::test_serving_commands",)),
+    "curl -s localhost:8501/v1/models/cme/metadata": Coverage((f"{RUNS}::test_serving_commands",)),
     "cme-ser predict ... --plot FILE.png": Coverage(
-        ("tests/test_predict_plot.py::test_predict_plot_draws_what_the_model_answered",)),
+        ("tests/test_predict_plot.py::test_predict_plot_draws_what_the_model_answered",)
+    ),
     "python -c": Coverage((f"{RUNS}::test_serving_commands",)),
     "curl -s -X POST localhost:8501/v1/models/cme:predict": Coverage(
-        (f"{RUNS}::test_serving_commands",)),
-    "cme-ser predict ... --transcript \"Kids": Coverage((f"{RUNS}::test_serving_commands",),
-                                         note="the 'From audio files' block, with --url"),
+        (f"{RUNS}::test_serving_commands",)
+    ),
+    "cme-ser predict ... --transcript \"Kids": Coverage(
+        (f"{RUNS}::test_serving_commands",), note="the 'From audio files' block, with --url"
+    ),
     "python benchmarks/train_throughput.py": Coverage(
-        (f"{RUNS}::test_train_throughput_benchmark",)),
+        (f"{RUNS}::test_train_throughput_benchmark",)
+    ),
     "python benchmarks/preprocess_throughput.py": Coverage(
-        (f"{RUNS}::test_preprocess_throughput_benchmark",)),
-    "python benchmarks/serve_lifecycle.py": Coverage(
-        (f"{RUNS}::test_serve_lifecycle_benchmark",)),
+        (f"{RUNS}::test_preprocess_throughput_benchmark",)
+    ),
+    "python benchmarks/serve_lifecycle.py": Coverage((f"{RUNS}::test_serve_lifecycle_benchmark",)),
     "python benchmarks/serving_load.py": Coverage((f"{RUNS}::test_serving_load_benchmark",)),
     "python benchmarks/calibration.py": Coverage((f"{RUNS}::test_calibration_benchmark",)),
     # Run by the tests that exercise them (with small corpora and models).
     "cme-ser preprocess": Coverage(
-        ("tests/test_preprocess_pipeline.py::"
-         "test_cli_preprocesses_ravdess_speech_and_song_together",
-         "tests/test_portable_runner.py::preprocess")),
+        (
+            "tests/test_preprocess_pipeline.py::"
+            "test_cli_preprocesses_ravdess_speech_and_song_together",
+            "tests/test_portable_runner.py::preprocess",
+        )
+    ),
     "cme-ser preprocess ... --runner=PortableRunner": Coverage(
         ("tests/test_portable_runner.py::runs", "tests/test_portable_runner.py::portable_args"),
         evidence=("--runner=PortableRunner",),
-        note="runs `preprocess` with portable_args (evidence in portable_args)"),
-    "cme-ser preprocess ... s3://": Coverage(("tests/test_object_storage.py::preprocessed",),
-                                            evidence=("s3://",)),
+        note="runs `preprocess` with portable_args (evidence in portable_args)",
+    ),
+    "cme-ser preprocess ... s3://": Coverage(
+        ("tests/test_object_storage.py::preprocessed",), evidence=("s3://",)
+    ),
     "python -m apache_beam.runners.worker.worker_pool_main": Coverage(
-        ("tests/test_portable_runner.py::WorkerPool",), evidence=("--service_port",)),
-    "cme-ser run": Coverage(("tests/conftest.py::run_until_training_then_kill",
-                             "tests/test_tfx_pipeline.py::"
-                             "test_rerun_with_cme_ser_run_comes_from_the_cache")),
-    "tensorboard": Coverage(("tests/test_tensorboard.py::tensorboard",),
-                            evidence=('"--logdir"',)),
-    "tfx pipeline create": Coverage(("tests/conftest.py::small_tfx_run",),
-                                    evidence=('"--engine", "local"', "local_runner.py")),
-    "tfx run create": Coverage(("tests/conftest.py::small_tfx_run",),
-                               evidence=('"--engine", "local"', '"cme_ser"')),
+        ("tests/test_portable_runner.py::WorkerPool",), evidence=("--service_port",)
+    ),
+    "cme-ser run": Coverage(
+        (
+            "tests/conftest.py::run_until_training_then_kill",
+            "tests/test_tfx_pipeline.py::test_rerun_with_cme_ser_run_comes_from_the_cache",
+        )
+    ),
+    "tensorboard": Coverage(("tests/test_tensorboard.py::tensorboard",), evidence=('"--logdir"',)),
+    "tfx pipeline create": Coverage(
+        ("tests/conftest.py::small_tfx_run",), evidence=('"--engine", "local"', "local_runner.py")
+    ),
+    "tfx run create": Coverage(
+        ("tests/conftest.py::small_tfx_run",), evidence=('"--engine", "local"', '"cme_ser"')
+    ),
     "cme-ser reproduce": Coverage(
-        ("tests/test_reproduce.py::test_reproduce_writes_results_and_resumes",)),
+        ("tests/test_reproduce.py::test_reproduce_writes_results_and_resumes",)
+    ),
     "cme-ser reproduce ... --protocol nested": Coverage(
         ("tests/test_nested.py::test_cli_runs_the_nested_protocol",),
         evidence=('"--protocol", "nested"',),
         note="the CLI with run_nested stubbed; test_nested_run_chooses_on_inner_folds_only "
-             "runs the protocol itself"),
+        "runs the protocol itself",
+    ),
     "cme-ser serve": Coverage(
-        ("tests/test_serving_rest.py::test_cme_ser_serve_command",
-         "tests/test_serving_rest.py::"
-         "test_cme_ser_serve_workers_share_the_port_and_each_picks_up_new_versions")),
+        (
+            "tests/test_serving_rest.py::test_cme_ser_serve_command",
+            "tests/test_serving_rest.py::"
+            "test_cme_ser_serve_workers_share_the_port_and_each_picks_up_new_versions",
+        )
+    ),
     "cme-ser predict": Coverage(
-        ("tests/test_serving_predict.py::run_json",
-         "tests/test_serving_predict.py::test_predict_text_report_and_recognition"),
+        (
+            "tests/test_serving_predict.py::run_json",
+            "tests/test_serving_predict.py::test_predict_text_report_and_recognition",
+        ),
         note="run_json is `cme-ser predict ... --json`, used by "
-             "test_predict_through_rest_matches_the_local_savedmodel"),
+        "test_predict_through_rest_matches_the_local_savedmodel",
+    ),
     "cme-ser predict ... --manifest": Coverage(
         ("tests/test_predict_manifest.py::test_manifest_rows_keep_their_own_transcripts",),
-        evidence=('"--manifest"',)),
+        evidence=('"--manifest"',),
+    ),
     "cme-ser predict ... --transcript-file": Coverage(
         ("tests/test_timeline.py::test_predict_command_writes_the_timeline",),
-        evidence=('"--transcript-file"',)),
+        evidence=('"--transcript-file"',),
+    ),
     "cme-ser evaluate ... --dataset segments": Coverage(
         ("tests/test_timeline.py::test_evaluate_scores_labelled_segments",),
-        evidence=('"segments"',)),
+        evidence=('"segments"',),
+    ),
     "python -m preprocessing.joined_recording": Coverage(
-        ("tests/test_timeline.py::test_joined_recording_command",)),
+        ("tests/test_timeline.py::test_joined_recording_command",)
+    ),
     "python benchmarks/timeline.py": Coverage(
-        ("tests/test_timeline.py::test_timeline_benchmark_prints_speed_and_memory",)),
+        ("tests/test_timeline.py::test_timeline_benchmark_prints_speed_and_memory",)
+    ),
     "cme-ser evaluate": Coverage(
-        ("tests/test_evaluate.py::test_evaluate_local_model_on_song",
-         "tests/test_evaluate.py::test_evaluate_served_model_on_speech_and_song")),
+        (
+            "tests/test_evaluate.py::test_evaluate_local_model_on_song",
+            "tests/test_evaluate.py::test_evaluate_served_model_on_speech_and_song",
+        )
+    ),
 }
 
 
@@ -581,7 +648,9 @@ def function_source(test: str) -> Optional[str]:
         return None
     text = file.read_text()
     for node in ast.parse(text).body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) \
-                and node.name == name:
+        if (
+            isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+            and node.name == name
+        ):
             return ast.get_source_segment(text, node)
     return None

@@ -29,8 +29,14 @@ KIDS = "Kids are talking by the door"
 DOGS = "Dogs are sitting by the door"
 CLASSES = ("angry", "happy", "neutral", "sad")
 # Small enough to build and export in about a second; 50-d input to match GloVe 6B 50-d.
-SMALL = ModelConfig(word_dim=50, cnn_filters=(8, 16, 16), semantic_dim=16, lstm_units=8,
-                    fcn_units=8, class_names=CLASSES)
+SMALL = ModelConfig(
+    word_dim=50,
+    cnn_filters=(8, 16, 16),
+    semantic_dim=16,
+    lstm_units=8,
+    fcn_units=8,
+    class_names=CLASSES,
+)
 VOCAB_SIZE = 20000  # holds every word of the two RAVDESS statements
 
 
@@ -59,8 +65,9 @@ def small_model(seed: int = 0) -> keras.Model:
 
 
 def export(model: keras.Model, version_dir, vocab_size: int = VOCAB_SIZE) -> dict:
-    return export_saved_model(model, version_dir, class_names=CLASSES, vectors=glove(),
-                              vocab_size=vocab_size)
+    return export_saved_model(
+        model, version_dir, class_names=CLASSES, vectors=glove(), vocab_size=vocab_size
+    )
 
 
 def aligned(path, transcript):
@@ -71,16 +78,25 @@ def aligned(path, transcript):
 
 def timed_words(result: alignment.Alignment):
     """(words, start seconds, end seconds) of an alignment: frame / 100."""
-    return ([w.word for w in result.words], [w.start / 100 for w in result.words],
-            [w.end / 100 for w in result.words])
+    return (
+        [w.word for w in result.words],
+        [w.start / 100 for w in result.words],
+        [w.end / 100 for w in result.words],
+    )
 
 
 def example_bytes(path, transcript, label="angry") -> bytes:
     """The record preprocessing writes for ``path``, serialized (the real Beam-job path)."""
-    utterance = corpora.Utterance(utterance_id=Path(path).stem, audio_path=str(path),
-                                  speaker="Actor_01", label_name=label, transcript=transcript)
-    example, _ = utterance_to_example(utterance, aligner=aligner(), vectors=glove(),
-                                      class_names=CLASSES, fold=0)
+    utterance = corpora.Utterance(
+        utterance_id=Path(path).stem,
+        audio_path=str(path),
+        speaker="Actor_01",
+        label_name=label,
+        transcript=transcript,
+    )
+    example, _ = utterance_to_example(
+        utterance, aligner=aligner(), vectors=glove(), class_names=CLASSES, fold=0
+    )
     return example.SerializeToString()
 
 
@@ -104,8 +120,15 @@ def start_server(argv, *, env=None, timeout: float = 300.0):
     server); :func:`stop_server` ends it. Fails, with the server's stderr, if it exits or stays
     silent for ``timeout`` seconds."""
     stderr = tempfile.TemporaryFile(mode="w+")
-    process = subprocess.Popen([str(a) for a in argv], cwd=ROOT, env=env, text=True,
-                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr)
+    process = subprocess.Popen(
+        [str(a) for a in argv],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+    )
     process.stderr_file = stderr
     found, done = [], threading.Event()
 
@@ -120,8 +143,10 @@ def start_server(argv, *, env=None, timeout: float = 300.0):
     done.wait(timeout)
     if not found:
         stop_server(process, signal_=None)
-        raise AssertionError(f"`cme-ser serve` did not start (status {process.returncode}): "
-                             f"{server_stderr(process)[-5000:]}")
+        raise AssertionError(
+            f"`cme-ser serve` did not start (status {process.returncode}): "
+            f"{server_stderr(process)[-5000:]}"
+        )
     process.announcement = found[0].strip()
     return process, process.announcement.rsplit(" ", 1)[1]
 
@@ -161,5 +186,14 @@ def children(pid: int):
 
 def serve_argv(base, *flags):
     """`cme-ser serve` on free loopback ports (REST and gRPC) over ``base``."""
-    return [sys.executable, "-m", "cli", "serve", "--model-base-path", str(base),
-            "--port", "0", *flags]
+    return [
+        sys.executable,
+        "-m",
+        "cli",
+        "serve",
+        "--model-base-path",
+        str(base),
+        "--port",
+        "0",
+        *flags,
+    ]

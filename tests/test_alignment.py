@@ -65,9 +65,22 @@ def aligner():
 
 def test_normalize_transcript():
     assert normalize_transcript("Kids are talking by the door.") == [
-        "kids", "are", "talking", "by", "the", "door"]
+        "kids",
+        "are",
+        "talking",
+        "by",
+        "the",
+        "door",
+    ]
     assert normalize_transcript("Don't STOP, it's \u2018quoted\u2019 well-known O\u2019Brien!") == [
-        "don't", "stop", "it's", "quoted", "well", "known", "o'brien"]
+        "don't",
+        "stop",
+        "it's",
+        "quoted",
+        "well",
+        "known",
+        "o'brien",
+    ]
     assert normalize_transcript("Oh [LAUGHTER] no <sil> ++BREATHING++ way") == ["oh", "no", "way"]
     assert normalize_transcript("?! ... --") == []
     assert normalize_transcript("") == []
@@ -105,8 +118,14 @@ def test_forced_alignment_values(aligner):
     """Regression on one file with the pinned pocketsphinx 5.1.1 (spans in 10 ms frames; the
     sentence's voiced region is frames 83-228)."""
     result = aligner.align(load(FILES[0]), transcript_of(FILES[0]))
-    expected = [("kids", 96, 123), ("are", 123, 128), ("talking", 128, 169), ("by", 169, 181),
-                ("the", 181, 192), ("door", 192, 226)]
+    expected = [
+        ("kids", 96, 123),
+        ("are", 123, 128),
+        ("talking", 128, 169),
+        ("by", 169, 181),
+        ("the", 181, 192),
+        ("door", 192, 226),
+    ]
     for w, (word, start, end) in zip(result.words, expected):
         assert w.word == word
         assert abs(w.start - start) <= 3 and abs(w.end - end) <= 3, (w, start, end)
@@ -329,7 +348,9 @@ def test_read_textgrid_long_format(tmp_path):
     assert read_textgrid(path) == [
         WordSpan("hello", 50, 90),  # 0.904 s rounds to frame 90; "sp" and "SIL" are skipped
         # A label of several words shares its interval; quotes are escaped by doubling.
-        WordSpan("she", 100, 120), WordSpan("said", 120, 140), WordSpan("don't", 140, 160),
+        WordSpan("she", 100, 120),
+        WordSpan("said", 120, 140),
+        WordSpan("don't", 140, 160),
         # "[item 3]" is an annotation, and the brackets inside the string are not an index.
     ]
     assert read_textgrid(path, tier="PHONES") == [WordSpan("x", 0, 250)]
@@ -354,13 +375,14 @@ def test_read_textgrid_errors(tmp_path):
         read_textgrid(path, tier="events")
     # Malformed files are errors that name the file.
     truncated = tmp_path / "truncated.TextGrid"
-    truncated.write_text(TEXTGRID_LONG[:TEXTGRID_LONG.index('text = "SIL"')])
+    truncated.write_text(TEXTGRID_LONG[: TEXTGRID_LONG.index('text = "SIL"')])
     with pytest.raises(AlignmentError, match=r"truncated.TextGrid: malformed TextGrid"):
         read_textgrid(truncated)
     overlapping = tmp_path / "overlapping.TextGrid"
     overlapping.write_text(TEXTGRID_LONG.replace("xmin = 1.6\n", "xmin = 1.5\n"))
-    with pytest.raises(AlignmentError,
-                       match=r"overlapping.TextGrid: malformed TextGrid: .*overlap"):
+    with pytest.raises(
+        AlignmentError, match=r"overlapping.TextGrid: malformed TextGrid: .*overlap"
+    ):
         read_textgrid(overlapping)
     backwards = tmp_path / "backwards.TextGrid"
     backwards.write_text(TEXTGRID_SHORT.replace("0.8\n1.5\n", "1.5\n0.8\n"))
@@ -390,8 +412,11 @@ WDSEG = """ SFrm  EFrm    SegAScr Word
 def test_read_wdseg(tmp_path):
     path = tmp_path / "Ses01F_impro01_F000.wdseg"
     path.write_text(WDSEG)
-    assert read_wdseg(path) == [WordSpan("hello", 33, 51), WordSpan("i'm", 71, 105),
-                                WordSpan("there", 131, 161)]
+    assert read_wdseg(path) == [
+        WordSpan("hello", 33, 51),
+        WordSpan("i'm", 71, 105),
+        WordSpan("there", 131, 161),
+    ]
     header_only = tmp_path / "header.wdseg"
     header_only.write_text("SFrm EFrm SegAScr Word\n")
     assert read_wdseg(header_only) == []

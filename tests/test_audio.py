@@ -1,6 +1,5 @@
 """load_audio: conversions checked against NumPy, and every rejected input named in its error."""
 
-
 import numpy as np
 import pytest
 import soundfile as sf
@@ -37,8 +36,15 @@ def test_16k_mono_wav_round_trips(tmp_path):
     waveform, info = load_audio(path)
     assert waveform.dtype == np.float32 and waveform.shape == (16000,)
     np.testing.assert_array_equal(waveform, data)
-    assert info == AudioInfo(path=str(path), sample_rate=16000, channels=1, duration=1.0,
-                             format="WAV", subtype="FLOAT", warnings=[])
+    assert info == AudioInfo(
+        path=str(path),
+        sample_rate=16000,
+        channels=1,
+        duration=1.0,
+        format="WAV",
+        subtype="FLOAT",
+        warnings=[],
+    )
 
 
 def test_stereo_is_averaged(tmp_path):
@@ -87,8 +93,9 @@ def test_overlong_truncated_with_warning(tmp_path):
 
 def test_overlong_rejected(tmp_path):
     path = write(tmp_path / "long.wav", tone(3.0))
-    assert_audio_error(path, r"too long: 3\.00 s > max_seconds=2", max_seconds=2.0,
-                       overlong="reject")
+    assert_audio_error(
+        path, r"too long: 3\.00 s > max_seconds=2", max_seconds=2.0, overlong="reject"
+    )
     waveform, _ = load_audio(path, max_seconds=3.0, overlong="reject")  # exactly the limit is fine
     assert waveform.shape == (48000,)
 
@@ -138,9 +145,10 @@ def test_truncated_flac_is_an_error(tmp_path):
     # libsndfile reads the full length from the FLAC header, then loses sync at the cut.
     data = RAVDESS_FILE.read_bytes()
     path = tmp_path / "half.flac"
-    path.write_bytes(data[:len(data) // 2])
+    path.write_bytes(data[: len(data) // 2])
     assert_audio_error(
-        path, r"cannot decode \(unsupported, corrupt or truncated file\): .*lost sync")
+        path, r"cannot decode \(unsupported, corrupt or truncated file\): .*lost sync"
+    )
 
 
 def test_truncated_wav_is_an_error(tmp_path):
@@ -148,7 +156,7 @@ def test_truncated_wav_is_an_error(tmp_path):
     full = write(tmp_path / "full.wav", tone(1.0), subtype="PCM_16")
     data = full.read_bytes()
     path = tmp_path / "half.wav"
-    path.write_bytes(data[:len(data) // 2])
+    path.write_bytes(data[: len(data) // 2])
     assert_audio_error(path, r"truncated: header declares 32000 data bytes, file holds 15978")
 
 
@@ -156,7 +164,7 @@ def test_streamed_wav_with_placeholder_length_is_kept(tmp_path):
     full = write(tmp_path / "full.wav", tone(0.5), subtype="PCM_16")
     data = bytearray(full.read_bytes())
     data_chunk = data.index(b"data")
-    data[data_chunk + 4:data_chunk + 8] = (0xFFFFFFFF).to_bytes(4, "little")
+    data[data_chunk + 4 : data_chunk + 8] = (0xFFFFFFFF).to_bytes(4, "little")
     path = tmp_path / "streamed.wav"
     path.write_bytes(bytes(data))
     waveform, info = load_audio(path)

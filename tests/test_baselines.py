@@ -33,8 +33,14 @@ from trainer.model import (
     valid_frames,
 )
 
-TINY = dict(word_dim=8, cnn_filters=(8, 16, 16), semantic_dim=16, lstm_units=8, fcn_units=8,
-            class_names=("a", "b", "c"))
+TINY = dict(
+    word_dim=8,
+    cnn_filters=(8, 16, 16),
+    semantic_dim=16,
+    lstm_units=8,
+    fcn_units=8,
+    class_names=("a", "b", "c"),
+)
 # The recipe's stochastic parts off, so that two calls of the model agree in training mode too.
 QUIET = dict(dropout=0.0, spec_freq_masks=0, spec_time_masks=0)
 # The inputs each variant must ignore (everything else is read).
@@ -56,15 +62,33 @@ def tiny(name, **overrides):
 # ModelConfig fields the graph build_model makes does not depend on: the optimiser and loss
 # settings compile_model reads (lr_schedule and epochs only with steps_per_epoch, which
 # build_model does not pass), and fields only the training loop and the input pipeline read.
-NOT_IN_GRAPH = frozenset({
-    "variant", "learning_rate", "label_smoothing", "weight_decay", "lr_schedule", "epochs",
-    "batch_size", "patience", "selection", "refit", "rotate_validation", "class_balanced",
-    "validation_fraction", "speaker_norm", "time_stretch"})
+NOT_IN_GRAPH = frozenset(
+    {
+        "variant",
+        "learning_rate",
+        "label_smoothing",
+        "weight_decay",
+        "lr_schedule",
+        "epochs",
+        "batch_size",
+        "patience",
+        "selection",
+        "refit",
+        "rotate_validation",
+        "class_balanced",
+        "validation_fraction",
+        "speaker_norm",
+        "time_stretch",
+    }
+)
 
 
 def graph_key(name):
-    return tuple((field, repr(value)) for field, value in sorted(tiny(name).to_dict().items())
-                 if field not in NOT_IN_GRAPH)
+    return tuple(
+        (field, repr(value))
+        for field, value in sorted(tiny(name).to_dict().items())
+        if field not in NOT_IN_GRAPH
+    )
 
 
 def representatives():
@@ -83,16 +107,18 @@ _BUILT_GRAPHS = {}  # variant -> graph_json of its model, as test_variant_builds
 def graph_json(model):
     """``model``'s graph (layer configs and connections) as JSON, without the suffixes Keras
     appends to automatic names (``forward_lstm_1``: they count the models built so far)."""
-    return re.sub(r'"([A-Za-z_]+)_\d+"', r'"\1"',
-                  json.dumps(model.get_config(), sort_keys=True, default=repr))
+    return re.sub(
+        r'"([A-Za-z_]+)_\d+"', r'"\1"', json.dumps(model.get_config(), sort_keys=True, default=repr)
+    )
 
 
 def test_representatives_cover_every_optimiser_and_loss_setting():
     """cme (AdamW, label smoothing) and cme_paper (Adam, none) keep both set-ups trained and
     saved by the per-graph tests."""
     for field in ("weight_decay", "label_smoothing"):
-        assert ({bool(getattr(tiny(name), field)) for name in GRAPHS}
-                == {bool(getattr(tiny(name), field)) for name in VARIANTS}), field
+        assert {bool(getattr(tiny(name), field)) for name in GRAPHS} == {
+            bool(getattr(tiny(name), field)) for name in VARIANTS
+        }, field
     assert len(GRAPHS) < len(VARIANTS)
 
 
@@ -108,15 +134,17 @@ def test_variant_builds_with_the_shared_interface(name):
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
     config = tiny(name)
     assert any(layer.name == EXCITATION_LAYER for layer in model.layers) == (
-        config.architecture == "aligned")
+        config.architecture == "aligned"
+    )
     # The per-graph tests below check this variant through its representative: same graph.
     graph = _BUILT_GRAPHS.setdefault(name, graph_json(model))
     representative = REPRESENTATIVE[name]
     if representative != name:
-        want = (_BUILT_GRAPHS.get(representative)
-                or graph_json(build_model(tiny(representative))))
-        assert graph == want, (f"{name} builds a different graph from {representative}: a "
-                               f"field of NOT_IN_GRAPH changes the graph")
+        want = _BUILT_GRAPHS.get(representative) or graph_json(build_model(tiny(representative)))
+        assert graph == want, (
+            f"{name} builds a different graph from {representative}: a "
+            f"field of NOT_IN_GRAPH changes the graph"
+        )
 
 
 @pytest.mark.parametrize("name", GRAPHS)
@@ -126,17 +154,20 @@ def test_padding_a_batch_does_not_change_outputs(name):
     batch = random_batch(rng, batch=4, frames=41)  # not a multiple of frame_stride
     base = model(batch).numpy()
     padded = dict(batch)
-    padded["fbank"] = np.concatenate(
-        [batch["fbank"], rng.normal(size=(4, 19, 40)) * 50], 1).astype(np.float32)
+    padded["fbank"] = np.concatenate([batch["fbank"], rng.normal(size=(4, 19, 40)) * 50], 1).astype(
+        np.float32
+    )
     padded["word_embeddings"] = np.concatenate(
-        [batch["word_embeddings"], rng.normal(size=(4, 3, 8))], 1).astype(np.float32)
+        [batch["word_embeddings"], rng.normal(size=(4, 3, 8))], 1
+    ).astype(np.float32)
     padded["word_spans"] = np.concatenate(
-        [batch["word_spans"], rng.integers(0, 40, size=(4, 3, 2))], 1).astype(np.int32)
+        [batch["word_spans"], rng.integers(0, 40, size=(4, 3, 2))], 1
+    ).astype(np.int32)
     np.testing.assert_allclose(model(padded).numpy(), base, rtol=1e-5, atol=1e-5)
     noisy = {k: v.copy() for k, v in batch.items()}
     for b in range(4):
-        noisy["fbank"][b, batch["num_frames"][b]:] = 1e3
-        noisy["word_embeddings"][b, batch["num_words"][b]:] = -1e3
+        noisy["fbank"][b, batch["num_frames"][b] :] = 1e3
+        noisy["word_embeddings"][b, batch["num_words"][b] :] = -1e3
     np.testing.assert_allclose(model(noisy).numpy(), base, rtol=1e-5, atol=1e-5)
     # Each utterance alone (unpadded) gives its row of the batch.
     for b in range(4):
@@ -207,6 +238,7 @@ def test_unsupported_combinations_are_refused():
 
 # --- The CTC-aligned model ------------------------------------------------------------------
 
+
 def test_ctc_loss_is_part_of_the_training_loss():
     rng = np.random.default_rng(5)
     config = tiny("ctc_align", ctc_weight=0.5, label_smoothing=0.0, **QUIET)
@@ -218,7 +250,8 @@ def test_ctc_loss_is_part_of_the_training_loss():
     ctc = float(model.losses[0])
     assert np.isfinite(ctc) and ctc > 0
     cross_entropy = float(
-        keras.losses.sparse_categorical_crossentropy(labels, probs).numpy().mean())
+        keras.losses.sparse_categorical_crossentropy(labels, probs).numpy().mean()
+    )
     # The loss Keras trains on (computed before the update) is cross-entropy + the CTC term.
     trained = model.train_on_batch(batch, labels, return_dict=True)["loss"]
     np.testing.assert_allclose(trained, cross_entropy + ctc, rtol=1e-4)
@@ -246,6 +279,7 @@ def test_ctc_model_ignores_the_spans_and_trains_the_alignment_from_ctc_alone():
 
 # --- Layers against NumPy references ----------------------------------------------------------
 
+
 def masked_softmax_reference(scores, length):
     weights = np.zeros_like(scores)
     if length:
@@ -266,7 +300,7 @@ def test_frame_subsampling_matches_numpy(stride):
     want = np.zeros_like(pooled)
     for b, n in enumerate(lengths):
         for k in range(-(-n // stride)):
-            want[b, k] = x[b, k * stride:min((k + 1) * stride, n)].max(axis=0)
+            want[b, k] = x[b, k * stride : min((k + 1) * stride, n)].max(axis=0)
     np.testing.assert_array_equal(pooled, want)
     # Garbage past the lengths, and more padding, change nothing.
     noisy = np.concatenate([x, np.full((4, 5, 3), 1e4, np.float32)], axis=1)
@@ -276,7 +310,9 @@ def test_frame_subsampling_matches_numpy(stride):
     np.testing.assert_array_equal(again.numpy()[:, :windows], want)
     assert np.all(again.numpy()[:, windows:] == 0.0)
     assert FrameSubsampling(4).compute_output_shape(((None, 10, 3), (None,))) == (
-        (None, 3, 3), (None,))
+        (None, 3, 3),
+        (None,),
+    )
 
 
 def test_attention_pooling_matches_numpy():
@@ -285,8 +321,11 @@ def test_attention_pooling_matches_numpy():
     lengths = np.array([5, 2, 0], np.int32)
     layer = AttentionPooling(units=6, return_weights=True)
     layer([x, lengths])
-    w, c, v = (rng.normal(size=(4, 6)).astype(np.float32), rng.normal(size=6).astype(np.float32),
-               rng.normal(size=6).astype(np.float32))
+    w, c, v = (
+        rng.normal(size=(4, 6)).astype(np.float32),
+        rng.normal(size=6).astype(np.float32),
+        rng.normal(size=6).astype(np.float32),
+    )
     layer.set_weights([w, c, v])
     pooled, weights = [t.numpy() for t in layer([x, lengths])]
     for b, n in enumerate(lengths):
@@ -368,11 +407,12 @@ def test_ctc_alignment_logits_and_loss_match_numpy(ctc_inputs):
     logits = layer.alignment_logits(frames, words, num_words).numpy()
     assert logits.shape == (3, 9, 5)
     for b in range(3):
-        want = np.concatenate([frames[b] @ w_0 + c_0, frames[b] @ (words[b] @ kernel).T
-                               / np.sqrt(4)], axis=1)
+        want = np.concatenate(
+            [frames[b] @ w_0 + c_0, frames[b] @ (words[b] @ kernel).T / np.sqrt(4)], axis=1
+        )
         n = num_words[b]
-        np.testing.assert_allclose(logits[b, :, :1 + n], want[:, :1 + n], rtol=1e-5, atol=1e-5)
-        assert np.all(logits[b, :, 1 + n:] <= -1e8)
+        np.testing.assert_allclose(logits[b, :, : 1 + n], want[:, : 1 + n], rtol=1e-5, atol=1e-5)
+        assert np.all(logits[b, :, 1 + n :] <= -1e8)
     losses = layer.ctc_loss(tf.constant(logits), num_frames, num_words).numpy()
     for b in range(3):
         t = num_frames[b]
@@ -386,8 +426,7 @@ def test_ctc_alignment_logits_and_loss_match_numpy(ctc_inputs):
     np.testing.assert_allclose(short.numpy(), [0.0, losses[1], 0.0], rtol=1e-6)
     logits_var = tf.Variable(logits)
     with tf.GradientTape() as tape:
-        total = tf.reduce_sum(layer.ctc_loss(logits_var, np.array([2, 6, 5], np.int32),
-                                             num_words))
+        total = tf.reduce_sum(layer.ctc_loss(logits_var, np.array([2, 6, 5], np.int32), num_words))
     grad = tape.gradient(total, logits_var).numpy()
     assert np.all(np.isfinite(grad)) and np.all(grad[[0, 2]] == 0.0)
     layer([frames, words, num_frames, num_words])
@@ -400,7 +439,7 @@ def test_ctc_alignment_pooling_given_a_fixed_posterior(ctc_inputs, pooling):
     rng = np.random.default_rng(12)
     logits = rng.normal(size=(3, 9, 5)).astype(np.float32) * 2
     for b, n in enumerate(num_words):
-        logits[b, :, 1 + n:] = -1e9
+        logits[b, :, 1 + n :] = -1e9
     layer = CTCAlignmentPooling(pooling=pooling, return_alignment=True)
     layer([frames, words, num_frames, num_words])
     layer.alignment_logits = lambda *args: tf.constant(logits)  # fix the posterior
@@ -417,8 +456,9 @@ def test_ctc_alignment_pooling_given_a_fixed_posterior(ctc_inputs, pooling):
         want = [mean]
         if pooling == "mean_max":
             want.append((a[:n, :, None] * frames[b, None, :t]).max(axis=1))
-        np.testing.assert_allclose(pooled[b, :n], np.concatenate(want, axis=-1),
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            pooled[b, :n], np.concatenate(want, axis=-1), rtol=1e-5, atol=1e-6
+        )
         assert np.all(pooled[b, n:] == 0.0)
 
 
@@ -433,8 +473,9 @@ def test_ctc_alignment_max_gradient_equals_the_dense_formulation(ctc_inputs):
     word_mask = np.arange(4)[None, :] < num_words[:, None]
 
     def masked():
-        return tf.where(np.concatenate([np.ones((3, 1), bool), word_mask], 1)[:, None, :],
-                        logits_var, -1e9)
+        return tf.where(
+            np.concatenate([np.ones((3, 1), bool), word_mask], 1)[:, None, :], logits_var, -1e9
+        )
 
     layer.alignment_logits = lambda *args: masked()
     with tf.GradientTape() as tape:
@@ -467,9 +508,17 @@ def test_ctc_alignment_pooling_ignores_padding(ctc_inputs):
     np.testing.assert_allclose(float(layer.losses[0]), base_loss, rtol=1e-5)
 
 
-@pytest.mark.parametrize("layer", [
-    FrameSubsampling(3), AttentionPooling(5, return_weights=True), QueryAttention(), PairMask(),
-    IgnoreInputs(), CTCAlignmentPooling("mean", 0.3, return_alignment=True)])
+@pytest.mark.parametrize(
+    "layer",
+    [
+        FrameSubsampling(3),
+        AttentionPooling(5, return_weights=True),
+        QueryAttention(),
+        PairMask(),
+        IgnoreInputs(),
+        CTCAlignmentPooling("mean", 0.3, return_alignment=True),
+    ],
+)
 def test_new_layers_round_trip_through_config(layer):
     clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
     assert type(clone) is type(layer)
@@ -477,6 +526,7 @@ def test_new_layers_round_trip_through_config(layer):
 
 
 # --- Serving ----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["mha", "ctc_align"])
 def test_variant_exports_and_reloads_for_serving(name, tmp_path):
@@ -499,29 +549,44 @@ def test_variant_exports_and_reloads_for_serving(name, tmp_path):
     waveform = (rng.normal(size=16000) * 0.1).astype(np.float32)
     fbank = features.log_mel_filterbank(waveform).numpy()
     adapt_normalization(model, fbank)
-    info = export_saved_model(model, tmp_path / name / "1", class_names=config.class_names,
-                              vectors=vectors, vocab_size=10)
+    info = export_saved_model(
+        model, tmp_path / name / "1", class_names=config.class_names, vectors=vectors, vocab_size=10
+    )
     loaded = tf.saved_model.load(info["path"])
 
     words, starts, ends = ["Kids", "are", "talking"], [0.1, 0.3, 0.5], [0.3, 0.5, 0.9]
     by_waveform = loaded.signatures[PREDICT_WAVEFORM](
-        waveform=tf.constant(waveform[None]), num_samples=tf.constant([16000]),
-        words=tf.constant([words]), word_start_s=tf.constant([starts]),
-        word_end_s=tf.constant([ends]))
+        waveform=tf.constant(waveform[None]),
+        num_samples=tf.constant([16000]),
+        words=tf.constant([words]),
+        word_start_s=tf.constant([starts]),
+        word_end_s=tf.constant([ends]),
+    )
     excitation = set(EXCITATION_OUTPUTS) if name == "ctc_align" else set()
     assert set(by_waveform) == set(CLASS_OUTPUTS) | excitation
 
-    spans = seconds_to_spans(tf.constant([starts]), tf.constant([ends]),
-                             tf.constant([len(fbank)])).numpy()[0]
+    spans = seconds_to_spans(
+        tf.constant([starts]), tf.constant([ends]), tf.constant([len(fbank)])
+    ).numpy()[0]
     example = records.make_example(
-        utterance_id="u", speaker="s", label=0, label_name="angry", fold=0, fbank=fbank,
-        words=[w.lower() for w in words], word_embeddings=vectors.matrix[:3],
-        word_start=spans[:, 0], word_end=spans[:, 1], transcript=" ".join(words),
-        alignment_source="given").SerializeToString()
+        utterance_id="u",
+        speaker="s",
+        label=0,
+        label_name="angry",
+        fold=0,
+        fbank=fbank,
+        words=[w.lower() for w in words],
+        word_embeddings=vectors.matrix[:3],
+        word_start=spans[:, 0],
+        word_end=spans[:, 1],
+        transcript=" ".join(words),
+        alignment_source="given",
+    ).SerializeToString()
     by_example = loaded.signatures[SERVING_DEFAULT](examples=tf.constant([example]))
     assert set(by_example) == set(CLASS_OUTPUTS)
-    keras_probs = model(records.to_model_inputs(records.parse_examples(
-        tf.constant([example]), 8)), training=False).numpy()
+    keras_probs = model(
+        records.to_model_inputs(records.parse_examples(tf.constant([example]), 8)), training=False
+    ).numpy()
     np.testing.assert_allclose(by_example["probabilities"].numpy(), keras_probs, atol=1e-5)
     np.testing.assert_allclose(by_waveform["probabilities"].numpy(), keras_probs, atol=1e-4)
 
@@ -529,10 +594,15 @@ def test_variant_exports_and_reloads_for_serving(name, tmp_path):
 def test_client_reads_outputs_without_excitation():
     from serving.client import Utterance, predictions_from_outputs
 
-    outputs = {"probabilities": np.array([[0.2, 0.8]]), "class_ids": np.array([1]),
-               "classes": np.array([b"b"]), "class_names": np.array([[b"a", b"b"]])}
+    outputs = {
+        "probabilities": np.array([[0.2, 0.8]]),
+        "class_ids": np.array([1]),
+        "classes": np.array([b"b"]),
+        "class_names": np.array([[b"a", b"b"]]),
+    }
     [prediction] = predictions_from_outputs(
-        outputs, [Utterance(np.zeros(10, np.float32), ["hi", "there"], [0.0, 0.1], [0.1, 0.2])])
+        outputs, [Utterance(np.zeros(10, np.float32), ["hi", "there"], [0.0, 0.1], [0.1, 0.2])]
+    )
     assert prediction.emotion == "b" and len(prediction.words) == 2
     assert np.isnan(prediction.words[0].acoustic_excitation)
     assert prediction.to_dict()["words"][1]["semantic_excitation"] is None  # JSON null

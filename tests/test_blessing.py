@@ -19,8 +19,7 @@ def test_the_bar_is_inclusive_and_anomalies_or_nan_block():
     assert blessing_decision(0.5, 0.5)["blessed"]
     below = blessing_decision(0.49, 0.5)
     assert not below["blessed"]
-    assert below["reasons"] == ["cross-validated UA mean 0.490 is below the bar "
-                                "--bless-min-ua 0.5"]
+    assert below["reasons"] == ["cross-validated UA mean 0.490 is below the bar --bless-min-ua 0.5"]
     assert not blessing_decision(math.nan, 0.0)["blessed"]
     assert not blessing_decision(None, 0.0)["blessed"]
     anomalous = blessing_decision(0.9, 0.0, {"fold0": [], "fold1": ["fbank: Unexpected type"]})
@@ -44,8 +43,10 @@ def test_nan_bar_is_a_usage_error(capsys):
 
 def test_report_markdown_says_why_not(tmp_path):
     rows = [{"fold": 0, "wa": 0.5, "ua": 0.4, "confusion": [[1, 1], [1, 1]]}]
-    report = {**summarize(rows, ["a", "b"]),
-              "blessing": blessing_decision(0.4, 0.6, {"fold0": ["label: out of domain"]})}
+    report = {
+        **summarize(rows, ["a", "b"]),
+        "blessing": blessing_decision(0.4, 0.6, {"fold0": ["label: out of domain"]}),
+    }
     text = render_markdown(report)
     assert "## Push: NOT blessed" in text
     assert "- cross-validated UA mean 0.400 is below the bar --bless-min-ua 0.6" in text
@@ -81,7 +82,9 @@ def test_the_pusher_takes_the_reports_blessing(tmp_path):
 
 def test_the_bar_reaches_the_report_component(tmp_path):
     from pipeline.runner import local_pipeline
-    pipeline = local_pipeline(tmp_path / "out", data_dir=tmp_path, embeddings_path="glove",
-                              num_folds=2, bless_min_ua=0.42)
+
+    pipeline = local_pipeline(
+        tmp_path / "out", data_dir=tmp_path, embeddings_path="glove", num_folds=2, bless_min_ua=0.42
+    )
     report = next(c for c in pipeline.components if c.id == "CrossValidationReport")
     assert report.exec_properties["bless_min_ua"] == pytest.approx(0.42)

@@ -66,8 +66,11 @@ def test_ece_and_reliability_bins():
     # ECE by hand: the count-weighted gap between accuracy and confidence.
     confidence, correct = reported.max(-1), reported.argmax(-1) == labels
     index = np.minimum((np.ceil(confidence * ECE_BINS) - 1).astype(int), ECE_BINS - 1)
-    by_hand = sum(abs(correct[index == b].mean() - confidence[index == b].mean())
-                  * (index == b).sum() for b in range(ECE_BINS) if (index == b).any())
+    by_hand = sum(
+        abs(correct[index == b].mean() - confidence[index == b].mean()) * (index == b).sum()
+        for b in range(ECE_BINS)
+        if (index == b).any()
+    )
     assert expected_calibration_error(reported, labels) == pytest.approx(by_hand / len(labels))
     assert expected_calibration_error(reported, labels) > 0.1  # over-confident
     assert expected_calibration_error(true, labels) < 0.02  # calibrated
@@ -79,10 +82,18 @@ def test_ece_and_reliability_bins():
 def test_answering_only_above_a_confidence():
     p = np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.45, 0.55]])
     labels = np.array([0, 1, 1, 0])
-    assert selective_scores(p, labels, 0.0) == {"min_confidence": 0.0, "answered": 4,
-                                                "coverage": 1.0, "accuracy": 0.5}
-    assert selective_scores(p, labels, 0.65) == {"min_confidence": 0.65, "answered": 2,
-                                                 "coverage": 0.5, "accuracy": 1.0}
+    assert selective_scores(p, labels, 0.0) == {
+        "min_confidence": 0.0,
+        "answered": 4,
+        "coverage": 1.0,
+        "accuracy": 0.5,
+    }
+    assert selective_scores(p, labels, 0.65) == {
+        "min_confidence": 0.65,
+        "answered": 2,
+        "coverage": 0.5,
+        "accuracy": 1.0,
+    }
     assert selective_scores(p, labels, 0.95)["accuracy"] is None
     assert check_min_confidence(0.5) == 0.5
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
@@ -92,8 +103,7 @@ def test_answering_only_above_a_confidence():
 def test_the_layer_is_the_numpy_map_and_round_trips_its_config():
     p = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [1.0, 0.0, 0.0]], np.float32)
     layer = TemperatureScaling(1.7)
-    np.testing.assert_allclose(layer(tf.constant(p)).numpy(), temperature_scaled(p, 1.7),
-                               atol=1e-6)
+    np.testing.assert_allclose(layer(tf.constant(p)).numpy(), temperature_scaled(p, 1.7), atol=1e-6)
     again = TemperatureScaling.from_config(layer.get_config())
     assert again.temperature == 1.7
     with pytest.raises(ValueError, match="finite number > 0"):
@@ -102,6 +112,7 @@ def test_the_layer_is_the_numpy_map_and_round_trips_its_config():
 
 def test_cross_fitting_never_scores_a_fold_with_a_temperature_fitted_on_it():
     from trainer.calibration import cross_fitted
+
     held_out = {}
     for k, sharpen in enumerate((2.0, 3.0, 4.0)):  # folds over-confident by different T
         _, reported, labels = sampled(n=4000, sharpen=sharpen, seed=k)
@@ -109,13 +120,18 @@ def test_cross_fitting_never_scores_a_fold_with_a_temperature_fitted_on_it():
     result = cross_fitted(held_out)
     for k in held_out:
         others = [j for j in held_out if j != k]
-        expected = fit_temperature(np.concatenate([held_out[j][0] for j in others]),
-                                   np.concatenate([held_out[j][1] for j in others]))
+        expected = fit_temperature(
+            np.concatenate([held_out[j][0] for j in others]),
+            np.concatenate([held_out[j][1] for j in others]),
+        )
         assert result["folds"][k]["temperature"] == pytest.approx(expected)
-        assert result["folds"][k]["after"]["ece"] == pytest.approx(expected_calibration_error(
-            temperature_scaled(held_out[k][0], expected), held_out[k][1]))
-    everything = fit_temperature(np.concatenate([p for p, _ in held_out.values()]),
-                                 np.concatenate([y for _, y in held_out.values()]))
+        assert result["folds"][k]["after"]["ece"] == pytest.approx(
+            expected_calibration_error(temperature_scaled(held_out[k][0], expected), held_out[k][1])
+        )
+    everything = fit_temperature(
+        np.concatenate([p for p, _ in held_out.values()]),
+        np.concatenate([y for _, y in held_out.values()]),
+    )
     assert result["temperature"] == pytest.approx(everything)
     assert 2.0 < result["temperature"] < 4.0
     assert result["pooled"]["after"]["ece"] < result["pooled"]["before"]["ece"]
@@ -126,22 +142,32 @@ def test_cross_fitting_never_scores_a_fold_with_a_temperature_fitted_on_it():
 
 def test_channel_calibration_fits_on_one_channel_and_scores_each():
     from trainer.calibration import channel_calibration, cross_fitted
+
     answers = {}
     for k in range(3):
         _, speech, y_speech = sampled(n=2000, sharpen=2.0, seed=k)
         _, song, y_song = sampled(n=1000, sharpen=4.0, seed=10 + k)
-        answers[k] = (np.concatenate([speech, song]), np.concatenate([y_speech, y_song]),
-                      np.array(["speech"] * 2000 + ["song"] * 1000))
+        answers[k] = (
+            np.concatenate([speech, song]),
+            np.concatenate([y_speech, y_song]),
+            np.array(["speech"] * 2000 + ["song"] * 1000),
+        )
     result = channel_calibration(answers, "speech")
     speech_only = cross_fitted({k: (p[:2000], y[:2000]) for k, (p, y, _) in answers.items()})
     assert result["temperature"] == pytest.approx(speech_only["temperature"])
-    song_after = np.concatenate([temperature_scaled(p[2000:], result["folds"][k]["temperature"])
-                                 for k, (p, _, _) in answers.items()])
+    song_after = np.concatenate(
+        [
+            temperature_scaled(p[2000:], result["folds"][k]["temperature"])
+            for k, (p, _, _) in answers.items()
+        ]
+    )
     song_labels = np.concatenate([y[2000:] for _, y, _ in answers.values()])
     assert result["by_channel"]["song"]["after"]["ece"] == pytest.approx(
-        expected_calibration_error(song_after, song_labels))
+        expected_calibration_error(song_after, song_labels)
+    )
     assert result["by_channel"]["song"]["n"] == 3000
     # A temperature fitted on speech (T ~ 2) leaves song (T = 4) over-confident, but less so.
-    assert (result["by_channel"]["song"]["after"]["ece"]
-            < result["by_channel"]["song"]["before"]["ece"])
+    assert (
+        result["by_channel"]["song"]["after"]["ece"] < result["by_channel"]["song"]["before"]["ece"]
+    )
     assert channel_calibration(answers)["fit_channel"] is None

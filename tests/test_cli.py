@@ -10,25 +10,41 @@ HEAVY = ("tensorflow", "tfx", "apache_beam", "keras", "tensorflow_io")
 
 
 def test_importing_the_command_line_loads_no_tensorflow():
-    probe = ("import json, sys\nimport cli.main\n"
-             "loaded = {m.split('.')[0] for m in sys.modules}\n"
-             f"print(json.dumps(sorted(loaded & {set(HEAVY)!r})))")
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                          timeout=120)
+    probe = (
+        "import json, sys\nimport cli.main\n"
+        "loaded = {m.split('.')[0] for m in sys.modules}\n"
+        f"print(json.dumps(sorted(loaded & {set(HEAVY)!r})))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
 
 
 def test_python_m_cli_is_the_cme_ser_command():
-    done = subprocess.run([sys.executable, "-m", "cli", "--help"], capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "cli", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("usage: cme-ser ")
-    for command in ("embeddings", "preprocess", "run", "serve", "predict", "evaluate", "compile",
-                    "reproduce"):
+    for command in (
+        "embeddings",
+        "preprocess",
+        "run",
+        "serve",
+        "predict",
+        "evaluate",
+        "compile",
+        "reproduce",
+    ):
         assert command in done.stdout
-    wrong = subprocess.run([sys.executable, "-m", "cli", "no-such-command"], capture_output=True,
-                           text=True, timeout=120)
+    wrong = subprocess.run(
+        [sys.executable, "-m", "cli", "no-such-command"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert wrong.returncode == 2 and "invalid choice: 'no-such-command'" in wrong.stderr
 
 

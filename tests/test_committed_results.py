@@ -29,8 +29,11 @@ def test_committed_results_rerender_from_their_archive(tmp_path, subdir, module,
     shutil.copytree(source, copy, ignore=shutil.ignore_patterns("ensembles"))
     importlib.import_module(module).rerender(copy, "ravdess")
     # (A path the files name is the committed directory's.)
-    again = json.loads((copy / name).read_text().replace(
-        copy.as_posix(), "/".join(p for p in ("docs/results", subdir) if p)))
+    again = json.loads(
+        (copy / name)
+        .read_text()
+        .replace(copy.as_posix(), "/".join(p for p in ("docs/results", subdir) if p))
+    )
     assert set(again) == set(committed)
     for key in sorted(set(committed) - {"header"}):
         assert again[key] == committed[key], key
@@ -49,11 +52,16 @@ def test_units_marked_restored_are_the_archived_units_they_name():
             if not source:
                 continue
             key = (row["variant"], row["seed"], row["fold"])
-            originals = [json.loads(other) for other in
-                         (RESULTS.parents[1] / source).read_text().splitlines()]
-            [original] = [o for o in originals
-                          if (o["variant"], o["seed"], o["fold"]) == key
-                          and o.get("kind", "outer") == row.get("kind", "outer")]
+            originals = [
+                json.loads(other)
+                for other in (RESULTS.parents[1] / source).read_text().splitlines()
+            ]
+            [original] = [
+                o
+                for o in originals
+                if (o["variant"], o["seed"], o["fold"]) == key
+                and o.get("kind", "outer") == row.get("kind", "outer")
+            ]
             assert original["predictions"] == row["predictions"], key
             assert original["seconds"] == row["seconds"], key
             checked += 1

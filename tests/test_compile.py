@@ -14,28 +14,69 @@ from cli.main import main
 
 def test_kubeflow_json_names_every_component(tmp_path):
     out = tmp_path / "pipeline.json"
-    assert main(["compile", "--target", "kubeflow", "--output", str(out), "--folds", "3",
-                 "--pipeline-root", "gs://bucket/cme", "--image", "example/cme-ser:1"]) == 0
+    assert (
+        main(
+            [
+                "compile",
+                "--target",
+                "kubeflow",
+                "--output",
+                str(out),
+                "--folds",
+                "3",
+                "--pipeline-root",
+                "gs://bucket/cme",
+                "--image",
+                "example/cme-ser:1",
+            ]
+        )
+        == 0
+    )
     spec = json.loads(out.read_text())
     tasks = set(spec["pipelineSpec"]["root"]["dag"]["tasks"])
-    assert tasks == {"CorpusExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator",
-                     "Trainer.fold0", "Trainer.fold1", "Trainer.fold2", "Evaluator.fold0",
-                     "Evaluator.fold1", "Evaluator.fold2", "Calibrator",
-                     "CrossValidationReport", "Trainer.final", "ModelLoadValidator", "Pusher"}
+    assert tasks == {
+        "CorpusExampleGen",
+        "StatisticsGen",
+        "SchemaGen",
+        "ExampleValidator",
+        "Trainer.fold0",
+        "Trainer.fold1",
+        "Trainer.fold2",
+        "Evaluator.fold0",
+        "Evaluator.fold1",
+        "Evaluator.fold2",
+        "Calibrator",
+        "CrossValidationReport",
+        "Trainer.final",
+        "ModelLoadValidator",
+        "Pusher",
+    }
     assert spec["runtimeConfig"]["gcsOutputDirectory"] == "gs://bucket/cme"
-    images = {e["container"]["image"]
-              for e in spec["pipelineSpec"]["deploymentSpec"]["executors"].values()
-              if "container" in e}
+    images = {
+        e["container"]["image"]
+        for e in spec["pipelineSpec"]["deploymentSpec"]["executors"].values()
+        if "container" in e
+    }
     assert images == {"example/cme-ser:1"}
-    report_inputs = spec["pipelineSpec"]["root"]["dag"]["tasks"]["CrossValidationReport"][
-        "inputs"]["artifacts"]
+    report_inputs = spec["pipelineSpec"]["root"]["dag"]["tasks"]["CrossValidationReport"]["inputs"][
+        "artifacts"
+    ]
     # The folds' evaluations and ExampleValidator's anomalies (both gate the push), and the
     # Calibrator's temperature, which the final Trainer takes as its hyperparameters.
-    assert set(report_inputs) == {"evaluation_0", "evaluation_1", "evaluation_2", "anomalies",
-                                  "calibration"}
+    assert set(report_inputs) == {
+        "evaluation_0",
+        "evaluation_1",
+        "evaluation_2",
+        "anomalies",
+        "calibration",
+    }
     tasks = spec["pipelineSpec"]["root"]["dag"]["tasks"]
     assert set(tasks["Calibrator"]["inputs"]["artifacts"]) == {
-        "examples", "model_0", "model_1", "model_2"}
+        "examples",
+        "model_0",
+        "model_1",
+        "model_2",
+    }
     assert "hyperparameters" in tasks["Trainer.final"]["inputs"]["artifacts"]
     assert "hyperparameters" not in tasks["Trainer.fold0"]["inputs"].get("artifacts", {})
 
@@ -56,8 +97,24 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _compiled(tmp_path, root="s3://bucket/cme"):
     out = tmp_path / "pipeline.json"
-    assert main(["compile", "--target", "kubeflow", "--output", str(out), "--folds", "2",
-                 "--pipeline-root", root, "--image", "registry.example/cme-ser:1"]) == 0
+    assert (
+        main(
+            [
+                "compile",
+                "--target",
+                "kubeflow",
+                "--output",
+                str(out),
+                "--folds",
+                "2",
+                "--pipeline-root",
+                root,
+                "--image",
+                "registry.example/cme-ser:1",
+            ]
+        )
+        == 0
+    )
     return json.loads(out.read_text())
 
 
@@ -85,7 +142,8 @@ def test_every_node_runs_importable_code_in_the_named_image(tmp_path):
     dockerfile = (ROOT / "Dockerfile").read_text()
     check = next(line for line in dockerfile.splitlines() if 'python -c "import' in line)
     assert {m.strip() for m in check.split("import", 1)[1].rstrip('"').split(",")} >= (
-        ours | {"trainer.module"})
+        ours | {"trainer.module"}
+    )
 
 
 def test_the_dockerfile_builds_on_the_pinned_tfx_and_installs_this_package():
@@ -93,10 +151,14 @@ def test_the_dockerfile_builds_on_the_pinned_tfx_and_installs_this_package():
     pyproject = tomli.loads((ROOT / "pyproject.toml").read_text())
     tfx_pin = next(d for d in pyproject["project"]["dependencies"] if d.startswith("tfx"))
     assert f"FROM tensorflow/tfx:{tfx_pin.split('==')[1]}" in dockerfile
-    copied = {source for line in dockerfile if line.startswith("COPY ")
-              for source in line.split()[1:-1]}
-    assert set(pyproject["tool"]["setuptools"]["packages"]) | {
-        "pyproject.toml", "constraints.txt", "README.md"} <= copied
+    copied = {
+        source for line in dockerfile if line.startswith("COPY ") for source in line.split()[1:-1]
+    }
+    assert (
+        set(pyproject["tool"]["setuptools"]["packages"])
+        | {"pyproject.toml", "constraints.txt", "README.md"}
+        <= copied
+    )
     install = next(line for line in dockerfile if "pip install" in line)
     assert "-c constraints.txt ." in install and "-e" not in install.split()
     assert "ENTRYPOINT []" in dockerfile  # Kubeflow gives each node its command
@@ -133,7 +195,8 @@ def _trainer_nodes(spec):
         label = pipeline["components"][task["componentRef"]["name"]]["executorLabel"]
         args = pipeline["deploymentSpec"]["executors"][label]["container"]["args"]
         custom = task["inputs"]["parameters"]["custom_config"]["runtimeValue"]["constantValue"][
-            "stringValue"]
+            "stringValue"
+        ]
         nodes[name] = (args[args.index("--executor_class_path") + 1], json.loads(custom))
     return nodes
 
@@ -143,20 +206,47 @@ def test_trainer_workers_machine_and_accelerator_reach_every_trainers_vertex_job
     from kfp.pipeline_spec import pipeline_spec_pb2
 
     out = tmp_path / "pipeline.json"
-    assert main(["compile", "--output", str(out), "--folds", "2", "--ensemble", "2",
-                 "--image", "registry.example/cme-ser:1", "--trainer-workers", "4",
-                 "--trainer-machine-type", "n1-highmem-8",
-                 "--trainer-accelerator", "NVIDIA_TESLA_T4:2",
-                 "--project", "my-project", "--region", "europe-west4"]) == 0
+    assert (
+        main(
+            [
+                "compile",
+                "--output",
+                str(out),
+                "--folds",
+                "2",
+                "--ensemble",
+                "2",
+                "--image",
+                "registry.example/cme-ser:1",
+                "--trainer-workers",
+                "4",
+                "--trainer-machine-type",
+                "n1-highmem-8",
+                "--trainer-accelerator",
+                "NVIDIA_TESLA_T4:2",
+                "--project",
+                "my-project",
+                "--region",
+                "europe-west4",
+            ]
+        )
+        == 0
+    )
     spec = json.loads(out.read_text())
     json_format.ParseDict(spec["pipelineSpec"], pipeline_spec_pb2.PipelineSpec())  # strict
-    machine = {"machine_type": "n1-highmem-8", "accelerator_type": "NVIDIA_TESLA_T4",
-               "accelerator_count": 2}
+    machine = {
+        "machine_type": "n1-highmem-8",
+        "accelerator_type": "NVIDIA_TESLA_T4",
+        "accelerator_count": 2,
+    }
     for name, (executor, custom) in _trainer_nodes(spec).items():
         # TFX's Google Cloud Trainer extension, which launches a Vertex AI CustomJob ...
         assert executor == VERTEX_TRAINER, name
-        assert callable(getattr(importlib.import_module(executor.rpartition(".")[0]),
-                                executor.rpartition(".")[2]))
+        assert callable(
+            getattr(
+                importlib.import_module(executor.rpartition(".")[0]), executor.rpartition(".")[2]
+            )
+        )
         assert custom["ai_platform_enable_vertex"] is True
         assert custom["ai_platform_vertex_region"] == "europe-west4"
         job = custom["ai_platform_training_args"]
@@ -177,19 +267,36 @@ def test_one_worker_without_machine_options_keeps_the_plain_trainer(tmp_path):
         assert not [key for key in custom if key.startswith("ai_platform")]
     out = str(tmp_path / "p.json")
     # A machine type alone (one worker) is a Vertex AI job too: one pool, no accelerator.
-    assert main(["compile", "--output", out, "--folds", "2", "--trainer-machine-type",
-                 "n1-standard-8", "--project", "p"]) == 0
+    assert (
+        main(
+            [
+                "compile",
+                "--output",
+                out,
+                "--folds",
+                "2",
+                "--trainer-machine-type",
+                "n1-standard-8",
+                "--project",
+                "p",
+            ]
+        )
+        == 0
+    )
     _, custom = _trainer_nodes(json.loads(Path(out).read_text()))["Trainer.final"]
     (pool,) = custom["ai_platform_training_args"]["job_spec"]["worker_pool_specs"]
     assert pool["replica_count"] == 1 and pool["machine_spec"] == {"machine_type": "n1-standard-8"}
 
 
-@pytest.mark.parametrize("options", [
-    ["--trainer-workers", "2"],  # no --project
-    ["--trainer-workers", "0", "--project", "p"],
-    ["--trainer-accelerator", "NVIDIA_TESLA_T4:0", "--project", "p"],
-    ["--trainer-accelerator", "NVIDIA_TESLA_T4:two", "--project", "p"],
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--trainer-workers", "2"],  # no --project
+        ["--trainer-workers", "0", "--project", "p"],
+        ["--trainer-accelerator", "NVIDIA_TESLA_T4:0", "--project", "p"],
+        ["--trainer-accelerator", "NVIDIA_TESLA_T4:two", "--project", "p"],
+    ],
+)
 def test_bad_trainer_options_are_usage_errors(tmp_path, options, capsys):
     out = tmp_path / "pipeline.json"
     assert main(["compile", "--output", str(out), "--folds", "2", *options]) == 2

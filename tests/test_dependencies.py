@@ -36,8 +36,7 @@ def canonical(name: str) -> str:
 
 def declared() -> List[str]:
     project = tomli.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    return [canonical(_NAME.match(requirement).group(1))
-            for requirement in project["dependencies"]]
+    return [canonical(_NAME.match(requirement).group(1)) for requirement in project["dependencies"]]
 
 
 def provided_modules(distribution: str) -> Set[str]:
@@ -98,8 +97,9 @@ def declared_modules() -> Dict[str, Set[str]]:
             modules[distribution] = provided_modules(distribution)
         except metadata.PackageNotFoundError:
             missing.append(distribution)
-    assert not missing, (f"declared in pyproject.toml but not installed: {', '.join(missing)} "
-                         "(run make install)")
+    assert not missing, (
+        f"declared in pyproject.toml but not installed: {', '.join(missing)} (run make install)"
+    )
     return modules
 
 
@@ -112,21 +112,30 @@ def test_every_import_is_declared(declared_modules):
     for name, where, line in third_party_imports():
         if provider(name, declared_modules) is None:
             candidates = installed_providers(name.split(".")[0])
-            problems.append(f"{where}:{line} imports {name}, which no declared dependency "
-                            f"provides (installed from: {', '.join(candidates) or 'nothing'}); "
-                            "declare it in pyproject.toml and pin it in constraints.txt")
+            problems.append(
+                f"{where}:{line} imports {name}, which no declared dependency "
+                f"provides (installed from: {', '.join(candidates) or 'nothing'}); "
+                "declare it in pyproject.toml and pin it in constraints.txt"
+            )
     assert not problems, "\n".join(problems)
 
 
 def test_every_declared_dependency_is_imported(declared_modules):
     used = {provider(name, declared_modules) for name, _, _ in third_party_imports()}
     unused = sorted(set(declared_modules) - used - set(NOT_IMPORTED))
-    problems = [f"{d} is declared in pyproject.toml but nothing in {', '.join(PACKAGES)} "
-                "imports it: use it or remove it" for d in unused]
-    problems += [f"{d} is imported after all: remove it from NOT_IMPORTED"
-                 for d in sorted(set(NOT_IMPORTED) & used)]
-    problems += [f"{d} in NOT_IMPORTED is not declared any more: remove it from NOT_IMPORTED"
-                 for d in sorted(set(NOT_IMPORTED) - set(declared_modules))]
+    problems = [
+        f"{d} is declared in pyproject.toml but nothing in {', '.join(PACKAGES)} "
+        "imports it: use it or remove it"
+        for d in unused
+    ]
+    problems += [
+        f"{d} is imported after all: remove it from NOT_IMPORTED"
+        for d in sorted(set(NOT_IMPORTED) & used)
+    ]
+    problems += [
+        f"{d} in NOT_IMPORTED is not declared any more: remove it from NOT_IMPORTED"
+        for d in sorted(set(NOT_IMPORTED) - set(declared_modules))
+    ]
     assert not problems, "\n".join(problems)
 
 

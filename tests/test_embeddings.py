@@ -20,10 +20,13 @@ from preprocessing.embeddings import (
 )
 
 WORDS = ["the", ",", "door", "kids", "talking"]
-MATRIX = np.array([[0.1, 0.2, 0.3], [-1.0, 0.0, 1.0], [0.5, 0.25, -0.125],
-                   [1e-3, -2e3, 3.5], [7.0, 8.0, 9.0]], np.float32)
-GLOVE_TEXT = "".join(f"{w} {' '.join(repr(float(x)) for x in row)}\n"
-                     for w, row in zip(WORDS, MATRIX))
+MATRIX = np.array(
+    [[0.1, 0.2, 0.3], [-1.0, 0.0, 1.0], [0.5, 0.25, -0.125], [1e-3, -2e3, 3.5], [7.0, 8.0, 9.0]],
+    np.float32,
+)
+GLOVE_TEXT = "".join(
+    f"{w} {' '.join(repr(float(x)) for x in row)}\n" for w, row in zip(WORDS, MATRIX)
+)
 
 
 def assert_fixture(vectors):
@@ -84,8 +87,9 @@ def test_npy_with_parquet_vocab_single_column(tmp_path):
 def test_npy_with_parquet_vocab_and_row_column(tmp_path):
     np.save(tmp_path / "emb.npy", MATRIX)
     order = [3, 0, 4, 1, 2]
-    pq.write_table(pa.table({"word": [WORDS[i] for i in order], "idx": order}),
-                   tmp_path / "emb.vocab.parquet")
+    pq.write_table(
+        pa.table({"word": [WORDS[i] for i in order], "idx": order}), tmp_path / "emb.vocab.parquet"
+    )
     assert_fixture(load(tmp_path / "emb.npy"))
 
 
@@ -138,11 +142,14 @@ def test_empty_text_file_fails(tmp_path, content):
         load(path)
 
 
-@pytest.mark.parametrize("bad_line, message", [
-    ("kids 1.0 2.0", r"glove.txt:3: malformed line: 2 values, expected 3"),
-    ("kids 1.0 two 3.0", r"glove.txt:3: malformed line: non-numeric vector value"),
-    ("kids", r"glove.txt:3: malformed line: 0 values, expected 3"),
-])
+@pytest.mark.parametrize(
+    "bad_line, message",
+    [
+        ("kids 1.0 2.0", r"glove.txt:3: malformed line: 2 values, expected 3"),
+        ("kids 1.0 two 3.0", r"glove.txt:3: malformed line: non-numeric vector value"),
+        ("kids", r"glove.txt:3: malformed line: 0 values, expected 3"),
+    ],
+)
 def test_malformed_line_fails_with_line_number(tmp_path, bad_line, message):
     path = tmp_path / "glove.txt"
     lines = GLOVE_TEXT.splitlines()

@@ -47,7 +47,8 @@ def graph_op_types(graph_def) -> set:
 
 def saved_model_op_types(export_dir) -> set:
     saved = saved_model_pb2.SavedModel.FromString(
-        tf.io.gfile.GFile(f"{export_dir}/saved_model.pb", "rb").read())
+        tf.io.gfile.GFile(f"{export_dir}/saved_model.pb", "rb").read()
+    )
     ops = set()
     for meta_graph in saved.meta_graphs:
         ops |= graph_op_types(meta_graph.graph_def)
@@ -82,12 +83,14 @@ def test_export_traced_with_a_gpu_has_no_cudnn_op_and_same_outputs(gpu_export):
     assert not sorted(op for op in ops if op.startswith("Cudnn"))
     assert ops & {"While", "StatelessWhile"}  # the generic LSTM loop is what got exported
     # The recurrent layers are restored after the export.
-    assert {layer.use_cudnn for layer in model._flatten_layers()
-            if hasattr(layer, "use_cudnn")} == {"auto"}
+    assert {
+        layer.use_cudnn for layer in model._flatten_layers() if hasattr(layer, "use_cudnn")
+    } == {"auto"}
 
     serialized = example_bytes(ANGRY, KIDS)
-    inputs = records.to_model_inputs(records.parse_examples(
-        tf.constant([serialized]), info["word_dim"]))
+    inputs = records.to_model_inputs(
+        records.parse_examples(tf.constant([serialized]), info["word_dim"])
+    )
     expected = model(inputs, training=False).numpy()
     loaded = tf.saved_model.load(info["path"])
     got = loaded.signatures[SERVING_DEFAULT](examples=tf.constant([serialized]))
@@ -108,13 +111,18 @@ def test_a_tf1_session_restores_every_variable_the_signatures_read(gpu_export):
     graph and would not notice). Same probabilities from both loaders."""
     _, info = gpu_export
     serialized = example_bytes(ANGRY, KIDS)
-    expected = tf.saved_model.load(info["path"]).signatures[SERVING_DEFAULT](
-        examples=tf.constant([serialized]))["probabilities"].numpy()
+    expected = (
+        tf.saved_model.load(info["path"])
+        .signatures[SERVING_DEFAULT](examples=tf.constant([serialized]))["probabilities"]
+        .numpy()
+    )
     with tf.Graph().as_default() as graph, tf.compat.v1.Session(graph=graph) as session:
         meta = tf.compat.v1.saved_model.loader.load(session, ["serve"], info["path"])
         signature = meta.signature_def[SERVING_DEFAULT]
-        got = session.run(signature.outputs["probabilities"].name,
-                          {signature.inputs["examples"].name: [serialized]})
+        got = session.run(
+            signature.outputs["probabilities"].name,
+            {signature.inputs["examples"].name: [serialized]},
+        )
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -130,10 +138,14 @@ def test_export_carries_warmup_requests_that_replay(gpu_export):
     _, info = gpu_export
     logs = read_warmup_requests(info["path"])
     assert [entry.predict_log.request.model_spec.signature_name for entry in logs] == [
-        PREDICT_WAVEFORM, SERVING_DEFAULT]
+        PREDICT_WAVEFORM,
+        SERVING_DEFAULT,
+    ]
     loaded = tf.saved_model.load(info["path"])
-    expected = {PREDICT_WAVEFORM: set(CLASS_OUTPUTS) | set(EXCITATION_OUTPUTS),
-                SERVING_DEFAULT: set(CLASS_OUTPUTS)}
+    expected = {
+        PREDICT_WAVEFORM: set(CLASS_OUTPUTS) | set(EXCITATION_OUTPUTS),
+        SERVING_DEFAULT: set(CLASS_OUTPUTS),
+    }
     for entry in logs:
         request = entry.predict_log.request
         name = request.model_spec.signature_name
@@ -150,6 +162,7 @@ def test_export_carries_warmup_requests_that_replay(gpu_export):
 def test_the_serving_loader_replays_the_warmup_requests(gpu_export):
     _, info = gpu_export
     from pathlib import Path
+
     with mock.patch.object(repository, "run_warmup", wraps=repository.run_warmup) as warmup:
         version = repository.load_version(1, Path(info["path"]))
     assert warmup.call_count == 1
@@ -171,7 +184,13 @@ def test_a_failing_warmup_request_fails_the_load(gpu_export, tmp_path):
     request = predict_pb2.PredictRequest()
     request.model_spec.signature_name = SERVING_DEFAULT
     request.inputs["examples"].CopyFrom(tf.make_tensor_proto([b"not a record"]))
-    write_warmup_requests(copy, [prediction_log_pb2.PredictionLog(
-        predict_log=prediction_log_pb2.PredictLog(request=request)).SerializeToString()])
+    write_warmup_requests(
+        copy,
+        [
+            prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request)
+            ).SerializeToString()
+        ],
+    )
     with pytest.raises(ValueError, match="warm-up request 0"):
         repository.load_version(2, Path(copy))

@@ -24,7 +24,8 @@ def _validate(model, root):
     blessing = standard_artifacts.InfraBlessing()
     blessing.uri = str(root / "infra_blessing")
     ModelLoadValidator.EXECUTOR_SPEC.executor_class().Do(
-        {"model": [model]}, {"blessing": [blessing]}, {})
+        {"model": [model]}, {"blessing": [blessing]}, {}
+    )
     return blessing
 
 
@@ -36,11 +37,16 @@ def _push(model, infra_blessing, root):
     pushed.uri = str(root / "pushed_model")
     destination = root / "serving_model"
     PusherExecutor().Do(
-        {"model": [model], "model_blessing": [model_blessing],
-         "infra_blessing": [infra_blessing]},
+        {"model": [model], "model_blessing": [model_blessing], "infra_blessing": [infra_blessing]},
         {"pushed_model": [pushed]},
-        {"push_destination": json_format.MessageToJson(tfx.proto.PushDestination(
-            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=str(destination))))})
+        {
+            "push_destination": json_format.MessageToJson(
+                tfx.proto.PushDestination(
+                    filesystem=tfx.proto.PushDestination.Filesystem(base_directory=str(destination))
+                )
+            )
+        },
+    )
     return pushed, destination
 
 
@@ -53,7 +59,8 @@ def test_a_model_that_loads_and_answers_is_blessed_and_pushed(small_model_base, 
     assert pushed.get_int_custom_property("pushed") == 1
     (version,) = destination.iterdir()
     assert (version / "saved_model.pb").read_bytes() == (
-        small_model_base / "1" / "saved_model.pb").read_bytes()
+        small_model_base / "1" / "saved_model.pb"
+    ).read_bytes()
 
 
 def test_a_model_that_does_not_load_is_refused_with_the_reason(small_model_base, tmp_path):
@@ -71,8 +78,7 @@ def test_a_model_that_does_not_load_is_refused_with_the_reason(small_model_base,
     assert not destination.exists() or not any(destination.iterdir())
 
 
-def test_a_model_without_warmup_requests_proves_nothing_and_is_refused(small_model_base,
-                                                                      tmp_path):
+def test_a_model_without_warmup_requests_proves_nothing_and_is_refused(small_model_base, tmp_path):
     shutil.copytree(small_model_base / "1", tmp_path / "export")
     shutil.rmtree(tmp_path / "export" / "assets.extra")
     reason = check_in_fresh_process(str(tmp_path / "export"))

@@ -37,6 +37,7 @@ ALLOWED_CYCLES: Dict[Tuple[str, ...], str] = {}
 
 # --- Reading imports --------------------------------------------------------------------------
 
+
 def resolve(name: str, modules: Dict[str, Path]) -> Optional[str]:
     """The project module ``name`` refers to (the longest known prefix), or None."""
     parts = name.split(".")
@@ -70,9 +71,13 @@ def layer(module: str) -> int:
 
 def upward_imports(graph: Dict[str, Set[str]]) -> Set[Tuple[str, str]]:
     """Imports of a package in a higher layer, or of another package in the same layer."""
-    return {(source, target) for source, targets in graph.items() for target in targets
-            if layer(target) > layer(source)
-            or (layer(target) == layer(source) and package(target) != package(source))}
+    return {
+        (source, target)
+        for source, targets in graph.items()
+        for target in targets
+        if layer(target) > layer(source)
+        or (layer(target) == layer(source) and package(target) != package(source))
+    }
 
 
 def order() -> str:
@@ -139,6 +144,7 @@ def cycles(graph: Dict[str, Set[str]]) -> List[List[str]]:
 
 # --- The rules ----------------------------------------------------------------------------------
 
+
 def test_the_import_graph_is_read():
     """Guards the reader itself: known edges of the code base are seen."""
     graph, _ = import_graph()
@@ -154,11 +160,15 @@ def test_packages_import_only_packages_to_their_left():
     found = upward_imports(graph)
     new = sorted(found - set(ALLOWED_UPWARD_IMPORTS))
     gone = sorted(set(ALLOWED_UPWARD_IMPORTS) - found)
-    problems = [f"{source} (line {lines[source, target]}) imports {target}: the order is "
-                f"{order()}, a package imports only those of the layers to its left"
-                for source, target in new]
-    problems += [f"allowlisted {source} -> {target} no longer occurs: remove it from "
-                 f"ALLOWED_UPWARD_IMPORTS" for source, target in gone]
+    problems = [
+        f"{source} (line {lines[source, target]}) imports {target}: the order is "
+        f"{order()}, a package imports only those of the layers to its left"
+        for source, target in new
+    ]
+    problems += [
+        f"allowlisted {source} -> {target} no longer occurs: remove it from ALLOWED_UPWARD_IMPORTS"
+        for source, target in gone
+    ]
     assert not problems, "\n".join(problems)
 
 
@@ -170,8 +180,10 @@ def test_no_import_cycles_between_modules():
         if members not in ALLOWED_CYCLES:
             steps = [f"{a} (line {lines[a, b]}) -> {b}" for a, b in zip(path, path[1:])]
             problems.append("import cycle: " + "; ".join(steps))
-    problems += [f"allowlisted cycle {' <-> '.join(members)} no longer occurs: remove it from "
-                 f"ALLOWED_CYCLES" for members in sorted(set(ALLOWED_CYCLES) - set(found))]
+    problems += [
+        f"allowlisted cycle {' <-> '.join(members)} no longer occurs: remove it from ALLOWED_CYCLES"
+        for members in sorted(set(ALLOWED_CYCLES) - set(found))
+    ]
     assert not problems, "\n".join(problems)
 
 
@@ -187,25 +199,38 @@ def test_every_installed_package_has_a_layer():
 def test_the_checks_catch_what_they_are_for():
     """The two checks on a made-up graph: an upward import, a sideways one (between the two
     packages of one layer), and a three-module cycle."""
-    graph = {"preprocessing.a": {"trainer.b"}, "trainer.b": {"trainer.c"},
-             "trainer.c": {"trainer.d"}, "trainer.d": {"trainer.b"}, "serving.e": {"trainer.b"},
-             "pipeline.f": {"experiments.g", "serving.e"}, "experiments.g": {"trainer.b"},
-             "cli.h": {"pipeline.f", "experiments.g"}}
-    assert upward_imports(graph) == {("preprocessing.a", "trainer.b"),
-                                     ("pipeline.f", "experiments.g")}
+    graph = {
+        "preprocessing.a": {"trainer.b"},
+        "trainer.b": {"trainer.c"},
+        "trainer.c": {"trainer.d"},
+        "trainer.d": {"trainer.b"},
+        "serving.e": {"trainer.b"},
+        "pipeline.f": {"experiments.g", "serving.e"},
+        "experiments.g": {"trainer.b"},
+        "cli.h": {"pipeline.f", "experiments.g"},
+    }
+    assert upward_imports(graph) == {
+        ("preprocessing.a", "trainer.b"),
+        ("pipeline.f", "experiments.g"),
+    }
     assert cycles(graph) == [["trainer.b", "trainer.c", "trainer.d", "trainer.b"]]
 
 
 def test_module_level_function_level_and_relative_imports_all_count():
-    source = ("import serving.server\nfrom . import json_tensors\nfrom .status import x\n"
-              "def f():\n    from pipeline import runner\n")
+    source = (
+        "import serving.server\nfrom . import json_tensors\nfrom .status import x\n"
+        "def f():\n    from pipeline import runner\n"
+    )
     modules = project_modules()
-    names = {resolve(name, modules)
-             for name, _ in imported_names(ast.parse(source), "serving.fast_json", False)}
+    names = {
+        resolve(name, modules)
+        for name, _ in imported_names(ast.parse(source), "serving.fast_json", False)
+    }
     assert names == {"serving.server", "serving.json_tensors", "serving.status", "pipeline.runner"}
 
 
 # --- Tests --------------------------------------------------------------------------------------
+
 
 def is_test_module(path: Path) -> bool:
     return path.name.startswith("test_")
@@ -216,17 +241,24 @@ def test_no_test_module_imports_a_test_module(path):
     """Shared helpers go in a support module (or a conftest fixture), never in a test module:
     importing a test module runs its tests' module-level code and hides what is shared."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    bad = [f"{path.name}:{line} imports {name}" for name, line in imported_names(tree, "", False)
-           if name.split(".")[0].startswith("test_")]
+    bad = [
+        f"{path.name}:{line} imports {name}"
+        for name, line in imported_names(tree, "", False)
+        if name.split(".")[0].startswith("test_")
+    ]
     assert not bad, "\n".join(bad)
 
 
-@pytest.mark.parametrize("path", sorted(p for p in TESTS.glob("*.py") if not is_test_module(p)),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted(p for p in TESTS.glob("*.py") if not is_test_module(p)), ids=lambda p: p.name
+)
 def test_support_modules_hold_no_tests(path):
     """A test in a module pytest does not collect would never run."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    tests = [node.name for node in tree.body
-             if isinstance(node, (ast.FunctionDef, ast.ClassDef))
-             and node.name.lower().startswith("test")]
+    tests = [
+        node.name
+        for node in tree.body
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef))
+        and node.name.lower().startswith("test")
+    ]
     assert not tests, f"{path.name} is not collected by pytest but defines {tests}"

@@ -38,11 +38,14 @@ def pooling_reference(frames, spans, num_words, pooling="mean_max"):
 def ragged_batch():
     rng = np.random.default_rng(0)
     frames = rng.normal(size=(3, 20, 5)).astype(np.float32)
-    spans = np.array([
-        [[2, 6], [6, 7], [5, 9], [9, 9], [0, 0]],      # normal, one-frame, overlapping, empty, pad
-        [[-3, 4], [15, 40], [4, 4], [0, 0], [0, 0]],   # clipped left, clipped right, empty
-        [[0, 20], [3, 1], [0, 0], [0, 0], [0, 0]],     # whole utterance, reversed span
-    ], np.int32)
+    spans = np.array(
+        [
+            [[2, 6], [6, 7], [5, 9], [9, 9], [0, 0]],  # normal, one-frame, overlapping, empty, pad
+            [[-3, 4], [15, 40], [4, 4], [0, 0], [0, 0]],  # clipped left, clipped right, empty
+            [[0, 20], [3, 1], [0, 0], [0, 0], [0, 0]],  # whole utterance, reversed span
+        ],
+        np.int32,
+    )
     num_words = np.array([4, 3, 2], np.int32)
     return frames, spans, num_words
 
@@ -51,8 +54,9 @@ def ragged_batch():
 def test_segment_pooling_matches_numpy(ragged_batch, pooling):
     frames, spans, num_words = ragged_batch
     got = SegmentMeanMaxPooling(pooling)([frames, spans, num_words]).numpy()
-    np.testing.assert_allclose(got, pooling_reference(frames, spans, num_words, pooling),
-                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        got, pooling_reference(frames, spans, num_words, pooling), rtol=1e-6, atol=1e-6
+    )
 
 
 def test_segment_pooling_exact_zero_for_padding_and_empty(ragged_batch):
@@ -82,11 +86,21 @@ def test_segment_pooling_ignores_padding(ragged_batch):
 def test_segment_pooling_in_tf_function_with_unknown_shapes(ragged_batch):
     frames, spans, num_words = ragged_batch
     layer = SegmentMeanMaxPooling()
-    fn = tf.function(layer, input_signature=[[
-        tf.TensorSpec([None, None, 5], tf.float32), tf.TensorSpec([None, None, 2], tf.int32),
-        tf.TensorSpec([None], tf.int32)]])
-    np.testing.assert_allclose(fn([frames, spans, num_words]).numpy(),
-                               pooling_reference(frames, spans, num_words), atol=1e-6)
+    fn = tf.function(
+        layer,
+        input_signature=[
+            [
+                tf.TensorSpec([None, None, 5], tf.float32),
+                tf.TensorSpec([None, None, 2], tf.int32),
+                tf.TensorSpec([None], tf.int32),
+            ]
+        ],
+    )
+    np.testing.assert_allclose(
+        fn([frames, spans, num_words]).numpy(),
+        pooling_reference(frames, spans, num_words),
+        atol=1e-6,
+    )
 
 
 def test_segment_pooling_gradient_reaches_only_span_frames():
@@ -127,8 +141,9 @@ def test_cross_modality_excitation_matches_numpy():
         np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("excite_acoustic,excite_semantic", [(False, True), (True, False),
-                                                             (False, False)])
+@pytest.mark.parametrize(
+    "excite_acoustic,excite_semantic", [(False, True), (True, False), (False, False)]
+)
 def test_cross_modality_excitation_ablations_are_identity(excite_acoustic, excite_semantic):
     rng = np.random.default_rng(3)
     acoustic = rng.normal(size=(2, 4, 6)).astype(np.float32)
@@ -147,7 +162,7 @@ def test_cross_modality_excitation_gradients_reach_every_weight():
     layer = CrossModalityExcitation()
     with tf.GradientTape() as tape:
         out_a, out_s = layer([acoustic, semantic])
-        loss = tf.reduce_sum(out_a ** 2) + tf.reduce_sum(out_s ** 2)
+        loss = tf.reduce_sum(out_a**2) + tf.reduce_sum(out_s**2)
     grads = tape.gradient(loss, layer.trainable_weights)
     assert len(grads) == 4
     for weight, grad in zip(layer.trainable_weights, grads):
@@ -155,20 +170,35 @@ def test_cross_modality_excitation_gradients_reach_every_weight():
 
 
 def test_masked_max_pooling_and_masks():
-    x = np.array([[[1.0, -5.0], [3.0, -7.0], [100.0, 100.0]],
-                  [[-2.0, -1.0], [50.0, 50.0], [50.0, 50.0]],
-                  [[9.0, 9.0], [9.0, 9.0], [9.0, 9.0]]], np.float32)
+    x = np.array(
+        [
+            [[1.0, -5.0], [3.0, -7.0], [100.0, 100.0]],
+            [[-2.0, -1.0], [50.0, 50.0], [50.0, 50.0]],
+            [[9.0, 9.0], [9.0, 9.0], [9.0, 9.0]],
+        ],
+        np.float32,
+    )
     lengths = np.array([2, 1, 0], np.int32)
-    np.testing.assert_array_equal(MaskedMaxPooling()([x, lengths]).numpy(),
-                                  [[3.0, -5.0], [-2.0, -1.0], [0.0, 0.0]])
-    np.testing.assert_array_equal(LengthMask()([x, lengths]).numpy(),
-                                  [[True, True, False], [True, False, False], [False] * 3])
+    np.testing.assert_array_equal(
+        MaskedMaxPooling()([x, lengths]).numpy(), [[3.0, -5.0], [-2.0, -1.0], [0.0, 0.0]]
+    )
+    np.testing.assert_array_equal(
+        LengthMask()([x, lengths]).numpy(), [[True, True, False], [True, False, False], [False] * 3]
+    )
     np.testing.assert_array_equal(ZeroPadded()([x, lengths]).numpy()[0, 2], [0.0, 0.0])
 
 
-@pytest.mark.parametrize("layer", [SegmentMeanMaxPooling("mean"), CrossModalityExcitation(
-    excite_semantic=False, return_gates=True), LengthMask(), ZeroPadded(), MaskedMaxPooling(),
-    PriorCorrection([88, 88, 44, 88])])
+@pytest.mark.parametrize(
+    "layer",
+    [
+        SegmentMeanMaxPooling("mean"),
+        CrossModalityExcitation(excite_semantic=False, return_gates=True),
+        LengthMask(),
+        ZeroPadded(),
+        MaskedMaxPooling(),
+        PriorCorrection([88, 88, 44, 88]),
+    ],
+)
 def test_layers_round_trip_through_config(layer):
     config = keras.saving.serialize_keras_object(layer)
     clone = keras.saving.deserialize_keras_object(config)
@@ -183,6 +213,7 @@ def test_pooling_rejects_unknown_mode():
 
 def test_spec_augment_masks_bands_in_training_only():
     from trainer.layers import SpecAugment
+
     layer = SpecAugment(freq_masks=2, freq_width=8, time_masks=2, time_width=10, seed=3)
     x = np.ones((4, 60, 40), np.float32)
     lengths = np.array([60, 40, 30, 25])
@@ -226,14 +257,17 @@ def test_prior_correction_matches_numpy_and_round_trips():
     np.testing.assert_allclose(model.predict(probabilities, verbose=0), expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("counts, message", [
-    ([88, 0, 44, 88], "one finite count > 0 per class"),
-    ([88, -1, 44, 88], "one finite count > 0 per class"),
-    ([88, float("nan"), 44, 88], "one finite count > 0 per class"),
-    ([], "one finite count > 0 per class"),
-    (None, "must be a list of numbers"),
-    (["many", 1, 2, 3], "must be a list of numbers"),
-])
+@pytest.mark.parametrize(
+    "counts, message",
+    [
+        ([88, 0, 44, 88], "one finite count > 0 per class"),
+        ([88, -1, 44, 88], "one finite count > 0 per class"),
+        ([88, float("nan"), 44, 88], "one finite count > 0 per class"),
+        ([], "one finite count > 0 per class"),
+        (None, "must be a list of numbers"),
+        (["many", 1, 2, 3], "must be a list of numbers"),
+    ],
+)
 def test_prior_correction_rejects_bad_counts(counts, message):
     with pytest.raises(ValueError, match=message):
         PriorCorrection(counts)

@@ -9,25 +9,44 @@ from model_support import random_batch, unpadded_row
 from trainer.config import ModelConfig
 from trainer.model import EXCITATION_LAYER, adapt_normalization, build_model, valid_frames
 
-SMALL = ModelConfig(word_dim=8, cnn_filters=(8, 16, 16), semantic_dim=16, lstm_units=8,
-                    fcn_units=8, class_names=("a", "b", "c"))
+SMALL = ModelConfig(
+    word_dim=8,
+    cnn_filters=(8, 16, 16),
+    semantic_dim=16,
+    lstm_units=8,
+    fcn_units=8,
+    class_names=("a", "b", "c"),
+)
 
 
 def test_paper_sized_model_shapes_and_parameter_count():
     config = ModelConfig(word_dim=300)
     model = build_model(config)
-    assert model.get_layer("alignment_pooling").compute_output_shape(
-        ((None, None, 128), (None, None, 2), (None,)))[-1] == 256
+    assert (
+        model.get_layer("alignment_pooling").compute_output_shape(
+            ((None, None, 128), (None, None, 2), (None,))
+        )[-1]
+        == 256
+    )
     batch = random_batch(np.random.default_rng(0), batch=2, word_dim=300)
     probs = model(batch).numpy()
     assert probs.shape == (2, 4)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
     expected = (
-        40 * 64 * 5 + 64 + 64 * 128 * 2 + 128 + 128 * 128 * 2 + 128  # CNN
-        + 300 * 256 + 256  # semantic projection
+        40 * 64 * 5
+        + 64
+        + 64 * 128 * 2
+        + 128
+        + 128 * 128 * 2
+        + 128  # CNN
+        + 300 * 256
+        + 256  # semantic projection
         + 2 * (256 * 256 + 256)  # the two excitation gates
         + 2 * 4 * (512 * 256 + 256 * 256 + 256)  # BiLSTM over 512-d words
-        + 512 * 128 + 128 + 128 * 4 + 4  # FCN
+        + 512 * 128
+        + 128
+        + 128 * 4
+        + 4  # FCN
     )
     assert model.count_params() - (2 * 40 + 1) == expected  # Normalization: mean, var, count
 
@@ -40,9 +59,11 @@ def test_padding_frames_and_words_does_not_change_outputs():
     padded = dict(batch)
     padded["fbank"] = np.concatenate([batch["fbank"], rng.normal(size=(4, 17, 40)) * 50], 1)
     padded["word_embeddings"] = np.concatenate(
-        [batch["word_embeddings"], rng.normal(size=(4, 3, 8))], 1).astype(np.float32)
+        [batch["word_embeddings"], rng.normal(size=(4, 3, 8))], 1
+    ).astype(np.float32)
     padded["word_spans"] = np.concatenate(
-        [batch["word_spans"], rng.integers(0, 40, size=(4, 3, 2))], 1).astype(np.int32)
+        [batch["word_spans"], rng.integers(0, 40, size=(4, 3, 2))], 1
+    ).astype(np.int32)
     np.testing.assert_allclose(model(padded).numpy(), base, rtol=1e-5, atol=1e-6)
     # Garbage in the padded frames/slots of the original batch changes nothing either.
     noisy = dict(batch)
@@ -131,10 +152,12 @@ def test_model_learns_a_class_carried_only_inside_one_words_span():
         data["fbank"][i, start:end, :5] += 2.0 if labels[i] else -2.0
     adapt_normalization(model, data["fbank"].reshape(-1, 40))
     train, test = slice(0, 320), slice(320, n)
-    model.fit({k: v[train] for k, v in data.items()}, labels[train], batch_size=32, epochs=8,
-              verbose=0)
-    accuracy = np.mean(model.predict({k: v[test] for k, v in data.items()}, verbose=0)
-                       .argmax(-1) == labels[test])
+    model.fit(
+        {k: v[train] for k, v in data.items()}, labels[train], batch_size=32, epochs=8, verbose=0
+    )
+    accuracy = np.mean(
+        model.predict({k: v[test] for k, v in data.items()}, verbose=0).argmax(-1) == labels[test]
+    )
     assert accuracy >= 0.9
 
 
@@ -151,15 +174,37 @@ def test_config_validation_and_json_round_trip():
 
 def test_variants_are_configurations_of_the_one_model():
     from trainer.config import RECIPE, VARIANTS, variant_config
+
     assert variant_config("cme_paper") == ModelConfig(variant="cme_paper")
     assert variant_config("cme") == ModelConfig(**RECIPE)
     both = variant_config("no_excite", epochs=3)
     assert (both.variant, both.excite_acoustic, both.excite_semantic, both.epochs) == (
-        "no_excite", False, False, 3)
+        "no_excite",
+        False,
+        False,
+        3,
+    )
     assert variant_config("mean_pool").acoustic_dim == 128
     for name in VARIANTS:
-        assert len(build_model(variant_config(name, **{
-            k: getattr(SMALL, k) for k in ("word_dim", "cnn_filters", "semantic_dim",
-                                          "lstm_units", "fcn_units")})).layers) > 10
+        assert (
+            len(
+                build_model(
+                    variant_config(
+                        name,
+                        **{
+                            k: getattr(SMALL, k)
+                            for k in (
+                                "word_dim",
+                                "cnn_filters",
+                                "semantic_dim",
+                                "lstm_units",
+                                "fcn_units",
+                            )
+                        },
+                    )
+                ).layers
+            )
+            > 10
+        )
     with pytest.raises(ValueError, match="unknown variant 'attention'"):
         variant_config("attention")

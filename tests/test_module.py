@@ -13,32 +13,52 @@ from trainer.config import ModelConfig
 from trainer.metrics import prior_corrected
 from trainer.module import pooled_class_counts, run_fn
 
-TINY = ModelConfig(cnn_filters=(4, 8, 8), semantic_dim=8, lstm_units=4, fcn_units=4,
-                   epochs=2, patience=2, batch_size=4, seed=3)
+TINY = ModelConfig(
+    cnn_filters=(4, 8, 8),
+    semantic_dim=8,
+    lstm_units=4,
+    fcn_units=4,
+    epochs=2,
+    patience=2,
+    batch_size=4,
+    seed=3,
+)
 
 
 def fn_args(tmp_path, records, ensemble_size, config=TINY, name=None, **custom):
     name = name or str(ensemble_size)
     return tfx.components.FnArgs(
-        train_files=[str(records / "records" / "fold-0" / "*.tfrecord.gz"),
-                     str(records / "records" / "fold-1" / "*.tfrecord.gz")],
+        train_files=[
+            str(records / "records" / "fold-0" / "*.tfrecord.gz"),
+            str(records / "records" / "fold-1" / "*.tfrecord.gz"),
+        ],
         serving_model_dir=str(tmp_path / f"serving{name}"),
         model_run_dir=str(tmp_path / f"run{name}"),
-        custom_config={"model_config": config.to_json(), "vocab_size": 1000,
-                       "embeddings_path": str(embeddings.fetch_glove()),
-                       "ensemble_size": ensemble_size, **custom})
+        custom_config={
+            "model_config": config.to_json(),
+            "vocab_size": 1000,
+            "embeddings_path": str(embeddings.fetch_glove()),
+            "ensemble_size": ensemble_size,
+            **custom,
+        },
+    )
 
 
 def probabilities(saved_model_dir, records):
-    raws = [r.numpy() for r in tf.data.TFRecordDataset(
-        [str(p) for p in sorted((records / "records" / "fold-0").glob("*.gz"))],
-        compression_type="GZIP")]
+    raws = [
+        r.numpy()
+        for r in tf.data.TFRecordDataset(
+            [str(p) for p in sorted((records / "records" / "fold-0").glob("*.gz"))],
+            compression_type="GZIP",
+        )
+    ]
     loaded = tf.saved_model.load(saved_model_dir)
     return loaded.signatures["serving_default"](examples=tf.constant(raws))["probabilities"].numpy()
 
 
 def test_run_fn_exports_one_model_or_the_prior_corrected_mean_of_a_seed_ensemble(
-        tmp_path, synthetic_records, capsys):
+    tmp_path, synthetic_records, capsys
+):
     # 14 per fold: every speaker has 2 angry, happy and neutral utterances and 1 sad one, so
     # the training prior is not uniform and the correction changes what is served.
     records = synthetic_records(tmp_path / "prep", folds=2, per_fold=14)

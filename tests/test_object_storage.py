@@ -44,18 +44,33 @@ def free_port() -> int:
 
 def aws_env(endpoint: str) -> dict:
     """The standard AWS variables only (the plugin's S3_* are derived by cme-ser itself)."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("AWS_", "S3_")) and k not in ("HTTP_PROXY", "HTTPS_PROXY",
-                                                             "http_proxy", "https_proxy")}
-    return {**env, "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
-            "AWS_EC2_METADATA_DISABLED": "true", "TF_CPP_MIN_LOG_LEVEL": "2",
-            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AWS_", "S3_"))
+        and k not in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
+    }
+    return {
+        **env,
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
 
 
 def cme_ser(*args, env, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "cme-ser"), *args], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=TIMEOUT)
+    return subprocess.run(
+        [str(BIN / "cme-ser"), *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
 
 
 def keys(client, prefix: str) -> list:
@@ -96,13 +111,19 @@ def bucket(tmp_path_factory):
     server.start()
     try:
         endpoint = f"http://127.0.0.1:{port}"
-        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                              aws_access_key_id="testing", aws_secret_access_key="testing")
+        client = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
         client.create_bucket(Bucket=BUCKET)
         uploaded = []
         for path in sorted(corpus.glob("Actor_*/*.flac")):
-            client.put_object(Bucket=BUCKET, Key=f"ravdess/{path.parent.name}/{path.name}",
-                              Body=path.read_bytes())
+            client.put_object(
+                Bucket=BUCKET, Key=f"ravdess/{path.parent.name}/{path.name}", Body=path.read_bytes()
+            )
             uploaded.append(path.stem)
         data = (RAVDESS_SPEECH / BROKEN).read_bytes()
         client.put_object(Bucket=BUCKET, Key=f"ravdess/{BROKEN}", Body=data[: len(data) // 3])
@@ -114,18 +135,43 @@ def bucket(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def preprocessed(bucket):
-    done = cme_ser("preprocess", "--dataset", "ravdess", "--data-dir", f"s3://{BUCKET}/ravdess",
-                   "--out", f"s3://{BUCKET}/records", "--folds", "2",
-                   env=bucket["env"], cwd=bucket["tmp"])
+    done = cme_ser(
+        "preprocess",
+        "--dataset",
+        "ravdess",
+        "--data-dir",
+        f"s3://{BUCKET}/ravdess",
+        "--out",
+        f"s3://{BUCKET}/records",
+        "--folds",
+        "2",
+        env=bucket["env"],
+        cwd=bucket["tmp"],
+    )
     return done
 
 
 @pytest.fixture(scope="module")
 def pipeline_run(bucket, preprocessed):
-    done = cme_ser("run", "--data-dir", f"s3://{BUCKET}/ravdess", "--output",
-                   f"s3://{BUCKET}/out", "--metadata", str(bucket["tmp"] / "metadata.sqlite"),
-                   "--folds", "2", "--epochs", "1", "--variant", "cme", "--ensemble", "1",
-                   env=bucket["env"], cwd=bucket["tmp"])
+    done = cme_ser(
+        "run",
+        "--data-dir",
+        f"s3://{BUCKET}/ravdess",
+        "--output",
+        f"s3://{BUCKET}/out",
+        "--metadata",
+        str(bucket["tmp"] / "metadata.sqlite"),
+        "--folds",
+        "2",
+        "--epochs",
+        "1",
+        "--variant",
+        "cme",
+        "--ensemble",
+        "1",
+        env=bucket["env"],
+        cwd=bucket["tmp"],
+    )
     return done
 
 
@@ -135,10 +181,12 @@ def test_preprocess_reads_and_writes_the_bucket_and_exits_0(bucket, preprocessed
     client = bucket["client"]
     summary = json.loads(read(client, "records/summary.json"))
     assert summary == json.loads(preprocessed.stdout)  # what it printed is what it wrote
-    errors = [json.loads(line) for line in read(client, "records/errors.jsonl").decode()
-              .splitlines()]
+    errors = [
+        json.loads(line) for line in read(client, "records/errors.jsonl").decode().splitlines()
+    ]
     assert [(e["utterance_id"], e["stage"], e["path"]) for e in errors] == [
-        (Path(BROKEN).stem, "decode", f"s3://{BUCKET}/ravdess/{BROKEN}")]
+        (Path(BROKEN).stem, "decode", f"s3://{BUCKET}/ravdess/{BROKEN}")
+    ]
     record_keys = keys(client, "records/records/")
     assert record_keys and all(k.endswith(".tfrecord.gz") for k in record_keys)
     ids = record_ids(client, record_keys, bucket["tmp"])
@@ -153,18 +201,38 @@ def test_preprocess_reads_and_writes_the_bucket_and_exits_0(bucket, preprocessed
 
 
 def test_preprocess_refuses_to_mix_runs_in_the_bucket(bucket, preprocessed):
-    again = cme_ser("preprocess", "--dataset", "ravdess", "--data-dir",
-                    f"s3://{BUCKET}/ravdess", "--out", f"s3://{BUCKET}/records", "--folds", "2",
-                    env=bucket["env"], cwd=bucket["tmp"])
+    again = cme_ser(
+        "preprocess",
+        "--dataset",
+        "ravdess",
+        "--data-dir",
+        f"s3://{BUCKET}/ravdess",
+        "--out",
+        f"s3://{BUCKET}/records",
+        "--folds",
+        "2",
+        env=bucket["env"],
+        cwd=bucket["tmp"],
+    )
     assert again.returncode == 2, again.stderr[-3000:]
-    assert (f"s3://{BUCKET}/records already holds preprocessed output (errors.jsonl, "
-            "fold_plan.json, records, summary.json)") in again.stderr
+    assert (
+        f"s3://{BUCKET}/records already holds preprocessed output (errors.jsonl, "
+        "fold_plan.json, records, summary.json)"
+    ) in again.stderr
 
 
 def test_a_missing_bucket_directory_is_a_usage_error(bucket):
-    done = cme_ser("preprocess", "--dataset", "ravdess", "--data-dir",
-                   f"s3://{BUCKET}/no-such-corpus", "--out", f"s3://{BUCKET}/x",
-                   env=bucket["env"], cwd=bucket["tmp"])
+    done = cme_ser(
+        "preprocess",
+        "--dataset",
+        "ravdess",
+        "--data-dir",
+        f"s3://{BUCKET}/no-such-corpus",
+        "--out",
+        f"s3://{BUCKET}/x",
+        env=bucket["env"],
+        cwd=bucket["tmp"],
+    )
     assert done.returncode == 2
     assert f"--data-dir s3://{BUCKET}/no-such-corpus is not a directory" in done.stderr
 
@@ -176,13 +244,17 @@ def test_run_puts_the_pipeline_root_report_and_pushed_model_in_the_bucket(bucket
     assert (tmp / "metadata.sqlite").stat().st_size > 0
     assert not (tmp / "output").exists()
     root = "out/tfx/root/"
-    examples = [k for k in keys(client, root + "CorpusExampleGen/examples/")
-                if k.endswith(".tfrecord.gz")]
+    examples = [
+        k for k in keys(client, root + "CorpusExampleGen/examples/") if k.endswith(".tfrecord.gz")
+    ]
     ids = record_ids(client, examples, tmp)
     assert set(ids) == set(bucket["uploaded"]) - {Path(BROKEN).stem}
 
-    reports = [k for k in keys(client, root + "CrossValidationReport/report/")
-               if k.endswith("/report.json")]
+    reports = [
+        k
+        for k in keys(client, root + "CrossValidationReport/report/")
+        if k.endswith("/report.json")
+    ]
     assert len(reports) == 1
     report = json.loads(read(client, reports[0]))
     assert report["classes"] == CLASSES and len(report["folds"]) == 2
@@ -200,12 +272,14 @@ def test_run_puts_the_pipeline_root_report_and_pushed_model_in_the_bucket(bucket
     local = tmp / "pushed"
     for key in pushed:
         if not key.endswith("/"):
-            target = local / key[len("out/serving_model/cme/"):]
+            target = local / key[len("out/serving_model/cme/") :]
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(read(client, key))
     version_dir = next(local.iterdir())
-    assert f"pushed model: s3://{BUCKET}/out/serving_model/cme/{version_dir.name}" in \
-        pipeline_run.stdout
+    assert (
+        f"pushed model: s3://{BUCKET}/out/serving_model/cme/{version_dir.name}"
+        in pipeline_run.stdout
+    )
     model = tf.saved_model.load(str(version_dir))
     record = local.parent / "0.tfrecord.gz"  # a record downloaded above
     batch = next(iter(tf.data.TFRecordDataset(str(record), compression_type="GZIP").batch(4)))
@@ -216,14 +290,23 @@ def test_run_puts_the_pipeline_root_report_and_pushed_model_in_the_bucket(bucket
 
 def test_the_s3_plugin_variables_come_from_the_standard_aws_ones():
     assert filesystems.s3_settings({"AWS_ENDPOINT_URL": "http://127.0.0.1:9000"}) == {
-        "S3_ENDPOINT": "http://127.0.0.1:9000", "S3_USE_HTTPS": "0"}
+        "S3_ENDPOINT": "http://127.0.0.1:9000",
+        "S3_USE_HTTPS": "0",
+    }
     # The S3-specific endpoint wins; what the user set for the plugin is kept.
-    assert filesystems.s3_settings({"AWS_ENDPOINT_URL": "http://a:1",
-                                    "AWS_ENDPOINT_URL_S3": "https://s3.example:443",
-                                    "AWS_DEFAULT_REGION": "eu-west-1"}) == {
-        "S3_ENDPOINT": "https://s3.example:443", "S3_USE_HTTPS": "1", "AWS_REGION": "eu-west-1"}
-    assert filesystems.s3_settings({"AWS_ENDPOINT_URL": "http://a:1", "S3_ENDPOINT": "b:2",
-                                    "AWS_REGION": "us-east-1"}) == {}
+    assert filesystems.s3_settings(
+        {
+            "AWS_ENDPOINT_URL": "http://a:1",
+            "AWS_ENDPOINT_URL_S3": "https://s3.example:443",
+            "AWS_DEFAULT_REGION": "eu-west-1",
+        }
+    ) == {"S3_ENDPOINT": "https://s3.example:443", "S3_USE_HTTPS": "1", "AWS_REGION": "eu-west-1"}
+    assert (
+        filesystems.s3_settings(
+            {"AWS_ENDPOINT_URL": "http://a:1", "S3_ENDPOINT": "b:2", "AWS_REGION": "us-east-1"}
+        )
+        == {}
+    )
     assert filesystems.s3_settings({}) == {}
     with pytest.raises(ValueError, match="must be an http:// or https:// URL"):
         filesystems.s3_settings({"AWS_ENDPOINT_URL": "127.0.0.1:9000"})
@@ -237,20 +320,27 @@ def test_paths_keep_their_kind():
     assert filesystems.basename("s3://b/records/fold-0/") == "fold-0"
     assert filesystems.dirname("gs://b/a/part.gz") == "gs://b/a"
     assert filesystems.beam_args(["s3://b/x", "/local"], ["--runner=DirectRunner"]) == [
-        "--runner=DirectRunner", "--beam_plugin=infra.s3_worker"]
+        "--runner=DirectRunner",
+        "--beam_plugin=infra.s3_worker",
+    ]
     assert filesystems.beam_args(["gs://b/x", "/local"], ["--runner=DirectRunner"]) == [
-        "--runner=DirectRunner"]
+        "--runner=DirectRunner"
+    ]
 
 
 def test_run_into_object_storage_needs_a_local_metadata_file(capsys):
     from cli.main import main
 
     assert main(["run", "--output", f"s3://{BUCKET}/out"]) == 2
-    assert ("--output s3://cme-ser-test/out is object storage, where ML Metadata's SQLite file "
-            "cannot live: pass --metadata PATH (a local file)") in capsys.readouterr().err
+    assert (
+        "--output s3://cme-ser-test/out is object storage, where ML Metadata's SQLite file "
+        "cannot live: pass --metadata PATH (a local file)"
+    ) in capsys.readouterr().err
     assert main(["run", "--output", f"s3://{BUCKET}/out", "--metadata", "s3://b/m.sqlite"]) == 2
-    assert "the ML Metadata file must be local (SQLite), got s3://b/m.sqlite" in \
-        capsys.readouterr().err
+    assert (
+        "the ML Metadata file must be local (SQLite), got s3://b/m.sqlite"
+        in capsys.readouterr().err
+    )
 
 
 def test_exit_process_ends_like_the_interpreter_with_the_given_code(tmp_path):
@@ -263,10 +353,15 @@ def test_exit_process_ends_like_the_interpreter_with_the_given_code(tmp_path):
         "atexit.register(lambda: print('exit handler', flush=True))\n"
         "threading.Thread(target=lambda: (time.sleep(0.2), print('thread', flush=True))).start()\n"
         "print('buffered', end='')\n"
-        "exit_process(int(sys.argv[1]))\n")
+        "exit_process(int(sys.argv[1]))\n"
+    )
     for code in (0, 3):
-        done = subprocess.run([sys.executable, str(script), str(code)], capture_output=True,
-                              text=True, timeout=120,
-                              env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+        done = subprocess.run(
+            [sys.executable, str(script), str(code)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+        )
         assert done.returncode == code, done.stderr
         assert done.stdout == "bufferedthread\nexit handler\n"

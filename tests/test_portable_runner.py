@@ -36,8 +36,11 @@ RUN_TIMEOUT = 900
 
 
 def env():
-    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
-            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return {
+        **os.environ,
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
 
 
 def free_port() -> int:
@@ -57,7 +60,7 @@ def group_members(pgid: int) -> dict:
             cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
         except OSError:
             continue
-        state, _ppid, pgrp = stat[stat.rindex(")") + 2:].split()[:3]
+        state, _ppid, pgrp = stat[stat.rindex(")") + 2 :].split()[:3]
         if int(pgrp) == pgid and state != "Z":
             members[int(entry)] = cmdline.replace(b"\0", b" ").decode(errors="replace").strip()
     return members
@@ -81,29 +84,40 @@ class WorkerPool:
         self.log = log
         self._log_file = open(log, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main",
-             f"--service_port={self.port}"],
-            cwd=cwd, env=env(), stdin=subprocess.DEVNULL, stdout=self._log_file,
-            stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "apache_beam.runners.worker.worker_pool_main",
+                f"--service_port={self.port}",
+            ],
+            cwd=cwd,
+            env=env(),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.pgid = self.proc.pid
 
     def wait_listening(self, timeout: float = POOL_START_TIMEOUT) -> None:
         def listening():
             if self.proc.poll() is not None:
-                raise AssertionError(f"worker pool exited with {self.proc.returncode}:\n"
-                                     f"{self.log_tail()}")
+                raise AssertionError(
+                    f"worker pool exited with {self.proc.returncode}:\n{self.log_tail()}"
+                )
             try:
                 socket.create_connection(("localhost", self.port), timeout=1).close()
                 return True
             except OSError:
                 return False
-        assert wait_for(listening, timeout), \
+
+        assert wait_for(listening, timeout), (
             f"worker pool not listening on {self.port} after {timeout}s:\n{self.log_tail()}"
+        )
 
     def workers(self) -> dict:
         """The pool's SDK worker processes still alive (the group minus the pool itself)."""
-        return {pid: cmd for pid, cmd in group_members(self.pgid).items()
-                if pid != self.proc.pid}
+        return {pid: cmd for pid, cmd in group_members(self.pgid).items() if pid != self.proc.pid}
 
     def log_tail(self, chars: int = 4000) -> str:
         self._log_file.flush()
@@ -134,6 +148,7 @@ def setup(tmp_path_factory):
     """The corpus (24 real files + 1 broken one), the GloVe vectors, and a running worker pool."""
     require_speech()
     from preprocessing.embeddings import fetch_glove
+
     embeddings = fetch_glove()  # the default vectors `cme-ser preprocess` uses (cached)
     tmp = tmp_path_factory.mktemp("portable")
     corpus = small_ravdess_corpus(tmp / "corpus")
@@ -153,18 +168,37 @@ def setup(tmp_path_factory):
 
 def preprocess(setup, out, beam_args=(), data_dir=None, cwd=None) -> dict:
     """`cme-ser preprocess` as a subprocess; returns its result and wall-clock seconds."""
-    cmd = [str(BIN / "cme-ser"), "preprocess", "--dataset", "ravdess",
-           "--data-dir", str(data_dir or setup["corpus"]), "--out", str(out),
-           "--folds", str(FOLDS)] + [f"--beam-arg={a}" for a in beam_args]
+    cmd = [
+        str(BIN / "cme-ser"),
+        "preprocess",
+        "--dataset",
+        "ravdess",
+        "--data-dir",
+        str(data_dir or setup["corpus"]),
+        "--out",
+        str(out),
+        "--folds",
+        str(FOLDS),
+    ] + [f"--beam-arg={a}" for a in beam_args]
     started = time.monotonic()
-    done = subprocess.run(cmd, cwd=cwd or setup["tmp"] / "cli", env=env(), capture_output=True,
-                          text=True, timeout=RUN_TIMEOUT)
+    done = subprocess.run(
+        cmd,
+        cwd=cwd or setup["tmp"] / "cli",
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+    )
     return {"done": done, "seconds": time.monotonic() - started, "out": out}
 
 
 def portable_args(pool: WorkerPool):
-    return ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=EXTERNAL",
-            f"--environment_config=localhost:{pool.port}"]
+    return [
+        "--runner=PortableRunner",
+        "--job_endpoint=embed",
+        "--environment_type=EXTERNAL",
+        f"--environment_config=localhost:{pool.port}",
+    ]
 
 
 def check_ok(run, pool=None):
@@ -186,24 +220,33 @@ def runs(setup):
     check_ok(portable, pool)
     # The job service stops its workers when the job ends: none may outlive it.
     workers_left = pool.workers() if not wait_for(lambda: not pool.workers(), 30) else {}
-    print(f"\ncme-ser preprocess, {INPUTS} inputs: DirectRunner {direct['seconds']:.1f}s, "
-          f"PortableRunner (embedded job service, external worker pool) "
-          f"{portable['seconds']:.1f}s")
-    return {"direct": direct["out"], "portable": portable["out"],
-            "workers_left": workers_left, "pool_log": pool.log_tail()}
+    print(
+        f"\ncme-ser preprocess, {INPUTS} inputs: DirectRunner {direct['seconds']:.1f}s, "
+        f"PortableRunner (embedded job service, external worker pool) "
+        f"{portable['seconds']:.1f}s"
+    )
+    return {
+        "direct": direct["out"],
+        "portable": portable["out"],
+        "workers_left": workers_left,
+        "pool_log": pool.log_tail(),
+    }
 
 
 def read_records(out: Path) -> dict:
     """{utterance_id: (fold dir, raw bytes, {feature name: serialized tf.train.Feature})}."""
     import tensorflow as tf
+
     records = {}
     files = sorted(out.glob("records/fold-*/*.tfrecord.gz"))
     assert files, f"no record files under {out}"
     for path in files:
         for raw in tf.data.TFRecordDataset(str(path), compression_type="GZIP").as_numpy_iterator():
             example = tf.train.Example.FromString(raw)
-            features = {name: feature.SerializeToString()
-                        for name, feature in example.features.feature.items()}
+            features = {
+                name: feature.SerializeToString()
+                for name, feature in example.features.feature.items()
+            }
             uid = example.features.feature["utterance_id"].bytes_list.value[0].decode()
             assert uid not in records, f"{uid} written twice ({records[uid][0]}, {path})"
             records[uid] = (path.parent.name, raw, features)
@@ -211,20 +254,27 @@ def read_records(out: Path) -> dict:
 
 
 def read_errors(out: Path) -> list:
-    return [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()
-            if line.strip()]
+    return [
+        json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines() if line.strip()
+    ]
 
 
 def test_portable_workers_ran_and_stopped(runs):
-    assert "Starting worker with command" in runs["pool_log"], \
+    assert "Starting worker with command" in runs["pool_log"], (
         "the portable run did not use the worker pool:\n" + runs["pool_log"]
+    )
     assert not runs["workers_left"], f"SDK workers left running: {runs['workers_left']}"
 
 
 def test_same_utterances_in_the_same_folds(runs):
     direct, portable = read_records(runs["direct"]), read_records(runs["portable"])
-    by_fold = lambda recs: {fold: sorted(u for u, r in recs.items() if r[0] == fold)  # noqa: E731
-                            for fold in sorted({r[0] for r in recs.values()})}
+
+    def by_fold(recs):
+        return {
+            fold: sorted(u for u, r in recs.items() if r[0] == fold)
+            for fold in sorted({r[0] for r in recs.values()})
+        }
+
     assert by_fold(portable) == by_fold(direct)
     assert len(by_fold(direct)) == FOLDS
 
@@ -254,8 +304,12 @@ def test_records_plus_errors_are_the_inputs(runs, runner):
     assert len(records) + len(errors) == INPUTS
     assert set(records).isdisjoint(e["utterance_id"] for e in errors)
     summary = json.loads((out / "summary.json").read_text())
-    assert (summary["inputs"], summary["records"], summary["errors"], summary["complete"]) \
-        == (INPUTS, len(records), len(errors), True)
+    assert (summary["inputs"], summary["records"], summary["errors"], summary["complete"]) == (
+        INPUTS,
+        len(records),
+        len(errors),
+        True,
+    )
 
 
 def test_record_bytes_are_reproducible(runs):
@@ -267,8 +321,13 @@ def test_record_bytes_are_reproducible(runs):
 def test_relative_paths_on_portable_workers(setup, runs):
     """Relative --data-dir / --out work on workers that run in another directory."""
     cli = setup["tmp"] / "cli"
-    run = preprocess(setup, "out-relative", portable_args(setup["pool"]),
-                     data_dir=os.path.relpath(setup["corpus"], cli), cwd=cli)
+    run = preprocess(
+        setup,
+        "out-relative",
+        portable_args(setup["pool"]),
+        data_dir=os.path.relpath(setup["corpus"], cli),
+        cwd=cli,
+    )
     check_ok(run, setup["pool"])
     out = cli / "out-relative"
     assert len(read_records(out)) == INPUTS - 1

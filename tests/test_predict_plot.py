@@ -20,8 +20,22 @@ KIDS = "Kids are talking by the door"
 @pytest.mark.skipif(not ANGRY_KIDS.is_file(), reason="RAVDESS speech not found")
 def test_predict_plot_draws_what_the_model_answered(small_model_base, tmp_path, capsys):
     png = tmp_path / "plots" / "kids.png"
-    assert main(["predict", str(ANGRY_KIDS), "--transcript", KIDS, "--model-dir",
-                 str(small_model_base), "--plot", str(png), "--json"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(ANGRY_KIDS),
+                "--transcript",
+                KIDS,
+                "--model-dir",
+                str(small_model_base),
+                "--plot",
+                str(png),
+                "--json",
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     [row] = json.loads(captured.out)["results"]
     assert f"plot: {png}" in captured.err
@@ -33,16 +47,18 @@ def test_predict_plot_draws_what_the_model_answered(small_model_base, tmp_path, 
     waveform = load_audio(ANGRY_KIDS)[0]
     figure = plot_excitation(waveform, prediction, str(tmp_path / "again.png"))
     spectrum, acoustic, semantic = figure.axes
-    np.testing.assert_allclose(spectrum.images[0].get_array().T,
-                               log_mel_filterbank(waveform).numpy(), rtol=1e-6)
-    assert [t.get_text() for t in spectrum.texts] == [
-        "kids", "are", "talking", "by", "the", "door"]
+    np.testing.assert_allclose(
+        spectrum.images[0].get_array().T, log_mel_filterbank(waveform).numpy(), rtol=1e-6
+    )
+    assert [t.get_text() for t in spectrum.texts] == ["kids", "are", "talking", "by", "the", "door"]
     for axis, field in ((acoustic, "acoustic_excitation"), (semantic, "semantic_excitation")):
         bars = axis.patches
-        assert [round(b.get_height(), 6) for b in bars] == [round(w[field], 6)
-                                                             for w in row["words"]]
+        assert [round(b.get_height(), 6) for b in bars] == [
+            round(w[field], 6) for w in row["words"]
+        ]
         assert [(round(b.get_x(), 6), round(b.get_x() + b.get_width(), 6)) for b in bars] == [
-            (round(w["start_s"], 6), round(w["end_s"], 6)) for w in row["words"]]
+            (round(w["start_s"], 6), round(w["end_s"], 6)) for w in row["words"]
+        ]
     assert row["emotion"] in figure._suptitle.get_text()
 
 

@@ -35,18 +35,38 @@ CLASSES = ("angry", "happy", "neutral", "sad")
 
 def ravdess_row(rel):
     parts = Path(rel).stem.split("-")
-    return {"path": str(RAVDESS / rel), "label": LABELS[parts[2]], "speaker": rel.split("/")[0],
-            "transcript": TRANSCRIPTS[parts[4]]}
+    return {
+        "path": str(RAVDESS / rel),
+        "label": LABELS[parts[2]],
+        "speaker": rel.split("/")[0],
+        "transcript": TRANSCRIPTS[parts[4]],
+    }
 
 
 def textgrid(path, intervals, xmax):
-    lines = ['File type = "ooTextFile"', 'Object class = "TextGrid"', "", "xmin = 0",
-             f"xmax = {xmax}", "tiers? <exists>", "size = 1", "item []:", "    item [1]:",
-             '        class = "IntervalTier"', '        name = "words"', "        xmin = 0",
-             f"        xmax = {xmax}", f"        intervals: size = {len(intervals)}"]
+    lines = [
+        'File type = "ooTextFile"',
+        'Object class = "TextGrid"',
+        "",
+        "xmin = 0",
+        f"xmax = {xmax}",
+        "tiers? <exists>",
+        "size = 1",
+        "item []:",
+        "    item [1]:",
+        '        class = "IntervalTier"',
+        '        name = "words"',
+        "        xmin = 0",
+        f"        xmax = {xmax}",
+        f"        intervals: size = {len(intervals)}",
+    ]
     for i, (a, b, word) in enumerate(intervals, 1):
-        lines += [f"        intervals [{i}]:", f"            xmin = {a}", f"            xmax = {b}",
-                  f'            text = "{word}"']
+        lines += [
+            f"        intervals [{i}]:",
+            f"            xmin = {a}",
+            f"            xmax = {b}",
+            f'            text = "{word}"',
+        ]
     Path(path).write_text("\n".join(lines) + "\n")
 
 
@@ -61,8 +81,15 @@ def corpus(tmp_path_factory):
     expected_errors = {}
 
     def bad(name, stage, label="angry", speaker="Actor_03", transcript="kids are talking", **kw):
-        rows.append({"path": str(root / name), "label": label, "speaker": speaker,
-                     "transcript": transcript, **kw})
+        rows.append(
+            {
+                "path": str(root / name),
+                "label": label,
+                "speaker": speaker,
+                "transcript": transcript,
+                **kw,
+            }
+        )
         expected_errors[Path(name).stem] = stage
 
     bad("missing.wav", "decode")
@@ -84,8 +111,14 @@ def corpus(tmp_path_factory):
     sf.write(root / "late_grid.wav", real, sr)
     textgrid(root / "late_grid.TextGrid", [(0.5, 1.0, "kids"), (1.0, 9.5, "door")], 9.5)
     bad("late_grid.wav", "alignment", textgrid=str(root / "late_grid.TextGrid"))
-    rows.append({"path": str(root / "late_grid.wav"), "label": "bored", "speaker": "Actor_04",
-                 "transcript": "kids"})
+    rows.append(
+        {
+            "path": str(root / "late_grid.wav"),
+            "label": "bored",
+            "speaker": "Actor_04",
+            "transcript": "kids",
+        }
+    )
     expected_errors["late_grid-2"] = "corpus"  # unknown label (the id repeats: made unique)
 
     # Valid but unusual inputs that must become records.
@@ -96,10 +129,18 @@ def corpus(tmp_path_factory):
     sf.write(root / "long.flac", long, sr)
     rows.append({**ravdess_row(GOOD[0]), "path": str(root / "long.flac")})
     sf.write(root / "given.wav", real, sr)
-    textgrid(root / "given.TextGrid", [(0.0, 0.9, ""), (0.9, 1.2, "kids"), (1.2, 1.5, "are")],
-             len(real) / sr)
-    rows.append({**ravdess_row(GOOD[0]), "path": str(root / "given.wav"),
-                 "textgrid": str(root / "given.TextGrid")})
+    textgrid(
+        root / "given.TextGrid",
+        [(0.0, 0.9, ""), (0.9, 1.2, "kids"), (1.2, 1.5, "are")],
+        len(real) / sr,
+    )
+    rows.append(
+        {
+            **ravdess_row(GOOD[0]),
+            "path": str(root / "given.wav"),
+            "textgrid": str(root / "given.TextGrid"),
+        }
+    )
 
     manifest = root / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -117,10 +158,19 @@ def job(corpus, embeddings_path, tmp_path_factory):
     out = tmp_path_factory.mktemp("records")
     items = list(corpora.manifest(manifest, CLASSES))
     summary = beam_pipeline.run(
-        dataset="manifest", items=items, out_dir=out, class_names=CLASSES,
-        embeddings_path=embeddings_path, num_folds=2, overwrite=False,
-        beam_args=["--runner=DirectRunner", "--direct_running_mode=multi_processing",
-                   "--direct_num_workers=2"])
+        dataset="manifest",
+        items=items,
+        out_dir=out,
+        class_names=CLASSES,
+        embeddings_path=embeddings_path,
+        num_folds=2,
+        overwrite=False,
+        beam_args=[
+            "--runner=DirectRunner",
+            "--direct_running_mode=multi_processing",
+            "--direct_num_workers=2",
+        ],
+    )
     return out, summary, items
 
 
@@ -150,8 +200,10 @@ def test_every_input_is_a_record_or_an_error(job, corpus):
 
 def test_error_reasons_are_clear(job):
     out, _, _ = job
-    reasons = {e["utterance_id"]: e["reason"]
-               for e in map(json.loads, (out / "errors.jsonl").read_text().splitlines())}
+    reasons = {
+        e["utterance_id"]: e["reason"]
+        for e in map(json.loads, (out / "errors.jsonl").read_text().splitlines())
+    }
     assert "bored" in reasons["late_grid-2"]
     assert "door" in reasons["late_grid"]  # names the word whose times exceed the audio
     for key in ("missing", "empty", "truncated", "notes", "nan", "silence"):
@@ -181,8 +233,9 @@ def test_unusual_but_valid_inputs_become_records(job):
     out, _, _ = job
     records = read_records(out)
     assert records["stereo_8k"]["alignment_source"] == "forced"
-    assert abs(records["stereo_8k"]["num_frames"]
-               - records["03-01-05-01-01-01-01"]["num_frames"]) <= 1
+    assert (
+        abs(records["stereo_8k"]["num_frames"] - records["03-01-05-01-01-01-01"]["num_frames"]) <= 1
+    )
     assert records["long"]["num_frames"] == 1 + (60 * 16000 - 400) // 160  # truncated to 60 s
     given = records["given"]
     assert given["alignment_source"] == "given"
@@ -205,38 +258,80 @@ def test_folds_are_speaker_independent_and_written(job):
 def test_rerun_never_mixes_old_and_new_records(job, corpus, embeddings_path):
     out, summary, items = job
     with pytest.raises(FileExistsError, match="--overwrite"):
-        beam_pipeline.run(dataset="manifest", items=items, out_dir=out, class_names=CLASSES,
-                          embeddings_path=embeddings_path, num_folds=2)
+        beam_pipeline.run(
+            dataset="manifest",
+            items=items,
+            out_dir=out,
+            class_names=CLASSES,
+            embeddings_path=embeddings_path,
+            num_folds=2,
+        )
     # A rerun on fewer utterances with overwrite leaves only the new records.
     subset = [i for i in items if getattr(i, "utterance_id", "").startswith("03-01")]
     copy = Path(str(out) + "-copy")
     shutil.copytree(out, copy)
-    new = beam_pipeline.run(dataset="manifest", items=subset, out_dir=copy, class_names=CLASSES,
-                            embeddings_path=embeddings_path, num_folds=2, overwrite=True,
-                            beam_args=["--runner=DirectRunner"])
+    new = beam_pipeline.run(
+        dataset="manifest",
+        items=subset,
+        out_dir=copy,
+        class_names=CLASSES,
+        embeddings_path=embeddings_path,
+        num_folds=2,
+        overwrite=True,
+        beam_args=["--runner=DirectRunner"],
+    )
     assert new["records"] == len(subset) == len(read_records(copy))
     assert (copy / "errors.jsonl").read_text() == ""
 
 
-def test_cli_exits_non_zero_only_when_nothing_usable_was_produced(tmp_path, capsys,
-                                                                  embeddings_path):
+def test_cli_exits_non_zero_only_when_nothing_usable_was_produced(
+    tmp_path, capsys, embeddings_path
+):
     from cli.main import main
 
     (tmp_path / "bad.wav").write_text("not audio")
     bad = tmp_path / "bad.csv"
     bad.write_text("path,label,speaker\nbad.wav,angry,a\nmissing.wav,sad,b\n")
-    args = ["preprocess", "--dataset", "manifest", "--data-dir", str(bad), "--folds", "2",
-            "--embeddings", embeddings_path, "--beam-arg=--runner=DirectRunner"]
+    args = [
+        "preprocess",
+        "--dataset",
+        "manifest",
+        "--data-dir",
+        str(bad),
+        "--folds",
+        "2",
+        "--embeddings",
+        embeddings_path,
+        "--beam-arg=--runner=DirectRunner",
+    ]
     assert main(args + ["--out", str(tmp_path / "out_bad")]) == 2
     assert "nothing usable was produced" in capsys.readouterr().err
     good = tmp_path / "good.csv"
-    good.write_text("path,label,speaker,transcript\n"
-                    f"{RAVDESS / GOOD[0]},angry,a,Kids are talking by the door\n"
-                    f"{RAVDESS / GOOD[3]},neutral,b,Dogs are sitting by the door\n"
-                    "missing.wav,sad,b,\n")
-    assert main(["preprocess", "--dataset", "manifest", "--data-dir", str(good), "--folds", "2",
-                 "--embeddings", embeddings_path, "--beam-arg=--runner=DirectRunner",
-                 "--out", str(tmp_path / "out_good")]) == 0
+    good.write_text(
+        "path,label,speaker,transcript\n"
+        f"{RAVDESS / GOOD[0]},angry,a,Kids are talking by the door\n"
+        f"{RAVDESS / GOOD[3]},neutral,b,Dogs are sitting by the door\n"
+        "missing.wav,sad,b,\n"
+    )
+    assert (
+        main(
+            [
+                "preprocess",
+                "--dataset",
+                "manifest",
+                "--data-dir",
+                str(good),
+                "--folds",
+                "2",
+                "--embeddings",
+                embeddings_path,
+                "--beam-arg=--runner=DirectRunner",
+                "--out",
+                str(tmp_path / "out_good"),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((tmp_path / "out_good" / "summary.json").read_text())
     assert (summary["records"], summary["errors"], summary["complete"]) == (2, 1, True)
 
@@ -249,18 +344,48 @@ def test_cli_preprocesses_ravdess_speech_and_song_together(tmp_path, capsys, emb
         pytest.skip("RAVDESS song not found (see ../shared/data/README.md)")
     speech, song = tmp_path / "speech", tmp_path / "song"
     for root, source, names in (
-            (speech, RAVDESS, ["Actor_01/03-01-05-01-01-01-01.flac",
-                               "Actor_02/03-01-01-01-02-01-02.flac"]),
-            (song, song_root, ["Actor_01/03-02-05-01-01-01-01.flac",
-                               "Actor_02/03-02-04-01-02-02-02.flac",
-                               "Actor_02/03-02-02-01-01-01-02.flac"])):  # calm: not a class
+        (
+            speech,
+            RAVDESS,
+            ["Actor_01/03-01-05-01-01-01-01.flac", "Actor_02/03-01-01-01-02-01-02.flac"],
+        ),
+        (
+            song,
+            song_root,
+            [
+                "Actor_01/03-02-05-01-01-01-01.flac",
+                "Actor_02/03-02-04-01-02-02-02.flac",
+                "Actor_02/03-02-02-01-01-01-02.flac",
+            ],
+        ),
+    ):  # calm: not a class
         for name in names:
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             (root / name).symlink_to(source / name)
     out = tmp_path / "out"
-    assert main(["preprocess", "--dataset", "ravdess", "--data-dir", str(speech), "--data-dir",
-                 str(song), "--channels", "speech,song", "--folds", "2", "--embeddings",
-                 embeddings_path, "--beam-arg=--runner=DirectRunner", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "preprocess",
+                "--dataset",
+                "ravdess",
+                "--data-dir",
+                str(speech),
+                "--data-dir",
+                str(song),
+                "--channels",
+                "speech,song",
+                "--folds",
+                "2",
+                "--embeddings",
+                embeddings_path,
+                "--beam-arg=--runner=DirectRunner",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["records"], summary["errors"]) == (4, 0)
@@ -269,8 +394,11 @@ def test_cli_preprocesses_ravdess_speech_and_song_together(tmp_path, capsys, emb
     # Ids differ by the channel code; the channel is in the record; an actor's speech and song
     # share its fold.
     assert {i: r["channel"] for i, r in records.items()} == {
-        "03-01-05-01-01-01-01": "speech", "03-01-01-01-02-01-02": "speech",
-        "03-02-05-01-01-01-01": "song", "03-02-04-01-02-02-02": "song"}
+        "03-01-05-01-01-01-01": "speech",
+        "03-01-01-01-02-01-02": "speech",
+        "03-02-05-01-01-01-01": "song",
+        "03-02-04-01-02-02-02": "song",
+    }
     plan = json.loads((out / beam_pipeline.FOLD_PLAN_FILE).read_text())
     assert plan["folds"] == {"Actor_01": 0, "Actor_02": 1}
     for r in records.values():

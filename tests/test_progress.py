@@ -9,10 +9,14 @@ import numpy as np
 
 from trainer.progress import EpochProgress, _clock
 
-LINE = re.compile(r"^run A, (?P<phase>[a-z ]+): epoch (?P<done>\d+)/(?P<total>\d+), "
-                  r"(?P<elapsed>\d+:\d\d) elapsed, at most (?P<left>\d+:\d\d) left$")
-END = re.compile(r"^run A, (?P<phase>[a-z ]+): stopped at epoch (?P<done>\d+)/(?P<total>\d+) "
-                 r"after \d+:\d\d$")
+LINE = re.compile(
+    r"^run A, (?P<phase>[a-z ]+): epoch (?P<done>\d+)/(?P<total>\d+), "
+    r"(?P<elapsed>\d+:\d\d) elapsed, at most (?P<left>\d+:\d\d) left$"
+)
+END = re.compile(
+    r"^run A, (?P<phase>[a-z ]+): stopped at epoch (?P<done>\d+)/(?P<total>\d+) "
+    r"after \d+:\d\d$"
+)
 
 
 def _tiny_fit(callbacks, epochs):
@@ -26,8 +30,7 @@ def _tiny_fit(callbacks, epochs):
 
 def test_one_line_per_epoch_then_a_closing_line_for_each_fit():
     out = io.StringIO()
-    progress = EpochProgress("run A", ("selecting the epoch", "refit"), stream=out,
-                             every_seconds=0)
+    progress = EpochProgress("run A", ("selecting the epoch", "refit"), stream=out, every_seconds=0)
     _tiny_fit([progress], 4)
     _tiny_fit([progress], 2)  # the second fit of the same callback is the next phase
     lines = out.getvalue().splitlines()
@@ -35,13 +38,19 @@ def test_one_line_per_epoch_then_a_closing_line_for_each_fit():
     first = [LINE.match(line) for line in lines[:4]]
     assert [int(m["done"]) for m in first] == [1, 2, 3, 4]
     assert {m["total"] for m in first} == {"4"} and {m["phase"] for m in first} == {
-        "selecting the epoch"}
+        "selecting the epoch"
+    }
     assert first[-1]["left"] == "0:00"  # nothing left after the last epoch
-    assert END.match(lines[4]).groupdict() == {"phase": "selecting the epoch", "done": "4",
-                                               "total": "4"}
+    assert END.match(lines[4]).groupdict() == {
+        "phase": "selecting the epoch",
+        "done": "4",
+        "total": "4",
+    }
     second = [LINE.match(line) for line in lines[5:7]]
     assert [(m["phase"], m["done"], m["total"]) for m in second] == [
-        ("refit", "1", "2"), ("refit", "2", "2")]
+        ("refit", "1", "2"),
+        ("refit", "2", "2"),
+    ]
     assert END.match(lines[7])["phase"] == "refit"
 
 
@@ -50,8 +59,7 @@ def test_early_stopping_shows_where_it_stopped_out_of_the_maximum():
     stop = keras.callbacks.EarlyStopping(monitor="loss", patience=0, min_delta=1e9)
     _tiny_fit([stop, EpochProgress("run A", stream=out, every_seconds=0)], 50)
     lines = out.getvalue().splitlines()
-    assert END.match(lines[-1]).groupdict() == {"phase": "training", "done": "2",
-                                                "total": "50"}
+    assert END.match(lines[-1]).groupdict() == {"phase": "training", "done": "2", "total": "50"}
 
 
 def test_off_a_terminal_lines_are_throttled_but_the_end_is_always_shown():
@@ -77,4 +85,10 @@ def test_on_a_terminal_the_line_is_rewritten_in_place():
 
 def test_clock():
     assert [_clock(s) for s in (0, 59.4, 61, 3599, 3600, 3725)] == [
-        "0:00", "0:59", "1:01", "59:59", "1:00:00", "1:02:05"]
+        "0:00",
+        "0:59",
+        "1:01",
+        "59:59",
+        "1:00:00",
+        "1:02:05",
+    ]

@@ -26,8 +26,11 @@ def command_id(command: rc.Command) -> str:
 
 
 def venv_env() -> dict:
-    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-            "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -35,18 +38,41 @@ def venv_env() -> dict:
 
 
 def test_extraction_joins_continuations_and_drops_comments():
-    text = "\n".join([
-        "# intro", "```sh", "make test   # comment", "cme-ser run [--a 1] \\  # why",
-        "    [--b 2]     # note", "                # more note", "tool --x 'a # b' \\",
-        "  --y=\"c#d\" # real comment", "python -c '", "import json  # inside quotes", "print(1)'"
-        " > out.json", "VAR=1 python -m mod --flag", "```", "```", "not a command", "```"])
+    text = "\n".join(
+        [
+            "# intro",
+            "```sh",
+            "make test   # comment",
+            "cme-ser run [--a 1] \\  # why",
+            "    [--b 2]     # note",
+            "                # more note",
+            "tool --x 'a # b' \\",
+            "  --y=\"c#d\" # real comment",
+            "python -c '",
+            "import json  # inside quotes",
+            "print(1)' > out.json",
+            "VAR=1 python -m mod --flag",
+            "```",
+            "```",
+            "not a command",
+            "```",
+        ]
+    )
     found = rc.commands(text)
     assert [c.text for c in found] == [
-        "make test", "cme-ser run [--a 1] [--b 2]", "tool --x 'a # b' --y=\"c#d\"",
+        "make test",
+        "cme-ser run [--a 1] [--b 2]",
+        "tool --x 'a # b' --y=\"c#d\"",
         "python -c '\nimport json  # inside quotes\nprint(1)' > out.json",
-        "VAR=1 python -m mod --flag"]
-    assert [c.key for c in found] == ["make test", "cme-ser run", "tool", "python -c",
-                                      "python -m mod"]
+        "VAR=1 python -m mod --flag",
+    ]
+    assert [c.key for c in found] == [
+        "make test",
+        "cme-ser run",
+        "tool",
+        "python -c",
+        "python -m mod",
+    ]
     assert found[1].comments == ("why", "note", "more note")
     assert [c.line for c in found] == [3, 4, 7, 9, 12]
 
@@ -54,12 +80,25 @@ def test_extraction_joins_continuations_and_drops_comments():
 def test_the_readme_commands_are_read_whole():
     keys = [c.key for c in COMMANDS]
     assert len(COMMANDS) >= 25, keys
-    for expected in ("make test", "make run", "cme-ser embeddings fetch", "cme-ser preprocess",
-                     "cme-ser run", "cme-ser reproduce", "cme-ser compile", "tensorboard",
-                     "tfx pipeline create", "tfx run create", "cme-ser serve", "cme-ser predict",
-                     "cme-ser evaluate", "docker run", "python -c",
-                     "python -m apache_beam.runners.worker.worker_pool_main",
-                     "python benchmarks/serving_load.py"):
+    for expected in (
+        "make test",
+        "make run",
+        "cme-ser embeddings fetch",
+        "cme-ser preprocess",
+        "cme-ser run",
+        "cme-ser reproduce",
+        "cme-ser compile",
+        "tensorboard",
+        "tfx pipeline create",
+        "tfx run create",
+        "cme-ser serve",
+        "cme-ser predict",
+        "cme-ser evaluate",
+        "docker run",
+        "python -c",
+        "python -m apache_beam.runners.worker.worker_pool_main",
+        "python benchmarks/serving_load.py",
+    ):
         assert expected in keys, f"{expected!r} not found among {keys}"
     run = find("cme-ser run")
     assert "[--bless-min-ua 0.0]" in run.text and "#" not in run.text  # indented lines joined
@@ -81,18 +120,21 @@ def test_every_readme_command_is_run_by_a_test_or_marked(command):
     assert coverage is not None, (
         f"no test runs this README command and it is not marked: {command}. Run it in "
         f"tests/test_readme*.py, map it in readme_commands.COVERAGE to the test that runs it, or "
-        f"mark it in README.md with '# not run here: <reason>'")
+        f"mark it in README.md with '# not run here: <reason>'"
+    )
     spellings = rc.key_spellings(command.key)
     sources = []
     for test in coverage.tests:
         source = rc.function_source(test)
         assert source is not None, f"{selector!r} is mapped to {test}, which does not exist"
         assert any(s in source for s in spellings + list(coverage.evidence)), (
-            f"{test} (mapped to {selector!r}) never mentions {' or '.join(map(repr, spellings))}")
+            f"{test} (mapped to {selector!r}) never mentions {' or '.join(map(repr, spellings))}"
+        )
         sources.append(source)
     for evidence in coverage.evidence:
         assert any(evidence in s for s in sources), (
-            f"none of {coverage.tests} (mapped to {selector!r}) contains {evidence!r}")
+            f"none of {coverage.tests} (mapped to {selector!r}) contains {evidence!r}"
+        )
 
 
 def test_every_coverage_entry_names_a_readme_command():
@@ -113,12 +155,14 @@ def test_marks_give_a_reason():
 
 def cli_parser():
     from cli.main import build_parser
+
     return build_parser()
 
 
 def subparser(parser, words):
     """The argparse parser of ``cme-ser <words...>`` (e.g. ["embeddings", "fetch"])."""
     import argparse
+
     for word in words:
         [sub] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
         assert word in sub.choices, f"`cme-ser {word}` is not a subcommand: {sorted(sub.choices)}"
@@ -130,18 +174,21 @@ def takes_value(parser):
     def check(flag):
         action = parser._option_string_actions.get(flag)
         return None if action is None else action.nargs != 0
+
     return check
 
 
 def check_value(flag, value, action, where):
     """``value`` (one alternative the README shows for ``flag``) is accepted by ``action``."""
     from trainer.config import VARIANTS
+
     if action.choices is not None:
         assert value in action.choices, f"{where}: {flag} {value!r} not in {list(action.choices)}"
     elif action.type in (int, float):
         action.type(value)
     elif flag == "--channels":
         from preprocessing.corpora import parse_channels
+
         parse_channels(value)
     elif flag == "--variants":
         unknown = [v for v in value.split(",") if v not in ("", "...") and v not in VARIANTS]
@@ -165,27 +212,33 @@ def test_cme_ser_synopsis_options_exist(command):
     parser = cli_parser()
     sub_words = command.key.split()[1:]
     sub = subparser(parser, sub_words)
-    words = command.words[len(sub_words) + 1:]
+    words = command.words[len(sub_words) + 1 :]
     where = f"README.md:{command.line} ({command.key})"
     for option in rc.options(words, takes_value(sub)):
         action = sub._option_string_actions.get(option.flag)
-        assert action is not None, f"{where}: {option.flag} is not an option of " \
-                                   f"`{command.key}` (has {sorted(sub._option_string_actions)})"
+        assert action is not None, (
+            f"{where}: {option.flag} is not an option of "
+            f"`{command.key}` (has {sorted(sub._option_string_actions)})"
+        )
         if option.value is None:
             assert action.nargs == 0, f"{where}: {option.flag} is shown without its value"
             continue
-        assert action.nargs != 0, f"{where}: {option.flag} is a switch, shown with " \
-                                  f"{option.value!r}"
+        assert action.nargs != 0, f"{where}: {option.flag} is a switch, shown with {option.value!r}"
         if option.value.startswith("{"):
             assert action.choices is not None and set(option.alternatives()) == set(
-                action.choices), f"{where}: {option.flag} {option.value} but the choices are " \
-                                 f"{list(action.choices or [])}"
+                action.choices
+            ), (
+                f"{where}: {option.flag} {option.value} but the choices are "
+                f"{list(action.choices or [])}"
+            )
         for value in option.alternatives():
             check_value(option.flag, value, action, where)
+
     # The line as a whole (first alternatives, every optional part) parses.
     def placeholder(flag):  # a number for a numeric option shown as N
         action = sub._option_string_actions.get(flag)
         return "1" if action is not None and action.type in (int, float) else "x"
+
     argv = sub_words + rc.concrete_argv(words, takes_value(sub), placeholder=placeholder)
     parse_or_fail(parser, argv, where)
 
@@ -201,29 +254,37 @@ def test_benchmark_synopsis_options_exist(command):
     where = f"README.md:{command.line} ({command.key})"
     serve = subparser(cli_parser(), ["serve"])
     for option in rc.options(command.words[2:], lambda f: known.get(f, {}).get("takes_value")):
-        assert option.flag in known, f"{where}: {option.flag} is not an option of " \
-                                     f"{command.words[1]} (has {sorted(known)})"
+        assert option.flag in known, (
+            f"{where}: {option.flag} is not an option of {command.words[1]} (has {sorted(known)})"
+        )
         spec = known[option.flag]
-        assert (option.value is not None) == spec["takes_value"], \
+        assert (option.value is not None) == spec["takes_value"], (
             f"{where}: {option.flag} {option.value!r}"
+        )
         for value in option.alternatives():
             if spec["choices"] is not None:
-                assert value in spec["choices"], f"{where}: {option.flag} {value!r} not in " \
-                                                 f"{spec['choices']}"
+                assert value in spec["choices"], (
+                    f"{where}: {option.flag} {value!r} not in {spec['choices']}"
+                )
             elif spec["type"] in ("int", "float"):
                 {"int": int, "float": float}[spec["type"]](value)
             if option.flag == "--server-arg":  # a `cme-ser serve` option
                 flag = value.partition("=")[0]
-                assert flag in serve._option_string_actions, \
+                assert flag in serve._option_string_actions, (
                     f"{where}: --server-arg={value}: `cme-ser serve` has no {flag}"
+                )
 
 
 def test_repository_paths_in_commands_exist():
     for command in COMMANDS:
         for word in command.words:
             word = rc.strip_brackets(word)[0]
-            if "/" in word and re.search(r"\.(py|json|md|toml)$", word) \
-                    and not word.startswith(("output/", "gs://", "/", "$")) and "://" not in word:
+            if (
+                "/" in word
+                and re.search(r"\.(py|json|md|toml)$", word)
+                and not word.startswith(("output/", "gs://", "/", "$"))
+                and "://" not in word
+            ):
                 assert (ROOT / word).is_file(), f"{command}: {word} does not exist"
 
 
@@ -234,8 +295,9 @@ def test_make_targets_run_the_readme_commands():
         assert find(target).words == target.split()
     dry = {}
     for target in ("test", "run"):
-        done = subprocess.run(["make", "-n", target], cwd=ROOT, capture_output=True, text=True,
-                              timeout=60)
+        done = subprocess.run(
+            ["make", "-n", target], cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
         assert done.returncode == 0, done.stderr
         dry[target] = done.stdout
     assert re.search(r"^\S*python -m pytest -q -n 2 tests$", dry["test"], re.M), dry["test"]
@@ -257,6 +319,7 @@ def test_embeddings_fetch():
     done = subprocess.run(argv, env=venv_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     from preprocessing.embeddings import default_embeddings_path
+
     printed = Path(done.stdout.strip().splitlines()[-1])
     assert printed == default_embeddings_path() and printed.exists()
 
@@ -269,11 +332,15 @@ def signature_output_names():
     """trainer/export.py's CLASS_OUTPUTS + EXCITATION_OUTPUTS, read without importing
     TensorFlow (tests/test_export_portability.py checks them against a real export)."""
     import ast
+
     tree = ast.parse((ROOT / "trainer" / "export.py").read_text())
     names = {}
     for node in tree.body:
-        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) \
-                and node.targets[0].id in ("CLASS_OUTPUTS", "EXCITATION_OUTPUTS"):
+        if (
+            isinstance(node, ast.Assign)
+            and isinstance(node.targets[0], ast.Name)
+            and node.targets[0].id in ("CLASS_OUTPUTS", "EXCITATION_OUTPUTS")
+        ):
             names[node.targets[0].id] = ast.literal_eval(node.value)
     return names["CLASS_OUTPUTS"] + names["EXCITATION_OUTPUTS"]
 
@@ -290,6 +357,7 @@ def snippet_request():
 
 def test_json_sample_has_the_predict_waveform_outputs():
     from trainer.config import DEFAULT_CLASSES
+
     sample = rc.json_sample()
     assert list(sample) == ["predictions"] and len(sample["predictions"]) == 1
     [row] = sample["predictions"]
@@ -305,8 +373,7 @@ def test_json_sample_has_the_predict_waveform_outputs():
     assert row["class_ids"] == probabilities.index(max(probabilities))
     assert row["classes"] == row["class_names"][row["class_ids"]]
     for key in ("acoustic_excitation", "semantic_excitation"):
-        assert len(row[key]) == words and all(isinstance(x, float) and 0 < x < 1
-                                              for x in row[key])
+        assert len(row[key]) == words and all(isinstance(x, float) and 0 < x < 1 for x in row[key])
     # The snippet's request: the inputs of the signature, a word per time.
     inputs = re.findall(r'"(\w+)":', find("python -c").text)
     assert set(inputs) >= {"waveform", "num_samples", "words", "word_start_s", "word_end_s"}
@@ -324,27 +391,44 @@ def test_text_report_sample_is_what_predict_prints():
 
     from serving.client import Utterance, predictions_from_outputs
     from serving.predict import Result, format_text
+
     lines = readme_report_sample()
-    header = re.fullmatch(r"(?P<audio>\S+): (?P<emotion>\w+) \(p = [0-9.]+; (?P<seconds>[0-9.]+)"
-                          r" s, (?P<source>\w+) alignment\)", lines[0])
+    header = re.fullmatch(
+        r"(?P<audio>\S+): (?P<emotion>\w+) \(p = [0-9.]+; (?P<seconds>[0-9.]+)"
+        r" s, (?P<source>\w+) alignment\)",
+        lines[0],
+    )
     assert header, lines[0]
     request = snippet_request()
     assert request["audio"].endswith("/" + header["audio"])
     audio = ROOT / request["audio"]
     if audio.is_file():  # the duration the report shows is the file's
         import soundfile
+
         assert f"{soundfile.info(str(audio)).duration:.2f}" == header["seconds"]
     [row] = rc.json_sample()["predictions"]
     outputs = {k: np.asarray([v]) for k, v in row.items()}
-    [prediction] = predictions_from_outputs(outputs, [Utterance(
-        np.zeros(16000, np.float32), request["words"], request["word_start_s"],
-        request["word_end_s"])])
-    result = Result(audio=header["audio"], prediction=prediction,
-                    duration_s=float(header["seconds"]), alignment_source=header["source"])
+    [prediction] = predictions_from_outputs(
+        outputs,
+        [
+            Utterance(
+                np.zeros(16000, np.float32),
+                request["words"],
+                request["word_start_s"],
+                request["word_end_s"],
+            )
+        ],
+    )
+    result = Result(
+        audio=header["audio"],
+        prediction=prediction,
+        duration_s=float(header["seconds"]),
+        alignment_source=header["source"],
+    )
     printed = format_text([result]).splitlines()
     shown = [line for line in lines if line.strip() != "..."]
-    assert lines[len(shown):] == ["  ..."] or lines == shown, lines
-    assert printed[:len(shown)] == shown
+    assert lines[len(shown) :] == ["  ..."] or lines == shown, lines
+    assert printed[: len(shown)] == shown
 
 
 # ----------------------------------------------------------------------------------------------
@@ -353,38 +437,62 @@ def test_text_report_sample_is_what_predict_prints():
 FAILS = (AssertionError, ValueError, pytest.fail.Exception)
 
 
-@pytest.mark.parametrize("text, check", [
-    ("cme-ser serve --model-base-path DIR [--enable-batchin]", test_cme_ser_synopsis_options_exist),
-    ("cme-ser serve --model-base-path DIR [--port]", test_cme_ser_synopsis_options_exist),
-    ("cme-ser serve --model-base-path DIR [--enable-batching 1]",
-     test_cme_ser_synopsis_options_exist),
-    ("cme-ser preprocess --dataset {ravdess,iemocap} --data-dir DIR --out DIR",
-     test_cme_ser_synopsis_options_exist),
-    ("cme-ser preprocess --dataset ravdess --data-dir DIR --out DIR [--overlong truncate|drop]",
-     test_cme_ser_synopsis_options_exist),
-    ("cme-ser run [--variant cme|cme_nope|...]", test_cme_ser_synopsis_options_exist),
-    ("cme-ser run [--channels speech,opera]", test_cme_ser_synopsis_options_exist),
-    ("cme-ser run [--folds five]", test_cme_ser_synopsis_options_exist),
-    ("cme-ser reproduce [--variants cme,nope,...]", test_cme_ser_synopsis_options_exist),
-    ("cme-ser evaluate --model-dir DIR | --url URL [--json]", test_cme_ser_synopsis_options_exist),
-    ("cme-ser predict", test_cme_ser_synopsis_options_exist),  # neither audio nor --manifest: ok
-    ("cme-ser frobnicate --x 1", test_cme_ser_synopsis_options_exist),
-    ("python benchmarks/train_throughput.py --shape ravdess|librispeech",
-     test_benchmark_synopsis_options_exist),
-    ("python benchmarks/serving_load.py --url URL --server-arg=--wrkers=2",
-     test_benchmark_synopsis_options_exist),
-    ("python benchmarks/nope.py --x 1", test_benchmark_synopsis_options_exist),
-    ("cme-ser frobnicate --x 1", test_every_readme_command_is_run_by_a_test_or_marked),
-    ("tensorboard --logdir DIR", None),  # below: mapped to a test that does not exist
-])
+@pytest.mark.parametrize(
+    "text, check",
+    [
+        (
+            "cme-ser serve --model-base-path DIR [--enable-batchin]",
+            test_cme_ser_synopsis_options_exist,
+        ),
+        ("cme-ser serve --model-base-path DIR [--port]", test_cme_ser_synopsis_options_exist),
+        (
+            "cme-ser serve --model-base-path DIR [--enable-batching 1]",
+            test_cme_ser_synopsis_options_exist,
+        ),
+        (
+            "cme-ser preprocess --dataset {ravdess,iemocap} --data-dir DIR --out DIR",
+            test_cme_ser_synopsis_options_exist,
+        ),
+        (
+            "cme-ser preprocess --dataset ravdess --data-dir DIR --out DIR "
+            "[--overlong truncate|drop]",
+            test_cme_ser_synopsis_options_exist,
+        ),
+        ("cme-ser run [--variant cme|cme_nope|...]", test_cme_ser_synopsis_options_exist),
+        ("cme-ser run [--channels speech,opera]", test_cme_ser_synopsis_options_exist),
+        ("cme-ser run [--folds five]", test_cme_ser_synopsis_options_exist),
+        ("cme-ser reproduce [--variants cme,nope,...]", test_cme_ser_synopsis_options_exist),
+        (
+            "cme-ser evaluate --model-dir DIR | --url URL [--json]",
+            test_cme_ser_synopsis_options_exist,
+        ),
+        (
+            "cme-ser predict",
+            test_cme_ser_synopsis_options_exist,
+        ),  # neither audio nor --manifest: ok
+        ("cme-ser frobnicate --x 1", test_cme_ser_synopsis_options_exist),
+        (
+            "python benchmarks/train_throughput.py --shape ravdess|librispeech",
+            test_benchmark_synopsis_options_exist,
+        ),
+        (
+            "python benchmarks/serving_load.py --url URL --server-arg=--wrkers=2",
+            test_benchmark_synopsis_options_exist,
+        ),
+        ("python benchmarks/nope.py --x 1", test_benchmark_synopsis_options_exist),
+        ("cme-ser frobnicate --x 1", test_every_readme_command_is_run_by_a_test_or_marked),
+        ("tensorboard --logdir DIR", None),  # below: mapped to a test that does not exist
+    ],
+)
 def test_drift_is_caught(text, check, monkeypatch):
     [command] = rc.commands(f"```sh\n{text}\n```\n")
     if text == "cme-ser predict":  # parses: the positional is optional in argparse
         check(command)
         return
     if check is None:
-        monkeypatch.setitem(rc.COVERAGE, "tensorboard", rc.Coverage(
-            ("tests/test_tensorboard.py::no_such_fixture",)))
+        monkeypatch.setitem(
+            rc.COVERAGE, "tensorboard", rc.Coverage(("tests/test_tensorboard.py::no_such_fixture",))
+        )
         check = test_every_readme_command_is_run_by_a_test_or_marked
     with pytest.raises(FAILS):
         check(command)
@@ -392,17 +500,25 @@ def test_drift_is_caught(text, check, monkeypatch):
 
 def test_unrelated_mapping_and_marks(monkeypatch):
     [unrelated] = rc.commands("```sh\ncme-ser serve --model-base-path DIR\n```\n")
-    monkeypatch.setitem(rc.COVERAGE, "cme-ser serve", rc.Coverage(
-        ("tests/test_compile.py::test_kubeflow_json_names_every_component",)))
+    monkeypatch.setitem(
+        rc.COVERAGE,
+        "cme-ser serve",
+        rc.Coverage(("tests/test_compile.py::test_kubeflow_json_names_every_component",)),
+    )
     with pytest.raises(AssertionError, match="never mentions 'cme-ser serve'"):
         test_every_readme_command_is_run_by_a_test_or_marked(unrelated)
     [marked] = rc.commands("```sh\ncme-ser frobnicate  # not run here: no frobnicator\n```\n")
     with pytest.raises(pytest.skip.Exception, match="not run here: no frobnicator"):
         test_every_readme_command_is_run_by_a_test_or_marked(marked)
     # Valid lines pass.
-    for text in ("cme-ser serve --model-base-path DIR [--workers 2] [--enable-batching]",
-                 "python benchmarks/train_throughput.py --shape ravdess|iemocap --batch 32"):
+    for text in (
+        "cme-ser serve --model-base-path DIR [--workers 2] [--enable-batching]",
+        "python benchmarks/train_throughput.py --shape ravdess|iemocap --batch 32",
+    ):
         [command] = rc.commands(f"```sh\n{text}\n```\n")
-        check = test_cme_ser_synopsis_options_exist if text.startswith("cme-ser") \
+        check = (
+            test_cme_ser_synopsis_options_exist
+            if text.startswith("cme-ser")
             else test_benchmark_synopsis_options_exist
+        )
         check(command)

@@ -64,10 +64,13 @@ class Results:
 
         if second is None:
             return score_ok(first)
-        return any(wa[0] == first[0] and ua[0] == second[0]
-                   and (first[1] is None or wa[1] == first[1])
-                   and (second[1] is None or ua[1] == second[1])
-                   for wa, ua in self.pairs)
+        return any(
+            wa[0] == first[0]
+            and ua[0] == second[0]
+            and (first[1] is None or wa[1] == first[1])
+            and (second[1] is None or ua[1] == second[1])
+            for wa, ua in self.pairs
+        )
 
 
 def statements(markdown: str):
@@ -96,16 +99,34 @@ def unsupported(markdown: str, results_dir: Path):
 def test_every_readme_score_is_in_a_committed_results_file():
     missing = list(unsupported((ROOT / "README.md").read_text(), ROOT / "docs" / "results"))
     assert not missing, "README numbers with no results behind them:\n" + "\n".join(
-        f"{claim}: {statement[:200]}" for claim, statement in missing)
+        f"{claim}: {statement[:200]}" for claim, statement in missing
+    )
 
 
 def test_the_check_catches_numbers_from_two_rows_quoted_as_one(tmp_path):
-    (tmp_path / "r.json").write_text(json.dumps({"rows": [
-        {"variant": "a", "wa": {"mean": 0.7321, "ci95": [0.6512, 0.8133]}, "ua": 0.6904},
-        {"variant": "b", "wa": 0.7012, "ua": 0.6971, "gain": {"mean": -0.0071,
-                                                       "ci95": [-0.0242, 0.0104]}}]}))
-    good = ("Variant a scored WA 0.732 [0.651, 0.813] / UA 0.690. Variant b: 0.701 / 0.697 "
-            "(p < 0.001), a gain of -0.007 [-0.024, +0.010]; a's WA 0.732 beats b's UA 0.697.")
+    (tmp_path / "r.json").write_text(
+        json.dumps(
+            {
+                "rows": [
+                    {
+                        "variant": "a",
+                        "wa": {"mean": 0.7321, "ci95": [0.6512, 0.8133]},
+                        "ua": 0.6904,
+                    },
+                    {
+                        "variant": "b",
+                        "wa": 0.7012,
+                        "ua": 0.6971,
+                        "gain": {"mean": -0.0071, "ci95": [-0.0242, 0.0104]},
+                    },
+                ]
+            }
+        )
+    )
+    good = (
+        "Variant a scored WA 0.732 [0.651, 0.813] / UA 0.690. Variant b: 0.701 / 0.697 "
+        "(p < 0.001), a gain of -0.007 [-0.024, +0.010]; a's WA 0.732 beats b's UA 0.697."
+    )
     assert list(unsupported(good, tmp_path)) == []
     mixed = "Variant a scored WA 0.732 / UA 0.697 in r.md."
     assert list(unsupported(mixed, tmp_path)) == [("0.732 / UA 0.697", mixed)]

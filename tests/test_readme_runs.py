@@ -27,20 +27,26 @@ TIMEOUT = 900
 
 def env() -> dict:
     """The README's shell: the venv's `cme-ser`, `python`, `tensorboard` first on PATH."""
-    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-            "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
 
 
 def cme_ser_takes_value(command: rc.Command):
     from cli.main import build_parser
+
     parser = build_parser()
     for word in command.key.split()[1:]:
-        parser = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"
-                      ).choices[word]
+        parser = next(
+            a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"
+        ).choices[word]
 
     def check(flag):
         action = parser._option_string_actions.get(flag)
         return None if action is None else action.nargs != 0
+
     return check
 
 
@@ -53,21 +59,35 @@ def argv_for(command: rc.Command, values=None, include_optional=True, drop=()):
     """The README command as an argv, with ``values`` for the options (or positional
     placeholders) it shows; only those may change."""
     values = values or {}
-    takes_value = cme_ser_takes_value(command) if command.key.startswith("cme-ser ") \
+    takes_value = (
+        cme_ser_takes_value(command)
+        if command.key.startswith("cme-ser ")
         else script_takes_value(command)
+    )
     shown = {o.flag for o in rc.options(command.words, takes_value)} | {
-        rc.strip_brackets(w)[0] for w in command.words}
+        rc.strip_brackets(w)[0] for w in command.words
+    }
     changed = set(values) | set(drop)
     assert changed <= shown, f"{command}: changes {sorted(changed - shown)}, not in the README"
-    return rc.concrete_argv(command.words, takes_value, values,
-                            include_optional=include_optional, drop=drop)
+    return rc.concrete_argv(
+        command.words, takes_value, values, include_optional=include_optional, drop=drop
+    )
 
 
 def run(argv, cwd, timeout=TIMEOUT, shell=False):
-    done = subprocess.run(argv, cwd=cwd, env=env(), capture_output=True, text=True,
-                          timeout=timeout, shell=shell, executable="/bin/bash" if shell else None)
-    assert done.returncode == 0, f"{argv} exited {done.returncode}:\n" + done.stdout[-3000:] \
-        + done.stderr[-5000:]
+    done = subprocess.run(
+        argv,
+        cwd=cwd,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        shell=shell,
+        executable="/bin/bash" if shell else None,
+    )
+    assert done.returncode == 0, (
+        f"{argv} exited {done.returncode}:\n" + done.stdout[-3000:] + done.stderr[-5000:]
+    )
     return done.stdout
 
 
@@ -88,9 +108,16 @@ def test_compile_writes_a_kubeflow_pipeline_spec(tmp_path):
     assert {"pipelineSpec", "runtimeConfig"} <= set(spec)
     pipeline = spec["pipelineSpec"]
     assert {"components", "deploymentSpec", "root", "pipelineInfo", "schemaVersion"} <= set(
-        pipeline)
-    assert {"CorpusExampleGen", "Trainer.fold0", "Evaluator.fold0", "CrossValidationReport",
-            "Trainer.final", "Pusher"} <= set(pipeline["root"]["dag"]["tasks"])
+        pipeline
+    )
+    assert {
+        "CorpusExampleGen",
+        "Trainer.fold0",
+        "Evaluator.fold0",
+        "CrossValidationReport",
+        "Trainer.final",
+        "Pusher",
+    } <= set(pipeline["root"]["dag"]["tasks"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -114,15 +141,19 @@ def served(small_model_base):
 
 def readme_status_answer() -> dict:
     """The status answer the README's request table shows for `GET /v1/models/cme`."""
-    row = next(line for line in rc.readme_text().splitlines()
-               if line.startswith("| `GET /v1/models/cme[") and "/metadata" not in line)
+    row = next(
+        line
+        for line in rc.readme_text().splitlines()
+        if line.startswith("| `GET /v1/models/cme[") and "/metadata" not in line
+    )
     return json.loads(re.search(r"`(\{\"model_version_status\".*?\})`", row).group(1))
 
 
 def same_shape(answer, sample, where="") -> None:
     """``answer`` has ``sample``'s keys, value types and list lengths, recursively."""
-    assert type(answer) is type(sample), f"{where}: {type(answer).__name__} in the answer, " \
-                                         f"{type(sample).__name__} in the README"
+    assert type(answer) is type(sample), (
+        f"{where}: {type(answer).__name__} in the answer, {type(sample).__name__} in the README"
+    )
     if isinstance(sample, dict):
         assert set(answer) == set(sample), f"{where}: keys {sorted(answer)} != {sorted(sample)}"
         for key in sample:
@@ -150,7 +181,8 @@ def test_serving_commands(served, tmp_path):
     metadata = json.loads(shell("curl -s localhost:8501/v1/models/cme/metadata"))
     assert set(metadata) == {"model_spec", "metadata"}
     assert {"predict_waveform", "serving_default"} <= set(
-        metadata["metadata"]["signature_def"]["signature_def"])
+        metadata["metadata"]["signature_def"]["signature_def"]
+    )
     shell("python -c")
     body = json.loads((work / "body.json").read_text())
     assert body["signature_name"] == "predict_waveform"
@@ -163,8 +195,11 @@ def test_serving_commands(served, tmp_path):
     command = find('cme-ser predict ... --transcript "Kids')
     report = rc.plain_block_after("### From audio files").splitlines()
     audio = report[0].split(":")[0]
-    argv = argv_for(command, {"AUDIO": audio, "--url": f"http://localhost:{served['port']}"},
-                    drop=("--json", "--model-dir"))
+    argv = argv_for(
+        command,
+        {"AUDIO": audio, "--url": f"http://localhost:{served['port']}"},
+        drop=("--json", "--model-dir"),
+    )
     assert argv[:2] == ["cme-ser", "predict"] and "--transcript" in argv and "--url" in argv
     lines = run(argv, cwd=RAVDESS_SPEECH, timeout=300).splitlines()
     # The header as the README shows it, but for the emotion and its probability (the small
@@ -174,7 +209,8 @@ def test_serving_commands(served, tmp_path):
     assert re.fullmatch(header, lines[0]), (lines[0], report[0])
     names = re.findall(r"(\w+) [0-9.]+", report[1])
     assert re.findall(r"(\w+) [0-9.]+", lines[1]) and names == re.findall(
-        r"(\w+) [0-9.]+", lines[1]), (lines[1], report[1])
+        r"(\w+) [0-9.]+", lines[1]
+    ), (lines[1], report[1])
     assert lines[2] == report[2]
     for shown, printed in zip(report[3:], lines[3:]):
         if shown.strip() == "...":
@@ -202,17 +238,19 @@ def test_preprocess_throughput_benchmark(tmp_path):
         name = f"03-01-05-01-01-01-{actor:02d}.flac"
         (corpus / f"Actor_{actor:02d}").mkdir(parents=True)
         (corpus / f"Actor_{actor:02d}" / name).symlink_to(
-            RAVDESS_SPEECH / f"Actor_{actor:02d}" / name)
-    argv = argv_for(find("python benchmarks/preprocess_throughput.py"),
-                    {"--data-dir": str(corpus)})
+            RAVDESS_SPEECH / f"Actor_{actor:02d}" / name
+        )
+    argv = argv_for(find("python benchmarks/preprocess_throughput.py"), {"--data-dir": str(corpus)})
     result = last_json_line(run(argv, cwd=ROOT))
     assert result["utterances"] == result["records"] == 5 and result["errors"] == 0
 
 
 def test_serve_lifecycle_benchmark(small_model_base):
-    argv = argv_for(find("python benchmarks/serve_lifecycle.py"),
-                    {"--model-base-path": str(small_model_base), "--cycles": "1"},
-                    include_optional=False)
+    argv = argv_for(
+        find("python benchmarks/serve_lifecycle.py"),
+        {"--model-base-path": str(small_model_base), "--cycles": "1"},
+        include_optional=False,
+    )
     result = last_json_line(run(argv, cwd=ROOT))
     assert result["cycles"] == 1 and result["bad_exits"] == [] and result["tracebacks"] == 0
 
@@ -220,8 +258,9 @@ def test_serve_lifecycle_benchmark(small_model_base):
 @needs_ravdess
 def test_serving_load_benchmark(small_model_base):
     command = find("python benchmarks/serving_load.py")
-    argv = argv_for(command, {"--model-base-path": str(small_model_base), "--clients": "2",
-                              "--requests": "4"})
+    argv = argv_for(
+        command, {"--model-base-path": str(small_model_base), "--clients": "2", "--requests": "4"}
+    )
     assert "--server-arg=--workers=2" in argv and "--server-arg=--enable-batching" in argv
     result = last_json_line(run(argv, cwd=ROOT))
     reference = result["inprocess"]
@@ -230,8 +269,13 @@ def test_serving_load_benchmark(small_model_base):
         measured = result[protocol]
         assert measured["requests"] == 4 and measured["errors"] == 0
         assert result["ratios"][protocol] == measured["ratio_to_inprocess"]
-        assert abs(measured["ratio_to_inprocess"]
-                   - measured["requests_per_s"] / reference["utterances_per_s"]) < 1e-3
+        assert (
+            abs(
+                measured["ratio_to_inprocess"]
+                - measured["requests_per_s"] / reference["utterances_per_s"]
+            )
+            < 1e-3
+        )
     assert result["model"]["path"].startswith(str(small_model_base))
     assert result["model"]["parameters"] > 0
     assert result["server_args"] == ["--workers=2", "--enable-batching"]
@@ -242,7 +286,8 @@ def test_calibration_benchmark():
     (docs/results/calibration/stability-run0.json) exactly."""
     argv = argv_for(find("python benchmarks/calibration.py"), {})
     result = last_json_line(run(argv, cwd=ROOT))
-    archived = json.loads((ROOT / "docs" / "results" / "calibration" / "stability-run0.json")
-                          .read_text())
+    archived = json.loads(
+        (ROOT / "docs" / "results" / "calibration" / "stability-run0.json").read_text()
+    )
     assert json.loads(json.dumps(result)) == archived
     assert result["seeds"] == [0, 1, 2] and result["channels"]["speech"]["n"] == 672

@@ -77,10 +77,14 @@ def test_predict_through_rest_matches_the_local_savedmodel(server, base, capsys,
     assert local["model"] == str(base / "1")  # a base directory: its newest version
     [same] = local["results"]
     assert same["emotion"] == first["emotion"]
-    np.testing.assert_allclose(list(same["probabilities"].values()),
-                               list(first["probabilities"].values()), atol=1e-6)
-    np.testing.assert_allclose([w["acoustic_excitation"] for w in same["words"]],
-                               [w["acoustic_excitation"] for w in first["words"]], atol=1e-6)
+    np.testing.assert_allclose(
+        list(same["probabilities"].values()), list(first["probabilities"].values()), atol=1e-6
+    )
+    np.testing.assert_allclose(
+        [w["acoustic_excitation"] for w in same["words"]],
+        [w["acoustic_excitation"] for w in first["words"]],
+        atol=1e-6,
+    )
 
 
 def test_predict_text_report_and_recognition(server, capsys):
@@ -90,8 +94,13 @@ def test_predict_text_report_and_recognition(server, capsys):
     emotion = out[0].split(": ", 1)[1].split(" ")[0]
     assert emotion in CLASSES
     assert out[1].startswith("  probabilities: ") and all(c in out[1] for c in CLASSES)
-    assert out[2].split() == ["word", "start_s", "end_s", "acoustic_excitation",
-                              "semantic_excitation"]
+    assert out[2].split() == [
+        "word",
+        "start_s",
+        "end_s",
+        "acoustic_excitation",
+        "semantic_excitation",
+    ]
     words = [line.split()[0] for line in out[3:] if not line.startswith("  note:")]
     assert "door" in words  # "Dogs are sitting by the door", recognised
 
@@ -99,8 +108,21 @@ def test_predict_text_report_and_recognition(server, capsys):
 def test_predict_errors(server, capsys, tmp_path):
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"RIFF not really a wav file")
-    assert main(["predict", str(ANGRY), str(broken), "--transcript", KIDS, "--url", server.url,
-                 "--json"]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                str(ANGRY),
+                str(broken),
+                "--transcript",
+                KIDS,
+                "--url",
+                server.url,
+                "--json",
+            ]
+        )
+        == 2
+    )
     captured = capsys.readouterr()
     results = json.loads(captured.out)["results"]
     assert results[0]["emotion"] in CLASSES  # the good file still gets its answer
@@ -112,8 +134,21 @@ def test_predict_errors(server, capsys, tmp_path):
     # A server that is not there, and a model name it does not serve.
     assert main(["predict", str(ANGRY), "--transcript", KIDS, "--url", "http://127.0.0.1:9"]) == 2
     assert "cannot reach http://127.0.0.1:9/v1/models/cme" in capsys.readouterr().err
-    assert main(["predict", str(ANGRY), "--transcript", KIDS, "--url", server.url,
-                 "--model-name", "other"]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                str(ANGRY),
+                "--transcript",
+                KIDS,
+                "--url",
+                server.url,
+                "--model-name",
+                "other",
+            ]
+        )
+        == 2
+    )
     out = capsys.readouterr().out
     assert "error (model): Servable not found for request: Latest(other)" in out
     assert main(["predict", str(ANGRY), "--model-dir", str(tmp_path)]) == 2
@@ -135,7 +170,8 @@ def test_local_model_reports_the_graphs_input_check_as_a_message(base):
         model.predict_waveform([late])
     assert str(error.value) == (
         "word_start_s must be at most num_samples / 16000 (a word must start inside the audio); "
-        "[row, slot]: [[0 1]]; word_start_s: [1.5]; audio seconds: [1]")
+        "[row, slot]: [[0 1]]; word_start_s: [1.5]; audio seconds: [1]"
+    )
     fine = Utterance(waveform, ["kids"], [0.1], [0.4])
     pending = [(late, Result("late.wav")), (fine, Result("fine.wav"))]
     predict_batch(model, pending)
@@ -146,17 +182,21 @@ def test_local_model_reports_the_graphs_input_check_as_a_message(base):
 def test_assertion_message_drops_tensorflows_framing():
     from serving.predict import assertion_message
 
-    raw = ("Graph execution error:\n\nDetected at node Assert_4/Assert defined at (most recent "
-           "call last):\n<stack traces unavailable>\nassertion failed: [num_samples must be at "
-           "least 400 (one 25 ms frame at 16 kHz)] [num_samples:] [300 500]\n\t [[{{node "
-           "Assert_4/Assert}}]] [Op:__inference_signature_wrapper_282]")
-    assert assertion_message(raw) == ("num_samples must be at least 400 (one 25 ms frame at "
-                                      "16 kHz); num_samples: [300 500]")
+    raw = (
+        "Graph execution error:\n\nDetected at node Assert_4/Assert defined at (most recent "
+        "call last):\n<stack traces unavailable>\nassertion failed: [num_samples must be at "
+        "least 400 (one 25 ms frame at 16 kHz)] [num_samples:] [300 500]\n\t [[{{node "
+        "Assert_4/Assert}}]] [Op:__inference_signature_wrapper_282]"
+    )
+    assert assertion_message(raw) == (
+        "num_samples must be at least 400 (one 25 ms frame at 16 kHz); num_samples: [300 500]"
+    )
     # Brackets inside the rule stay; a message that is no assertion keeps its own text.
-    assert assertion_message("assertion failed: [words must be [batch, words]] [words shape:] "
-                             "[2 6]\n\t [[{{node A}}]]") == (
-        "words must be [batch, words]; words shape: [2 6]")
-    assert assertion_message("Graph execution error:\n\nDetected at node X defined at (most "
-                             "recent call last):\n<stack traces unavailable>\nsomething else "
-                             "broke\n\t [[{{node X}}]] [Op:__inference_f_1]") == (
-        "something else broke")
+    assert assertion_message(
+        "assertion failed: [words must be [batch, words]] [words shape:] [2 6]\n\t [[{{node A}}]]"
+    ) == ("words must be [batch, words]; words shape: [2 6]")
+    assert assertion_message(
+        "Graph execution error:\n\nDetected at node X defined at (most "
+        "recent call last):\n<stack traces unavailable>\nsomething else "
+        "broke\n\t [[{{node X}}]] [Op:__inference_f_1]"
+    ) == ("something else broke")

@@ -88,9 +88,20 @@ def test_both_signatures_agree_in_a_fresh_process(exported, tmp_path):
     inputs = waveform_inputs([(waveform, words, starts, ends)])
     np.savez(tmp_path / "inputs.npz", **inputs)
 
-    run = subprocess.run([sys.executable, "-c", LOADER, info["path"], str(tmp_path / "example.pb"),
-                          str(tmp_path / "inputs.npz")], capture_output=True, text=True,
-                         cwd=tmp_path, timeout=120)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            LOADER,
+            info["path"],
+            str(tmp_path / "example.pb"),
+            str(tmp_path / "inputs.npz"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     out = json.loads(run.stdout.strip().splitlines()[-1])
     assert out["modules"] == []
@@ -121,18 +132,25 @@ def test_both_signatures_agree_in_a_fresh_process(exported, tmp_path):
 def test_excitation_equals_the_mean_of_the_keras_gates(exported):
     model, info = exported
     from trainer.export import excitation_model
+
     gates_model = excitation_model(model)
     serialized = example_bytes(SAD, DOGS, label="sad")
     parsed = records.parse_examples(tf.constant([serialized]), 50)
     _, gate_a, gate_s = gates_model(records.to_model_inputs(parsed), training=False)
     waveform, result = aligned(SAD, DOGS)
     loaded = tf.saved_model.load(info["path"])
-    out = loaded.signatures[PREDICT_WAVEFORM](**{
-        k: tf.constant(v) for k, v in waveform_inputs([(waveform, *timed_words(result))]).items()})
-    np.testing.assert_allclose(out["acoustic_excitation"].numpy(),
-                               gate_a.numpy().mean(axis=-1), atol=1e-4)
-    np.testing.assert_allclose(out["semantic_excitation"].numpy(),
-                               gate_s.numpy().mean(axis=-1), atol=1e-4)
+    out = loaded.signatures[PREDICT_WAVEFORM](
+        **{
+            k: tf.constant(v)
+            for k, v in waveform_inputs([(waveform, *timed_words(result))]).items()
+        }
+    )
+    np.testing.assert_allclose(
+        out["acoustic_excitation"].numpy(), gate_a.numpy().mean(axis=-1), atol=1e-4
+    )
+    np.testing.assert_allclose(
+        out["semantic_excitation"].numpy(), gate_s.numpy().mean(axis=-1), atol=1e-4
+    )
 
 
 def test_padding_a_batch_changes_nothing(exported):
@@ -145,10 +163,15 @@ def test_padding_a_batch_changes_nothing(exported):
     short_wave = long_wave[:24000]  # 1.5 s: "kids are" (the voicing starts at about 1 s)
     short = (short_wave, ["kids", "are"], [1.0, 1.2], [1.2, 1.4])
     alone = run(**{k: tf.constant(v) for k, v in waveform_inputs([short]).items()})
-    both = run(**{k: tf.constant(v) for k, v in waveform_inputs(
-        [(long_wave, *timed_words(long_words)), short]).items()})
-    np.testing.assert_allclose(both["probabilities"].numpy()[1], alone["probabilities"].numpy()[0],
-                               atol=1e-5)
+    both = run(
+        **{
+            k: tf.constant(v)
+            for k, v in waveform_inputs([(long_wave, *timed_words(long_words)), short]).items()
+        }
+    )
+    np.testing.assert_allclose(
+        both["probabilities"].numpy()[1], alone["probabilities"].numpy()[0], atol=1e-5
+    )
     for key in ("acoustic_excitation", "semantic_excitation"):
         row = both[key].numpy()[1]
         np.testing.assert_allclose(row[:2], alone[key].numpy()[0], atol=1e-5)
@@ -156,10 +179,12 @@ def test_padding_a_batch_changes_nothing(exported):
     # predict_waveform_bytes: rows of different byte lengths, padded in-graph.
     feeds = waveform_inputs([(long_wave, *timed_words(long_words)), short])
     del feeds["waveform"]
-    feeds["waveform_bytes"] = np.array([long_wave.astype("<f4").tobytes(),
-                                        short_wave.astype("<f4").tobytes()], dtype=object)
+    feeds["waveform_bytes"] = np.array(
+        [long_wave.astype("<f4").tobytes(), short_wave.astype("<f4").tobytes()], dtype=object
+    )
     by_bytes = loaded.signatures[PREDICT_WAVEFORM_BYTES](
-        **{k: tf.constant(v) for k, v in feeds.items()})
+        **{k: tf.constant(v) for k, v in feeds.items()}
+    )
     for key in ("probabilities", "acoustic_excitation", "semantic_excitation"):
         np.testing.assert_allclose(by_bytes[key].numpy(), both[key].numpy(), atol=1e-6)
 
@@ -187,25 +212,29 @@ def test_words_are_lowercased_and_unknown_words_get_the_zero_vector(exported):
 def test_seconds_to_frames_follow_the_alignment_convention():
     frames = np.arange(0, 3000, dtype=np.int64)
     seconds = (frames / 100.0).astype(np.float32)[None]
-    spans = seconds_to_spans(tf.constant(seconds), tf.constant(seconds + 0.01),
-                             tf.constant([4000])).numpy()[0]
+    spans = seconds_to_spans(
+        tf.constant(seconds), tf.constant(seconds + 0.01), tf.constant([4000])
+    ).numpy()[0]
     np.testing.assert_array_equal(spans[:, 0], frames)  # frame / 100 round-trips exactly
     np.testing.assert_array_equal(spans[:, 1], frames + 1)
     # The same rounding as preprocessing reads TextGrid times (floor(s * 100 + 0.5)).
     times = [0.0, 0.004, 0.006, 0.014, 1.234, 1.236, 2.999]
     expected = [_seconds_to_frame(t, "test") for t in times]
-    got = seconds_to_spans(tf.constant([times], tf.float32), tf.constant([times], tf.float32),
-                           tf.constant([1000])).numpy()[0]
+    got = seconds_to_spans(
+        tf.constant([times], tf.float32), tf.constant([times], tf.float32), tf.constant([1000])
+    ).numpy()[0]
     np.testing.assert_array_equal(got[:, 0], expected)
     # At least one frame per word; clipped to the utterance's frames.
-    got = seconds_to_spans(tf.constant([[0.5, 0.5, 3.0, 9.0]]), tf.constant([[0.5, 0.2, 9.0, 9.5]]),
-                           tf.constant([400])).numpy()[0]
+    got = seconds_to_spans(
+        tf.constant([[0.5, 0.5, 3.0, 9.0]]), tf.constant([[0.5, 0.2, 9.0, 9.5]]), tf.constant([400])
+    ).numpy()[0]
     np.testing.assert_array_equal(got, [[50, 51], [50, 51], [300, 400], [400, 400]])
 
 
 def test_serving_vocabulary_keeps_the_most_frequent_first_occurrence():
-    vectors = WordVectors(["the", "The", "Dog", "cat", "dog"],
-                          np.arange(10, dtype=np.float32).reshape(5, 2))
+    vectors = WordVectors(
+        ["the", "The", "Dog", "cat", "dog"], np.arange(10, dtype=np.float32).reshape(5, 2)
+    )
     words, matrix = serving_vocabulary(vectors, 4)
     assert words == ["the", "dog", "cat"]  # "The" folds into "the"; "dog" (row 4) is cut
     np.testing.assert_array_equal(matrix, [[0, 1], [4, 5], [6, 7], [0, 0]])  # + the OOV row
@@ -225,8 +254,12 @@ def test_export_checks_its_arguments(exported, tmp_path):
     with pytest.raises(ValueError, match="3 class names"):
         export_saved_model(model, tmp_path / "1", class_names=["a", "b", "c"], vectors=small)
     with pytest.raises(ValueError, match="8-d but the model takes 50-d"):
-        export_saved_model(model, tmp_path / "1", class_names=CLASSES,
-                           vectors=WordVectors(["a"], np.ones((1, 8), np.float32)))
+        export_saved_model(
+            model,
+            tmp_path / "1",
+            class_names=CLASSES,
+            vectors=WordVectors(["a"], np.ones((1, 8), np.float32)),
+        )
     with pytest.raises(FileExistsError):
         export_saved_model(model, info["path"], class_names=CLASSES, vectors=small)
     # Nothing half-written is left next to the versions (the staging dir is a dot-name).
@@ -242,8 +275,9 @@ def test_export_to_a_tensorflow_filesystem_url(exported):
     remote = export(model, url)
     assert remote["path"] == url and abs(remote["size_bytes"] - info["size_bytes"]) < 4096
     waveform, result = aligned(ANGRY, KIDS)
-    feeds = {k: tf.constant(v)
-             for k, v in waveform_inputs([(waveform, *timed_words(result))]).items()}
+    feeds = {
+        k: tf.constant(v) for k, v in waveform_inputs([(waveform, *timed_words(result))]).items()
+    }
     here = tf.saved_model.load(info["path"]).signatures[PREDICT_WAVEFORM](**feeds)
     there = tf.saved_model.load(url).signatures[PREDICT_WAVEFORM](**feeds)
     np.testing.assert_array_equal(there["probabilities"].numpy(), here["probabilities"].numpy())
@@ -254,6 +288,7 @@ def test_export_to_a_tensorflow_filesystem_url(exported):
 def test_a_seed_ensemble_exports_the_mean_of_its_members(tmp_path):
     from trainer.export import excitation_model, has_excitation
     from trainer.model import average_models, ensemble_members
+
     members = [small_model(seed) for seed in (0, 1)]
     parsed = records.parse_examples(tf.constant([example_bytes(SAD, DOGS, label="sad")]), 50)
     inputs = records.to_model_inputs(parsed)
@@ -263,14 +298,19 @@ def test_a_seed_ensemble_exports_the_mean_of_its_members(tmp_path):
     assert [m.name for m in members] == ["ensemble_member0", "ensemble_member1"]
     info = export(ensemble, tmp_path / "cme" / "1")
     loaded = tf.saved_model.load(info["path"])
-    by_example = loaded.signatures[SERVING_DEFAULT](examples=tf.constant(
-        [example_bytes(SAD, DOGS, label="sad")]))
+    by_example = loaded.signatures[SERVING_DEFAULT](
+        examples=tf.constant([example_bytes(SAD, DOGS, label="sad")])
+    )
     mean = (alone[0][0].numpy() + alone[1][0].numpy()) / 2
     np.testing.assert_allclose(by_example["probabilities"].numpy(), mean, atol=1e-5)
     assert not np.allclose(alone[0][0].numpy(), alone[1][0].numpy(), atol=1e-3)
     waveform, result = aligned(SAD, DOGS)
-    out = loaded.signatures[PREDICT_WAVEFORM](**{
-        k: tf.constant(v) for k, v in waveform_inputs([(waveform, *timed_words(result))]).items()})
+    out = loaded.signatures[PREDICT_WAVEFORM](
+        **{
+            k: tf.constant(v)
+            for k, v in waveform_inputs([(waveform, *timed_words(result))]).items()
+        }
+    )
     for i, name in ((1, "acoustic_excitation"), (2, "semantic_excitation")):
         expected = (alone[0][i].numpy().mean(-1) + alone[1][i].numpy().mean(-1)) / 2
         np.testing.assert_allclose(out[name].numpy(), expected, atol=1e-4)
@@ -285,14 +325,22 @@ def test_a_calibrated_export_serves_the_temperature_scaled_probabilities(exporte
     keeps T."""
     from trainer.calibration import temperature_scaled
     from trainer.metrics import prior_corrected
+
     model, plain = exported
     counts = [3.0, 1.0, 2.0, 4.0]
-    info = export_saved_model(model, tmp_path / "cme" / "1", class_names=CLASSES,
-                              vectors=glove(), vocab_size=plain["vocab_size"],
-                              prior_class_counts=counts, temperature=2.5)
+    info = export_saved_model(
+        model,
+        tmp_path / "cme" / "1",
+        class_names=CLASSES,
+        vectors=glove(),
+        vocab_size=plain["vocab_size"],
+        prior_class_counts=counts,
+        temperature=2.5,
+    )
     assert info["temperature"] == 2.5
-    examples = tf.constant([example_bytes(SAD, DOGS, label="sad"),
-                            example_bytes(ANGRY, KIDS, label="angry")])
+    examples = tf.constant(
+        [example_bytes(SAD, DOGS, label="sad"), example_bytes(ANGRY, KIDS, label="angry")]
+    )
     base = tf.saved_model.load(plain["path"]).signatures[SERVING_DEFAULT](examples=examples)
     loaded = tf.saved_model.load(info["path"])
     out = loaded.signatures[SERVING_DEFAULT](examples=examples)
@@ -302,5 +350,6 @@ def test_a_calibrated_export_serves_the_temperature_scaled_probabilities(exporte
     assert float(loaded.calibration_temperature.numpy()) == 2.5
     assert float(tf.saved_model.load(plain["path"]).calibration_temperature.numpy()) == 1.0
     with pytest.raises(ValueError, match="temperature"):
-        export_saved_model(model, tmp_path / "cme" / "2", class_names=CLASSES, vectors=glove(),
-                           temperature=-1.0)
+        export_saved_model(
+            model, tmp_path / "cme" / "2", class_names=CLASSES, vectors=glove(), temperature=-1.0
+        )

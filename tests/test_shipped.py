@@ -29,9 +29,14 @@ def test_the_shipped_default_is_the_nested_rules_choice():
 def test_cme_ser_run_defaults_to_the_shipped_model():
     args = build_parser().parse_args(["run"])
     assert (args.variant, args.ensemble, args.prior_correction, args.seed) == (
-        SHIPPED["variant"], SHIPPED["ensemble"], SHIPPED["prior_correction"], 0)
-    args = build_parser().parse_args(["run", "--variant", "cme", "--ensemble", "1",
-                                      "--no-prior-correction"])
+        SHIPPED["variant"],
+        SHIPPED["ensemble"],
+        SHIPPED["prior_correction"],
+        0,
+    )
+    args = build_parser().parse_args(
+        ["run", "--variant", "cme", "--ensemble", "1", "--no-prior-correction"]
+    )
     assert (args.variant, args.ensemble, args.prior_correction) == ("cme", 1, False)
 
 
@@ -40,11 +45,20 @@ def test_the_local_runner_defaults_to_the_shipped_model():
     assert settings["config"].variant == SHIPPED["variant"]
     assert settings["ensemble_size"] == SHIPPED["ensemble"]
     assert settings["prior_correction"] is SHIPPED["prior_correction"]
-    small = local_runner.model_settings({"CME_SER_VARIANT": "cme", "CME_SER_ENSEMBLE": "1",
-                                         "CME_SER_PRIOR_CORRECTION": "Off",
-                                         "CME_SER_EPOCHS": "2"})
-    assert (small["config"].variant, small["config"].epochs, small["ensemble_size"],
-            small["prior_correction"]) == ("cme", 2, 1, False)
+    small = local_runner.model_settings(
+        {
+            "CME_SER_VARIANT": "cme",
+            "CME_SER_ENSEMBLE": "1",
+            "CME_SER_PRIOR_CORRECTION": "Off",
+            "CME_SER_EPOCHS": "2",
+        }
+    )
+    assert (
+        small["config"].variant,
+        small["config"].epochs,
+        small["ensemble_size"],
+        small["prior_correction"],
+    ) == ("cme", 2, 1, False)
     assert local_runner.model_settings({"CME_SER_PRIOR_CORRECTION": "1"})["prior_correction"]
     with pytest.raises(ValueError, match="CME_SER_PRIOR_CORRECTION must be one of"):
         local_runner.model_settings({"CME_SER_PRIOR_CORRECTION": "maybe"})
@@ -54,8 +68,10 @@ def test_the_pipeline_builds_the_shipped_model_unless_told_otherwise(tmp_path):
     """``trainer.config.SHIPPED`` is the pipeline's only default: every Trainer's run_fn gets
     the shipped variant, ensemble and correction, and its own node id (its progress line)."""
     from pipeline.runner import local_pipeline
-    pipeline = local_pipeline(tmp_path / "out", data_dir=tmp_path, embeddings_path="glove",
-                              num_folds=2)
+
+    pipeline = local_pipeline(
+        tmp_path / "out", data_dir=tmp_path, embeddings_path="glove", num_folds=2
+    )
     trainers = [c for c in pipeline.components if c.id.startswith("Trainer.")]
     assert len(trainers) == 3
     for trainer in trainers:
@@ -69,8 +85,15 @@ def test_the_pipeline_builds_the_shipped_model_unless_told_otherwise(tmp_path):
 @pytest.mark.parametrize("prior_correction", [True, False])
 def test_prior_correction_reaches_every_trainer(tmp_path, prior_correction):
     from pipeline.runner import local_pipeline
-    pipeline = local_pipeline(tmp_path / "out", data_dir=tmp_path, embeddings_path="glove",
-                              num_folds=2, ensemble_size=3, prior_correction=prior_correction)
+
+    pipeline = local_pipeline(
+        tmp_path / "out",
+        data_dir=tmp_path,
+        embeddings_path="glove",
+        num_folds=2,
+        ensemble_size=3,
+        prior_correction=prior_correction,
+    )
     trainers = [c for c in pipeline.components if c.id.startswith("Trainer.")]
     assert sorted(t.id for t in trainers) == ["Trainer.final", "Trainer.fold0", "Trainer.fold1"]
     for trainer in trainers:
@@ -94,8 +117,10 @@ def test_a_variants_training_channels_and_epochs_are_its_own_unless_asked():
     assert config.train_channels == channels == ("song",)
     settings = local_runner.model_settings({"CME_SER_VARIANT": "cme_fixed20_song"})
     assert settings["channels"] == ("speech", "song")
-    assert local_runner.model_settings({})["channels"] == training_channels(
-        variant_config(SHIPPED["variant"]), None)[1]
+    assert (
+        local_runner.model_settings({})["channels"]
+        == training_channels(variant_config(SHIPPED["variant"]), None)[1]
+    )
     assert build_parser().parse_args(["run"]).epochs is None
     fixed = variant_config("cme_fixed30", **epochs_override(None))
     assert fixed.epochs == 30

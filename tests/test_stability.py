@@ -28,9 +28,19 @@ def test_stability_run_reports_the_spread_of_independent_runs(tmp_path, syntheti
     records = synthetic_records(tmp_path / "prep", folds=3)
     results, log = tmp_path / "results", []
     summary = stability.run_stability(
-        records, tmp_path / "work", results, dataset="ravdess", folds=3, runs=2,
-        variant="cme_refit_bag", ensemble=1, prior_correction=True, overrides=OVERRIDES,
-        archives=(), log=log.append)
+        records,
+        tmp_path / "work",
+        results,
+        dataset="ravdess",
+        folds=3,
+        runs=2,
+        variant="cme_refit_bag",
+        ensemble=1,
+        prior_correction=True,
+        overrides=OVERRIDES,
+        archives=(),
+        log=log.append,
+    )
     out = "\n".join(log)
     assert "6 units, 0 done, 6 to run" in out and "CPU hours" in out
     assert summary["seeds"] == [[0], [1]] and summary["runs_complete"] == 2
@@ -38,11 +48,25 @@ def test_stability_run_reports_the_spread_of_independent_runs(tmp_path, syntheti
     for run in summary["runs"]:
         for fold in run["folds"]:
             # A run's fold score is its members' mean probabilities over their pooled prior.
-            data = [np.load(work / "runs" / "cme_refit_bag" / f"seed{s}" /
-                            f"fold{fold['fold']}.npz") for s in run["seeds"]]
-            counts = np.sum([json.loads((work / "runs" / "cme_refit_bag" / f"seed{s}" /
-                                         f"fold{fold['fold']}.json").read_text())
-                             ["train_class_counts"] for s in run["seeds"]], axis=0)
+            data = [
+                np.load(work / "runs" / "cme_refit_bag" / f"seed{s}" / f"fold{fold['fold']}.npz")
+                for s in run["seeds"]
+            ]
+            counts = np.sum(
+                [
+                    json.loads(
+                        (
+                            work
+                            / "runs"
+                            / "cme_refit_bag"
+                            / f"seed{s}"
+                            / f"fold{fold['fold']}.json"
+                        ).read_text()
+                    )["train_class_counts"]
+                    for s in run["seeds"]
+                ],
+                axis=0,
+            )
             mean = np.mean([d["probabilities"] for d in data], axis=0) / (counts / counts.sum())
             wa = float(np.mean(mean.argmax(-1) == data[0]["labels"]))
             assert fold["wa"] == pytest.approx(wa)
@@ -76,9 +100,19 @@ def test_stability_run_reports_the_spread_of_independent_runs(tmp_path, syntheti
     # the units still this run's own.
     log.clear()
     resumed = stability.run_stability(
-        records, tmp_path / "work2", results, dataset="ravdess", folds=3, runs=2,
-        variant="cme_refit_bag", ensemble=1, prior_correction=True, overrides=OVERRIDES,
-        archives=(), log=log.append)
+        records,
+        tmp_path / "work2",
+        results,
+        dataset="ravdess",
+        folds=3,
+        runs=2,
+        variant="cme_refit_bag",
+        ensemble=1,
+        prior_correction=True,
+        overrides=OVERRIDES,
+        archives=(),
+        log=log.append,
+    )
     assert "resumed 6 unit(s) this run trained earlier" in "\n".join(log)
     assert resumed["units"]["restored"] == 0 and resumed["units"]["trained"] == 6
     assert resumed["runs"] == summary["runs"]
@@ -87,9 +121,20 @@ def test_stability_run_reports_the_spread_of_independent_runs(tmp_path, syntheti
     # them: counted, named, not retrained, their time not counted.
     log.clear()
     reused = stability.run_stability(
-        records, tmp_path / "work3", tmp_path / "results3", dataset="ravdess", folds=3, runs=2,
-        variant="cme_refit_bag", ensemble=1, prior_correction=True, overrides=OVERRIDES,
-        archives=(), reuse=[results / "ravdess-stability-units.jsonl"], log=log.append)
+        records,
+        tmp_path / "work3",
+        tmp_path / "results3",
+        dataset="ravdess",
+        folds=3,
+        runs=2,
+        variant="cme_refit_bag",
+        ensemble=1,
+        prior_correction=True,
+        overrides=OVERRIDES,
+        archives=(),
+        reuse=[results / "ravdess-stability-units.jsonl"],
+        log=log.append,
+    )
     assert "restored 6 finished unit(s)" in "\n".join(log)
     assert reused["units"]["restored"] == 6 and reused["units"]["trained"] == 0
     assert reused["units"]["train_seconds"] == 0
@@ -112,8 +157,11 @@ def test_stability_run_reports_the_spread_of_independent_runs(tmp_path, syntheti
 
 
 def test_stability_options_are_checked(tmp_path, capsys):
-    for argv, message in ((["--runs", "1"], "--runs must be >= 2"),
-                          (["--variants", "cme,cme_refit"], "measures one variant")):
-        assert main(["reproduce", "--protocol", "stability", "--work-dir", str(tmp_path),
-                     *argv]) == 2
+    for argv, message in (
+        (["--runs", "1"], "--runs must be >= 2"),
+        (["--variants", "cme,cme_refit"], "measures one variant"),
+    ):
+        assert (
+            main(["reproduce", "--protocol", "stability", "--work-dir", str(tmp_path), *argv]) == 2
+        )
         assert message in capsys.readouterr().err

@@ -77,8 +77,7 @@ def test_paired_test_matches_scipy():
 
 def test_holm_known_answer_and_reference():
     # Sorted: 0.005 x4 = 0.02, 0.01 x3 = 0.03, 0.03 x2 = 0.06, 0.04 x1 = 0.04 -> 0.06 (monotone).
-    assert st.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02],
-                                                                abs=1e-12)
+    assert st.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02], abs=1e-12)
     assert st.holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])  # capped at 1
     assert st.holm([]) == []
     rng = np.random.default_rng(0)
@@ -90,9 +89,14 @@ def test_holm_known_answer_and_reference():
 
 
 def test_correct_family_marks_what_holds():
-    tests = [st.paired_test(d) for d in ([0.05, 0.06, 0.055, 0.052, 0.058],  # clearly up
-                                         [-0.05, -0.06, -0.055, -0.052, -0.058],  # clearly down
-                                         [0.05, -0.04, 0.01, 0.02, -0.03])]  # noise
+    tests = [
+        st.paired_test(d)
+        for d in (
+            [0.05, 0.06, 0.055, 0.052, 0.058],  # clearly up
+            [-0.05, -0.06, -0.055, -0.052, -0.058],  # clearly down
+            [0.05, -0.04, 0.01, 0.02, -0.03],
+        )
+    ]  # noise
     st.correct_family(tests)
     p = [t["p"] for t in tests]
     assert [t["p_holm"] for t in tests] == pytest.approx(reference_holm(p), abs=1e-12)

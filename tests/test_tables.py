@@ -25,5 +25,9 @@ def test_gains_and_p_values():
 
 def test_table_lines():
     assert tables.table(["a", "b c"], [[1, "x"], ["", 0.5]]) == [
-        "| a | b c |", "|---|---|", "| 1 | x |", "|  | 0.5 |"]
+        "| a | b c |",
+        "|---|---|",
+        "| 1 | x |",
+        "|  | 0.5 |",
+    ]
     assert tables.table(["only"], []) == ["| only |", "|---|"]

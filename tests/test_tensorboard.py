@@ -64,16 +64,29 @@ def tensorboard(small_tfx_run, tmp_path_factory):
     log_path = tmp_path_factory.mktemp("tensorboard") / "tensorboard.log"
     log = open(log_path, "w")
     process = subprocess.Popen(
-        [str(BIN / "tensorboard"), "--logdir", str(root), "--host", "127.0.0.1",
-         "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        start_new_session=True)
+        [
+            str(BIN / "tensorboard"),
+            "--logdir",
+            str(root),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         wanted, runs = expected_runs(root), []
         deadline = time.monotonic() + STARTUP_SECONDS
         while True:
             if process.poll() is not None:
-                pytest.fail(f"tensorboard exited with {process.returncode}:\n"
-                            + log_path.read_text()[-5000:])
+                pytest.fail(
+                    f"tensorboard exited with {process.returncode}:\n"
+                    + log_path.read_text()[-5000:]
+                )
             try:
                 runs = get_json(port, "/data/runs")
                 if wanted <= set(runs):
@@ -81,9 +94,10 @@ def tensorboard(small_tfx_run, tmp_path_factory):
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass  # not listening yet
             if time.monotonic() > deadline:
-                pytest.fail(f"tensorboard did not list {sorted(wanted)} within "
-                            f"{STARTUP_SECONDS} s (it lists {runs}):\n"
-                            + log_path.read_text()[-5000:])
+                pytest.fail(
+                    f"tensorboard did not list {sorted(wanted)} within "
+                    f"{STARTUP_SECONDS} s (it lists {runs}):\n" + log_path.read_text()[-5000:]
+                )
             time.sleep(1)
         yield {"port": port, "root": root, "runs": runs, "log": log_path}
     finally:
@@ -138,4 +152,5 @@ def test_curves_have_one_point_per_epoch_and_match_fit_json(tensorboard):
             if subrun == "validation":
                 # The served validation UA at the selected epoch is the Trainer's own record.
                 assert curves["epoch_ua"][fit["best_epoch"] - 1] == pytest.approx(
-                    fit["best_val_ua"], abs=1e-6)
+                    fit["best_val_ua"], abs=1e-6
+                )

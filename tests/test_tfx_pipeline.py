@@ -56,36 +56,47 @@ def test_an_interrupted_run_resumes_from_the_cache(pipeline_run):
     assert len(list((root / "StatisticsGen" / "statistics").iterdir())) == 1
 
 
-def test_tfx_run_create_says_what_ran_what_came_from_the_cache_and_where_things_are(
-        pipeline_run):
+def test_tfx_run_create_says_what_ran_what_came_from_the_cache_and_where_things_are(pipeline_run):
     tmp = pipeline_run[0]
     out = (tmp / "tfx_run_create.out").read_text()
     lines = out.splitlines()
-    ran = next(line for line in lines if line.startswith("ran: "))[len("ran: "):].split(", ")
+    ran = next(line for line in lines if line.startswith("ran: "))[len("ran: ") :].split(", ")
     cached = next(line for line in lines if line.startswith("from the cache: "))[
-        len("from the cache: "):].split(", ")
+        len("from the cache: ") :
+    ].split(", ")
     # The killed `cme-ser run` had finished the preprocessing: reused, not redone.
     assert "CorpusExampleGen" in cached and "StatisticsGen" in cached
     assert {"Trainer.final", "CrossValidationReport", "Pusher"} <= set(ran)
     assert not set(ran) & set(cached)
     assert set(ran) | set(cached) == {
-        "CorpusExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "Trainer.fold0",
-        "Trainer.fold1", "Evaluator.fold0", "Evaluator.fold1", "Calibrator",
-        "CrossValidationReport", "Trainer.final", "ModelLoadValidator", "Pusher"}
+        "CorpusExampleGen",
+        "StatisticsGen",
+        "SchemaGen",
+        "ExampleValidator",
+        "Trainer.fold0",
+        "Trainer.fold1",
+        "Evaluator.fold0",
+        "Evaluator.fold1",
+        "Calibrator",
+        "CrossValidationReport",
+        "Trainer.final",
+        "ModelLoadValidator",
+        "Pusher",
+    }
     root = tmp / "out" / "tfx" / "root"
     assert f"report: {latest(root, 'CrossValidationReport', 'report')}" in lines
     versions = sorted((tmp / "out" / "serving_model" / "cme").iterdir())
     assert f"pushed model: {versions[-1]}" in lines
     assert "Trainer.final: running" in out  # the stage lines, as `cme-ser run` prints them
     # Each Trainer's progress: epochs out of the maximum, then where it stopped.
-    stopped = re.search(r"Trainer\.final model 1/1, training: stopped at epoch (\d+)/2 after ",
-                        out)
+    stopped = re.search(r"Trainer\.final model 1/1, training: stopped at epoch (\d+)/2 after ", out)
     final = json.loads((latest(root, "Trainer.final", "model_run") / "fit.json").read_text())
     assert stopped and int(stopped.group(1)) == final["epochs_run"]
     # The libraries' messages went to the run's log file, named first, as with `cme-ser run`.
     log = tmp / "out" / "cme-ser-run.log"
-    assert (f"TensorFlow, Beam and TFX messages: {log} (CME_SER_VERBOSE=1 shows them here)"
-            in lines), lines[:5]
+    assert (
+        f"TensorFlow, Beam and TFX messages: {log} (CME_SER_VERBOSE=1 shows them here)" in lines
+    ), lines[:5]
     assert "apache_beam" not in out + (tmp / "tfx_run_create.err").read_text()
     # `tfx pipeline create` runs the same file without running the pipeline: no summary.
     assert "ran: " not in (tmp / "tfx_pipeline_create.out").read_text()
@@ -98,8 +109,13 @@ def test_examples_are_split_by_fold(pipeline_run):
     for fold in (0, 1):
         files = list((examples / f"Split-fold{fold}").glob("*.tfrecord.gz"))
         ds = tf.data.TFRecordDataset([str(f) for f in files], compression_type="GZIP")
-        speakers = {tf.train.Example.FromString(r.numpy()).features.feature["speaker"]
-                    .bytes_list.value[0].decode() for r in ds}
+        speakers = {
+            tf.train.Example.FromString(r.numpy())
+            .features.feature["speaker"]
+            .bytes_list.value[0]
+            .decode()
+            for r in ds
+        }
         counts[fold] = (sum(1 for _ in ds), speakers)
     assert counts[0][0] + counts[1][0] == 24
     assert not counts[0][1] & counts[1][1]  # speaker-independent
@@ -149,8 +165,9 @@ def test_each_fold_is_evaluated_by_tfma_and_reported(pipeline_run):
         assert confusion.sum() == 12 == metrics["examples"]
         assert metrics["wa"] == pytest.approx(np.trace(confusion) / confusion.sum())
         support = confusion.sum(axis=1)
-        assert metrics["ua"] == pytest.approx(np.mean(np.diag(confusion)[support > 0] /
-                                                      support[support > 0]))
+        assert metrics["ua"] == pytest.approx(
+            np.mean(np.diag(confusion)[support > 0] / support[support > 0])
+        )
         rows.append(metrics)
     report_dir = latest(root, "CrossValidationReport", "report")
     report = json.loads((report_dir / "report.json").read_text())
@@ -174,19 +191,37 @@ def test_pushed_model_serves_records(pipeline_run):
     assert probabilities.shape == (5, 4)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
     # What was pushed is the final Trainer's prior-corrected model (3 actors of [2, 1, 1, 2]).
-    fit = json.loads((latest(tmp / "out" / "tfx" / "root", "Trainer.final", "model_run")
-                      / "fit.json").read_text())
+    fit = json.loads(
+        (
+            latest(tmp / "out" / "tfx" / "root", "Trainer.final", "model_run") / "fit.json"
+        ).read_text()
+    )
     assert fit["prior_correction"] is True and fit["prior_class_counts"] == [6, 3, 3, 6]
     assert set(out["classes"].numpy().astype(str)) <= set(CLASSES)
 
 
 def test_rerun_with_cme_ser_run_comes_from_the_cache(pipeline_run):
     tmp, corpus, env, _ = pipeline_run
-    before = json.loads((latest(tmp / "out" / "tfx" / "root", "CrossValidationReport", "report")
-                         / "report.json").read_text())
-    done = subprocess.run([str(BIN / "cme-ser"), "run", "--data-dir", str(corpus), "--output",
-                           str(tmp / "out"), *SMALL], env=env,
-                          capture_output=True, text=True, timeout=600)
+    before = json.loads(
+        (
+            latest(tmp / "out" / "tfx" / "root", "CrossValidationReport", "report") / "report.json"
+        ).read_text()
+    )
+    done = subprocess.run(
+        [
+            str(BIN / "cme-ser"),
+            "run",
+            "--data-dir",
+            str(corpus),
+            "--output",
+            str(tmp / "out"),
+            *SMALL,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-5000:]
     assert "Trainer.fold0: finished" in done.stdout
     assert f"WA {before['wa_mean']:.3f}" in done.stdout
@@ -214,8 +249,9 @@ def test_invalid_configuration_fails_before_training(pipeline_run, tmp_path, cap
     for n, (extra, message) in enumerate(cases):
         args = ["run", "--data-dir", str(corpus), "--output", str(tmp_path / "o"), *extra]
         if n == 0:
-            done = subprocess.run([str(BIN / "cme-ser"), *args], env=env, capture_output=True,
-                                  text=True, timeout=300)
+            done = subprocess.run(
+                [str(BIN / "cme-ser"), *args], env=env, capture_output=True, text=True, timeout=300
+            )
             code, stderr = done.returncode, done.stderr
         else:
             code, stderr = main(args), capsys.readouterr().err
@@ -247,9 +283,23 @@ def test_a_run_below_the_bar_is_not_pushed_and_says_why(pipeline_run):
     tmp, corpus, env, _ = pipeline_run
     serving = tmp / "out" / "serving_model" / "cme"
     before = sorted((p.relative_to(serving), p.stat().st_mtime_ns) for p in serving.rglob("*"))
-    done = subprocess.run([str(BIN / "cme-ser"), "run", "--data-dir", str(corpus), "--output",
-                           str(tmp / "out"), *SMALL, "--bless-min-ua", "1.01"], env=env,
-                          capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [
+            str(BIN / "cme-ser"),
+            "run",
+            "--data-dir",
+            str(corpus),
+            "--output",
+            str(tmp / "out"),
+            *SMALL,
+            "--bless-min-ua",
+            "1.01",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     assert "NOT PUSHED" in done.stdout and "pushed model:" not in done.stdout
     assert "below the bar --bless-min-ua 1.01" in done.stdout
@@ -260,8 +310,9 @@ def test_a_run_below_the_bar_is_not_pushed_and_says_why(pipeline_run):
     blessing = latest(root, "CrossValidationReport", "blessing")
     assert (blessing / "NOT_BLESSED").exists()
     assert not json.loads((blessing / "blessing.json").read_text())["blessed"]
-    assert sorted((p.relative_to(serving), p.stat().st_mtime_ns)
-                  for p in serving.rglob("*")) == before
+    assert (
+        sorted((p.relative_to(serving), p.stat().st_mtime_ns) for p in serving.rglob("*")) == before
+    )
     # The Pusher ran on the new blessing (no cache hit) and recorded "not pushed".
     assert len(list((root / "Pusher" / "pushed_model").iterdir())) == 2
     assert not any(latest(root, "Pusher", "pushed_model").iterdir())
@@ -274,10 +325,10 @@ def test_the_pushed_model_is_calibrated_on_the_folds_held_out_answers(pipeline_r
     fold's temperature only; the report shows it."""
     from pipeline.calibrator import CALIBRATION_FILE, held_out_answers
     from trainer.calibration import fit_temperature, temperature_scaled
+
     tmp = pipeline_run[0]
     root = tmp / "out" / "tfx" / "root"
-    saved = json.loads((latest(root, "Calibrator", "calibration") / CALIBRATION_FILE)
-                       .read_text())
+    saved = json.loads((latest(root, "Calibrator", "calibration") / CALIBRATION_FILE).read_text())
     examples = latest(root, "CorpusExampleGen", "examples")
     answers = {}
     for fold in (0, 1):
@@ -285,26 +336,32 @@ def test_the_pushed_model_is_calibrated_on_the_folds_held_out_answers(pipeline_r
         files = sorted(str(f) for f in (examples / f"Split-fold{fold}").glob("*.gz"))
         answers[fold] = held_out_answers(str(model_dir), files)
         assert len(answers[fold][1]) == 12
-    everything = fit_temperature(np.concatenate([answers[k][0] for k in (0, 1)]),
-                                 np.concatenate([answers[k][1] for k in (0, 1)]))
+    everything = fit_temperature(
+        np.concatenate([answers[k][0] for k in (0, 1)]),
+        np.concatenate([answers[k][1] for k in (0, 1)]),
+    )
     assert saved["temperature"] == pytest.approx(everything, rel=1e-4)
     for fold, other in ((0, 1), (1, 0)):
         t = fit_temperature(*answers[other][:2])
-        assert saved["calibration"]["folds"][str(fold)]["temperature"] == pytest.approx(
-            t, rel=1e-4)
+        assert saved["calibration"]["folds"][str(fold)]["temperature"] == pytest.approx(t, rel=1e-4)
     fit = json.loads((latest(root, "Trainer.final", "model_run") / "fit.json").read_text())
     assert fit["temperature"] == pytest.approx(saved["temperature"])
     for fold in (0, 1):
-        assert json.loads((latest(root, f"Trainer.fold{fold}", "model_run") / "fit.json")
-                          .read_text())["temperature"] is None
+        assert (
+            json.loads((latest(root, f"Trainer.fold{fold}", "model_run") / "fit.json").read_text())[
+                "temperature"
+            ]
+            is None
+        )
     [version] = list((tmp / "out" / "serving_model" / "cme").iterdir())
     pushed = tf.saved_model.load(str(version))
     assert float(pushed.calibration_temperature.numpy()) == pytest.approx(saved["temperature"])
     # The pushed probabilities are the final model's uncalibrated ones at that temperature:
     # undoing it gives back a distribution whose argmax is the same.
     files = sorted(str(f) for f in (examples / "Split-fold0").glob("*.gz"))
-    out = pushed.signatures["serving_default"](examples=next(iter(
-        tf.data.TFRecordDataset(files, compression_type="GZIP").batch(4))))
+    out = pushed.signatures["serving_default"](
+        examples=next(iter(tf.data.TFRecordDataset(files, compression_type="GZIP").batch(4)))
+    )
     served = out["probabilities"].numpy()
     undone = temperature_scaled(served, 1 / saved["temperature"])
     assert (undone.argmax(-1) == out["class_ids"].numpy()).all()

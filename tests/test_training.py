@@ -22,8 +22,17 @@ from trainer.metrics import (
 from trainer.splits import fold_plan_problems, validation_speakers
 from trainer.train import class_weights, train_fold
 
-TINY = ModelConfig(word_dim=4, cnn_filters=(4, 8, 8), semantic_dim=8, lstm_units=4,
-                   fcn_units=4, class_names=("a", "b"), epochs=3, patience=2, batch_size=4)
+TINY = ModelConfig(
+    word_dim=4,
+    cnn_filters=(4, 8, 8),
+    semantic_dim=8,
+    lstm_units=4,
+    fcn_units=4,
+    class_names=("a", "b"),
+    epochs=3,
+    patience=2,
+    batch_size=4,
+)
 
 
 def test_wa_ua_against_hand_computed_values():
@@ -49,12 +58,22 @@ def write_fold(path, rng, fold, speakers, n=12):
             label = i % 2
             frames = int(rng.integers(20, 60))
             fbank = rng.normal(size=(frames, 40)).astype(np.float32) + (2.0 if label else -2.0)
-            writer.write(make_example(
-                utterance_id=f"f{fold}-{i}", speaker=speakers[i % len(speakers)], label=label,
-                label_name="ab"[label], fold=fold, fbank=fbank, words=["w1", "w2"],
-                word_embeddings=rng.normal(size=(2, 4)), word_start=[0, frames // 2],
-                word_end=[frames // 2, frames], transcript="w1 w2",
-                alignment_source="forced").SerializeToString())
+            writer.write(
+                make_example(
+                    utterance_id=f"f{fold}-{i}",
+                    speaker=speakers[i % len(speakers)],
+                    label=label,
+                    label_name="ab"[label],
+                    fold=fold,
+                    fbank=fbank,
+                    words=["w1", "w2"],
+                    word_embeddings=rng.normal(size=(2, 4)),
+                    word_start=[0, frames // 2],
+                    word_end=[frames // 2, frames],
+                    transcript="w1 w2",
+                    alignment_source="forced",
+                ).SerializeToString()
+            )
 
 
 @pytest.fixture
@@ -86,6 +105,7 @@ def test_dataset_pads_batches_and_filters_speakers(folds):
 
 def test_speaker_norm_standardises_each_speakers_frames(folds):
     from preprocessing.records import decode_example
+
     decoded = [decode_example(r) for r in sorted_records(folds[0])]
     stats = speaker_statistics(sorted_records(folds[0]))
     assert sorted(stats) == ["s0a", "s0b"]
@@ -95,8 +115,9 @@ def test_speaker_norm_standardises_each_speakers_frames(folds):
         np.testing.assert_allclose(std, frames.std(axis=0), rtol=1e-4)
     by_speaker = {}
     for inputs, _, ids in make_dataset(folds[0], 4, 5, with_ids=True, speaker_norm=True):
-        for row, n, utterance in zip(inputs["fbank"].numpy(), inputs["num_frames"].numpy(),
-                                     ids.numpy()):
+        for row, n, utterance in zip(
+            inputs["fbank"].numpy(), inputs["num_frames"].numpy(), ids.numpy()
+        ):
             speaker = next(d["speaker"] for d in decoded if d["utterance_id"] == utterance.decode())
             by_speaker.setdefault(speaker, []).append(row[:n])
     for frames in by_speaker.values():
@@ -161,8 +182,7 @@ def _four_speakers(missing=None):
 def test_the_shipped_plan_on_four_speakers_and_two_folds_trains():
     labels, folds = _four_speakers()
     shipped = TINY.replace(rotate_validation=True, refit=True)
-    assert fold_plan_problems(labels, folds, shipped, ensemble_size=3,
-                              prior_correction=True) == []
+    assert fold_plan_problems(labels, folds, shipped, ensemble_size=3, prior_correction=True) == []
 
 
 def test_a_plan_that_cannot_train_is_described_before_training():
@@ -170,29 +190,37 @@ def test_a_plan_that_cannot_train_is_described_before_training():
     one_each = {"s1": 0, "s2": 1, "s3": 2, "s4": 2}
     problems = fold_plan_problems(labels, {**one_each}, TINY)
     assert problems == []  # 3 folds of 4 speakers: every training set has >= 2 speakers
-    problems = fold_plan_problems({"s1": {"a": 1, "b": 1}, "s2": {"a": 1, "b": 1}},
-                                  {"s1": 0, "s2": 1}, TINY)
+    problems = fold_plan_problems(
+        {"s1": {"a": 1, "b": 1}, "s2": {"a": 1, "b": 1}}, {"s1": 0, "s2": 1}, TINY
+    )
     assert problems == [
         "held-out fold 0: 1 training speaker(s) ['s2']; epoch selection needs >= 2 (fewer "
         "folds, or more speakers)",
         "held-out fold 1: 1 training speaker(s) ['s1']; epoch selection needs >= 2 (fewer "
-        "folds, or more speakers)"]
+        "folds, or more speakers)",
+    ]
     # s4 has no "b": with fold 0 held out, a model validating on s3 learns from s4 alone.
     labels, folds = _four_speakers(missing="s4")
     balanced = TINY.replace(class_balanced=True, rotate_validation=True)
     problems = fold_plan_problems(labels, folds, balanced, ensemble_size=2)
-    assert problems == ["held-out fold 0, model 1/2 (seed 0) trains on speakers ['s4'], "
-                        "with no b utterances (validation speakers: ['s3'])"]
+    assert problems == [
+        "held-out fold 0, model 1/2 (seed 0) trains on speakers ['s4'], "
+        "with no b utterances (validation speakers: ['s3'])"
+    ]
     # The prior correction needs every class in the data the model ends on: the refit's
     # (all training speakers) has "b" from s3, the selection run's (s4 alone) does not.
-    assert fold_plan_problems(labels, folds, TINY.replace(refit=True),
-                              prior_correction=True) == []
+    assert fold_plan_problems(labels, folds, TINY.replace(refit=True), prior_correction=True) == []
     assert len(fold_plan_problems(labels, folds, TINY, prior_correction=True)) == 1
 
 
 def test_train_fold_holds_out_the_test_fold_and_validates_on_training_speakers(folds, tmp_path):
-    result = train_fold(folds, 2, TINY.replace(validation_fraction=0.25),
-                        log_dir=str(tmp_path / "tb"), model_path=str(tmp_path / "m.keras"))
+    result = train_fold(
+        folds,
+        2,
+        TINY.replace(validation_fraction=0.25),
+        log_dir=str(tmp_path / "tb"),
+        model_path=str(tmp_path / "m.keras"),
+    )
     # Training folds 0 and 1 hold speakers s0a s0b s1a s1b; every 4th sorted one validates.
     assert result.val_speakers == ["s0a"] and result.fold == 2
     assert (result.num_train, result.num_val, result.num_test) == (18, 6, 12)
@@ -232,7 +260,8 @@ def test_class_weights_balance_the_classes():
     assert weights == pytest.approx({0: 6 / 9, 1: 2.0, 2: 1.0})
     # Each class then carries the same total weight.
     assert {k: weights[k] * int((labels == k).sum()) for k in weights} == pytest.approx(
-        {0: 2.0, 1: 2.0, 2: 2.0})
+        {0: 2.0, 1: 2.0, 2: 2.0}
+    )
     with pytest.raises(ValueError, match=r"class\(es\) \[3\] have no training examples"):
         class_weights(ds, 4)
 
@@ -256,8 +285,14 @@ def test_train_fold_needs_the_test_fold(folds):
 
 
 def test_training_is_deterministic_and_ignores_record_order(folds, tmp_path):
-    config = TINY.replace(spec_time_masks=1, spec_freq_masks=1, time_stretch=0.1,
-                          label_smoothing=0.1, lr_schedule="cosine", dropout=0.2)
+    config = TINY.replace(
+        spec_time_masks=1,
+        spec_freq_masks=1,
+        time_stretch=0.1,
+        label_smoothing=0.1,
+        lr_schedule="cosine",
+        dropout=0.2,
+    )
     first = train_fold(folds, 2, config)
     second = train_fold(folds, 2, config)
     # The same records written in another order (as a multi-process writer may leave them).
@@ -275,9 +310,12 @@ def test_training_is_deterministic_and_ignores_record_order(folds, tmp_path):
 
 def test_time_stretch_resamples_frames_and_spans():
     fbank = np.tile(np.arange(100, dtype=np.float32)[:, None], (1, 40))
-    parsed = {"fbank": tf.constant(fbank), "num_frames": tf.constant(100, tf.int64),
-              "word_start": tf.constant([0, 40, 90, 50], tf.int64),
-              "word_end": tf.constant([40, 90, 100, 50], tf.int64)}
+    parsed = {
+        "fbank": tf.constant(fbank),
+        "num_frames": tf.constant(100, tf.int64),
+        "word_start": tf.constant([0, 40, 90, 50], tf.int64),
+        "word_end": tf.constant([40, 90, 100, 50], tf.int64),
+    }
     faster = stretch_time(parsed, tf.constant(1.25))
     assert int(faster["num_frames"]) == 80 and faster["fbank"].shape == (80, 40)
     np.testing.assert_array_equal(faster["word_start"], [0, 32, 72, 40])
@@ -288,8 +326,14 @@ def test_time_stretch_resamples_frames_and_spans():
     slower = stretch_time(parsed, tf.constant(0.5))
     assert int(slower["num_frames"]) == 200
     np.testing.assert_array_equal(slower["word_end"], [80, 180, 200, 100])
-    tiny = stretch_time({**parsed, "word_start": tf.constant([10], tf.int64),
-                         "word_end": tf.constant([11], tf.int64)}, tf.constant(1.9))
+    tiny = stretch_time(
+        {
+            **parsed,
+            "word_start": tf.constant([10], tf.int64),
+            "word_end": tf.constant([11], tf.int64),
+        },
+        tf.constant(1.9),
+    )
     assert int(tiny["word_end"][0]) - int(tiny["word_start"][0]) == 1  # a word keeps a frame
 
 
@@ -308,9 +352,13 @@ def test_smoothed_crossentropy_against_numpy():
 
 def test_recipe_options_reach_the_optimizer_and_loss(folds):
     from trainer.model import build_model, compile_model
+
     model = build_model(TINY)
-    compile_model(model, TINY.replace(lr_schedule="cosine", weight_decay=1e-4,
-                                      label_smoothing=0.2), steps_per_epoch=5)
+    compile_model(
+        model,
+        TINY.replace(lr_schedule="cosine", weight_decay=1e-4, label_smoothing=0.2),
+        steps_per_epoch=5,
+    )
     assert type(model.optimizer).__name__ == "AdamW"
     schedule = model.optimizer._learning_rate
     assert float(schedule(0)) == pytest.approx(TINY.learning_rate)
@@ -328,6 +376,7 @@ def test_the_optimizer_is_built_before_the_first_train_step(folds):
     """Its slots exist once the model is compiled, so the first traced train step creates no
     variables (which would make TensorFlow trace it a second time): a fit adds none."""
     from trainer.model import build_model
+
     model = build_model(TINY)
     assert model.optimizer.built
     before = [id(v) for v in model.optimizer.variables]
@@ -338,8 +387,9 @@ def test_the_optimizer_is_built_before_the_first_train_step(folds):
 
 def test_a_fixed_schedule_trains_every_speaker_for_exactly_its_epochs(folds, tmp_path):
     config = TINY.replace(selection="fixed", epochs=3)
-    result = train_fold(folds, test_fold=2, config=config,
-                        embeddings_path=str(tmp_path / "fold2.npz"))
+    result = train_fold(
+        folds, test_fold=2, config=config, embeddings_path=str(tmp_path / "fold2.npz")
+    )
     assert result.val_speakers == [] and result.num_val == 0 and result.best_val_ua is None
     assert result.epochs_run == result.best_epoch == 3 and result.refit_epochs == 0
     assert result.num_train == result.num_final_train == 24  # folds 0 and 1, no one held back

@@ -53,13 +53,19 @@ def fit_temperature(probabilities, labels) -> float:
     ``[N]`` integer labels of held-out answers, N >= 1."""
     probabilities, labels = np.asarray(probabilities, np.float64), np.asarray(labels, np.int64)
     if probabilities.ndim != 2 or len(probabilities) != len(labels) or not len(labels):
-        raise ValueError(f"need [N, K] probabilities and N labels, N >= 1; got "
-                         f"{probabilities.shape} and {labels.shape}")
+        raise ValueError(
+            f"need [N, K] probabilities and N labels, N >= 1; got "
+            f"{probabilities.shape} and {labels.shape}"
+        )
     low, high = np.log(TEMPERATURE_RANGE)
     result = minimize_scalar(
-        lambda log_t: negative_log_likelihood(temperature_scaled(probabilities,
-                                                                 float(np.exp(log_t))), labels),
-        bounds=(low, high), method="bounded", options={"xatol": 1e-6})
+        lambda log_t: negative_log_likelihood(
+            temperature_scaled(probabilities, float(np.exp(log_t))), labels
+        ),
+        bounds=(low, high),
+        method="bounded",
+        options={"xatol": 1e-6},
+    )
     return float(np.exp(result.x))
 
 
@@ -77,9 +83,15 @@ def reliability_bins(probabilities, labels, bins: int = ECE_BINS) -> List[Dict[s
     for b in range(bins):
         mine = index == b
         n = int(mine.sum())
-        out.append({"lower": float(edges[b]), "upper": float(edges[b + 1]), "count": n,
-                    "confidence": float(confidence[mine].mean()) if n else None,
-                    "accuracy": float(correct[mine].mean()) if n else None})
+        out.append(
+            {
+                "lower": float(edges[b]),
+                "upper": float(edges[b + 1]),
+                "count": n,
+                "confidence": float(confidence[mine].mean()) if n else None,
+                "accuracy": float(correct[mine].mean()) if n else None,
+            }
+        )
     return out
 
 
@@ -89,8 +101,9 @@ def expected_calibration_error(probabilities, labels, bins: int = ECE_BINS) -> f
     total = sum(b["count"] for b in table)
     if not total:
         raise ValueError("no answers to compute a calibration error from")
-    return float(sum(b["count"] / total * abs(b["accuracy"] - b["confidence"])
-                     for b in table if b["count"]))
+    return float(
+        sum(b["count"] / total * abs(b["accuracy"] - b["confidence"]) for b in table if b["count"])
+    )
 
 
 def selective_scores(probabilities, labels, min_confidence: float) -> Dict[str, float]:
@@ -100,22 +113,35 @@ def selective_scores(probabilities, labels, min_confidence: float) -> Dict[str, 
     probabilities, labels = np.asarray(probabilities, np.float64), np.asarray(labels, np.int64)
     answered = probabilities.max(axis=-1) >= min_confidence
     n = int(answered.sum())
-    return {"min_confidence": float(min_confidence), "answered": n,
-            "coverage": float(n / len(labels)) if len(labels) else 0.0,
-            "accuracy": (float((probabilities[answered].argmax(-1) == labels[answered]).mean())
-                         if n else None)}
+    return {
+        "min_confidence": float(min_confidence),
+        "answered": n,
+        "coverage": float(n / len(labels)) if len(labels) else 0.0,
+        "accuracy": (
+            float((probabilities[answered].argmax(-1) == labels[answered]).mean()) if n else None
+        ),
+    }
 
 
-def calibration_report(probabilities, labels, temperature: float,
-                       bins: int = ECE_BINS) -> Dict[str, object]:
+def calibration_report(
+    probabilities, labels, temperature: float, bins: int = ECE_BINS
+) -> Dict[str, object]:
     """ECE, NLL and the reliability bins of ``probabilities`` (``before``) and of their
     ``temperature``-scaled answers (``after``)."""
     after = temperature_scaled(probabilities, temperature)
-    return {"temperature": float(temperature), "bins": bins, "n": int(len(labels)),
-            **{name: {"ece": expected_calibration_error(p, labels, bins),
-                      "nll": negative_log_likelihood(p, labels),
-                      "reliability": reliability_bins(p, labels, bins)}
-               for name, p in (("before", probabilities), ("after", after))}}
+    return {
+        "temperature": float(temperature),
+        "bins": bins,
+        "n": int(len(labels)),
+        **{
+            name: {
+                "ece": expected_calibration_error(p, labels, bins),
+                "nll": negative_log_likelihood(p, labels),
+                "reliability": reliability_bins(p, labels, bins),
+            }
+            for name, p in (("before", probabilities), ("after", after))
+        },
+    }
 
 
 def check_min_confidence(value: float) -> float:
@@ -139,37 +165,56 @@ def cross_fitted(held_out: Dict[int, tuple]) -> Dict[str, object]:
     folds, per_fold, pooled_before, pooled_after, pooled_labels = sorted(held_out), {}, [], [], []
     for k in folds:
         others = [j for j in folds if j != k]
-        t = fit_temperature(np.concatenate([held_out[j][0] for j in others]),
-                            np.concatenate([held_out[j][1] for j in others]))
+        t = fit_temperature(
+            np.concatenate([held_out[j][0] for j in others]),
+            np.concatenate([held_out[j][1] for j in others]),
+        )
         probabilities, labels = held_out[k]
         report = calibration_report(probabilities, labels, t)
-        per_fold[k] = {"temperature": t, "n": report["n"],
-                       **{side: {m: report[side][m] for m in ("ece", "nll")}
-                          for side in ("before", "after")}}
+        per_fold[k] = {
+            "temperature": t,
+            "n": report["n"],
+            **{side: {m: report[side][m] for m in ("ece", "nll")} for side in ("before", "after")},
+        }
         pooled_before.append(np.asarray(probabilities))
         pooled_after.append(temperature_scaled(probabilities, t))
         pooled_labels.append(np.asarray(labels))
     labels = np.concatenate(pooled_labels)
     before, after = np.concatenate(pooled_before), np.concatenate(pooled_after)
-    return {"temperature": fit_temperature(before, labels), "folds": per_fold,
-            "pooled": {"n": int(len(labels)),
-                       **{side: {"ece": expected_calibration_error(p, labels),
-                                 "nll": negative_log_likelihood(p, labels),
-                                 "reliability": reliability_bins(p, labels)}
-                          for side, p in (("before", before), ("after", after))}}}
+    return {
+        "temperature": fit_temperature(before, labels),
+        "folds": per_fold,
+        "pooled": {
+            "n": int(len(labels)),
+            **{
+                side: {
+                    "ece": expected_calibration_error(p, labels),
+                    "nll": negative_log_likelihood(p, labels),
+                    "reliability": reliability_bins(p, labels),
+                }
+                for side, p in (("before", before), ("after", after))
+            },
+        },
+    }
 
 
-def channel_calibration(answers: Dict[int, tuple], fit_channel: Optional[str] = None
-                        ) -> Dict[str, object]:
+def channel_calibration(
+    answers: Dict[int, tuple], fit_channel: Optional[str] = None
+) -> Dict[str, object]:
     """:func:`cross_fitted` on the folds' answers of ``fit_channel`` (None: every answer), and
     per channel the ECE and NLL of all folds' answers pooled, before and after each fold's
     answers are scaled by the temperature of the other folds. ``answers``: fold ->
     ``(probabilities [N, K], labels [N], channels [N])``."""
-    answers = {k: (np.asarray(p, np.float64), np.asarray(y), np.asarray(c))
-               for k, (p, y, c) in answers.items()}
-    result = cross_fitted({k: (p, y) if fit_channel is None else
-                           (p[c == fit_channel], y[c == fit_channel])
-                           for k, (p, y, c) in answers.items()})
+    answers = {
+        k: (np.asarray(p, np.float64), np.asarray(y), np.asarray(c))
+        for k, (p, y, c) in answers.items()
+    }
+    result = cross_fitted(
+        {
+            k: (p, y) if fit_channel is None else (p[c == fit_channel], y[c == fit_channel])
+            for k, (p, y, c) in answers.items()
+        }
+    )
     by_channel = {}
     for channel in sorted({ch for _, _, c in answers.values() for ch in c.tolist()}):
         sides = {"before": [], "after": []}
@@ -180,8 +225,14 @@ def channel_calibration(answers: Dict[int, tuple], fit_channel: Optional[str] = 
             sides["after"].append(temperature_scaled(p[mine], result["folds"][k]["temperature"]))
             labels.append(y[mine])
         labels = np.concatenate(labels)
-        by_channel[channel] = {"n": int(len(labels)), **{
-            side: {"ece": expected_calibration_error(np.concatenate(p), labels),
-                   "nll": negative_log_likelihood(np.concatenate(p), labels)}
-            for side, p in sides.items()}}
+        by_channel[channel] = {
+            "n": int(len(labels)),
+            **{
+                side: {
+                    "ece": expected_calibration_error(np.concatenate(p), labels),
+                    "nll": negative_log_likelihood(np.concatenate(p), labels),
+                }
+                for side, p in sides.items()
+            },
+        }
     return {**result, "fit_channel": fit_channel, "by_channel": by_channel}

@@ -98,33 +98,60 @@ class ModelConfig:
             problems.append(f"need at least 2 classes, got {list(self.class_names)}")
         if len(set(self.class_names)) != len(self.class_names):
             problems.append(f"class names repeat: {list(self.class_names)}")
-        for name, allowed in (("architecture", ARCHITECTURES), ("modality", MODALITIES),
-                              ("alignment", ALIGNMENTS), ("lr_schedule", LR_SCHEDULES),
-                              ("selection", SELECTIONS)):
+        for name, allowed in (
+            ("architecture", ARCHITECTURES),
+            ("modality", MODALITIES),
+            ("alignment", ALIGNMENTS),
+            ("lr_schedule", LR_SCHEDULES),
+            ("selection", SELECTIONS),
+        ):
             if getattr(self, name) not in allowed:
                 problems.append(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.selection == "fixed" and (self.refit or self.rotate_validation):
-            problems.append("selection 'fixed' chooses no epoch, so there is nothing to refit "
-                            "or rotate: refit and rotate_validation must be false")
-        if (not self.train_channels or len(set(self.train_channels)) != len(self.train_channels)
-                or not all(isinstance(c, str) and c for c in self.train_channels)):
-            problems.append(f"train_channels must be distinct channel names, got "
-                            f"{list(self.train_channels)}")
+            problems.append(
+                "selection 'fixed' chooses no epoch, so there is nothing to refit "
+                "or rotate: refit and rotate_validation must be false"
+            )
+        if (
+            not self.train_channels
+            or len(set(self.train_channels)) != len(self.train_channels)
+            or not all(isinstance(c, str) and c for c in self.train_channels)
+        ):
+            problems.append(
+                f"train_channels must be distinct channel names, got {list(self.train_channels)}"
+            )
         if self.pooling not in POOLINGS:
             problems.append(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if len(self.cnn_kernels) != len(self.cnn_filters) or not self.cnn_kernels:
             problems.append("cnn_kernels and cnn_filters must be non-empty and of equal length")
-        for name in ("fbank_dim", "word_dim", "semantic_dim", "lstm_units", "fcn_units",
-                     "batch_size", "epochs", "patience", "frame_stride", "attention_heads"):
+        for name in (
+            "fbank_dim",
+            "word_dim",
+            "semantic_dim",
+            "lstm_units",
+            "fcn_units",
+            "batch_size",
+            "epochs",
+            "patience",
+            "frame_stride",
+            "attention_heads",
+        ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 < self.validation_fraction < 1.0:
-            problems.append(f"validation_fraction must be in (0, 1), got "
-                            f"{self.validation_fraction}")
-        for name in ("spec_freq_masks", "spec_freq_width", "spec_time_masks", "spec_time_width",
-                     "weight_decay", "ctc_weight"):
+            problems.append(
+                f"validation_fraction must be in (0, 1), got {self.validation_fraction}"
+            )
+        for name in (
+            "spec_freq_masks",
+            "spec_freq_width",
+            "spec_time_masks",
+            "spec_time_width",
+            "weight_decay",
+            "ctc_weight",
+        ):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.time_stretch < 1.0:
@@ -220,10 +247,19 @@ VARIANTS = {
     # hence 20 epochs: some 1.3x the weight updates of 30 speech epochs), and the same with each
     # utterance's mean filterbank frame removed (invariant to recording level and a fixed
     # channel colouring; another corpus sat 10 dB from RAVDESS).
-    "cme_fixed20_song": {**RECIPE, "selection": "fixed", "epochs": 20,
-                         "train_channels": ("speech", "song")},
-    "cme_fixed20_song_uttnorm": {**RECIPE, "selection": "fixed", "epochs": 20,
-                                 "train_channels": ("speech", "song"), "utterance_norm": True},
+    "cme_fixed20_song": {
+        **RECIPE,
+        "selection": "fixed",
+        "epochs": 20,
+        "train_channels": ("speech", "song"),
+    },
+    "cme_fixed20_song_uttnorm": {
+        **RECIPE,
+        "selection": "fixed",
+        "epochs": 20,
+        "train_channels": ("speech", "song"),
+        "utterance_norm": True,
+    },
 }
 
 

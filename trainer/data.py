@@ -24,8 +24,9 @@ def sorted_records(files: Sequence[str]) -> List[bytes]:
     raws = [r.numpy() for r in tf.data.TFRecordDataset(list(files), compression_type="GZIP")]
     if not raws:
         return []
-    ids = tf.io.parse_example(tf.constant(raws), {
-        "utterance_id": tf.io.FixedLenFeature([], tf.string)})["utterance_id"].numpy()
+    ids = tf.io.parse_example(
+        tf.constant(raws), {"utterance_id": tf.io.FixedLenFeature([], tf.string)}
+    )["utterance_id"].numpy()
     return [raws[i] for i in np.argsort(ids, kind="stable")]
 
 
@@ -41,24 +42,32 @@ def record_channels(files: Sequence[str]) -> Dict[str, str]:
     """utterance id -> channel (as ``make_dataset(channels=...)`` reads it) of every record in
     ``files``."""
     spec = {"utterance_id": tf.io.FixedLenFeature([], tf.string)}
-    return {tf.io.parse_single_example(raw, spec)["utterance_id"].numpy().decode(): _channel(
-        raw.numpy()) for raw in tf.data.TFRecordDataset(list(files), compression_type="GZIP")}
+    return {
+        tf.io.parse_single_example(raw, spec)["utterance_id"].numpy().decode(): _channel(
+            raw.numpy()
+        )
+        for raw in tf.data.TFRecordDataset(list(files), compression_type="GZIP")
+    }
 
 
 def speaker_statistics(records: Sequence[bytes]) -> dict:
     """Per speaker, the mean and standard deviation of every filterbank channel over all of the
     speaker's frames: ``{speaker: (mean [C], std [C])}``. Labels are not read."""
-    parsed = tf.io.parse_example(tf.constant(list(records)), {
-        "speaker": tf.io.FixedLenFeature([], tf.string),
-        "fbank": tf.io.VarLenFeature(tf.float32),
-        "num_frames": tf.io.FixedLenFeature([], tf.int64)})
+    parsed = tf.io.parse_example(
+        tf.constant(list(records)),
+        {
+            "speaker": tf.io.FixedLenFeature([], tf.string),
+            "fbank": tf.io.VarLenFeature(tf.float32),
+            "num_frames": tf.io.FixedLenFeature([], tf.int64),
+        },
+    )
     values = tf.sparse.to_dense(parsed["fbank"]).numpy()
     frames = parsed["num_frames"].numpy()
     sums: dict = {}
     for speaker, row, n in zip(parsed["speaker"].numpy(), values, frames):
         if n == 0:
             continue
-        fbank = row[:n * NUM_MEL_BINS].reshape(n, NUM_MEL_BINS)
+        fbank = row[: n * NUM_MEL_BINS].reshape(n, NUM_MEL_BINS)
         total = sums.setdefault(speaker.decode("utf-8"), [0, 0.0, 0.0])
         total[0] += n
         total[1] = total[1] + fbank.sum(axis=0, dtype=np.float64)
@@ -66,7 +75,7 @@ def speaker_statistics(records: Sequence[bytes]) -> dict:
     stats = {}
     for speaker, (n, s1, s2) in sums.items():
         mean = s1 / n
-        std = np.sqrt(np.maximum(s2 / n - mean ** 2, 0.0))
+        std = np.sqrt(np.maximum(s2 / n - mean**2, 0.0))
         stats[speaker] = (mean.astype(np.float32), np.maximum(std, 1e-3).astype(np.float32))
     return stats
 
@@ -78,28 +87,44 @@ def stretch_time(parsed: dict, factor: tf.Tensor) -> dict:
     fbank = parsed["fbank"]
     frames = tf.shape(fbank)[0]
     new_frames = tf.maximum(tf.cast(tf.round(tf.cast(frames, tf.float32) / factor), tf.int32), 1)
-    resized = tf.image.resize(fbank[None, :, :, None], tf.stack([new_frames, tf.shape(fbank)[1]]),
-                              method="bilinear")[0, :, :, 0]
+    resized = tf.image.resize(
+        fbank[None, :, :, None], tf.stack([new_frames, tf.shape(fbank)[1]]), method="bilinear"
+    )[0, :, :, 0]
 
     def scale(position):
         scaled = tf.round(tf.cast(position, tf.float32) / factor)
-        return tf.cast(tf.clip_by_value(scaled, 0.0, tf.cast(new_frames, tf.float32)),
-                       position.dtype)
+        return tf.cast(
+            tf.clip_by_value(scaled, 0.0, tf.cast(new_frames, tf.float32)), position.dtype
+        )
 
     start, end = scale(parsed["word_start"]), scale(parsed["word_end"])
     # A word that had frames keeps at least one.
     had_frames = parsed["word_end"] > parsed["word_start"]
     start = tf.where(had_frames & (start >= end), tf.maximum(end - 1, 0), start)
     end = tf.where(had_frames & (start >= end), start + 1, end)
-    return {**parsed, "fbank": resized, "word_start": start, "word_end": end,
-            "num_frames": tf.cast(new_frames, parsed["num_frames"].dtype)}
+    return {
+        **parsed,
+        "fbank": resized,
+        "word_start": start,
+        "word_end": end,
+        "num_frames": tf.cast(new_frames, parsed["num_frames"].dtype),
+    }
 
 
-def make_dataset(files: Sequence[str], word_dim: int, batch_size: int, *, shuffle: bool = False,
-                 seed: int = 0, speakers: Optional[Sequence[str]] = None,
-                 exclude_speakers: bool = False, with_ids: bool = False,
-                 time_stretch: float = 0.0, speaker_norm: bool = False,
-                 channels: Optional[Sequence[str]] = None) -> tf.data.Dataset:
+def make_dataset(
+    files: Sequence[str],
+    word_dim: int,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    seed: int = 0,
+    speakers: Optional[Sequence[str]] = None,
+    exclude_speakers: bool = False,
+    with_ids: bool = False,
+    time_stretch: float = 0.0,
+    speaker_norm: bool = False,
+    channels: Optional[Sequence[str]] = None,
+) -> tf.data.Dataset:
     """Batches of ``(inputs, label)``, or ``(inputs, label, utterance_id)`` with ``with_ids``.
 
     ``speakers`` keeps only those speakers' records (or drops them, ``exclude_speakers``): how
@@ -116,23 +141,31 @@ def make_dataset(files: Sequence[str], word_dim: int, batch_size: int, *, shuffl
 
     def parse(raw):
         parsed = tf.io.parse_single_example(raw, spec)
-        return {k: (v.to_tensor() if isinstance(v, tf.RaggedTensor) else v)
-                for k, v in parsed.items()}
+        return {
+            k: (v.to_tensor() if isinstance(v, tf.RaggedTensor) else v) for k, v in parsed.items()
+        }
 
     records = sorted_records(files)
     if channels is not None:
         wanted = set(channels)
         records = [r for r in records if _channel(r) in wanted]
     if not records:
-        raise ValueError(f"no records in {list(files)[:3]}..."
-                         + (f" of channel(s) {list(channels)}" if channels is not None else ""))
+        raise ValueError(
+            f"no records in {list(files)[:3]}..."
+            + (f" of channel(s) {list(channels)}" if channels is not None else "")
+        )
     ds = tf.data.Dataset.from_tensor_slices(tf.constant(records)).map(
-        parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
     if speaker_norm:
         stats = speaker_statistics(records)
         names = sorted(stats)
-        table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
-            tf.constant(names), tf.range(len(names), dtype=tf.int64)), default_value=-1)
+        table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant(names), tf.range(len(names), dtype=tf.int64)
+            ),
+            default_value=-1,
+        )
         means = tf.constant(np.stack([stats[n][0] for n in names]))
         stds = tf.constant(np.stack([stats[n][1] for n in names]))
 
@@ -160,12 +193,14 @@ def make_dataset(files: Sequence[str], word_dim: int, batch_size: int, *, shuffl
             u = tf.random.stateless_uniform([], seed=tf.stack([key, tf.constant(seed, tf.int64)]))
             return stretch_time(parsed, 1.0 + time_stretch * (2.0 * u - 1.0))
 
-        ds = tf.data.Dataset.zip((ds, randoms)).map(perturb, num_parallel_calls=tf.data.AUTOTUNE,
-                                                      deterministic=True)
+        ds = tf.data.Dataset.zip((ds, randoms)).map(
+            perturb, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        )
     ds = ds.bucket_by_sequence_length(
         lambda parsed: tf.cast(parsed["num_frames"], tf.int32),
         bucket_boundaries=list(BUCKET_BOUNDARIES),
-        bucket_batch_sizes=[batch_size] * (len(BUCKET_BOUNDARIES) + 1))
+        bucket_batch_sizes=[batch_size] * (len(BUCKET_BOUNDARIES) + 1),
+    )
 
     def split(parsed):
         outputs = (to_model_inputs(parsed), tf.cast(parsed["label"], tf.int32))

@@ -83,7 +83,8 @@ def training_strategy():
     if training_tasks() > 1:
         # AUTO: NCCL between GPUs, ring all-reduce over gRPC on CPUs.
         options = tf.distribute.experimental.CommunicationOptions(
-            implementation=tf.distribute.experimental.CommunicationImplementation.AUTO)
+            implementation=tf.distribute.experimental.CommunicationImplementation.AUTO
+        )
         try:
             return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
         except RuntimeError as error:
@@ -93,7 +94,8 @@ def training_strategy():
                 f"{TF_CONFIG} names {training_tasks()} training tasks, but TensorFlow already "
                 "ran an operation in this process, after which it cannot join the cluster: "
                 "call trainer.distribution.training_strategy() before anything else "
-                "(run_fn does)") from None
+                "(run_fn does)"
+            ) from None
     if len(tf.config.list_physical_devices("GPU")) > 1:
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
@@ -101,6 +103,7 @@ def training_strategy():
 
 def is_multi_worker(strategy) -> bool:
     import tensorflow as tf
+
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
 
@@ -149,13 +152,16 @@ def in_training_strategy(function):
     """Runs ``function`` (one that builds, compiles and fits a Keras model) inside
     :func:`training_strategy`'s scope, so the model's, optimizer's and metrics' variables
     are the strategy's and ``fit`` distributes the datasets it is given."""
+
     @functools.wraps(function)
     def wrapped(*args, **kwargs):
         strategy = training_strategy()
-        fixes = _keras_multi_worker_fit() if is_multi_worker(strategy) else (
-            contextlib.nullcontext())
+        fixes = (
+            _keras_multi_worker_fit() if is_multi_worker(strategy) else (contextlib.nullcontext())
+        )
         with strategy.scope(), fixes:
             return function(*args, **kwargs)
+
     return wrapped
 
 

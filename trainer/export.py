@@ -120,21 +120,28 @@ def excitation_model(model: keras.Model) -> keras.Model:
         gated = [excitation_model(member) for member in members]
         inputs = like_inputs(model)
         outputs = [g(inputs) for g in gated]
-        averaged = [keras.layers.Average(name=f"mean_{what}")([o[i] for o in outputs])
-                    for i, what in enumerate(("probabilities", "acoustic_gate", "semantic_gate"))]
+        averaged = [
+            keras.layers.Average(name=f"mean_{what}")([o[i] for o in outputs])
+            for i, what in enumerate(("probabilities", "acoustic_gate", "semantic_gate"))
+        ]
         return keras.Model(inputs, averaged, name=f"{model.name}_with_gates")
     try:
         layer = model.get_layer(EXCITATION_LAYER)
     except ValueError:
-        raise ValueError(f"model {model.name!r} has no layer named {EXCITATION_LAYER!r}: not a "
-                         f"CME model from trainer.model.build_model") from None
+        raise ValueError(
+            f"model {model.name!r} has no layer named {EXCITATION_LAYER!r}: not a "
+            f"CME model from trainer.model.build_model"
+        ) from None
     outputs = layer.output
     if not isinstance(outputs, (list, tuple)) or len(outputs) != 4:
-        raise ValueError(f"layer {EXCITATION_LAYER!r} must be built with return_gates=True "
-                         f"(it has {len(outputs) if isinstance(outputs, (list, tuple)) else 1} "
-                         f"outputs, need 4)")
-    return keras.Model(model.input, [model.output, outputs[2], outputs[3]],
-                       name=f"{model.name}_with_gates")
+        raise ValueError(
+            f"layer {EXCITATION_LAYER!r} must be built with return_gates=True "
+            f"(it has {len(outputs) if isinstance(outputs, (list, tuple)) else 1} "
+            f"outputs, need 4)"
+        )
+    return keras.Model(
+        model.input, [model.output, outputs[2], outputs[3]], name=f"{model.name}_with_gates"
+    )
 
 
 def has_excitation(model: keras.Model) -> bool:
@@ -171,13 +178,17 @@ def serving_vocabulary(vectors: WordVectors, vocab_size: int) -> Tuple[List[str]
 def _class_outputs(probabilities: tf.Tensor, class_names: tf.Tensor) -> Dict[str, tf.Tensor]:
     class_ids = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
     batch = tf.shape(probabilities)[0]
-    return {"probabilities": probabilities, "class_ids": class_ids,
-            "classes": tf.gather(class_names, class_ids),
-            "class_names": tf.tile(class_names[None, :], [batch, 1])}
+    return {
+        "probabilities": probabilities,
+        "class_ids": class_ids,
+        "classes": tf.gather(class_names, class_ids),
+        "class_names": tf.tile(class_names[None, :], [batch, 1]),
+    }
 
 
-def seconds_to_spans(word_start_s: tf.Tensor, word_end_s: tf.Tensor,
-                     num_frames: tf.Tensor) -> tf.Tensor:
+def seconds_to_spans(
+    word_start_s: tf.Tensor, word_end_s: tf.Tensor, num_frames: tf.Tensor
+) -> tf.Tensor:
     """int32 ``[B, M, 2]`` frame spans ``[start, end)`` from times in seconds ``[B, M]``.
 
     ``start = floor(s * 100 + 0.5)``, ``end = max(floor(e * 100 + 0.5), start + 1)`` (at least one
@@ -198,8 +209,9 @@ _SUMMARIZE = 12
 _BYTES_PER_SAMPLE = 4  # float32
 
 
-def check_waveform_inputs(num_samples, words, word_start_s, word_end_s, *, waveform=None,
-                          waveform_bytes=None):
+def check_waveform_inputs(
+    num_samples, words, word_start_s, word_end_s, *, waveform=None, waveform_bytes=None
+):
     """The in-graph checks of the ``predict_waveform`` inputs (``waveform``) or the
     ``predict_waveform_bytes`` inputs (``waveform_bytes``, decoded here once its rows passed).
     They are part of the exported graph, so stock TF Serving and ``cme-ser serve`` answer a bad
@@ -245,47 +257,75 @@ def check_waveform_inputs(num_samples, words, word_start_s, word_end_s, *, wavef
         return tf.strings.as_string(tf.boolean_mask(tensor, mask), shortest=True)
 
     batch = tf.shape(samples)[0]
-    require(f"a request needs at least one {source} row (the batch is empty)",
-            lambda: (batch > 0, [f"{source} shape:", tf.shape(samples)]))
-    require(f"num_samples must be [batch]: one length per {source} row",
-            lambda: (tf.equal(tf.size(num_samples), batch),
-                     ["num_samples shape:", tf.shape(num_samples), f"{source} rows:", batch]))
-    require(f"words must be [batch, words]: one row of words per {source} row",
-            lambda: (tf.equal(tf.shape(words)[0], batch),
-                     ["words shape:", tf.shape(words), f"{source} rows:", batch]))
+    require(
+        f"a request needs at least one {source} row (the batch is empty)",
+        lambda: (batch > 0, [f"{source} shape:", tf.shape(samples)]),
+    )
+    require(
+        f"num_samples must be [batch]: one length per {source} row",
+        lambda: (
+            tf.equal(tf.size(num_samples), batch),
+            ["num_samples shape:", tf.shape(num_samples), f"{source} rows:", batch],
+        ),
+    )
+    require(
+        f"words must be [batch, words]: one row of words per {source} row",
+        lambda: (
+            tf.equal(tf.shape(words)[0], batch),
+            ["words shape:", tf.shape(words), f"{source} rows:", batch],
+        ),
+    )
     for name, times in (("word_start_s", word_start_s), ("word_end_s", word_end_s)):
-        require(f"{name} must have the shape of words: one time per word slot (pad words with "
-                f"empty strings and times with 0)",
-                lambda times=times, name=name: (
-                    tf.reduce_all(tf.equal(tf.shape(times), tf.shape(words))),
-                    [f"{name} shape:", tf.shape(times), "words shape:", tf.shape(words)]))
+        require(
+            f"{name} must have the shape of words: one time per word slot (pad words with "
+            f"empty strings and times with 0)",
+            lambda times=times, name=name: (
+                tf.reduce_all(tf.equal(tf.shape(times), tf.shape(words))),
+                [f"{name} shape:", tf.shape(times), "words shape:", tf.shape(words)],
+            ),
+        )
 
     if waveform_bytes is not None:
         lengths = tf.strings.length(waveform_bytes)  # bytes
-        require(f"waveform_bytes rows must be a whole number of float32 samples "
-                f"({_BYTES_PER_SAMPLE} bytes each, little-endian)",
-                lambda: (tf.reduce_all(tf.equal(lengths % _BYTES_PER_SAMPLE, 0)),
-                         ["bytes per row:", lengths]))
-        require("waveform_bytes rows must not be empty (0 samples)",
-                lambda: (tf.reduce_all(lengths > 0), ["bytes per row:", lengths]))
+        require(
+            f"waveform_bytes rows must be a whole number of float32 samples "
+            f"({_BYTES_PER_SAMPLE} bytes each, little-endian)",
+            lambda: (
+                tf.reduce_all(tf.equal(lengths % _BYTES_PER_SAMPLE, 0)),
+                ["bytes per row:", lengths],
+            ),
+        )
+        require(
+            "waveform_bytes rows must not be empty (0 samples)",
+            lambda: (tf.reduce_all(lengths > 0), ["bytes per row:", lengths]),
+        )
         with tf.control_dependencies(last):
             # decode_raw with fixed_length zero pads every row to the longest: [B, longest / 4].
             longest = tf.reduce_max(lengths)
-            waveform = tf.io.decode_raw(waveform_bytes, tf.float32, little_endian=True,
-                                        fixed_length=longest)
+            waveform = tf.io.decode_raw(
+                waveform_bytes, tf.float32, little_endian=True, fixed_length=longest
+            )
             row_samples = lengths // _BYTES_PER_SAMPLE
     else:
         row_samples = tf.fill([batch], tf.shape(waveform)[1])
 
     frame_ms = 1000 * features.FRAME_LENGTH // features.SAMPLE_RATE
     khz = features.SAMPLE_RATE // 1000
-    require(f"num_samples must be at least {features.FRAME_LENGTH} (one {frame_ms} ms frame at "
-            f"{khz} kHz)",
-            lambda: (tf.reduce_all(num_samples >= features.FRAME_LENGTH),
-                     ["num_samples:", num_samples]))
-    require(f"num_samples must be at most the samples in its {source} row",
-            lambda: (tf.reduce_all(num_samples <= row_samples),
-                     ["num_samples:", num_samples, "samples per row:", row_samples]))
+    require(
+        f"num_samples must be at least {features.FRAME_LENGTH} (one {frame_ms} ms frame at "
+        f"{khz} kHz)",
+        lambda: (
+            tf.reduce_all(num_samples >= features.FRAME_LENGTH),
+            ["num_samples:", num_samples],
+        ),
+    )
+    require(
+        f"num_samples must be at most the samples in its {source} row",
+        lambda: (
+            tf.reduce_all(num_samples <= row_samples),
+            ["num_samples:", num_samples, "samples per row:", row_samples],
+        ),
+    )
 
     def finite_samples():
         bad = tf.logical_not(tf.math.is_finite(waveform))
@@ -295,17 +335,26 @@ def check_waveform_inputs(num_samples, words, word_start_s, word_end_s, *, wavef
 
     present = tf.not_equal(words, "")  # [B, M]
     has_words = tf.reduce_any(present, axis=1)
-    require("every row needs at least one word (words[b][0] must not be empty)",
-            lambda: (tf.reduce_all(has_words),
-                     ["rows without words:", where(tf.logical_not(has_words))]))
+    require(
+        "every row needs at least one word (words[b][0] must not be empty)",
+        lambda: (
+            tf.reduce_all(has_words),
+            ["rows without words:", where(tf.logical_not(has_words))],
+        ),
+    )
     gaps = tf.logical_and(tf.logical_not(present[:, :-1]), present[:, 1:])  # "" then a word
-    require("words must be padded with empty strings only after the last word",
-            lambda: (tf.logical_not(tf.reduce_any(gaps)), ["[row, slot] of an empty word "
-                                                            "before a word:", where(gaps)]))
+    require(
+        "words must be padded with empty strings only after the last word",
+        lambda: (
+            tf.logical_not(tf.reduce_any(gaps)),
+            ["[row, slot] of an empty word before a word:", where(gaps)],
+        ),
+    )
 
     def finite_times():
-        bad = tf.logical_not(tf.logical_and(tf.math.is_finite(word_start_s),
-                                            tf.math.is_finite(word_end_s)))
+        bad = tf.logical_not(
+            tf.logical_and(tf.math.is_finite(word_start_s), tf.math.is_finite(word_end_s))
+        )
         return tf.logical_not(tf.reduce_any(bad)), ["[row, slot] not finite:", where(bad)]
 
     require("word_start_s and word_end_s must be finite (seconds)", finite_times)
@@ -317,46 +366,73 @@ def check_waveform_inputs(num_samples, words, word_start_s, word_end_s, *, wavef
             data += [f"{name}:", values(tensor, bad)]
         return tf.logical_not(tf.reduce_any(bad)), data
 
-    require("word_start_s must be >= 0 (seconds from the start of the audio)",
-            lambda: bad_words(word_start_s < 0.0, ("word_start_s", word_start_s)))
-    require("word_end_s must be >= word_start_s (a word cannot end before it starts)",
-            lambda: bad_words(word_end_s < word_start_s, ("word_start_s", word_start_s),
-                              ("word_end_s", word_end_s)))
+    require(
+        "word_start_s must be >= 0 (seconds from the start of the audio)",
+        lambda: bad_words(word_start_s < 0.0, ("word_start_s", word_start_s)),
+    )
+    require(
+        "word_end_s must be >= word_start_s (a word cannot end before it starts)",
+        lambda: bad_words(
+            word_end_s < word_start_s, ("word_start_s", word_start_s), ("word_end_s", word_end_s)
+        ),
+    )
     seconds = tf.cast(num_samples, tf.float32) / float(features.SAMPLE_RATE)
-    require(f"word_start_s must be at most num_samples / {features.SAMPLE_RATE} (a word must "
-            f"start inside the audio)",
-            lambda: bad_words(word_start_s > seconds[:, None], ("word_start_s", word_start_s),
-                              ("audio seconds", tf.broadcast_to(seconds[:, None],
-                                                                tf.shape(word_start_s)))))
+    require(
+        f"word_start_s must be at most num_samples / {features.SAMPLE_RATE} (a word must "
+        f"start inside the audio)",
+        lambda: bad_words(
+            word_start_s > seconds[:, None],
+            ("word_start_s", word_start_s),
+            ("audio seconds", tf.broadcast_to(seconds[:, None], tf.shape(word_start_s))),
+        ),
+    )
     with tf.control_dependencies(last):
-        return tuple(tf.identity(t) for t in (waveform, num_samples, words, word_start_s,
-                                              word_end_s))
+        return tuple(
+            tf.identity(t) for t in (waveform, num_samples, words, word_start_s, word_end_s)
+        )
 
 
 class _Exporter:
     """Builds the serving functions around one model; holds what they capture."""
 
-    def __init__(self, model: keras.Model, class_names: Sequence[str], words: List[str],
-                 matrix: np.ndarray, vocab_file: str,
-                 prior_class_counts: Optional[Sequence[float]] = None,
-                 temperature: Optional[float] = None):
+    def __init__(
+        self,
+        model: keras.Model,
+        class_names: Sequence[str],
+        words: List[str],
+        matrix: np.ndarray,
+        vocab_file: str,
+        prior_class_counts: Optional[Sequence[float]] = None,
+        temperature: Optional[float] = None,
+    ):
         # A CME model is served with its excitation gates as extra outputs; a baseline as is.
         self.with_gates = has_excitation(model)
         self.gates_model = excitation_model(model) if self.with_gates else model
         # After the ensemble mean (the gates model's probabilities), before the argmax.
-        self.prior = (None if prior_class_counts is None
-                      else PriorCorrection(prior_class_counts, name="prior_correction"))
+        self.prior = (
+            None
+            if prior_class_counts is None
+            else PriorCorrection(prior_class_counts, name="prior_correction")
+        )
         # Last: calibration rescales the answer the argmax takes (and leaves that argmax).
-        self.temperature = (None if temperature is None
-                            else TemperatureScaling(temperature, name="temperature_scaling"))
+        self.temperature = (
+            None
+            if temperature is None
+            else TemperatureScaling(temperature, name="temperature_scaling")
+        )
         self.word_dim = int(matrix.shape[1])
         self.class_names = tf.constant(list(class_names), tf.string)
         oov_row = len(words)
         self.table = tf.lookup.StaticHashTable(
             tf.lookup.TextFileInitializer(
-                vocab_file, key_dtype=tf.string, key_index=tf.lookup.TextFileIndex.WHOLE_LINE,
-                value_dtype=tf.int64, value_index=tf.lookup.TextFileIndex.LINE_NUMBER),
-            default_value=oov_row)
+                vocab_file,
+                key_dtype=tf.string,
+                key_index=tf.lookup.TextFileIndex.WHOLE_LINE,
+                value_dtype=tf.int64,
+                value_index=tf.lookup.TextFileIndex.LINE_NUMBER,
+            ),
+            default_value=oov_row,
+        )
         self.word_vectors = tf.Variable(matrix, trainable=False, name="word_vectors")
 
     def _predict(self, inputs):
@@ -383,13 +459,17 @@ class _Exporter:
 
     def serve_waveform(self, waveform, num_samples, words, word_start_s, word_end_s):
         """Raw audio + timed words -> class outputs + per-word excitation (shapes above)."""
-        return self._serve_checked(*check_waveform_inputs(
-            num_samples, words, word_start_s, word_end_s, waveform=waveform))
+        return self._serve_checked(
+            *check_waveform_inputs(num_samples, words, word_start_s, word_end_s, waveform=waveform)
+        )
 
     def serve_waveform_bytes(self, waveform_bytes, num_samples, words, word_start_s, word_end_s):
         """``predict_waveform`` with float32 little-endian sample bytes ``[B]`` per row."""
-        return self._serve_checked(*check_waveform_inputs(
-            num_samples, words, word_start_s, word_end_s, waveform_bytes=waveform_bytes))
+        return self._serve_checked(
+            *check_waveform_inputs(
+                num_samples, words, word_start_s, word_end_s, waveform_bytes=waveform_bytes
+            )
+        )
 
     def _serve_checked(self, waveform, num_samples, words, word_start_s, word_end_s):
         """``predict_waveform`` on inputs that passed :func:`check_waveform_inputs`."""
@@ -423,9 +503,11 @@ def portable_recurrent_layers(model: keras.Model):
     or True) uses the generic one. Keras decides at trace time (``CudnnRNNV3`` when a GPU is
     visible), so functions traced inside the block contain no ``Cudnn*`` op on any machine.
     The layers are restored on exit. Yields the layers changed."""
-    changed = [(layer, layer.use_cudnn)
-               for layer in model._flatten_layers(include_self=True, recursive=True)
-               if getattr(layer, "use_cudnn", False) in ("auto", True)]
+    changed = [
+        (layer, layer.use_cudnn)
+        for layer in model._flatten_layers(include_self=True, recursive=True)
+        if getattr(layer, "use_cudnn", False) in ("auto", True)
+    ]
     for layer, _ in changed:
         layer.use_cudnn = False
     try:
@@ -463,31 +545,51 @@ def warmup_requests(words: List[str], matrix: np.ndarray) -> List[bytes]:
 
     def log(signature: str, inputs: Dict[str, np.ndarray]) -> bytes:
         request = predict_pb2.PredictRequest(
-            model_spec=model_pb2.ModelSpec(signature_name=signature))
+            model_spec=model_pb2.ModelSpec(signature_name=signature)
+        )
         for key, value in inputs.items():
             request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
         return prediction_log_pb2.PredictionLog(
-            predict_log=prediction_log_pb2.PredictLog(request=request)).SerializeToString()
+            predict_log=prediction_log_pb2.PredictLog(request=request)
+        ).SerializeToString()
 
-    by_waveform = log(PREDICT_WAVEFORM, {
-        "waveform": waveform[None, :], "num_samples": np.array([len(waveform)], np.int32),
-        "words": np.array([[w.encode("utf-8") for w in WARMUP_WORDS]], dtype=object),
-        "word_start_s": starts[None, :], "word_end_s": ends[None, :]})
+    by_waveform = log(
+        PREDICT_WAVEFORM,
+        {
+            "waveform": waveform[None, :],
+            "num_samples": np.array([len(waveform)], np.int32),
+            "words": np.array([[w.encode("utf-8") for w in WARMUP_WORDS]], dtype=object),
+            "word_start_s": starts[None, :],
+            "word_end_s": ends[None, :],
+        },
+    )
 
     num_frames = features.num_frames_for(len(waveform))
     fbank = features.log_mel_filterbank(tf.constant(waveform)).numpy()[:num_frames]
     index = {w: i for i, w in enumerate(words)}
     vectors = matrix[[index.get(w, len(words)) for w in WARMUP_WORDS]]
     frame_start = [int(np.floor(s * features.FRAMES_PER_SECOND + 0.5)) for s in starts]
-    frame_end = [max(int(np.floor(e * features.FRAMES_PER_SECOND + 0.5)), s + 1)
-                 for s, e in zip(frame_start, ends)]
+    frame_end = [
+        max(int(np.floor(e * features.FRAMES_PER_SECOND + 0.5)), s + 1)
+        for s, e in zip(frame_start, ends)
+    ]
     example = records.make_example(
-        utterance_id="warmup", speaker="warmup", label=records.NO_LABEL, label_name="",
-        fold=0, fbank=fbank, words=list(WARMUP_WORDS), word_embeddings=vectors,
-        word_start=frame_start, word_end=frame_end, transcript=" ".join(WARMUP_WORDS),
-        alignment_source="given")
-    by_example = log(SERVING_DEFAULT, {
-        "examples": np.array([example.SerializeToString()], dtype=object)})
+        utterance_id="warmup",
+        speaker="warmup",
+        label=records.NO_LABEL,
+        label_name="",
+        fold=0,
+        fbank=fbank,
+        words=list(WARMUP_WORDS),
+        word_embeddings=vectors,
+        word_start=frame_start,
+        word_end=frame_end,
+        transcript=" ".join(WARMUP_WORDS),
+        alignment_source="given",
+    )
+    by_example = log(
+        SERVING_DEFAULT, {"examples": np.array([example.SerializeToString()], dtype=object)}
+    )
     return [by_waveform, by_example]
 
 
@@ -510,30 +612,47 @@ def read_warmup_requests(export_dir: PathLike) -> list:
     path = tf.io.gfile.join(os.fspath(export_dir), EXTRA_ASSETS, WARMUP_FILE)
     if not tf.io.gfile.exists(path):
         return []
-    return [prediction_log_pb2.PredictionLog.FromString(record.numpy())
-            for record in tf.data.TFRecordDataset([path])]
+    return [
+        prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        for record in tf.data.TFRecordDataset([path])
+    ]
 
 
-def _build_module(model: keras.Model, class_names: Sequence[str], words: List[str],
-                  matrix: np.ndarray, vocab_file: str,
-                  prior_class_counts: Optional[Sequence[float]] = None,
-                  temperature: Optional[float] = None) -> Tuple[tf.Module, dict]:
+def _build_module(
+    model: keras.Model,
+    class_names: Sequence[str],
+    words: List[str],
+    matrix: np.ndarray,
+    vocab_file: str,
+    prior_class_counts: Optional[Sequence[float]] = None,
+    temperature: Optional[float] = None,
+) -> Tuple[tf.Module, dict]:
     """The module to save and its signatures (name -> concrete function)."""
-    exporter = _Exporter(model, class_names, words, matrix, vocab_file, prior_class_counts,
-                         temperature)
-    timed_words = [tf.TensorSpec([None], tf.int32, name="num_samples"),
-                   tf.TensorSpec([None, None], tf.string, name="words"),
-                   tf.TensorSpec([None, None], tf.float32, name="word_start_s"),
-                   tf.TensorSpec([None, None], tf.float32, name="word_end_s")]
-    serve_examples = tf.function(exporter.serve_examples, input_signature=[
-        tf.TensorSpec([None], tf.string, name="examples")])
-    serve_waveform = tf.function(exporter.serve_waveform, input_signature=[
-        tf.TensorSpec([None, None], tf.float32, name="waveform")] + timed_words)
-    serve_bytes = tf.function(exporter.serve_waveform_bytes, input_signature=[
-        tf.TensorSpec([None], tf.string, name="waveform_bytes")] + timed_words)
-    signatures = {SERVING_DEFAULT: serve_examples.get_concrete_function(),
-                  PREDICT_WAVEFORM: serve_waveform.get_concrete_function(),
-                  PREDICT_WAVEFORM_BYTES: serve_bytes.get_concrete_function()}
+    exporter = _Exporter(
+        model, class_names, words, matrix, vocab_file, prior_class_counts, temperature
+    )
+    timed_words = [
+        tf.TensorSpec([None], tf.int32, name="num_samples"),
+        tf.TensorSpec([None, None], tf.string, name="words"),
+        tf.TensorSpec([None, None], tf.float32, name="word_start_s"),
+        tf.TensorSpec([None, None], tf.float32, name="word_end_s"),
+    ]
+    serve_examples = tf.function(
+        exporter.serve_examples, input_signature=[tf.TensorSpec([None], tf.string, name="examples")]
+    )
+    serve_waveform = tf.function(
+        exporter.serve_waveform,
+        input_signature=[tf.TensorSpec([None, None], tf.float32, name="waveform")] + timed_words,
+    )
+    serve_bytes = tf.function(
+        exporter.serve_waveform_bytes,
+        input_signature=[tf.TensorSpec([None], tf.string, name="waveform_bytes")] + timed_words,
+    )
+    signatures = {
+        SERVING_DEFAULT: serve_examples.get_concrete_function(),
+        PREDICT_WAVEFORM: serve_waveform.get_concrete_function(),
+        PREDICT_WAVEFORM_BYTES: serve_bytes.get_concrete_function(),
+    }
     # The module holds the model's variables, the vocabulary table and the vectors; the Keras
     # objects themselves are not saved, so loading needs no Keras or custom classes (the same
     # approach as keras.export.ExportArchive). The variables are the tf.Variables the functions
@@ -547,8 +666,11 @@ def _build_module(model: keras.Model, class_names: Sequence[str], words: List[st
     # The served probabilities' temperature (1: none), readable by a loader: `evaluate` turns
     # the answers back into the uncalibrated ones with it to report both.
     module.calibration_temperature = tf.Variable(
-        1.0 if temperature is None else float(temperature), trainable=False, dtype=tf.float64,
-        name="calibration_temperature")
+        1.0 if temperature is None else float(temperature),
+        trainable=False,
+        dtype=tf.float64,
+        name="calibration_temperature",
+    )
     module.serve_examples = serve_examples
     module.serve_waveform = serve_waveform
     module.serve_waveform_bytes = serve_bytes
@@ -564,11 +686,17 @@ def _captured_variables(functions) -> list:
     return list(seen.values())
 
 
-def export_saved_model(model: keras.Model, export_dir: PathLike, *, class_names: Sequence[str],
-                       vectors: WordVectors, vocab_size: int = DEFAULT_VOCAB_SIZE,
-                       prior_class_counts: Optional[Sequence[float]] = None,
-                       temperature: Optional[float] = None,
-                       overwrite: bool = False) -> dict:
+def export_saved_model(
+    model: keras.Model,
+    export_dir: PathLike,
+    *,
+    class_names: Sequence[str],
+    vectors: WordVectors,
+    vocab_size: int = DEFAULT_VOCAB_SIZE,
+    prior_class_counts: Optional[Sequence[float]] = None,
+    temperature: Optional[float] = None,
+    overwrite: bool = False,
+) -> dict:
     """Write ``model`` as a SavedModel with the ``serving_default``, ``predict_waveform`` and
     ``predict_waveform_bytes`` signatures (see the module docstring) into ``export_dir``.
 
@@ -594,13 +722,16 @@ def export_saved_model(model: keras.Model, export_dir: PathLike, *, class_names:
     class_names = [str(c) for c in class_names]
     num_classes = int(model.output.shape[-1])
     if len(class_names) != num_classes:
-        raise ValueError(f"{len(class_names)} class names {class_names} for a model with "
-                         f"{num_classes} outputs")
+        raise ValueError(
+            f"{len(class_names)} class names {class_names} for a model with {num_classes} outputs"
+        )
     if prior_class_counts is not None:
         prior_class_counts = PriorCorrection(prior_class_counts).class_counts  # validated
         if len(prior_class_counts) != num_classes:
-            raise ValueError(f"{len(prior_class_counts)} prior class counts "
-                             f"{prior_class_counts} for a model with {num_classes} outputs")
+            raise ValueError(
+                f"{len(prior_class_counts)} prior class counts "
+                f"{prior_class_counts} for a model with {num_classes} outputs"
+            )
     if temperature is not None:
         temperature = TemperatureScaling(temperature).temperature  # validated
     word_dim = int(model.input["word_embeddings"].shape[-1])
@@ -623,8 +754,9 @@ def export_saved_model(model: keras.Model, export_dir: PathLike, *, class_names:
         vocab_file.write_text("\n".join(words) + "\n", encoding="utf-8")
         requests = warmup_requests(words, matrix)
         with portable_recurrent_layers(model):
-            module, signatures = _build_module(model, class_names, words, matrix,
-                                               str(vocab_file), prior_class_counts, temperature)
+            module, signatures = _build_module(
+                model, class_names, words, matrix, str(vocab_file), prior_class_counts, temperature
+            )
             saved = target if remote else staging / "saved_model"
             if remote and tf.io.gfile.exists(target):
                 tf.io.gfile.rmtree(target)
@@ -636,10 +768,16 @@ def export_saved_model(model: keras.Model, export_dir: PathLike, *, class_names:
             os.replace(saved, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return {"path": str(target), "size_bytes": directory_size(target),
-            "vocab_size": len(words), "word_dim": word_dim, "class_names": class_names,
-            "signatures": list(signatures), "prior_class_counts": prior_class_counts,
-            "temperature": temperature}
+    return {
+        "path": str(target),
+        "size_bytes": directory_size(target),
+        "vocab_size": len(words),
+        "word_dim": word_dim,
+        "class_names": class_names,
+        "signatures": list(signatures),
+        "prior_class_counts": prior_class_counts,
+        "temperature": temperature,
+    }
 
 
 def directory_size(path: PathLike) -> int:

@@ -125,8 +125,13 @@ class CrossModalityExcitation(keras.layers.Layer):
     Output: ``(acoustic', semantic')`` or ``(acoustic', semantic', E^a, E^s)``.
     """
 
-    def __init__(self, excite_acoustic: bool = True, excite_semantic: bool = True,
-                 return_gates: bool = False, **kwargs):
+    def __init__(
+        self,
+        excite_acoustic: bool = True,
+        excite_semantic: bool = True,
+        return_gates: bool = False,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.excite_acoustic = bool(excite_acoustic)
         self.excite_semantic = bool(excite_semantic)
@@ -138,20 +143,28 @@ class CrossModalityExcitation(keras.layers.Layer):
         self.acoustic_gate = None
         self.semantic_gate = None
         if self.excite_acoustic:
-            self.acoustic_gate = keras.layers.Dense(acoustic_dim, activation="sigmoid",
-                                                    name="acoustic_gate")
+            self.acoustic_gate = keras.layers.Dense(
+                acoustic_dim, activation="sigmoid", name="acoustic_gate"
+            )
             self.acoustic_gate.build(semantic_shape)
         if self.excite_semantic:
-            self.semantic_gate = keras.layers.Dense(semantic_dim, activation="sigmoid",
-                                                    name="semantic_gate")
+            self.semantic_gate = keras.layers.Dense(
+                semantic_dim, activation="sigmoid", name="semantic_gate"
+            )
             self.semantic_gate.build(acoustic_shape)
 
     def call(self, inputs):
         acoustic, semantic = inputs
-        gate_a = (self.acoustic_gate(semantic) if self.acoustic_gate is not None
-                  else tf.ones_like(acoustic))
-        gate_s = (self.semantic_gate(acoustic) if self.semantic_gate is not None
-                  else tf.ones_like(semantic))
+        gate_a = (
+            self.acoustic_gate(semantic)
+            if self.acoustic_gate is not None
+            else tf.ones_like(acoustic)
+        )
+        gate_s = (
+            self.semantic_gate(acoustic)
+            if self.semantic_gate is not None
+            else tf.ones_like(semantic)
+        )
         outputs = (gate_a * acoustic, gate_s * semantic)
         if self.return_gates:
             outputs = outputs + (gate_a, gate_s)
@@ -163,8 +176,12 @@ class CrossModalityExcitation(keras.layers.Layer):
         return shapes + shapes if self.return_gates else shapes
 
     def get_config(self):
-        return {**super().get_config(), "excite_acoustic": self.excite_acoustic,
-                "excite_semantic": self.excite_semantic, "return_gates": self.return_gates}
+        return {
+            **super().get_config(),
+            "excite_acoustic": self.excite_acoustic,
+            "excite_semantic": self.excite_semantic,
+            "return_gates": self.return_gates,
+        }
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -243,8 +260,15 @@ class SpecAugment(keras.layers.Layer):
     Inputs: ``[x [B, T, C], lengths [B]]``. Output: ``[B, T, C]``.
     """
 
-    def __init__(self, freq_masks: int = 0, freq_width: int = 8, time_masks: int = 0,
-                 time_width: int = 20, seed=None, **kwargs):
+    def __init__(
+        self,
+        freq_masks: int = 0,
+        freq_width: int = 8,
+        time_masks: int = 0,
+        time_width: int = 20,
+        seed=None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.freq_masks, self.freq_width = int(freq_masks), int(freq_width)
         self.time_masks, self.time_width = int(time_masks), int(time_width)
@@ -269,8 +293,9 @@ class SpecAugment(keras.layers.Layer):
         if not training or (self.freq_masks == 0 and self.time_masks == 0):
             return x
         batch, frames, channels = tf.shape(x)[0], tf.shape(x)[1], x.shape[-1]
-        freq = self._bands(self.freq_masks, self.freq_width,
-                           tf.fill([batch], float(channels)), channels)
+        freq = self._bands(
+            self.freq_masks, self.freq_width, tf.fill([batch], float(channels)), channels
+        )
         time = self._bands(self.time_masks, self.time_width, lengths, frames)
         keep = tf.logical_not(freq[:, None, :] | time[:, :, None])
         return x * tf.cast(keep, x.dtype)
@@ -279,9 +304,14 @@ class SpecAugment(keras.layers.Layer):
         return tuple(input_shapes[0])
 
     def get_config(self):
-        return {**super().get_config(), "freq_masks": self.freq_masks,
-                "freq_width": self.freq_width, "time_masks": self.time_masks,
-                "time_width": self.time_width, "seed": self.seed}
+        return {
+            **super().get_config(),
+            "freq_masks": self.freq_masks,
+            "freq_width": self.freq_width,
+            "time_masks": self.time_masks,
+            "time_width": self.time_width,
+            "seed": self.seed,
+        }
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -305,8 +335,9 @@ class PriorCorrection(keras.layers.Layer):
         try:
             counts = [float(c) for c in class_counts]
         except (TypeError, ValueError):
-            raise ValueError(f"class_counts must be a list of numbers, got {class_counts!r}") \
-                from None
+            raise ValueError(
+                f"class_counts must be a list of numbers, got {class_counts!r}"
+            ) from None
         if not counts or not all(math.isfinite(c) and c > 0 for c in counts):
             raise ValueError(f"class_counts must be one finite count > 0 per class, got {counts}")
         self.class_counts = counts
@@ -314,8 +345,10 @@ class PriorCorrection(keras.layers.Layer):
     def build(self, input_shape):
         classes = input_shape[-1]
         if classes is not None and int(classes) != len(self.class_counts):
-            raise ValueError(f"{len(self.class_counts)} class counts {self.class_counts} for "
-                             f"probabilities of {int(classes)} classes")
+            raise ValueError(
+                f"{len(self.class_counts)} class counts {self.class_counts} for "
+                f"probabilities of {int(classes)} classes"
+            )
 
     def call(self, probabilities):
         probabilities = tf.convert_to_tensor(probabilities)
@@ -414,10 +447,12 @@ class FrameSubsampling(keras.layers.Layer):
         lowest = x.dtype.min
         valid = tf.sequence_mask(lengths, frames)
         masked = tf.where(valid[..., None], x, tf.constant(lowest, x.dtype))
-        masked = tf.pad(masked, [[0, 0], [0, windows * stride - frames], [0, 0]],
-                        constant_values=lowest)
-        pooled = tf.reduce_max(tf.reshape(masked, tf.stack([batch, windows, stride, channels])),
-                               axis=2)
+        masked = tf.pad(
+            masked, [[0, 0], [0, windows * stride - frames], [0, 0]], constant_values=lowest
+        )
+        pooled = tf.reduce_max(
+            tf.reshape(masked, tf.stack([batch, windows, stride, channels])), axis=2
+        )
         new_lengths = (lengths + stride - 1) // stride
         keep = tf.sequence_mask(new_lengths, windows)
         pooled = tf.where(keep[..., None], pooled, tf.zeros_like(pooled))
@@ -459,8 +494,9 @@ class AttentionPooling(keras.layers.Layer):
     def build(self, input_shapes):
         dim = int(input_shapes[0][-1])
         units = self.units or dim
-        self.kernel = self.add_weight(name="kernel", shape=(dim, units),
-                                      initializer="glorot_uniform")
+        self.kernel = self.add_weight(
+            name="kernel", shape=(dim, units), initializer="glorot_uniform"
+        )
         self.bias = self.add_weight(name="bias", shape=(units,), initializer="zeros")
         self.query = self.add_weight(name="query", shape=(units,), initializer="glorot_uniform")
 
@@ -482,8 +518,7 @@ class AttentionPooling(keras.layers.Layer):
         return (pooled, (shape[0], shape[1])) if self.return_weights else pooled
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units,
-                "return_weights": self.return_weights}
+        return {**super().get_config(), "units": self.units, "return_weights": self.return_weights}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -506,9 +541,11 @@ class QueryAttention(keras.layers.Layer):
 
     def build(self, input_shapes):
         query_shape, keys_shape, _ = input_shapes
-        self.kernel = self.add_weight(name="kernel",
-                                      shape=(int(query_shape[-1]), int(keys_shape[-1])),
-                                      initializer="glorot_uniform")
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(int(query_shape[-1]), int(keys_shape[-1])),
+            initializer="glorot_uniform",
+        )
 
     def compute_mask(self, inputs, mask=None):
         return None
@@ -604,8 +641,13 @@ class CTCAlignmentPooling(keras.layers.Layer):
     ``A [B, M, T]``.
     """
 
-    def __init__(self, pooling: str = "mean_max", ctc_weight: float = 1.0,
-                 return_alignment: bool = False, **kwargs):
+    def __init__(
+        self,
+        pooling: str = "mean_max",
+        ctc_weight: float = 1.0,
+        return_alignment: bool = False,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if pooling not in ("mean_max", "mean"):
             raise ValueError(f"pooling must be 'mean_max' or 'mean', got {pooling!r}")
@@ -617,8 +659,9 @@ class CTCAlignmentPooling(keras.layers.Layer):
     def build(self, input_shapes):
         frames_shape, words_shape = input_shapes[0], input_shapes[1]
         self.channels = int(frames_shape[-1])
-        self.word_projection = keras.layers.Dense(self.channels, use_bias=False,
-                                                  name="word_projection")  # W^T: Ds -> C
+        self.word_projection = keras.layers.Dense(
+            self.channels, use_bias=False, name="word_projection"
+        )  # W^T: Ds -> C
         self.word_projection.build(words_shape)
         self.blank = keras.layers.Dense(1, name="blank_logit")
         self.blank.build(frames_shape)
@@ -652,9 +695,14 @@ class CTCAlignmentPooling(keras.layers.Layer):
         blank_last = tf.concat([logits[..., 1:], dummy, logits[..., :1]], axis=-1)
         dense_shape = tf.stack([tf.shape(logits)[0], tf.maximum(max_words, 1)])
         loss = tf.compat.v1.nn.ctc_loss(
-            tf.SparseTensor(indices, values - 1, tf.cast(dense_shape, tf.int64)), blank_last,
-            num_frames, preprocess_collapse_repeated=False, ctc_merge_repeated=True,
-            ignore_longer_outputs_than_inputs=True, time_major=False)
+            tf.SparseTensor(indices, values - 1, tf.cast(dense_shape, tf.int64)),
+            blank_last,
+            num_frames,
+            preprocess_collapse_repeated=False,
+            ctc_merge_repeated=True,
+            ignore_longer_outputs_than_inputs=True,
+            time_major=False,
+        )
         loss = tf.where(has_words, loss, tf.zeros_like(loss))
         return loss / tf.cast(tf.maximum(num_frames, 1), loss.dtype)
 
@@ -678,22 +726,28 @@ class CTCAlignmentPooling(keras.layers.Layer):
         pooled = tf.einsum("bmt,btc->bmc", alignment, frames) / tf.maximum(mass, 1e-6)
         if self.pooling == "mean_max":
             # argmax_t of A[b, m, t] h[b, t, c] over valid frames (no gradient needed) ...
-            weighted = tf.stop_gradient(alignment)[..., None] * tf.stop_gradient(
-                frames)[:, None, :, :]  # [B, M, T, C]
-            weighted = tf.where(valid_frames[:, None, :, None], weighted,
-                                tf.constant(frames.dtype.min, frames.dtype))
+            weighted = (
+                tf.stop_gradient(alignment)[..., None] * tf.stop_gradient(frames)[:, None, :, :]
+            )  # [B, M, T, C]
+            weighted = tf.where(
+                valid_frames[:, None, :, None],
+                weighted,
+                tf.constant(frames.dtype.min, frames.dtype),
+            )
             best = tf.argmax(weighted, axis=2, output_type=tf.int32)  # [B, M, C]
             # ... then the value A[b, m, t*] h[b, t*, c], differentiable through two gathers.
             best_a = tf.gather(alignment, best, batch_dims=2)  # [B, M, C]
-            best_h = tf.gather(tf.transpose(frames, [0, 2, 1]), tf.transpose(best, [0, 2, 1]),
-                               batch_dims=2)  # [B, C, M]
+            best_h = tf.gather(
+                tf.transpose(frames, [0, 2, 1]), tf.transpose(best, [0, 2, 1]), batch_dims=2
+            )  # [B, C, M]
             maxed = best_a * tf.transpose(best_h, [0, 2, 1])
             keep = valid_words & (num_frames > 0)[:, None]
             maxed = tf.where(keep[..., None], maxed, tf.zeros_like(maxed))
             pooled = tf.concat([pooled, maxed], axis=-1)
 
-        self.add_loss(self.ctc_weight * tf.reduce_mean(
-            self.ctc_loss(logits, num_frames, num_words)))
+        self.add_loss(
+            self.ctc_weight * tf.reduce_mean(self.ctc_loss(logits, num_frames, num_words))
+        )
         return (pooled, alignment) if self.return_alignment else pooled
 
     def compute_output_shape(self, input_shapes):
@@ -707,8 +761,12 @@ class CTCAlignmentPooling(keras.layers.Layer):
         return pooled
 
     def get_config(self):
-        return {**super().get_config(), "pooling": self.pooling,
-                "ctc_weight": self.ctc_weight, "return_alignment": self.return_alignment}
+        return {
+            **super().get_config(),
+            "pooling": self.pooling,
+            "ctc_weight": self.ctc_weight,
+            "return_alignment": self.return_alignment,
+        }
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -723,8 +781,9 @@ class UtteranceMeanNormalization(keras.layers.Layer):
 
     def call(self, inputs):
         x, lengths = inputs
-        mask = tf.sequence_mask(tf.cast(lengths, tf.int32), tf.shape(x)[1],
-                                dtype=x.dtype)[..., None]
+        mask = tf.sequence_mask(tf.cast(lengths, tf.int32), tf.shape(x)[1], dtype=x.dtype)[
+            ..., None
+        ]
         count = tf.maximum(tf.reduce_sum(mask, axis=1, keepdims=True), 1.0)
         mean = tf.reduce_sum(x * mask, axis=1, keepdims=True) / count
         return (x - mean) * mask

@@ -42,8 +42,10 @@ def prior_corrected(probabilities, class_counts) -> np.ndarray:
     probabilities = np.asarray(probabilities, dtype=np.float64)
     counts = np.asarray(class_counts, dtype=np.float64)
     if counts.shape != probabilities.shape[-1:] or (counts <= 0).any():
-        raise ValueError(f"need a positive count for each of the {probabilities.shape[-1]} "
-                         f"classes, got {counts.tolist()}")
+        raise ValueError(
+            f"need a positive count for each of the {probabilities.shape[-1]} "
+            f"classes, got {counts.tolist()}"
+        )
     scaled = probabilities / (counts / counts.sum())
     return scaled / scaled.sum(axis=-1, keepdims=True)
 
@@ -60,17 +62,22 @@ class UnweightedAccuracy(keras.metrics.Metric):
     def __init__(self, num_classes: int, name: str = "ua", **kwargs):
         super().__init__(name=name, **kwargs)
         self.num_classes = int(num_classes)
-        self.confusion = self.add_variable(shape=(self.num_classes, self.num_classes),
-                                           initializer="zeros", dtype="float32",
-                                           name="confusion")
+        self.confusion = self.add_variable(
+            shape=(self.num_classes, self.num_classes),
+            initializer="zeros",
+            dtype="float32",
+            name="confusion",
+        )
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         labels = tf.reshape(tf.cast(y_true, tf.int32), [-1])
-        predicted = tf.argmax(tf.reshape(y_pred, [-1, self.num_classes]), axis=-1,
-                              output_type=tf.int32)
+        predicted = tf.argmax(
+            tf.reshape(y_pred, [-1, self.num_classes]), axis=-1, output_type=tf.int32
+        )
         weights = None if sample_weight is None else tf.reshape(sample_weight, [-1])
-        batch = tf.math.confusion_matrix(labels, predicted, self.num_classes,
-                                         weights=weights, dtype=tf.float32)
+        batch = tf.math.confusion_matrix(
+            labels, predicted, self.num_classes, weights=weights, dtype=tf.float32
+        )
         self.confusion.assign_add(batch)
 
     def result(self):
@@ -96,8 +103,7 @@ class SmoothedSparseCrossentropy(keras.losses.Loss):
     Inputs: labels ``[B]`` int, probabilities ``[B, K]``. Output: ``[B]`` per-example losses.
     """
 
-    def __init__(self, label_smoothing: float = 0.0, name: str = "smoothed_crossentropy",
-                 **kwargs):
+    def __init__(self, label_smoothing: float = 0.0, name: str = "smoothed_crossentropy", **kwargs):
         super().__init__(name=name, **kwargs)
         self.label_smoothing = float(label_smoothing)
 
@@ -108,7 +114,8 @@ class SmoothedSparseCrossentropy(keras.losses.Loss):
         if not self.label_smoothing:
             return nll
         return (1.0 - self.label_smoothing) * nll - self.label_smoothing * tf.reduce_mean(
-            log_p, axis=-1)
+            log_p, axis=-1
+        )
 
     def get_config(self):
         return {**super().get_config(), "label_smoothing": self.label_smoothing}

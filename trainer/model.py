@@ -38,8 +38,9 @@ def model_inputs(config: ModelConfig) -> dict:
     return {
         "fbank": keras.Input(shape=(None, config.fbank_dim), dtype="float32", name="fbank"),
         "num_frames": keras.Input(shape=(), dtype="int32", name="num_frames"),
-        "word_embeddings": keras.Input(shape=(None, config.word_dim), dtype="float32",
-                                       name="word_embeddings"),
+        "word_embeddings": keras.Input(
+            shape=(None, config.word_dim), dtype="float32", name="word_embeddings"
+        ),
         "num_words": keras.Input(shape=(), dtype="int32", name="num_words"),
         "word_spans": keras.Input(shape=(None, 2), dtype="int32", name="word_spans"),
     }
@@ -58,6 +59,7 @@ ARCHITECTURE_MODALITIES = {
 
 # --- Shared blocks. Every variant is a few lines on top of these. ---------------------------
 
+
 def normalized_fbank(inputs: dict, config: ModelConfig):
     """fbank ``[B, T, 40]`` -> Normalization (``NORMALIZATION_LAYER``) -> zeros past
     ``num_frames`` -> SpecAugment (training only, when the recipe asks for it)."""
@@ -67,9 +69,14 @@ def normalized_fbank(inputs: dict, config: ModelConfig):
     if config.utterance_norm:
         x = cme_layers.UtteranceMeanNormalization(name="utterance_normalization")([x, num_frames])
     if config.spec_freq_masks or config.spec_time_masks:
-        x = cme_layers.SpecAugment(config.spec_freq_masks, config.spec_freq_width,
-                                   config.spec_time_masks, config.spec_time_width,
-                                   seed=config.seed, name="spec_augment")([x, num_frames])
+        x = cme_layers.SpecAugment(
+            config.spec_freq_masks,
+            config.spec_freq_width,
+            config.spec_time_masks,
+            config.spec_time_width,
+            seed=config.seed,
+            name="spec_augment",
+        )([x, num_frames])
     return x
 
 
@@ -80,8 +87,9 @@ def acoustic_frontend(inputs: dict, config: ModelConfig):
     num_frames = inputs["num_frames"]
     x = normalized_fbank(inputs, config)
     for i, (kernel, filters) in enumerate(zip(config.cnn_kernels, config.cnn_filters)):
-        x = keras.layers.Conv1D(filters, kernel, strides=1, padding="same", activation="relu",
-                                name=f"conv{i + 1}")(x)
+        x = keras.layers.Conv1D(
+            filters, kernel, strides=1, padding="same", activation="relu", name=f"conv{i + 1}"
+        )(x)
         x = cme_layers.ZeroPadded(name=f"conv{i + 1}_padding")([x, num_frames])
     return x
 
@@ -90,7 +98,8 @@ def semantic_projection(inputs: dict, config: ModelConfig):
     """Pretrained word vectors ``[B, M, d]`` fine-tuned by a linear map ->
     ``[B, M, semantic_dim]``."""
     return keras.layers.Dense(config.semantic_dim, name="semantic_projection")(
-        inputs["word_embeddings"])
+        inputs["word_embeddings"]
+    )
 
 
 def frame_subsampling(frames, num_frames, config: ModelConfig, name: str = "frame_subsampling"):
@@ -109,15 +118,16 @@ def bilstm_encoder(x, lengths, config: ModelConfig, name: str, mask_name: str):
     (consume it with a masked pooling: states past the length are meaningless)."""
     mask = cme_layers.LengthMask(name=mask_name)([x, lengths])
     return keras.layers.Bidirectional(
-        keras.layers.LSTM(config.lstm_units, return_sequences=True), name=name)(x, mask=mask)
+        keras.layers.LSTM(config.lstm_units, return_sequences=True), name=name
+    )(x, mask=mask)
 
 
 def attention_encoder(x, lengths, config: ModelConfig, prefix: str):
     """BiLSTM + additive attention pooling (masked) -> utterance vector ``[B, 2U]``."""
-    hidden = bilstm_encoder(x, lengths, config, name=f"{prefix}_bilstm",
-                            mask_name=f"{prefix}_mask")
+    hidden = bilstm_encoder(x, lengths, config, name=f"{prefix}_bilstm", mask_name=f"{prefix}_mask")
     return cme_layers.AttentionPooling(config.lstm_units, name=f"{prefix}_attention")(
-        [hidden, lengths])
+        [hidden, lengths]
+    )
 
 
 def classifier_head(utterance, config: ModelConfig):
@@ -126,8 +136,7 @@ def classifier_head(utterance, config: ModelConfig):
     z = keras.layers.Dense(config.fcn_units, activation="relu", name=EMBEDDING_LAYER)(utterance)
     if config.dropout:
         z = keras.layers.Dropout(config.dropout, seed=config.seed, name="dropout")(z)
-    return keras.layers.Dense(config.num_classes, activation="softmax",
-                              name="probabilities")(z)
+    return keras.layers.Dense(config.num_classes, activation="softmax", name="probabilities")(z)
 
 
 # --- Architectures: inputs -> (utterance vector, names of the inputs read). -----------------
@@ -149,19 +158,20 @@ def aligned_encoder(inputs: dict, config: ModelConfig):
     frames = acoustic_frontend(inputs, config)
     if config.alignment == "forced":
         acoustic = cme_layers.SegmentMeanMaxPooling(config.pooling, name="alignment_pooling")(
-            [frames, inputs["word_spans"], num_words])
+            [frames, inputs["word_spans"], num_words]
+        )
         semantic = semantic_projection(inputs, config)
         used = ALL_INPUTS
     else:
         semantic = semantic_projection(inputs, config)
         acoustic = cme_layers.CTCAlignmentPooling(
-            pooling=config.pooling, ctc_weight=config.ctc_weight, name="alignment_pooling")(
-            [frames, semantic, num_frames, num_words])
+            pooling=config.pooling, ctc_weight=config.ctc_weight, name="alignment_pooling"
+        )([frames, semantic, num_frames, num_words])
         used = ALL_INPUTS - {"word_spans"}
 
     acoustic, semantic, _, _ = cme_layers.CrossModalityExcitation(
-        config.excite_acoustic, config.excite_semantic, return_gates=True,
-        name=EXCITATION_LAYER)([acoustic, semantic])
+        config.excite_acoustic, config.excite_semantic, return_gates=True, name=EXCITATION_LAYER
+    )([acoustic, semantic])
     words = keras.layers.Concatenate(name="word_fusion")([acoustic, semantic])
     hidden = bilstm_encoder(words, num_words, config, name="bilstm", mask_name="word_mask")
     return cme_layers.MaskedMaxPooling(name="word_max_pooling")([hidden, num_words]), used
@@ -180,8 +190,9 @@ def lstm_attn_encoder(inputs: dict, config: ModelConfig):
     filterbank frames -> subsampling -> BiLSTM -> attention. ``modality="semantic"``: projected
     word vectors -> BiLSTM over words -> attention."""
     if config.modality == "acoustic":
-        frames, lengths = frame_subsampling(normalized_fbank(inputs, config),
-                                            inputs["num_frames"], config)
+        frames, lengths = frame_subsampling(
+            normalized_fbank(inputs, config), inputs["num_frames"], config
+        )
         return attention_encoder(frames, lengths, config, "acoustic"), ACOUSTIC_INPUTS
     words = semantic_projection(inputs, config)
     return attention_encoder(words, inputs["num_words"], config, "semantic"), SEMANTIC_INPUTS
@@ -193,10 +204,12 @@ def utt_concat_encoder(inputs: dict, config: ModelConfig):
     model, so the comparison isolates the fusion), concatenated."""
     frames, lengths = subsampled_cnn_frames(inputs, config)
     acoustic = attention_encoder(frames, lengths, config, "acoustic")
-    semantic = attention_encoder(semantic_projection(inputs, config), inputs["num_words"],
-                                 config, "semantic")
+    semantic = attention_encoder(
+        semantic_projection(inputs, config), inputs["num_words"], config, "semantic"
+    )
     return keras.layers.Concatenate(name="utterance_fusion")([acoustic, semantic]), (
-        ALL_INPUTS - {"word_spans"})
+        ALL_INPUTS - {"word_spans"}
+    )
 
 
 def attn_fusion_encoder(inputs: dict, config: ModelConfig):
@@ -210,12 +223,14 @@ def attn_fusion_encoder(inputs: dict, config: ModelConfig):
     mask = cme_layers.PairMask(name="word_frame_mask")([words, num_words, frames, lengths])
     heads = config.attention_heads
     attended = keras.layers.MultiHeadAttention(
-        num_heads=heads, key_dim=max(1, config.semantic_dim // heads),
-        name="word_frame_attention")(words, frames, frames, attention_mask=mask)
+        num_heads=heads, key_dim=max(1, config.semantic_dim // heads), name="word_frame_attention"
+    )(words, frames, frames, attention_mask=mask)
     fused = keras.layers.Concatenate(name="word_fusion")([words, attended])
     hidden = bilstm_encoder(fused, num_words, config, name="bilstm", mask_name="word_mask")
-    return (cme_layers.MaskedMaxPooling(name="word_max_pooling")([hidden, num_words]),
-            ALL_INPUTS - {"word_spans"})
+    return (
+        cme_layers.MaskedMaxPooling(name="word_max_pooling")([hidden, num_words]),
+        ALL_INPUTS - {"word_spans"},
+    )
 
 
 def mha_encoder(inputs: dict, config: ModelConfig):
@@ -225,16 +240,21 @@ def mha_encoder(inputs: dict, config: ModelConfig):
     the audio states -> audio context H2; ``[H1, H2]``."""
     num_words = inputs["num_words"]
     frames, lengths = subsampled_cnn_frames(inputs, config)
-    audio = bilstm_encoder(frames, lengths, config, name="acoustic_bilstm",
-                           mask_name="frame_mask")
-    text = bilstm_encoder(semantic_projection(inputs, config), num_words, config,
-                          name="semantic_bilstm", mask_name="word_mask")
+    audio = bilstm_encoder(frames, lengths, config, name="acoustic_bilstm", mask_name="frame_mask")
+    text = bilstm_encoder(
+        semantic_projection(inputs, config),
+        num_words,
+        config,
+        name="semantic_bilstm",
+        mask_name="word_mask",
+    )
     summary = cme_layers.MaskedMaxPooling(name="acoustic_max_pooling")([audio, lengths])
     text_context = cme_layers.QueryAttention(name="hop1_attention")([summary, text, num_words])
-    audio_context = cme_layers.QueryAttention(name="hop2_attention")(
-        [text_context, audio, lengths])
-    return (keras.layers.Concatenate(name="utterance_fusion")([text_context, audio_context]),
-            ALL_INPUTS - {"word_spans"})
+    audio_context = cme_layers.QueryAttention(name="hop2_attention")([text_context, audio, lengths])
+    return (
+        keras.layers.Concatenate(name="utterance_fusion")([text_context, audio_context]),
+        ALL_INPUTS - {"word_spans"},
+    )
 
 
 ENCODERS = {
@@ -264,11 +284,15 @@ def build_model(config: ModelConfig = ModelConfig()) -> keras.Model:
     """
     allowed = ARCHITECTURE_MODALITIES[config.architecture]
     if config.modality not in allowed:
-        raise ValueError(f"architecture {config.architecture!r} reads modality "
-                         f"{' or '.join(map(repr, allowed))}, got {config.modality!r}")
+        raise ValueError(
+            f"architecture {config.architecture!r} reads modality "
+            f"{' or '.join(map(repr, allowed))}, got {config.modality!r}"
+        )
     if config.alignment != "forced" and config.architecture != "aligned":
-        raise ValueError(f"alignment={config.alignment!r} needs architecture 'aligned', got "
-                         f"{config.architecture!r}")
+        raise ValueError(
+            f"alignment={config.alignment!r} needs architecture 'aligned', got "
+            f"{config.architecture!r}"
+        )
     inputs = model_inputs(config)
     utterance, used = ENCODERS[config.architecture](inputs, config)
     unused = [inputs[name] for name in INPUT_NAMES if name not in used]
@@ -281,8 +305,12 @@ def build_model(config: ModelConfig = ModelConfig()) -> keras.Model:
     return model
 
 
-def compile_model(model: keras.Model, config: ModelConfig,
-                  steps_per_epoch: Optional[int] = None, epochs: Optional[int] = None) -> None:
+def compile_model(
+    model: keras.Model,
+    config: ModelConfig,
+    steps_per_epoch: Optional[int] = None,
+    epochs: Optional[int] = None,
+) -> None:
     """Adam (AdamW with ``weight_decay``), cross-entropy with ``label_smoothing``, WA/UA metrics.
 
     ``lr_schedule="cosine"`` decays the rate to 0 over ``epochs * steps_per_epoch`` steps
@@ -292,14 +320,20 @@ def compile_model(model: keras.Model, config: ModelConfig,
     rate = config.learning_rate
     if config.lr_schedule == "cosine" and steps_per_epoch:
         rate = keras.optimizers.schedules.CosineDecay(
-            config.learning_rate, decay_steps=(epochs or config.epochs) * int(steps_per_epoch))
-    optimizer = (keras.optimizers.AdamW(learning_rate=rate, weight_decay=config.weight_decay)
-                 if config.weight_decay else keras.optimizers.Adam(learning_rate=rate))
+            config.learning_rate, decay_steps=(epochs or config.epochs) * int(steps_per_epoch)
+        )
+    optimizer = (
+        keras.optimizers.AdamW(learning_rate=rate, weight_decay=config.weight_decay)
+        if config.weight_decay
+        else keras.optimizers.Adam(learning_rate=rate)
+    )
     model.compile(
         optimizer=optimizer,
         loss=SmoothedSparseCrossentropy(config.label_smoothing),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="wa"),
-                 UnweightedAccuracy(config.num_classes, name="ua")],
+        metrics=[
+            keras.metrics.SparseCategoricalAccuracy(name="wa"),
+            UnweightedAccuracy(config.num_classes, name="ua"),
+        ],
     )
     # Keras (without a distribution strategy) creates the optimizer's slots inside the first
     # traced train step; TensorFlow then traces that step a second time. Built here, it is
@@ -332,8 +366,10 @@ def adapt_normalization(model: keras.Model, frames: np.ndarray) -> None:
 def like_inputs(model: keras.Model) -> dict:
     """Fresh ``keras.Input`` tensors with the names, shapes and dtypes of ``model``'s inputs, to
     build a model that wraps ``model`` (or several like it)."""
-    return {key: keras.Input(shape=tensor.shape[1:], dtype=tensor.dtype, name=key)
-            for key, tensor in model.input.items()}
+    return {
+        key: keras.Input(shape=tensor.shape[1:], dtype=tensor.dtype, name=key)
+        for key, tensor in model.input.items()
+    }
 
 
 def average_models(members: Sequence[keras.Model], name: str = "ensemble") -> keras.Model:

@@ -11,8 +11,11 @@ import keras
 
 def _clock(seconds: float) -> str:
     seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
+    return (
+        f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        if seconds >= 3600
         else f"{seconds // 60}:{seconds % 60:02d}"
+    )
 
 
 class EpochProgress(keras.callbacks.Callback):
@@ -26,8 +29,13 @@ class EpochProgress(keras.callbacks.Callback):
     ``stopped at epoch e/E after m:ss``.
     """
 
-    def __init__(self, label: str, phases: Sequence[str] = ("training",),
-                 stream: Optional[TextIO] = None, every_seconds: float = 60.0):
+    def __init__(
+        self,
+        label: str,
+        phases: Sequence[str] = ("training",),
+        stream: Optional[TextIO] = None,
+        every_seconds: float = 60.0,
+    ):
         super().__init__()
         self.label, self.phases = label, tuple(phases)
         self.stream, self.every_seconds = stream, every_seconds
@@ -51,8 +59,10 @@ class EpochProgress(keras.callbacks.Callback):
         now = time.monotonic()
         elapsed = now - self._start
         left = elapsed / self._done * (self._total - self._done)
-        line = (f"{self._prefix()}epoch {self._done}/{self._total}, {_clock(elapsed)} elapsed, "
-                f"at most {_clock(left)} left")
+        line = (
+            f"{self._prefix()}epoch {self._done}/{self._total}, {_clock(elapsed)} elapsed, "
+            f"at most {_clock(left)} left"
+        )
         if self._on_terminal():
             self._out.write(f"\r{line}\033[K")
             self._out.flush()
@@ -61,8 +71,10 @@ class EpochProgress(keras.callbacks.Callback):
             self._last = now
 
     def on_train_end(self, logs=None):
-        line = (f"{self._prefix()}stopped at epoch {self._done}/{getattr(self, '_total', 0)} "
-                f"after {_clock(time.monotonic() - self._start)}")
+        line = (
+            f"{self._prefix()}stopped at epoch {self._done}/{getattr(self, '_total', 0)} "
+            f"after {_clock(time.monotonic() - self._start)}"
+        )
         print(f"\r{line}\033[K" if self._on_terminal() else line, file=self._out, flush=True)
 
     def _prefix(self) -> str:

@@ -19,15 +19,19 @@ def validation_speakers(speakers: Sequence[str], fraction: float, offset: int = 
     default fraction the splits are the ones every archived run used."""
     speakers = sorted(speakers)
     if len(speakers) < 2:
-        raise ValueError(f"need >= 2 training speakers to carve a validation split, "
-                         f"got {speakers}")
+        raise ValueError(f"need >= 2 training speakers to carve a validation split, got {speakers}")
     step = max(2, min(len(speakers), int(round(1.0 / fraction))))
-    return speakers[offset % step::step]
+    return speakers[offset % step :: step]
 
 
-def fold_plan_problems(labels_by_speaker: Mapping[str, Mapping[str, int]],
-                       folds: Mapping[str, int], config: ModelConfig, *,
-                       ensemble_size: int = 1, prior_correction: bool = False) -> List[str]:
+def fold_plan_problems(
+    labels_by_speaker: Mapping[str, Mapping[str, int]],
+    folds: Mapping[str, int],
+    config: ModelConfig,
+    *,
+    ensemble_size: int = 1,
+    prior_correction: bool = False,
+) -> List[str]:
     """What would stop training on a fold plan, found before any training starts.
 
     For every held-out fold, and for the final model on all folds, and for every ensemble
@@ -44,13 +48,17 @@ def fold_plan_problems(labels_by_speaker: Mapping[str, Mapping[str, int]],
         One readable sentence per problem; empty when the plan trains.
     """
     problems: List[str] = []
-    plans = [(f"held-out fold {fold}", [s for s in folds if folds[s] != fold])
-             for fold in sorted(set(folds.values()))]
+    plans = [
+        (f"held-out fold {fold}", [s for s in folds if folds[s] != fold])
+        for fold in sorted(set(folds.values()))
+    ]
     plans.append(("the final model (all folds)", list(folds)))
     for name, speakers in plans:
         if len(speakers) < 2:
-            problems.append(f"{name}: {len(speakers)} training speaker(s) {sorted(speakers)}; "
-                            "epoch selection needs >= 2 (fewer folds, or more speakers)")
+            problems.append(
+                f"{name}: {len(speakers)} training speaker(s) {sorted(speakers)}; "
+                "epoch selection needs >= 2 (fewer folds, or more speakers)"
+            )
             continue
         for k in range(ensemble_size):
             offset = config.seed + k if config.rotate_validation else 0
@@ -58,13 +66,18 @@ def fold_plan_problems(labels_by_speaker: Mapping[str, Mapping[str, int]],
             fitted = [s for s in speakers if s not in val]
             final = speakers if config.refit else fitted
             needs = ([("trains on", fitted)] if config.class_balanced else []) + (
-                [("ends on", final)] if prior_correction else [])
+                [("ends on", final)] if prior_correction else []
+            )
             for verb, group in needs:
-                missing = [c for c in config.class_names
-                           if not any(labels_by_speaker[s].get(c, 0) for s in group)]
+                missing = [
+                    c
+                    for c in config.class_names
+                    if not any(labels_by_speaker[s].get(c, 0) for s in group)
+                ]
                 if missing:
                     problems.append(
                         f"{name}, model {k + 1}/{ensemble_size} (seed {config.seed + k}) {verb} "
                         f"speakers {sorted(group)}, with no {', '.join(missing)} utterances "
-                        f"(validation speakers: {sorted(val)})")
+                        f"(validation speakers: {sorted(val)})"
+                    )
     return problems

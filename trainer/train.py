@@ -62,7 +62,8 @@ class FitResult:
 def speakers_in(files: Sequence[str]) -> List[str]:
     spec = {"speaker": tf.io.FixedLenFeature([], tf.string)}
     ds = tf.data.TFRecordDataset(list(files), compression_type="GZIP").map(
-        lambda raw: tf.io.parse_single_example(raw, spec)["speaker"])
+        lambda raw: tf.io.parse_single_example(raw, spec)["speaker"]
+    )
     return sorted({s.decode("utf-8") for s in ds.as_numpy_iterator()})
 
 
@@ -96,32 +97,52 @@ def class_weights(dataset: tf.data.Dataset, num_classes: int) -> Dict[int, float
 
 
 @in_training_strategy  # build, adapt, compile and fit under the environment's strategy
-def _train(config: ModelConfig, plain: tf.data.Dataset, shuffled: tf.data.Dataset, epochs: int,
-           *, schedule_epochs: Optional[int] = None, validation: Optional[tf.data.Dataset] = None,
-           callbacks=(), verbose: int = 0) -> Tuple[keras.Model, Dict[str, List[float]]]:
+def _train(
+    config: ModelConfig,
+    plain: tf.data.Dataset,
+    shuffled: tf.data.Dataset,
+    epochs: int,
+    *,
+    schedule_epochs: Optional[int] = None,
+    validation: Optional[tf.data.Dataset] = None,
+    callbacks=(),
+    verbose: int = 0,
+) -> Tuple[keras.Model, Dict[str, List[float]]]:
     """A fresh model (seeded), its normalisation adapted on ``plain``'s frames, trained on
     ``shuffled`` for up to ``epochs`` epochs (the learning-rate schedule spans
     ``schedule_epochs``, default ``epochs``)."""
     keras.utils.set_random_seed(config.seed)
     model = build_model(config)
     adapt_normalization(model, training_frames(plain))
-    compile_model(model, config, steps_per_epoch=sum(1 for _ in plain),
-                  epochs=schedule_epochs or epochs)
+    compile_model(
+        model, config, steps_per_epoch=sum(1 for _ in plain), epochs=schedule_epochs or epochs
+    )
     weights = class_weights(plain, config.num_classes) if config.class_balanced else None
     with warnings.catch_warnings():
         # The batches of a bucketed, filtered tf.data pipeline are not counted in advance, so
         # Keras learns an epoch's length when the first epoch ends and warns that the input
         # "ran out of data". That end is the epoch's end, not a failure.
         warnings.filterwarnings("ignore", message="Your input ran out of data")
-        history = model.fit(shuffled, validation_data=validation, epochs=epochs,
-                            class_weight=weights, callbacks=list(callbacks),
-                            verbose=verbose).history
+        history = model.fit(
+            shuffled,
+            validation_data=validation,
+            epochs=epochs,
+            class_weight=weights,
+            callbacks=list(callbacks),
+            verbose=verbose,
+        ).history
     return model, history
 
 
-def fit(train_files: Sequence[str], config: ModelConfig, *, log_dir: Optional[str] = None,
-        extra_callbacks: Sequence[keras.callbacks.Callback] = (), verbose: int = 0,
-        channels: Optional[Sequence[str]] = None) -> FitResult:
+def fit(
+    train_files: Sequence[str],
+    config: ModelConfig,
+    *,
+    log_dir: Optional[str] = None,
+    extra_callbacks: Sequence[keras.callbacks.Callback] = (),
+    verbose: int = 0,
+    channels: Optional[Sequence[str]] = None,
+) -> FitResult:
     """Fits the model on ``train_files`` minus the inner validation speakers, selecting the
     epoch with the best validation score (``config.selection``: UA or loss; early stopping,
     best weights restored). With ``config.refit`` a fresh model is then trained on all of
@@ -136,14 +157,25 @@ def fit(train_files: Sequence[str], config: ModelConfig, *, log_dir: Optional[st
         # A speech + song variant given speech-only records would train on speech alone and
         # say otherwise.
         held = set(record_channels(train_files).values())
-        raise ValueError(f"the model trains on channel(s) {', '.join(channels)}, but the "
-                         f"training records hold {', '.join(sorted(held))}: preprocess with "
-                         f"--channels {','.join(channels)}")
+        raise ValueError(
+            f"the model trains on channel(s) {', '.join(channels)}, but the "
+            f"training records hold {', '.join(sorted(held))}: preprocess with "
+            f"--channels {','.join(channels)}"
+        )
     if config.selection == "fixed":
-        return _fit_fixed(train_files, config, log_dir=log_dir,
-                          extra_callbacks=extra_callbacks, verbose=verbose, channels=channels)
-    val = validation_speakers(speakers_in(train_files), config.validation_fraction,
-                              offset=config.seed if config.rotate_validation else 0)
+        return _fit_fixed(
+            train_files,
+            config,
+            log_dir=log_dir,
+            extra_callbacks=extra_callbacks,
+            verbose=verbose,
+            channels=channels,
+        )
+    val = validation_speakers(
+        speakers_in(train_files),
+        config.validation_fraction,
+        offset=config.seed if config.rotate_validation else 0,
+    )
     # Same seed, same records -> same model: seeded initialisers, data order and augmentation,
     # and TF kernels in their deterministic mode. (The global seed also fixes the datasets'
     # shuffle seeds, so it is set before they are made; ``_train`` re-seeds each new model.)
@@ -151,91 +183,159 @@ def fit(train_files: Sequence[str], config: ModelConfig, *, log_dir: Optional[st
     tf.config.experimental.enable_op_determinism()
 
     def make(shuffle: bool, speakers, exclude: bool, stretch: float = 0.0) -> tf.data.Dataset:
-        return make_dataset(train_files, config.word_dim, config.batch_size, shuffle=shuffle,
-                            seed=config.seed, speakers=speakers, exclude_speakers=exclude,
-                            time_stretch=stretch, speaker_norm=config.speaker_norm,
-                            channels=channels)
+        return make_dataset(
+            train_files,
+            config.word_dim,
+            config.batch_size,
+            shuffle=shuffle,
+            seed=config.seed,
+            speakers=speakers,
+            exclude_speakers=exclude,
+            time_stretch=stretch,
+            speaker_norm=config.speaker_norm,
+            channels=channels,
+        )
 
     plain_train = make(False, val, True)
     val_ds = make(False, val, False)
     monitor, mode = ("val_loss", "min") if config.selection == "val_loss" else ("val_ua", "max")
-    callbacks = [keras.callbacks.EarlyStopping(monitor=monitor, mode=mode,
-                                               patience=config.patience,
-                                               restore_best_weights=True), *extra_callbacks]
+    callbacks = [
+        keras.callbacks.EarlyStopping(
+            monitor=monitor, mode=mode, patience=config.patience, restore_best_weights=True
+        ),
+        *extra_callbacks,
+    ]
     if log_dir:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=log_dir, write_graph=False))
-    model, history = _train(config, plain_train, make(True, val, True, config.time_stretch),
-                            config.epochs, validation=val_ds, callbacks=callbacks,
-                            verbose=verbose)
+    model, history = _train(
+        config,
+        plain_train,
+        make(True, val, True, config.time_stretch),
+        config.epochs,
+        validation=val_ds,
+        callbacks=callbacks,
+        verbose=verbose,
+    )
     scores = np.asarray(history[monitor])
     best = int(np.argmin(scores) if mode == "min" else np.argmax(scores)) + 1
-    validation = predict(model, make_dataset(
-        train_files, config.word_dim, config.batch_size, speakers=val, with_ids=True,
-        speaker_norm=config.speaker_norm, channels=channels))
+    validation = predict(
+        model,
+        make_dataset(
+            train_files,
+            config.word_dim,
+            config.batch_size,
+            speakers=val,
+            with_ids=True,
+            speaker_norm=config.speaker_norm,
+            channels=channels,
+        ),
+    )
     refit_epochs, final_data = 0, plain_train
     if config.refit:
         plain_all = make(False, None, False)
         refit_callbacks = list(extra_callbacks)
         if log_dir:
-            refit_callbacks.append(keras.callbacks.TensorBoard(
-                log_dir=os.path.join(log_dir, "refit"), write_graph=False))
+            refit_callbacks.append(
+                keras.callbacks.TensorBoard(
+                    log_dir=os.path.join(log_dir, "refit"), write_graph=False
+                )
+            )
         # The learning-rate schedule is the selection run's (over config.epochs), stopped at
         # the selected epoch: compressing it to end at 0 there scored lower (seed 0, 4 folds:
         # WA 0.725 against 0.755).
-        model, _ = _train(config, plain_all, make(True, None, False, config.time_stretch), best,
-                          schedule_epochs=config.epochs, callbacks=refit_callbacks,
-                          verbose=verbose)
+        model, _ = _train(
+            config,
+            plain_all,
+            make(True, None, False, config.time_stretch),
+            best,
+            schedule_epochs=config.epochs,
+            callbacks=refit_callbacks,
+            verbose=verbose,
+        )
         refit_epochs, final_data = best, plain_all
     counts = class_counts(final_data, config.num_classes)
-    return FitResult(model=model, history=history, best_epoch=best, val_speakers=val,
-                     num_train=count(plain_train), num_val=count(val_ds),
-                     refit_epochs=refit_epochs, num_final_train=int(counts.sum()),
-                     class_counts=counts.tolist(), validation=validation)
+    return FitResult(
+        model=model,
+        history=history,
+        best_epoch=best,
+        val_speakers=val,
+        num_train=count(plain_train),
+        num_val=count(val_ds),
+        refit_epochs=refit_epochs,
+        num_final_train=int(counts.sum()),
+        class_counts=counts.tolist(),
+        validation=validation,
+    )
 
 
-def _fit_fixed(train_files: Sequence[str], config: ModelConfig, *, log_dir: Optional[str],
-               extra_callbacks: Sequence[keras.callbacks.Callback], verbose: int,
-               channels: Optional[Sequence[str]]) -> FitResult:
+def _fit_fixed(
+    train_files: Sequence[str],
+    config: ModelConfig,
+    *,
+    log_dir: Optional[str],
+    extra_callbacks: Sequence[keras.callbacks.Callback],
+    verbose: int,
+    channels: Optional[Sequence[str]],
+) -> FitResult:
     """``fit`` without an epoch choice: all training speakers, ``config.epochs`` epochs."""
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
 
     def make(shuffle: bool) -> tf.data.Dataset:
-        return make_dataset(train_files, config.word_dim, config.batch_size, shuffle=shuffle,
-                            seed=config.seed, time_stretch=config.time_stretch if shuffle
-                            else 0.0, speaker_norm=config.speaker_norm, channels=channels)
+        return make_dataset(
+            train_files,
+            config.word_dim,
+            config.batch_size,
+            shuffle=shuffle,
+            seed=config.seed,
+            time_stretch=config.time_stretch if shuffle else 0.0,
+            speaker_norm=config.speaker_norm,
+            channels=channels,
+        )
 
     plain = make(False)
     callbacks = list(extra_callbacks)
     if log_dir:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=log_dir, write_graph=False))
-    model, history = _train(config, plain, make(True), config.epochs, callbacks=callbacks,
-                            verbose=verbose)
+    model, history = _train(
+        config, plain, make(True), config.epochs, callbacks=callbacks, verbose=verbose
+    )
     counts = class_counts(plain, config.num_classes)
-    return FitResult(model=model, history=history, best_epoch=config.epochs, val_speakers=[],
-                     num_train=int(counts.sum()), num_val=0, num_final_train=int(counts.sum()),
-                     class_counts=counts.tolist())
+    return FitResult(
+        model=model,
+        history=history,
+        best_epoch=config.epochs,
+        val_speakers=[],
+        num_train=int(counts.sum()),
+        num_val=0,
+        num_final_train=int(counts.sum()),
+        class_counts=counts.tolist(),
+    )
 
 
-def evaluate(model: keras.Model, files: Sequence[str],
-             config: ModelConfig) -> Tuple[np.ndarray, int]:
+def evaluate(
+    model: keras.Model, files: Sequence[str], config: ModelConfig
+) -> Tuple[np.ndarray, int]:
     """Confusion matrix ``[K, K]`` of ``model`` on ``files`` and the number of utterances."""
     labels, predicted = [], []
-    for inputs, label in make_dataset(files, config.word_dim, config.batch_size,
-                                      speaker_norm=config.speaker_norm):
+    for inputs, label in make_dataset(
+        files, config.word_dim, config.batch_size, speaker_norm=config.speaker_norm
+    ):
         labels.append(label.numpy())
         predicted.append(np.argmax(model(inputs, training=False).numpy(), axis=-1))
     labels, predicted = np.concatenate(labels), np.concatenate(predicted)
     return confusion_matrix(labels, predicted, config.num_classes), int(labels.size)
 
 
-def predict(model: keras.Model, dataset: tf.data.Dataset,
-            embeddings: bool = False) -> Dict[str, np.ndarray]:
+def predict(
+    model: keras.Model, dataset: tf.data.Dataset, embeddings: bool = False
+) -> Dict[str, np.ndarray]:
     """Class probabilities of a dataset of ``(inputs, label, utterance_id)`` batches, in id
     order: ``probabilities [N, K]``, ``labels [N]``, ``utterance_ids [N]``, and with
     ``embeddings`` the utterance embeddings ``embeddings [N, D]`` (the ``utterance_embedding``
     layer, before the classifier)."""
     from trainer.model import EMBEDDING_LAYER
+
     outputs = [model.get_layer(EMBEDDING_LAYER).output] if embeddings else []
     net = keras.Model(model.inputs, outputs + [model.output])
     columns = {"probabilities": [], "labels": [], "utterance_ids": []}
@@ -258,29 +358,55 @@ def predict(model: keras.Model, dataset: tf.data.Dataset,
 
 def embed(model: keras.Model, files: Sequence[str], config: ModelConfig) -> Dict[str, np.ndarray]:
     """:func:`predict` with embeddings for the utterances of ``files``."""
-    return predict(model, make_dataset(files, config.word_dim, config.batch_size, with_ids=True,
-                                       speaker_norm=config.speaker_norm), embeddings=True)
+    return predict(
+        model,
+        make_dataset(
+            files,
+            config.word_dim,
+            config.batch_size,
+            with_ids=True,
+            speaker_norm=config.speaker_norm,
+        ),
+        embeddings=True,
+    )
 
 
-def train_fold(files_by_fold: Dict[int, Sequence[str]], test_fold: int, config: ModelConfig, *,
-               log_dir: Optional[str] = None, model_path: Optional[str] = None,
-               embeddings_path: Optional[str] = None, verbose: int = 0) -> FoldResult:
+def train_fold(
+    files_by_fold: Dict[int, Sequence[str]],
+    test_fold: int,
+    config: ModelConfig,
+    *,
+    log_dir: Optional[str] = None,
+    model_path: Optional[str] = None,
+    embeddings_path: Optional[str] = None,
+    verbose: int = 0,
+) -> FoldResult:
     """Trains on every fold but ``test_fold``, then scores ``test_fold`` once (and, with
     ``embeddings_path``, saves the held-out utterances' embeddings and probabilities there as
     ``.npz``, with the selected model's validation predictions as ``val_*``)."""
     if test_fold not in files_by_fold or len(files_by_fold) < 2:
         raise ValueError(f"need >= 2 folds including {test_fold}; got {sorted(files_by_fold)}")
-    return train_folds(files_by_fold, [test_fold], config, log_dir=log_dir,
-                       model_path=model_path, verbose=verbose,
-                       embeddings_paths={test_fold: embeddings_path} if embeddings_path
-                       else None)[test_fold]
+    return train_folds(
+        files_by_fold,
+        [test_fold],
+        config,
+        log_dir=log_dir,
+        model_path=model_path,
+        verbose=verbose,
+        embeddings_paths={test_fold: embeddings_path} if embeddings_path else None,
+    )[test_fold]
 
 
-def train_folds(files_by_fold: Dict[int, Sequence[str]], test_folds: Sequence[int],
-                config: ModelConfig, *, log_dir: Optional[str] = None,
-                model_path: Optional[str] = None,
-                embeddings_paths: Optional[Dict[int, str]] = None,
-                verbose: int = 0) -> Dict[int, FoldResult]:
+def train_folds(
+    files_by_fold: Dict[int, Sequence[str]],
+    test_folds: Sequence[int],
+    config: ModelConfig,
+    *,
+    log_dir: Optional[str] = None,
+    model_path: Optional[str] = None,
+    embeddings_paths: Optional[Dict[int, str]] = None,
+    verbose: int = 0,
+) -> Dict[int, FoldResult]:
     """Trains one model on every fold not in ``test_folds`` and scores each of those folds
     once: ``{fold: FoldResult}``. The model is the one :func:`train_fold` would train holding
     out any single one of them with the others absent (the same training files in the same
@@ -293,8 +419,10 @@ def train_folds(files_by_fold: Dict[int, Sequence[str]], test_folds: Sequence[in
     missing = [k for k in test_folds if k not in files_by_fold]
     train = [k for k in sorted(files_by_fold) if k not in test_folds]
     if missing or not test_folds or not train:
-        raise ValueError(f"need the test folds {test_folds} among {sorted(files_by_fold)} and "
-                         "at least one fold to train on")
+        raise ValueError(
+            f"need the test folds {test_folds} among {sorted(files_by_fold)} and "
+            "at least one fold to train on"
+        )
     train_files = [f for k in train for f in files_by_fold[k]]
     result = fit(train_files, config, log_dir=log_dir, verbose=verbose)
     if model_path:
@@ -310,16 +438,26 @@ def train_folds(files_by_fold: Dict[int, Sequence[str]], test_folds: Sequence[in
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             scored_out = embed(result.model, files_by_fold[fold], config)
             channel = record_channels(files_by_fold[fold])
-            np.savez_compressed(path, **scored_out,
-                                channels=np.asarray([channel[i] for i in
-                                                     scored_out["utterance_ids"]]),
-                                **{f"val_{k}": v for k, v in result.validation.items()})
+            np.savez_compressed(
+                path,
+                **scored_out,
+                channels=np.asarray([channel[i] for i in scored_out["utterance_ids"]]),
+                **{f"val_{k}": v for k, v in result.validation.items()},
+            )
         scored[fold] = FoldResult(
-            fold=fold, wa=weighted_accuracy(confusion), ua=unweighted_accuracy(confusion),
-            confusion=confusion.tolist(), best_epoch=result.best_epoch, epochs_run=epochs_run,
+            fold=fold,
+            wa=weighted_accuracy(confusion),
+            ua=unweighted_accuracy(confusion),
+            confusion=confusion.tolist(),
+            best_epoch=result.best_epoch,
+            epochs_run=epochs_run,
             best_val_ua=float(val_ua[result.best_epoch - 1]) if val_ua else None,
             num_train=result.num_train,
-            num_val=result.num_val, num_test=num_test, val_speakers=result.val_speakers,
-            refit_epochs=result.refit_epochs, num_final_train=result.num_final_train,
-            train_class_counts=result.class_counts)
+            num_val=result.num_val,
+            num_test=num_test,
+            val_speakers=result.val_speakers,
+            refit_epochs=result.refit_epochs,
+            num_final_train=result.num_final_train,
+            train_class_counts=result.class_counts,
+        )
     return scored
