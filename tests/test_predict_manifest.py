@@ -74,9 +74,36 @@ def test_manifest_rows_keep_their_own_transcripts(small_model_base, tmp_path, ca
         "correct": correct,
         "labelled": 2,
         "failed": 2,
+        "uncertain": 0,  # no --min-confidence: every answer is an emotion
         "accuracy": correct / 2,
     }
     assert [json.loads(line) for line in out.read_text().splitlines()] == results
+
+    # With --min-confidence above every answer's, each is "uncertain": none is scored, all
+    # are counted, and the probabilities are still there.
+    doc, _ = run_json(
+        capsys,
+        [
+            "predict",
+            "--manifest",
+            str(manifest),
+            "--model-dir",
+            str(small_model_base),
+            "--min-confidence",
+            "1.0",
+        ],
+        code=2,
+    )
+    answered = [r for r in doc["results"] if r.get("error") is None]
+    assert [r["emotion"] for r in answered] == ["uncertain"] * 3
+    assert all(len(r["probabilities"]) == 4 for r in answered)
+    assert doc["accuracy"] == {
+        "correct": 0,
+        "labelled": 0,
+        "failed": 2,
+        "uncertain": 2,
+        "accuracy": None,
+    }
 
     # Batched with other transcripts, each file's answer is its answer alone.
     for row, transcript in ((results[0], KIDS), (results[2], DOGS)):
