@@ -106,6 +106,7 @@ def _run_protocol(args, variants, records: Path, work: Path) -> dict:
     command = "cme-ser reproduce " + " ".join(
         shlex.quote(a) for a in (args.argv if args.argv is not None else sys.argv[1:])[1:]
     )
+    overrides = {"epochs": args.epochs} if args.epochs else None  # every protocol's units
     try:
         if args.protocol == "nested":
             from experiments import nested
@@ -120,7 +121,7 @@ def _run_protocol(args, variants, records: Path, work: Path) -> dict:
                 jobs=args.jobs,
                 threads=args.threads,
                 command=command.strip(),
-                overrides={"epochs": args.epochs} if args.epochs else None,
+                overrides=overrides,
             )
         if args.protocol == "stability":
             from experiments import stability
@@ -139,7 +140,7 @@ def _run_protocol(args, variants, records: Path, work: Path) -> dict:
                 jobs=args.jobs,
                 threads=args.threads,
                 command=command.strip(),
-                overrides={"epochs": args.epochs} if args.epochs else None,
+                overrides=overrides,
             )
         if args.protocol == "cross-domain":
             from experiments import crossdomain
@@ -155,7 +156,7 @@ def _run_protocol(args, variants, records: Path, work: Path) -> dict:
                 jobs=args.jobs,
                 threads=args.threads,
                 command=command.strip(),
-                overrides={"epochs": args.epochs} if args.epochs else None,
+                overrides=overrides,
             )
         return repro.reproduce(
             records,
@@ -168,7 +169,7 @@ def _run_protocol(args, variants, records: Path, work: Path) -> dict:
             jobs=args.jobs,
             threads=args.threads,
             command=command.strip(),
-            overrides={"epochs": args.epochs} if args.epochs else None,
+            overrides=overrides,
         )
     except ValueError as error:
         raise UsageError(str(error)) from error

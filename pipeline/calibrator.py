@@ -40,6 +40,7 @@ def held_out_answers(
     without one, as ``trainer.data`` reads it)."""
     import tensorflow as tf
 
+    from preprocessing.corpora import PRIMARY_CHANNEL
     from trainer.export import SERVING_DEFAULT
 
     serve = tf.saved_model.load(saved_model_dir).signatures[SERVING_DEFAULT]
@@ -53,7 +54,7 @@ def held_out_answers(
         probabilities.append(serve(examples=raw)["probabilities"].numpy())
         parsed = tf.io.parse_example(raw, spec)
         labels.append(parsed["label"].numpy())
-        channels += [c.decode() or "speech" for c in parsed["channel"].numpy()]
+        channels += [c.decode() or PRIMARY_CHANNEL for c in parsed["channel"].numpy()]
     if not labels:
         raise ValueError(f"no held-out records in {files}")
     return np.concatenate(probabilities), np.concatenate(labels), np.asarray(channels)

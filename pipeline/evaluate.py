@@ -87,13 +87,7 @@ def calibration(
     ``softmax(T log q)`` undoes ``softmax(log p / T)`` exactly); with ``min_confidence``, the
     coverage and accuracy of the answers at least that confident (``selective``). None
     without rows."""
-    from trainer.calibration import (
-        expected_calibration_error,
-        negative_log_likelihood,
-        reliability_bins,
-        selective_scores,
-        temperature_scaled,
-    )
+    from trainer.calibration import calibration_scores, selective_scores, temperature_scaled
 
     if not rows:
         return None
@@ -105,14 +99,7 @@ def calibration(
         curves["uncalibrated"] = temperature_scaled(served, 1.0 / temperature)
     out = {
         "temperature": temperature,
-        **{
-            name: {
-                "ece": expected_calibration_error(p, labels),
-                "nll": negative_log_likelihood(p, labels),
-                "reliability": reliability_bins(p, labels),
-            }
-            for name, p in curves.items()
-        },
+        **{name: calibration_scores(p, labels) for name, p in curves.items()},
     }
     if min_confidence is not None:
         out["selective"] = selective_scores(served, labels, min_confidence)

@@ -9,6 +9,7 @@ from pathlib import Path
 from infra.usage_error import UsageError
 from preprocessing.corpus_options import find_data_dirs, parse_channels
 from serving.model_options import model_errors, open_model
+from trainer.calibration import check_min_confidence
 
 
 def evaluate(args) -> dict:
@@ -19,10 +20,11 @@ def evaluate(args) -> dict:
     channels = parse_channels(args.dataset, args.channels)
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.min_confidence is not None and not 0.0 <= args.min_confidence <= 1.0:
-        raise UsageError(
-            f"--min-confidence must be a probability in [0, 1], got {args.min_confidence}"
-        )
+    if args.min_confidence is not None:
+        try:
+            check_min_confidence(args.min_confidence)
+        except ValueError as error:
+            raise UsageError(str(error)) from error
     if args.dataset in ("manifest", "segments"):
         if not args.data_dir or len(args.data_dir) != 1 or not Path(args.data_dir[0]).is_file():
             raise UsageError(f"--data-dir must be the manifest file for --dataset {args.dataset}")

@@ -123,6 +123,15 @@ def selective_scores(probabilities, labels, min_confidence: float) -> Dict[str, 
     }
 
 
+def calibration_scores(probabilities, labels, bins: int = ECE_BINS) -> Dict[str, object]:
+    """``ece``, ``nll`` and the ``reliability`` bins of one set of answers."""
+    return {
+        "ece": expected_calibration_error(probabilities, labels, bins),
+        "nll": negative_log_likelihood(probabilities, labels),
+        "reliability": reliability_bins(probabilities, labels, bins),
+    }
+
+
 def calibration_report(
     probabilities, labels, temperature: float, bins: int = ECE_BINS
 ) -> Dict[str, object]:
@@ -134,11 +143,7 @@ def calibration_report(
         "bins": bins,
         "n": int(len(labels)),
         **{
-            name: {
-                "ece": expected_calibration_error(p, labels, bins),
-                "nll": negative_log_likelihood(p, labels),
-                "reliability": reliability_bins(p, labels, bins),
-            }
+            name: calibration_scores(p, labels, bins)
             for name, p in (("before", probabilities), ("after", after))
         },
     }
@@ -187,11 +192,7 @@ def cross_fitted(held_out: Dict[int, tuple]) -> Dict[str, object]:
         "pooled": {
             "n": int(len(labels)),
             **{
-                side: {
-                    "ece": expected_calibration_error(p, labels),
-                    "nll": negative_log_likelihood(p, labels),
-                    "reliability": reliability_bins(p, labels),
-                }
+                side: calibration_scores(p, labels)
                 for side, p in (("before", before), ("after", after))
             },
         },
@@ -229,8 +230,9 @@ def channel_calibration(
             "n": int(len(labels)),
             **{
                 side: {
-                    "ece": expected_calibration_error(np.concatenate(p), labels),
-                    "nll": negative_log_likelihood(np.concatenate(p), labels),
+                    key: value
+                    for key, value in calibration_scores(np.concatenate(p), labels).items()
+                    if key != "reliability"
                 }
                 for side, p in sides.items()
             },

@@ -146,9 +146,18 @@ def make_dataset(
         }
 
     records = sorted_records(files)
+    held = set()
     if channels is not None:
-        wanted = set(channels)
-        records = [r for r in records if _channel(r) in wanted]
+        of = [_channel(r) for r in records]
+        held = set(of)
+        records = [r for r, channel in zip(records, of) if channel in set(channels)]
+    if records and set(channels or ()) - held:
+        # A speech + song model given speech-only records would train on speech alone and
+        # say otherwise.
+        raise ValueError(
+            f"the model trains on channel(s) {', '.join(channels)}, but the records hold "
+            f"{', '.join(sorted(held))}: preprocess with --channels {','.join(channels)}"
+        )
     if not records:
         raise ValueError(
             f"no records in {list(files)[:3]}..."

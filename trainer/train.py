@@ -152,16 +152,6 @@ def fit(
     no epoch is chosen: the model trains on all of ``train_files`` for ``config.epochs``
     epochs and has no validation split. ``channels`` defaults to ``config.train_channels``."""
     channels = config.train_channels if channels is None else channels
-    missing = set(channels) - set(record_channels(train_files).values())
-    if missing:
-        # A speech + song variant given speech-only records would train on speech alone and
-        # say otherwise.
-        held = set(record_channels(train_files).values())
-        raise ValueError(
-            f"the model trains on channel(s) {', '.join(channels)}, but the "
-            f"training records hold {', '.join(sorted(held))}: preprocess with "
-            f"--channels {','.join(channels)}"
-        )
     if config.selection == "fixed":
         return _fit_fixed(
             train_files,
