@@ -592,9 +592,12 @@ def _add_compile(sub) -> None:
     )
     comp.add_argument(
         "--data-dir",
+        action="append",
         default=None,
-        help="the corpus, as the cluster sees it (default: <pipeline-root>/data/ravdess-speech)",
+        help="the corpus, as the cluster sees it; repeat it for RAVDESS speech and song "
+        "directories (default: <pipeline-root>/data/ravdess-CHANNEL, one per channel)",
     )
+    comp.add_argument("--channels", default=None, help=CHANNELS_HELP)
     comp.add_argument("--embeddings", default=None)
     comp.add_argument(
         "--image", default="cme-ser:latest", help="container image with this package installed"

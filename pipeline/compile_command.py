@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from infra.usage_error import UsageError
-from pipeline.run_command import epochs_override
-from preprocessing.corpus_options import parse_classes
+from pipeline.run_command import epochs_override, training_channels
+from preprocessing.corpus_options import parse_channels, parse_classes
 from trainer.config import DEFAULT_CLASSES, variant_config
 
 
@@ -27,11 +27,20 @@ def compile_pipeline(args) -> None:
         **epochs_override(args.epochs),
         class_names=tuple(parse_classes(args.classes) or DEFAULT_CLASSES),
     )
+    # A variant trained on speech and song reads both corpora, as `cme-ser run` does.
+    config, channels = training_channels(config, parse_channels("ravdess", args.channels))
     trainer_job = _trainer_job(args)
     root = args.pipeline_root.rstrip("/")
+    data_dirs = args.data_dir or [f"{root}/data/ravdess-{c}" for c in config.train_channels]
+    if len(data_dirs) != len(config.train_channels):
+        raise UsageError(
+            f"{len(data_dirs)} --data-dir for the channels {','.join(config.train_channels)}: "
+            "give one directory per channel, in that order"
+        )
     pipeline = kubeflow_pipeline(
         pipeline_root=root,
-        data_dir=args.data_dir or f"{root}/data/ravdess-speech",
+        data_dir=data_dirs,
+        channels=channels,
         embeddings_path=args.embeddings or f"{root}/embeddings/glove-6b-50d",
         serving_model_dir=f"{root}/serving_model/cme",
         config=config,

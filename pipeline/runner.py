@@ -172,10 +172,11 @@ def local_pipeline(
 def kubeflow_pipeline(
     *,
     pipeline_root: str,
-    data_dir: str,
+    data_dir: Union[str, Sequence[str]],
     embeddings_path: str,
     serving_model_dir: str,
     dataset: str = "ravdess",
+    channels: Optional[Sequence[str]] = None,
     config: Optional[ModelConfig] = None,
     num_folds: int = 5,
     ensemble_size: int = SHIPPED["ensemble"],
@@ -187,16 +188,20 @@ def kubeflow_pipeline(
 ) -> tfx.dsl.Pipeline:
     """The same pipeline for Kubeflow Pipelines / Vertex AI: paths are the cluster's (e.g.
     gs://...), ML Metadata is the orchestrator's, Beam runs wherever beam_pipeline_args say;
-    the model as :func:`local_pipeline`'s; ``trainer_job``: see
+    ``data_dir``: the corpus directory, or several (RAVDESS speech and song, with
+    ``channels``); the model as :func:`local_pipeline`'s; ``trainer_job``: see
     ``pipeline.pipeline.create_pipeline``."""
-    fingerprint = corpus_fingerprint(data_dir) if Path(data_dir).exists() else "remote"
+    dirs = [data_dir] if isinstance(data_dir, (str, Path)) else [str(d) for d in data_dir]
+    local = all(Path(d).exists() for d in dirs)
+    fingerprint = corpus_fingerprint(dirs[0] if len(dirs) == 1 else dirs) if local else "remote"
     return create_pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
         metadata_path=None,
         dataset=dataset,
-        data_dir=data_dir,
+        data_dir=encode_data_dirs(dirs),
         corpus_fingerprint=fingerprint,
+        channels=channels,
         embeddings_path=embeddings_path,
         serving_model_dir=serving_model_dir,
         config=config or shipped_config(),

@@ -95,7 +95,7 @@ def test_ensemble_size_reaches_every_trainer(tmp_path):
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _compiled(tmp_path, root="s3://bucket/cme"):
+def _compiled(tmp_path, root="s3://bucket/cme", *options):
     out = tmp_path / "pipeline.json"
     assert (
         main(
@@ -111,11 +111,46 @@ def _compiled(tmp_path, root="s3://bucket/cme"):
                 root,
                 "--image",
                 "registry.example/cme-ser:1",
+                *options,
             ]
         )
         == 0
     )
     return json.loads(out.read_text())
+
+
+def _parameter(spec, task, name):
+    """A task's constant parameter as the IR holds it (a string, a number)."""
+    value = spec["pipelineSpec"]["root"]["dag"]["tasks"][task]["inputs"]["parameters"][name]
+    return next(iter(value["runtimeValue"]["constantValue"].values()))
+
+
+def test_a_variant_trained_on_speech_and_song_reads_both_corpora(tmp_path):
+    """As `cme-ser run`: a variant's channels choose the corpora preprocessed (one directory
+    per channel, by default under the pipeline root) and the channels every Trainer reads."""
+    from trainer.config import ModelConfig
+
+    spec = _compiled(tmp_path, "gs://b/cme", "--variant", "cme_fixed20_song")
+    assert json.loads(_parameter(spec, "CorpusExampleGen", "data_dir")) == [
+        "gs://b/cme/data/ravdess-speech",
+        "gs://b/cme/data/ravdess-song",
+    ]
+    assert _parameter(spec, "CorpusExampleGen", "channels") == "speech,song"
+    for name in ("Trainer.fold0", "Trainer.final"):
+        custom = json.loads(_parameter(spec, name, "custom_config"))
+        assert ModelConfig.from_json(custom["model_config"]).train_channels == ("speech", "song")
+    # --channels replaces the variant's, and --data-dir names each channel's directory.
+    spec = _compiled(tmp_path, "gs://b/cme", "--channels", "speech", "--data-dir", "gs://d/sp")
+    assert _parameter(spec, "CorpusExampleGen", "data_dir") == "gs://d/sp"
+    tasks = spec["pipelineSpec"]["root"]["dag"]["tasks"]
+    assert "channels" not in tasks["CorpusExampleGen"]["inputs"]["parameters"]
+
+
+def test_one_data_dir_per_channel_or_a_usage_error(tmp_path, capsys):
+    out = tmp_path / "pipeline.json"
+    argv = ["compile", "--output", str(out), "--variant", "cme_fixed20_song", "--data-dir", "x"]
+    assert main(argv) == 2
+    assert "give one directory per channel" in capsys.readouterr().err and not out.exists()
 
 
 def test_every_node_runs_importable_code_in_the_named_image(tmp_path):
