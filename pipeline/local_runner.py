@@ -32,7 +32,8 @@ from tfx import v1 as tfx  # noqa: E402
 from infra import filesystems  # noqa: E402
 from infra.console import library_output_to  # noqa: E402
 from infra.process_exit import exit_process  # noqa: E402
-from pipeline.run_command import training_channels  # noqa: E402
+from infra.usage_error import UsageError  # noqa: E402
+from pipeline.run_command import check_fold_plan, training_channels  # noqa: E402
 from pipeline.runner import (  # noqa: E402
     PIPELINE_NAME,
     local_pipeline,
@@ -79,21 +80,33 @@ if __name__ == "__main__":
     bless_min_ua = float(os.environ.get("CME_SER_BLESS_MIN_UA", "0.0"))
     pipeline_name = os.environ.get("CME_SER_PIPELINE_NAME", PIPELINE_NAME)
     verbose = os.environ.get("CME_SER_VERBOSE", "").strip().lower() in TRUE
+    settings = model_settings()
+    data_dirs = find_data_dirs(None, "ravdess", settings["channels"])
+    num_folds = int(os.environ.get("CME_SER_FOLDS", "5"))
+    try:  # as `cme-ser run`: a corpus too small for the plan is refused before any training
+        check_fold_plan(
+            data_dirs,
+            settings["config"],
+            num_folds,
+            settings["ensemble_size"],
+            settings["prior_correction"],
+        )
+    except UsageError as error:
+        sys.exit(f"local_runner.py: error: {error}")
     log = None if verbose else run_log_file(output_dir(output), metadata_file(output, metadata))
     if log:
         print(
             f"TensorFlow, Beam and TFX messages: {log} (CME_SER_VERBOSE=1 shows them here)",
             flush=True,
         )
-    settings = model_settings()
     started = time.time()
     with library_output_to(log), stage_progress():  # the same lines as `cme-ser run`
         tfx.orchestration.LocalDagRunner().run(
             local_pipeline(
                 output,
-                data_dir=find_data_dirs(None, "ravdess", settings["channels"]),
+                data_dir=data_dirs,
                 embeddings_path=str(default_embeddings_path()),
-                num_folds=int(os.environ.get("CME_SER_FOLDS", "5")),
+                num_folds=num_folds,
                 **settings,
                 bless_min_ua=bless_min_ua,
                 pipeline_name=pipeline_name,

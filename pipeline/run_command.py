@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from infra.usage_error import UsageError
+from preprocessing import corpora
 from preprocessing.corpora import PRIMARY_CHANNEL
 from preprocessing.corpus_options import (
     corpus_items,
@@ -44,7 +45,7 @@ def check_run_config(args, config: ModelConfig) -> Tuple[List[Path], Optional[tu
     """Everything that can be wrong with a run is found here, before any training starts.
     Returns the corpus directories and the channels. ``config.train_channels`` are the
     channels read (see :func:`training_channels`)."""
-    from preprocessing import corpora, embeddings
+    from preprocessing import embeddings
 
     channels = config.train_channels
     data_dirs = find_data_dirs(args.data_dir, "ravdess", channels)
@@ -57,11 +58,27 @@ def check_run_config(args, config: ModelConfig) -> Tuple[List[Path], Optional[tu
             f"--variant {args.variant} standardises features per speaker, which "
             "a served model cannot do; use `cme-ser reproduce` for it"
         )
+    check_fold_plan(data_dirs, config, args.folds, args.ensemble, args.prior_correction)
+    try:
+        embeddings.load(resolve_embeddings(args.embeddings))
+    except embeddings.EmbeddingsError as error:
+        raise UsageError(str(error)) from error
+    return data_dirs, channels
+
+
+def check_fold_plan(
+    data_dirs: Sequence, config: ModelConfig, num_folds: int, ensemble: int, prior: bool
+) -> None:
+    """Refuses (``UsageError``, one line per problem) a RAVDESS corpus too small for the
+    plan: a fold without examples, or a Trainer of ``ensemble`` models that would lack
+    training speakers or classes (``trainer.splits.fold_plan_problems``). Reads only the
+    file names, so it runs before any training, for `cme-ser run` and the TFX CLI's runner."""
+    channels = config.train_channels
     utterances, _ = corpora.partition(
         corpus_items("ravdess", data_dirs, list(config.class_names), channels)
     )
     try:
-        folds = corpora.assign_folds(utterances, args.folds)
+        folds = corpora.assign_folds(utterances, num_folds)
     except ValueError as error:
         raise UsageError(str(error)) from error
     empty = [
@@ -73,19 +90,14 @@ def check_run_config(args, config: ModelConfig) -> Tuple[List[Path], Optional[tu
         corpora.labels_by_speaker(utterances),
         folds,
         config,
-        ensemble_size=args.ensemble,
-        prior_correction=args.prior_correction,
+        ensemble_size=ensemble,
+        prior_correction=prior,
     )
     if problems:
         raise UsageError(
-            f"this corpus is too small for {args.folds} folds with --ensemble "
-            f"{args.ensemble}:\n  " + "\n  ".join(problems)
+            f"this corpus is too small for {num_folds} folds with {ensemble} model(s) per "
+            "Trainer:\n  " + "\n  ".join(problems)
         )
-    try:
-        embeddings.load(resolve_embeddings(args.embeddings))
-    except embeddings.EmbeddingsError as error:
-        raise UsageError(str(error)) from error
-    return data_dirs, channels
 
 
 def run(args) -> dict:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import ROOT
 from conftest import SMALL_RUN as SMALL
 
 from cli.main import main
@@ -258,6 +259,32 @@ def test_invalid_configuration_fails_before_training(pipeline_run, tmp_path, cap
         assert code == 2, (extra, stderr[-2000:])
         assert message in stderr, (extra, stderr[-2000:])
         assert not (tmp_path / "o" / "tfx").exists()
+
+
+def test_the_tfx_cli_runner_refuses_a_corpus_too_small_for_its_plan(pipeline_run, tmp_path):
+    """pipeline/local_runner.py (what `tfx pipeline create` / `tfx run create` execute) checks
+    the fold plan as `cme-ser run` does: 2 actors in 2 folds leave each fold model 1 training
+    speaker, so it exits with the reason before any TFX output exists."""
+    _, corpus, env, _ = pipeline_run
+    small = tmp_path / "two_actors"
+    small.mkdir()
+    for actor in sorted(corpus.glob("Actor_*"))[:2]:
+        (small / actor.name).symlink_to(actor.resolve(), target_is_directory=True)
+    out = tmp_path / "o"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "pipeline" / "local_runner.py")],
+        env={**env, "CME_SER_DATA": str(small), "CME_SER_OUTPUT": str(out), "CME_SER_FOLDS": "2"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert (
+        "local_runner.py: error: this corpus is too small for 2 folds with 1 model(s)"
+        in done.stderr
+    )
+    assert "1 training speaker(s)" in done.stderr and "epoch selection needs >= 2" in done.stderr
+    assert not (out / "tfx").exists()
 
 
 def test_the_report_blesses_the_run_and_the_pusher_pushes(pipeline_run):

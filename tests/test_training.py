@@ -213,6 +213,23 @@ def test_a_plan_that_cannot_train_is_described_before_training():
     assert len(fold_plan_problems(labels, folds, TINY, prior_correction=True)) == 1
 
 
+def test_a_fixed_schedule_needs_no_validation_speakers():
+    """A fixed schedule (``selection="fixed"``) chooses no epoch: one training speaker is
+    enough, and its classes are those of every training speaker."""
+    fixed = TINY.replace(selection="fixed", class_balanced=True)
+    two = {"s1": {"a": 1, "b": 1}, "s2": {"a": 1, "b": 1}}
+    assert fold_plan_problems(two, {"s1": 0, "s2": 1}, fixed, ensemble_size=3) == []
+    labels, folds = _four_speakers(missing="s4")  # s3 still brings "b"
+    assert fold_plan_problems(labels, folds, fixed, prior_correction=True) == []
+    problems = fold_plan_problems(
+        {"s1": {"a": 1}, "s2": {"a": 1, "b": 1}}, {"s1": 0, "s2": 1}, fixed
+    )
+    assert problems == [
+        "held-out fold 1, model 1/1 (seed 0) trains on speakers ['s1'], with no b utterances "
+        "(validation speakers: [])"
+    ]
+
+
 def test_train_fold_holds_out_the_test_fold_and_validates_on_training_speakers(folds, tmp_path):
     result = train_fold(
         folds,

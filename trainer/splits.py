@@ -53,16 +53,25 @@ def fold_plan_problems(
         for fold in sorted(set(folds.values()))
     ]
     plans.append(("the final model (all folds)", list(folds)))
+    fixed = config.selection == "fixed"  # no epoch choice: every training speaker trains
     for name, speakers in plans:
-        if len(speakers) < 2:
+        if len(speakers) < (1 if fixed else 2):
             problems.append(
                 f"{name}: {len(speakers)} training speaker(s) {sorted(speakers)}; "
-                "epoch selection needs >= 2 (fewer folds, or more speakers)"
+                + (
+                    "training needs >= 1"
+                    if fixed
+                    else "epoch selection needs >= 2 (fewer folds, or more speakers)"
+                )
             )
             continue
         for k in range(ensemble_size):
             offset = config.seed + k if config.rotate_validation else 0
-            val = set(validation_speakers(speakers, config.validation_fraction, offset=offset))
+            val = (
+                set()
+                if fixed
+                else set(validation_speakers(speakers, config.validation_fraction, offset=offset))
+            )
             fitted = [s for s in speakers if s not in val]
             final = speakers if config.refit else fitted
             needs = ([("trains on", fitted)] if config.class_balanced else []) + (
