@@ -262,7 +262,10 @@ def _metadata_store(output, metadata_path: Optional[str] = None):
 
     config = mlmd.ConnectionConfig()
     config.sqlite.filename_uri = metadata_file(output, metadata_path)
-    config.sqlite.connection_mode = mlmd.SqliteMetadataSourceConfig.READONLY
+    # READWRITE opens only an existing file. Not READONLY: a run killed inside a transaction
+    # leaves a hot journal, which only a writer can roll back ("attempt to write a readonly
+    # database" otherwise, e.g. in `tfx pipeline create` after an interrupted run).
+    config.sqlite.connection_mode = mlmd.SqliteMetadataSourceConfig.READWRITE
     return metadata_store.MetadataStore(config)
 
 

@@ -9,6 +9,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -259,6 +260,44 @@ def test_invalid_configuration_fails_before_training(pipeline_run, tmp_path, cap
         assert code == 2, (extra, stderr[-2000:])
         assert message in stderr, (extra, stderr[-2000:])
         assert not (tmp_path / "o" / "tfx").exists()
+
+
+def test_a_run_killed_inside_a_metadata_transaction_is_still_read(tmp_path):
+    """A run killed while ML Metadata writes leaves a hot journal beside metadata.sqlite. The
+    next reader rolls it back and reads the runs before it (this failed intermittently in
+    `tfx pipeline create` after the killed run of ``small_tfx_run``: "attempt to write a
+    readonly database")."""
+    from ml_metadata.metadata_store import metadata_store
+    from ml_metadata.proto import metadata_store_pb2 as mlmd
+
+    from pipeline.runner import metadata_file, newest_run_started, run_outcome
+
+    out = tmp_path / "out"
+    db = metadata_file(str(out))
+    Path(db).parent.mkdir(parents=True)
+    config = mlmd.ConnectionConfig()
+    config.sqlite.filename_uri = db
+    config.sqlite.connection_mode = mlmd.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
+    store = metadata_store.MetadataStore(config)
+    run_type = store.put_context_type(mlmd.ContextType(name="pipeline_run"))
+    store.put_contexts([mlmd.Context(type_id=run_type, name="run-1")])
+    del store
+    # A writer killed with pages already spilled to the file: SQLite's hot journal.
+    killed = (
+        "import os, signal, sqlite3\n"
+        f"con = sqlite3.connect({db!r}, isolation_level=None)\n"
+        "con.execute('PRAGMA cache_size=1')\n"
+        "con.execute('BEGIN IMMEDIATE')\n"
+        "con.execute('CREATE TABLE junk (b BLOB)')\n"
+        "for _ in range(200): con.execute('INSERT INTO junk VALUES (?)', (os.urandom(4000),))\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    subprocess.run([sys.executable, "-c", killed], check=False)
+    assert Path(db + "-journal").stat().st_size > 0
+    started = newest_run_started(str(out))
+    assert started is not None and abs(started - time.time()) < 600
+    assert run_outcome(str(out)) == []  # the run has no components: read, not an error
+    assert not Path(db + "-journal").exists()  # rolled back
 
 
 def test_the_tfx_cli_runner_refuses_a_corpus_too_small_for_its_plan(pipeline_run, tmp_path):
