@@ -237,6 +237,7 @@ SLOW_FIRST = (
     "test_tensorboard",
     "test_object_storage",
     "test_nested",
+    "test_distribution",
     "test_serving_rest",
     "test_baselines",
     "test_training",
