@@ -16,6 +16,7 @@ ARCHIVED = [
     ("", "experiments.reproduce", "ravdess.json"),  # Table 1
     ("ensembles", "experiments.reproduce", "ravdess.json"),
     ("", "experiments.nested", "ravdess-nested.json"),
+    ("nested-speech-song", "experiments.nested", "ravdess-nested.json"),
     ("", "experiments.crossdomain", "ravdess-cross-domain.json"),
     ("", "experiments.stability", "ravdess-stability.json"),
 ]
