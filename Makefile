@@ -38,7 +38,7 @@ lint: install
 	$(PY) -m ruff format --check .
 
 run: embeddings
-	$(VENV)/bin/cme-ser run $(if $(DATA_DIR),--data-dir $(DATA_DIR)) --output $(OUTPUT)
+	$(VENV)/bin/cme-ser run $(foreach d,$(DATA_DIR),--data-dir $(d)) --output $(OUTPUT)
 
 # Table 1 of the paper: every variant, 5 folds, 3 seeds (resumable; hours on 2 cores).
 reproduce: embeddings

@@ -2,14 +2,15 @@
 
     python benchmarks/shipped_shape_model.py output/shipped/cme/1
 
-What `make run` pushes is ``trainer.config.SHIPPED``: the ``cme_refit_bag`` variant at the
-paper's size, a 3-model seed ensemble whose probabilities are averaged, and prior correction,
-exported by ``trainer.export.export_saved_model`` with the GloVe vocabulary. Training one takes
-hours on 2 cores; a serving benchmark needs only its graph. This script builds exactly that
-graph (the same ``build_model`` / ``average_models`` / ``export_saved_model`` calls as
-``trainer.module.run_fn``) with the members' initial weights (seeds 0, 1, 2), the filterbank
-normalisation adapted on one real RAVDESS utterance, and uniform prior class counts. The
-compute per request is the shipped model's; its answers are meaningless.
+What `make run` pushes is ``trainer.config.SHIPPED``: its variant (the same network whatever it
+trains on) at the paper's size, a 3-model seed ensemble whose probabilities are averaged, and
+prior correction, exported by ``trainer.export.export_saved_model`` with the GloVe vocabulary.
+Training one takes half an hour on 2 cores; a serving benchmark needs only its graph. This
+script builds exactly that graph (the same ``build_model`` / ``average_models`` /
+``export_saved_model`` calls as ``trainer.module.run_fn``) with the members' initial weights
+(seeds 0, 1, 2), the filterbank normalisation adapted on one real RAVDESS utterance, and
+uniform prior class counts. The compute per request is the shipped model's; its answers are
+meaningless.
 
 Prints one JSON line: the export's path, size, and what it is.
 """

@@ -6,9 +6,11 @@
 Settings come from the environment (defaults in brackets): CME_SER_OUTPUT [output] (a local
 directory or object storage, s3:// or gs://), CME_SER_METADATA [<output>/tfx/metadata.sqlite]
 (ML Metadata's local SQLite file; needed when the output is object storage),
-CME_SER_DATA [./data/ravdess-speech or ../shared/data/ravdess-speech], CME_SER_EMBEDDINGS
+CME_SER_DATA [./data/ravdess-speech or ../shared/data/ravdess-speech], CME_SER_SONG_DATA
+[./data/ravdess-song or ../shared/data/ravdess-song] (read when the variant trains on song),
+CME_SER_EMBEDDINGS
 [~/.cache/cme-ser/glove-6b-50d], CME_SER_FOLDS [5], CME_SER_EPOCHS [ModelConfig default],
-CME_SER_PIPELINE_NAME [cme_ser], CME_SER_VARIANT [cme_refit_bag] (a name in trainer/config.py:
+CME_SER_PIPELINE_NAME [cme_ser], CME_SER_VARIANT [cme_fixed20_song] (a name in trainer/config.py:
 VARIANTS), CME_SER_ENSEMBLE [3] (models per Trainer, exported as one averaging model),
 CME_SER_PRIOR_CORRECTION [1] (1/true/yes/on or 0/false/no/off: the export divides the averaged
 probabilities by the training class prior), CME_SER_BLESS_MIN_UA [0.0] (the cross-validated UA

@@ -98,6 +98,17 @@ def check_fold_plan(
             f"this corpus is too small for {num_folds} folds with {ensemble} model(s) per "
             "Trainer:\n  " + "\n  ".join(problems)
         )
+    # A variant trained on speech and song must not quietly train on speech alone (and be
+    # pushed as the shipped model) because the song files are elsewhere.
+    missing = [c for c in channels if not any(u.channel == c for u in utterances)]
+    if missing:
+        raise UsageError(
+            f"--variant {config.variant} trains on {', '.join(channels)}, but "
+            f"{', '.join(map(str, data_dirs))} hold(s) no {' or '.join(missing)} files: give "
+            "one --data-dir per channel (CME_SER_DATA, CME_SER_SONG_DATA for the TFX CLI), or "
+            f"--channels {','.join(c for c in channels if c not in missing) or 'speech'} to "
+            "train on what is there"
+        )
 
 
 def run(args) -> dict:

@@ -248,6 +248,9 @@ def test_invalid_configuration_fails_before_training(pipeline_run, tmp_path, cap
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     cases.append((["--folds", "2", "--embeddings", str(empty)], str(empty)))
+    # (The corpus is speech only; the shipped variant also trains on song.)
+    cases = [(["--channels", "speech", *extra], message) for extra, message in cases]
+    cases.append((["--folds", "2"], "hold(s) no song files"))
     for n, (extra, message) in enumerate(cases):
         args = ["run", "--data-dir", str(corpus), "--output", str(tmp_path / "o"), *extra]
         if n == 0:
