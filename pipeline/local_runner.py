@@ -83,9 +83,9 @@ if __name__ == "__main__":
     pipeline_name = os.environ.get("CME_SER_PIPELINE_NAME", PIPELINE_NAME)
     verbose = os.environ.get("CME_SER_VERBOSE", "").strip().lower() in TRUE
     settings = model_settings()
-    data_dirs = find_data_dirs(None, "ravdess", settings["channels"])
     num_folds = int(os.environ.get("CME_SER_FOLDS", "5"))
     try:  # as `cme-ser run`: a corpus too small for the plan is refused before any training
+        data_dirs = find_data_dirs(None, "ravdess", settings["config"].train_channels)
         check_fold_plan(
             data_dirs,
             settings["config"],

@@ -66,6 +66,19 @@ def check_run_config(args, config: ModelConfig) -> Tuple[List[Path], Optional[tu
     return data_dirs, channels
 
 
+def channels_present(data_dirs: Sequence, config: ModelConfig) -> tuple:
+    """Which of ``config.train_channels`` the RAVDESS files in ``data_dirs`` hold (file names
+    only), in the variant's order."""
+    try:
+        items = corpus_items(
+            "ravdess", list(data_dirs), list(config.class_names), config.train_channels
+        )
+    except UsageError:
+        return ()  # nothing usable: check_fold_plan says why
+    utterances, _ = corpora.partition(items)
+    return tuple(c for c in config.train_channels if any(u.channel == c for u in utterances))
+
+
 def check_fold_plan(
     data_dirs: Sequence, config: ModelConfig, num_folds: int, ensemble: int, prior: bool
 ) -> None:
@@ -135,6 +148,20 @@ def run(args) -> dict:
         metadata = metadata_file(args.output, args.metadata)
     except ValueError as error:
         raise UsageError(str(error)) from error
+    if args.data_dir and not args.channels:
+        # Directories given without --channels: a variant trained on speech and song trains on
+        # the channels they hold (as --channels would), and says so.
+        given = find_data_dirs(args.data_dir, "ravdess", config.train_channels)
+        present = channels_present(given, config)
+        if present and present != config.train_channels:
+            absent = [c for c in config.train_channels if c not in present]
+            print(
+                f"== note: {', '.join(map(str, given))} hold(s) no {' or '.join(absent)} files: "
+                f"--variant {args.variant} trains on {','.join(present)} only (as with "
+                f"--channels {','.join(present)}); give the {' and '.join(absent)} directory "
+                "as another --data-dir to train it on both"
+            )
+            config, channels = training_channels(config, present)
     data_dirs, _ = check_run_config(args, config)
     output = output_dir(args.output)
     # The libraries' messages go to a local file (beside ML Metadata's when the output is a

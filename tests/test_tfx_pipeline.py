@@ -20,6 +20,7 @@ from conftest import SMALL_RUN as SMALL
 
 from cli.main import main
 from pipeline.tfma_metrics import read_fold_metrics
+from trainer.config import SHIPPED
 
 BIN = Path(sys.executable).parent
 CLASSES = ["angry", "happy", "neutral", "sad"]
@@ -250,7 +251,7 @@ def test_invalid_configuration_fails_before_training(pipeline_run, tmp_path, cap
     cases.append((["--folds", "2", "--embeddings", str(empty)], str(empty)))
     # (The corpus is speech only; the shipped variant also trains on song.)
     cases = [(["--channels", "speech", *extra], message) for extra, message in cases]
-    cases.append((["--folds", "2"], "hold(s) no song files"))
+    cases.append((["--channels", "speech,song", "--folds", "2"], "hold(s) no song files"))
     for n, (extra, message) in enumerate(cases):
         args = ["run", "--data-dir", str(corpus), "--output", str(tmp_path / "o"), *extra]
         if n == 0:
@@ -263,6 +264,14 @@ def test_invalid_configuration_fails_before_training(pipeline_run, tmp_path, cap
         assert code == 2, (extra, stderr[-2000:])
         assert message in stderr, (extra, stderr[-2000:])
         assert not (tmp_path / "o" / "tfx").exists()
+    # Without --channels, the shipped variant trains on the channels the corpus holds (speech
+    # here), and says so before anything else.
+    code = main(["run", "--data-dir", str(corpus), "--output", str(tmp_path / "o"), "--folds", "1"])
+    out = capsys.readouterr()
+    assert code == 2 and "--folds must be >= 2" in out.err
+    assert (
+        f"hold(s) no song files: --variant {SHIPPED['variant']} trains on speech only" in out.out
+    ), out.out
 
 
 def test_a_run_killed_inside_a_metadata_transaction_is_still_read(tmp_path):
