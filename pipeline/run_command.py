@@ -90,6 +90,20 @@ def check_fold_plan(
     utterances, _ = corpora.partition(
         corpus_items("ravdess", data_dirs, list(config.class_names), channels)
     )
+    if PRIMARY_CHANNEL in channels and len(channels) > 1:
+        # Folds are dealt on speech: an actor with only song would be dealt blind, which
+        # happens when the song directory is another corpus than the speech one (e.g. a
+        # subset of the actors' speech beside the default song directory).
+        voiced = {u.speaker for u in utterances if u.channel == PRIMARY_CHANNEL}
+        others = sorted({u.speaker for u in utterances} - voiced)
+        if voiced and others:
+            raise UsageError(
+                f"{len(others)} speaker(s) ({', '.join(others[:4])}"
+                f"{', ...' if len(others) > 4 else ''}) have {'/'.join(channels[1:])} files but "
+                f"no {PRIMARY_CHANNEL} in {', '.join(map(str, data_dirs))}: give the directories "
+                "of one corpus (--data-dir per channel; CME_SER_DATA and CME_SER_SONG_DATA for "
+                f"the TFX CLI), or --channels {PRIMARY_CHANNEL}"
+            )
     try:
         folds = corpora.assign_folds(utterances, num_folds)
     except ValueError as error:

@@ -274,6 +274,30 @@ def test_invalid_configuration_fails_before_training(pipeline_run, tmp_path, cap
     ), out.out
 
 
+def test_the_song_directory_must_hold_the_speech_directorys_actors(tmp_path):
+    """Folds are dealt on speech: a song directory of other actors (the default song directory
+    beside a subset of the speech) is refused before any training, naming them."""
+    from conftest import small_ravdess_corpus
+    from data_support import RAVDESS_SONG
+
+    from infra.usage_error import UsageError
+    from pipeline.run_command import check_fold_plan
+    from trainer.config import variant_config
+
+    if not RAVDESS_SONG.is_dir():
+        pytest.skip("RAVDESS song not found (see ../shared/data/README.md)")
+    speech = small_ravdess_corpus(tmp_path / "speech")  # Actor_01 .. Actor_04
+    song = tmp_path / "song"
+    song.mkdir()
+    for actor in ("01", "02", "03", "04", "05"):
+        (song / f"Actor_{actor}").symlink_to(RAVDESS_SONG / f"Actor_{actor}")
+    config = variant_config("cme_fixed20_song")
+    with pytest.raises(UsageError, match=r"1 speaker\(s\) \(Actor_05\) have song files but no"):
+        check_fold_plan([speech, song], config, 2, 1, True)
+    (song / "Actor_05").unlink()
+    check_fold_plan([speech, song], config, 2, 1, True)  # the same actors: accepted
+
+
 def test_a_run_killed_inside_a_metadata_transaction_is_still_read(tmp_path):
     """A run killed while ML Metadata writes leaves a hot journal beside metadata.sqlite. The
     next reader rolls it back and reads the runs before it (this failed intermittently in
