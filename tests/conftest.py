@@ -226,29 +226,52 @@ def small_model_base(tmp_path_factory):
     return base
 
 
+@pytest.fixture(scope="session")
+def small_model_export(tmp_path_factory):
+    """``small_model()`` (seed 0) exported with ``export()`` as version 1 of a model base
+    directory, built once per session for the serving tests that take this model
+    (test_serving_rest, _grpc, _signatures, _predict, test_waveform_checks): ``(model, base,
+    info)``, ``info`` as ``export()`` returns it. Read-only: a test that needs more versions
+    (or a broken one) copies this one into a base of its own."""
+    require_speech()  # small_model() adapts on a RAVDESS utterance
+    from serving_support import export, small_model
+
+    model = small_model()
+    base = tmp_path_factory.mktemp("small_model_export") / "cme"
+    info = export(model, base / "1")
+    return model, base, info
+
+
 # --- Two workers (`make test` runs pytest-xdist with `-n 2`). ---
 
 # Test files that share a session fixture run on one worker, so that it is built once.
 SHARED_FILES = {"tests/test_tensorboard.py": "tests/test_tfx_pipeline.py"}  # small_tfx_run
-# The slowest files first (about 10 to 300 s each on 2 cores; `make test` prints the 15 slowest
-# tests), so that the two workers finish at about the same time.
+# The slowest files first, so that the two workers finish at about the same time: by the CPU
+# seconds each file took alone (tfx_pipeline with tensorboard, object_storage and nested about
+# 200, distribution about 150, ... serving_grpc 40; the files not listed take less). `make
+# test` prints the 15 slowest tests.
 SLOW_FIRST = (
     "test_tfx_pipeline",
     "test_tensorboard",
     "test_object_storage",
     "test_nested",
     "test_distribution",
-    "test_serving_rest",
-    "test_baselines",
-    "test_training",
-    "test_reproduce",
-    "test_module",
     "test_readme_runs",
+    "test_baselines",
+    "test_reproduce",
+    "test_serving_rest",
+    "test_training",
+    "test_timeline",
+    "test_module",
+    "test_stability",
+    "test_serving_signatures",
     "test_portable_runner",
     "test_infra_validation",
     "test_crossdomain",
-    "test_serving_signatures",
+    "test_evaluate",
     "test_serving_grpc",
+    "test_preprocess_pipeline",
+    "test_export_portability",
 )
 
 

@@ -197,3 +197,42 @@ def serve_argv(base, *flags):
         "0",
         *flags,
     ]
+
+
+def grpc_address(announcement: str) -> str:
+    """The gRPC host:port of `cme-ser serve`'s ready line."""
+    return announcement.split("gRPC at ", 1)[1].split(",", 1)[0]
+
+
+def grpc_status_versions(address: str, model: str = "cme"):
+    """GetModelStatus on a new channel (a new connection): the versions listed."""
+    import grpc
+    from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+
+    with grpc.insecure_channel(address) as ch:
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = model
+        response = model_service_pb2_grpc.ModelServiceStub(ch).GetModelStatus(request, timeout=60)
+    return [s.version for s in response.model_version_status]
+
+
+def listening_inodes(pid: int, port: int) -> set:
+    """The inodes of the sockets ``pid`` has open that listen on ``port`` (Linux /proc)."""
+    listening = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):  # (gRPC listens on IPv6, v4-mapped)
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # LISTEN
+                listening.add(fields[9])
+    owned = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                owned.add(target[8:-1])
+    except OSError:
+        return set()
+    return listening & owned

@@ -108,8 +108,9 @@ def free_ports(n):
     return ports
 
 
-def trainer_process(records, out, env_extra):
-    args = [
+def trainer_args(records, out):
+    """``distribution_support.py``'s arguments: run_fn on ``records`` into ``out``."""
+    return [
         str(records),
         str(out / "model" / "Format-Serving"),
         str(out / "model_run"),
@@ -117,6 +118,10 @@ def trainer_process(records, out, env_extra):
         str(embeddings.fetch_glove()),
         str(ENSEMBLE),
     ]
+
+
+def trainer_process(records, out, env_extra):
+    args = trainer_args(records, out)
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     env.update(env_extra, TF_CPP_MIN_LOG_LEVEL="2")
     err = open(out.parent / f"{out.name}.err", "w")
@@ -139,7 +144,10 @@ def finish(process, err, timeout=900):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """run_fn on the same records: by two workers (MultiWorkerMirroredStrategy over loopback)
-    and by one process; returns their output directories."""
+    and by one process, this one (no TF_CONFIG: the default strategy, as a Trainer alone runs
+    it; a process of its own would only add the start-up of TensorFlow and TFX); returns
+    their output directories."""
+    import distribution_support
     from conftest import write_synthetic_records
 
     tmp = tmp_path_factory.mktemp("distribution")
@@ -151,7 +159,8 @@ def runs(tmp_path_factory):
     for process, err in started:
         finish(process, err)
     one = tmp / "one_process"
-    finish(*trainer_process(records, one, {}))
+    assert "TF_CONFIG" not in os.environ
+    distribution_support.main(trainer_args(records, one))
     return {"chief": workers[0], "worker": workers[1], "one": one}
 
 

@@ -216,7 +216,16 @@ def runs(setup):
     tmp, pool = setup["tmp"], setup["pool"]
     direct = preprocess(setup, tmp / "out-direct")
     check_ok(direct)
-    portable = preprocess(setup, tmp / "out-portable", portable_args(pool))
+    # Given relative --data-dir and --out from a directory of its own, the workers running in
+    # another (the pool's): this one run is also test_relative_paths_on_portable_workers'.
+    cli = tmp / "cli"
+    portable = preprocess(
+        setup,
+        "out-portable",
+        portable_args(pool),
+        data_dir=os.path.relpath(setup["corpus"], cli),
+        cwd=cli,
+    )
     check_ok(portable, pool)
     # The job service stops its workers when the job ends: none may outlive it.
     workers_left = pool.workers() if not wait_for(lambda: not pool.workers(), 30) else {}
@@ -227,7 +236,9 @@ def runs(setup):
     )
     return {
         "direct": direct["out"],
-        "portable": portable["out"],
+        "portable": cli / portable["out"],
+        "portable_argv": portable["done"].args,
+        "portable_cwd": cli,
         "workers_left": workers_left,
         "pool_log": pool.log_tail(),
     }
@@ -319,16 +330,14 @@ def test_record_bytes_are_reproducible(runs):
 
 
 def test_relative_paths_on_portable_workers(setup, runs):
-    """Relative --data-dir / --out work on workers that run in another directory."""
-    cli = setup["tmp"] / "cli"
-    run = preprocess(
-        setup,
-        "out-relative",
-        portable_args(setup["pool"]),
-        data_dir=os.path.relpath(setup["corpus"], cli),
-        cwd=cli,
-    )
-    check_ok(run, setup["pool"])
-    out = cli / "out-relative"
+    """Relative --data-dir / --out work on workers that run in another directory: the portable
+    run was given both relative to its own working directory, which is not the pool's (and
+    gave what the DirectRunner gives: the tests above)."""
+    argv = runs["portable_argv"]
+    relative = {flag: argv[argv.index(flag) + 1] for flag in ("--data-dir", "--out")}
+    assert not any(os.path.isabs(path) for path in relative.values()), relative
+    assert runs["portable_cwd"] != setup["tmp"] / "pool"  # the workers' directory
+    out = runs["portable_cwd"] / relative["--out"]
+    assert out == runs["portable"]
     assert len(read_records(out)) == INPUTS - 1
     assert json.loads((out / "summary.json").read_text())["complete"]

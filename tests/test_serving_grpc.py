@@ -3,15 +3,12 @@ the official stubs of tensorflow-serving-api (PredictionServiceStub, ModelServic
 server shares its ModelRepository (and batcher) with a REST server in the same process, as
 `cme-ser serve` runs them; each test names the TF Serving 2.16.1 code whose behaviour it
 checks. The servers are the real `cme-ser serve` process (gunicorn workers, each serving
-REST and gRPC)."""
+REST and gRPC; two workers sharing both ports, one of them killed and replaced: the workers
+test of test_serving_rest.py, whose one server serves both protocols)."""
 
 import dataclasses
 import json
-import os
-import signal
 import threading
-import time
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -22,13 +19,11 @@ from serving_support import (
     CLASSES,
     KIDS,
     aligned,
-    children,
     example_bytes,
-    export,
+    grpc_address,
     needs_ravdess,
     serve_argv,
     server_stderr,
-    small_model,
     start_server,
     stop_server,
     timed_words,
@@ -52,9 +47,8 @@ pytestmark = needs_ravdess
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    base = tmp_path_factory.mktemp("models") / "cme"
-    info = export(small_model(), base / "1")
+def exported(small_model_export):
+    _, base, info = small_model_export  # conftest: small_model() exported once per session
     return base, info
 
 
@@ -74,11 +68,6 @@ class Grpc:
     @property
     def port(self) -> int:
         return int(self.address.rsplit(":", 1)[1])
-
-
-def grpc_address(announcement: str) -> str:
-    """The gRPC host:port of `cme-ser serve`'s ready line."""
-    return announcement.split("gRPC at ", 1)[1].split(",", 1)[0]
 
 
 @pytest.fixture(scope="module")
@@ -557,80 +546,6 @@ def test_close_joins_every_thread(exported, inputs):
     assert set(threading.enumerate()) - before == set()
     assert services.repository.available_versions == []
     services.grpc.close()  # idempotent
-
-
-def _status_versions(address: str):
-    """GetModelStatus on a new channel (a new connection): the versions listed."""
-    with grpc.insecure_channel(address) as ch:
-        request = get_model_status_pb2.GetModelStatusRequest()
-        request.model_spec.name = "cme"
-        response = model_service_pb2_grpc.ModelServiceStub(ch).GetModelStatus(request, timeout=60)
-    return [s.version for s in response.model_version_status]
-
-
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
-def test_cme_ser_serve_announces_grpc_and_exits_cleanly(exported):
-    """`cme-ser serve --grpc-port 0 --workers 2`: both addresses announced (the REST URL still
-    the last word); every worker serves gRPC on the one port (SO_REUSEPORT), so with one
-    worker killed gRPC calls on new connections are still answered, and its replacement
-    serves gRPC again; exit status 0 on SIGTERM with nothing on stderr that looks like a
-    crash."""
-    base, _ = exported
-    process, url = start_server(
-        serve_argv(base, "--grpc-port", "0", "--poll-seconds", "0", "--workers", "2")
-    )
-    try:
-        line = process.announcement
-        assert "versions available: [1]" in line and ", gRPC at 127.0.0.1:" in line, line
-        assert url.startswith("http://127.0.0.1:"), line
-        address = grpc_address(line)
-        assert _status_versions(address) == [1]
-        workers = children(process.pid)
-        assert len(workers) == 2
-        # Each worker's gRPC server listens on the port (one socket each, SO_REUSEPORT).
-        inode_sets = [_listening_inodes(pid, int(address.rsplit(":", 1)[1])) for pid in workers]
-        assert all(inode_sets) and not inode_sets[0] & inode_sets[1], inode_sets
-        os.kill(workers[0], signal.SIGKILL)
-        deadline = time.monotonic() + 120
-        while workers[0] in children(process.pid):  # gone, its sockets closed (and reaped)
-            assert time.monotonic() < deadline, "the killed worker is still there"
-            time.sleep(0.05)
-        for _ in range(6):  # new connections go to the live worker's socket
-            assert _status_versions(address) == [1]
-        while len(set(children(process.pid)) - {workers[0]}) < 2:
-            assert time.monotonic() < deadline, "no replacement worker"
-            time.sleep(0.1)
-        [replacement] = set(children(process.pid)) - set(workers)
-        while not _listening_inodes(replacement, int(address.rsplit(":", 1)[1])):
-            assert time.monotonic() < deadline, "the replacement has no gRPC"
-            time.sleep(0.1)
-        assert stop_server(process) == 0, server_stderr(process)[-5000:]
-        stderr = server_stderr(process)
-        assert "Traceback" not in stderr and "SIGABRT" not in stderr, stderr[-5000:]
-    finally:
-        stop_server(process, signal_=None)
-
-
-def _listening_inodes(pid: int, port: int) -> set:
-    """The inodes of the sockets ``pid`` has open that listen on ``port`` (Linux /proc)."""
-    listening = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):  # (gRPC listens on IPv6, v4-mapped)
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # LISTEN
-                listening.add(fields[9])
-    owned = set()
-    try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                owned.add(target[8:-1])
-    except OSError:
-        return set()
-    return listening & owned
 
 
 def test_grpc_port_in_use_is_an_error(exported, servers):

@@ -12,10 +12,8 @@ from serving_support import (
     CLASSES,
     KIDS,
     SAD,
-    export,
     needs_ravdess,
     serve_argv,
-    small_model,
     start_server,
     stop_server,
 )
@@ -26,10 +24,8 @@ pytestmark = needs_ravdess
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    base = tmp_path_factory.mktemp("models") / "cme"
-    export(small_model(), base / "1")
-    return base
+def base(small_model_export):
+    return small_model_export[1]  # conftest: small_model() exported once per session
 
 
 class Server:

@@ -25,11 +25,12 @@ from serving_support import (
     aligned,
     children,
     example_bytes,
-    export,
+    grpc_address,
+    grpc_status_versions,
+    listening_inodes,
     needs_ravdess,
     serve_argv,
     server_stderr,
-    small_model,
     start_server,
     stop_server,
     timed_words,
@@ -48,9 +49,8 @@ LIMIT = 2 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    base = tmp_path_factory.mktemp("models") / "cme"
-    info = export(small_model(), base / "1")
+def exported(small_model_export):
+    _, base, info = small_model_export  # conftest: small_model() exported once per session
     return base, info
 
 
@@ -1162,10 +1162,14 @@ def _fresh_call(url, method, path, body=None):
 def test_cme_ser_serve_workers_share_the_port_and_each_picks_up_new_versions(
     exported, tmp_path, utterance
 ):
-    """Two gunicorn workers answer on the one port (each alone, with the other paused), each
-    loads a new version by itself; one killed with SIGKILL takes nothing down: requests still
-    succeed and a replacement worker appears (and serves the newest version); SIGTERM to the
-    master stops them all with status 0."""
+    """`cme-ser serve --workers 2 --grpc-port 0`, one server for both protocols: both
+    addresses announced (the REST URL still the last word); two gunicorn workers answer on
+    the one REST port (each alone, with the other paused), each listens on the one gRPC port
+    with a socket of its own (SO_REUSEPORT), each loads a new version by itself; one killed
+    with SIGKILL takes nothing down: REST requests still succeed, gRPC calls on new
+    connections are answered, and a replacement worker appears (serving the newest version,
+    with gRPC again); SIGTERM to the master stops them all with status 0 and nothing on
+    stderr that looks like a crash."""
     from cli.main import main
 
     _, info = exported
@@ -1175,14 +1179,21 @@ def test_cme_ser_serve_workers_share_the_port_and_each_picks_up_new_versions(
     assert main(["serve", "--model-base-path", str(base), "--workers", "0"]) == 2
 
     process, url = start_server(
-        serve_argv(base, "--poll-seconds", "0.2", "--workers", "2", "--grpc-port", "-1")
+        serve_argv(base, "--poll-seconds", "0.2", "--workers", "2", "--grpc-port", "0")
     )
     workers = []
     try:
-        assert "versions available: [1]" in process.announcement
-        assert "2 worker processes" in process.announcement
+        line = process.announcement
+        assert "versions available: [1]" in line and "2 worker processes" in line, line
+        assert ", gRPC at 127.0.0.1:" in line and url.startswith("http://127.0.0.1:"), line
+        address = grpc_address(line)
+        grpc_port = int(address.rsplit(":", 1)[1])
+        assert grpc_status_versions(address) == [1]
         workers = children(process.pid)
         assert len(workers) == 2
+        # Each worker's gRPC server listens on the port (one socket each, SO_REUSEPORT).
+        inode_sets = [listening_inodes(pid, grpc_port) for pid in workers]
+        assert all(inode_sets) and not inode_sets[0] & inode_sets[1], inode_sets
         row = json.dumps(
             {"signature_name": "predict_waveform", "instances": [instance(utterance)]}
         ).encode()
@@ -1220,12 +1231,18 @@ def test_cme_ser_serve_workers_share_the_port_and_each_picks_up_new_versions(
         for _ in range(3):
             status, body = _fresh_call(url, "POST", "/v1/models/cme:predict", row)
             assert status == 200 and len(body["predictions"]) == 1
+        _wait_for(lambda: first not in children(process.pid), seconds=120)  # gone, and reaped
+        for _ in range(6):  # new gRPC connections go to the live worker's socket
+            assert grpc_status_versions(address) == [2, 1]  # 2 served, 1 unloaded (END)
         _wait_for(lambda: len(set(children(process.pid)) - {first}) == 2, seconds=60)
         [replacement] = set(children(process.pid)) - {first, second}
         workers.append(replacement)
         served_by(replacement, "2", [second])  # once loaded, it serves the newest version
+        _wait_for(lambda: listening_inodes(replacement, grpc_port), seconds=120)  # gRPC too
 
         assert stop_server(process) == 0, server_stderr(process)[-5000:]
+        stderr = server_stderr(process)
+        assert "Traceback" not in stderr and "SIGABRT" not in stderr, stderr[-5000:]
         for worker in workers:
             with pytest.raises(ProcessLookupError):
                 os.kill(worker, 0)

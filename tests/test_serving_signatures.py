@@ -43,10 +43,8 @@ pytestmark = needs_ravdess
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    model = small_model()
-    version_dir = tmp_path_factory.mktemp("serving") / "cme" / "1"
-    info = export(model, version_dir)
+def exported(small_model_export):
+    model, _, info = small_model_export  # conftest: small_model() exported once per session
     return model, info
 
 

@@ -16,12 +16,10 @@ import tensorflow as tf
 from serving_support import (
     CLASSES,
     VOCAB_SIZE,
-    export,
     glove,
     needs_ravdess,
     serve_argv,
     server_stderr,
-    small_model,
     start_server,
     stop_server,
     waveform_inputs,
@@ -51,10 +49,8 @@ ENDS = [0.4, 0.6, 0.9]
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    model = small_model()
-    base = tmp_path_factory.mktemp("checks") / "cme"
-    info = export(model, base / "1")
+def exported(small_model_export):
+    model, base, info = small_model_export  # conftest: small_model() exported once per session
     return model, base, tf.saved_model.load(info["path"])
 
 
