@@ -31,7 +31,7 @@ from experiments import reproduce as repro
 from experiments.statistics import mean_ci
 from experiments.units import config_hash, git_commit, planned_time, run_pool
 from experiments.units import header as results_header
-from trainer.config import SHIPPED
+from trainer.config import SHIPPED, variant_config
 
 DEFAULT_RUNS = 3
 # What a run must hold to count as stable (issue 22): re-runs agree on the CV UA within this,
@@ -138,6 +138,11 @@ def summarize(
             for unit in units:
                 if unit.path(work_dir).exists():
                     row = _row(unit, work_dir)
+                    alone = nested.members_scores(
+                        [unit], work_dir, nested.Candidate("", variant, (unit.seed,)), usable
+                    )
+                    if alone and len(alone) > 1:  # on held-out speech, as the runs are scored
+                        row = {**row, "wa": alone["speech"][0], "ua": alone["speech"][1]}
                     members.append(
                         {
                             key: row[key]
@@ -304,7 +309,12 @@ def render_markdown(summary: dict, header: dict, dataset: str) -> str:
         "## Each model's epochs",
         "",
         "Chosen epoch (best validation UA on the model's inner validation speakers) / "
-        "epochs run / refit epochs, and the model's own held-out WA.",
+        "epochs run / refit epochs, and the model's own held-out WA (on speech, as the runs)."
+        + (
+            " A fixed schedule chooses no epoch: every model runs its configured epochs."
+            if variant_config(summary["variant"]).selection == "fixed"
+            else ""
+        ),
         "",
     ]
     member_rows = []
