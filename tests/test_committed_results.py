@@ -19,6 +19,7 @@ ARCHIVED = [
     ("nested-speech-song", "experiments.nested", "ravdess-nested.json"),
     ("", "experiments.crossdomain", "ravdess-cross-domain.json"),
     ("", "experiments.stability", "ravdess-stability.json"),
+    ("stability-cme_fixed20_song", "experiments.stability", "ravdess-stability.json"),
 ]
 
 
