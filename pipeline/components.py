@@ -175,7 +175,7 @@ def CrossValidationReport(
     import tensorflow as tf
 
     from pipeline.report import blessing_decision, summarize, write_report
-    from pipeline.tfma_metrics import read_fold_metrics
+    from pipeline.tfma_metrics import evaluated_channels, read_fold_metrics
 
     names = [c for c in class_names.split(",") if c]
     evaluations = [
@@ -195,6 +195,11 @@ def CrossValidationReport(
             "fold": fold,
             "evaluation": evaluation.uri,
             **read_fold_metrics(evaluation.uri, len(names)),
+            # Per channel, when the records hold several (speech and song).
+            "by_channel": {
+                channel: read_fold_metrics(evaluation.uri, len(names), channel)
+                for channel in evaluated_channels(evaluation.uri)
+            },
         }
         for fold, evaluation in enumerate(evaluations)
         if evaluation is not None

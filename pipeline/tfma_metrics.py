@@ -12,7 +12,7 @@ module="pipeline.tfma_metrics", config='"num_classes": 4')``.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterable, List
+from typing import Callable, Dict, Iterable, List, Optional
 
 import apache_beam as beam
 import numpy as np
@@ -205,15 +205,27 @@ def metric_configs(num_classes: int) -> List[config_pb2.MetricConfig]:
     ]
 
 
-def read_fold_metrics(uri: str, num_classes: int) -> Dict[str, object]:
-    """WA, UA, per-class recall and the confusion matrix from a TFMA evaluation output."""
+def _slice_name(metrics_for_slice) -> Optional[str]:
+    """None for the overall slice, else the channel a ``channel`` slice holds."""
+    keys = metrics_for_slice.slice_key.single_slice_keys
+    if not keys:
+        return None
+    value = keys[0].bytes_value or str(keys[0].int64_value or keys[0].float_value).encode()
+    return value.decode() if keys[0].column == "channel" else f"{keys[0].column}={value!r}"
+
+
+def read_fold_metrics(
+    uri: str, num_classes: int, channel: Optional[str] = None
+) -> Dict[str, object]:
+    """WA, UA, per-class recall and the confusion matrix from a TFMA evaluation output: the
+    overall slice, or the ``channel`` slice (``pipeline.pipeline.eval_config`` with channels)."""
     import tensorflow_model_analysis as tfma
 
     values: Dict[str, float] = {}
     recall = [float("nan")] * num_classes
     for metrics_for_slice in tfma.load_metrics(uri):
-        if metrics_for_slice.slice_key.single_slice_keys:
-            continue  # the overall slice only
+        if _slice_name(metrics_for_slice) != channel:
+            continue
         for kv in metrics_for_slice.metric_keys_and_values:
             value = kv.value.double_value.value
             if kv.key.name == "class_recall":
@@ -222,7 +234,8 @@ def read_fold_metrics(uri: str, num_classes: int) -> Dict[str, object]:
                 values[kv.key.name] = value
     missing = [k for k in ("wa", "ua") if k not in values]
     if missing:
-        raise ValueError(f"TFMA evaluation at {uri} lacks {missing}")
+        where = f"the {channel} slice of " if channel else ""
+        raise ValueError(f"TFMA evaluation at {where}{uri} lacks {missing}")
     confusion = [
         [int(round(values.get(f"confusion_{t}_{p}", 0.0))) for p in range(num_classes)]
         for t in range(num_classes)
@@ -234,3 +247,11 @@ def read_fold_metrics(uri: str, num_classes: int) -> Dict[str, object]:
         "confusion": confusion,
         "examples": int(values.get("example_count", 0)),
     }
+
+
+def evaluated_channels(uri: str) -> List[str]:
+    """The channels a TFMA evaluation output has slices for (none without channel slicing)."""
+    import tensorflow_model_analysis as tfma
+
+    names = {_slice_name(m) for m in tfma.load_metrics(uri)}
+    return sorted(n for n in names if n is not None and "=" not in n)
