@@ -175,7 +175,7 @@ def CrossValidationReport(
     import tensorflow as tf
 
     from pipeline.report import blessing_decision, summarize, write_report
-    from pipeline.tfma_metrics import evaluated_channels, read_fold_metrics
+    from pipeline.tfma_metrics import read_metrics_by_slice
 
     names = [c for c in class_names.split(",") if c]
     evaluations = [
@@ -190,20 +190,15 @@ def CrossValidationReport(
         evaluation_8,
         evaluation_9,
     ]
-    rows = [
-        {
-            "fold": fold,
-            "evaluation": evaluation.uri,
-            **read_fold_metrics(evaluation.uri, len(names)),
-            # Per channel, when the records hold several (speech and song).
-            "by_channel": {
-                channel: read_fold_metrics(evaluation.uri, len(names), channel)
-                for channel in evaluated_channels(evaluation.uri)
-            },
-        }
-        for fold, evaluation in enumerate(evaluations)
-        if evaluation is not None
-    ]
+    rows = []
+    for fold, evaluation in enumerate(evaluations):
+        if evaluation is not None:
+            slices = read_metrics_by_slice(evaluation.uri, len(names))
+            overall = slices.pop(None)
+            # by_channel: per channel, when the records hold several (speech and song).
+            rows.append(
+                {"fold": fold, "evaluation": evaluation.uri, **overall, "by_channel": slices}
+            )
     decision = blessing_decision(
         summarize(rows, names)["ua_mean"] if rows else None,
         bless_min_ua,

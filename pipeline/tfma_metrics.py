@@ -206,52 +206,53 @@ def metric_configs(num_classes: int) -> List[config_pb2.MetricConfig]:
 
 
 def _slice_name(metrics_for_slice) -> Optional[str]:
-    """None for the overall slice, else the channel a ``channel`` slice holds."""
+    """None for the overall slice, else the channel of a ``channel`` slice (the only slicing
+    ``pipeline.pipeline.eval_config`` asks for)."""
     keys = metrics_for_slice.slice_key.single_slice_keys
-    if not keys:
-        return None
-    value = keys[0].bytes_value or str(keys[0].int64_value or keys[0].float_value).encode()
-    return value.decode() if keys[0].column == "channel" else f"{keys[0].column}={value!r}"
+    return keys[0].bytes_value.decode() if keys else None
 
 
-def read_fold_metrics(
-    uri: str, num_classes: int, channel: Optional[str] = None
-) -> Dict[str, object]:
-    """WA, UA, per-class recall and the confusion matrix from a TFMA evaluation output: the
-    overall slice, or the ``channel`` slice (``pipeline.pipeline.eval_config`` with channels)."""
+def read_metrics_by_slice(uri: str, num_classes: int) -> Dict[Optional[str], Dict[str, object]]:
+    """WA, UA, per-class recall and the confusion matrix of every slice of a TFMA evaluation
+    output, read once: ``None`` is the whole held-out fold, a channel name its ``channel``
+    slice (present when ``pipeline.pipeline.eval_config`` was given several channels)."""
     import tensorflow_model_analysis as tfma
 
-    values: Dict[str, float] = {}
-    recall = [float("nan")] * num_classes
+    slices: Dict[Optional[str], Dict[str, object]] = {}
     for metrics_for_slice in tfma.load_metrics(uri):
-        if _slice_name(metrics_for_slice) != channel:
-            continue
+        name = _slice_name(metrics_for_slice)
+        values: Dict[str, float] = {}
+        recall = [float("nan")] * num_classes
         for kv in metrics_for_slice.metric_keys_and_values:
             value = kv.value.double_value.value
             if kv.key.name == "class_recall":
                 recall[kv.key.sub_key.class_id.value] = value
             else:
                 values[kv.key.name] = value
-    missing = [k for k in ("wa", "ua") if k not in values]
-    if missing:
-        where = f"the {channel} slice of " if channel else ""
-        raise ValueError(f"TFMA evaluation at {where}{uri} lacks {missing}")
-    confusion = [
-        [int(round(values.get(f"confusion_{t}_{p}", 0.0))) for p in range(num_classes)]
-        for t in range(num_classes)
-    ]
-    return {
-        "wa": values["wa"],
-        "ua": values["ua"],
-        "class_recall": recall,
-        "confusion": confusion,
-        "examples": int(values.get("example_count", 0)),
-    }
+        missing = [k for k in ("wa", "ua") if k not in values]
+        if missing:
+            where = f"the {name} slice of " if name else ""
+            raise ValueError(f"TFMA evaluation at {where}{uri} lacks {missing}")
+        slices[name] = {
+            "wa": values["wa"],
+            "ua": values["ua"],
+            "class_recall": recall,
+            "confusion": [
+                [int(round(values.get(f"confusion_{t}_{p}", 0.0))) for p in range(num_classes)]
+                for t in range(num_classes)
+            ],
+            "examples": int(values.get("example_count", 0)),
+        }
+    if None not in slices:
+        raise ValueError(f"TFMA evaluation at {uri} lacks ['wa', 'ua']")
+    return slices
 
 
-def evaluated_channels(uri: str) -> List[str]:
-    """The channels a TFMA evaluation output has slices for (none without channel slicing)."""
-    import tensorflow_model_analysis as tfma
-
-    names = {_slice_name(m) for m in tfma.load_metrics(uri)}
-    return sorted(n for n in names if n is not None and "=" not in n)
+def read_fold_metrics(
+    uri: str, num_classes: int, channel: Optional[str] = None
+) -> Dict[str, object]:
+    """The whole fold's (or the ``channel`` slice's) entry of :func:`read_metrics_by_slice`."""
+    slices = read_metrics_by_slice(uri, num_classes)
+    if channel not in slices:
+        raise ValueError(f"TFMA evaluation at {uri} has no {channel} slice")
+    return slices[channel]
