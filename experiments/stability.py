@@ -18,6 +18,7 @@ predictions mean the run reproduces them; different ones are listed with their e
 
 from __future__ import annotations
 
+import itertools
 import json
 import tempfile
 import time
@@ -40,6 +41,9 @@ TARGET = {"cv_ua_spread_max": 0.02, "fold_wa_min": 0.60}
 # Earlier archives of the same units under the results directory, compared unit by unit
 # (Table 1; the 5-seed ensembles).
 COMPARE_WITH = ("{dataset}-units.jsonl", "ensembles/{dataset}-units.jsonl")
+# The expected range (max - min) of three independent draws from a normal distribution, in
+# standard deviations (the d2(3) constant of range charts).
+EXPECTED_RANGE_OF_3 = 1.6926
 RERENDER_COMMAND = (
     "python -c \"from experiments.stability import rerender; "
     "rerender('{results_dir}', '{dataset}')\""
@@ -223,6 +227,13 @@ def summarize(
             "met": spread["cv_ua"] <= TARGET["cv_ua_spread_max"]
             and lowest >= TARGET["fold_wa_min"],
         }
+    by_size = (
+        spread_by_ensemble_size(
+            work_dir, variant, [s for r in seeds for s in r], folds, prior_correction, usable
+        )
+        if len(done) == len(runs) >= 2
+        else []
+    )
     return {
         "protocol": "stability",
         "folds": folds,
@@ -234,7 +245,60 @@ def summarize(
         "runs_complete": len(done),
         "spread": spread,
         "target": target,
+        "by_ensemble_size": by_size,
     }
+
+
+def spread_by_ensemble_size(
+    work_dir,
+    variant: str,
+    seeds: Sequence[int],
+    folds: int,
+    prior_correction: bool,
+    usable: Optional[Callable] = None,
+) -> List[dict]:
+    """How much the CV UA (held-out speech) of an ensemble of ``k`` of ``seeds`` moves from
+    run to run, for every ``k`` up to half the seeds, from the models already trained.
+
+    Every group of ``k`` seeds is scored as a run is (members' probabilities averaged,
+    prior-corrected if asked); two disjoint groups are two independent runs, so over every
+    unordered pair of disjoint groups ``(a, b)``, ``sd_k = sqrt(mean((a - b)^2) / 2)``. The
+    expected spread of three runs is ``EXPECTED_RANGE_OF_3 * sd_k`` (normal approximation).
+    Groups overlap across pairs, so the estimates are correlated; with few seeds they are
+    rough. Empty if a unit is missing.
+    """
+    usable = usable or (lambda unit: True)
+    seeds = sorted(seeds)
+    out = []
+    for k in range(1, len(seeds) // 2 + 1):
+        ua = {}
+        for group in itertools.combinations(seeds, k):
+            candidate = nested.Candidate("", variant, group, prior_correction)
+            per_fold = [
+                nested.members_scores(
+                    [repro.Unit(variant, s, f) for s in group], work_dir, candidate, usable
+                )
+                for f in range(folds)
+            ]
+            if any(s is None for s in per_fold):
+                return []
+            ua[group] = float(np.mean([s["speech"][1] for s in per_fold]))
+        squares = [
+            (ua[a] - ua[b]) ** 2 / 2
+            for a, b in itertools.combinations(ua, 2)
+            if not set(a) & set(b)
+        ]
+        sd = float(np.sqrt(np.mean(squares)))
+        out.append(
+            {
+                "ensemble": k,
+                "groups": len(ua),
+                "disjoint_pairs": len(squares),
+                "cv_ua_sd": sd,
+                "expected_spread_of_3_runs": EXPECTED_RANGE_OF_3 * sd,
+            }
+        )
+    return out
 
 
 def _f(value, digits: int = 3) -> str:
@@ -357,6 +421,34 @@ def render_markdown(summary: dict, header: dict, dataset: str) -> str:
             f"{target['fold_wa_lowest']:.3f} (target ≥ {target['fold_wa_min']:.2f}): "
             + ("**met**." if target["met"] else "**not met**."),
         ]
+    by_size = summary.get("by_ensemble_size")
+    if by_size:
+        seeds = sum(len(s) for s in summary["seeds"])
+        lines += [
+            "",
+            "## What the spread is made of",
+            "",
+            f"Every group of k of the {seeds} seeds' models, scored as a run is, is a run that "
+            "could have been; two disjoint groups are two independent runs. Over every pair of "
+            "disjoint groups, the run-to-run standard deviation of the CV UA (held-out speech) "
+            "and the spread three runs would show on average (x "
+            f"{EXPECTED_RANGE_OF_3}, normal approximation). Development figures on the "
+            "held-out folds: they describe the recipe and choose nothing.",
+            "",
+        ]
+        lines += tables.table(
+            ["ensemble k", "groups", "disjoint pairs", "SD of CV UA", "expected spread of 3 runs"],
+            [
+                [
+                    b["ensemble"],
+                    b["groups"],
+                    b["disjoint_pairs"],
+                    f"{b['cv_ua_sd']:.4f}",
+                    f"{b['expected_spread_of_3_runs']:.4f}",
+                ]
+                for b in by_size
+            ],
+        )
     comparisons = summary["reproducibility"]
     if comparisons:
         same = sum(c["identical"] for c in comparisons)

@@ -82,6 +82,11 @@ def test_stability_run_reports_the_spread_of_independent_runs(tmp_path, syntheti
     cv_ua = [run["cv"]["ua"]["mean"] for run in summary["runs"]]
     assert spread["cv_ua"] == pytest.approx(max(cv_ua) - min(cv_ua))
     assert spread["cv_ua_of_runs"] == cv_ua
+    # Two single-model runs: one pair of disjoint "ensembles" of one, the SD from their gap.
+    [by_size] = summary["by_ensemble_size"]
+    assert (by_size["ensemble"], by_size["groups"], by_size["disjoint_pairs"]) == (1, 2, 1)
+    assert by_size["cv_ua_sd"] == pytest.approx(abs(cv_ua[0] - cv_ua[1]) / np.sqrt(2))
+    assert by_size["expected_spread_of_3_runs"] == pytest.approx(1.6926 * by_size["cv_ua_sd"])
     target = summary["target"]
     assert target["met"] == (spread["cv_ua"] <= 0.02 and target["fold_wa_lowest"] >= 0.60)
     assert summary["units"]["trained"] == 6 and summary["units"]["restored"] == 0
@@ -90,6 +95,7 @@ def test_stability_run_reports_the_spread_of_independent_runs(tmp_path, syntheti
     assert machine["tensorflow"] and machine["cpu"] and isinstance(machine["onednn"], bool)
     markdown = (results / "ravdess-stability.md").read_text()
     assert "spread (max − min)" in markdown and "6 trained by this run" in markdown
+    assert "## What the spread is made of" in markdown
 
     # The archive re-renders the same numbers, training nothing.
     shutil.copytree(results, tmp_path / "fresh")
