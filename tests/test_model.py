@@ -7,7 +7,13 @@ import tensorflow as tf
 from model_support import random_batch, unpadded_row
 
 from trainer.config import ModelConfig
-from trainer.model import EXCITATION_LAYER, adapt_normalization, build_model, valid_frames
+from trainer.model import (
+    EXCITATION_LAYER,
+    adapt_normalization,
+    build_model,
+    frame_moments,
+    valid_frames,
+)
 
 SMALL = ModelConfig(
     word_dim=8,
@@ -98,6 +104,36 @@ def test_normalization_is_adapted_on_valid_frames_only():
     np.testing.assert_allclose(np.ravel(layer.variance), frames.var(axis=0), rtol=1e-3)
     with pytest.raises(ValueError, match="non-empty"):
         adapt_normalization(model, np.zeros((0, 40), np.float32))
+
+
+def test_streamed_frame_moments_are_what_adapt_computes_bit_for_bit():
+    """Chunk by chunk, in two passes, as training streams its frames: the same float32 moments
+    as ``Normalization.adapt`` on the whole matrix, so the model trains the same."""
+    rng = np.random.default_rng(5)
+    chunks = [
+        (rng.normal(size=(int(rng.integers(0, 900)), 40)) * rng.uniform(0.1, 30) + 40).astype(
+            np.float32
+        )
+        for _ in range(200)
+    ]
+    frames = np.concatenate(chunks)
+    adapted = keras.layers.Normalization(axis=-1)
+    adapted.build((None, None, 40))
+    adapted.adapt(frames[None])
+    mean, variance = frame_moments(lambda: iter(chunks))
+    assert mean.dtype == variance.dtype == np.float32
+    assert mean.tobytes() == np.asarray(adapted.adapt_mean).tobytes()
+    assert variance.tobytes() == np.asarray(adapted.adapt_variance).tobytes()
+    # Blockwise sums (each chunk summed, then the sums added) are not: the check can fail.
+    blockwise = np.sum([c.sum(axis=0) for c in chunks], axis=0) / np.float32(len(frames))
+    assert blockwise.astype(np.float32).tobytes() != mean.tobytes()
+    model = build_model(SMALL)
+    adapt_normalization(model, lambda: iter(chunks))
+    layer = model.get_layer("fbank_normalization")
+    assert np.asarray(layer.mean).tobytes() == np.asarray(adapted.mean).tobytes()
+    assert np.asarray(layer.variance).tobytes() == np.asarray(adapted.variance).tobytes()
+    with pytest.raises(ValueError, match="non-empty"):
+        adapt_normalization(model, lambda: iter([np.zeros((0, 40), np.float32)]))
 
 
 def test_ablation_flags_change_the_graph():

@@ -14,10 +14,11 @@ import soundfile as sf
 import tensorflow as tf
 from data_support import RAVDESS_SONG  # noqa: E402
 from data_support import RAVDESS_SPEECH as RAVDESS  # noqa: E402
+from in_memory_pipeline_support import assert_streams_like_in_memory
 
 from preprocessing import beam_pipeline, corpora
 from preprocessing.embeddings import fetch_glove
-from preprocessing.records import decode_example
+from preprocessing.records import decode_example, word_dim_of_files
 
 # Two actors of each gender, so both 2-fold halves hold both genders.
 GOOD = [
@@ -253,6 +254,30 @@ def test_folds_are_speaker_independent_and_written(job):
     speakers_per_fold = [{r["speaker"] for r in records.values() if r["fold"] == k} for k in (0, 1)]
     assert not speakers_per_fold[0] & speakers_per_fold[1]
     assert sum(summary["records_per_fold"].values()) == len(records)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"shuffle": True, "seed": 1, "time_stretch": 0.1, "speaker_norm": True, "with_ids": True},
+        {
+            "shuffle": True,
+            "speakers": ["Actor_02"],
+            "exclude_speakers": True,
+            "channels": ["speech"],
+        },
+    ],
+    ids=["stretch,speaker_norm", "speakers,channels"],
+)
+def test_training_streams_the_records_into_the_in_memory_batches(job, options):
+    """The job's records (real audio, a 65 s one past every length bucket) as training reads
+    them: the batches of the in-memory pipeline the streamed one replaced, bit for bit."""
+    out, _, _ = job
+    files = beam_pipeline.record_files(out)
+    batches = assert_streams_like_in_memory(files, word_dim_of_files(files), 2, **options)
+    dropped = set(options.get("speakers", ()))  # only ever excluded here
+    kept = [r for r in read_records(out).values() if r["speaker"] not in dropped]
+    assert sum(len(b[1]) for b in batches[0]) == len(kept) and len(kept) > len(batches[0])
 
 
 def test_rerun_never_mixes_old_and_new_records(job, corpus, embeddings_path):

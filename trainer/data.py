@@ -1,13 +1,27 @@
 """tf.data input pipeline: gzipped records -> padded batches of model inputs, bucketed by length.
 
-Records are read once and put in utterance-id order before anything random happens, so a
-training run depends on its seed only, not on the order a (multi-process) Beam writer
-happened to leave the records in.
+Records are put in utterance-id order before anything random happens, so a training run
+depends on its seed only, not on the order a (multi-process) Beam writer happened to leave the
+records in.
+
+The records are streamed, never held in memory: a first pass over each gzipped file (GZIP is
+not random-access) keeps a few bytes per record (its id, speaker and channel) and writes each
+serialized record to a file of its own in this process's record cache, a temporary directory
+removed when the process exits. The dataset then shuffles the cached records' file names, not
+the parsed records, and reads each record when it is needed: the same permutation (a shuffle
+does not look at its elements), so the same batches as reading every record into memory.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+import atexit
+import itertools
+import os
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass, fields
+from typing import Dict, Iterable, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -17,61 +31,142 @@ from preprocessing.records import NUM_MEL_BINS, feature_spec, to_model_inputs
 
 # Utterances of similar length share a batch, so little compute goes into padding.
 BUCKET_BOUNDARIES = (200, 300, 400, 500, 700, 1000, 1500, 2000)
+# Records parsed (or scanned) together: bounds the memory of a pass, not its result.
+CHUNK = 256
+_INDEX_SPEC = {
+    "utterance_id": tf.io.FixedLenFeature([], tf.string),
+    "speaker": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    "channel": tf.io.FixedLenFeature([], tf.string, default_value=""),
+}
 
 
-def sorted_records(files: Sequence[str]) -> List[bytes]:
-    """Every serialized record of ``files``, ordered by ``utterance_id``."""
-    raws = [r.numpy() for r in tf.data.TFRecordDataset(list(files), compression_type="GZIP")]
-    if not raws:
-        return []
-    ids = tf.io.parse_example(
-        tf.constant(raws), {"utterance_id": tf.io.FixedLenFeature([], tf.string)}
-    )["utterance_id"].numpy()
-    return [raws[i] for i in np.argsort(ids, kind="stable")]
+@dataclass(frozen=True)
+class RecordIndex:
+    """What is known of each record without holding it: ``utterance_ids`` (bytes), ``speakers``
+    (bytes), ``channels`` (str; a record without a channel feature, of a corpus with one
+    channel, is speech: ``PRIMARY_CHANNEL``) and ``paths``, the cached serialized record."""
+
+    utterance_ids: Tuple[bytes, ...]
+    speakers: Tuple[bytes, ...]
+    channels: Tuple[str, ...]
+    paths: Tuple[str, ...]
+
+    def __add__(self, other: "RecordIndex") -> "RecordIndex":
+        return RecordIndex(
+            self.utterance_ids + other.utterance_ids,
+            self.speakers + other.speakers,
+            self.channels + other.channels,
+            self.paths + other.paths,
+        )
+
+    def take(self, positions: Iterable[int]) -> "RecordIndex":
+        positions = list(positions)
+        columns = (getattr(self, field.name) for field in fields(self))
+        return RecordIndex(*(tuple(column[i] for i in positions) for column in columns))
+
+    def sorted(self) -> "RecordIndex":
+        """In utterance-id order (records with the same id keep their file order)."""
+        ids = np.array(self.utterance_ids, dtype=object)
+        return self.take(np.argsort(ids, kind="stable"))
 
 
-def _channel(record: bytes) -> str:
-    """A serialized record's ``channel`` feature; a record without one (a corpus with one
-    channel) is speech, ``PRIMARY_CHANNEL``."""
-    feature = tf.train.Example.FromString(record).features.feature.get("channel")
-    value = feature.bytes_list.value[0] if feature is not None and feature.bytes_list.value else b""
-    return value.decode("utf-8") or PRIMARY_CHANNEL
+class _RecordCache:
+    """Every record file read by this process, one uncompressed file per record, in a temporary
+    directory removed at exit (by the process that made it, not by a forked child). A record
+    file is scanned once per process; a rewritten one (another size or time) again."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._root: Optional[str] = None
+        self._indexes: Dict[tuple, RecordIndex] = {}
+
+    def _directory(self) -> str:
+        if self._root is None:
+            self._root = tempfile.mkdtemp(prefix="cme-ser-records-")
+            atexit.register(_remove_if_mine, self._root, os.getpid())
+        return self._root
+
+    def index(self, path: str) -> RecordIndex:
+        stat = tf.io.gfile.stat(path)
+        key = (path, stat.length, stat.mtime_nsec)
+        with self._lock:
+            if key not in self._indexes:
+                self._indexes[key] = self._scan(path, len(self._indexes))
+            return self._indexes[key]
+
+    def _scan(self, path: str, number: int) -> RecordIndex:
+        out = os.path.join(self._directory(), str(number))
+        os.makedirs(out)
+        ids, speakers, channels, paths = [], [], [], []
+        chunks = tf.data.TFRecordDataset(path, compression_type="GZIP").batch(CHUNK)
+        for raws in chunks:
+            parsed = tf.io.parse_example(raws, _INDEX_SPEC)
+            ids += parsed["utterance_id"].numpy().tolist()
+            speakers += parsed["speaker"].numpy().tolist()
+            channels += [c.decode("utf-8") or PRIMARY_CHANNEL for c in parsed["channel"].numpy()]
+            for raw in raws.numpy():
+                paths.append(os.path.join(out, f"{len(paths)}.pb"))
+                with open(paths[-1], "wb") as f:
+                    f.write(raw)
+        return RecordIndex(tuple(ids), tuple(speakers), tuple(channels), tuple(paths))
+
+
+def _remove_if_mine(root: str, pid: int) -> None:
+    if os.getpid() == pid:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+_CACHE = _RecordCache()
+
+
+def record_index(files: Sequence[str]) -> RecordIndex:
+    """The :class:`RecordIndex` of every record of ``files``, in utterance-id order."""
+    return sum((_CACHE.index(f) for f in files), RecordIndex((), (), (), ())).sorted()
+
+
+def read_records(paths: Sequence[str]) -> Iterator[bytes]:
+    """The serialized records cached at ``paths``, in that order, ``CHUNK`` at a time."""
+    reads = tf.data.Dataset.from_tensor_slices(tf.constant(list(paths), tf.string))
+    reads = reads.map(tf.io.read_file, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    for chunk in reads.batch(CHUNK).as_numpy_iterator():
+        yield from chunk
+
+
+def sorted_records(files: Sequence[str]) -> Iterator[bytes]:
+    """Every serialized record of ``files``, ordered by ``utterance_id`` (streamed)."""
+    return read_records(record_index(files).paths)
 
 
 def record_channels(files: Sequence[str]) -> Dict[str, str]:
     """utterance id -> channel (as ``make_dataset(channels=...)`` reads it) of every record in
     ``files``."""
-    spec = {"utterance_id": tf.io.FixedLenFeature([], tf.string)}
-    return {
-        tf.io.parse_single_example(raw, spec)["utterance_id"].numpy().decode(): _channel(
-            raw.numpy()
-        )
-        for raw in tf.data.TFRecordDataset(list(files), compression_type="GZIP")
-    }
+    index = record_index(files)
+    return {i.decode("utf-8"): c for i, c in zip(index.utterance_ids, index.channels)}
 
 
-def speaker_statistics(records: Sequence[bytes]) -> dict:
+def speaker_statistics(records: Iterable[bytes]) -> dict:
     """Per speaker, the mean and standard deviation of every filterbank channel over all of the
-    speaker's frames: ``{speaker: (mean [C], std [C])}``. Labels are not read."""
-    parsed = tf.io.parse_example(
-        tf.constant(list(records)),
-        {
-            "speaker": tf.io.FixedLenFeature([], tf.string),
-            "fbank": tf.io.VarLenFeature(tf.float32),
-            "num_frames": tf.io.FixedLenFeature([], tf.int64),
-        },
-    )
-    values = tf.sparse.to_dense(parsed["fbank"]).numpy()
-    frames = parsed["num_frames"].numpy()
+    speaker's frames: ``{speaker: (mean [C], std [C])}``, from running float64 sums over
+    ``records`` (serialized, read ``CHUNK`` at a time). Labels are not read."""
+    spec = {
+        "speaker": tf.io.FixedLenFeature([], tf.string),
+        "fbank": tf.io.VarLenFeature(tf.float32),
+        "num_frames": tf.io.FixedLenFeature([], tf.int64),
+    }
+    records = iter(records)
     sums: dict = {}
-    for speaker, row, n in zip(parsed["speaker"].numpy(), values, frames):
-        if n == 0:
-            continue
-        fbank = row[: n * NUM_MEL_BINS].reshape(n, NUM_MEL_BINS)
-        total = sums.setdefault(speaker.decode("utf-8"), [0, 0.0, 0.0])
-        total[0] += n
-        total[1] = total[1] + fbank.sum(axis=0, dtype=np.float64)
-        total[2] = total[2] + np.square(fbank, dtype=np.float64).sum(axis=0)
+    while chunk := list(itertools.islice(records, CHUNK)):
+        parsed = tf.io.parse_example(tf.constant(chunk), spec)
+        values = tf.sparse.to_dense(parsed["fbank"]).numpy()
+        frames = parsed["num_frames"].numpy()
+        for speaker, row, n in zip(parsed["speaker"].numpy(), values, frames):
+            if n == 0:
+                continue
+            fbank = row[: n * NUM_MEL_BINS].reshape(n, NUM_MEL_BINS)
+            total = sums.setdefault(speaker.decode("utf-8"), [0, 0.0, 0.0])
+            total[0] += n
+            total[1] = total[1] + fbank.sum(axis=0, dtype=np.float64)
+            total[2] = total[2] + np.square(fbank, dtype=np.float64).sum(axis=0)
     stats = {}
     for speaker, (n, s1, s2) in sums.items():
         mean = s1 / n
@@ -145,29 +240,47 @@ def make_dataset(
             k: (v.to_tensor() if isinstance(v, tf.RaggedTensor) else v) for k, v in parsed.items()
         }
 
-    records = sorted_records(files)
+    records = record_index(files)
     held = set()
     if channels is not None:
-        of = [_channel(r) for r in records]
-        held = set(of)
-        records = [r for r, channel in zip(records, of) if channel in set(channels)]
-    if records and set(channels or ()) - held:
+        held = set(records.channels)
+        records = records.take(
+            i for i, channel in enumerate(records.channels) if channel in set(channels)
+        )
+    if records.paths and set(channels or ()) - held:
         # A speech + song model given speech-only records would train on speech alone and
         # say otherwise.
         raise ValueError(
             f"the model trains on channel(s) {', '.join(channels)}, but the records hold "
             f"{', '.join(sorted(held))}: preprocess with --channels {','.join(channels)}"
         )
-    if not records:
+    if not records.paths:
         raise ValueError(
             f"no records in {list(files)[:3]}..."
             + (f" of channel(s) {list(channels)}" if channels is not None else "")
         )
-    ds = tf.data.Dataset.from_tensor_slices(tf.constant(records)).map(
-        parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    kept = records
+    if speakers is not None:
+        chosen = {s.encode("utf-8") for s in list(speakers) or [""]}
+        kept = records.take(
+            i
+            for i, speaker in enumerate(records.speakers)
+            if (speaker in chosen) != exclude_speakers
+        )
+    # Shuffling the file names is shuffling the records: a shuffle draws positions, never
+    # looking at its elements; its buffer is every record of the channels, as it was when the
+    # records were parsed (and filtered by speaker) first.
+    ds = tf.data.Dataset.from_tensor_slices(tf.constant(kept.paths, tf.string))
+    if shuffle:
+        ds = ds.shuffle(len(records.paths), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.map(
+        lambda path: parse(tf.io.read_file(path)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
     )
     if speaker_norm:
-        stats = speaker_statistics(records)
+        # Over every record of the channels, the held-out speakers' too (no labels are read).
+        stats = speaker_statistics(read_records(records.paths))
         names = sorted(stats)
         table = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(
@@ -184,16 +297,6 @@ def make_dataset(
             return {**parsed, "fbank": fbank}
 
         ds = ds.map(standardise, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if speakers is not None:
-        chosen = tf.constant(list(speakers) or [""], tf.string)
-
-        def keep(parsed):
-            hit = tf.reduce_any(tf.equal(parsed["speaker"], chosen))
-            return tf.logical_not(hit) if exclude_speakers else hit
-
-        ds = ds.filter(keep)
-    if shuffle:
-        ds = ds.shuffle(len(records), seed=seed, reshuffle_each_iteration=True)
     if time_stretch > 0:
         # Stateless draws keyed by a seeded stream that changes every epoch: reproducible.
         randoms = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
@@ -216,7 +319,8 @@ def make_dataset(
         return outputs + (parsed["utterance_id"],) if with_ids else outputs
 
     # Under a multi-worker strategy each worker takes its share of every global batch: the
-    # records are in memory (sorted above), so there are no files to shard by.
+    # records are read in id order (sorted above), not file by file, so there are no files to
+    # shard by.
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return ds.map(split).prefetch(tf.data.AUTOTUNE).with_options(options)

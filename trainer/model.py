@@ -18,7 +18,7 @@ inputs and end in the same head (``EMBEDDING_LAYER``, ``probabilities``).
 
 from __future__ import annotations
 
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence, Tuple, Union
 
 import keras
 import numpy as np
@@ -346,21 +346,80 @@ def valid_frames(fbank: np.ndarray, num_frames: Iterable[int]) -> np.ndarray:
     return np.concatenate([fbank[i, :n] for i, n in enumerate(num_frames)], axis=0)
 
 
-def adapt_normalization(model: keras.Model, frames: np.ndarray) -> None:
+FrameChunks = Callable[[], Iterable[np.ndarray]]
+
+
+def _frame_chunks(frames: Union[np.ndarray, FrameChunks]) -> FrameChunks:
+    """``frames`` as a function returning its non-empty ``[n, C]`` float32 chunks anew."""
+
+    def chunks():
+        for chunk in frames() if callable(frames) else [frames]:
+            chunk = np.asarray(chunk, dtype=np.float32)
+            if chunk.ndim != 2:
+                raise ValueError(f"need [N, channels] frame matrices, got shape {chunk.shape}")
+            if chunk.shape[0]:
+                yield chunk
+
+    return chunks
+
+
+def frame_moments(frames: Union[np.ndarray, FrameChunks]) -> Tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and variance ``[C]`` (float32) of ``frames``: an ``[N, C]`` matrix, or
+    a function returning ``[n, C]`` chunks of one (called twice, the same chunks each time:
+    the variance is a second pass, about the mean).
+
+    Bit for bit what ``keras.layers.Normalization.adapt`` computes on the whole matrix
+    (``np.mean`` and ``np.var``: float32 sums added row after row, divided by the count), while
+    holding one chunk at a time: a model trains the same however its frames were read.
+    """
+    chunks = _frame_chunks(frames)
+
+    def row_sum(values):  # continues the running sum row by row, as numpy sums a matrix
+        total = None
+        for chunk in values:
+            total = np.add.reduce(chunk if total is None else np.vstack([total, chunk]), axis=0)
+        return total
+
+    count = [0]
+
+    def counted(values):
+        for chunk in values:
+            count[0] += chunk.shape[0]
+            yield chunk
+
+    total = row_sum(counted(chunks()))
+    if total is None:
+        raise ValueError("need a non-empty [N, channels] frame matrix, got no frames")
+    n = count[0]
+    # np.mean's and np.var's division: into the float32 sum, by the count as an intp.
+    mean = np.true_divide(total, np.intp(n), out=total, casting="unsafe")
+    count[0] = 0
+    squares = row_sum(np.square(chunk - mean) for chunk in counted(chunks()))
+    if count[0] != n:
+        raise ValueError(f"the frames changed between passes: {n} frames, then {count[0]}")
+    return mean, np.true_divide(squares, np.intp(n), out=squares, casting="unsafe")
+
+
+def adapt_normalization(model: keras.Model, frames: Union[np.ndarray, FrameChunks]) -> None:
     """Fits the in-model filterbank normalisation (per-channel mean/variance) on ``frames``.
 
-    ``frames`` is ``[N, fbank_dim]``: training frames only, never padding (see
+    ``frames`` is ``[N, fbank_dim]``, or a function returning chunks of it (read in two passes,
+    never held whole; see :func:`frame_moments`): training frames only, never padding (see
     :func:`valid_frames`). Keeping the statistics inside the model means serving cannot skew.
     A model that does not read the filterbank (the semantic-only baseline) has no such layer:
-    then this checks ``frames`` and does nothing else.
+    then this checks there are frames and does nothing else.
     """
-    frames = np.asarray(frames, dtype=np.float32)
-    if frames.ndim != 2 or frames.shape[0] == 0:
-        raise ValueError(f"need a non-empty [N, channels] frame matrix, got shape {frames.shape}")
     if not any(layer.name == NORMALIZATION_LAYER for layer in model.layers):
+        if next(_frame_chunks(frames)(), None) is None:
+            raise ValueError("need a non-empty [N, channels] frame matrix, got no frames")
         return
-    # The layer was built on [B, T, C] inputs, so it adapts on a one-utterance batch.
-    model.get_layer(NORMALIZATION_LAYER).adapt(frames[None])
+    layer = model.get_layer(NORMALIZATION_LAYER)
+    mean, variance = frame_moments(frames)
+    # What Normalization.adapt ends with, given the moments it would have computed (the layer
+    # was built on [B, T, C] inputs).
+    layer.adapt_mean.assign(mean)
+    layer.adapt_variance.assign(variance)
+    layer.finalize_state()
 
 
 def like_inputs(model: keras.Model) -> dict:

@@ -21,7 +21,7 @@ from trainer.config import ModelConfig
 from trainer.data import make_dataset, record_channels
 from trainer.distribution import in_training_strategy
 from trainer.metrics import confusion_matrix, unweighted_accuracy, weighted_accuracy
-from trainer.model import adapt_normalization, build_model, compile_model
+from trainer.model import FrameChunks, adapt_normalization, build_model, compile_model, valid_frames
 from trainer.splits import validation_speakers
 
 
@@ -67,13 +67,16 @@ def speakers_in(files: Sequence[str]) -> List[str]:
     return sorted({s.decode("utf-8") for s in ds.as_numpy_iterator()})
 
 
-def training_frames(dataset: tf.data.Dataset) -> np.ndarray:
-    """All real (unpadded) filterbank frames of a dataset of ``(inputs, label)`` batches."""
-    chunks = []
-    for inputs, _ in dataset:
-        fbank, lengths = inputs["fbank"].numpy(), inputs["num_frames"].numpy()
-        chunks.extend(fbank[i, :n] for i, n in enumerate(lengths))
-    return np.concatenate(chunks, axis=0)
+def training_frames(dataset: tf.data.Dataset) -> FrameChunks:
+    """The real (unpadded) filterbank frames of a dataset of ``(inputs, label)`` batches, as
+    :func:`trainer.model.adapt_normalization` streams them: a function that reads the dataset
+    anew each time it is called and yields each batch's frames, ``[n, C]``."""
+
+    def chunks():
+        for inputs, _ in dataset:
+            yield valid_frames(inputs["fbank"].numpy(), inputs["num_frames"].numpy())
+
+    return chunks
 
 
 def count(dataset: tf.data.Dataset) -> int:
