@@ -337,26 +337,42 @@ def _scores(labels, probabilities) -> Tuple[float, float]:
     return weighted_accuracy(confusion), unweighted_accuracy(confusion)
 
 
+def load_member(unit, work_dir, usable: Callable) -> Optional[Tuple[dict, Optional[list]]]:
+    """A finished unit's held-out predictions (its ``.npz`` arrays) and training class counts;
+    None if it is missing, unusable or has no probabilities."""
+    path = unit.path(work_dir)
+    npz = path.with_suffix(".npz")
+    if not (path.exists() and npz.exists() and usable(unit)):
+        return None
+    with np.load(npz) as data:
+        if "probabilities" not in data.files:
+            return None
+        arrays = {key: data[key] for key in data.files}
+    return arrays, json.loads(path.read_text()).get("train_class_counts")
+
+
 def members_scores(
-    units: Sequence, work_dir, candidate: Candidate, usable: Callable
+    units: Sequence,
+    work_dir,
+    candidate: Candidate,
+    usable: Callable,
+    load: Callable = load_member,
 ) -> Optional[Dict[str, Tuple[float, float]]]:
     """Per channel of the held-out fold, (WA, UA) of ``candidate`` from its members'
     predictions: the mean of their class probabilities, divided by their pooled training class
     prior with the correction (as ``reproduce.seed_ensemble``). Predictions without channels
-    (every archive before channels were kept) are speech. None if a member is missing."""
+    (every archive before channels were kept) are speech. None if a member is missing.
+    ``load(unit, work_dir, usable)`` reads a member (:func:`load_member`; a caller scoring
+    many groups of the same units passes a cached one)."""
     from trainer.metrics import prior_corrected
 
     members, counts = [], []
     for unit in units:
-        path = unit.path(work_dir)
-        npz = path.with_suffix(".npz")
-        if not (path.exists() and npz.exists() and usable(unit)):
+        loaded = load(unit, work_dir, usable)
+        if loaded is None:
             return None
-        data = np.load(npz)
-        if "probabilities" not in data.files:
-            return None
-        members.append(data)
-        counts.append(json.loads(path.read_text()).get("train_class_counts"))
+        members.append(loaded[0])
+        counts.append(loaded[1])
     ids, labels = members[0]["utterance_ids"], members[0]["labels"]
     if any(not np.array_equal(m["utterance_ids"], ids) for m in members):
         raise ValueError(
@@ -372,9 +388,7 @@ def members_scores(
                 "undefined"
             )
         mean = prior_corrected(mean, np.sum(counts, axis=0))
-    channels = (
-        members[0]["channels"] if "channels" in members[0].files else np.full(len(ids), "speech")
-    )
+    channels = members[0]["channels"] if "channels" in members[0] else np.full(len(ids), "speech")
     return {
         str(ch): _scores(labels[channels == ch], mean[channels == ch])
         for ch in sorted(set(channels.tolist()))

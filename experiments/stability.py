@@ -269,6 +269,13 @@ def spread_by_ensemble_size(
     """
     usable = usable or (lambda unit: True)
     seeds = sorted(seeds)
+    loaded: dict = {}
+
+    def load(unit, work_dir, usable):  # each unit read once, however many groups hold it
+        if unit not in loaded:
+            loaded[unit] = nested.load_member(unit, work_dir, usable)
+        return loaded[unit]
+
     out = []
     for k in range(1, len(seeds) // 2 + 1):
         ua = {}
@@ -276,7 +283,7 @@ def spread_by_ensemble_size(
             candidate = nested.Candidate("", variant, group, prior_correction)
             per_fold = [
                 nested.members_scores(
-                    [repro.Unit(variant, s, f) for s in group], work_dir, candidate, usable
+                    [repro.Unit(variant, s, f) for s in group], work_dir, candidate, usable, load
                 )
                 for f in range(folds)
             ]
