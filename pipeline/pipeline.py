@@ -22,7 +22,6 @@ from pipeline.calibrator import Calibrator
 from pipeline.components import MAX_FOLDS, CorpusExampleGen, CrossValidationReport, split_names
 from pipeline.infra_validation import ModelLoadValidator
 from pipeline.report import DEFAULT_BLESS_MIN_UA
-from pipeline.run_command import augmentation_unsupported
 from pipeline.tfma_metrics import metric_configs
 from preprocessing.embeddings import DEFAULT_VOCAB_SIZE
 from trainer.config import ModelConfig
@@ -109,9 +108,6 @@ def create_pipeline(
     then that extension's, and runs as a Vertex AI job of that many workers."""
     if not 2 <= num_folds <= MAX_FOLDS:
         raise ValueError(f"num_folds must be in [2, {MAX_FOLDS}], got {num_folds}")
-    problem = augmentation_unsupported(config)  # augmented copies would be evaluated
-    if problem:
-        raise ValueError(problem)
     if ensemble_size < 1:
         raise ValueError(f"ensemble_size must be >= 1, got {ensemble_size}")
     splits = split_names(num_folds)

@@ -227,3 +227,17 @@ def test_copies_train_only_where_named_and_are_never_scored(runs, tmp_path):
     # Records without copies: the augmented variant says how to make them.
     with pytest.raises(ValueError, match="--channels speech,song --augment-copies 1"):
         train_fold(plain_files, 1, config)
+
+
+def test_a_variant_on_copies_is_refused_by_the_tfx_pipeline_and_preprocessed_by_reproduce():
+    from infra.usage_error import UsageError
+    from pipeline.run_command import training_channels
+
+    config = variant_config("cme_fixed20_song_aug")
+    with pytest.raises(UsageError, match="cannot keep them out of its evaluation"):
+        training_channels(config, None)
+    assert training_channels(variant_config("cme_fixed20_song"), None)[1] == ("speech", "song")
+    # What `cme-ser reproduce` preprocesses for it: the real channels and one copy each.
+    assert corpora.records_for(config.train_channels) == (("speech", "song"), 1)
+    assert corpora.records_for(("speech", "song")) == (("speech", "song"), 0)
+    assert corpora.records_for(("speech_aug",)) == (("speech",), 1)
