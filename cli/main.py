@@ -142,6 +142,13 @@ def _add_preprocess(sub) -> None:
     pre.add_argument("--overlong", choices=["truncate", "reject"], default="truncate")
     pre.add_argument("--overwrite", action="store_true", help="replace a previous run in --out")
     pre.add_argument(
+        "--augment-copies",
+        type=int,
+        default=0,
+        help="augmented copies per utterance (noise, reverberation, gain, telephone band), "
+        "written on the channels <channel>_aug for training only (default 0: none)",
+    )
+    pre.add_argument(
         "--beam-arg",
         action="append",
         default=[],

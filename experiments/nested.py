@@ -933,7 +933,7 @@ def run_nested(
     if folds != available:
         raise ValueError(f"the records in {records_dir} have {available} folds, not {folds}")
     word_dim = word_dim_of(records_dir)
-    from trainer.data import record_channels
+    from trainer.data import preprocess_options, record_channels
 
     held = set(
         record_channels([f for fs in files_by_fold(records_dir).values() for f in fs]).values()
@@ -943,7 +943,7 @@ def run_nested(
         raise ValueError(
             f"the selection needs {', '.join(selection.channels)} records; those in "
             f"{records_dir} have no {', '.join(missing)} (preprocess with "
-            f"--channels {','.join(selection.channels)})"
+            f"{preprocess_options(selection.channels)})"
         )
     results_dir = Path(results_dir)
     # This run's own archive (same selection file) resumes it: its units were trained by this

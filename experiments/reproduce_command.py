@@ -13,6 +13,7 @@ from pathlib import Path
 
 from infra.console import library_output_to
 from infra.usage_error import UsageError
+from preprocessing.corpora import records_for
 from preprocessing.preprocess_command import preprocess
 from trainer.config import SHIPPED, VARIANTS, variant_config
 
@@ -58,10 +59,13 @@ def reproduce(args) -> dict:
             variants if args.protocol != "stability" or args.variants else [SHIPPED["variant"]]
         )
         needed = tuple(dict.fromkeys(c for v in measured for c in variant_config(v).train_channels))
-    channels = None if needed == ("speech",) else ",".join(needed)  # None: the default
+    # Augmented channels (speech_aug, ...) are copies written beside their sources' records.
+    real, augment_copies = records_for(needed)
+    channels = None if real == ("speech",) else ",".join(real)  # None: the default
+    named = None if needed == ("speech",) else "-".join(needed)
     suffix = {"cross-domain": "-cross-domain", "stability": "-stability"}.get(args.protocol, "")
-    if channels and args.protocol != "cross-domain":  # records unlike the speech-only ones
-        suffix += ("-nested-" if args.protocol == "nested" else "-") + channels.replace(",", "-")
+    if named and args.protocol != "cross-domain":  # records unlike the speech-only ones
+        suffix += ("-nested-" if args.protocol == "nested" else "-") + named
     work = Path(args.work_dir or Path("output") / "reproduce" / (args.dataset + suffix))
     records = Path(args.records) if args.records else work / "records"
     if args.records and not (records / "summary.json").exists():
@@ -90,6 +94,7 @@ def reproduce(args) -> dict:
                         overwrite=True,
                         beam_arg=[],
                         channels=channels,
+                        augment_copies=augment_copies,
                     )
                 )
             print(

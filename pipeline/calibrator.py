@@ -36,11 +36,11 @@ def held_out_answers(
     saved_model_dir: str, files: List[str]
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(probabilities [N, K], labels [N], channels [N])`` of the SavedModel's
-    ``serving_default`` signature on every record of ``files`` (channel "speech" for a record
-    without one, as ``trainer.data`` reads it)."""
+    ``serving_default`` signature on every record of ``files`` but augmented copies (channel
+    "speech" for a record without one, as ``trainer.data`` reads it)."""
     import tensorflow as tf
 
-    from preprocessing.corpora import PRIMARY_CHANNEL
+    from preprocessing.corpora import PRIMARY_CHANNEL, is_augmented
     from trainer.export import SERVING_DEFAULT
 
     serve = tf.saved_model.load(saved_model_dir).signatures[SERVING_DEFAULT]
@@ -51,10 +51,14 @@ def held_out_answers(
     probabilities, labels, channels = [], [], []
     dataset = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(BATCH)
     for raw in dataset:
-        probabilities.append(serve(examples=raw)["probabilities"].numpy())
         parsed = tf.io.parse_example(raw, spec)
-        labels.append(parsed["label"].numpy())
-        channels += [c.decode() or PRIMARY_CHANNEL for c in parsed["channel"].numpy()]
+        named = [c.decode() or PRIMARY_CHANNEL for c in parsed["channel"].numpy()]
+        real = np.array([not is_augmented(c) for c in named])  # copies are never scored
+        if not real.any():
+            continue
+        probabilities.append(serve(examples=tf.boolean_mask(raw, real))["probabilities"].numpy())
+        labels.append(parsed["label"].numpy()[real])
+        channels += [c for c, keep in zip(named, real) if keep]
     if not labels:
         raise ValueError(f"no held-out records in {files}")
     return np.concatenate(probabilities), np.concatenate(labels), np.asarray(channels)

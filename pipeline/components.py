@@ -69,14 +69,17 @@ def CorpusExampleGen(
     channels: tfx.dsl.components.Parameter[str] = None,
     max_seconds: tfx.dsl.components.Parameter[float] = 60.0,
     overlong: tfx.dsl.components.Parameter[str] = "truncate",
+    augment_copies: tfx.dsl.components.Parameter[int] = None,
     beam_pipeline: tfx.dsl.components.BeamComponentParameter[beam.Pipeline] = None,
 ) -> PreprocessCounts:
     """Preprocesses ``data_dir`` into speaker-independent fold splits (see
     ``preprocessing.beam_pipeline``). ``corpus_fingerprint`` (names, sizes and times of the
     corpus files) is a parameter so that TFX's cache reruns this only when the data changed.
     ``data_dir`` is one directory or a JSON list of them (:func:`encode_data_dirs`);
-    ``channels`` the RAVDESS channels ("speech,song"; unset: the corpus default, speech).
-    Fails when a fold ends up with no examples."""
+    ``channels`` the RAVDESS channels ("speech,song"; unset: the corpus default, speech);
+    ``augment_copies`` augmented copies per utterance, in the same splits on the channels
+    ``<channel>_aug`` (unset: none; ``preprocessing.beam_pipeline``). Fails when a fold ends up
+    with no examples."""
     del corpus_fingerprint  # only there for the cache key
     from preprocessing import beam_pipeline as job
     from preprocessing import corpora
@@ -99,6 +102,7 @@ def CorpusExampleGen(
         overwrite=True,
         pipeline=beam_pipeline,
         layout=SPLIT_LAYOUT,
+        augment_copies=augment_copies or 0,
     )
     examples.split_names = artifact_utils.encode_split_names(split_names(num_folds))
     examples_utils.set_payload_format(examples, example_gen_pb2.PayloadFormat.FORMAT_TF_EXAMPLE)

@@ -38,7 +38,24 @@ def training_channels(
     keeps the preprocessing step's cache key)."""
     channels = tuple(channels) if channels else config.train_channels
     config = config.replace(train_channels=channels)
+    problem = augmentation_unsupported(config)
+    if problem:
+        raise UsageError(problem)
     return config, None if channels == (PRIMARY_CHANNEL,) else channels
+
+
+def augmentation_unsupported(config: ModelConfig) -> Optional[str]:
+    """Why the TFX pipeline cannot train ``config`` (None: it can). CorpusExampleGen writes
+    augmented copies (its ``augment_copies``), but into the fold splits the Evaluator scores
+    whole, so a model on augmented channels would have copies counted in its held-out scores."""
+    augmented = [c for c in config.train_channels if corpora.is_augmented(c)]
+    if not augmented:
+        return None
+    return (
+        f"variant {config.variant} trains on augmented channels ({', '.join(augmented)}); "
+        "the TFX pipeline cannot keep them out of its evaluation yet: use "
+        "`cme-ser reproduce` for such variants"
+    )
 
 
 def check_run_config(args, config: ModelConfig) -> Tuple[List[Path], Optional[tuple]]:

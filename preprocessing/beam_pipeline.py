@@ -5,10 +5,14 @@
         --> errors:  one JSON line per failure    (<out>/errors.jsonl: id, path, stage, reason)
 
 Every input utterance ends up as exactly one record or one error line; the summary
-(``summary.json``) counts both. The job runs on any Beam runner: DirectRunner with
-multi-processing by default, Dataflow / Flink / Spark through ``beam_args``. Inputs and outputs
-may be object storage (``s3://``, ``gs://``; ``infra.filesystems``): the driver's files
-go through ``tf.io.gfile``, the workers read audio and write records through Beam's
+(``summary.json``) counts both. With ``augment_copies`` > 0 each record is followed by that many
+augmented copies (``preprocessing.augment``: the same speaker, label, fold and word spans, the
+waveform under a drawn recording condition) on the channel ``<channel>_aug``, in the same fold
+files; the summary counts them apart (``augmented_records``), and a copy that fails is an error
+line of stage ``augment`` (its source's record stands). The job runs on any Beam runner:
+DirectRunner with multi-processing by default, Dataflow / Flink / Spark through ``beam_args``.
+Inputs and outputs may be object storage (``s3://``, ``gs://``; ``infra.filesystems``): the
+driver's files go through ``tf.io.gfile``, the workers read audio and write records through Beam's
 ``FileSystems``.
 """
 
@@ -50,6 +54,7 @@ class ProcessingOptions:
     folds: Dict[str, int]  # speaker -> fold
     max_seconds: float = 60.0
     overlong: str = "truncate"
+    augment_copies: int = 0  # augmented copies per utterance (0: the records alone)
 
 
 def error_line(utterance_id: str, path: str, stage: str, reason: str) -> str:
@@ -83,7 +88,7 @@ class ProcessUtterance(beam.DoFn):
     def process(self, utterance: corpora.Utterance):
         try:
             with local_copy(utterance) as local:
-                example, source = self._utterance.utterance_to_example(
+                example, source, copies = self._utterance.utterance_to_examples(
                     local,
                     aligner=self._aligner,
                     vectors=self._vectors,
@@ -91,6 +96,7 @@ class ProcessUtterance(beam.DoFn):
                     fold=self.options.folds[utterance.speaker],
                     max_seconds=self.options.max_seconds,
                     overlong=self.options.overlong,
+                    augment_copies=self.options.augment_copies,
                 )
         except self._utterance.UtteranceError as error:
             beam.metrics.Metrics.counter("cme_ser", f"error_{error.stage}").inc()
@@ -120,7 +126,17 @@ class ProcessUtterance(beam.DoFn):
             )
         # deterministic: the features map in one order, so a record's bytes do not depend on
         # the process that wrote it (same bytes on every runner and run).
-        yield self.options.folds[utterance.speaker], example.SerializeToString(deterministic=True)
+        fold = self.options.folds[utterance.speaker]
+        yield fold, example.SerializeToString(deterministic=True)
+        for copy_id, copy in copies:
+            if isinstance(copy, self._utterance.UtteranceError):
+                beam.metrics.Metrics.counter("cme_ser", f"error_{copy.stage}").inc()
+                yield beam.pvalue.TaggedOutput(
+                    self.ERRORS, error_line(copy_id, utterance.audio_path, copy.stage, copy.reason)
+                )
+                continue
+            beam.metrics.Metrics.counter("cme_ser", "records_augmented").inc()
+            yield fold, copy.SerializeToString(deterministic=True)
 
 
 @contextlib.contextmanager
@@ -267,12 +283,16 @@ def run(
     beam_args: Optional[Sequence[str]] = None,
     pipeline: Optional[beam.Pipeline] = None,
     layout: str = DEFAULT_LAYOUT,
+    augment_copies: int = 0,
 ) -> dict:
     """Runs the whole job and returns the summary (also written to ``summary.json``).
 
     ``pipeline``: an unstarted Beam pipeline to run in (TFX hands one over, configured with
     the TFX pipeline's Beam arguments); otherwise one is made from ``beam_args``.
+    ``augment_copies``: augmented copies written per utterance (module docstring).
     """
+    if augment_copies < 0:
+        raise ValueError(f"augment_copies must be >= 0, got {augment_copies}")
     # Workers of a portable / cluster runner run in other directories: no relative paths.
     out_dir = filesystems.absolute(out_dir)
     embeddings_path = filesystems.absolute(embeddings_path)
@@ -308,6 +328,7 @@ def run(
         folds=folds,
         max_seconds=max_seconds,
         overlong=overlong,
+        augment_copies=augment_copies,
     )
     started = time.time()
     LOG.warning(
@@ -342,6 +363,8 @@ def run(
         seconds=elapsed,
         layout=layout,
     )
+    if augment_copies:
+        summary["augment_copies"] = augment_copies
     _write_text(
         filesystems.join(out_dir, SUMMARY_FILE), json.dumps(summary, indent=2, sort_keys=True)
     )
@@ -358,16 +381,24 @@ def summarize(
     seconds: float,
     layout: str = DEFAULT_LAYOUT,
 ) -> dict:
-    """Counts what the job produced by reading it back (so the numbers are the files')."""
+    """Counts what the job produced by reading it back (so the numbers are the files').
+    Augmented copies are counted per channel and in ``augmented_records`` only, their errors
+    in ``augment_errors``: the other counts are of the corpus's utterances."""
     import tensorflow as tf
 
+    from preprocessing.augment import AUGMENT_STAGE
+    from preprocessing.corpora import is_augmented
     from preprocessing.records import decode_example
 
-    per_fold, per_source, per_label, per_channel, oov = {}, {}, {}, {}, 0
+    per_fold, per_source, per_label, per_channel, oov, augmented = {}, {}, {}, {}, 0, 0
     for path in record_files(out_dir, layout=layout):
         fold = filesystems.basename(filesystems.dirname(path))
         for raw in tf.data.TFRecordDataset(path, compression_type="GZIP").as_numpy_iterator():
             record = decode_example(raw)
+            if is_augmented(record["channel"]):
+                per_channel[record["channel"]] = per_channel.get(record["channel"], 0) + 1
+                augmented += 1
+                continue
             per_fold[fold] = per_fold.get(fold, 0) + 1
             source = record["alignment_source"]
             per_source[source] = per_source.get(source, 0) + 1
@@ -379,9 +410,17 @@ def summarize(
     per_stage: Dict[str, int] = {}
     for e in errors:
         per_stage[e["stage"]] = per_stage.get(e["stage"], 0) + 1
+    copy_errors = [e for e in errors if e["stage"] == AUGMENT_STAGE]
+    errors = [e for e in errors if e["stage"] != AUGMENT_STAGE]
     channels = {"records_per_channel": per_channel} if per_channel else {}
+    copies = (
+        {"augmented_records": augmented, "augment_errors": len(copy_errors)}
+        if augmented or copy_errors
+        else {}
+    )
     return {
         **channels,
+        **copies,
         "dataset": dataset,
         "classes": list(class_names),
         "inputs": num_inputs,

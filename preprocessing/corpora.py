@@ -105,6 +105,43 @@ RAVDESS_CHANNELS = {"01": "speech", "02": "song"}
 DEFAULT_CHANNELS = ("speech",)
 # The channel whose utterances size a speaker when folds are dealt (see ``assign_folds``).
 PRIMARY_CHANNEL = "speech"
+# Augmented copies (preprocessing.augment) of a channel's records are records of the channel
+# ``<channel>_aug`` (speech -> speech_aug), with the id ``<utterance id>+aug<copy>``: the one
+# rule naming them. Models train on them only when told to; nothing scores them.
+AUGMENTED_SUFFIX = "_aug"
+COPY_MARK = "+aug"
+# Copies per utterance in the records of a model that trains on augmented channels (what
+# `cme-ser reproduce` preprocesses; `cme-ser preprocess --augment-copies` may write others).
+TRAINING_COPIES = 1
+
+
+def augmented_channel(channel: str) -> str:
+    """The channel of the augmented copies of ``channel``'s records."""
+    return channel + AUGMENTED_SUFFIX
+
+
+def is_augmented(channel: str) -> bool:
+    return channel.endswith(AUGMENTED_SUFFIX)
+
+
+def source_channel(channel: str) -> str:
+    """The channel an augmented channel's copies were made from (a real one: itself)."""
+    return channel[: -len(AUGMENTED_SUFFIX)] if is_augmented(channel) else channel
+
+
+def records_for(channels: Sequence[str]) -> Tuple[Tuple[str, ...], int]:
+    """What to preprocess for a model trained on ``channels`` (real and augmented ones): the
+    real channels, sources of the augmented ones included, and the copies per utterance
+    (``TRAINING_COPIES`` if any channel is augmented, else 0)."""
+    real = tuple(dict.fromkeys(source_channel(c) for c in channels))
+    return real, TRAINING_COPIES if any(is_augmented(c) for c in channels) else 0
+
+
+def copy_id(utterance_id: str, copy: int) -> str:
+    """The utterance id of copy ``copy`` (1-based) of ``utterance_id``."""
+    return f"{utterance_id}{COPY_MARK}{copy}"
+
+
 # modality 03 = audio-only; vocal channel 01 = speech, 02 = song; then emotion, intensity,
 # statement, repetition, actor.
 _RAVDESS_NAME = re.compile(

@@ -35,6 +35,9 @@ def preprocess(args) -> dict:
     classes = parse_classes(args.classes)
     if args.folds < 2:
         raise UsageError(f"--folds must be >= 2, got {args.folds}")
+    augment_copies = getattr(args, "augment_copies", 0) or 0
+    if augment_copies < 0:
+        raise UsageError(f"--augment-copies must be >= 0, got {augment_copies}")
     items = corpus_items(args.dataset, dirs, classes, channels)
     utterances, _ = corpora.partition(items)
     if classes is None:
@@ -58,6 +61,7 @@ def preprocess(args) -> dict:
             overlong=args.overlong,
             overwrite=args.overwrite,
             beam_args=args.beam_arg or None,
+            augment_copies=augment_copies,
         )
     except (ValueError, FileExistsError) as error:
         raise UsageError(str(error)) from error

@@ -21,7 +21,10 @@ word_end            int64[]    one past the last frame of each word (end exclusi
 transcript          bytes      the transcript the words came from
 alignment_source    bytes      given | forced | asr | fallback
 channel             bytes      optional: "speech" | "song" for RAVDESS; absent (parsed as "")
-                               in records of corpora without channels and in older records
+                               in records of corpora without channels and in older records;
+                               an augmented copy's is its source's + "_aug" (preprocessing.augment)
+augmentation        bytes      optional: an augmented copy's conditions, a JSON list of
+                               ``[name, parameters]``; absent in real recordings
 ==================  =========  ===============================================================
 """
 
@@ -53,9 +56,10 @@ def make_example(
     transcript: str,
     alignment_source: str,
     channel: Optional[str] = None,
+    augmentation: Optional[str] = None,
 ) -> tf.train.Example:
     """Builds one record, checking the shapes agree with each other. ``channel`` None writes
-    no ``channel`` feature."""
+    no ``channel`` feature, ``augmentation`` None no ``augmentation`` feature."""
     fbank = np.asarray(fbank, dtype=np.float32)
     word_embeddings = np.asarray(word_embeddings, dtype=np.float32)
     num_words = len(words)
@@ -97,6 +101,8 @@ def make_example(
     }
     if channel is not None:
         feature["channel"] = b([channel])
+    if augmentation is not None:
+        feature["augmentation"] = b([augmentation])
     return tf.train.Example(features=tf.train.Features(feature=feature))
 
 
@@ -192,4 +198,5 @@ def decode_example(serialized: bytes, word_dim: Optional[int] = None) -> dict:
         "transcript": strs("transcript")[0],
         "alignment_source": strs("alignment_source")[0],
         "channel": strs("channel")[0] if "channel" in feats else "",
+        "augmentation": strs("augmentation")[0] if "augmentation" in feats else "",
     }

@@ -6,18 +6,18 @@ reusable by prediction. Each failure is an ``UtteranceError`` naming the stage i
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import List, Sequence, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
 
-from preprocessing import alignment, audio
-from preprocessing.corpora import Utterance
+from preprocessing import alignment, audio, augment
+from preprocessing.corpora import PRIMARY_CHANNEL, Utterance, augmented_channel, copy_id
 from preprocessing.embeddings import WordVectors
 from preprocessing.features import log_mel_filterbank
 from preprocessing.records import make_example
 
-STAGES = ("decode", "features", "alignment", "label")
+STAGES = ("decode", "features", "alignment", "label", augment.AUGMENT_STAGE)
 
 
 class UtteranceError(ValueError):
@@ -71,6 +71,37 @@ def utterance_to_example(
     overlong: str = "truncate",
 ) -> Tuple[tf.train.Example, str]:
     """Returns (record, alignment source) or raises ``UtteranceError``."""
+    example, source, _ = utterance_to_examples(
+        utterance,
+        aligner=aligner,
+        vectors=vectors,
+        class_names=class_names,
+        fold=fold,
+        max_seconds=max_seconds,
+        overlong=overlong,
+    )
+    return example, source
+
+
+def utterance_to_examples(
+    utterance: Utterance,
+    *,
+    aligner,
+    vectors: WordVectors,
+    class_names: Sequence[str],
+    fold: int,
+    max_seconds: float = 60.0,
+    overlong: str = "truncate",
+    augment_copies: int = 0,
+) -> Tuple[tf.train.Example, str, List[Tuple[str, Union[tf.train.Example, UtteranceError]]]]:
+    """:func:`utterance_to_example` and ``augment_copies`` augmented copies of the record
+    (``preprocessing.augment``): ``(record, alignment source, [(copy id, copy record or its
+    UtteranceError), ...])``. A copy is the decoded waveform under its drawn condition, with
+    its own filterbank and the source's words, spans, speaker, label and fold; its channel is
+    the source's (speech when the corpus has none) + ``_aug``. Raises ``UtteranceError`` for
+    the source only."""
+    if augment_copies < 0:
+        raise ValueError(f"augment_copies must be >= 0, got {augment_copies}")
     if utterance.label_name not in class_names:
         raise UtteranceError(
             "label", f"unknown label {utterance.label_name!r} (classes: {', '.join(class_names)})"
@@ -81,9 +112,7 @@ def utterance_to_example(
         )
     except audio.AudioError as error:
         raise UtteranceError("decode", error.reason) from error
-    fbank = filterbank(waveform)
-    if fbank.shape[0] == 0 or not np.all(np.isfinite(fbank)):
-        raise UtteranceError("features", f"no finite filterbank frames ({fbank.shape[0]} frames)")
+    fbank = checked_filterbank(waveform)
     try:
         aligned = words_and_spans(utterance, waveform, fbank.shape[0], aligner)
     except alignment.AlignmentError as error:
@@ -91,19 +120,45 @@ def utterance_to_example(
     words = [w.word for w in aligned.words]
     embeddings, _ = vectors.lookup(words)
     transcript = utterance.transcript if utterance.transcript is not None else " ".join(words)
-    example = make_example(
-        utterance_id=utterance.utterance_id,
-        speaker=utterance.speaker,
-        label=list(class_names).index(utterance.label_name),
-        label_name=utterance.label_name,
-        fold=fold,
-        fbank=fbank,
-        words=words,
-        word_embeddings=embeddings,
-        word_start=[w.start for w in aligned.words],
-        word_end=[w.end for w in aligned.words],
-        transcript=transcript,
-        alignment_source=aligned.source,
-        channel=utterance.channel,
-    )
-    return example, aligned.source
+
+    def record(utterance_id, features, channel, condition=None):
+        return make_example(
+            utterance_id=utterance_id,
+            speaker=utterance.speaker,
+            label=list(class_names).index(utterance.label_name),
+            label_name=utterance.label_name,
+            fold=fold,
+            fbank=features,
+            words=words,
+            word_embeddings=embeddings,
+            word_start=[w.start for w in aligned.words],
+            word_end=[w.end for w in aligned.words],
+            transcript=transcript,
+            alignment_source=aligned.source,
+            channel=channel,
+            augmentation=condition,
+        )
+
+    copies = []
+    for number in range(1, augment_copies + 1):
+        name = copy_id(utterance.utterance_id, number)
+        condition = augment.draw(utterance.utterance_id, number)
+        try:
+            features = checked_filterbank(augment.apply(waveform, condition))
+        except (UtteranceError, ValueError) as error:
+            reason = error.reason if isinstance(error, UtteranceError) else str(error)
+            copies.append(
+                (name, UtteranceError(augment.AUGMENT_STAGE, f"{condition.describe()}: {reason}"))
+            )
+            continue
+        channel = augmented_channel(utterance.channel or PRIMARY_CHANNEL)
+        copies.append((name, record(name, features, channel, condition.describe())))
+    return record(utterance.utterance_id, fbank, utterance.channel), aligned.source, copies
+
+
+def checked_filterbank(waveform: np.ndarray) -> np.ndarray:
+    """:func:`filterbank`, or ``UtteranceError("features")`` when it has no finite frames."""
+    fbank = filterbank(waveform)
+    if fbank.shape[0] == 0 or not np.all(np.isfinite(fbank)):
+        raise UtteranceError("features", f"no finite filterbank frames ({fbank.shape[0]} frames)")
+    return fbank

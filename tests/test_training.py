@@ -416,3 +416,44 @@ def test_a_fixed_schedule_trains_every_speaker_for_exactly_its_epochs(folds, tmp
     assert not any(k.startswith("val_") for k in saved.files)
     with pytest.raises(ValueError, match="nothing to refit"):
         TINY.replace(selection="fixed", refit=True)
+
+
+# (A bucketed tf.data pipeline is not counted in advance: Keras's end-of-epoch warning.)
+@pytest.mark.filterwarnings("ignore:Your input ran out of data")
+def test_ema_trains_a_model_whose_weights_are_the_optimizers_average(folds):
+    """With ``ema_momentum`` the fitted model holds the optimizer's moving average of its
+    weights (Keras writes it in when ``fit`` ends), not the last iterate: the same seed without
+    EMA ends elsewhere."""
+    from trainer.train import fit
+
+    files = folds[0] + folds[1]
+    config = TINY.replace(selection="fixed", epochs=2, ema_momentum=0.9)
+    averaged = fit(files, config).model
+    optimizer = averaged.optimizer
+    assert optimizer.use_ema and optimizer.ema_momentum == pytest.approx(0.9)
+    averages = optimizer._model_variables_moving_average
+    assert len(averages) == len(averaged.trainable_variables)
+    for weight, average in zip(averaged.trainable_variables, averages):
+        np.testing.assert_array_equal(weight.numpy(), average.numpy())
+    last = fit(files, config.replace(ema_momentum=0.0)).model
+    assert not last.optimizer.use_ema
+    differences = [
+        float(np.max(np.abs(a.numpy() - b.numpy())))
+        for a, b in zip(averaged.trainable_variables, last.trainable_variables)
+    ]
+    assert max(differences) > 1e-4
+    # The field round-trips, and is refused where an epoch choice would score raw weights.
+    assert ModelConfig.from_json(config.to_json()) == config
+    assert ModelConfig.from_json(config.to_json()).ema_momentum == 0.9
+    with pytest.raises(ValueError, match="ema_momentum must be in"):
+        TINY.replace(selection="fixed", ema_momentum=1.0)
+    with pytest.raises(ValueError, match="ema_momentum needs selection 'fixed'"):
+        TINY.replace(ema_momentum=0.99)
+
+
+def test_the_ema_variant_is_the_song_variant_with_averaged_weights():
+    from trainer.config import variant_config
+
+    ema, plain = variant_config("cme_fixed20_song_ema"), variant_config("cme_fixed20_song")
+    assert ema.ema_momentum == 0.99 and plain.ema_momentum == 0.0
+    assert ema.replace(variant=plain.variant, ema_momentum=0.0) == plain

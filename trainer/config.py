@@ -12,6 +12,7 @@ from typing import Any, Mapping, Tuple
 from preprocessing.corpora import (  # defined with the corpora; DEFAULT_CLASSES re-exported
     DEFAULT_CLASSES,
     PRIMARY_CHANNEL,
+    augmented_channel,
 )
 
 POOLINGS = ("mean_max", "mean")
@@ -69,6 +70,10 @@ class ModelConfig:
     label_smoothing: float = 0.0
     lr_schedule: str = "constant"
     weight_decay: float = 0.0  # decoupled (AdamW) when > 0
+    # > 0: the model's weights after training are the exponential moving average of the
+    # optimizer's iterates, ``w_avg <- m * w_avg + (1 - m) * w`` once per step (Keras' optimizer
+    # ``use_ema``; copied into the model when ``fit`` ends). 0: the last iterate.
+    ema_momentum: float = 0.0
     batch_size: int = 32
     epochs: int = 40
     patience: int = 10  # early stopping on the inner validation score
@@ -83,8 +88,9 @@ class ModelConfig:
     class_balanced: bool = False  # weight the loss by inverse class frequency (for UA)
     validation_fraction: float = 0.2  # of the training speakers, for epoch selection
     # The vocal channels of the records a model trains on (RAVDESS "speech", "song"; records
-    # of a corpus without channels count as speech). Held-out records of every channel are
-    # still scored, so a speech-only model's song score is measured, not assumed.
+    # of a corpus without channels count as speech; "speech_aug", "song_aug": their augmented
+    # copies). Held-out records of every real channel are still scored, so a speech-only
+    # model's song score is measured, not assumed; augmented copies are never scored.
     train_channels: Tuple[str, ...] = (PRIMARY_CHANNEL,)
     seed: int = 0
 
@@ -158,6 +164,15 @@ class ModelConfig:
             problems.append(f"time_stretch must be in [0, 1), got {self.time_stretch}")
         if not 0.0 <= self.label_smoothing < 1.0:
             problems.append(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0.0 <= self.ema_momentum < 1.0:
+            problems.append(f"ema_momentum must be in [0, 1), got {self.ema_momentum}")
+        if self.ema_momentum and self.selection != "fixed":
+            # Epoch selection scores (and early stopping restores) the raw iterates, not their
+            # average: the averaged model would be one nobody selected.
+            problems.append(
+                "ema_momentum needs selection 'fixed': the epoch choice scores the raw "
+                "weights, and restoring the best epoch's weights would discard the average"
+            )
         if self.learning_rate <= 0:
             problems.append(f"learning_rate must be > 0, got {self.learning_rate}")
         if problems:
@@ -252,6 +267,31 @@ VARIANTS = {
         "selection": "fixed",
         "epochs": 20,
         "train_channels": ("speech", "song"),
+    },
+    # The same with the weights averaged over the steps (EMA, momentum 0.99: the usual value,
+    # not tuned on any score): a fixed schedule ships its last iterate, and that one point of
+    # a noisy trajectory varies from run to run; the average of the last ~100 steps less so.
+    "cme_fixed20_song_ema": {
+        **RECIPE,
+        "selection": "fixed",
+        "epochs": 20,
+        "train_channels": ("speech", "song"),
+        "ema_momentum": 0.99,
+    },
+    # The same trained on speech, song and one augmented copy of each utterance (noise at
+    # 5-20 dB SNR, reverberation, gain, telephone band: preprocessing/augment.py), the held-out
+    # speakers still scored on their real recordings only. 20 epochs as cme_fixed20_song, not
+    # tuned on any score (twice the utterances per epoch: twice the weight updates).
+    "cme_fixed20_song_aug": {
+        **RECIPE,
+        "selection": "fixed",
+        "epochs": 20,
+        "train_channels": (
+            "speech",
+            "song",
+            augmented_channel("speech"),
+            augmented_channel("song"),
+        ),
     },
     "cme_fixed20_song_uttnorm": {
         **RECIPE,

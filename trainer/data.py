@@ -26,7 +26,7 @@ from typing import Dict, Iterable, Iterator, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from preprocessing.corpora import PRIMARY_CHANNEL
+from preprocessing.corpora import PRIMARY_CHANNEL, is_augmented, records_for
 from preprocessing.records import NUM_MEL_BINS, feature_spec, to_model_inputs
 
 # Utterances of similar length share a batch, so little compute goes into padding.
@@ -137,6 +137,12 @@ def sorted_records(files: Sequence[str]) -> Iterator[bytes]:
     return read_records(record_index(files).paths)
 
 
+def preprocess_options(channels: Sequence[str]) -> str:
+    """The ``cme-ser preprocess`` options that write records of ``channels``."""
+    real, copies = records_for(channels)
+    return f"--channels {','.join(real)}" + (f" --augment-copies {copies}" if copies else "")
+
+
 def record_channels(files: Sequence[str]) -> Dict[str, str]:
     """utterance id -> channel (as ``make_dataset(channels=...)`` reads it) of every record in
     ``files``."""
@@ -228,7 +234,9 @@ def make_dataset(
     (training only). ``speaker_norm`` standardises each utterance's filterbank with its
     speaker's statistics over all of that speaker's records in ``files`` (no labels used).
     ``channels`` keeps only records of those channels (RAVDESS ``speech`` / ``song``; records
-    without a channel feature are ``speech``): how a model is trained on some domains only.
+    without a channel feature are ``speech``; ``speech_aug`` / ``song_aug`` their augmented
+    copies): how a model is trained on some domains only. None keeps every channel but the
+    augmented ones, which are for training only.
     """
     if not files:
         raise ValueError("no record files given")
@@ -241,18 +249,17 @@ def make_dataset(
         }
 
     records = record_index(files)
-    held = set()
-    if channels is not None:
-        held = set(records.channels)
-        records = records.take(
-            i for i, channel in enumerate(records.channels) if channel in set(channels)
-        )
+    held = set(records.channels)
+    # Augmented copies (``preprocessing.augment``) are read only where a caller names their
+    # channels (a model's training channels): no evaluation ever scores one.
+    wanted = set(channels) if channels is not None else {c for c in held if not is_augmented(c)}
+    records = records.take(i for i, channel in enumerate(records.channels) if channel in wanted)
     if records.paths and set(channels or ()) - held:
         # A speech + song model given speech-only records would train on speech alone and
         # say otherwise.
         raise ValueError(
             f"the model trains on channel(s) {', '.join(channels)}, but the records hold "
-            f"{', '.join(sorted(held))}: preprocess with --channels {','.join(channels)}"
+            f"{', '.join(sorted(held))}: preprocess with {preprocess_options(channels)}"
         )
     if not records.paths:
         raise ValueError(

@@ -311,7 +311,8 @@ def compile_model(
     steps_per_epoch: Optional[int] = None,
     epochs: Optional[int] = None,
 ) -> None:
-    """Adam (AdamW with ``weight_decay``), cross-entropy with ``label_smoothing``, WA/UA metrics.
+    """Adam (AdamW with ``weight_decay``; with ``ema_momentum`` > 0 the trained weights are their
+    moving average), cross-entropy with ``label_smoothing``, WA/UA metrics.
 
     ``lr_schedule="cosine"`` decays the rate to 0 over ``epochs * steps_per_epoch`` steps
     (``epochs`` defaults to ``config.epochs``) and needs ``steps_per_epoch``; without it the rate
@@ -322,10 +323,13 @@ def compile_model(
         rate = keras.optimizers.schedules.CosineDecay(
             config.learning_rate, decay_steps=(epochs or config.epochs) * int(steps_per_epoch)
         )
+    # EMA: Keras keeps the average beside each weight and writes it into the model at the end
+    # of ``fit`` (``optimizer.finalize_variable_values``), so the trained model is the average.
+    ema = {"use_ema": True, "ema_momentum": config.ema_momentum} if config.ema_momentum else {}
     optimizer = (
-        keras.optimizers.AdamW(learning_rate=rate, weight_decay=config.weight_decay)
+        keras.optimizers.AdamW(learning_rate=rate, weight_decay=config.weight_decay, **ema)
         if config.weight_decay
-        else keras.optimizers.Adam(learning_rate=rate)
+        else keras.optimizers.Adam(learning_rate=rate, **ema)
     )
     model.compile(
         optimizer=optimizer,

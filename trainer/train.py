@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from preprocessing.corpora import is_augmented
 from trainer.config import ModelConfig
 from trainer.data import make_dataset, record_channels
 from trainer.distribution import in_training_strategy
@@ -175,7 +176,13 @@ def fit(
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
 
-    def make(shuffle: bool, speakers, exclude: bool, stretch: float = 0.0) -> tf.data.Dataset:
+    # The epoch is chosen on the validation speakers' real recordings, never on augmented
+    # copies (which are for training only).
+    real_channels = [c for c in channels if not is_augmented(c)]
+
+    def make(
+        shuffle: bool, speakers, exclude: bool, stretch: float = 0.0, read=channels
+    ) -> tf.data.Dataset:
         return make_dataset(
             train_files,
             config.word_dim,
@@ -186,11 +193,11 @@ def fit(
             exclude_speakers=exclude,
             time_stretch=stretch,
             speaker_norm=config.speaker_norm,
-            channels=channels,
+            channels=read,
         )
 
     plain_train = make(False, val, True)
-    val_ds = make(False, val, False)
+    val_ds = make(False, val, False, read=real_channels)
     monitor, mode = ("val_loss", "min") if config.selection == "val_loss" else ("val_ua", "max")
     callbacks = [
         keras.callbacks.EarlyStopping(
@@ -220,7 +227,7 @@ def fit(
             speakers=val,
             with_ids=True,
             speaker_norm=config.speaker_norm,
-            channels=channels,
+            channels=real_channels,
         ),
     )
     refit_epochs, final_data = 0, plain_train
@@ -407,7 +414,7 @@ def train_folds(
     fold i / inner fold o share one training. ``embeddings_paths``: per test fold, where its
     ``.npz`` goes (as in :func:`train_fold`), with each utterance's channel (``channels``).
     The model trains on ``config.train_channels``; the test folds are scored on every channel
-    they hold."""
+    they hold but the augmented ones (``make_dataset``: augmented copies are never scored)."""
     test_folds = list(dict.fromkeys(test_folds))
     missing = [k for k in test_folds if k not in files_by_fold]
     train = [k for k in sorted(files_by_fold) if k not in test_folds]
