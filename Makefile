@@ -14,10 +14,13 @@ $(PY):
 	$$py -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip<25" >/dev/null
 
-# pip byte-compiles every module at install (no --no-compile): this environment sets
-# PYTHONDONTWRITEBYTECODE, so a module not compiled here would be compiled again at every import.
+# Every installed module is byte-compiled here, once: this environment sets
+# PYTHONDONTWRITEBYTECODE, so a module left uncompiled would be compiled again at every import.
+# pip compiles file by file on one core; compileall -j 0 does the same work on every core (the
+# same .pyc files; -qq: a package's stray non-Python-3 file fails to compile, as under pip).
 $(VENV)/.installed: $(PY) pyproject.toml constraints.txt
-	$(PY) -m pip install -q -c constraints.txt -e ".[test,benchmarks]" 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -m pip install -q --no-compile -c constraints.txt -e ".[test,benchmarks]" 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -m compileall -qq -j 0 "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" || true
 	TF_CPP_MIN_LOG_LEVEL=3 PYTHONWARNINGS=ignore::FutureWarning $(PY) -c "import tfx, tensorflow, apache_beam, pocketsphinx, soundfile"
 	touch $@
 

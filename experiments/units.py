@@ -41,7 +41,8 @@ def run_pool(
     log: Callable[[str], None] = print,
 ) -> int:
     """Runs ``work(unit) -> (function, args)`` for every unit of ``todo`` in ``jobs`` spawned
-    worker processes (``threads`` TensorFlow threads each; 0: TensorFlow's default). After each
+    worker processes (``threads`` TensorFlow threads each; 0: TensorFlow's default), or in this
+    process for one job with the default threads (a multi-worker ``TF_CONFIG`` aside). After each
     finished unit, logs ``describe(row)`` with the time it took and an ETA, then calls
     ``after_each(row)``. A failed unit is logged and the others go on; returns how many failed."""
     if not todo:
@@ -56,6 +57,32 @@ def run_pool(
             f"not {jobs}"
         )
     started, done, failed = time.time(), 0, 0
+
+    def finished(unit, result: Callable[[], dict]) -> None:
+        nonlocal done, failed
+        done += 1
+        try:
+            row = result()
+        except Exception as error:  # one failed unit is reported, the others go on
+            failed += 1
+            log(f"[{done}/{len(todo)}] {unit}: FAILED: {type(error).__name__}: {error}")
+            return
+        elapsed = time.time() - started
+        log(
+            f"[{done}/{len(todo)}] {unit}: {describe(row)} ({row['seconds']:.0f} s; ETA "
+            f"{elapsed / done * (len(todo) - done) / 60:.0f} min)"
+        )
+        after_each(row)
+
+    if jobs <= 1 and not threads and training_tasks() == 1:
+        # One job with TensorFlow's own thread settings: the units run one after another
+        # either way, so they run in this process, without a worker that first imports
+        # TensorFlow (some 5 s of CPU). A unit seeds what it draws (trainer.train), so its model
+        # does not depend on the process that trains it.
+        for unit in todo:
+            function, args = work(unit)
+            finished(unit, lambda: function(*args))
+        return failed
     context = multiprocessing.get_context("spawn")  # TensorFlow does not survive a fork
     with concurrent.futures.ProcessPoolExecutor(
         max_workers=max(jobs, 1), mp_context=context, initializer=_worker_init, initargs=(threads,)
@@ -65,19 +92,7 @@ def run_pool(
             function, args = work(unit)
             futures[pool.submit(function, *args)] = unit
         for future in concurrent.futures.as_completed(futures):
-            unit, done = futures[future], done + 1
-            try:
-                row = future.result()
-            except Exception as error:  # one failed unit is reported, the others go on
-                failed += 1
-                log(f"[{done}/{len(todo)}] {unit}: FAILED: {type(error).__name__}: {error}")
-                continue
-            elapsed = time.time() - started
-            log(
-                f"[{done}/{len(todo)}] {unit}: {describe(row)} ({row['seconds']:.0f} s; ETA "
-                f"{elapsed / done * (len(todo) - done) / 60:.0f} min)"
-            )
-            after_each(row)
+            finished(futures[future], future.result)
     return failed
 
 
