@@ -1,10 +1,11 @@
 """Push only a model that a model server can load and that answers a request: the pipeline's
 InfraValidator step, locally and on Kubeflow alike.
 
-``ModelLoadValidator``: a fresh Python process loads the final model's serving export exactly as
-``cme-ser serve`` does (``serving.repository.load_version``: the signatures, then every warm-up
-request in ``assets.extra/tf_serving_warmup_requests`` through its signature, as TF Serving
-replays them before a version becomes available) and must exit 0. A fresh process, because the
+``ModelLoadValidator``: a fresh Python process (``python -m serving.load_check``) loads the final
+model's serving export exactly as ``cme-ser serve`` does (``serving.repository.load_version``:
+the signatures, then every warm-up request in ``assets.extra/tf_serving_warmup_requests``
+through its signature, as TF Serving replays them before a version becomes available) and must
+exit 0. A fresh process, because the
 Trainer's process already holds the graph's ops and kernels: a model that only loads there
 would pass. It writes an ``InfraBlessing`` as TFX's InfraValidator does (custom property
 ``blessed`` 1 or 0, an ``INFRA_BLESSED`` or ``INFRA_NOT_BLESSED`` file), which
@@ -20,14 +21,14 @@ On a cluster this check runs in the pipeline's own image, like every other node.
 import os
 import subprocess
 import sys
-import tempfile
 
 from tfx import v1 as tfx
 from tfx.types import standard_artifacts
 
+from serving.load_check import READY
+
 BLESSED_PROPERTY = "blessed"  # what tfx.components.Pusher reads (model_utils.is_infra_validated)
 REASON_FILE = "INFRA_NOT_BLESSED"  # TFX's name; ours also holds the reason
-_READY = "cme-ser infra validation: loaded, warm-up requests answered: "
 
 
 def check_in_fresh_process(model_dir: str, timeout: float = 900.0) -> str:
@@ -36,7 +37,7 @@ def check_in_fresh_process(model_dir: str, timeout: float = 900.0) -> str:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "pipeline.infra_validation", model_dir],
+            [sys.executable, "-m", "serving.load_check", model_dir],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -44,7 +45,7 @@ def check_in_fresh_process(model_dir: str, timeout: float = 900.0) -> str:
         )
     except subprocess.TimeoutExpired:
         return f"loading {model_dir} took more than {timeout:g} s"
-    if done.returncode == 0 and _READY in done.stdout:
+    if done.returncode == 0 and READY in done.stdout:
         return ""
     tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
     return f"loading {model_dir} in a fresh process failed (exit {done.returncode}): {tail}"
@@ -70,51 +71,3 @@ def ModelLoadValidator(
         tf.io.gfile.join(blessing.uri, REASON_FILE if reason else "INFRA_BLESSED"), "w"
     ) as f:
         f.write(reason)
-
-
-def main(argv=None) -> int:
-    """``python -m pipeline.infra_validation MODEL_DIR``: the fresh process."""
-    from pathlib import Path
-
-    from serving.repository import load_version
-    from trainer.export import read_warmup_requests
-
-    (model_dir,) = argv if argv is not None else sys.argv[1:]
-    requests = len(read_warmup_requests(model_dir))
-    if not requests:  # then loading proves nothing about answering
-        print(
-            f"{model_dir}: no warm-up requests (assets.extra/tf_serving_warmup_requests)",
-            file=sys.stderr,
-        )
-        return 1
-    with tempfile.TemporaryDirectory() as scratch:
-        # The server's loader reads local directories; a cluster's artifacts are in a bucket.
-        local = model_dir if "://" not in model_dir else _download(model_dir, scratch)
-        version = load_version(1, Path(local))
-        print(f"{_READY}{requests} ({', '.join(sorted(version.signatures))})", flush=True)
-    return 0
-
-
-def _download(remote: str, local: str) -> str:
-    """Copies the directory tree ``remote`` (any TensorFlow filesystem) under ``local``."""
-    import tensorflow as tf
-
-    remote = remote.rstrip("/")
-    for directory, _, files in tf.io.gfile.walk(remote):
-        target = os.path.join(local, os.path.relpath(directory, remote))
-        os.makedirs(target, exist_ok=True)
-        for name in files:
-            tf.io.gfile.copy(f"{directory}/{name}", os.path.join(target, name), overwrite=True)
-    return local
-
-
-if __name__ == "__main__":
-    from infra import filesystems
-    from infra.process_exit import exit_process
-
-    _args = sys.argv[1:]
-    filesystems.enable(*_args)
-    _code = main(_args)
-    if filesystems.s3_enabled():  # would abort at exit otherwise (infra.process_exit)
-        exit_process(_code)
-    sys.exit(_code)

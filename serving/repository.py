@@ -83,6 +83,7 @@ class Version:
     signatures: Mapping[str, Signature]
     signature_def_map: dict  # the JSON of tensorflow.serving.SignatureDefMap
     loaded: object = dataclasses.field(repr=False)  # keeps the SavedModel's resources alive
+    warmup_requests: int = 0  # how many warm-up requests it answered when it loaded
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,8 +164,8 @@ def load_version(number: int, path: Path) -> Version:
             preserving_proto_field_name=True,
             always_print_fields_with_no_presence=True,
         )
-    run_warmup(path, signatures)
-    return Version(number, path, signatures, as_json, loaded)
+    answered = run_warmup(path, signatures)
+    return Version(number, path, signatures, as_json, loaded, answered)
 
 
 def run_warmup(path: Path, signatures: Mapping[str, Signature]) -> int:
