@@ -41,7 +41,7 @@ def held_out_answers(
     import tensorflow as tf
 
     from preprocessing.corpora import PRIMARY_CHANNEL, is_augmented
-    from trainer.export import SERVING_DEFAULT
+    from trainer.signature_names import SERVING_DEFAULT
 
     serve = tf.saved_model.load(saved_model_dir).signatures[SERVING_DEFAULT]
     spec = {

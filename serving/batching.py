@@ -33,8 +33,14 @@ from typing import Dict, List, Mapping, Optional, Tuple
 import numpy as np
 
 from serving.status import ServingError
-from trainer.export import EXCITATION_OUTPUTS, WAVEFORM_BYTES_INPUTS, WAVEFORM_INPUTS
-from trainer.signature_names import PREDICT_WAVEFORM, PREDICT_WAVEFORM_BYTES, SERVING_DEFAULT
+from trainer.signature_names import (
+    EXCITATION_OUTPUTS,
+    PREDICT_WAVEFORM,
+    PREDICT_WAVEFORM_BYTES,
+    SERVING_DEFAULT,
+    WAVEFORM_BYTES_INPUTS,
+    WAVEFORM_INPUTS,
+)
 
 
 @dataclasses.dataclass(frozen=True)

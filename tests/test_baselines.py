@@ -532,13 +532,12 @@ def test_new_layers_round_trip_through_config(layer):
 def test_variant_exports_and_reloads_for_serving(name, tmp_path):
     from preprocessing import features, records
     from preprocessing.embeddings import WordVectors
-    from trainer.export import (
+    from trainer.export import export_saved_model, seconds_to_spans
+    from trainer.signature_names import (
         CLASS_OUTPUTS,
         EXCITATION_OUTPUTS,
         PREDICT_WAVEFORM,
         SERVING_DEFAULT,
-        export_saved_model,
-        seconds_to_spans,
     )
 
     rng = np.random.default_rng(14)

@@ -23,13 +23,12 @@ from tensorflow.core.protobuf import saved_model_pb2
 
 from preprocessing import records
 from serving import repository
-from trainer.export import (
+from trainer.export import portable_recurrent_layers, read_warmup_requests
+from trainer.signature_names import (
     CLASS_OUTPUTS,
     EXCITATION_OUTPUTS,
     PREDICT_WAVEFORM,
     SERVING_DEFAULT,
-    portable_recurrent_layers,
-    read_warmup_requests,
 )
 
 pytestmark = needs_ravdess

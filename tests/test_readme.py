@@ -329,20 +329,11 @@ def test_embeddings_fetch():
 
 
 def signature_output_names():
-    """trainer/export.py's CLASS_OUTPUTS + EXCITATION_OUTPUTS, read without importing
-    TensorFlow (tests/test_export_portability.py checks them against a real export)."""
-    import ast
+    """trainer/signature_names.py's CLASS_OUTPUTS + EXCITATION_OUTPUTS (a module without
+    TensorFlow; tests/test_export_portability.py checks them against a real export)."""
+    from trainer.signature_names import CLASS_OUTPUTS, EXCITATION_OUTPUTS
 
-    tree = ast.parse((ROOT / "trainer" / "export.py").read_text())
-    names = {}
-    for node in tree.body:
-        if (
-            isinstance(node, ast.Assign)
-            and isinstance(node.targets[0], ast.Name)
-            and node.targets[0].id in ("CLASS_OUTPUTS", "EXCITATION_OUTPUTS")
-        ):
-            names[node.targets[0].id] = ast.literal_eval(node.value)
-    return names["CLASS_OUTPUTS"] + names["EXCITATION_OUTPUTS"]
+    return CLASS_OUTPUTS + EXCITATION_OUTPUTS
 
 
 def snippet_request():

@@ -94,10 +94,6 @@ from trainer.layers import PriorCorrection, TemperatureScaling
 from trainer.model import EXCITATION_LAYER, ensemble_members, like_inputs
 from trainer.signature_names import PREDICT_WAVEFORM, PREDICT_WAVEFORM_BYTES, SERVING_DEFAULT
 
-WAVEFORM_INPUTS = ("waveform", "num_samples", "words", "word_start_s", "word_end_s")
-WAVEFORM_BYTES_INPUTS = ("waveform_bytes",) + WAVEFORM_INPUTS[1:]
-CLASS_OUTPUTS = ("probabilities", "class_ids", "classes", "class_names")
-EXCITATION_OUTPUTS = ("acoustic_excitation", "semantic_excitation")
 VOCAB_ASSET = "vocab.txt"
 EXTRA_ASSETS = "assets.extra"
 WARMUP_FILE = "tf_serving_warmup_requests"  # TF Serving's name, under assets.extra/
