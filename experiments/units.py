@@ -1,6 +1,7 @@
 """Units of evaluation work: the worker pool that trains them, and what a unit records of its
-origin. ``cme-ser reproduce`` (every protocol) trains each unit (one model, one fold) in a worker
-process of its own and rewrites its results after every finished unit."""
+origin. ``cme-ser reproduce`` (every protocol) trains its units (one model, one fold each) in
+``--jobs`` worker processes, or one after another in its own process for one job, and rewrites
+its results after every finished unit."""
 
 from __future__ import annotations
 
