@@ -38,7 +38,7 @@ from preprocessing import corpora
 LOG = logging.getLogger("cme_ser.preprocess")
 RECORDS_DIR = "records"
 # Where fold K's files go, relative to the output dir. TFX's Examples artifacts use
-# "Split-fold{fold}" instead (see pipeline.components).
+# "Split-fold{fold}" instead, and "Split-fold{fold}_aug" for copies (see pipeline.splits).
 DEFAULT_LAYOUT = RECORDS_DIR + "/fold-{fold}"
 ERRORS_FILE = "errors.jsonl"
 SUMMARY_FILE = "summary.json"
