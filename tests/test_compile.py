@@ -152,9 +152,13 @@ def test_a_variant_on_augmented_copies_trains_on_their_splits_and_evaluates_none
     splits (``fold<K>_aug``), the final Trainer every one; the Evaluators score the real
     held-out split only, and the statistics (hence the schema and the anomalies that gate the
     push) leave the copies out."""
+    from google.protobuf import json_format
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
     from trainer.config import ModelConfig
 
     spec = _compiled(tmp_path, "gs://b/cme", "--variant", "cme_fixed20_song_aug")
+    json_format.ParseDict(spec["pipelineSpec"], pipeline_spec_pb2.PipelineSpec())  # strict
     assert json.loads(_parameter(spec, "CorpusExampleGen", "data_dir")) == [
         "gs://b/cme/data/ravdess-speech",
         "gs://b/cme/data/ravdess-song",
