@@ -22,6 +22,8 @@ import numpy as np
 from tfx import v1 as tfx
 from tfx.types import artifact_utils, standard_artifacts
 
+from pipeline.splits import FOLD_SPLIT
+
 CALIBRATION_FILE = "calibration.json"  # the artifact's only file (Trainer reads exactly one)
 BATCH = 32
 
@@ -119,7 +121,8 @@ def Calibrator(
     ]
     answers = {
         k: held_out_answers(
-            path_utils.serving_model_path(model.uri), split_files(examples, f"fold{k}")
+            path_utils.serving_model_path(model.uri),
+            split_files(examples, FOLD_SPLIT.format(fold=k)),  # its copies' split is not read
         )
         for k, model in enumerate(models)
         if model is not None

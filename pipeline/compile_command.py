@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from infra.usage_error import UsageError
-from pipeline.run_command import epochs_override, training_channels
+from pipeline.run_command import corpus_channels, epochs_override, training_channels
 from preprocessing.corpus_options import parse_channels, parse_classes
 from trainer.config import DEFAULT_CLASSES, variant_config
 
@@ -31,10 +31,11 @@ def compile_pipeline(args) -> None:
     config, channels = training_channels(config, parse_channels("ravdess", args.channels))
     trainer_job = _trainer_job(args)
     root = args.pipeline_root.rstrip("/")
-    data_dirs = args.data_dir or [f"{root}/data/ravdess-{c}" for c in config.train_channels]
-    if len(data_dirs) != len(config.train_channels):
+    read = corpus_channels(config)  # an augmented channel's copies come from its source's
+    data_dirs = args.data_dir or [f"{root}/data/ravdess-{c}" for c in read]
+    if len(data_dirs) != len(read):
         raise UsageError(
-            f"{len(data_dirs)} --data-dir for the channels {','.join(config.train_channels)}: "
+            f"{len(data_dirs)} --data-dir for the channels {','.join(read)}: "
             "give one directory per channel, in that order"
         )
     pipeline = kubeflow_pipeline(

@@ -2,7 +2,8 @@
 
 - ``CorpusExampleGen``: the Beam preprocessing job as an ExampleGen: a corpus in, an
   ``Examples`` artifact out with one split per fold (``fold0`` .. ``foldK-1``), plus the fold
-  plan, ``errors.jsonl`` and ``summary.json`` beside the splits.
+  plan, ``errors.jsonl`` and ``summary.json`` beside the splits; with augmented copies, each
+  fold's copies in a split of their own (``fold0_aug`` ..), which only Trainers read.
 - ``CrossValidationReport``: gathers the per-fold TFMA evaluations into mean +- std WA and UA,
   per-fold rows and the summed confusion matrix (``report.json``, ``report.md``,
   ``confusion.png``), and, like TFX's Evaluator, a ``ModelBlessing`` for the Pusher: blessed
@@ -19,7 +20,12 @@ from tfx.components.util import examples_utils
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_artifacts
 
-SPLIT_LAYOUT = "Split-fold{fold}"
+from pipeline.splits import (
+    AUGMENTED_SPLIT_LAYOUT,
+    SPLIT_LAYOUT,
+    augmented_split_names,
+    split_names,
+)
 
 
 class CrossValidationResult(tfx.dsl.Artifact):
@@ -37,10 +43,6 @@ class CrossValidationMeans(TypedDict):
     wa_mean: float
     ua_mean: float
     blessed: int
-
-
-def split_names(num_folds: int) -> List[str]:
-    return [f"fold{k}" for k in range(num_folds)]
 
 
 def encode_data_dirs(data_dirs: Union[str, Sequence[str]]) -> str:
@@ -77,9 +79,10 @@ def CorpusExampleGen(
     corpus files) is a parameter so that TFX's cache reruns this only when the data changed.
     ``data_dir`` is one directory or a JSON list of them (:func:`encode_data_dirs`);
     ``channels`` the RAVDESS channels ("speech,song"; unset: the corpus default, speech);
-    ``augment_copies`` augmented copies per utterance, in the same splits on the channels
-    ``<channel>_aug`` (unset: none; ``preprocessing.beam_pipeline``). Fails when a fold ends up
-    with no examples."""
+    ``augment_copies`` augmented copies per utterance (unset: none), on the channels
+    ``<channel>_aug``, each fold's in the split ``fold<K>_aug`` (``pipeline.splits``), so
+    that the fold splits the Evaluators score hold the corpus's records only. Fails when a
+    fold ends up with no examples."""
     del corpus_fingerprint  # only there for the cache key
     from preprocessing import beam_pipeline as job
     from preprocessing import corpora
@@ -103,8 +106,11 @@ def CorpusExampleGen(
         pipeline=beam_pipeline,
         layout=SPLIT_LAYOUT,
         augment_copies=augment_copies or 0,
+        augmented_layout=AUGMENTED_SPLIT_LAYOUT,
     )
-    examples.split_names = artifact_utils.encode_split_names(split_names(num_folds))
+    examples.split_names = artifact_utils.encode_split_names(
+        split_names(num_folds) + (augmented_split_names(num_folds) if augment_copies else [])
+    )
     examples_utils.set_payload_format(examples, example_gen_pb2.PayloadFormat.FORMAT_TF_EXAMPLE)
     examples_utils.set_file_format(examples, "tfrecords_gzip")
     empty = [

@@ -35,7 +35,11 @@ from infra import filesystems  # noqa: E402
 from infra.console import library_output_to  # noqa: E402
 from infra.process_exit import exit_process  # noqa: E402
 from infra.usage_error import UsageError  # noqa: E402
-from pipeline.run_command import check_fold_plan, training_channels  # noqa: E402
+from pipeline.run_command import (  # noqa: E402
+    check_fold_plan,
+    corpus_channels,
+    training_channels,
+)
 from pipeline.runner import (  # noqa: E402
     PIPELINE_NAME,
     local_pipeline,
@@ -85,7 +89,7 @@ if __name__ == "__main__":
     settings = model_settings()
     num_folds = int(os.environ.get("CME_SER_FOLDS", "5"))
     try:  # as `cme-ser run`: a corpus too small for the plan is refused before any training
-        data_dirs = find_data_dirs(None, "ravdess", settings["config"].train_channels)
+        data_dirs = find_data_dirs(None, "ravdess", corpus_channels(settings["config"]))
         check_fold_plan(
             data_dirs,
             settings["config"],

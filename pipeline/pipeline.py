@@ -5,6 +5,13 @@ mean >= ``bless_min_ua`` and no ExampleValidator anomaly) and a fresh process lo
 model the way the model server does and answered its warm-up requests
 (``pipeline.infra_validation``).
 
+A model trained on augmented channels (``config.train_channels`` holding ``speech_aug``, ..)
+gets its copies from the corpus step (``preprocessing.corpora.records_for``: how many), in
+splits of their own (``fold<K>_aug``, ``pipeline.splits``). Only the Trainers read
+them, each the copies of its training folds; the Evaluators, the Calibrator and the statistics
+(hence the schema and ExampleValidator's anomalies, which gate the push) see the corpus's
+records only, as for a model without copies.
+
 ``create_pipeline`` is a pure function of its arguments (the penguin example's shape); the
 runners (``pipeline/local_runner.py``, ``cme-ser run``, ``cme-ser compile``) only pick the
 arguments and the orchestrator.
@@ -19,10 +26,12 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from tfx import v1 as tfx
 
 from pipeline.calibrator import Calibrator
-from pipeline.components import MAX_FOLDS, CorpusExampleGen, CrossValidationReport, split_names
+from pipeline.components import MAX_FOLDS, CorpusExampleGen, CrossValidationReport
 from pipeline.infra_validation import ModelLoadValidator
 from pipeline.report import DEFAULT_BLESS_MIN_UA
+from pipeline.splits import augmented_split, augmented_split_names, split_names
 from pipeline.tfma_metrics import metric_configs
+from preprocessing.corpora import records_for
 from preprocessing.embeddings import DEFAULT_VOCAB_SIZE
 from trainer.config import ModelConfig
 from trainer.signature_names import SERVING_DEFAULT
@@ -95,7 +104,9 @@ def create_pipeline(
     (the runners default to ``trainer.config.SHIPPED``);
     ``data_dir``: a directory, or a JSON list of them (``components.encode_data_dirs``);
     ``channels``: RAVDESS channels, None or ("speech",) for the default (the preprocessing
-    step then has the same parameters, hence the same cache key, as before channels existed);
+    step then has the same parameters, hence the same cache key, as before channels existed),
+    the real ones: the augmented copies preprocessed are those ``config.train_channels`` need
+    (``preprocessing.corpora.records_for``);
     ``ensemble_size``: models (seeds) per Trainer, exported as one averaging model;
     ``prior_correction``: every Trainer's export divides that mean by its training class prior
     (``trainer.module``), so the folds' evaluations score what the final Trainer pushes;
@@ -111,6 +122,12 @@ def create_pipeline(
     if ensemble_size < 1:
         raise ValueError(f"ensemble_size must be >= 1, got {ensemble_size}")
     splits = split_names(num_folds)
+    augment_copies = records_for(config.train_channels)[1]
+
+    def training_splits(folds: List[str]) -> List[str]:
+        # The folds' records, then their augmented copies when the model trains on them.
+        return folds + ([augmented_split(s) for s in folds] if augment_copies else [])
+
     classes = ",".join(config.class_names)
     custom_config = {
         "model_config": config.to_json(),
@@ -123,6 +140,8 @@ def create_pipeline(
     channel_arg = (
         {} if not channels or tuple(channels) == ("speech",) else {"channels": ",".join(channels)}
     )
+    # Unset without copies: the step's parameters, hence its cache key, stay as they were.
+    copies_arg = {"augment_copies": augment_copies} if augment_copies else {}
     example_gen = CorpusExampleGen(
         dataset=dataset,
         data_dir=data_dir,
@@ -132,10 +151,18 @@ def create_pipeline(
         corpus_fingerprint=corpus_fingerprint,
         max_seconds=max_seconds,
         **channel_arg,
+        **copies_arg,
     )
     examples = example_gen.outputs["examples"]
     small = IN_PROCESS_BEAM_ARGS if runs_direct(beam_pipeline_args) else []
-    statistics = tfx.components.StatisticsGen(examples=examples).with_beam_pipeline_args(small)
+    # Statistics of the corpus's records only: the copies add a feature (``augmentation``)
+    # that SchemaGen, which merges every split's statistics, would put into the schema, and
+    # ExampleValidator would then find it missing from every real split, an anomaly that
+    # withholds the push. The copies are a seeded function of records validated here.
+    # (Without copies the list is empty, TFX's default: the same execution properties.)
+    statistics = tfx.components.StatisticsGen(
+        examples=examples, exclude_splits=augmented_split_names(num_folds) if augment_copies else []
+    ).with_beam_pipeline_args(small)
     schema = tfx.components.SchemaGen(
         statistics=statistics.outputs["statistics"], infer_feature_shape=False
     )
@@ -163,13 +190,15 @@ def create_pipeline(
 
     evaluations, fold_models = [], {}
     for fold, split in enumerate(splits):
-        fold_trainer = trainer([s for s in splits if s != split], split, f"Trainer.fold{fold}")
+        fold_trainer = trainer(
+            training_splits([s for s in splits if s != split]), split, f"Trainer.fold{fold}"
+        )
         evaluator = (
             tfx.components.Evaluator(
                 examples=examples,
                 model=fold_trainer.outputs["model"],
                 eval_config=eval_config(config.class_names, channels),
-                example_splits=[split],
+                example_splits=[split],  # the held-out records, never copies (fold<K>_aug)
             )
             .with_id(f"Evaluator.fold{fold}")
             .with_beam_pipeline_args(small)
@@ -189,7 +218,10 @@ def create_pipeline(
         **{f"evaluation_{fold}": evaluation for fold, evaluation in enumerate(evaluations)},
     )
     final_trainer = trainer(
-        splits, splits[0], "Trainer.final", hyperparameters=calibrator.outputs["calibration"]
+        training_splits(splits),
+        splits[0],
+        "Trainer.final",
+        hyperparameters=calibrator.outputs["calibration"],
     )
     # The blessing is the recipe's (the folds' models); the final model is that recipe on
     # every fold, so it inherits it, as TFX pushes what its Evaluator blessed.

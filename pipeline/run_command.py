@@ -32,39 +32,36 @@ def epochs_override(epochs: Optional[int]) -> dict:
 def training_channels(
     config: ModelConfig, channels: Optional[Sequence[str]]
 ) -> Tuple[ModelConfig, Optional[tuple]]:
-    """The channels to preprocess and train on: ``--channels`` when given (the model then
-    trains on exactly those), else the variant's ``train_channels``. Returns the configuration
-    that says so and the channels for preprocessing (None: the corpus default, speech, which
-    keeps the preprocessing step's cache key)."""
-    channels = tuple(channels) if channels else config.train_channels
+    """The channels to train on: ``--channels`` when given (the model then trains on those,
+    plus the augmented copies of them that the variant trains on: the augmentation is part of
+    the variant, as its epochs), else the variant's ``train_channels``. Returns the
+    configuration that says so and the real channels to preprocess (None: the corpus default,
+    speech, which keeps the preprocessing step's cache key); the copies to preprocess follow
+    from the configuration (``preprocessing.corpora.records_for``, in ``create_pipeline``)."""
+    if channels:
+        channels = tuple(channels)
+        copies = [corpora.augmented_channel(c) for c in channels]
+        channels += tuple(c for c in copies if c in config.train_channels)
+    else:
+        channels = config.train_channels
     config = config.replace(train_channels=channels)
-    problem = augmentation_unsupported(config)
-    if problem:
-        raise UsageError(problem)
-    return config, None if channels == (PRIMARY_CHANNEL,) else channels
+    real = corpus_channels(config)
+    return config, None if real == (PRIMARY_CHANNEL,) else real
 
 
-def augmentation_unsupported(config: ModelConfig) -> Optional[str]:
-    """Why the TFX pipeline cannot train ``config`` (None: it can). CorpusExampleGen writes
-    augmented copies (its ``augment_copies``), but into the fold splits the Evaluator scores
-    whole, so a model on augmented channels would have copies counted in its held-out scores."""
-    augmented = [c for c in config.train_channels if corpora.is_augmented(c)]
-    if not augmented:
-        return None
-    return (
-        f"variant {config.variant} trains on augmented channels ({', '.join(augmented)}); "
-        "the TFX pipeline cannot keep them out of its evaluation yet: use "
-        "`cme-ser reproduce` for such variants"
-    )
+def corpus_channels(config: ModelConfig) -> tuple:
+    """The RAVDESS channels whose files ``config`` trains on: its real ``train_channels`` and
+    the sources of its augmented ones (what is found, checked and preprocessed)."""
+    return corpora.records_for(config.train_channels)[0]
 
 
 def check_run_config(args, config: ModelConfig) -> Tuple[List[Path], Optional[tuple]]:
     """Everything that can be wrong with a run is found here, before any training starts.
-    Returns the corpus directories and the channels. ``config.train_channels`` are the
+    Returns the corpus directories and their channels. ``config.train_channels`` are the
     channels read (see :func:`training_channels`)."""
     from preprocessing import embeddings
 
-    channels = config.train_channels
+    channels = corpus_channels(config)
     data_dirs = find_data_dirs(args.data_dir, "ravdess", channels)
     if args.folds < 2:
         raise UsageError(f"--folds must be >= 2, got {args.folds}")
@@ -84,16 +81,15 @@ def check_run_config(args, config: ModelConfig) -> Tuple[List[Path], Optional[tu
 
 
 def channels_present(data_dirs: Sequence, config: ModelConfig) -> tuple:
-    """Which of ``config.train_channels`` the RAVDESS files in ``data_dirs`` hold (file names
-    only), in the variant's order."""
+    """Which of ``config``'s corpus channels (:func:`corpus_channels`) the RAVDESS files in
+    ``data_dirs`` hold (file names only), in the variant's order."""
+    channels = corpus_channels(config)
     try:
-        items = corpus_items(
-            "ravdess", list(data_dirs), list(config.class_names), config.train_channels
-        )
+        items = corpus_items("ravdess", list(data_dirs), list(config.class_names), channels)
     except UsageError:
         return ()  # nothing usable: check_fold_plan says why
     utterances, _ = corpora.partition(items)
-    return tuple(c for c in config.train_channels if any(u.channel == c for u in utterances))
+    return tuple(c for c in channels if any(u.channel == c for u in utterances))
 
 
 def check_fold_plan(
@@ -103,7 +99,7 @@ def check_fold_plan(
     plan: a fold without examples, or a Trainer of ``ensemble`` models that would lack
     training speakers or classes (``trainer.splits.fold_plan_problems``). Reads only the
     file names, so it runs before any training, for `cme-ser run` and the TFX CLI's runner."""
-    channels = config.train_channels
+    channels = corpus_channels(config)
     utterances, _ = corpora.partition(
         corpus_items("ravdess", data_dirs, list(config.class_names), channels)
     )
@@ -182,10 +178,10 @@ def run(args) -> dict:
     if args.data_dir and not args.channels:
         # Directories given without --channels: a variant trained on speech and song trains on
         # the channels they hold (as --channels would), and says so.
-        given = find_data_dirs(args.data_dir, "ravdess", config.train_channels)
+        given = find_data_dirs(args.data_dir, "ravdess", corpus_channels(config))
         present = channels_present(given, config)
-        if present and present != config.train_channels:
-            absent = [c for c in config.train_channels if c not in present]
+        if present and present != corpus_channels(config):
+            absent = [c for c in corpus_channels(config) if c not in present]
             print(
                 f"== note: {', '.join(map(str, given))} hold(s) no {' or '.join(absent)} files: "
                 f"--variant {args.variant} trains on {','.join(present)} only (as with "
@@ -203,10 +199,15 @@ def run(args) -> dict:
         + (f" x{args.ensemble}" if args.ensemble > 1 else "")
         + (" +prior" if args.prior_correction else "")
     )
+    copies = corpora.records_for(config.train_channels)[1]
+    trained = (f", channels {','.join(channels)}" if channels else "") + (
+        f", {copies} augmented cop{'y' if copies == 1 else 'ies'} per utterance for training"
+        if copies
+        else ""
+    )
     print(
         f"== cme-ser run: {', '.join(map(str, data_dirs))} -> {output} ({model}, "
-        f"{args.folds} folds, up to {config.epochs} epochs per model"
-        + (f", channels {','.join(channels)})" if channels else ")")
+        f"{args.folds} folds, up to {config.epochs} epochs per model{trained})"
     )
     if log:
         print(f"   TensorFlow, Beam and TFX messages: {log} (--verbose shows them here)")

@@ -9,7 +9,9 @@ Every input utterance ends up as exactly one record or one error line; the summa
 augmented copies (``preprocessing.augment``: the same speaker, label, fold and word spans, the
 waveform under a drawn recording condition) on the channel ``<channel>_aug``, in the same fold
 files; the summary counts them apart (``augmented_records``), and a copy that fails is an error
-line of stage ``augment`` (its source's record stands). The job runs on any Beam runner:
+line of stage ``augment`` (its source's record stands); with ``augmented_layout`` the copies go
+to files of their own instead (per fold, e.g. the TFX pipeline's ``Split-fold<K>_aug``). The
+job runs on any Beam runner:
 DirectRunner with multi-processing by default, Dataflow / Flink / Spark through ``beam_args``.
 Inputs and outputs may be object storage (``s3://``, ``gs://``; ``infra.filesystems``): the
 driver's files go through ``tf.io.gfile``, the workers read audio and write records through Beam's
@@ -36,7 +38,7 @@ from preprocessing import corpora
 LOG = logging.getLogger("cme_ser.preprocess")
 RECORDS_DIR = "records"
 # Where fold K's files go, relative to the output dir. TFX's Examples artifacts use
-# "Split-fold{fold}" instead (see pipeline.components).
+# "Split-fold{fold}" instead, and "Split-fold{fold}_aug" for copies (see pipeline.splits).
 DEFAULT_LAYOUT = RECORDS_DIR + "/fold-{fold}"
 ERRORS_FILE = "errors.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -71,6 +73,7 @@ class ProcessUtterance(beam.DoFn):
     """
 
     ERRORS = "errors"
+    COPIES = "copies"  # (fold, serialized copy): augmented copies, apart from the records
 
     def __init__(self, options: ProcessingOptions):
         self.options = options
@@ -136,7 +139,9 @@ class ProcessUtterance(beam.DoFn):
                 )
                 continue
             beam.metrics.Metrics.counter("cme_ser", "records_augmented").inc()
-            yield fold, copy.SerializeToString(deterministic=True)
+            yield beam.pvalue.TaggedOutput(
+                self.COPIES, (fold, copy.SerializeToString(deterministic=True))
+            )
 
 
 @contextlib.contextmanager
@@ -177,30 +182,26 @@ def build(
     out_dir: str,
     num_folds: int,
     layout: str = DEFAULT_LAYOUT,
+    augmented_layout: Optional[str] = None,
 ):
-    """Adds the job to ``p``; returns the (records, errors) PCollections."""
+    """Adds the job to ``p``; returns the (records, errors) PCollections. Augmented copies are
+    written with ``augmented_layout`` (per fold), or with their records when it is None."""
     results = (
         p
         | "Utterances" >> beam.Create(list(utterances), reshuffle=False)
         | "Spread" >> beam.Reshuffle()
         | "Process"
         >> beam.ParDo(ProcessUtterance(options)).with_outputs(
-            ProcessUtterance.ERRORS, main="records"
+            ProcessUtterance.ERRORS, ProcessUtterance.COPIES, main="records"
         )
     )
     records, errors = results.records, results[ProcessUtterance.ERRORS]
-    by_fold = records | "ByFold" >> beam.Partition(lambda kv, n: kv[0], num_folds)
-    for fold, pcoll in enumerate(by_fold):
-        (
-            pcoll
-            | f"Serialized{fold}" >> beam.Values()
-            | f"Write{fold}"
-            >> beam.io.WriteToTFRecord(
-                filesystems.join(out_dir, layout.format(fold=fold), "part"),
-                file_name_suffix=RECORD_SUFFIX,
-                compression_type=beam.io.filesystem.CompressionTypes.GZIP,
-            )
-        )
+    copies = results[ProcessUtterance.COPIES]
+    if options.augment_copies and augmented_layout is None:
+        records = (records, copies) | "WithCopies" >> beam.Flatten()
+    _write_by_fold(records, out_dir, num_folds, layout, "")
+    if options.augment_copies and augmented_layout is not None:
+        _write_by_fold(copies, out_dir, num_folds, augmented_layout, "Copies")
     (
         errors
         | "ErrorsOneFile" >> beam.combiners.ToList()
@@ -217,6 +218,23 @@ def build(
     return records, errors
 
 
+def _write_by_fold(keyed, out_dir: str, num_folds: int, layout: str, label: str) -> None:
+    """Writes ``(fold, serialized)`` pairs as fold K's gzipped TFRecords under ``layout``
+    (every fold gets its files, empty ones included)."""
+    by_fold = keyed | f"{label}ByFold" >> beam.Partition(lambda kv, n: kv[0], num_folds)
+    for fold, pcoll in enumerate(by_fold):
+        (
+            pcoll
+            | f"{label}Serialized{fold}" >> beam.Values()
+            | f"{label}Write{fold}"
+            >> beam.io.WriteToTFRecord(
+                filesystems.join(out_dir, layout.format(fold=fold), "part"),
+                file_name_suffix=RECORD_SUFFIX,
+                compression_type=beam.io.filesystem.CompressionTypes.GZIP,
+            )
+        )
+
+
 def default_beam_args() -> List[str]:
     return [
         "--runner=DirectRunner",
@@ -225,14 +243,20 @@ def default_beam_args() -> List[str]:
     ]
 
 
-def prepare_output_dir(out_dir: str, overwrite: bool, layout: str = DEFAULT_LAYOUT) -> None:
+def prepare_output_dir(
+    out_dir: str, overwrite: bool, layout: str = DEFAULT_LAYOUT, *more_layouts: str
+) -> None:
     """Refuses to mix runs: an output dir holding a previous run needs ``overwrite``."""
     import tensorflow as tf
 
     filesystems.enable(out_dir)
-    top = layout.split("/")[0].replace("{fold}", "*")
+    tops = {form.split("/")[0].replace("{fold}", "*") for form in (layout, *more_layouts)}
     previous = sorted(
-        {filesystems.basename(p) for p in tf.io.gfile.glob(filesystems.join(out_dir, top))}
+        {
+            filesystems.basename(p)
+            for top in tops
+            for p in tf.io.gfile.glob(filesystems.join(out_dir, top))
+        }
         | {name for name in OUTPUTS if tf.io.gfile.exists(filesystems.join(out_dir, name))}
     )
     if previous and not overwrite:
@@ -284,12 +308,14 @@ def run(
     pipeline: Optional[beam.Pipeline] = None,
     layout: str = DEFAULT_LAYOUT,
     augment_copies: int = 0,
+    augmented_layout: Optional[str] = None,
 ) -> dict:
     """Runs the whole job and returns the summary (also written to ``summary.json``).
 
     ``pipeline``: an unstarted Beam pipeline to run in (TFX hands one over, configured with
     the TFX pipeline's Beam arguments); otherwise one is made from ``beam_args``.
-    ``augment_copies``: augmented copies written per utterance (module docstring).
+    ``augment_copies``: augmented copies written per utterance (module docstring);
+    ``augmented_layout``: where fold K's copies go (None: into fold K's record files).
     """
     if augment_copies < 0:
         raise ValueError(f"augment_copies must be >= 0, got {augment_copies}")
@@ -310,7 +336,8 @@ def run(
             f"no usable utterances found for dataset {dataset!r} ({len(rejected)} rejected)"
         )
     folds = corpora.assign_folds(utterances, num_folds, by=fold_by)
-    prepare_output_dir(out_dir, overwrite, layout)
+    apart = (augmented_layout,) if augmented_layout else ()
+    prepare_output_dir(out_dir, overwrite, layout, *apart)
     plan = {
         "dataset": dataset,
         "num_folds": num_folds,
@@ -340,7 +367,7 @@ def run(
     if pipeline is None:
         pipeline = beam.Pipeline(options=PipelineOptions(list(beam_args or default_beam_args())))
     with pipeline as p:
-        build(p, utterances, options, out_dir, num_folds, layout)
+        build(p, utterances, options, out_dir, num_folds, layout, augmented_layout)
     elapsed = time.time() - started
 
     errors_path = filesystems.join(out_dir, ERRORS_FILE)
@@ -361,7 +388,7 @@ def run(
         num_inputs=len(utterances) + len(rejected),
         errors=errors,
         seconds=elapsed,
-        layout=layout,
+        layouts=(layout, *apart),
     )
     if augment_copies:
         summary["augment_copies"] = augment_copies
@@ -379,11 +406,11 @@ def summarize(
     num_inputs: int,
     errors: List[dict],
     seconds: float,
-    layout: str = DEFAULT_LAYOUT,
+    layouts: Sequence[str] = (DEFAULT_LAYOUT,),
 ) -> dict:
-    """Counts what the job produced by reading it back (so the numbers are the files').
-    Augmented copies are counted per channel and in ``augmented_records`` only, their errors
-    in ``augment_errors``: the other counts are of the corpus's utterances."""
+    """Counts what the job produced by reading it back (so the numbers are the files' under
+    ``layouts``). Augmented copies are counted per channel and in ``augmented_records`` only,
+    their errors in ``augment_errors``: the other counts are of the corpus's utterances."""
     import tensorflow as tf
 
     from preprocessing.augment import AUGMENT_STAGE
@@ -391,7 +418,8 @@ def summarize(
     from preprocessing.records import decode_example
 
     per_fold, per_source, per_label, per_channel, oov, augmented = {}, {}, {}, {}, 0, 0
-    for path in record_files(out_dir, layout=layout):
+    paths = sorted({p for form in layouts for p in record_files(out_dir, layout=form)})
+    for path in paths:
         fold = filesystems.basename(filesystems.dirname(path))
         for raw in tf.data.TFRecordDataset(path, compression_type="GZIP").as_numpy_iterator():
             record = decode_example(raw)

@@ -272,6 +272,7 @@ SLOW_FIRST = (
     "test_serving_grpc",
     "test_preprocess_pipeline",
     "test_export_portability",
+    "test_tfx_augment",
 )
 
 

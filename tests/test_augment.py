@@ -229,15 +229,22 @@ def test_copies_train_only_where_named_and_are_never_scored(runs, tmp_path):
         train_fold(plain_files, 1, config)
 
 
-def test_a_variant_on_copies_is_refused_by_the_tfx_pipeline_and_preprocessed_by_reproduce():
-    from infra.usage_error import UsageError
-    from pipeline.run_command import training_channels
+def test_a_variant_on_copies_preprocesses_its_sources_with_one_copy_each():
+    """What `cme-ser reproduce` and the TFX entry points (``run_command.training_channels``)
+    preprocess for the augmented variant: the real channels and one copy per utterance;
+    --channels keeps the variant's augmentation of the channels named."""
+    from pipeline.run_command import corpus_channels, training_channels
 
     config = variant_config("cme_fixed20_song_aug")
-    with pytest.raises(UsageError, match="cannot keep them out of its evaluation"):
-        training_channels(config, None)
+    trained, channels = training_channels(config, None)
+    assert trained.train_channels == ("speech", "song", "speech_aug", "song_aug")
+    assert channels == corpus_channels(trained) == ("speech", "song")
+    trained, channels = training_channels(config, ("speech",))
+    assert trained.train_channels == ("speech", "speech_aug") and channels is None
+    assert corpus_channels(trained) == ("speech",)
     assert training_channels(variant_config("cme_fixed20_song"), None)[1] == ("speech", "song")
-    # What `cme-ser reproduce` preprocesses for it: the real channels and one copy each.
+    plain, channels = training_channels(variant_config("cme_fixed20_song"), ("speech",))
+    assert plain.train_channels == ("speech",) and channels is None
     assert corpora.records_for(config.train_channels) == (("speech", "song"), 1)
     assert corpora.records_for(("speech", "song")) == (("speech", "song"), 0)
     assert corpora.records_for(("speech_aug",)) == (("speech",), 1)

@@ -146,6 +146,67 @@ def test_a_variant_trained_on_speech_and_song_reads_both_corpora(tmp_path):
     assert "channels" not in tasks["CorpusExampleGen"]["inputs"]["parameters"]
 
 
+def test_a_variant_on_augmented_copies_trains_on_their_splits_and_evaluates_none(tmp_path):
+    """The augmented variant compiles: the corpus step makes one copy per utterance of the
+    speech and song corpora; each Trainer reads its training folds' records and their copies'
+    splits (``fold<K>_aug``), the final Trainer every one; the Evaluators score the real
+    held-out split only, and the statistics (hence the schema and the anomalies that gate the
+    push) leave the copies out."""
+    from google.protobuf import json_format
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    from trainer.config import ModelConfig
+
+    spec = _compiled(tmp_path, "gs://b/cme", "--variant", "cme_fixed20_song_aug")
+    json_format.ParseDict(spec["pipelineSpec"], pipeline_spec_pb2.PipelineSpec())  # strict
+    assert json.loads(_parameter(spec, "CorpusExampleGen", "data_dir")) == [
+        "gs://b/cme/data/ravdess-speech",
+        "gs://b/cme/data/ravdess-song",
+    ]
+    assert _parameter(spec, "CorpusExampleGen", "channels") == "speech,song"
+    assert _parameter(spec, "CorpusExampleGen", "augment_copies") == "1"  # an intValue string
+    train = {
+        "Trainer.fold0": ["fold1", "fold1_aug"],
+        "Trainer.fold1": ["fold0", "fold0_aug"],
+        "Trainer.final": ["fold0", "fold1", "fold0_aug", "fold1_aug"],
+    }
+    for name, splits in train.items():
+        assert json.loads(_parameter(spec, name, "train_args"))["splits"] == splits, name
+        custom = json.loads(_parameter(spec, name, "custom_config"))
+        assert ModelConfig.from_json(custom["model_config"]).train_channels == (
+            "speech",
+            "song",
+            "speech_aug",
+            "song_aug",
+        )
+    for fold in (0, 1):
+        assert json.loads(_parameter(spec, f"Evaluator.fold{fold}", "example_splits")) == [
+            f"fold{fold}"
+        ]
+    assert json.loads(_parameter(spec, "StatisticsGen", "exclude_splits")) == [
+        "fold0_aug",
+        "fold1_aug",
+    ]
+    # --channels speech keeps the variant's augmentation, of speech only.
+    spec = _compiled(
+        tmp_path, "gs://b/cme", "--variant", "cme_fixed20_song_aug", "--channels", "speech"
+    )
+    tasks = spec["pipelineSpec"]["root"]["dag"]["tasks"]
+    assert "channels" not in tasks["CorpusExampleGen"]["inputs"]["parameters"]
+    assert _parameter(spec, "CorpusExampleGen", "augment_copies") == "1"
+    custom = json.loads(_parameter(spec, "Trainer.final", "custom_config"))
+    assert ModelConfig.from_json(custom["model_config"]).train_channels == ("speech", "speech_aug")
+    # A variant without copies compiles without them: no parameter, no split, nothing excluded.
+    spec = _compiled(tmp_path, "gs://b/cme", "--variant", "cme_fixed20_song")
+    tasks = spec["pipelineSpec"]["root"]["dag"]["tasks"]
+    assert "augment_copies" not in tasks["CorpusExampleGen"]["inputs"]["parameters"]
+    assert json.loads(_parameter(spec, "Trainer.final", "train_args"))["splits"] == [
+        "fold0",
+        "fold1",
+    ]
+    assert json.loads(_parameter(spec, "StatisticsGen", "exclude_splits")) == []
+
+
 def test_one_data_dir_per_channel_or_a_usage_error(tmp_path, capsys):
     out = tmp_path / "pipeline.json"
     argv = ["compile", "--output", str(out), "--variant", "cme_fixed20_song", "--data-dir", "x"]

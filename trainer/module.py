@@ -1,7 +1,9 @@
 """TFX Trainer module file: ``run_fn`` and nothing else of note.
 
-The Trainer hands over the training splits (every fold but the held-out one); the inner
-validation split is carved from their speakers inside ``trainer.train.fit``. The held-out
+The Trainer hands over the training splits (every fold but the held-out one, and for a model
+on augmented channels those folds' copies' splits, ``fold<K>_aug``); ``fit`` reads the
+channels of ``config.train_channels`` from them, and the inner validation split is carved from
+their speakers inside ``trainer.train.fit``. The held-out
 split (``fn_args.eval_files``) is deliberately never read here: only the Evaluator sees it.
 
 ``custom_config`` keys: ``model_config`` (``ModelConfig`` as JSON), ``embeddings_path`` (word
