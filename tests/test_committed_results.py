@@ -20,6 +20,8 @@ ARCHIVED = [
     ("", "experiments.crossdomain", "ravdess-cross-domain.json"),
     ("", "experiments.stability", "ravdess-stability.json"),
     ("stability-cme_fixed20_song", "experiments.stability", "ravdess-stability.json"),
+    # The third nested run (docs/selection-robust.json), archived in chunks as it trains.
+    ("nested-robust", "experiments.nested", "ravdess-nested.json"),
 ]
 
 
