@@ -60,26 +60,10 @@ def words_and_spans(
     return result
 
 
-def utterance_to_example(
-    utterance: Utterance,
-    *,
-    aligner,
-    vectors: WordVectors,
-    class_names: Sequence[str],
-    fold: int,
-    max_seconds: float = 60.0,
-    overlong: str = "truncate",
-) -> Tuple[tf.train.Example, str]:
-    """Returns (record, alignment source) or raises ``UtteranceError``."""
-    example, source, _ = utterance_to_examples(
-        utterance,
-        aligner=aligner,
-        vectors=vectors,
-        class_names=class_names,
-        fold=fold,
-        max_seconds=max_seconds,
-        overlong=overlong,
-    )
+def utterance_to_example(utterance: Utterance, **options) -> Tuple[tf.train.Example, str]:
+    """(record, alignment source) of :func:`utterance_to_examples` with ``options`` (no
+    copies), or raises ``UtteranceError``."""
+    example, source, _ = utterance_to_examples(utterance, **options)
     return example, source
 
 
@@ -94,7 +78,7 @@ def utterance_to_examples(
     overlong: str = "truncate",
     augment_copies: int = 0,
 ) -> Tuple[tf.train.Example, str, List[Tuple[str, Union[tf.train.Example, UtteranceError]]]]:
-    """:func:`utterance_to_example` and ``augment_copies`` augmented copies of the record
+    """The record of ``utterance`` and ``augment_copies`` augmented copies of it
     (``preprocessing.augment``): ``(record, alignment source, [(copy id, copy record or its
     UtteranceError), ...])``. A copy is the decoded waveform under its drawn condition, with
     its own filterbank and the source's words, spans, speaker, label and fold; its channel is
